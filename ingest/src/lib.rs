@@ -1,0 +1,24 @@
+//! # ingest: the citizens' and operators' write edge
+//!
+//! Stateless ntex service: it validates each request ([`validate`]), claims the citizen
+//! ([`claims`]), appends the event to the intake stream through group commit
+//! ([`streams::appender`]) and answers `202` only once JetStream durably acknowledged it.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
+//! | [`routes`] | the handlers of the HTTP contract |
+//! | [`validate`] | request bodies parsed into valid values, or a field error |
+//! | [`claims`] | one registration per citizen, idempotency |
+//! | [`windows`] | registration windows folded from the log |
+//! | [`settings`] | configuration from `REG_*` variables |
+//! | [`metrics`] | Prometheus metrics |
+#![forbid(unsafe_code)]
+
+pub mod claims;
+pub mod metrics;
+pub mod routes;
+pub mod service;
+pub mod settings;
+pub mod validate;
+pub mod windows;

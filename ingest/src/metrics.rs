@@ -1,0 +1,53 @@
+//! Every metric the edge exports, in one place.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+/// The edge's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Responses by route and status code.
+    pub responses: IntCounterVec,
+    /// Seconds from handing an event to the appender to JetStream's durable acknowledgement.
+    pub append_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let responses = IntCounterVec::new(
+            Opts::new("ingest_responses_total", "Responses by route and status."),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(responses.clone()))
+            .expect("unique metric");
+        let append_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ingest_append_seconds",
+                "Time until JetStream durably acknowledged an appended event (group commit).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(append_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            responses,
+            append_seconds,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

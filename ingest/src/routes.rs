@@ -1,0 +1,524 @@
+//! The edge's HTTP handlers: citizen writes, operator writes, health.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
+use chrono::Utc;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ntex::http::StatusCode;
+use ntex::http::header::{self, HeaderValue};
+use ntex::web::{self, HttpRequest, HttpResponse, types::Payload, types::State};
+use serde_json::json;
+use streams::appender::{AppendError, Appender, Outgoing};
+use streams::crypto::{Keys, sha256_hex};
+use streams::events::{
+    CancellationRequested, CapacitySet, Envelope, Event, PersonalData, RegistrationSubmitted,
+    WindowSet,
+};
+use streams::http::{error, json as json_response, read_body};
+use streams::model::{Region, RegistrationId};
+use streams::subjects::{self, IntakeKind};
+
+use crate::claims::{self, Claim, Claimed};
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::validate::{self, FieldError};
+use crate::windows::Windows;
+
+/// Everything a handler needs, shared by every worker thread.
+#[derive(Clone)]
+pub struct Edge {
+    /// Configuration.
+    pub settings: Arc<Settings>,
+    /// Keys derived from the server secret.
+    pub keys: Keys,
+    /// Group commit into the intake stream.
+    pub appender: Appender,
+    /// The citizen claims bucket.
+    pub claims: kv::Store,
+    /// Registration windows.
+    pub windows: Windows,
+    /// The NATS connection (readiness).
+    pub client: async_nats::Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Idempotency keys (or citizen keys) with a request in flight on this replica.
+    pub in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Per client address limiter (None when disabled).
+    pub per_address: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    /// Per citizen limiter (None when disabled).
+    pub per_citizen: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+}
+
+impl Edge {
+    /// Builds the limiters from the settings.
+    pub fn limiters(
+        settings: &Settings,
+    ) -> (
+        Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+        Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    ) {
+        let per_address = NonZeroU32::new(settings.rate_per_address).map(|n| {
+            Arc::new(RateLimiter::keyed(
+                Quota::per_second(n).allow_burst(n.saturating_mul(NonZeroU32::new(2).unwrap())),
+            ))
+        });
+        let per_citizen = NonZeroU32::new(settings.rate_per_citizen)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
+        (per_address, per_citizen)
+    }
+}
+
+/// Releases an in-flight marker when the request ends, however it ends.
+struct InFlight {
+    set: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().expect("lock").remove(&self.key);
+    }
+}
+
+fn retry_after(mut response: HttpResponse, seconds: u64) -> HttpResponse {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&seconds.max(1).to_string()).expect("digits are a valid header"),
+    );
+    response
+}
+
+fn unavailable(what: &str) -> HttpResponse {
+    retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &format!("{what} is unavailable; nothing was recorded, try again"),
+            None,
+        ),
+        1,
+    )
+}
+
+fn field_error(e: FieldError) -> HttpResponse {
+    error(
+        StatusCode::BAD_REQUEST,
+        e.code,
+        &e.message,
+        e.field.as_deref(),
+    )
+}
+
+fn rate_limited(wait: std::time::Duration) -> HttpResponse {
+    retry_after(
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; wait before trying again",
+            None,
+        ),
+        wait.as_secs_f64().ceil() as u64,
+    )
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn not_json() -> HttpResponse {
+    error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "the body must be JSON with Content-Type: application/json",
+        None,
+    )
+}
+
+fn declared_len(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+fn event_message(subject: String, envelope: &Envelope) -> Outgoing {
+    let mut headers = HeaderMap::new();
+    headers.insert(subjects::EVENT_TYPE_HEADER, envelope.event.event_type());
+    Outgoing {
+        subject,
+        headers,
+        payload: envelope.encode().into(),
+    }
+}
+
+async fn append(edge: &Edge, message: Outgoing) -> Result<u64, AppendError> {
+    let started = Instant::now();
+    let result = edge.appender.append(message).await;
+    edge.metrics
+        .append_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn check_address(edge: &Edge, req: &HttpRequest) -> Result<(), HttpResponse> {
+    if let (Some(limiter), Some(peer)) = (&edge.per_address, req.peer_addr()) {
+        limiter.check_key(&peer.ip()).map_err(|not_until| {
+            rate_limited(not_until.wait_time_from(DefaultClock::default().now()))
+        })?;
+    }
+    Ok(())
+}
+
+fn count(edge: &Edge, route: &str, response: HttpResponse) -> HttpResponse {
+    edge.metrics
+        .responses
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// `POST /v1/registrations`
+pub async fn submit(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let response = match submit_inner(&req, payload, &edge).await {
+        Ok(r) | Err(r) => r,
+    };
+    count(&edge, "submit", response)
+}
+
+async fn submit_inner(
+    req: &HttpRequest,
+    payload: Payload,
+    edge: &Edge,
+) -> Result<HttpResponse, HttpResponse> {
+    check_address(edge, req)?;
+    if !is_json(req) {
+        return Err(not_json());
+    }
+    let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
+    let now = Utc::now();
+    let registration = validate::parse_registration(
+        &body,
+        edge.settings.national_id_rule,
+        &edge.settings.limits,
+        now.date_naive(),
+    )
+    .map_err(field_error)?;
+    if !edge.windows.is_open(&registration.slot.region, now) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "window_closed",
+            &format!(
+                "registration for region {} is not open now",
+                registration.slot.region
+            ),
+            Some("region"),
+        ));
+    }
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_field",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    Some("Idempotency-Key"),
+                ));
+            }
+        },
+    };
+    let citizen_key = edge.keys.citizen_key(&registration.national_id);
+    if let Some(limiter) = &edge.per_citizen
+        && let Err(not_until) = limiter.check_key(&citizen_key)
+    {
+        return Err(rate_limited(
+            not_until.wait_time_from(DefaultClock::default().now()),
+        ));
+    }
+
+    // One request per key (or per citizen without a key) in flight on this replica.
+    let flight_key = idempotency_key
+        .as_deref()
+        .map_or_else(|| format!("c:{citizen_key}"), |k| format!("k:{k}"));
+    if !edge
+        .in_flight
+        .lock()
+        .expect("lock")
+        .insert(flight_key.clone())
+    {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "request_in_flight",
+            "the same request is still being processed; retry in a moment",
+            None,
+        ));
+    }
+    let _in_flight = InFlight {
+        set: edge.in_flight.clone(),
+        key: flight_key,
+    };
+
+    let request_hash = sha256_hex(&serde_json::to_vec(&registration).expect("serializes"));
+    let wanted = Claim {
+        registration_id: RegistrationId::generate(&registration.slot.region),
+        request_hash: request_hash.clone(),
+        idempotency_key_hash: idempotency_key.as_deref().map(|k| sha256_hex(k.as_bytes())),
+    };
+    let claim = match claims::claim(&edge.claims, &citizen_key, wanted).await {
+        Ok(Claimed::New(claim) | Claimed::Replay(claim)) => claim,
+        Ok(Claimed::KeyReused) => {
+            return Err(error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+                Some("Idempotency-Key"),
+            ));
+        }
+        Ok(Claimed::AlreadyRegistered) => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                "already_registered",
+                "this citizen already holds a registration; cancel it before registering again",
+                Some("national_id"),
+            ));
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "Claim failed.");
+            return Err(unavailable("registration storage"));
+        }
+    };
+
+    let id = claim.registration_id;
+    let personal = PersonalData {
+        national_id: registration.national_id,
+        full_name: registration.full_name,
+        birth_date: registration.birth_date,
+        email: registration.email,
+        phone: registration.phone,
+        attributes: registration.attributes,
+    };
+    let event = Event::RegistrationSubmitted(RegistrationSubmitted {
+        registration_id: id.clone(),
+        slot: registration.slot.clone(),
+        citizen_key,
+        request_hash,
+        language: registration.language,
+        personal: edge.keys.seal(&id, &personal),
+    });
+    let envelope = Envelope::new(id.to_string(), event);
+    let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
+    match append(edge, event_message(subject, &envelope)).await {
+        Ok(seq) => {
+            tracing::debug!(registration_id = %id, seq, "Registration accepted.");
+            let token = edge.keys.token(&id);
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "registration_id": id,
+                    "token": token,
+                    "status_url": format!("/v1/registrations/{id}"),
+                }),
+            ))
+        }
+        Err(err) => {
+            // The claim stays: the same request retried is replayed with the same id, and a
+            // duplicate append is harmless downstream (decisions are keyed by registration).
+            tracing::warn!(registration_id = %id, error = %err, "Append failed; answering 503.");
+            Err(unavailable("the event log"))
+        }
+    }
+}
+
+/// `DELETE /v1/registrations/{id}`
+pub async fn cancel(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
+    let response = match cancel_inner(&req, &edge).await {
+        Ok(r) | Err(r) => r,
+    };
+    count(&edge, "cancel", response)
+}
+
+fn not_found() -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no registration with this id and token",
+        None,
+    )
+}
+
+async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, HttpResponse> {
+    check_address(edge, req)?;
+    let id = req.match_info().get("id").unwrap_or_default();
+    let id = RegistrationId::parse(id).map_err(|_| not_found())?;
+    let token = bearer(req).ok_or_else(not_found)?;
+    if !edge.keys.verify_token(&id, token) {
+        return Err(not_found());
+    }
+    let envelope = Envelope::new(
+        id.to_string(),
+        Event::CancellationRequested(CancellationRequested {
+            registration_id: id.clone(),
+        }),
+    );
+    let subject = subjects::intake(&id.region(), IntakeKind::Cancel);
+    append(edge, event_message(subject, &envelope))
+        .await
+        .map_err(|_| unavailable("the event log"))?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "registration_id": id,
+            "status": "cancellation_requested",
+            "status_url": format!("/v1/registrations/{id}"),
+        }),
+    ))
+}
+
+fn check_admin(req: &HttpRequest, edge: &Edge) -> Result<(), HttpResponse> {
+    match bearer(req) {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an operator bearer token is required",
+            None,
+        )),
+        Some(t) if constant_time_eq(t.as_bytes(), edge.settings.admin_token.as_bytes()) => Ok(()),
+        Some(_) => Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not change the configuration",
+            None,
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `PUT /v1/admin/capacity`
+pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        check_admin(&req, &edge)?;
+        if !is_json(&req) {
+            return Err(not_json());
+        }
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        let request = validate::parse_capacity(&body).map_err(field_error)?;
+        let event = Event::CapacitySet(CapacitySet {
+            slot: request.slot.clone(),
+            capacity: request.capacity,
+        });
+        let envelope = Envelope::new(format!("admin-{}", uuid::Uuid::now_v7()), event);
+        let subject = subjects::intake(&request.slot.region, IntakeKind::Capacity);
+        append(&edge, event_message(subject, &envelope))
+            .await
+            .map_err(|_| unavailable("the event log"))?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "region": request.slot.region,
+                "location": request.slot.location,
+                "date": request.slot.date,
+                "capacity": request.capacity,
+            }),
+        ))
+    }
+    .await;
+    count(&edge, "capacity", result.unwrap_or_else(|r| r))
+}
+
+/// `PUT /v1/admin/windows`
+pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        check_admin(&req, &edge)?;
+        if !is_json(&req) {
+            return Err(not_json());
+        }
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        let request = validate::parse_window(&body).map_err(field_error)?;
+        let window = WindowSet {
+            region: request.region.clone(),
+            opens_at: request.opens_at,
+            closes_at: request.closes_at,
+        };
+        let envelope = Envelope::new(
+            format!("admin-{}", uuid::Uuid::now_v7()),
+            Event::WindowSet(window.clone()),
+        );
+        let subject = subjects::intake(&request.region, IntakeKind::Window);
+        append(&edge, event_message(subject, &envelope))
+            .await
+            .map_err(|_| unavailable("the event log"))?;
+        // Read-your-writes on this replica; others follow the log within milliseconds.
+        edge.windows.set(&window);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "region": window.region,
+                "opens_at": window.opens_at,
+                "closes_at": window.closes_at,
+            }),
+        ))
+    }
+    .await;
+    count(&edge, "windows", result.unwrap_or_else(|r| r))
+}
+
+/// `GET /readyz`: NATS connected and the intake stream answering.
+pub async fn readyz(edge: State<Edge>) -> HttpResponse {
+    let connected = edge.client.connection_state() == async_nats::connection::State::Connected;
+    let js = async_nats::jetstream::new(edge.client.clone());
+    let stream_ok = connected
+        && tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            js.get_stream_no_info(subjects::INTAKE_STREAM),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+    streams::http::readiness(&[("nats", connected), ("jetstream", stream_ok)])
+}
+
+/// `GET /metrics`
+pub async fn metrics(edge: State<Edge>) -> HttpResponse {
+    streams::http::metrics(&edge.metrics.registry)
+}
+
+/// Answers every unknown route with the contract's JSON error.
+pub async fn not_found_route() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+}
+
+/// The routes of the edge.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/registrations", web::post().to(submit))
+        .route("/v1/registrations/{id}", web::delete().to(cancel))
+        .route("/v1/admin/capacity", web::put().to(put_capacity))
+        .route("/v1/admin/windows", web::put().to(put_window))
+        .route(
+            "/healthz",
+            web::get().to(async || HttpResponse::Ok().body("ok")),
+        )
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}

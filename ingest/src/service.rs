@@ -1,0 +1,76 @@
+//! Start-up of the edge: connect, ensure streams, start group commit and the windows
+//! follower, serve HTTP on the given listener until shutdown.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use ntex::web::{self, App};
+use streams::appender::{Appender, AppenderOptions};
+use streams::config::{Replication, ensure_streams};
+use streams::crypto::Keys;
+use streams::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::routes::{self, Edge};
+use crate::settings::Settings;
+use crate::windows::Windows;
+
+/// Runs the edge on `listener` until `shutdown` fires. Tests pass a listener bound to port 0.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = streams::runtime::connect(&settings.nats, &shutdown).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, Replication(settings.replicas)).await?;
+    let claims = js
+        .get_key_value(subjects::CLAIMS_BUCKET)
+        .await
+        .context("Failed to open the claims bucket")?;
+    let appender = Appender::start(
+        client.clone(),
+        AppenderOptions {
+            max_batch: settings.append_max_batch,
+            max_in_flight: settings.append_in_flight,
+            timeout: settings.append_timeout,
+            ..Default::default()
+        },
+    );
+    let windows = Windows::default();
+    tokio::spawn(windows.clone().follow(js.clone(), shutdown.clone()));
+    let (per_address, per_citizen) = Edge::limiters(&settings);
+    let workers = settings.workers.max(1);
+    let edge = Edge {
+        keys: Keys::from_secret(&settings.secret),
+        settings: Arc::new(settings),
+        appender,
+        claims,
+        windows,
+        client,
+        metrics: Metrics::new(),
+        in_flight: Arc::new(Mutex::new(HashSet::new())),
+        per_address,
+        per_citizen,
+    };
+    let server = web::HttpServer::new(async move || {
+        App::new()
+            .state(edge.clone())
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found_route))
+    })
+    .workers(workers)
+    .disable_signals()
+    .listen(listener)
+    .context("Failed to listen")?
+    .run();
+    let stopper = server.clone();
+    tokio::select! {
+        _ = shutdown.cancelled() => stopper.stop(true).await,
+        _ = server => {}
+    }
+    Ok(())
+}

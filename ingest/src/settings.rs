@@ -1,0 +1,126 @@
+//! The edge's configuration: safe defaults, overridden by `REG_*` environment variables
+//! (listed by `deploy/up --help`), passed explicitly to [`crate::service::run`].
+
+use std::time::Duration;
+
+use streams::national_id::NationalIdRule;
+use streams::runtime::env_parse;
+
+use crate::validate::Limits;
+
+/// Development operator token used when `REG_ADMIN_TOKEN` is unset.
+pub const DEVELOPMENT_ADMIN_TOKEN: &str = "dev-admin-token";
+
+/// Everything the edge needs besides its listener and shutdown signal.
+#[derive(Clone)]
+pub struct Settings {
+    /// How to reach NATS.
+    pub nats: streams::runtime::NatsOptions,
+    /// Server secret from which tokens, citizen keys and the data key derive.
+    pub secret: String,
+    /// Bearer token of operators.
+    pub admin_token: String,
+    /// Largest accepted request body (the contract caps it at 16 KiB).
+    pub max_body_bytes: usize,
+    /// Requests per second allowed per client address (0 = unlimited). Generous by default:
+    /// thousands of citizens can share one carrier-grade NAT address.
+    pub rate_per_address: u32,
+    /// Submissions per minute allowed per citizen (0 = unlimited).
+    pub rate_per_citizen: u32,
+    /// The national id rule.
+    pub national_id_rule: NationalIdRule,
+    /// Field limits.
+    pub limits: Limits,
+    /// Group commit: most submissions per durable write.
+    pub append_max_batch: usize,
+    /// Group commit: durable writes in flight at once.
+    pub append_in_flight: usize,
+    /// How long an append may take before the request is answered 503.
+    pub append_timeout: Duration,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Stream replication (1 on one node, 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("nats", &self.nats.url)
+            .field("secret", &"<redacted>")
+            .field("admin_token", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("rate_per_address", &self.rate_per_address)
+            .field("rate_per_citizen", &self.rate_per_citizen)
+            .field("national_id_rule", &self.national_id_rule)
+            .field("append_max_batch", &self.append_max_batch)
+            .field("append_in_flight", &self.append_in_flight)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Defaults for a development machine, pointing at `nats_url`.
+    pub fn development(nats_url: &str) -> Self {
+        Settings {
+            nats: streams::runtime::NatsOptions {
+                url: nats_url.to_owned(),
+                name: "ingest".into(),
+                credentials: None,
+            },
+            secret: streams::crypto::DEVELOPMENT_SECRET.into(),
+            admin_token: DEVELOPMENT_ADMIN_TOKEN.into(),
+            max_body_bytes: 16 * 1024,
+            rate_per_address: 1000,
+            rate_per_citizen: 10,
+            national_id_rule: NationalIdRule::default(),
+            limits: Limits::default(),
+            append_max_batch: 256,
+            append_in_flight: 4,
+            append_timeout: Duration::from_secs(5),
+            workers: 2,
+            replicas: 1,
+        }
+    }
+
+    /// Defaults overridden by the `REG_*` environment variables.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let url = std::env::var("REG_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let mut s = Settings::development(&url);
+        if let Ok(secret) = std::env::var("REG_SECRET") {
+            s.secret = secret;
+        }
+        if let Ok(token) = std::env::var("REG_ADMIN_TOKEN") {
+            s.admin_token = token;
+        }
+        if let Some(v) = env_parse("REG_MAX_BODY_BYTES")? {
+            s.max_body_bytes = v;
+        }
+        if let Some(v) = env_parse("REG_RATE_PER_ADDRESS")? {
+            s.rate_per_address = v;
+        }
+        if let Some(v) = env_parse("REG_RATE_PER_CITIZEN")? {
+            s.rate_per_citizen = v;
+        }
+        if let Some(v) = env_parse("REG_NATIONAL_ID_RULE")? {
+            s.national_id_rule = v;
+        }
+        if let Some(v) = env_parse("REG_APPEND_MAX_BATCH")? {
+            s.append_max_batch = v;
+        }
+        if let Some(v) = env_parse("REG_APPEND_IN_FLIGHT")? {
+            s.append_in_flight = v;
+        }
+        if let Some(v) = env_parse::<u64>("REG_APPEND_TIMEOUT_MS")? {
+            s.append_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = env_parse("REG_INGEST_WORKERS")? {
+            s.workers = v;
+        }
+        if let Some(v) = env_parse("REG_REPLICAS")? {
+            s.replicas = v;
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,15 @@
+//! # processors: the consumers that decide
+//!
+//! One module per processor, each split into a pure step and its consumer wiring:
+//!
+//! | module | decides | reads | writes |
+//! | --- | --- | --- | --- |
+//! | [`reservation`] | reserved / rejected / released / confirmed / cancelled | `REG_INTAKE` | `reg.decision.<region>.reservation` |
+//!
+//! Verification (government registry) and notification processors join here later; they
+//! append to intake (verification verdicts) and to the decisions stream (notifications).
+#![forbid(unsafe_code)]
+
+pub mod metrics;
+pub mod reservation;
+pub mod service;

@@ -1,0 +1,92 @@
+//! Every metric the processors export, in one place.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+/// The reservation processor's metrics. Cheap to clone (handles to shared counters).
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Intake events read.
+    pub inputs: IntCounter,
+    /// Decisions written, by event type.
+    pub decisions: IntCounterVec,
+    /// Atomic batches of decisions written.
+    pub batches: IntCounter,
+    /// Seconds per decision batch write (one fsync).
+    pub batch_seconds: Histogram,
+    /// Times another writer won the fence and this replica rebuilt.
+    pub fenced: IntCounter,
+    /// Times the loop restarted after a NATS error.
+    pub restarts: IntCounter,
+    /// Intake messages that could not be decoded.
+    pub undecodable: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let inputs = counter("reservation_inputs_total", "Intake events read.");
+        let batches = counter(
+            "reservation_batches_total",
+            "Atomic decision batches written.",
+        );
+        let fenced = counter(
+            "reservation_fenced_total",
+            "Rebuilds because another writer extended the decisions log first.",
+        );
+        let restarts = counter(
+            "reservation_restarts_total",
+            "Loop restarts after NATS errors.",
+        );
+        let undecodable = counter(
+            "reservation_undecodable_total",
+            "Undecodable intake messages.",
+        );
+        let decisions = IntCounterVec::new(
+            Opts::new("reservation_decisions_total", "Decisions written, by type."),
+            &["type"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(decisions.clone()))
+            .expect("unique metric");
+        let batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "reservation_batch_write_seconds",
+                "Time to durably write one batch of decisions.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(batch_seconds.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            inputs,
+            decisions,
+            batches,
+            batch_seconds,
+            fenced,
+            restarts,
+            undecodable,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,268 @@
+//! The consumer wiring of the reservation processor: recover, consume, decide, write fenced.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use futures::{FutureExt, StreamExt};
+use streams::appender::{AppendError, Outgoing, publish_atomic};
+use streams::events::{Envelope, Event};
+use streams::model::Region;
+use streams::replay::{self, Record};
+use streams::subjects::{self, IntakeKind, RegionFilter};
+use tokio_util::sync::CancellationToken;
+
+use super::MAX_INPUTS_PER_BATCH;
+use super::decide::{Input, State};
+use crate::metrics::Metrics;
+
+/// What a reservation replica handles.
+#[derive(Debug, Clone)]
+pub struct ReservationConfig {
+    /// The region(s) this replica decides for.
+    pub regions: RegionFilter,
+}
+
+/// Why one incarnation of the loop ended.
+enum Restart {
+    /// Another writer extended the log: rebuild and go on.
+    Fenced,
+    /// NATS trouble: wait a little, rebuild and go on.
+    Transient(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Restart {
+    fn from(err: anyhow::Error) -> Self {
+        Restart::Transient(err)
+    }
+}
+
+/// Runs the reservation processor until `shutdown` fires. Survives NATS restarts and
+/// competing replicas by rebuilding its state from the log.
+pub async fn run(
+    client: async_nats::Client,
+    config: ReservationConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(client.clone());
+    let mut backoff = Duration::from_millis(50);
+    while !shutdown.is_cancelled() {
+        match run_once(&js, &client, &config, &metrics, &shutdown).await {
+            Ok(()) => break,
+            Err(Restart::Fenced) => {
+                metrics.fenced.inc();
+                tracing::info!(
+                    "Another replica wrote decisions first; rebuilding state from the log."
+                );
+            }
+            Err(Restart::Transient(err)) => {
+                metrics.restarts.inc();
+                tracing::warn!(error = %format!("{err:#}"), "The reservation loop failed; rebuilding state from the log.");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        }
+        backoff = Duration::from_millis(50);
+    }
+    Ok(())
+}
+
+/// The state rebuilt from the logs plus, per region, the sequence of its last decision: the
+/// value the next write's fence expects.
+struct Recovered {
+    state: State,
+    fences: HashMap<Region, u64>,
+}
+
+async fn recover(js: &jetstream::Context, regions: &RegionFilter) -> anyhow::Result<Recovered> {
+    let mut state = State::default();
+    let mut fences = HashMap::new();
+    let mut bad = 0u64;
+    replay::read_to_end(
+        js,
+        subjects::DECISIONS_STREAM,
+        subjects::reservation_decisions_filter(regions),
+        1,
+        |record: Record| match record.envelope {
+            Ok(envelope) => {
+                if let Some(region) = region_of(&envelope.event) {
+                    fences.insert(region.clone(), record.seq);
+                }
+                state.apply(&envelope.event);
+            }
+            Err(_) => bad += 1,
+        },
+    )
+    .await
+    .context("Failed to read back the decisions log")?;
+    if bad > 0 {
+        tracing::error!(
+            count = bad,
+            "Undecodable messages in the decisions log were skipped."
+        );
+    }
+    let checkpoint = state.checkpoint;
+    replay::read_to_end(
+        js,
+        subjects::INTAKE_STREAM,
+        subjects::intake_kind_filter(regions, IntakeKind::Capacity),
+        1,
+        |record: Record| {
+            if record.seq <= checkpoint
+                && let Ok(Envelope {
+                    event: Event::CapacitySet(set),
+                    ..
+                }) = &record.envelope
+            {
+                state.set_capacity(&set.slot, set.capacity);
+            }
+        },
+    )
+    .await
+    .context("Failed to read back capacities")?;
+    tracing::info!(
+        registrations = state.registrations.len(),
+        slots = state.slots.len(),
+        checkpoint,
+        "Reservation state rebuilt from the log."
+    );
+    Ok(Recovered { state, fences })
+}
+
+fn region_of(event: &Event) -> Option<&Region> {
+    match event {
+        Event::SlotReserved(e) => Some(&e.slot.region),
+        Event::SlotRejected(e) => Some(&e.slot.region),
+        Event::SlotReleased(e) => Some(&e.slot.region),
+        Event::RegistrationConfirmed(e) => Some(&e.slot.region),
+        Event::RegistrationCancelled(e) => Some(&e.slot.region),
+        _ => None,
+    }
+}
+
+async fn run_once(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    config: &ReservationConfig,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), Restart> {
+    let Recovered {
+        mut state,
+        mut fences,
+    } = recover(js, &config.regions).await?;
+    let (mut messages, _) = replay::ordered(
+        js,
+        subjects::INTAKE_STREAM,
+        subjects::intake_filter(&config.regions),
+        state.checkpoint + 1,
+    )
+    .await?;
+    let mut batch = Vec::with_capacity(MAX_INPUTS_PER_BATCH);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let Some(first) = first else {
+            return Err(Restart::Transient(anyhow::anyhow!(
+                "the intake consumer ended"
+            )));
+        };
+        batch.clear();
+        batch.push(first.context("Failed to read intake")?);
+        // Group commit: take whatever is already buffered, without waiting for more.
+        while batch.len() < MAX_INPUTS_PER_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => batch.push(message.context("Failed to read intake")?),
+                _ => break,
+            }
+        }
+
+        let mut decisions = Vec::new();
+        for message in &batch {
+            let record = Record::from_message(message)?;
+            match record.envelope {
+                Ok(envelope) => {
+                    let input = Input {
+                        seq: record.seq,
+                        event: envelope.event,
+                    };
+                    decisions.extend(
+                        state
+                            .handle(&input)
+                            .into_iter()
+                            .map(|d| (envelope.correlation_id.clone(), d)),
+                    );
+                }
+                Err(err) => {
+                    metrics.undecodable.inc();
+                    tracing::error!(seq = record.seq, error = %err, "An undecodable intake message was skipped.");
+                }
+            }
+        }
+        metrics.inputs.inc_by(batch.len() as u64);
+        if decisions.is_empty() {
+            continue;
+        }
+        write_decisions(js, client, &mut fences, decisions, metrics).await?;
+    }
+}
+
+async fn write_decisions(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    fences: &mut HashMap<Region, u64>,
+    decisions: Vec<(String, Event)>,
+    metrics: &Metrics,
+) -> Result<(), Restart> {
+    let mut fenced: HashMap<Region, ()> = HashMap::new();
+    let mut regions = Vec::with_capacity(decisions.len());
+    let mut outgoing = Vec::with_capacity(decisions.len());
+    for (correlation_id, event) in decisions {
+        let region = region_of(&event)
+            .expect("reservation decisions name a slot")
+            .clone();
+        let mut headers = HeaderMap::new();
+        headers.insert(subjects::EVENT_TYPE_HEADER, event.event_type());
+        if fenced.insert(region.clone(), ()).is_none() {
+            let expected = fences.get(&region).copied().unwrap_or(0);
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+        }
+        metrics
+            .decisions
+            .with_label_values(&[event.event_type()])
+            .inc();
+        outgoing.push(Outgoing {
+            subject: subjects::reservation_decisions(&region),
+            headers,
+            payload: Envelope::new(correlation_id, event).encode().into(),
+        });
+        regions.push(region);
+    }
+    let timer = metrics.batch_seconds.start_timer();
+    let result = publish_atomic(js, client, outgoing).await;
+    timer.observe_duration();
+    match result {
+        Ok(seqs) => {
+            metrics.batches.inc();
+            for (region, seq) in regions.into_iter().zip(seqs) {
+                fences.insert(region, seq);
+            }
+            Ok(())
+        }
+        Err(AppendError::Fenced(_)) => Err(Restart::Fenced),
+        // The outcome is unknown (or refused): the log is the truth, so rebuild from it.
+        Err(err) => Err(Restart::Transient(anyhow::Error::new(err))),
+    }
+}

@@ -1,0 +1,83 @@
+//! The processor process: connects, ensures streams, runs the reservation loop, and serves
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::net::TcpListener;
+
+use anyhow::Context as _;
+use ntex::web::{self, App, HttpResponse};
+use streams::config::{Replication, ensure_streams};
+use streams::subjects::RegionFilter;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::reservation::{self, ReservationConfig};
+
+/// Everything the processor process needs, resolved by `main` from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How to reach NATS.
+    pub nats: streams::runtime::NatsOptions,
+    /// Which regions this replica decides for.
+    pub regions: RegionFilter,
+    /// Stream replication.
+    pub replication: Replication,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    client: async_nats::Client,
+    metrics: Metrics,
+}
+
+/// Runs the processor until `shutdown` fires, serving health on `listener`.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = streams::runtime::connect(&settings.nats, &shutdown).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    ensure_streams(&js, settings.replication).await?;
+    let metrics = Metrics::new();
+
+    let state = HealthState {
+        client: client.clone(),
+        metrics: metrics.clone(),
+    };
+    let server = web::HttpServer::new(async move || {
+        App::new()
+            .state(state.clone())
+            .route(
+                "/healthz",
+                web::get().to(async || HttpResponse::Ok().body("ok")),
+            )
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics_handler))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .context("Failed to listen for health checks")?
+    .run();
+
+    let result = reservation::run(
+        client,
+        ReservationConfig {
+            regions: settings.regions,
+        },
+        metrics,
+        shutdown,
+    )
+    .await;
+    server.stop(true).await;
+    result
+}
+
+async fn readyz(state: web::types::State<HealthState>) -> HttpResponse {
+    let connected = state.client.connection_state() == async_nats::connection::State::Connected;
+    streams::http::readiness(&[("nats", connected)])
+}
+
+async fn metrics_handler(state: web::types::State<HealthState>) -> HttpResponse {
+    streams::http::metrics(&state.metrics.registry)
+}

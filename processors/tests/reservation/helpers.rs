@@ -1,0 +1,213 @@
+//! Helpers for the reservation processor's integration tests: a real nats-server, intake
+//! events appended the way the edge appends them, and the decision log read back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use chrono::NaiveDate;
+use processors::metrics::Metrics;
+use processors::reservation::{ReservationConfig, run};
+use streams::appender::{Appender, AppenderOptions, Outgoing};
+use streams::config::{Replication, ensure_streams};
+use streams::events::*;
+use streams::model::{Location, Region, RegistrationId, SlotKey};
+use streams::replay::read_to_end;
+use streams::subjects::{self, IntakeKind, RegionFilter};
+use testkit::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+pub struct World {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub appender: Appender,
+}
+
+pub fn region() -> Region {
+    Region::parse("mazowieckie").unwrap()
+}
+
+pub fn slot(location: &str) -> SlotKey {
+    SlotKey {
+        region: region(),
+        location: Location::parse(location).unwrap(),
+        date: NaiveDate::from_ymd_opt(2027, 3, 1).unwrap(),
+    }
+}
+
+impl World {
+    pub async fn start() -> World {
+        testkit::init_test_log();
+        let nats = NatsServer::start();
+        let client = nats.connect().await;
+        ensure_streams(&async_nats::jetstream::new(client.clone()), Replication(1))
+            .await
+            .unwrap();
+        let appender = Appender::start(client.clone(), AppenderOptions::default());
+        World {
+            nats,
+            client,
+            appender,
+        }
+    }
+
+    pub async fn append(&self, kind: IntakeKind, region: &Region, event: Event) -> u64 {
+        let envelope = Envelope::new("test", event);
+        let mut headers = HeaderMap::new();
+        headers.insert(subjects::EVENT_TYPE_HEADER, envelope.event.event_type());
+        self.appender
+            .append(Outgoing {
+                subject: subjects::intake(region, kind),
+                headers,
+                payload: envelope.encode().into(),
+            })
+            .await
+            .expect("the intake stream accepts the event")
+    }
+
+    pub async fn set_capacity(&self, slot: &SlotKey, capacity: u32) {
+        self.append(
+            IntakeKind::Capacity,
+            &slot.region,
+            Event::CapacitySet(CapacitySet {
+                slot: slot.clone(),
+                capacity,
+            }),
+        )
+        .await;
+    }
+
+    /// Appends a submission and returns (id, intake sequence).
+    pub async fn submit(&self, slot: &SlotKey) -> (RegistrationId, u64) {
+        let id = RegistrationId::generate(&slot.region);
+        let seq = self
+            .append(IntakeKind::Submitted, &slot.region, submitted(&id, slot))
+            .await;
+        (id, seq)
+    }
+
+    pub async fn cancel(&self, id: &RegistrationId) -> u64 {
+        self.append(
+            IntakeKind::Cancel,
+            &id.region(),
+            Event::CancellationRequested(CancellationRequested {
+                registration_id: id.clone(),
+            }),
+        )
+        .await
+    }
+
+    /// Starts one reservation replica; returns its shutdown token, metrics and task.
+    pub fn replica(&self) -> Replica {
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let task = tokio::spawn(run(
+            self.client.clone(),
+            ReservationConfig {
+                regions: RegionFilter::One(region()),
+            },
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        Replica {
+            shutdown,
+            metrics,
+            task,
+        }
+    }
+
+    /// Every reservation decision in the log, in order, with its stream sequence.
+    pub async fn decisions(&self) -> Vec<(u64, Event)> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let mut out = Vec::new();
+        read_to_end(
+            &js,
+            subjects::DECISIONS_STREAM,
+            subjects::reservation_decisions_filter(&RegionFilter::All),
+            1,
+            |r| out.push((r.seq, r.envelope.expect("decisions decode").event)),
+        )
+        .await
+        .unwrap();
+        out
+    }
+
+    /// Waits until `n` registrations have a first decision.
+    pub async fn wait_for_first_decisions(&self, n: usize) -> Vec<(u64, Event)> {
+        testkit::eventually(
+            &format!("{n} first decisions"),
+            Duration::from_secs(30),
+            || async {
+                let log = self.decisions().await;
+                (first_decisions(&log).len() >= n).then_some(log)
+            },
+        )
+        .await
+    }
+}
+
+pub struct Replica {
+    pub shutdown: CancellationToken,
+    pub metrics: Metrics,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub fn submitted(id: &RegistrationId, slot: &SlotKey) -> Event {
+    Event::RegistrationSubmitted(RegistrationSubmitted {
+        registration_id: id.clone(),
+        slot: slot.clone(),
+        citizen_key: id.to_string(),
+        request_hash: String::new(),
+        language: "en".into(),
+        personal: Sealed {
+            key_id: "k1".into(),
+            nonce: String::new(),
+            ciphertext: String::new(),
+        },
+    })
+}
+
+/// First decision (reserved or rejected) per registration, counting duplicates.
+pub fn first_decisions(log: &[(u64, Event)]) -> HashMap<RegistrationId, Vec<Event>> {
+    let mut map: HashMap<RegistrationId, Vec<Event>> = HashMap::new();
+    for (_, e) in log {
+        if let Event::SlotReserved(SlotReserved {
+            registration_id, ..
+        })
+        | Event::SlotRejected(SlotRejected {
+            registration_id, ..
+        }) = e
+        {
+            map.entry(registration_id.clone())
+                .or_default()
+                .push(e.clone());
+        }
+    }
+    map
+}
+
+/// Replays the decision log and checks that no slot ever holds more than `capacity`.
+pub fn max_active(log: &[(u64, Event)]) -> HashMap<SlotKey, u32> {
+    let mut active: HashMap<SlotKey, u32> = HashMap::new();
+    let mut max: HashMap<SlotKey, u32> = HashMap::new();
+    for (_, e) in log {
+        match e {
+            Event::SlotReserved(r) => {
+                let a = active.entry(r.slot.clone()).or_default();
+                *a += 1;
+                let m = max.entry(r.slot.clone()).or_default();
+                *m = (*m).max(*a);
+            }
+            Event::SlotReleased(r) => *active.entry(r.slot.clone()).or_default() -= 1,
+            _ => {}
+        }
+    }
+    max
+}

@@ -1,0 +1,187 @@
+//! The reservation processor against a real nats-server: concurrency, competing replicas,
+//! fencing, restarts.
+
+mod helpers;
+
+use futures::future::join_all;
+use helpers::*;
+use streams::events::{Event, RejectReason};
+
+#[tokio::test]
+async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten_in_arrival_order() {
+    let world = World::start().await;
+    let hot = slot("hot");
+    world.set_capacity(&hot, 10).await;
+    // Three replicas race for the same region: fencing must leave one history.
+    let replicas = [world.replica(), world.replica(), world.replica()];
+    let submissions = join_all((0..60).map(|_| world.submit(&hot))).await;
+
+    let log = world.wait_for_first_decisions(60).await;
+    let firsts = first_decisions(&log);
+    assert_eq!(firsts.len(), 60);
+    assert!(
+        firsts.values().all(|d| d.len() == 1),
+        "a registration got two decisions"
+    );
+    let reserved: Vec<_> = submissions
+        .iter()
+        .filter(|(id, _)| matches!(firsts[id][0], Event::SlotReserved(_)))
+        .collect();
+    assert_eq!(reserved.len(), 10, "exactly the capacity is granted");
+    assert_eq!(max_active(&log)[&hot], 10, "never above capacity");
+    // First come, first served: the ten winners are the ten earliest intake sequences.
+    let mut seqs: Vec<u64> = submissions.iter().map(|(_, s)| *s).collect();
+    seqs.sort_unstable();
+    let mut winners: Vec<u64> = reserved.iter().map(|(_, s)| *s).collect();
+    winners.sort_unstable();
+    assert_eq!(winners, seqs[..10]);
+    for (id, _) in &submissions {
+        if let Event::SlotRejected(r) = &firsts[id][0] {
+            assert_eq!(r.reason, RejectReason::SlotFull);
+        }
+    }
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_cancellation_returns_the_slot_and_a_restarted_replica_decides_nothing_twice() {
+    let world = World::start().await;
+    let small = slot("small");
+    world.set_capacity(&small, 1).await;
+    let replica = world.replica();
+    let (first, _) = world.submit(&small).await;
+    let (second, _) = world.submit(&small).await;
+    world.wait_for_first_decisions(2).await;
+    world.cancel(&first).await;
+    let (third, _) = world.submit(&small).await;
+    let log = world.wait_for_first_decisions(3).await;
+    let firsts = first_decisions(&log);
+    assert!(matches!(firsts[&first][0], Event::SlotReserved(_)));
+    assert!(matches!(firsts[&second][0], Event::SlotRejected(_)));
+    assert!(
+        matches!(firsts[&third][0], Event::SlotReserved(_)),
+        "the released slot goes to the next submission"
+    );
+    replica.stop().await;
+
+    // A new replica rebuilds from the log; re-delivered submissions decide nothing new.
+    let before = world.decisions().await.len();
+    let (first_again, _) = (first.clone(), ());
+    world
+        .append(
+            streams::subjects::IntakeKind::Submitted,
+            &region(),
+            submitted(&first_again, &small),
+        )
+        .await;
+    let (fourth, _) = world.submit(&small).await;
+    let replica = world.replica();
+    let log = world.wait_for_first_decisions(4).await;
+    assert_eq!(log.len(), before + 1, "only the new submission was decided");
+    assert!(matches!(
+        first_decisions(&log)[&fourth][0],
+        Event::SlotRejected(_)
+    ));
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn decisions_survive_a_nats_server_restart() {
+    let mut world = World::start().await;
+    let s = slot("restart");
+    world.set_capacity(&s, 5).await;
+    let replica = world.replica();
+    for _ in 0..3 {
+        world.submit(&s).await;
+    }
+    world.wait_for_first_decisions(3).await;
+    world.nats.restart();
+    // The appender and the replica reconnect on their own.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let id = testkit::eventually(
+            "an append after the restart",
+            std::time::Duration::from_secs(30),
+            || async {
+                let id = streams::model::RegistrationId::generate(&s.region);
+                let envelope = streams::events::Envelope::new("t", submitted(&id, &s));
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    streams::subjects::EVENT_TYPE_HEADER,
+                    "RegistrationSubmitted",
+                );
+                world
+                    .appender
+                    .append(streams::appender::Outgoing {
+                        subject: streams::subjects::intake(
+                            &s.region,
+                            streams::subjects::IntakeKind::Submitted,
+                        ),
+                        headers,
+                        payload: envelope.encode().into(),
+                    })
+                    .await
+                    .ok()
+                    .map(|_| id)
+            },
+        )
+        .await;
+        ids.push(id);
+    }
+    let log = world.wait_for_first_decisions(7).await;
+    let firsts = first_decisions(&log);
+    assert!(firsts.values().all(|d| d.len() == 1));
+    assert_eq!(max_active(&log)[&s], 5);
+    let reserved = firsts
+        .values()
+        .filter(|d| matches!(d[0], Event::SlotReserved(_)))
+        .count();
+    assert_eq!(reserved, 5);
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_whose_view_is_stale_is_fenced_and_rebuilds_instead_of_writing() {
+    let world = World::start().await;
+    let s = slot("fenced");
+    world.set_capacity(&s, 2).await;
+    let replica = world.replica();
+    let (first, _) = world.submit(&s).await;
+    world.wait_for_first_decisions(1).await;
+
+    // Another writer (a paused replica waking up, say) extends the region's decision log
+    // behind this replica's back: it reserves the last place for a registration of its own.
+    let intruder = streams::model::RegistrationId::generate(&s.region);
+    let envelope = streams::events::Envelope::new(
+        "intruder",
+        Event::SlotReserved(streams::events::SlotReserved {
+            registration_id: intruder.clone(),
+            slot: s.clone(),
+            intake_seq: 0,
+            reserved: 2,
+            capacity: 2,
+        }),
+    );
+    let js = async_nats::jetstream::new(world.client.clone());
+    js.publish(
+        streams::subjects::reservation_decisions(&s.region),
+        envelope.encode().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    // The replica's next write carries the sequence it last saw: refused, so it rebuilds,
+    // learns of the intruder's reservation, and rejects the newcomer instead of overbooking.
+    let (second, _) = world.submit(&s).await;
+    let log = world.wait_for_first_decisions(3).await;
+    let firsts = first_decisions(&log);
+    assert!(matches!(firsts[&first][0], Event::SlotReserved(_)));
+    assert!(matches!(firsts[&second][0], Event::SlotRejected(_)));
+    assert_eq!(max_active(&log)[&s], 2);
+    assert_eq!(replica.metrics.fenced.get(), 1, "exactly one fenced write");
+    replica.stop().await;
+}

@@ -1,0 +1,254 @@
+//! The read API: availability from a moka cache, registration status checked against its
+//! token, health and metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use moka::future::Cache;
+use ntex::http::StatusCode;
+use ntex::http::header::{self, HeaderValue};
+use ntex::web::{self, HttpRequest, HttpResponse, types::State};
+use serde_json::{Value, json};
+use streams::crypto::{Keys, sha256_hex};
+use streams::http::{error, json as json_response};
+use streams::model::{Location, Region, RegistrationId};
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// An availability query, normalised: the cache key. Only parsed values go in, so random
+/// query parameters cannot multiply cache entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AvailabilityKey {
+    region: Option<Region>,
+    location: Option<Location>,
+    date: Option<NaiveDate>,
+}
+
+/// A cached availability answer: the body and its entity tag.
+#[derive(Debug)]
+pub struct Rendered {
+    body: String,
+    etag: String,
+}
+
+/// Shared by every worker thread of the read API.
+#[derive(Clone)]
+pub struct Reader {
+    /// The projection database.
+    pub store: Store,
+    /// Availability answers, about one second old at most.
+    pub cache: Cache<AvailabilityKey, Arc<Rendered>>,
+    /// Keys for checking registration tokens.
+    pub keys: Keys,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// NATS connection, for readiness.
+    pub client: async_nats::Client,
+}
+
+impl Reader {
+    /// Builds the reader with a cache whose entries live `ttl`.
+    pub fn new(
+        store: Store,
+        keys: Keys,
+        metrics: Metrics,
+        client: async_nats::Client,
+        ttl: Duration,
+    ) -> Self {
+        Reader {
+            store,
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            keys,
+            metrics,
+            client,
+        }
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
+    let query = req.uri().query().unwrap_or("");
+    let bad = |field: &str, message: String| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            &message,
+            Some(field),
+        )
+    };
+    let nonempty = |name| query_param(query, name).filter(|v| !v.is_empty());
+    Ok(AvailabilityKey {
+        region: nonempty("region")
+            .map(Region::parse)
+            .transpose()
+            .map_err(|e| bad("region", e.0))?,
+        location: nonempty("location")
+            .map(Location::parse)
+            .transpose()
+            .map_err(|e| bad("location", e.0))?,
+        date: nonempty("date")
+            .map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d"))
+            .transpose()
+            .map_err(|_| bad("date", "date must be YYYY-MM-DD".into()))?,
+    })
+}
+
+/// `GET /v1/availability`
+pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    reader.metrics.availability_requests.inc();
+    let key = match parse_key(&req) {
+        Ok(key) => key,
+        Err(response) => return response,
+    };
+    let loader = {
+        let reader = reader.clone();
+        let key = key.clone();
+        async move {
+            reader.metrics.availability_loads.inc();
+            let rows = reader
+                .store
+                .availability(
+                    key.region.as_ref().map(Region::as_str),
+                    key.location.as_ref().map(Location::as_str),
+                    key.date.map(|d| d.to_string()).as_deref(),
+                )
+                .await?;
+            let body = serde_json::to_string(&rows)?;
+            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
+            anyhow::Ok(Arc::new(Rendered { body, etag }))
+        }
+    };
+    // One load per key however many readers ask at once (moka coalesces them).
+    let rendered = match reader.cache.try_get_with(key, loader).await {
+        Ok(rendered) => rendered,
+        Err(err) => {
+            tracing::warn!(error = %err, "Availability could not be loaded.");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "availability is temporarily unavailable",
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == rendered.etag || t.trim() == "*")
+        });
+    let mut response = if matches {
+        HttpResponse::NotModified().finish()
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(rendered.body.clone())
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=1"),
+    );
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&rendered.etag).expect("hex is a valid header"),
+    );
+    response
+}
+
+fn not_found() -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no registration with this id and token",
+        None,
+    )
+}
+
+/// `GET /v1/registrations/{id}` with `Authorization: Bearer <token>`. Unknown id, wrong or
+/// missing token: the same `404`.
+pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let Ok(id) = RegistrationId::parse(req.match_info().get("id").unwrap_or_default()) else {
+        return not_found();
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !token.is_some_and(|t| reader.keys.verify_token(&id, t)) {
+        return not_found();
+    }
+    let row = match reader.store.registration(id.as_str()).await {
+        Ok(row) => row,
+        Err(err) => {
+            tracing::warn!(registration_id = %id, error = %err, "Status could not be read.");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "status is temporarily unavailable",
+                None,
+            );
+        }
+    };
+    // A valid token is only ever handed out with a 202, so the registration exists even if
+    // the projection has not caught up yet: it is `received`.
+    let mut body = row.unwrap_or_else(|| json!({"status": "received", "region": id.region()}));
+    if let Value::Object(map) = &mut body {
+        map.insert("registration_id".into(), json!(id));
+        map.retain(|_, v| !v.is_null());
+    }
+    let mut response = json_response(StatusCode::OK, &body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /readyz`: NATS connected and SurrealDB answering.
+pub async fn readyz(reader: State<Reader>) -> HttpResponse {
+    let nats = reader.client.connection_state() == async_nats::connection::State::Connected;
+    let store = reader.store.is_healthy().await;
+    streams::http::readiness(&[("nats", nats), ("surrealdb", store)])
+}
+
+/// `GET /metrics`
+pub async fn metrics(reader: State<Reader>) -> HttpResponse {
+    streams::http::metrics(&reader.metrics.registry)
+}
+
+/// The routes of the read API.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/availability", web::get().to(availability))
+        .route("/v1/registrations/{id}", web::get().to(registration))
+        .route(
+            "/healthz",
+            web::get().to(async || HttpResponse::Ok().body("ok")),
+        )
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Answers every unknown route with the contract's JSON error.
+pub async fn not_found_route() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+}

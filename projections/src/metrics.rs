@@ -1,0 +1,75 @@
+//! Every metric the projections and the read API export, in one place.
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Metrics of the projections process. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Messages applied, by stream.
+    pub applied: IntCounterVec,
+    /// Last sequence applied, by stream.
+    pub checkpoint: IntGaugeVec,
+    /// Messages that could not be decoded.
+    pub undecodable: IntCounter,
+    /// SurrealDB reads made to fill the availability cache: at most one per key per TTL.
+    pub availability_loads: IntCounter,
+    /// Availability requests answered.
+    pub availability_requests: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let applied = IntCounterVec::new(
+            Opts::new("projection_applied_total", "Messages applied to SurrealDB."),
+            &["stream"],
+        )
+        .expect("valid metric");
+        let checkpoint = IntGaugeVec::new(
+            Opts::new("projection_checkpoint", "Last stream sequence applied."),
+            &["stream"],
+        )
+        .expect("valid metric");
+        let undecodable = IntCounter::new(
+            "projection_undecodable_total",
+            "Undecodable messages skipped.",
+        )
+        .expect("valid metric");
+        let availability_loads = IntCounter::new(
+            "read_availability_loads_total",
+            "SurrealDB reads made to fill the availability cache.",
+        )
+        .expect("valid metric");
+        let availability_requests = IntCounter::new(
+            "read_availability_requests_total",
+            "Availability requests answered.",
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(applied.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(checkpoint.clone()),
+            Box::new(undecodable.clone()),
+            Box::new(availability_loads.clone()),
+            Box::new(availability_requests.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
+        Metrics {
+            registry,
+            applied,
+            checkpoint,
+            undecodable,
+            availability_loads,
+            availability_requests,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

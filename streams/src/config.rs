@@ -1,0 +1,81 @@
+//! Stream and bucket configurations, created or updated idempotently at start-up by every
+//! service ([`ensure_streams`]), so no start order is required.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::subjects;
+
+/// How many copies JetStream keeps: 1 on a development machine (made durable by
+/// `sync_interval: always` in the server config), 3 in a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Replication(pub usize);
+
+/// Largest message the streams accept: one registration is at most 16 KiB of request plus
+/// envelope; decision batches are many small messages.
+pub const MAX_MESSAGE_BYTES: i32 = 64 * 1024;
+
+fn log_stream(name: &str, subjects: Vec<String>, replicas: Replication) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects,
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        // The log is the system of record: nothing is discarded by age or size.
+        max_message_size: MAX_MESSAGE_BYTES,
+        num_replicas: replicas.0,
+        // Many registrations per durable write (see DESIGN.md, group commit).
+        allow_atomic_publish: true,
+        // Status reads and the edge's claim checks use direct gets.
+        allow_direct: true,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// The intake stream's configuration.
+pub fn intake_stream(replicas: Replication) -> stream::Config {
+    log_stream(
+        subjects::INTAKE_STREAM,
+        subjects::intake_stream_subjects(),
+        replicas,
+    )
+}
+
+/// The decisions stream's configuration.
+pub fn decisions_stream(replicas: Replication) -> stream::Config {
+    log_stream(
+        subjects::DECISIONS_STREAM,
+        subjects::decisions_stream_subjects(),
+        replicas,
+    )
+}
+
+/// The citizen-claims bucket's configuration.
+pub fn claims_bucket(replicas: Replication) -> kv::Config {
+    kv::Config {
+        bucket: subjects::CLAIMS_BUCKET.to_owned(),
+        description: "one claim per citizen key: at most one active registration per citizen"
+            .into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.0,
+        ..Default::default()
+    }
+}
+
+/// Creates every stream and bucket, or updates them to this code's configuration.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> anyhow::Result<()> {
+    for config in [intake_stream(replicas), decisions_stream(replicas)] {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .with_context(|| format!("Failed to create or update stream {name}"))?;
+    }
+    js.create_or_update_key_value(claims_bucket(replicas))
+        .await
+        .context("Failed to create or update the claims bucket")?;
+    Ok(())
+}

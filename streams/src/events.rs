@@ -1,0 +1,485 @@
+//! The event envelope and every event of the system.
+//!
+//! Events are past-tense facts. Each has a type name (the enum variant, also sent in the
+//! [`crate::subjects::EVENT_TYPE_HEADER`] header) and a schema version; decoding refuses a
+//! version it does not know instead of guessing. Golden JSON files of every event live in
+//! `streams/tests/golden/` and a test fails on any unintended change of the wire format.
+//!
+//! Personal data never appears in clear: [`RegistrationSubmitted::personal`] is sealed with
+//! the data key (see [`crate::crypto`]), and citizens are identified by a keyed hash
+//! ([`RegistrationSubmitted::citizen_key`]).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{Region, RegistrationId, SlotKey};
+
+/// Every event, tagged by type. The JSON form is `{"type": "...", "data": {...}}` inside the
+/// [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    /// A citizen's registration was accepted by the edge and durably appended (intake).
+    RegistrationSubmitted(RegistrationSubmitted),
+    /// A citizen asked to cancel their registration (intake).
+    CancellationRequested(CancellationRequested),
+    /// An operator set the capacity of a slot (intake).
+    CapacitySet(CapacitySet),
+    /// An operator set a region's registration window (intake).
+    WindowSet(WindowSet),
+    /// The government registry confirmed the citizen (intake, from the verification processor).
+    VerificationPassed(VerificationPassed),
+    /// The government registry refused the citizen (intake, from the verification processor).
+    VerificationFailed(VerificationFailed),
+    /// A slot was reserved for a registration (decision).
+    SlotReserved(SlotReserved),
+    /// No slot could be given to a registration (decision, terminal).
+    SlotRejected(SlotRejected),
+    /// A reserved slot went back to the pool (decision).
+    SlotReleased(SlotReleased),
+    /// A registration holds its slot and is verified (decision, terminal).
+    RegistrationConfirmed(RegistrationConfirmed),
+    /// A registration was cancelled (decision, terminal).
+    RegistrationCancelled(RegistrationCancelled),
+    /// A message was sent to the citizen (decision, from the notification processor).
+    NotificationSent(NotificationSent),
+}
+
+impl Event {
+    /// The type name, as in the JSON `type` field and the event-type header.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::RegistrationSubmitted(_) => "RegistrationSubmitted",
+            Event::CancellationRequested(_) => "CancellationRequested",
+            Event::CapacitySet(_) => "CapacitySet",
+            Event::WindowSet(_) => "WindowSet",
+            Event::VerificationPassed(_) => "VerificationPassed",
+            Event::VerificationFailed(_) => "VerificationFailed",
+            Event::SlotReserved(_) => "SlotReserved",
+            Event::SlotRejected(_) => "SlotRejected",
+            Event::SlotReleased(_) => "SlotReleased",
+            Event::RegistrationConfirmed(_) => "RegistrationConfirmed",
+            Event::RegistrationCancelled(_) => "RegistrationCancelled",
+            Event::NotificationSent(_) => "NotificationSent",
+        }
+    }
+
+    /// The schema version this code writes for the event's type. Bump it (and add an upcaster
+    /// in [`Envelope::decode`]) whenever a type's fields change incompatibly.
+    pub fn event_version(&self) -> u16 {
+        1
+    }
+
+    /// The registration this event concerns, if any.
+    pub fn registration_id(&self) -> Option<&RegistrationId> {
+        match self {
+            Event::RegistrationSubmitted(e) => Some(&e.registration_id),
+            Event::CancellationRequested(e) => Some(&e.registration_id),
+            Event::VerificationPassed(e) => Some(&e.registration_id),
+            Event::VerificationFailed(e) => Some(&e.registration_id),
+            Event::SlotReserved(e) => Some(&e.registration_id),
+            Event::SlotRejected(e) => Some(&e.registration_id),
+            Event::SlotReleased(e) => Some(&e.registration_id),
+            Event::RegistrationConfirmed(e) => Some(&e.registration_id),
+            Event::RegistrationCancelled(e) => Some(&e.registration_id),
+            Event::NotificationSent(e) => Some(&e.registration_id),
+            Event::CapacitySet(_) | Event::WindowSet(_) => None,
+        }
+    }
+}
+
+/// Personal fields, encrypted together (ChaCha20-Poly1305) with the registration id as
+/// associated data, so a sealed block cannot be moved to another registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// Which data key sealed it, so keys can be rotated.
+    pub key_id: String,
+    /// The 96-bit nonce, base64url without padding.
+    pub nonce: String,
+    /// The ciphertext with its tag, base64url without padding.
+    pub ciphertext: String,
+}
+
+/// The personal part of a registration, only ever stored sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonalData {
+    /// The national id (PESEL by default).
+    pub national_id: String,
+    /// The citizen's full name.
+    pub full_name: String,
+    /// The citizen's birth date.
+    pub birth_date: NaiveDate,
+    /// Where to send e-mail, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Where to send text messages, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The questionnaire answers.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// A registration accepted by the edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistrationSubmitted {
+    /// The new registration's id.
+    pub registration_id: RegistrationId,
+    /// The slot asked for.
+    pub slot: SlotKey,
+    /// Keyed hash of the national id: one active registration per citizen is enforced on it
+    /// without storing the national id in clear.
+    pub citizen_key: String,
+    /// Hash of the canonical request, so a replay with the same idempotency key and a
+    /// different body is recognised.
+    pub request_hash: String,
+    /// The language for messages to the citizen.
+    pub language: String,
+    /// Personal data, sealed.
+    pub personal: Sealed,
+}
+
+/// A citizen's cancellation, checked against the registration's token by the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancellationRequested {
+    /// The registration to cancel.
+    pub registration_id: RegistrationId,
+}
+
+/// An operator's capacity for one slot. Lowering it below what is reserved revokes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacitySet {
+    /// The slot.
+    pub slot: SlotKey,
+    /// The new total capacity.
+    pub capacity: u32,
+}
+
+/// An operator's registration window for a region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSet {
+    /// The region.
+    pub region: Region,
+    /// From when submissions are accepted.
+    pub opens_at: DateTime<Utc>,
+    /// Until when submissions are accepted.
+    pub closes_at: DateTime<Utc>,
+}
+
+/// The registry confirmed the citizen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationPassed {
+    /// The registration verified.
+    pub registration_id: RegistrationId,
+}
+
+/// The registry refused the citizen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationFailed {
+    /// The registration refused.
+    pub registration_id: RegistrationId,
+    /// Why, in words safe to show the citizen.
+    pub reason: String,
+}
+
+/// Why a registration got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Every slot of that (region, location, date) is taken.
+    SlotFull,
+    /// No capacity was ever set for that (region, location, date).
+    UnknownSlot,
+    /// The registry refused the citizen.
+    VerificationFailed,
+}
+
+impl RejectReason {
+    /// The reason as shown in the status API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::SlotFull => "slot_full",
+            RejectReason::UnknownSlot => "unknown_slot",
+            RejectReason::VerificationFailed => "verification_failed",
+        }
+    }
+}
+
+/// Why a slot went back to the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The citizen cancelled.
+    Cancelled,
+    /// The registry refused the citizen.
+    VerificationFailed,
+}
+
+/// A slot held for a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotReserved {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// The slot held.
+    pub slot: SlotKey,
+    /// The intake sequence of the submission this decision answers.
+    pub intake_seq: u64,
+    /// Reservations active on the slot after this one.
+    pub reserved: u32,
+    /// The slot's capacity when deciding.
+    pub capacity: u32,
+}
+
+/// No slot for a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRejected {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// The slot asked for.
+    pub slot: SlotKey,
+    /// The intake sequence of the event this decision answers.
+    pub intake_seq: u64,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// A reservation returned to the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotReleased {
+    /// The registration that held it.
+    pub registration_id: RegistrationId,
+    /// The slot.
+    pub slot: SlotKey,
+    /// The intake sequence of the event this decision answers.
+    pub intake_seq: u64,
+    /// Why.
+    pub reason: ReleaseReason,
+    /// Reservations active on the slot after the release.
+    pub reserved: u32,
+    /// The slot's capacity when deciding.
+    pub capacity: u32,
+}
+
+/// A registration that holds its slot and passed verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationConfirmed {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Its slot.
+    pub slot: SlotKey,
+    /// The intake sequence of the event this decision answers.
+    pub intake_seq: u64,
+}
+
+/// A cancelled registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationCancelled {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Its slot.
+    pub slot: SlotKey,
+    /// The intake sequence of the cancellation.
+    pub intake_seq: u64,
+}
+
+/// A message sent to a citizen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// `email` or `webhook` (or later `sms`).
+    pub channel: String,
+    /// Which message (e.g. `reserved`, `confirmed`, `rejected`).
+    pub template: String,
+}
+
+/// The envelope every event travels in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per event; sent as `Nats-Msg-Id` where JetStream deduplication applies.
+    pub event_id: Uuid,
+    /// When the fact happened (the edge's clock for intake, the processor's for decisions).
+    pub occurred_at: DateTime<Utc>,
+    /// Ties together everything caused by one request: the registration id for citizen
+    /// events, a request id for operator events.
+    pub correlation_id: String,
+    /// Schema version of the event's type.
+    pub version: u16,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Why bytes could not be decoded into an [`Envelope`]. Permanent: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON of the envelope's shape, or an unknown event type.
+    #[error("malformed event: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A version this code does not know (written by newer code).
+    #[error("event {event_type} has version {version}, newer than this code understands")]
+    UnknownVersion {
+        /// The type.
+        event_type: String,
+        /// The version found.
+        version: u16,
+    },
+}
+
+impl Envelope {
+    /// Wraps `event` in a new envelope with a fresh id and the current time.
+    pub fn new(correlation_id: impl Into<String>, event: Event) -> Self {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            occurred_at: Utc::now(),
+            correlation_id: correlation_id.into(),
+            version: event.event_version(),
+            event,
+        }
+    }
+
+    /// Serializes to JSON bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("events always serialize")
+    }
+
+    /// Deserializes, refusing versions newer than this code.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        if envelope.version > envelope.event.event_version() {
+            return Err(DecodeError::UnknownVersion {
+                event_type: envelope.event.event_type().to_owned(),
+                version: envelope.version,
+            });
+        }
+        Ok(envelope)
+    }
+}
+
+/// One sample of every event, with fixed ids and times: the source of the golden files.
+pub fn samples() -> Vec<Envelope> {
+    let region = Region::parse("mazowieckie").unwrap();
+    let slot = SlotKey {
+        region: region.clone(),
+        location: crate::model::Location::parse("warszawa-narodowy").unwrap(),
+        date: NaiveDate::from_ymd_opt(2027, 3, 1).unwrap(),
+    };
+    let id = RegistrationId::parse("mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f").unwrap();
+    let at = DateTime::parse_from_rfc3339("2027-02-01T08:00:00.123Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let events = vec![
+        Event::RegistrationSubmitted(RegistrationSubmitted {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
+            request_hash: "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b".into(),
+            language: "pl".into(),
+            personal: Sealed {
+                key_id: "k1".into(),
+                nonce: "AAECAwQFBgcICQoL".into(),
+                ciphertext: "c2VhbGVkIHBlcnNvbmFsIGRhdGE".into(),
+            },
+        }),
+        Event::CancellationRequested(CancellationRequested {
+            registration_id: id.clone(),
+        }),
+        Event::CapacitySet(CapacitySet {
+            slot: slot.clone(),
+            capacity: 120,
+        }),
+        Event::WindowSet(WindowSet {
+            region: region.clone(),
+            opens_at: at,
+            closes_at: at + chrono::Duration::hours(90),
+        }),
+        Event::VerificationPassed(VerificationPassed {
+            registration_id: id.clone(),
+        }),
+        Event::VerificationFailed(VerificationFailed {
+            registration_id: id.clone(),
+            reason: "the registry does not know this national id".into(),
+        }),
+        Event::SlotReserved(SlotReserved {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 42,
+            reserved: 7,
+            capacity: 120,
+        }),
+        Event::SlotRejected(SlotRejected {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 42,
+            reason: RejectReason::SlotFull,
+        }),
+        Event::SlotReleased(SlotReleased {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 57,
+            reason: ReleaseReason::Cancelled,
+            reserved: 6,
+            capacity: 120,
+        }),
+        Event::RegistrationConfirmed(RegistrationConfirmed {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 63,
+        }),
+        Event::RegistrationCancelled(RegistrationCancelled {
+            registration_id: id.clone(),
+            slot,
+            intake_seq: 57,
+        }),
+        Event::NotificationSent(NotificationSent {
+            registration_id: id.clone(),
+            channel: "email".into(),
+            template: "reserved".into(),
+        }),
+    ];
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Envelope {
+            event_id: Uuid::from_u128(0x0190f3c2_a1b2_7c3e_8d4f_000000000000 + i as u128),
+            occurred_at: at,
+            correlation_id: id.to_string(),
+            version: event.event_version(),
+            event,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_round_trips() {
+        for envelope in samples() {
+            let decoded = Envelope::decode(&envelope.encode()).unwrap();
+            assert_eq!(decoded, envelope);
+        }
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_not_guessed() {
+        let mut json: serde_json::Value = serde_json::from_slice(&samples()[0].encode()).unwrap();
+        json["version"] = 2.into();
+        let err = Envelope::decode(&serde_json::to_vec(&json).unwrap()).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::UnknownVersion { version: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn an_unknown_type_is_malformed() {
+        let bytes = br#"{"event_id":"0190f3c2-a1b2-7c3e-8d4f-000000000000","occurred_at":"2027-02-01T08:00:00Z","correlation_id":"x","version":1,"type":"SlotStolen","data":{}}"#;
+        assert!(matches!(
+            Envelope::decode(bytes),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,103 @@
+//! HTTP pieces every service shares (all of them serve `/healthz`, `/readyz`, `/metrics`):
+//! the contract's error body, a size-capped body reader and the metrics response.
+
+use ntex::http::StatusCode;
+use ntex::util::{Bytes, BytesMut};
+use ntex::web::{HttpResponse, types::Payload};
+use serde::Serialize;
+
+/// The contract's error body: `{"error": {"code", "message", "field"?}}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    /// The error.
+    pub error: ErrorDetail<'a>,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail<'a> {
+    /// Machine-readable code, e.g. `invalid_field`.
+    pub code: &'a str,
+    /// A sentence for people.
+    pub message: &'a str,
+    /// The request field concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'a str>,
+}
+
+/// A JSON error response with the contract's body.
+pub fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> HttpResponse {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message,
+            field,
+        },
+    };
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(serde_json::to_string(&body).expect("error bodies serialize"))
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json")
+        .body(serde_json::to_string(value).expect("responses serialize"))
+}
+
+/// Reads a request body, refusing it with `413` as soon as it exceeds `limit` bytes, so a
+/// hostile client cannot make the service buffer more than the cap.
+pub async fn read_body(
+    declared_len: Option<u64>,
+    mut payload: Payload,
+    limit: usize,
+) -> Result<Bytes, HttpResponse> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the request body exceeds {limit} bytes"),
+            None,
+        )
+    };
+    if declared_len.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.recv().await {
+        let chunk = chunk.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                &format!("the request body could not be read: {e}"),
+                None,
+            )
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The `/metrics` response for a registry.
+pub fn metrics(registry: &prometheus::Registry) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::runtime::render_metrics(registry))
+}
+
+/// The `/readyz` response: `200` when every dependency answers, `503` naming the failing one.
+pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
+    match checks.iter().find(|(_, ok)| !ok) {
+        None => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Some((name, _)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            &format!("{name} is not reachable"),
+            None,
+        ),
+    }
+}

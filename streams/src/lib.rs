@@ -1,0 +1,29 @@
+//! # streams: the contract of the registration pipeline
+//!
+//! Every service depends on this crate and on none of each other; they meet only through the
+//! events defined here, on the subjects defined here, in the streams configured here.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`model`] | domain values: [`model::Region`], [`model::SlotKey`], [`model::RegistrationId`], [`model::Status`] |
+//! | [`national_id`] | national id rules (PESEL) used by the edge and by the load generator |
+//! | [`events`] | the event envelope and the past-tense events, with type and version |
+//! | [`subjects`] | every subject, stream, bucket and consumer name |
+//! | [`config`] | stream configurations and [`config::ensure_streams`] |
+//! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
+//! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
+//! | [`http`] | the JSON error body, capped body reads, health and metrics responses |
+//! | [`replay`] | reading a stream in order: recovery, projections, replays |
+//! | [`runtime`] | connecting, telemetry, shutdown and metrics plumbing shared by every binary |
+#![forbid(unsafe_code)]
+
+pub mod appender;
+pub mod config;
+pub mod crypto;
+pub mod events;
+pub mod http;
+pub mod model;
+pub mod national_id;
+pub mod replay;
+pub mod runtime;
+pub mod subjects;

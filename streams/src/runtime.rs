@@ -1,0 +1,120 @@
+//! Plumbing every binary shares: connecting to NATS, telemetry, shutdown and metrics.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+/// How a service reaches NATS.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Connection name shown by `nats-server` monitoring.
+    pub name: String,
+    /// Optional user credentials (`user:password`), for per-service permissions.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Connects to NATS, retrying until it answers or `shutdown` fires. Services start in any
+/// order; a missing server is waited for, not a crash.
+pub async fn connect(
+    options: &NatsOptions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<async_nats::Client> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut connect = async_nats::ConnectOptions::new()
+            .name(&options.name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .request_timeout(Some(Duration::from_secs(5)));
+        if let Some((user, password)) = &options.credentials {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        let attempt = async_nats::connect_with_options(options.url.as_str(), connect);
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("Shut down before NATS answered"),
+            result = attempt => match result {
+                Ok(client) => {
+                    // retry_on_initial_connect returns at once: wait for the real connection.
+                    let flushed = tokio::time::timeout(Duration::from_secs(10), client.flush()).await;
+                    if matches!(flushed, Ok(Ok(()))) {
+                        return Ok(client);
+                    }
+                    tracing::warn!(url = %options.url, "NATS is not answering yet; retrying.");
+                }
+                Err(err) => tracing::warn!(url = %options.url, error = %err, "Could not connect to NATS yet; retrying."),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("Shut down before NATS answered"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), `REG_LOG_FORMAT=json`
+/// switches to JSON lines. Safe to call more than once (later calls do nothing).
+pub fn init_telemetry() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if std::env::var("REG_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM, for binaries' `main`.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested; stopping.");
+        fire.cancel();
+    });
+    token
+}
+
+/// Renders a Prometheus registry in the text exposition format.
+pub fn render_metrics(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding of gathered metrics cannot fail");
+    String::from_utf8(buf).expect("prometheus text is UTF-8")
+}
+
+/// Reads an environment variable, parsing it when set.
+pub fn env_parse<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}"))
+            .context("Failed to read configuration"),
+        Err(_) => Ok(None),
+    }
+}

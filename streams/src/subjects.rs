@@ -1,0 +1,169 @@
+//! Every subject, stream, bucket and consumer name of the system. No subject string literal
+//! appears outside this module.
+//!
+//! Subjects carry the region right after their prefix, so a processor started for one region
+//! filters `reg.intake.<region>.>` and sees nothing else:
+//!
+//! | subject | stream | written by | holds |
+//! | --- | --- | --- | --- |
+//! | `reg.intake.<region>.submitted` | [`INTAKE_STREAM`] | ingest | `RegistrationSubmitted` |
+//! | `reg.intake.<region>.cancel` | [`INTAKE_STREAM`] | ingest | `CancellationRequested` |
+//! | `reg.intake.<region>.capacity` | [`INTAKE_STREAM`] | ingest (operators) | `CapacitySet` |
+//! | `reg.intake.<region>.window` | [`INTAKE_STREAM`] | ingest (operators) | `WindowSet` |
+//! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` |
+//! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `SlotRejected`, `SlotReleased`, `RegistrationConfirmed`, `RegistrationCancelled` |
+//! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent` |
+//!
+//! The intake stream is the order of acceptance: everything that may change a reservation is
+//! appended there, so the reservation processor's decisions are a function of one ordered log.
+
+use crate::model::Region;
+
+/// Stream of everything the edge (and the registry verifier) accepted, in acceptance order.
+pub const INTAKE_STREAM: &str = "REG_INTAKE";
+/// Stream of every decision the processors took.
+pub const DECISIONS_STREAM: &str = "REG_DECISIONS";
+/// Key-value bucket holding one claim per citizen (keyed by citizen key, never by national id).
+pub const CLAIMS_BUCKET: &str = "reg_claims";
+
+const INTAKE_PREFIX: &str = "reg.intake";
+const DECISION_PREFIX: &str = "reg.decision";
+
+/// Which region(s) a service handles: one region, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionFilter {
+    /// Every region (`*` in subjects).
+    All,
+    /// Only this region.
+    One(Region),
+}
+
+impl RegionFilter {
+    /// The subject token for this filter.
+    pub fn token(&self) -> &str {
+        match self {
+            RegionFilter::All => "*",
+            RegionFilter::One(r) => r.as_str(),
+        }
+    }
+
+    /// Parses `*`/`all` or a region name.
+    pub fn parse(s: &str) -> Result<Self, crate::model::InvalidValue> {
+        match s {
+            "*" | "all" | "" => Ok(RegionFilter::All),
+            r => Region::parse(r).map(RegionFilter::One),
+        }
+    }
+}
+
+/// The kinds of message in the intake stream, one subject token each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeKind {
+    /// A citizen's registration.
+    Submitted,
+    /// A citizen's cancellation.
+    Cancel,
+    /// An operator's capacity change.
+    Capacity,
+    /// An operator's registration window.
+    Window,
+    /// The government registry's verdict.
+    Verification,
+}
+
+impl IntakeKind {
+    /// The subject token.
+    pub fn token(self) -> &'static str {
+        match self {
+            IntakeKind::Submitted => "submitted",
+            IntakeKind::Cancel => "cancel",
+            IntakeKind::Capacity => "capacity",
+            IntakeKind::Window => "window",
+            IntakeKind::Verification => "verification",
+        }
+    }
+}
+
+/// Subject of an intake message of `kind` for `region`.
+pub fn intake(region: &Region, kind: IntakeKind) -> String {
+    format!("{INTAKE_PREFIX}.{region}.{}", kind.token())
+}
+
+/// Filter for every intake message of the regions in `filter`.
+pub fn intake_filter(filter: &RegionFilter) -> String {
+    format!("{INTAKE_PREFIX}.{}.>", filter.token())
+}
+
+/// Filter for intake messages of one kind in the regions of `filter`.
+pub fn intake_kind_filter(filter: &RegionFilter, kind: IntakeKind) -> String {
+    format!("{INTAKE_PREFIX}.{}.{}", filter.token(), kind.token())
+}
+
+/// Subject of the reservation processor's decisions for `region`. One subject per region, so
+/// "the last decision of this region" is one `Nats-Expected-Last-Subject-Sequence` check: the
+/// fence that stops two replicas from writing conflicting decisions.
+pub fn reservation_decisions(region: &Region) -> String {
+    format!("{DECISION_PREFIX}.{region}.reservation")
+}
+
+/// Filter for the reservation decisions of the regions in `filter`.
+pub fn reservation_decisions_filter(filter: &RegionFilter) -> String {
+    format!("{DECISION_PREFIX}.{}.reservation", filter.token())
+}
+
+/// Subject of the notification processor's records for `region`.
+pub fn notification_decisions(region: &Region) -> String {
+    format!("{DECISION_PREFIX}.{region}.notification")
+}
+
+/// Filter for every decision of the regions in `filter`.
+pub fn decisions_filter(filter: &RegionFilter) -> String {
+    format!("{DECISION_PREFIX}.{}.>", filter.token())
+}
+
+/// Subjects captured by the intake stream.
+pub fn intake_stream_subjects() -> Vec<String> {
+    vec![format!("{INTAKE_PREFIX}.>")]
+}
+
+/// Subjects captured by the decisions stream.
+pub fn decisions_stream_subjects() -> Vec<String> {
+    vec![format!("{DECISION_PREFIX}.>")]
+}
+
+/// Name of the durable consumer a projection worker uses on `stream`.
+pub fn projection_consumer(stream: &str) -> String {
+    format!("projection_{}", stream.to_ascii_lowercase())
+}
+
+/// Header carrying the event type, so consumers can skip events without decoding payloads.
+pub const EVENT_TYPE_HEADER: &str = "Reg-Event-Type";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_carry_the_region_and_filters_match_them() {
+        let r = Region::parse("slaskie").unwrap();
+        assert_eq!(
+            intake(&r, IntakeKind::Submitted),
+            "reg.intake.slaskie.submitted"
+        );
+        assert_eq!(
+            reservation_decisions(&r),
+            "reg.decision.slaskie.reservation"
+        );
+        assert_eq!(
+            intake_filter(&RegionFilter::One(r.clone())),
+            "reg.intake.slaskie.>"
+        );
+        assert_eq!(intake_filter(&RegionFilter::All), "reg.intake.*.>");
+        assert_eq!(
+            reservation_decisions_filter(&RegionFilter::All),
+            "reg.decision.*.reservation"
+        );
+        assert_eq!(RegionFilter::parse("*").unwrap(), RegionFilter::All);
+        assert!(RegionFilter::parse("a.b").is_err());
+    }
+}

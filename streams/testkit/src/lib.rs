@@ -1,0 +1,174 @@
+//! Test support shared by every crate's integration tests:
+//! - [`NatsServer`]: a real `nats-server` with JetStream on a free port and a temporary store
+//!   directory, fsyncing every write (`sync_interval: always`) like production, stopped and
+//!   removed on drop;
+//! - [`eventually`]: poll a condition with a deadline instead of sleeping.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where to find `nats-server`: `$NATS_SERVER_BIN`, then the copy `deploy/install-nats`
+/// puts in `.tools/bin/`, then `PATH`.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let local = workspace.join(".tools/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A running `nats-server` owned by one test.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh store directory.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory can be created");
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port: 0,
+        };
+        server.spawn(-1);
+        server
+    }
+
+    fn spawn(&mut self, port: i32) {
+        let store = self.dir.path().join("jetstream");
+        let ports = self.dir.path().join("ports");
+        std::fs::create_dir_all(&ports).expect("ports directory");
+        for entry in std::fs::read_dir(&ports)
+            .expect("ports directory")
+            .flatten()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let config = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "host: 127.0.0.1\nport: {port}\nmax_payload: 8MB\nports_file_dir: {ports:?}\n\
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n"
+            ),
+        )
+        .expect("config file");
+        let binary = nats_server_binary();
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not start {}: {e}. Install it with `deploy/install-nats` \
+                     (or set NATS_SERVER_BIN to a nats-server >= 2.12)",
+                    binary.display()
+                )
+            });
+        let pid = child.id();
+        self.child = Some(child);
+        let ports_file = ports.join(format!("nats-server_{pid}.ports"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Some(port) = parse_client_port(&text)
+            {
+                self.port = port;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not report its port; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL: nothing is flushed that was not already fsync'd).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port as i32;
+        self.spawn(port);
+    }
+
+    /// Connects a client.
+    pub async fn connect(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("the test nats-server accepts connections")
+    }
+}
+
+fn parse_client_port(text: &str) -> Option<u16> {
+    // {"nats":["nats://127.0.0.1:PORT"], ...}
+    let start = text.find("nats://")? + "nats://".len();
+    let rest = &text[start..];
+    let end = rest.find('"')?;
+    rest[..end].rsplit(':').next()?.parse().ok()
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`. The way to
+/// wait for an asynchronous effect without a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Installs the services' log subscriber when `TEST_LOG` is set; tests are silent otherwise.
+pub fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        streams::runtime::init_telemetry();
+    }
+}
