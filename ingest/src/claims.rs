@@ -37,7 +37,7 @@ pub enum Claimed {
 /// Why claiming failed for reasons other than the outcomes above.
 #[derive(Debug, thiserror::Error)]
 #[error("the claims bucket is unavailable: {0}")]
-pub struct ClaimsUnavailable(String);
+pub struct ClaimsUnavailable(pub String);
 
 /// Creates the claim, or tells how the existing one relates to this request.
 pub async fn claim(

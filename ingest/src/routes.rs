@@ -22,7 +22,7 @@ use streams::events::{
     WindowSet,
 };
 use streams::http::{error, json as json_response, read_body};
-use streams::model::{Region, RegistrationId};
+use streams::model::RegistrationId;
 use streams::subjects::{self, IntakeKind};
 
 use crate::claims::{self, Claim, Claimed};
@@ -51,19 +51,17 @@ pub struct Edge {
     /// Idempotency keys (or citizen keys) with a request in flight on this replica.
     pub in_flight: Arc<Mutex<HashSet<String>>>,
     /// Per client address limiter (None when disabled).
-    pub per_address: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    pub per_address: Option<Limiter<IpAddr>>,
     /// Per citizen limiter (None when disabled).
-    pub per_citizen: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    pub per_citizen: Option<Limiter<String>>,
 }
+
+/// A shared keyed rate limiter.
+pub type Limiter<K> = Arc<DefaultKeyedRateLimiter<K>>;
 
 impl Edge {
     /// Builds the limiters from the settings.
-    pub fn limiters(
-        settings: &Settings,
-    ) -> (
-        Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
-        Option<Arc<DefaultKeyedRateLimiter<String>>>,
-    ) {
+    pub fn limiters(settings: &Settings) -> (Option<Limiter<IpAddr>>, Option<Limiter<String>>) {
         let per_address = NonZeroU32::new(settings.rate_per_address).map(|n| {
             Arc::new(RateLimiter::keyed(
                 Quota::per_second(n).allow_burst(n.saturating_mul(NonZeroU32::new(2).unwrap())),
@@ -209,11 +207,13 @@ async fn submit_inner(
     payload: Payload,
     edge: &Edge,
 ) -> Result<HttpResponse, HttpResponse> {
+    // The (capped) body is read before any refusal, so the connection stays usable for the
+    // client's next request: a response sent over an unread body forces a close.
+    let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
     check_address(edge, req)?;
     if !is_json(req) {
         return Err(not_json());
     }
-    let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
     let now = Utc::now();
     let registration = validate::parse_registration(
         &body,
@@ -284,7 +284,17 @@ async fn submit_inner(
         request_hash: request_hash.clone(),
         idempotency_key_hash: idempotency_key.as_deref().map(|k| sha256_hex(k.as_bytes())),
     };
-    let claim = match claims::claim(&edge.claims, &citizen_key, wanted).await {
+    // Fail fast while NATS is away: nothing can be made durable, so nothing is accepted.
+    if edge.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(unavailable("the event log"));
+    }
+    let claimed = tokio::time::timeout(
+        edge.settings.append_timeout,
+        claims::claim(&edge.claims, &citizen_key, wanted),
+    )
+    .await
+    .unwrap_or_else(|_| Err(claims::ClaimsUnavailable("timed out".into())));
+    let claim = match claimed {
         Ok(Claimed::New(claim) | Claimed::Replay(claim)) => claim,
         Ok(Claimed::KeyReused) => {
             return Err(error(
@@ -419,11 +429,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `PUT /v1/admin/capacity`
 pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
     let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
         check_admin(&req, &edge)?;
         if !is_json(&req) {
             return Err(not_json());
         }
-        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
         let request = validate::parse_capacity(&body).map_err(field_error)?;
         let event = Event::CapacitySet(CapacitySet {
             slot: request.slot.clone(),
@@ -451,11 +461,11 @@ pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>)
 /// `PUT /v1/admin/windows`
 pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
     let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
         check_admin(&req, &edge)?;
         if !is_json(&req) {
             return Err(not_json());
         }
-        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
         let request = validate::parse_window(&body).map_err(field_error)?;
         let window = WindowSet {
             region: request.region.clone(),

@@ -13,10 +13,13 @@ use streams::model::Region;
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
+/// When a region accepts submissions: `[opens, closes)`.
+type Window = (DateTime<Utc>, DateTime<Utc>);
+
 /// The windows known to this replica. A region without a window is open.
 #[derive(Clone, Default)]
 pub struct Windows {
-    inner: Arc<RwLock<HashMap<Region, (DateTime<Utc>, DateTime<Utc>)>>>,
+    inner: Arc<RwLock<HashMap<Region, Window>>>,
 }
 
 impl Windows {

@@ -1,0 +1,250 @@
+//! The whole system in one test process: a real nats-server, the ingest edge, a reservation
+//! processor and the projections (in-memory SurrealDB), each on its own port 0 listener.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use ntex::client::Client;
+use serde_json::{Value, json};
+use streams::subjects::RegionFilter;
+use testkit::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN: &str = "test-admin-token";
+
+pub struct Pipeline {
+    pub nats: NatsServer,
+    pub ingest: String,
+    pub read: String,
+    pub http: Client,
+    shutdown: CancellationToken,
+}
+
+fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+/// Options that differ between tests (limits are off unless a test turns them on).
+#[derive(Default)]
+pub struct Options {
+    pub rate_per_address: u32,
+    pub rate_per_citizen: u32,
+}
+
+impl Pipeline {
+    pub async fn start() -> Pipeline {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Pipeline {
+        testkit::init_test_log();
+        let nats = NatsServer::start();
+        let shutdown = CancellationToken::new();
+        let (ingest_listener, ingest) = listener();
+        let (read_listener, read) = listener();
+        let (processor_listener, _) = listener();
+
+        let mut settings = ingest::settings::Settings::development(&nats.url());
+        settings.admin_token = ADMIN.into();
+        settings.rate_per_address = options.rate_per_address;
+        settings.rate_per_citizen = options.rate_per_citizen;
+        settings.append_timeout = Duration::from_secs(2);
+        settings.workers = 1;
+        ntex::rt::spawn(ingest::service::run(
+            settings,
+            ingest_listener,
+            shutdown.clone(),
+        ));
+
+        let nats_options = |name: &str| streams::runtime::NatsOptions {
+            url: nats.url(),
+            name: name.into(),
+            credentials: None,
+        };
+        ntex::rt::spawn(processors::service::run(
+            processors::service::Settings {
+                nats: nats_options("reservation"),
+                regions: RegionFilter::All,
+                replication: streams::config::Replication(1),
+            },
+            processor_listener,
+            shutdown.clone(),
+        ));
+        ntex::rt::spawn(projections::service::run(
+            projections::service::Settings {
+                nats: nats_options("projections"),
+                store: projections::store::StoreOptions {
+                    endpoint: "mem://".into(),
+                    credentials: None,
+                },
+                secret: streams::crypto::DEVELOPMENT_SECRET.into(),
+                cache_ttl: Duration::from_millis(1000),
+                workers: 1,
+                replicas: 1,
+            },
+            read_listener,
+            shutdown.clone(),
+        ));
+        let pipeline = Pipeline {
+            nats,
+            ingest,
+            read,
+            http: Client::new().await,
+            shutdown,
+        };
+        for base in [&pipeline.ingest, &pipeline.read] {
+            let url = format!("{base}/readyz");
+            testkit::eventually(
+                &format!("{url} to answer 200"),
+                Duration::from_secs(60),
+                || async {
+                    let r = pipeline.http.get(&url).send().await.ok()?;
+                    (r.status() == 200).then_some(())
+                },
+            )
+            .await;
+        }
+        pipeline
+    }
+
+    /// Sends a request and returns status, headers and JSON body (Null when empty).
+    pub async fn send(
+        &self,
+        request: ntex::client::ClientRequest,
+        body: Option<Vec<u8>>,
+    ) -> (u16, ntex::http::HeaderMap, Value) {
+        let response = match body {
+            Some(body) => request.send_body(body).await,
+            None => request.send().await,
+        }
+        .expect("the service answers");
+        let bytes = response.body().limit(1 << 24).await.expect("a body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (response.status().as_u16(), response.headers().clone(), json)
+    }
+
+    pub async fn submit(&self, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/registrations", self.ingest))
+            .content_type("application/json");
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let (status, _, json) = self
+            .send(request, Some(serde_json::to_vec(body).unwrap()))
+            .await;
+        (status, json)
+    }
+
+    pub async fn admin_put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let request = self
+            .http
+            .put(format!("{}{path}", self.ingest))
+            .content_type("application/json")
+            .bearer_auth(ADMIN);
+        let (status, _, json) = self
+            .send(request, Some(serde_json::to_vec(body).unwrap()))
+            .await;
+        (status, json)
+    }
+
+    pub async fn set_capacity(&self, location: &str, capacity: u32) {
+        let (status, body) = self
+            .admin_put(
+                "/v1/admin/capacity",
+                &json!({"region": "mazowieckie", "location": location, "date": "2027-03-01", "capacity": capacity}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub async fn status(&self, id: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/registrations/{id}", self.read));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (status, _, json) = self.send(request, None).await;
+        (status, json)
+    }
+
+    /// Waits until the registration's status is `want`.
+    pub async fn wait_status(&self, id: &str, token: &str, want: &str) -> Value {
+        testkit::eventually(
+            &format!("{id} to be {want}"),
+            Duration::from_secs(30),
+            || async {
+                let (code, body) = self.status(id, Some(token)).await;
+                (code == 200 && body["status"] == want).then_some(body)
+            },
+        )
+        .await
+    }
+
+    pub async fn remaining(&self, location: &str) -> Option<i64> {
+        let (status, _, body) = self
+            .send(
+                self.http.get(format!(
+                    "{}/v1/availability?region=mazowieckie&location={location}&date=2027-03-01",
+                    self.read
+                )),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array()?.first()?["remaining"].as_i64()
+    }
+
+    /// Waits until availability shows `want` remaining places.
+    pub async fn wait_remaining(&self, location: &str, want: i64) {
+        testkit::eventually(
+            &format!("{location} to have {want} left"),
+            Duration::from_secs(30),
+            || async { (self.remaining(location).await == Some(want)).then_some(()) },
+        )
+        .await
+    }
+
+    /// How many messages the intake stream holds.
+    pub async fn intake_messages(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.connect().await);
+        let mut stream = js
+            .get_stream(streams::subjects::INTAKE_STREAM)
+            .await
+            .unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A valid registration body for citizen number `n` at `location`.
+pub fn citizen(n: u32, location: &str) -> Value {
+    let birth =
+        NaiveDate::from_ymd_opt(1960, 1, 1).unwrap() + chrono::Duration::days(n as i64 % 15000);
+    json!({
+        "national_id": streams::national_id::generate_pesel(birth, n),
+        "full_name": format!("Obywatel Numer {n}"),
+        "birth_date": birth.to_string(),
+        "email": format!("citizen{n}@example.pl"),
+        "region": "mazowieckie",
+        "location": location,
+        "date": "2027-03-01",
+        "attributes": {"priority_group": "60+", "chronic_conditions": false, "doses_taken": 0},
+        "language": "pl",
+    })
+}

@@ -1,0 +1,426 @@
+//! The pipeline end to end, over HTTP, on real servers: what a citizen and an operator see.
+
+mod helpers;
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use helpers::*;
+use serde_json::{Value, json};
+
+fn assert_error(body: &Value, code: &str, field: Option<&str>) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    match field {
+        Some(f) => assert_eq!(body["error"]["field"], f, "{body}"),
+        None => assert!(body["error"].get("field").is_none(), "{body}"),
+    }
+}
+
+#[ntex::test]
+async fn a_submission_becomes_reserved_and_availability_drops() {
+    let p = Pipeline::start().await;
+    p.set_capacity("warszawa-narodowy", 5).await;
+    p.wait_remaining("warszawa-narodowy", 5).await;
+
+    let (status, body) = p.submit(&citizen(1, "warszawa-narodowy"), None).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["registration_id"].as_str().unwrap();
+    let token = body["token"].as_str().unwrap();
+    assert_eq!(body["status_url"], format!("/v1/registrations/{id}"));
+
+    let record = p.wait_status(id, token, "reserved").await;
+    assert_eq!(record["registration_id"], id);
+    assert_eq!(record["region"], "mazowieckie");
+    assert_eq!(record["location"], "warszawa-narodowy");
+    assert_eq!(record["date"], "2027-03-01");
+    assert!(record["updated_at"].is_string());
+    for personal in [
+        "national_id",
+        "full_name",
+        "birth_date",
+        "email",
+        "attributes",
+    ] {
+        assert!(
+            record.get(personal).is_none(),
+            "status leaks {personal}: {record}"
+        );
+    }
+    p.wait_remaining("warszawa-narodowy", 4).await;
+}
+
+#[ntex::test]
+async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten() {
+    let p = Pipeline::start().await;
+    p.set_capacity("hot", 10).await;
+    let responses = join_all((0..60).map(|n| {
+        let body = citizen(100 + n, "hot");
+        let p = &p;
+        async move { p.submit(&body, None).await }
+    }))
+    .await;
+    let accepted: Vec<(String, String)> = responses
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            (
+                body["registration_id"].as_str().unwrap().to_owned(),
+                body["token"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut reserved = 0;
+    let mut rejected = 0;
+    for (id, token) in &accepted {
+        let record =
+            testkit::eventually("a decision", std::time::Duration::from_secs(30), || async {
+                let (_, body) = p.status(id, Some(token)).await;
+                (body["status"] != "received").then_some(body)
+            })
+            .await;
+        match record["status"].as_str().unwrap() {
+            "reserved" => reserved += 1,
+            "rejected" => {
+                assert_eq!(record["reason"], "slot_full");
+                rejected += 1
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((reserved, rejected), (10, 50));
+    p.wait_remaining("hot", 0).await;
+}
+
+#[ntex::test]
+async fn ten_concurrent_identical_submissions_make_one_registration() {
+    let p = Pipeline::start().await;
+    p.set_capacity("retry", 3).await;
+    let before = p.intake_messages().await;
+    let body = citizen(7, "retry");
+    let responses = join_all((0..10).map(|_| p.submit(&body, Some("key-7")))).await;
+    let mut ids = HashSet::new();
+    for (status, body) in &responses {
+        match status {
+            202 => {
+                ids.insert(body["registration_id"].as_str().unwrap().to_owned());
+            }
+            409 => assert_error(body, "request_in_flight", None),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one registration id for one request: {ids:?}");
+
+    // After the dust settles, a retry is a replay: same id, same token.
+    let (status, again) = p.submit(&body, Some("key-7")).await;
+    assert_eq!(status, 202);
+    assert!(ids.contains(again["registration_id"].as_str().unwrap()));
+    // The same key with another body is refused...
+    let mut changed = body.clone();
+    changed["location"] = json!("elsewhere");
+    let (status, err) = p.submit(&changed, Some("key-7")).await;
+    assert_eq!(status, 422);
+    assert_error(&err, "idempotency_key_reused", Some("Idempotency-Key"));
+    // ...and so is a second registration of the same citizen under another key.
+    let (status, err) = p.submit(&changed, Some("key-8")).await;
+    assert_eq!(status, 409);
+    assert_error(&err, "already_registered", Some("national_id"));
+
+    // The log may hold the submission more than once (replays re-append), but all copies
+    // carry the one registration id, and it got exactly one decision.
+    let id = ids.into_iter().next().unwrap();
+    let token = again["token"].as_str().unwrap();
+    p.wait_status(&id, token, "reserved").await;
+    let js = async_nats::jetstream::new(p.nats.connect().await);
+    let mut submitted_ids = HashSet::new();
+    streams::replay::read_to_end(
+        &js,
+        streams::subjects::INTAKE_STREAM,
+        "reg.intake.*.submitted".into(),
+        before + 1,
+        |r| {
+            if let Ok(streams::events::Envelope {
+                event: streams::events::Event::RegistrationSubmitted(s),
+                ..
+            }) = r.envelope
+            {
+                submitted_ids.insert(s.registration_id.to_string());
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(submitted_ids, HashSet::from([id]));
+    p.wait_remaining("retry", 2).await;
+}
+
+#[ntex::test]
+async fn bad_input_gets_a_structured_error_and_appends_nothing() {
+    let p = Pipeline::start_with(Options {
+        rate_per_address: 0,
+        rate_per_citizen: 0,
+    })
+    .await;
+    // A closed window for one region, appended before we start counting.
+    let (status, _) = p
+        .admin_put(
+            "/v1/admin/windows",
+            &json!({"region": "closed", "opens_at": "2020-01-01T00:00:00Z", "closes_at": "2020-01-02T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let before = p.intake_messages().await;
+    let url = format!("{}/v1/registrations", p.ingest);
+    let valid = citizen(9, "anywhere");
+
+    // 415: not JSON
+    let (status, _, body) = p
+        .send(
+            p.http.post(&url).content_type("text/plain"),
+            Some(b"hello".to_vec()),
+        )
+        .await;
+    assert_eq!(status, 415);
+    assert_error(&body, "unsupported_media_type", None);
+    // 400: malformed JSON
+    let (status, _, body) = p
+        .send(
+            p.http.post(&url).content_type("application/json"),
+            Some(b"{\"national_id\": ".to_vec()),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_json", None);
+    // 400: each field named
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let mut bad_pesel = valid.clone();
+    bad_pesel["national_id"] = json!("44051401358");
+    cases.push((bad_pesel, "national_id"));
+    let mut missing_contact = valid.clone();
+    missing_contact.as_object_mut().unwrap().remove("email");
+    cases.push((missing_contact, "email"));
+    let mut bad_date = valid.clone();
+    bad_date["date"] = json!("2027-02-30");
+    cases.push((bad_date, "date"));
+    let mut bad_region = valid.clone();
+    bad_region["region"] = json!("Mazowieckie!");
+    cases.push((bad_region, "region"));
+    let mut too_many = valid.clone();
+    too_many["attributes"] = Value::Object((0..33).map(|i| (format!("k{i}"), json!(i))).collect());
+    cases.push((too_many, "attributes"));
+    for (body, field) in cases {
+        let (status, err) = p.submit(&body, None).await;
+        assert_eq!(status, 400, "{field}: {err}");
+        assert_eq!(err["error"]["field"], field, "{err}");
+    }
+    // 413: over 16 KiB
+    let mut huge = valid.clone();
+    huge["full_name"] = json!("x".repeat(17 * 1024));
+    let (status, err) = p.submit(&huge, None).await;
+    assert_eq!(status, 413);
+    assert_error(&err, "body_too_large", None);
+    // 403: window closed
+    let mut closed = valid.clone();
+    closed["region"] = json!("closed");
+    let (status, err) = p.submit(&closed, None).await;
+    assert_eq!(status, 403);
+    assert_error(&err, "window_closed", Some("region"));
+    // Operators: 401 without a token, 403 with a wrong one, 400 on a bad body.
+    let capacity =
+        json!({"region": "mazowieckie", "location": "x", "date": "2027-03-01", "capacity": 1});
+    let cap_url = format!("{}/v1/admin/capacity", p.ingest);
+    let (status, _, body) = p
+        .send(
+            p.http.put(&cap_url).content_type("application/json"),
+            Some(capacity.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_error(&body, "unauthorized", None);
+    let (status, _, body) = p
+        .send(
+            p.http
+                .put(&cap_url)
+                .content_type("application/json")
+                .bearer_auth("wrong"),
+            Some(capacity.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_error(&body, "forbidden", None);
+    let (status, body) = p
+        .admin_put("/v1/admin/capacity", &json!({"region": "mazowieckie", "location": "x", "date": "2027-03-01", "capacity": -1}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["field"], "capacity");
+    // Unknown route: 404 with the same error shape.
+    let (status, _, body) = p
+        .send(p.http.get(format!("{}/v2/nothing", p.ingest)), None)
+        .await;
+    assert_eq!(status, 404);
+    assert_error(&body, "not_found", None);
+
+    // Proof that nothing was appended: the intake stream holds exactly what it held before.
+    assert_eq!(p.intake_messages().await, before);
+}
+
+#[ntex::test]
+async fn a_cancelled_registration_returns_its_slot() {
+    let p = Pipeline::start().await;
+    p.set_capacity("one", 1).await;
+    let (_, first) = p.submit(&citizen(21, "one"), None).await;
+    let (id, token) = (
+        first["registration_id"].as_str().unwrap(),
+        first["token"].as_str().unwrap(),
+    );
+    p.wait_status(id, token, "reserved").await;
+    let (_, second) = p.submit(&citizen(22, "one"), None).await;
+    let record = p
+        .wait_status(
+            second["registration_id"].as_str().unwrap(),
+            second["token"].as_str().unwrap(),
+            "rejected",
+        )
+        .await;
+    assert_eq!(record["reason"], "slot_full");
+    p.wait_remaining("one", 0).await;
+
+    let cancel_url = format!("{}/v1/registrations/{id}", p.ingest);
+    let (status, _, body) = p
+        .send(
+            p.http.delete(&cancel_url).bearer_auth("not-the-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "a wrong token cancels nothing: {body}");
+    let (status, _, body) = p
+        .send(p.http.delete(&cancel_url).bearer_auth(token), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    p.wait_status(id, token, "cancelled").await;
+    p.wait_remaining("one", 1).await;
+    // Idempotent: cancelling again changes nothing.
+    let (status, _, _) = p
+        .send(p.http.delete(&cancel_url).bearer_auth(token), None)
+        .await;
+    assert_eq!(status, 202);
+
+    let (_, third) = p.submit(&citizen(23, "one"), None).await;
+    p.wait_status(
+        third["registration_id"].as_str().unwrap(),
+        third["token"].as_str().unwrap(),
+        "reserved",
+    )
+    .await;
+    p.wait_remaining("one", 0).await;
+    assert_eq!(p.status(id, Some(token)).await.1["status"], "cancelled");
+}
+
+#[ntex::test]
+async fn status_without_the_right_token_is_an_indistinguishable_404() {
+    let p = Pipeline::start().await;
+    p.set_capacity("tok", 2).await;
+    let (_, body) = p.submit(&citizen(31, "tok"), None).await;
+    let id = body["registration_id"].as_str().unwrap();
+    let token = body["token"].as_str().unwrap();
+    p.wait_status(id, token, "reserved").await;
+    let other = p.submit(&citizen(32, "tok"), None).await.1;
+    let unknown = "mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f";
+    let answers = [
+        p.status(id, None).await,
+        p.status(id, Some("wrong")).await,
+        p.status(id, Some(other["token"].as_str().unwrap())).await,
+        p.status(unknown, Some(token)).await,
+        p.status("not-an-id", Some(token)).await,
+    ];
+    for (status, body) in &answers {
+        assert_eq!(*status, 404);
+        assert_eq!(body, &answers[0].1, "404s must not differ");
+    }
+}
+
+#[ntex::test]
+async fn availability_is_cacheable_with_an_etag() {
+    let p = Pipeline::start().await;
+    p.set_capacity("cache", 3).await;
+    p.wait_remaining("cache", 3).await;
+    let url = format!("{}/v1/availability?region=mazowieckie", p.read);
+    let (status, headers, body) = p.send(p.http.get(&url), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("cache-control").unwrap(), "public, max-age=1");
+    let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(
+        body[0],
+        json!({"region": "mazowieckie", "location": "cache", "date": "2027-03-01", "capacity": 3, "remaining": 3})
+    );
+    let (status, _, body) = p
+        .send(
+            p.http.get(&url).header("If-None-Match", etag.as_str()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 304);
+    assert_eq!(body, Value::Null);
+    let (status, _, body) = p
+        .send(
+            p.http
+                .get(format!("{}/v1/availability?date=tomorrow", p.read)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_error(&body, "invalid_field", Some("date"));
+}
+
+#[ntex::test]
+async fn when_jetstream_is_down_the_edge_answers_503_and_never_a_false_202() {
+    let mut p = Pipeline::start().await;
+    p.set_capacity("outage", 2).await;
+    p.nats.kill();
+    let (status, body) = p.submit(&citizen(41, "outage"), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "unavailable", None);
+    p.nats.restart();
+    // Once JetStream is back, the same request goes through and is decided.
+    let (id, token) = testkit::eventually(
+        "a 202 after the restart",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, body) = p.submit(&citizen(41, "outage"), None).await;
+            (status == 202).then(|| {
+                (
+                    body["registration_id"].as_str().unwrap().to_owned(),
+                    body["token"].as_str().unwrap().to_owned(),
+                )
+            })
+        },
+    )
+    .await;
+    p.wait_status(&id, &token, "reserved").await;
+}
+
+#[ntex::test]
+async fn the_per_address_limit_answers_429_with_retry_after() {
+    let p = Pipeline::start_with(Options {
+        rate_per_address: 1,
+        rate_per_citizen: 0,
+    })
+    .await;
+    let url = format!("{}/v1/registrations", p.ingest);
+    let mut limited = None;
+    for n in 0..5 {
+        let (status, headers, body) = p
+            .send(
+                p.http.post(&url).content_type("application/json"),
+                Some(citizen(50 + n, "x").to_string().into_bytes()),
+            )
+            .await;
+        if status == 429 {
+            limited = Some((headers, body));
+            break;
+        }
+    }
+    let (headers, body) = limited.expect("a burst over the limit is refused");
+    assert!(headers.get("retry-after").is_some());
+    assert_error(&body, "rate_limited", None);
+}
