@@ -7,19 +7,7 @@
 //! same id) or a second registration of the same citizen (refused).
 
 use async_nats::jetstream::kv;
-use serde::{Deserialize, Serialize};
-use streams::model::RegistrationId;
-
-/// What a claim records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    /// The registration that holds the claim.
-    pub registration_id: RegistrationId,
-    /// Hash of the canonical request that created it.
-    pub request_hash: String,
-    /// Hash of its `Idempotency-Key`, if one was sent.
-    pub idempotency_key_hash: Option<String>,
-}
+pub use streams::claims::Claim;
 
 /// The outcome of trying to claim.
 #[derive(Debug)]

@@ -5,11 +5,13 @@
 //! | module | decides | reads | writes |
 //! | --- | --- | --- | --- |
 //! | [`reservation`] | reserved / rejected / released / confirmed / cancelled | `REG_INTAKE` | `reg.decision.<region>.reservation` |
+//! | [`claims`] | releases a citizen's claim when their registration ends | reservation decisions | `reg_claims` bucket |
 //!
 //! Verification (government registry) and notification processors join here later; they
 //! append to intake (verification verdicts) and to the decisions stream (notifications).
 #![forbid(unsafe_code)]
 
+pub mod claims;
 pub mod metrics;
 pub mod reservation;
 pub mod service;

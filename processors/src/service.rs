@@ -60,16 +60,18 @@ pub async fn run(
     .context("Failed to listen for health checks")?
     .run();
 
+    let releaser = tokio::spawn(crate::claims::run(client.clone(), shutdown.clone()));
     let result = reservation::run(
         client,
         ReservationConfig {
             regions: settings.regions,
         },
         metrics,
-        shutdown,
+        shutdown.clone(),
     )
     .await;
     server.stop(true).await;
+    let _ = releaser.await;
     result
 }
 

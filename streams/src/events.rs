@@ -221,6 +221,8 @@ pub enum ReleaseReason {
 pub struct SlotReserved {
     /// The registration.
     pub registration_id: RegistrationId,
+    /// The citizen's key (kept in the reservation state for later terminal decisions).
+    pub citizen_key: String,
     /// The slot held.
     pub slot: SlotKey,
     /// The intake sequence of the submission this decision answers.
@@ -236,6 +238,8 @@ pub struct SlotReserved {
 pub struct SlotRejected {
     /// The registration.
     pub registration_id: RegistrationId,
+    /// The citizen's key: a terminal decision releases the citizen's claim.
+    pub citizen_key: String,
     /// The slot asked for.
     pub slot: SlotKey,
     /// The intake sequence of the event this decision answers.
@@ -277,6 +281,8 @@ pub struct RegistrationConfirmed {
 pub struct RegistrationCancelled {
     /// The registration.
     pub registration_id: RegistrationId,
+    /// The citizen's key: a terminal decision releases the citizen's claim.
+    pub citizen_key: String,
     /// Its slot.
     pub slot: SlotKey,
     /// The intake sequence of the cancellation.
@@ -403,6 +409,7 @@ pub fn samples() -> Vec<Envelope> {
         }),
         Event::SlotReserved(SlotReserved {
             registration_id: id.clone(),
+            citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
             slot: slot.clone(),
             intake_seq: 42,
             reserved: 7,
@@ -410,6 +417,7 @@ pub fn samples() -> Vec<Envelope> {
         }),
         Event::SlotRejected(SlotRejected {
             registration_id: id.clone(),
+            citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
             slot: slot.clone(),
             intake_seq: 42,
             reason: RejectReason::SlotFull,
@@ -429,6 +437,7 @@ pub fn samples() -> Vec<Envelope> {
         }),
         Event::RegistrationCancelled(RegistrationCancelled {
             registration_id: id.clone(),
+            citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
             slot,
             intake_seq: 57,
         }),

@@ -9,6 +9,7 @@
 //! | [`national_id`] | national id rules (PESEL) used by the edge and by the load generator |
 //! | [`events`] | the event envelope and the past-tense events, with type and version |
 //! | [`subjects`] | every subject, stream, bucket and consumer name |
+//! | [`claims`] | the per-citizen claim record (one active registration per citizen) |
 //! | [`config`] | stream configurations and [`config::ensure_streams`] |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
 //! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod appender;
+pub mod claims;
 pub mod config;
 pub mod crypto;
 pub mod events;

@@ -60,6 +60,8 @@ pub enum Standing {
 pub struct Known {
     /// Its slot.
     pub slot: SlotKey,
+    /// The citizen's key, carried into terminal decisions so the citizen's claim is released.
+    pub citizen_key: String,
     /// Its standing.
     pub standing: Standing,
 }
@@ -110,6 +112,7 @@ impl State {
                 let decision = match slot.and_then(|s| s.capacity.map(|c| (s, c))) {
                     None => Event::SlotRejected(SlotRejected {
                         registration_id: sub.registration_id.clone(),
+                        citizen_key: sub.citizen_key.clone(),
                         slot: sub.slot.clone(),
                         intake_seq: seq,
                         reason: RejectReason::UnknownSlot,
@@ -117,6 +120,7 @@ impl State {
                     Some((s, capacity)) if s.active() < capacity => {
                         Event::SlotReserved(SlotReserved {
                             registration_id: sub.registration_id.clone(),
+                            citizen_key: sub.citizen_key.clone(),
                             slot: sub.slot.clone(),
                             intake_seq: seq,
                             reserved: s.active() + 1,
@@ -125,6 +129,7 @@ impl State {
                     }
                     Some(_) => Event::SlotRejected(SlotRejected {
                         registration_id: sub.registration_id.clone(),
+                        citizen_key: sub.citizen_key.clone(),
                         slot: sub.slot.clone(),
                         intake_seq: seq,
                         reason: RejectReason::SlotFull,
@@ -150,6 +155,7 @@ impl State {
                             }),
                             Event::RegistrationCancelled(RegistrationCancelled {
                                 registration_id: registration_id.clone(),
+                                citizen_key: known.citizen_key.clone(),
                                 slot: known.slot.clone(),
                                 intake_seq: seq,
                             }),
@@ -162,6 +168,7 @@ impl State {
                 Some(Known {
                     slot,
                     standing: Standing::Reserved { .. },
+                    ..
                 }) => vec![Event::RegistrationConfirmed(RegistrationConfirmed {
                     registration_id: v.registration_id.clone(),
                     slot: slot.clone(),
@@ -172,6 +179,7 @@ impl State {
             Event::VerificationFailed(v) => match self.registrations.get(&v.registration_id) {
                 Some(Known {
                     slot,
+                    citizen_key,
                     standing: Standing::Reserved { .. } | Standing::Confirmed { .. },
                 }) => {
                     let (reserved, capacity) = self.after_release(slot);
@@ -186,6 +194,7 @@ impl State {
                         }),
                         Event::SlotRejected(SlotRejected {
                             registration_id: v.registration_id.clone(),
+                            citizen_key: citizen_key.clone(),
                             slot: slot.clone(),
                             intake_seq: seq,
                             reason: RejectReason::VerificationFailed,
@@ -218,6 +227,7 @@ impl State {
                     d.registration_id.clone(),
                     Known {
                         slot: d.slot.clone(),
+                        citizen_key: d.citizen_key.clone(),
                         standing: Standing::Reserved { seq: d.intake_seq },
                     },
                 );
@@ -229,6 +239,7 @@ impl State {
                     .and_modify(|k| k.standing = Standing::Rejected)
                     .or_insert(Known {
                         slot: d.slot.clone(),
+                        citizen_key: d.citizen_key.clone(),
                         standing: Standing::Rejected,
                     });
                 self.checkpoint = self.checkpoint.max(d.intake_seq);

@@ -85,6 +85,7 @@ fn a_submission_for_a_slot_with_room_is_reserved() {
         then,
         vec![Event::SlotReserved(SlotReserved {
             registration_id: id(1),
+            citizen_key: format!("{:032x}", 1),
             slot: a,
             intake_seq: 2,
             reserved: 1,

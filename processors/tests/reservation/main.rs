@@ -158,6 +158,7 @@ async fn a_replica_whose_view_is_stale_is_fenced_and_rebuilds_instead_of_writing
         "intruder",
         Event::SlotReserved(streams::events::SlotReserved {
             registration_id: intruder.clone(),
+            citizen_key: "intruder".into(),
             slot: s.clone(),
             intake_seq: 0,
             reserved: 2,

@@ -314,6 +314,26 @@ async fn a_cancelled_registration_returns_its_slot() {
     .await;
     p.wait_remaining("one", 0).await;
     assert_eq!(p.status(id, Some(token)).await.1["status"], "cancelled");
+
+    // Once the registration has ended, the citizen's claim is released: the same citizen may
+    // register again (here for another slot), and gets a new registration.
+    p.set_capacity("two", 1).await;
+    let again = testkit::eventually(
+        "the claim to be released",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, body) = p.submit(&citizen(21, "two"), None).await;
+            (status == 202).then_some(body)
+        },
+    )
+    .await;
+    assert_ne!(again["registration_id"], first["registration_id"]);
+    p.wait_status(
+        again["registration_id"].as_str().unwrap(),
+        again["token"].as_str().unwrap(),
+        "reserved",
+    )
+    .await;
 }
 
 #[ntex::test]
