@@ -60,9 +60,11 @@ pub async fn connect(
 pub fn init_telemetry() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = if std::env::var("REG_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

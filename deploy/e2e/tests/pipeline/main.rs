@@ -444,3 +444,52 @@ async fn the_per_address_limit_answers_429_with_retry_after() {
     assert!(headers.get("retry-after").is_some());
     assert_error(&body, "rate_limited", None);
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[ntex::test]
+async fn concurrent_readers_of_one_key_cause_one_database_read_per_cache_period() {
+    let p = Pipeline::start().await;
+    p.set_capacity("crowd", 9).await;
+    p.wait_remaining("crowd", 9).await;
+    let metrics_url = format!("{}/metrics", p.read);
+    let loads = |text: &str| metric(text, "read_availability_loads_total");
+    let (_, _, before) = p.send(p.http.get(&metrics_url), None).await;
+    // A key nobody asked for yet, requested by 50 readers at once.
+    let url = format!(
+        "{}/v1/availability?region=mazowieckie&location=crowd",
+        p.read
+    );
+    let answers = join_all((0..50).map(|_| p.send(p.http.get(&url), None))).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, body)| *status == 200 && body[0]["remaining"] == 9)
+    );
+    let (_, _, after) = p.send(p.http.get(&metrics_url), None).await;
+    let (before, after) = (
+        loads(before.as_str().unwrap()),
+        loads(after.as_str().unwrap()),
+    );
+    assert_eq!(after - before, 1.0, "50 concurrent readers, one load");
+    // Every service exposes health and Prometheus metrics.
+    for base in [&p.ingest, &p.read] {
+        let (status, _, _) = p.send(p.http.get(format!("{base}/healthz")), None).await;
+        assert_eq!(status, 200);
+    }
+    let (_, _, ingest_metrics) = p
+        .send(p.http.get(format!("{}/metrics", p.ingest)), None)
+        .await;
+    assert!(
+        metric(
+            ingest_metrics.as_str().unwrap(),
+            "ingest_append_seconds_count"
+        ) >= 1.0
+    );
+}
