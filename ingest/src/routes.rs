@@ -514,21 +514,13 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
     streams::http::metrics(&edge.metrics.registry)
 }
 
-/// Answers every unknown route with the contract's JSON error.
-pub async fn not_found_route() -> HttpResponse {
-    error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
-}
-
 /// The routes of the edge.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/registrations", web::post().to(submit))
         .route("/v1/registrations/{id}", web::delete().to(cancel))
         .route("/v1/admin/capacity", web::put().to(put_capacity))
         .route("/v1/admin/windows", web::put().to(put_window))
-        .route(
-            "/healthz",
-            web::get().to(async || HttpResponse::Ok().body("ok")),
-        )
+        .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
 }

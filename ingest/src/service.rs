@@ -6,9 +6,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use ntex::web::{self, App};
 use streams::appender::{Appender, AppenderOptions};
-use streams::config::{Replication, ensure_streams};
+use streams::config::Replication;
 use streams::crypto::Keys;
 use streams::subjects;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +23,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = streams::runtime::connect(&settings.nats, &shutdown).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, Replication(settings.replicas)).await?;
+    let (client, js) = streams::runtime::start_jetstream(
+        &settings.nats,
+        Replication(settings.replicas),
+        &shutdown,
+    )
+    .await?;
     let claims = js
         .get_key_value(subjects::CLAIMS_BUCKET)
         .await
@@ -56,21 +58,5 @@ pub async fn run(
         per_address,
         per_citizen,
     };
-    let server = web::HttpServer::new(async move || {
-        App::new()
-            .state(edge.clone())
-            .configure(routes::configure)
-            .default_service(web::to(routes::not_found_route))
-    })
-    .workers(workers)
-    .disable_signals()
-    .listen(listener)
-    .context("Failed to listen")?
-    .run();
-    let stopper = server.clone();
-    tokio::select! {
-        _ = shutdown.cancelled() => stopper.stop(true).await,
-        _ = server => {}
-    }
-    Ok(())
+    streams::http::serve(listener, workers, edge, routes::configure, shutdown).await
 }

@@ -3,9 +3,8 @@
 
 use std::net::TcpListener;
 
-use anyhow::Context as _;
-use ntex::web::{self, App, HttpResponse};
-use streams::config::{Replication, ensure_streams};
+use ntex::web::{self, HttpResponse};
+use streams::config::Replication;
 use streams::subjects::RegionFilter;
 use tokio_util::sync::CancellationToken;
 
@@ -35,31 +34,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = streams::runtime::connect(&settings.nats, &shutdown).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, settings.replication).await?;
+    let (client, _) =
+        streams::runtime::start_jetstream(&settings.nats, settings.replication, &shutdown).await?;
     let metrics = Metrics::new();
 
     let state = HealthState {
         client: client.clone(),
         metrics: metrics.clone(),
     };
-    let server = web::HttpServer::new(async move || {
-        App::new()
-            .state(state.clone())
-            .route(
-                "/healthz",
-                web::get().to(async || HttpResponse::Ok().body("ok")),
-            )
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics_handler))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .context("Failed to listen for health checks")?
-    .run();
-
+    let server = ntex::rt::spawn(streams::http::serve(
+        listener,
+        1,
+        state,
+        routes,
+        shutdown.clone(),
+    ));
     let releaser = tokio::spawn(crate::claims::run(client.clone(), shutdown.clone()));
     let result = reservation::run(
         client,
@@ -70,9 +59,16 @@ pub async fn run(
         shutdown.clone(),
     )
     .await;
-    server.stop(true).await;
+    shutdown.cancel();
+    let _ = server.await;
     let _ = releaser.await;
     result
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(streams::http::healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_handler));
 }
 
 async fn readyz(state: web::types::State<HealthState>) -> HttpResponse {

@@ -240,15 +240,7 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
-        .route(
-            "/healthz",
-            web::get().to(async || HttpResponse::Ok().body("ok")),
-        )
+        .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
-}
-
-/// Answers every unknown route with the contract's JSON error.
-pub async fn not_found_route() -> HttpResponse {
-    error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
 }

@@ -3,9 +3,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use ntex::web::{self, App};
-use streams::config::{Replication, ensure_streams};
+use streams::config::Replication;
 use streams::crypto::Keys;
 use streams::subjects::{self, RegionFilter};
 use tokio_util::sync::CancellationToken;
@@ -38,9 +36,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = streams::runtime::connect(&settings.nats, &shutdown).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ensure_streams(&js, Replication(settings.replicas)).await?;
+    let (client, js) = streams::runtime::start_jetstream(
+        &settings.nats,
+        Replication(settings.replicas),
+        &shutdown,
+    )
+    .await?;
     let store = Store::open(&settings.store).await?;
     let metrics = Metrics::new();
     let workers = [
@@ -70,25 +71,17 @@ pub async fn run(
         client,
         settings.cache_ttl,
     );
-    let server = web::HttpServer::new(async move || {
-        App::new()
-            .state(reader.clone())
-            .configure(api::configure)
-            .default_service(web::to(api::not_found_route))
-    })
-    .workers(settings.workers.max(1))
-    .disable_signals()
-    .listen(listener)
-    .context("Failed to listen")?
-    .run();
-    let stopper = server.clone();
-    tokio::select! {
-        _ = shutdown.cancelled() => stopper.stop(true).await,
-        _ = server => {}
-    }
+    let served = streams::http::serve(
+        listener,
+        settings.workers,
+        reader,
+        api::configure,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     for w in workers {
         let _ = w.await;
     }
-    Ok(())
+    served
 }

@@ -1,10 +1,14 @@
 //! HTTP pieces every service shares (all of them serve `/healthz`, `/readyz`, `/metrics`):
 //! the contract's error body, a size-capped body reader and the metrics response.
 
+use std::net::TcpListener;
+
+use anyhow::Context as _;
 use ntex::http::StatusCode;
 use ntex::util::{Bytes, BytesMut};
-use ntex::web::{HttpResponse, types::Payload};
+use ntex::web::{self, App, HttpResponse, types::Payload};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 /// The contract's error body: `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug, Serialize)]
@@ -100,4 +104,42 @@ pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
             None,
         ),
     }
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().body("ok")
+}
+
+/// Answers every unknown route with the contract's JSON error.
+pub async fn not_found_route() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+}
+
+/// Serves `routes` (sharing `state`) on `listener` with `workers` threads until `shutdown`
+/// fires, then stops gracefully. Unknown routes get the contract's JSON 404.
+pub async fn serve<S: Clone + Send + 'static>(
+    listener: TcpListener,
+    workers: usize,
+    state: S,
+    routes: fn(&mut web::ServiceConfig),
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = web::HttpServer::new(async move || {
+        App::new()
+            .state(state.clone())
+            .configure(routes)
+            .default_service(web::to(not_found_route))
+    })
+    .workers(workers.max(1))
+    .disable_signals()
+    .listen(listener)
+    .context("Failed to listen")?
+    .run();
+    let stopper = server.clone();
+    tokio::select! {
+        _ = shutdown.cancelled() => stopper.stop(true).await,
+        _ = server => {}
+    }
+    Ok(())
 }

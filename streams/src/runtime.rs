@@ -55,6 +55,18 @@ pub async fn connect(
     }
 }
 
+/// Connects to NATS and creates or updates every stream and bucket: how each service starts.
+pub async fn start_jetstream(
+    options: &NatsOptions,
+    replication: crate::config::Replication,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let client = connect(options, shutdown).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    crate::config::ensure_streams(&js, replication).await?;
+    Ok((client, js))
+}
+
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), `REG_LOG_FORMAT=json`
 /// switches to JSON lines. Safe to call more than once (later calls do nothing).
 pub fn init_telemetry() {
