@@ -346,7 +346,7 @@ async fn submit_inner(
                 &json!({
                     "registration_id": id,
                     "token": token,
-                    "status_url": format!("/v1/registrations/{id}"),
+                    "status_url": status_url(edge, &id),
                 }),
             ))
         }
@@ -365,6 +365,11 @@ pub async fn cancel(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
         Ok(r) | Err(r) => r,
     };
     count(&edge, "cancel", response)
+}
+
+/// Where the citizen follows their registration: the read API, not this edge.
+fn status_url(edge: &Edge, id: &RegistrationId) -> String {
+    format!("{}/v1/registrations/{id}", edge.settings.status_base_url)
 }
 
 fn not_found() -> HttpResponse {
@@ -399,7 +404,7 @@ async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, Ht
         &json!({
             "registration_id": id,
             "status": "cancellation_requested",
-            "status_url": format!("/v1/registrations/{id}"),
+            "status_url": status_url(edge, &id),
         }),
     ))
 }

@@ -41,6 +41,9 @@ pub struct Settings {
     pub workers: usize,
     /// Stream replication (1 on one node, 3 in a cluster).
     pub replicas: usize,
+    /// Where citizens read their status: the read API's public base URL, so `status_url`
+    /// in a `202` can be followed as is (the edge itself serves no reads).
+    pub status_base_url: String,
 }
 
 impl std::fmt::Debug for Settings {
@@ -56,6 +59,7 @@ impl std::fmt::Debug for Settings {
             .field("append_max_batch", &self.append_max_batch)
             .field("append_in_flight", &self.append_in_flight)
             .field("workers", &self.workers)
+            .field("status_base_url", &self.status_base_url)
             .finish()
     }
 }
@@ -81,6 +85,7 @@ impl Settings {
             append_timeout: Duration::from_secs(5),
             workers: 2,
             replicas: 1,
+            status_base_url: "http://127.0.0.1:8081".into(),
         }
     }
 
@@ -120,6 +125,9 @@ impl Settings {
         }
         if let Some(v) = env_parse("REG_REPLICAS")? {
             s.replicas = v;
+        }
+        if let Ok(url) = std::env::var("REG_STATUS_BASE_URL") {
+            s.status_base_url = url.trim_end_matches('/').to_owned();
         }
         Ok(s)
     }

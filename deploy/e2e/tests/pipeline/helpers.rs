@@ -53,6 +53,7 @@ impl Pipeline {
         settings.rate_per_citizen = options.rate_per_citizen;
         settings.append_timeout = Duration::from_secs(2);
         settings.workers = 1;
+        settings.status_base_url = read.clone();
         ntex::rt::spawn(ingest::service::run(
             settings,
             ingest_listener,

@@ -27,7 +27,14 @@ async fn a_submission_becomes_reserved_and_availability_drops() {
     assert_eq!(status, 202, "{body}");
     let id = body["registration_id"].as_str().unwrap();
     let token = body["token"].as_str().unwrap();
-    assert_eq!(body["status_url"], format!("/v1/registrations/{id}"));
+    // The status URL points at the read API and can be followed as is.
+    let status_url = body["status_url"].as_str().unwrap();
+    assert_eq!(status_url, format!("{}/v1/registrations/{id}", p.read));
+    let (code, _, followed) = p
+        .send(p.http.get(status_url).bearer_auth(token), None)
+        .await;
+    assert_eq!(code, 200, "{followed}");
+    assert_eq!(followed["registration_id"], id);
 
     let record = p.wait_status(id, token, "reserved").await;
     assert_eq!(record["registration_id"], id);
