@@ -1,6 +1,6 @@
 //! Every metric the processors export, in one place.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The reservation processor's metrics. Cheap to clone (handles to shared counters).
 #[derive(Clone)]
@@ -21,6 +21,10 @@ pub struct Metrics {
     pub restarts: IntCounter,
     /// Intake messages that could not be decoded.
     pub undecodable: IntCounter,
+    /// 1 while this replica holds the lease and decides, 0 while it stands by.
+    pub active: IntGauge,
+    /// Times this replica acquired the lease (a takeover after the first).
+    pub leases: IntCounter,
 }
 
 impl Metrics {
@@ -51,6 +55,18 @@ impl Metrics {
             "reservation_undecodable_total",
             "Undecodable intake messages.",
         );
+        let leases = counter(
+            "reservation_leases_acquired_total",
+            "Times this replica became the active one.",
+        );
+        let active = IntGauge::new(
+            "reservation_active",
+            "1 while this replica holds the lease and decides, 0 on standby.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(active.clone()))
+            .expect("unique metric");
         let decisions = IntCounterVec::new(
             Opts::new("reservation_decisions_total", "Decisions written, by type."),
             &["type"],
@@ -81,6 +97,8 @@ impl Metrics {
             fenced,
             restarts,
             undecodable,
+            active,
+            leases,
         }
     }
 }

@@ -77,5 +77,8 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
     js.create_or_update_key_value(claims_bucket(replicas))
         .await
         .context("Failed to create or update the claims bucket")?;
+    js.create_or_update_key_value(crate::lease::leases_bucket(replicas))
+        .await
+        .context("Failed to create or update the leases bucket")?;
     Ok(())
 }

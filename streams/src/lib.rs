@@ -12,6 +12,7 @@
 //! | [`claims`] | the per-citizen claim record (one active registration per citizen) |
 //! | [`config`] | stream configurations and [`config::ensure_streams`] |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
+//! | [`lease`] | one active replica per piece of work, the others on standby |
 //! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
 //! | [`http`] | the JSON error body, capped body reads, health and metrics responses |
 //! | [`replay`] | reading a stream in order: recovery, projections, replays |
@@ -24,6 +25,7 @@ pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod http;
+pub mod lease;
 pub mod model;
 pub mod national_id;
 pub mod replay;

@@ -25,6 +25,17 @@ pub const INTAKE_STREAM: &str = "REG_INTAKE";
 pub const DECISIONS_STREAM: &str = "REG_DECISIONS";
 /// Key-value bucket holding one claim per citizen (keyed by citizen key, never by national id).
 pub const CLAIMS_BUCKET: &str = "reg_claims";
+/// Key-value bucket of leases: which replica is active for a piece of work.
+pub const LEASES_BUCKET: &str = "reg_leases";
+
+/// The lease key of the reservation processor for `filter`: replicas started for the same
+/// region(s) share it, so one decides and the others stand by.
+pub fn reservation_lease(filter: &RegionFilter) -> String {
+    match filter {
+        RegionFilter::All => "reservation.all".to_owned(),
+        RegionFilter::One(region) => format!("reservation.region.{region}"),
+    }
+}
 
 const INTAKE_PREFIX: &str = "reg.intake";
 const DECISION_PREFIX: &str = "reg.decision";

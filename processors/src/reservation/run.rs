@@ -9,6 +9,7 @@ use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
 use streams::appender::{AppendError, Outgoing, publish_atomic};
 use streams::events::{Envelope, Event};
+use streams::lease;
 use streams::model::Region;
 use streams::replay::{self, Record};
 use streams::subjects::{self, IntakeKind, RegionFilter};
@@ -39,8 +40,10 @@ impl From<anyhow::Error> for Restart {
     }
 }
 
-/// Runs the reservation processor until `shutdown` fires. Survives NATS restarts and
-/// competing replicas by rebuilding its state from the log.
+/// Runs the reservation processor until `shutdown` fires. Any number of replicas may run for
+/// the same region(s): one holds the lease and decides, the others stand by and take over
+/// when it stops or dies. Survives NATS restarts and stale writers by rebuilding its state
+/// from the log.
 pub async fn run(
     client: async_nats::Client,
     config: ReservationConfig,
@@ -48,9 +51,30 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
+    let leases = lease::bucket(&js).await?;
+    let key = subjects::reservation_lease(&config.regions);
+    let holder = format!("reservation-{}", uuid::Uuid::now_v7());
+    while let Some(lease) = lease::acquire(&leases, &key, &holder, &shutdown).await {
+        metrics.active.set(1);
+        metrics.leases.inc();
+        decide_while_active(&js, &client, &config, &metrics, lease.active()).await;
+        metrics.active.set(0);
+        lease.release().await;
+    }
+    Ok(())
+}
+
+/// Decides until `active` fires (lease lost or shutdown), rebuilding after fences and errors.
+async fn decide_while_active(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    config: &ReservationConfig,
+    metrics: &Metrics,
+    active: &CancellationToken,
+) {
     let mut backoff = Duration::from_millis(50);
-    while !shutdown.is_cancelled() {
-        match run_once(&js, &client, &config, &metrics, &shutdown).await {
+    while !active.is_cancelled() {
+        match run_once(js, client, config, metrics, active).await {
             Ok(()) => break,
             Err(Restart::Fenced) => {
                 metrics.fenced.inc();
@@ -62,7 +86,7 @@ pub async fn run(
                 metrics.restarts.inc();
                 tracing::warn!(error = %format!("{err:#}"), "The reservation loop failed; rebuilding state from the log.");
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = active.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -71,7 +95,6 @@ pub async fn run(
         }
         backoff = Duration::from_millis(50);
     }
-    Ok(())
 }
 
 /// The state rebuilt from the logs plus, per region, the sequence of its last decision: the

@@ -186,3 +186,84 @@ async fn a_replica_whose_view_is_stale_is_fenced_and_rebuilds_instead_of_writing
     assert_eq!(replica.metrics.fenced.get(), 1, "exactly one fenced write");
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn one_replica_decides_while_the_others_stand_by_and_a_standby_takes_over() {
+    let world = World::start().await;
+    let s = slot("lease");
+    world.set_capacity(&s, 100).await;
+    let first = world.replica();
+    world.submit(&s).await;
+    world.wait_for_first_decisions(1).await;
+    assert_eq!(
+        first.metrics.active.get(),
+        1,
+        "the first replica took the lease"
+    );
+
+    let standby = world.replica();
+    for _ in 0..5 {
+        world.submit(&s).await;
+    }
+    world.wait_for_first_decisions(6).await;
+    assert_eq!(
+        standby.metrics.active.get(),
+        0,
+        "the second replica stands by"
+    );
+    assert_eq!(standby.metrics.inputs.get(), 0, "a standby reads nothing");
+
+    // The active replica stops: it hands the lease over, and the standby goes on deciding
+    // from where the log ends.
+    first.stop().await;
+    for _ in 0..5 {
+        world.submit(&s).await;
+    }
+    let log = world.wait_for_first_decisions(11).await;
+    assert_eq!(standby.metrics.active.get(), 1);
+    assert!(first_decisions(&log).values().all(|d| d.len() == 1));
+    assert_eq!(
+        standby.metrics.fenced.get(),
+        0,
+        "a clean hand-over needs no fence"
+    );
+    standby.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_whose_lease_moved_on_steps_down() {
+    let world = World::start().await;
+    let s = slot("stepdown");
+    world.set_capacity(&s, 10).await;
+    let replica = world.replica();
+    world.submit(&s).await;
+    world.wait_for_first_decisions(1).await;
+
+    // Someone else owns the key now (as if this replica had been paused past the TTL and a
+    // standby had taken over): the next renewal fails and the replica stops deciding.
+    let js = async_nats::jetstream::new(world.client.clone());
+    let leases = streams::lease::bucket(&js).await.unwrap();
+    let key = streams::subjects::reservation_lease(&streams::subjects::RegionFilter::One(region()));
+    leases.put(&key, "another-replica".into()).await.unwrap();
+    testkit::eventually(
+        "the replica to step down",
+        std::time::Duration::from_secs(10),
+        || async { (replica.metrics.active.get() == 0).then_some(()) },
+    )
+    .await;
+
+    // When that other holder is gone, the replica takes the lease back and decides again.
+    leases.delete(&key).await.unwrap();
+    let (next, _) = world.submit(&s).await;
+    let log = world.wait_for_first_decisions(2).await;
+    assert!(matches!(
+        first_decisions(&log)[&next][0],
+        Event::SlotReserved(_)
+    ));
+    assert_eq!(
+        replica.metrics.leases.get(),
+        2,
+        "acquired, lost, acquired again"
+    );
+    replica.stop().await;
+}
