@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod cli;
 pub mod metrics;
 pub mod routes;
 pub mod service;

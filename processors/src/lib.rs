@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod claims;
+pub mod cli;
 pub mod metrics;
 pub mod reservation;
 pub mod service;

@@ -1,0 +1,33 @@
+//! The command line of the `ingest` binary, in the library so other launchers (the chaos
+//! harness) start the very same service.
+
+use crate::settings::Settings;
+use anyhow::Context as _;
+use clap::Parser;
+
+/// The registration edge. Every other setting comes from `REG_*` variables (see
+/// `deploy/up --help`).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "REG_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+}
+
+/// Runs the service as its binary does, until `shutdown` fires.
+pub async fn run_cli(
+    args: Args,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    if settings.secret == streams::crypto::DEVELOPMENT_SECRET {
+        tracing::warn!(
+            "REG_SECRET is unset: using the development secret. Never do this in production."
+        );
+    }
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("Failed to bind {}", args.listen))?;
+    tracing::info!(listen = %args.listen, settings = ?settings, "Ingest edge starting.");
+    crate::service::run(settings, listener, shutdown).await
+}

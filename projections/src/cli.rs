@@ -1,0 +1,76 @@
+//! The command line of the `projections` binary, in the library so other launchers (the chaos
+//! harness) start the very same service.
+
+use std::time::Duration;
+
+use crate::service::{Settings, run};
+use crate::store::StoreOptions;
+use anyhow::Context as _;
+use clap::Parser;
+use streams::runtime::NatsOptions;
+
+/// Projection workers (events into SurrealDB) and the read API.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Address of the read API.
+    #[arg(long, env = "REG_READ_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: String,
+    /// NATS server URL(s).
+    #[arg(long, env = "REG_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// SurrealDB endpoint: `surrealkv://<dir>` (embedded), `mem://`, or `ws://host:port`.
+    #[arg(
+        long,
+        env = "REG_SURREAL_ENDPOINT",
+        default_value = "surrealkv://data/surreal"
+    )]
+    pub surreal: String,
+    /// SurrealDB root user (remote servers).
+    #[arg(long, env = "REG_SURREAL_USER")]
+    pub surreal_user: Option<String>,
+    /// SurrealDB root password (remote servers).
+    #[arg(long, env = "REG_SURREAL_PASS", hide_env_values = true)]
+    pub surreal_pass: Option<String>,
+    /// Availability cache lifetime in milliseconds (the staleness bound).
+    #[arg(long, env = "REG_CACHE_TTL_MS", default_value_t = 1000)]
+    pub cache_ttl_ms: u64,
+    /// HTTP worker threads.
+    #[arg(long, env = "REG_READ_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// JetStream replicas per stream.
+    #[arg(long, env = "REG_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+}
+
+/// Runs the service as its binary does, until `shutdown` fires.
+pub async fn run_cli(
+    args: Args,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let secret =
+        std::env::var("REG_SECRET").unwrap_or_else(|_| streams::crypto::DEVELOPMENT_SECRET.into());
+    let listener = std::net::TcpListener::bind(&args.listen)
+        .with_context(|| format!("Failed to bind {}", args.listen))?;
+    tracing::info!(listen = %args.listen, surreal = %args.surreal, "Projections starting.");
+    run(
+        Settings {
+            nats: NatsOptions {
+                url: args.nats_url,
+                name: "projections".into(),
+                credentials: None,
+            },
+            store: StoreOptions {
+                endpoint: args.surreal,
+                credentials: args.surreal_user.zip(args.surreal_pass),
+            },
+            secret,
+            cache_ttl: Duration::from_millis(args.cache_ttl_ms),
+            workers: args.workers,
+            replicas: args.replicas,
+        },
+        listener,
+        shutdown,
+    )
+    .await
+}
