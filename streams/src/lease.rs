@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::subjects;
 
 /// How long a lease survives its holder's silence: the takeover time after a crash.
-pub const LEASE_TTL: Duration = Duration::from_secs(2);
+pub const LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// The lease bucket's configuration: entries expire after [`LEASE_TTL`].
 pub fn leases_bucket(replicas: crate::config::Replication) -> kv::Config {

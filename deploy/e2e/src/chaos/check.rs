@@ -1,0 +1,466 @@
+//! The verdict of a chaos run, from the event log and the projection only.
+//!
+//! The log is checked two ways: directly (every submission has exactly one decision; replayed
+//! in order, no slot is ever above its capacity and no citizen ever holds two slots), and
+//! against a deliberately simple model of the rule run over the intake stream (whose
+//! decisions must be the log's, registration by registration: that is first come, first
+//! served). Then the projection must agree with the log: every slot's remaining places and
+//! every accepted registration's status.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use streams::events::{Envelope, Event};
+use streams::model::SlotKey;
+use streams::replay::{Record, read_to_end};
+use streams::subjects::{self, RegionFilter};
+
+use super::load::{Client, Outcome};
+use super::{Chaos, Options};
+
+/// The counts a run prints, and the violations that fail it.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Counts, in print order.
+    pub counts: Vec<(&'static str, u64)>,
+    /// Every broken invariant, one line each.
+    pub violations: Vec<String>,
+}
+
+impl Verdict {
+    fn count(&mut self, name: &'static str, value: impl TryInto<u64>) {
+        self.counts
+            .push((name, value.try_into().unwrap_or(u64::MAX)));
+    }
+
+    fn violation(&mut self, line: String) {
+        self.violations.push(line);
+    }
+
+    /// Prints the counts and the violations (the first 20 of each kind are enough).
+    pub fn print(&self) {
+        println!("\nchaos verdict");
+        for (name, value) in &self.counts {
+            println!("  {name:<48} {value:>9}");
+        }
+        if self.violations.is_empty() {
+            println!("  violations                                               0");
+        } else {
+            println!("  violations {:>46}", self.violations.len());
+            for line in self.violations.iter().take(40) {
+                println!("    {line}");
+            }
+        }
+    }
+}
+
+/// What the intake stream says happened, in acceptance order.
+#[derive(Debug, Default)]
+struct Intake {
+    /// First submission of each registration: (intake seq, slot, citizen key).
+    submitted: HashMap<String, (u64, SlotKey, String)>,
+    /// Submissions appended more than once (retries whose first append did land).
+    repeated: u64,
+    /// Every event, in order, for the model.
+    events: Vec<(u64, Event)>,
+}
+
+/// One registration's decisions in the log.
+#[derive(Debug, Default, Clone)]
+struct Decided {
+    /// `true` = reserved, `false` = rejected; one entry per first decision written.
+    firsts: Vec<bool>,
+    cancelled: bool,
+}
+
+async fn read_intake(js: &async_nats::jetstream::Context) -> anyhow::Result<Intake> {
+    let mut intake = Intake::default();
+    read_to_end(
+        js,
+        subjects::INTAKE_STREAM,
+        subjects::intake_filter(&RegionFilter::All),
+        1,
+        |record: Record| {
+            let Ok(Envelope { event, .. }) = record.envelope else {
+                return;
+            };
+            if let Event::RegistrationSubmitted(s) = &event {
+                let id = s.registration_id.to_string();
+                match intake.submitted.entry(id) {
+                    Entry::Occupied(_) => intake.repeated += 1,
+                    Entry::Vacant(first) => {
+                        first.insert((record.seq, s.slot.clone(), s.citizen_key.clone()));
+                    }
+                }
+            }
+            intake.events.push((record.seq, event));
+        },
+    )
+    .await
+    .context("Failed to read the intake stream")?;
+    Ok(intake)
+}
+
+async fn read_decisions(js: &async_nats::jetstream::Context) -> anyhow::Result<Vec<(u64, Event)>> {
+    let mut log = Vec::new();
+    read_to_end(
+        js,
+        subjects::DECISIONS_STREAM,
+        subjects::reservation_decisions_filter(&RegionFilter::All),
+        1,
+        |record: Record| {
+            if let Ok(envelope) = record.envelope {
+                log.push((record.seq, envelope.event));
+            }
+        },
+    )
+    .await
+    .context("Failed to read the decisions stream")?;
+    Ok(log)
+}
+
+fn decided(log: &[(u64, Event)]) -> HashMap<String, Decided> {
+    let mut map: HashMap<String, Decided> = HashMap::new();
+    for (_, event) in log {
+        match event {
+            Event::SlotReserved(e) => map
+                .entry(e.registration_id.to_string())
+                .or_default()
+                .firsts
+                .push(true),
+            Event::SlotRejected(e) => map
+                .entry(e.registration_id.to_string())
+                .or_default()
+                .firsts
+                .push(false),
+            Event::RegistrationCancelled(e) => {
+                map.entry(e.registration_id.to_string())
+                    .or_default()
+                    .cancelled = true
+            }
+            _ => {}
+        }
+    }
+    map
+}
+
+/// The simple model: capacities and holders per slot, driven by the intake stream in order.
+/// Returns each registration's first decision (`true` = reserved) and the registrations a
+/// cancellation released.
+fn model(intake: &Intake) -> (HashMap<String, bool>, HashSet<String>) {
+    let mut capacity: HashMap<SlotKey, u32> = HashMap::new();
+    let mut holders: HashMap<SlotKey, HashSet<String>> = HashMap::new();
+    let mut first: HashMap<String, bool> = HashMap::new();
+    let mut slot_of: HashMap<String, SlotKey> = HashMap::new();
+    let mut released = HashSet::new();
+    for (_, event) in &intake.events {
+        match event {
+            Event::CapacitySet(c) => {
+                capacity.insert(c.slot.clone(), c.capacity);
+            }
+            Event::RegistrationSubmitted(s) => {
+                let id = s.registration_id.to_string();
+                if first.contains_key(&id) {
+                    continue;
+                }
+                let held = holders.entry(s.slot.clone()).or_default();
+                let free = capacity
+                    .get(&s.slot)
+                    .is_some_and(|c| (held.len() as u32) < *c);
+                if free {
+                    held.insert(id.clone());
+                }
+                first.insert(id.clone(), free);
+                slot_of.insert(id, s.slot.clone());
+            }
+            Event::CancellationRequested(c) => {
+                let id = c.registration_id.to_string();
+                if let Some(slot) = slot_of.get(&id)
+                    && holders.entry(slot.clone()).or_default().remove(&id)
+                {
+                    released.insert(id);
+                }
+            }
+            _ => {}
+        }
+    }
+    (first, released)
+}
+
+/// Waits until the processors have decided everything the intake holds, then checks the
+/// logs and the projection.
+pub async fn settle_and_check(
+    nats: &testkit::NatsServer,
+    client: &Client,
+    pool: &[(SlotKey, u32, bool)],
+    outcome: &Outcome,
+    chaos: &Chaos,
+    options: &Options,
+) -> anyhow::Result<Verdict> {
+    let nats_client = async_nats::connect(nats.url())
+        .await
+        .context("Failed to connect to nats-server for the checks")?;
+    let js = async_nats::jetstream::new(nats_client);
+    let intake = read_intake(&js).await?;
+    let (expected_first, expected_released) = model(&intake);
+
+    // Settle: every submission decided and every release written (or a deadline).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let log = loop {
+        let log = read_decisions(&js).await?;
+        let decided = decided(&log);
+        let done = intake.submitted.keys().all(|id| decided.contains_key(id))
+            && expected_released
+                .iter()
+                .all(|id| decided.get(id).is_some_and(|d| d.cancelled));
+        if done || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    let mut verdict = Verdict::default();
+    verdict.count("seed", options.seed);
+    verdict.count("reservation replica SIGKILLs", chaos.kills);
+    verdict.count("  of which the active replica", chaos.killed_active);
+    verdict.count("nats-server kills and restarts", chaos.nats_restarts);
+    verdict.count("citizens", options.submissions);
+    verdict.count("slots in the pool", options.slots);
+    let distinct: HashSet<&str> = outcome.accepted.iter().map(|a| a.id.as_str()).collect();
+    verdict.count("202 answers to submissions", outcome.accepted.len());
+    verdict.count("  distinct registrations accepted", distinct.len());
+    verdict.count(
+        "409 second registration refused",
+        outcome.already_registered,
+    );
+    verdict.count("requests given up after retries", outcome.gave_up);
+    verdict.count("cancellations accepted", outcome.cancelled.len());
+    verdict.count("registrations in the intake log", intake.submitted.len());
+    verdict.count("  repeated appends of one registration", intake.repeated);
+    if chaos.kills < options.kills || chaos.nats_restarts < options.nats_restarts {
+        verdict.violation(format!(
+            "the chaos fell short: {} kills and {} nats restarts were planned",
+            options.kills, options.nats_restarts
+        ));
+    }
+    for line in &outcome.unexpected {
+        verdict.violation(format!("unexpected answer: {line}"));
+    }
+
+    check_log(&mut verdict, &intake, &log, outcome, pool);
+    let decided = decided(&log);
+    let mut mismatched = 0u64;
+    for (id, want) in &expected_first {
+        if let Some(got) = decided.get(id).and_then(|d| d.firsts.first())
+            && got != want
+        {
+            mismatched += 1;
+            if mismatched <= 10 {
+                verdict.violation(format!(
+                    "first come, first served: {id} was {} but the model, replaying intake in order, {}",
+                    if *got { "reserved" } else { "rejected" },
+                    if *want { "reserves it" } else { "rejects it" },
+                ));
+            }
+        }
+    }
+    verdict.count("decisions differing from the in-order model", mismatched);
+    if mismatched > 10 {
+        verdict.violation(format!(
+            "... {} more first-come-first-served differences",
+            mismatched - 10
+        ));
+    }
+
+    check_projection(&mut verdict, client, pool, &log, outcome).await;
+    Ok(verdict)
+}
+
+/// The log on its own: one decision each, capacity and one-slot-per-citizen at every point.
+fn check_log(
+    verdict: &mut Verdict,
+    intake: &Intake,
+    log: &[(u64, Event)],
+    outcome: &Outcome,
+    pool: &[(SlotKey, u32, bool)],
+) {
+    let decided = decided(log);
+    verdict.count("decision events in the log", log.len());
+    let lost = outcome
+        .accepted
+        .iter()
+        .filter(|a| !intake.submitted.contains_key(&a.id))
+        .count();
+    verdict.count("accepted (202) but not in the intake log", lost);
+    if lost > 0 {
+        verdict.violation(format!("{lost} accepted registrations are not in the log"));
+    }
+    let (mut none, mut twice) = (0u64, 0u64);
+    for id in intake.submitted.keys() {
+        match decided.get(id).map_or(0, |d| d.firsts.len()) {
+            0 => none += 1,
+            1 => {}
+            _ => twice += 1,
+        }
+    }
+    verdict.count("registrations without a decision", none);
+    verdict.count("registrations with more than one decision", twice);
+    if none > 0 {
+        verdict.violation(format!("{none} registrations never got a decision"));
+    }
+    if twice > 0 {
+        verdict.violation(format!("{twice} registrations got two decisions"));
+    }
+
+    // Replay the decisions in log order.
+    let capacity: HashMap<&SlotKey, u32> = pool.iter().map(|(s, c, _)| (s, *c)).collect();
+    let mut active: HashMap<SlotKey, u32> = HashMap::new();
+    let mut citizen_holds: HashMap<String, u32> = HashMap::new();
+    let mut holder_citizen: HashMap<String, String> = HashMap::new();
+    let mut last_seq: HashMap<SlotKey, u64> = HashMap::new();
+    let (mut over, mut double_held, mut out_of_order) = (0u64, 0u64, 0u64);
+    let (mut reserved, mut rejected, mut released) = (0u64, 0u64, 0u64);
+    for (seq, event) in log {
+        let first = match event {
+            Event::SlotReserved(e) => Some((&e.slot, e.intake_seq)),
+            Event::SlotRejected(e) => Some((&e.slot, e.intake_seq)),
+            _ => None,
+        };
+        if let Some((slot, intake_seq)) = first {
+            let last = last_seq.entry(slot.clone()).or_default();
+            if intake_seq < *last {
+                out_of_order += 1;
+            }
+            *last = intake_seq;
+        }
+        match event {
+            Event::SlotReserved(e) => {
+                reserved += 1;
+                let a = active.entry(e.slot.clone()).or_default();
+                *a += 1;
+                if *a > capacity.get(&e.slot).copied().unwrap_or(0) {
+                    over += 1;
+                    verdict.violation(format!(
+                        "overbooked: {} holds {a} at decision seq {seq}",
+                        e.slot
+                    ));
+                }
+                let held = citizen_holds.entry(e.citizen_key.clone()).or_default();
+                *held += 1;
+                if *held > 1 {
+                    double_held += 1;
+                    verdict.violation(format!(
+                        "citizen {} holds two slots at decision seq {seq}",
+                        e.citizen_key
+                    ));
+                }
+                holder_citizen.insert(e.registration_id.to_string(), e.citizen_key.clone());
+            }
+            Event::SlotRejected(_) => rejected += 1,
+            Event::SlotReleased(e) => {
+                released += 1;
+                *active.entry(e.slot.clone()).or_default() -= 1;
+                if let Some(citizen) = holder_citizen.get(&e.registration_id.to_string()) {
+                    *citizen_holds.entry(citizen.clone()).or_default() -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    verdict.count("reserved", reserved);
+    verdict.count("rejected", rejected);
+    verdict.count("released", released);
+    verdict.count("times a slot went over capacity", over);
+    verdict.count("times a citizen held two slots", double_held);
+    verdict.count("decisions out of acceptance order in a slot", out_of_order);
+    if out_of_order > 0 {
+        verdict.violation(format!(
+            "{out_of_order} decisions were written out of acceptance order"
+        ));
+    }
+    let full: BTreeMap<String, (u32, u32)> = pool
+        .iter()
+        .map(|(s, c, _)| (s.to_string(), (active.get(s).copied().unwrap_or(0), *c)))
+        .collect();
+    let filled = full.values().filter(|(a, c)| a == c).count();
+    verdict.count("slots filled to capacity at the end", filled);
+}
+
+/// The projection against the log: remaining places per slot, status per registration.
+async fn check_projection(
+    verdict: &mut Verdict,
+    client: &Client,
+    pool: &[(SlotKey, u32, bool)],
+    log: &[(u64, Event)],
+    outcome: &Outcome,
+) {
+    let mut active: HashMap<SlotKey, i64> = HashMap::new();
+    let mut status: HashMap<String, &'static str> = HashMap::new();
+    for (_, event) in log {
+        match event {
+            Event::SlotReserved(e) => {
+                *active.entry(e.slot.clone()).or_default() += 1;
+                status.insert(e.registration_id.to_string(), "reserved");
+            }
+            Event::SlotRejected(e) => {
+                status.insert(e.registration_id.to_string(), "rejected");
+            }
+            Event::SlotReleased(e) => *active.entry(e.slot.clone()).or_default() -= 1,
+            Event::RegistrationCancelled(e) => {
+                status.insert(e.registration_id.to_string(), "cancelled");
+            }
+            _ => {}
+        }
+    }
+    // The projection follows the log a little behind: give it a deadline to agree.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut slot_mismatch = Vec::new();
+    loop {
+        slot_mismatch.clear();
+        for (slot, capacity, _) in pool {
+            let want = i64::from(*capacity) - active.get(slot).copied().unwrap_or(0);
+            match client.availability(slot).await {
+                Some((_, remaining)) if remaining == want => {}
+                got => slot_mismatch.push(format!(
+                    "{slot}: projection says {got:?}, the log says {want} remaining"
+                )),
+            }
+        }
+        if slot_mismatch.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    verdict.count(
+        "slots whose projection disagrees with the log",
+        slot_mismatch.len(),
+    );
+    for line in slot_mismatch {
+        verdict.violation(line);
+    }
+
+    let mut wrong = Vec::new();
+    for accepted in &outcome.accepted {
+        let want = status.get(&accepted.id).copied().unwrap_or("received");
+        let mut got = None;
+        while Instant::now() < deadline {
+            got = client.status(&accepted.id, &accepted.token).await;
+            if matches!(&got, Some((200, s)) if s == want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !matches!(&got, Some((200, s)) if s == want) {
+            wrong.push(format!(
+                "status of {}: projection says {got:?}, the log says {want}",
+                accepted.id
+            ));
+        }
+    }
+    verdict.count("statuses whose projection disagrees", wrong.len());
+    for line in wrong.into_iter().take(10) {
+        verdict.violation(line);
+    }
+}

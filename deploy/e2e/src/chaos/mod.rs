@@ -1,0 +1,262 @@
+//! The chaos run: the whole pipeline as separate processes on a real nats-server, a paced
+//! load of citizens through the HTTP edge, reservation replicas SIGKILLed and restarted while
+//! it flows, nats-server itself killed and restarted, then every invariant checked from the
+//! event log and from the projection.
+//!
+//! | module | role |
+//! | --- | --- |
+//! | [`services`] | child processes: the edge, the projections, the reservation replicas |
+//! | [`load`] | citizens: submit (retrying through outages), some cancel once reserved |
+//! | [`check`] | the verdict: the logs against a simple model, and the projection against the logs |
+
+pub mod check;
+pub mod load;
+pub mod services;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::NaiveDate;
+use streams::model::{Location, Region, SlotKey};
+
+/// What one chaos run does. The defaults are the size; CI runs a small one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Citizens submitting (each once, some twice, some cancelling).
+    #[arg(long, default_value_t = 20_000)]
+    pub submissions: u32,
+    /// Slots in the pool, spread over hot and cold locations.
+    #[arg(long, default_value_t = 1_000)]
+    pub slots: u32,
+    /// How long the load is spread over (the chaos happens inside it).
+    #[arg(long, default_value = "40s", value_parser = humantime_secs)]
+    pub duration: Duration,
+    /// SIGKILLs of reservation replicas (each restarted at once).
+    #[arg(long, default_value_t = 24)]
+    pub kills: u32,
+    /// nats-server kills and restarts.
+    #[arg(long, default_value_t = 3)]
+    pub nats_restarts: u32,
+    /// Reservation replicas running at once.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seed of every random choice (locations, duplicates, cancellations, victims).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where the service binaries' logs go (a temporary directory when unset).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let (number, scale) = match s.strip_suffix("ms") {
+        Some(n) => (n, 0.001),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    number
+        .parse::<f64>()
+        .map(|n| Duration::from_secs_f64(n * scale))
+        .map_err(|_| format!("not a duration: {s} (try 40s or 500ms)"))
+}
+
+/// The region every chaos slot lives in.
+pub fn region() -> Region {
+    Region::parse("mazowieckie").expect("a valid region")
+}
+
+/// The slot pool: two hot locations holding 30 % of the slots each, and cold ones sharing
+/// the rest at 20 slots apiece (at least one). Returns (slot, capacity, is_hot).
+pub fn pool(slots: u32) -> Vec<(SlotKey, u32, bool)> {
+    let date = NaiveDate::from_ymd_opt(2027, 3, 1).expect("a valid date");
+    let slot = |location: String| SlotKey {
+        region: region(),
+        location: Location::parse(&location).expect("a valid location"),
+        date,
+    };
+    let hot = slots * 3 / 10;
+    let mut pool = vec![
+        (slot("hot-narodowy".into()), hot, true),
+        (slot("hot-torwar".into()), hot, true),
+    ];
+    let mut left = slots - 2 * hot;
+    let mut n = 0;
+    while left > 0 {
+        let capacity = left.min(20);
+        pool.push((slot(format!("cold-{n:03}")), capacity, false));
+        left -= capacity;
+        n += 1;
+    }
+    pool
+}
+
+/// Runs the whole chaos scenario and returns the verdict (its `violations` decide the exit
+/// code).
+pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
+    let started = Instant::now();
+    let log_dir = match &options.log_dir {
+        Some(dir) => dir.clone(),
+        None => tempfile::Builder::new()
+            .prefix("chaos-logs-")
+            .tempdir()
+            .context("Failed to create a log directory")?
+            .keep(),
+    };
+    std::fs::create_dir_all(&log_dir).context("Failed to create the log directory")?;
+    println!("chaos: logs in {}", log_dir.display());
+
+    let mut nats = testkit::NatsServer::start();
+    let mut system = services::System::start(&nats.url(), &log_dir, options.replicas).await?;
+    let pool = pool(options.slots);
+    let client = load::Client::new(&system).await;
+    for (slot, capacity, _) in &pool {
+        client.set_capacity(slot, *capacity).await?;
+    }
+    println!(
+        "chaos: {} slots over {} locations; {} citizens over {:?}; {} kills, {} nats restarts, {} replicas",
+        options.slots,
+        pool.len(),
+        options.submissions,
+        options.duration,
+        options.kills,
+        options.nats_restarts,
+        options.replicas
+    );
+
+    // The load and the chaos run side by side; the chaos is spread over the load's duration.
+    let load = ntex::rt::spawn(load::run(client.clone(), options.clone(), pool.clone()));
+    let mut chaos = Chaos::default();
+    let events = schedule(&options);
+    let t0 = Instant::now();
+    let mut rng = load::rng(options.seed ^ 0xC4A05);
+    for (at, what) in events {
+        // Disruptions follow the load's progress, not the clock, so they stay inside it
+        // however slowly the system under chaos accepts citizens.
+        let due = (at * f64::from(options.submissions)) as u64;
+        while client.dispatched() < due {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match what {
+            Disruption::KillReplica => {
+                let victim = system.kill_a_replica(&mut rng).await?;
+                chaos.kills += 1;
+                chaos.killed_active += u32::from(victim.was_active);
+            }
+            Disruption::RestartNats => {
+                nats = tokio::task::spawn_blocking(move || {
+                    nats.restart();
+                    nats
+                })
+                .await
+                .context("The nats-server restart panicked")?;
+                chaos.nats_restarts += 1;
+            }
+        }
+        println!(
+            "chaos: {:>5.1}s {:?} (kills {}, nats restarts {}), {}",
+            t0.elapsed().as_secs_f64(),
+            what,
+            chaos.kills,
+            chaos.nats_restarts,
+            client.progress()
+        );
+    }
+    let outcome = load
+        .await
+        .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+    println!(
+        "chaos: load done after {:.1}s: {}",
+        t0.elapsed().as_secs_f64(),
+        client.progress()
+    );
+
+    let crashed = system.check_alive();
+    let verdict = check::settle_and_check(&nats, &client, &pool, &outcome, &chaos, &options)
+        .await
+        .map(|mut verdict| {
+            if let Err(crash) = crashed {
+                verdict
+                    .violations
+                    .push(format!("a service crashed: {crash:#}"));
+            }
+            verdict
+        });
+    system.stop().await;
+    drop(nats);
+    let verdict = verdict?;
+    println!("chaos: finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(verdict)
+}
+
+/// What the chaos did, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct Chaos {
+    /// Replica SIGKILLs.
+    pub kills: u32,
+    /// Of which the victim was the active replica (the lease holder).
+    pub killed_active: u32,
+    /// nats-server kills and restarts.
+    pub nats_restarts: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    KillReplica,
+    RestartNats,
+}
+
+/// Kills and restarts evenly spread over the middle of the load (from 5 % to 90 % of the
+/// citizens), the nats restarts placed between kills. Each event is due at a fraction of the
+/// citizens dispatched.
+fn schedule(options: &Options) -> Vec<(f64, Disruption)> {
+    let (start, span) = (0.05, 0.85);
+    let mut events: Vec<(f64, Disruption)> = (0..options.kills)
+        .map(|i| {
+            let at = start + span * f64::from(i) / f64::from(options.kills.max(1));
+            (at, Disruption::KillReplica)
+        })
+        .chain((0..options.nats_restarts).map(|i| {
+            let at = start + span * (f64::from(i) + 0.5) / f64::from(options.nats_restarts.max(1));
+            (at, Disruption::RestartNats)
+        }))
+        .collect();
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_holds_exactly_the_slots_asked_for_with_two_hot_locations() {
+        for slots in [10, 100, 1_000, 1_001] {
+            let pool = pool(slots);
+            assert_eq!(pool.iter().map(|(_, c, _)| c).sum::<u32>(), slots);
+            assert_eq!(pool.iter().filter(|(_, _, hot)| *hot).count(), 2);
+            assert!(pool.iter().all(|(_, c, _)| *c > 0));
+        }
+    }
+
+    #[test]
+    fn the_schedule_has_every_disruption_inside_the_load() {
+        let options = Options {
+            submissions: 10,
+            slots: 10,
+            duration: Duration::from_secs(10),
+            kills: 20,
+            nats_restarts: 3,
+            replicas: 3,
+            concurrency: 1,
+            seed: 1,
+            log_dir: None,
+        };
+        let events = schedule(&options);
+        assert_eq!(events.len(), 23);
+        assert!(events.iter().all(|(at, _)| (0.0..1.0).contains(at)));
+        assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+}

@@ -1,0 +1,234 @@
+//! The services as child processes of the chaos binary (`chaos serve <service>` runs the
+//! same code as the service's own binary), so a SIGKILL is a real crash.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// The operator token the chaos run configures.
+pub const ADMIN_TOKEN: &str = "chaos-admin-token";
+
+/// One service process.
+struct Process {
+    name: String,
+    child: Child,
+    /// Its HTTP base URL (health, metrics, API).
+    base: String,
+}
+
+/// A reservation replica that was killed.
+#[derive(Debug, Clone, Copy)]
+pub struct Victim {
+    /// Whether it held the lease (was deciding) when it died.
+    pub was_active: bool,
+}
+
+/// The running system: the edge, the projections and the reservation replicas.
+pub struct System {
+    exe: PathBuf,
+    nats_url: String,
+    log_dir: PathBuf,
+    ingest: Process,
+    projections: Process,
+    replicas: Vec<Process>,
+    started_replicas: u32,
+    http: ntex::client::Client,
+}
+
+impl System {
+    /// Starts every service against `nats_url` and waits until each is ready.
+    pub async fn start(nats_url: &str, log_dir: &Path, replicas: u32) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("Failed to find the chaos binary")?;
+        let http = ntex::client::Client::new().await;
+        let mut system = System {
+            ingest: spawn(&exe, nats_url, log_dir, "ingest", "ingest")?,
+            projections: spawn(&exe, nats_url, log_dir, "projections", "projections")?,
+            exe,
+            nats_url: nats_url.to_owned(),
+            log_dir: log_dir.to_owned(),
+            replicas: Vec::new(),
+            started_replicas: 0,
+            http,
+        };
+        for _ in 0..replicas {
+            system.start_replica()?;
+        }
+        let System {
+            ingest,
+            projections,
+            replicas,
+            http,
+            ..
+        } = &mut system;
+        for process in [ingest, projections].into_iter().chain(replicas.iter_mut()) {
+            wait_ready(http, process).await?;
+        }
+        Ok(system)
+    }
+
+    /// The edge's base URL.
+    pub fn ingest_url(&self) -> &str {
+        &self.ingest.base
+    }
+
+    /// The read API's base URL.
+    pub fn read_url(&self) -> &str {
+        &self.projections.base
+    }
+
+    fn start_replica(&mut self) -> anyhow::Result<()> {
+        self.started_replicas += 1;
+        let name = format!("reservation-{}", self.started_replicas);
+        let process = spawn(
+            &self.exe,
+            &self.nats_url,
+            &self.log_dir,
+            &name,
+            "processors",
+        )?;
+        self.replicas.push(process);
+        Ok(())
+    }
+
+    /// SIGKILLs one reservation replica (the active one three times out of four, so
+    /// takeovers are exercised, not only standbys dying) and starts a fresh one in its place.
+    pub async fn kill_a_replica(&mut self, rng: &mut impl rand::Rng) -> anyhow::Result<Victim> {
+        let mut active = None;
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if self.is_active(replica).await {
+                active = Some(i);
+            }
+        }
+        let index = match active {
+            Some(i) if rng.random_bool(0.75) => i,
+            _ => rng.random_range(0..self.replicas.len()),
+        };
+        let mut victim = self.replicas.swap_remove(index);
+        victim
+            .child
+            .kill()
+            .with_context(|| format!("Failed to kill {}", victim.name))?;
+        let _ = victim.child.wait();
+        self.start_replica()?;
+        Ok(Victim {
+            was_active: active == Some(index),
+        })
+    }
+
+    async fn is_active(&self, replica: &Process) -> bool {
+        let Ok(response) = self
+            .http
+            .get(format!("{}/metrics", replica.base))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let Ok(body) = response.body().limit(1 << 20).await else {
+            return false;
+        };
+        String::from_utf8_lossy(&body)
+            .lines()
+            .any(|line| line.trim() == "reservation_active 1")
+    }
+
+    /// Checks that no service died on its own (a crash is a finding, not noise).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for process in [&mut self.ingest, &mut self.projections]
+            .into_iter()
+            .chain(self.replicas.iter_mut())
+        {
+            if let Some(status) = process.child.try_wait()? {
+                anyhow::bail!(
+                    "{} exited on its own ({status}); see {}",
+                    process.name,
+                    self.log_dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process.
+    pub async fn stop(mut self) {
+        for process in [&mut self.ingest, &mut self.projections]
+            .into_iter()
+            .chain(self.replicas.iter_mut())
+        {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("Failed to find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Starts `chaos serve <service>` with the environment a deployment would give it.
+fn spawn(
+    exe: &Path,
+    nats_url: &str,
+    log_dir: &Path,
+    name: &str,
+    service: &str,
+) -> anyhow::Result<Process> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(format!("{name}.log")))
+        .with_context(|| format!("Failed to open the log of {name}"))?;
+    let child = Command::new(exe)
+        .args(["serve", service, "--listen", &listen])
+        .env("REG_NATS_URL", nats_url)
+        .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
+        // One load generator address, and citizens who retry through outages: the limits
+        // would measure the throttle, not the pipeline.
+        .env("REG_RATE_PER_ADDRESS", "0")
+        .env("REG_RATE_PER_CITIZEN", "0")
+        .env("REG_SURREAL_ENDPOINT", "mem://")
+        .env("REG_APPEND_TIMEOUT_MS", "2000")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("Failed to start {name}"))?;
+    Ok(Process {
+        name: name.to_owned(),
+        child,
+        base: format!("http://{listen}"),
+    })
+}
+
+async fn wait_ready(http: &ntex::client::Client, process: &mut Process) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let url = format!("{}/readyz", process.base);
+    loop {
+        if let Ok(response) = http.get(&url).timeout(Duration::from_secs(2)).send().await
+            && response.status() == 200
+        {
+            return Ok(());
+        }
+        if let Some(status) = process.child.try_wait()? {
+            anyhow::bail!("{} exited while starting ({status})", process.name);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} did not become ready",
+            process.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
