@@ -110,7 +110,7 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
 
     let mut nats = testkit::NatsServer::start();
     let mut system = services::System::start(&nats.url(), &log_dir, options.replicas).await?;
-    let pool = pool(options.slots);
+    let mut pool = pool(options.slots);
     let client = load::Client::new(&system).await;
     for (slot, capacity, _) in &pool {
         client.set_capacity(slot, *capacity).await?;
@@ -144,6 +144,24 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
                 let victim = system.kill_a_replica(&mut rng).await?;
                 chaos.kills += 1;
                 chaos.killed_active += u32::from(victim.was_active);
+            }
+            Disruption::ChangeCapacities => {
+                // Raising grants the next submissions; lowering revokes nothing and grants
+                // nothing until reservations drop below it. The checks replay both.
+                let changes = [
+                    pool.iter().position(|(_, _, hot)| !hot),
+                    pool.iter().position(|(_, _, hot)| *hot),
+                ];
+                for (index, raise) in changes.into_iter().zip([true, false]) {
+                    let Some(index) = index else { continue };
+                    let (slot, capacity, _) = &mut pool[index];
+                    *capacity = if raise {
+                        *capacity + 5
+                    } else {
+                        *capacity * 9 / 10
+                    };
+                    client.set_capacity(slot, *capacity).await?;
+                }
             }
             Disruption::RestartNats => {
                 nats = tokio::task::spawn_blocking(move || {
@@ -206,6 +224,8 @@ pub struct Chaos {
 enum Disruption {
     KillReplica,
     RestartNats,
+    /// An operator raises a cold slot's capacity and lowers a hot one's below what it holds.
+    ChangeCapacities,
 }
 
 /// Kills and restarts evenly spread over the middle of the load (from 5 % to 90 % of the
@@ -218,6 +238,7 @@ fn schedule(options: &Options) -> Vec<(f64, Disruption)> {
             let at = start + span * f64::from(i) / f64::from(options.kills.max(1));
             (at, Disruption::KillReplica)
         })
+        .chain([(0.5, Disruption::ChangeCapacities)])
         .chain((0..options.nats_restarts).map(|i| {
             let at = start + span * (f64::from(i) + 0.5) / f64::from(options.nats_restarts.max(1));
             (at, Disruption::RestartNats)
@@ -255,7 +276,7 @@ mod tests {
             log_dir: None,
         };
         let events = schedule(&options);
-        assert_eq!(events.len(), 23);
+        assert_eq!(events.len(), 24);
         assert!(events.iter().all(|(at, _)| (0.0..1.0).contains(at)));
         assert!(events.windows(2).all(|w| w[0].0 <= w[1].0));
     }
