@@ -46,6 +46,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { service } => {
             streams::runtime::init_telemetry();
             let shutdown = streams::runtime::shutdown_on_signals();
+            // The chaos run holds our stdin open; end-of-file means it is gone, and so must
+            // we be, or a crashed run leaves services behind.
+            let orphaned = shutdown.clone();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                orphaned.cancel();
+            });
             match service {
                 Service::Ingest(args) => ingest::cli::run_cli(args, shutdown).await,
                 Service::Processors(args) => processors::cli::run_cli(args, shutdown).await,

@@ -15,6 +15,9 @@ pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 struct Process {
     name: String,
     child: Child,
+    /// Held open while the chaos run lives: when the run dies, even by a panic or a
+    /// SIGKILL, the child reads end-of-file and stops (`chaos serve` watches its stdin).
+    _lifeline: std::process::ChildStdin,
     /// Its HTTP base URL (health, metrics, API).
     base: String,
 }
@@ -186,7 +189,7 @@ fn spawn(
         .append(true)
         .open(log_dir.join(format!("{name}.log")))
         .with_context(|| format!("Failed to open the log of {name}"))?;
-    let child = Command::new(exe)
+    let mut child = Command::new(exe)
         .args(["serve", service, "--listen", &listen])
         .env("REG_NATS_URL", nats_url)
         .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -200,14 +203,16 @@ fn spawn(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),
         )
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("Failed to start {name}"))?;
+    let lifeline = child.stdin.take().context("the child's stdin is piped")?;
     Ok(Process {
         name: name.to_owned(),
         child,
+        _lifeline: lifeline,
         base: format!("http://{listen}"),
     })
 }
