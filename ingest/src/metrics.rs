@@ -11,6 +11,8 @@ pub struct Metrics {
     pub responses: IntCounterVec,
     /// Seconds from handing an event to the appender to JetStream's durable acknowledgement.
     pub append_seconds: Histogram,
+    /// Seconds to create (or read back) the citizen's claim: one durable write per request.
+    pub claim_seconds: Histogram,
 }
 
 impl Metrics {
@@ -25,23 +27,29 @@ impl Metrics {
         registry
             .register(Box::new(responses.clone()))
             .expect("unique metric");
-        let append_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "ingest_append_seconds",
-                "Time until JetStream durably acknowledged an appended event (group commit).",
-            )
-            .buckets(vec![
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(append_seconds.clone()))
-            .expect("unique metric");
+            ]))
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let append_seconds = histogram(
+            "ingest_append_seconds",
+            "Time until JetStream durably acknowledged an appended event (group commit).",
+        );
+        let claim_seconds = histogram(
+            "ingest_claim_seconds",
+            "Time to create or read back the citizen's claim (one durable write).",
+        );
         Metrics {
             registry,
             responses,
             append_seconds,
+            claim_seconds,
         }
     }
 }

@@ -288,12 +288,14 @@ async fn submit_inner(
     if edge.client.connection_state() != async_nats::connection::State::Connected {
         return Err(unavailable("the event log"));
     }
+    let timer = edge.metrics.claim_seconds.start_timer();
     let claimed = tokio::time::timeout(
         edge.settings.append_timeout,
         claims::claim(&edge.claims, &citizen_key, wanted),
     )
     .await
     .unwrap_or_else(|_| Err(claims::ClaimsUnavailable("timed out".into())));
+    timer.observe_duration();
     let claim = match claimed {
         Ok(Claimed::New(claim) | Claimed::Replay(claim)) => claim,
         Ok(Claimed::KeyReused) => {
