@@ -78,10 +78,20 @@ pub struct Client {
 type Answer = (u16, Value);
 
 impl Client {
-    /// A client of `system`'s edge and read API.
-    pub async fn new(system: &System) -> Self {
+    /// A client of `system`'s edge and read API, with room for `concurrency` requests at
+    /// once.
+    pub async fn new(system: &System, concurrency: usize) -> Self {
+        // ntex's connector keeps at most 8 connections per host by default, which would
+        // make the load generator, not the system, the limit. (A limit of 0, "unlimited",
+        // left requests waiting for a connection forever here.)
+        let connections = concurrency + 16;
+        let http = ntex::client::Client::builder()
+            .connector::<()>(ntex::client::Connector::new().limit(connections))
+            .build(ntex::SharedCfg::default())
+            .await
+            .expect("an HTTP client");
         Client {
-            http: ntex::client::Client::new().await,
+            http,
             ingest: system.ingest_url().into(),
             read: system.read_url().into(),
             counters: Rc::default(),

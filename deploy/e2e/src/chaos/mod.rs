@@ -110,8 +110,13 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
 
     let mut nats = testkit::NatsServer::start();
     let mut system = services::System::start(&nats.url(), &log_dir, options.replicas).await?;
+    println!(
+        "chaos: edge {} (metrics at /metrics), read API {}",
+        system.ingest_url(),
+        system.read_url()
+    );
     let mut pool = pool(options.slots);
-    let client = load::Client::new(&system).await;
+    let client = load::Client::new(&system, options.concurrency).await;
     for (slot, capacity, _) in &pool {
         client.set_capacity(slot, *capacity).await?;
     }
