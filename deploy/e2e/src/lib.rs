@@ -4,6 +4,11 @@
 //! - [`chaos`]: the chaos run (`deploy/chaos`, and a small one in the test suite): the
 //!   services as separate processes, reservation replicas and nats-server killed while a
 //!   load flows, every invariant checked from the log and the projection afterwards.
+//! - [`contention`]: the contention benchmark (`deploy/bench-contention`), this project's
+//!   reservation design against the seed's Redis `WATCH`/`MULTI` design.
+//! - [`serve`]: how both tools start the services as their own child processes.
 #![forbid(unsafe_code)]
 
 pub mod chaos;
+pub mod contention;
+pub mod serve;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 /// Kill reservation replicas and nats-server while citizens register, then check every
 /// invariant from the event log and the projection. Exits 1 on any violation.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,15 +20,8 @@ enum Command {
     #[command(hide = true)]
     Serve {
         #[command(subcommand)]
-        service: Service,
+        service: e2e::serve::Service,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum Service {
-    Ingest(ingest::cli::Args),
-    Processors(processors::cli::Args),
-    Projections(projections::cli::Args),
 }
 
 #[ntex::main]
@@ -43,21 +36,6 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { service } => {
-            streams::runtime::init_telemetry();
-            let shutdown = streams::runtime::shutdown_on_signals();
-            // The chaos run holds our stdin open; end-of-file means it is gone, and so must
-            // we be, or a crashed run leaves services behind.
-            let orphaned = shutdown.clone();
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-                orphaned.cancel();
-            });
-            match service {
-                Service::Ingest(args) => ingest::cli::run_cli(args, shutdown).await,
-                Service::Processors(args) => processors::cli::run_cli(args, shutdown).await,
-                Service::Projections(args) => projections::cli::run_cli(args, shutdown).await,
-            }
-        }
+        Command::Serve { service } => e2e::serve::serve(service).await,
     }
 }

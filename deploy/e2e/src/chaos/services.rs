@@ -11,15 +11,29 @@ use anyhow::Context as _;
 /// The operator token the chaos run configures.
 pub const ADMIN_TOKEN: &str = "chaos-admin-token";
 
-/// One service process.
-struct Process {
+/// One service process, started by [`spawn`].
+pub struct Process {
     name: String,
     child: Child,
     /// Held open while the chaos run lives: when the run dies, even by a panic or a
     /// SIGKILL, the child reads end-of-file and stops (`chaos serve` watches its stdin).
     _lifeline: std::process::ChildStdin,
     /// Its HTTP base URL (health, metrics, API).
-    base: String,
+    pub base: String,
+}
+
+impl Process {
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A reservation replica that was killed.
@@ -174,8 +188,9 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Starts `chaos serve <service>` with the environment a deployment would give it.
-fn spawn(
+/// Starts `<this binary> serve <service>` (see [`crate::serve`]) with the environment a
+/// deployment would give it, logging to `<log_dir>/<name>.log`.
+pub fn spawn(
     exe: &Path,
     nats_url: &str,
     log_dir: &Path,
@@ -217,7 +232,8 @@ fn spawn(
     })
 }
 
-async fn wait_ready(http: &ntex::client::Client, process: &mut Process) -> anyhow::Result<()> {
+/// Waits until the process answers `200` on `/readyz`; fails if it exits first.
+pub async fn wait_ready(http: &ntex::client::Client, process: &mut Process) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let url = format!("{}/readyz", process.base);
     loop {
