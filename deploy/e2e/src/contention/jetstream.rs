@@ -51,7 +51,13 @@ pub async fn measure(
         streams::config::Replication(1),
     )
     .await?;
-    let appender = Appender::start(client.clone(), AppenderOptions::default());
+    let appender = Appender::start(
+        client.clone(),
+        AppenderOptions {
+            max_in_flight: options.append_in_flight,
+            ..AppenderOptions::default()
+        },
+    );
     for (slot, capacity) in &workload.slots {
         let set = Event::CapacitySet(CapacitySet {
             slot: slot.clone(),

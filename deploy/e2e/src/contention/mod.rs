@@ -36,6 +36,10 @@ pub struct Options {
     /// Contenders handed to the system at once (HTTP workers, in the seed's terms).
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Group commit of the submissions: atomic batches in flight at once (the edge's
+    /// `REG_APPEND_IN_FLIGHT`).
+    #[arg(long, default_value_t = streams::appender::AppenderOptions::default().max_in_flight)]
+    pub append_in_flight: usize,
     /// Seed of the `spread` workload's choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
