@@ -2,7 +2,6 @@
 //! harness) start the very same service.
 
 use crate::settings::Settings;
-use anyhow::Context as _;
 use clap::Parser;
 
 /// The registration edge. Every other setting comes from `REG_*` variables (see
@@ -26,8 +25,7 @@ pub async fn run_cli(
             "REG_SECRET is unset: using the development secret. Never do this in production."
         );
     }
-    let listener = std::net::TcpListener::bind(&args.listen)
-        .with_context(|| format!("Failed to bind {}", args.listen))?;
+    let listener = streams::runtime::bind(&args.listen)?;
     tracing::info!(listen = %args.listen, settings = ?settings, "Ingest edge starting.");
     crate::service::run(settings, listener, shutdown).await
 }

@@ -32,8 +32,7 @@ pub async fn run_cli(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let regions = RegionFilter::parse(&args.region).context("Invalid --region")?;
-    let listener = std::net::TcpListener::bind(&args.listen)
-        .with_context(|| format!("Failed to bind {}", args.listen))?;
+    let listener = streams::runtime::bind(&args.listen)?;
     tracing::info!(listen = %args.listen, region = %args.region, "Reservation processor starting.");
     run(
         Settings {

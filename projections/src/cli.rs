@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::service::{Settings, run};
 use crate::store::StoreOptions;
-use anyhow::Context as _;
 use clap::Parser;
 use streams::runtime::NatsOptions;
 
@@ -50,8 +49,7 @@ pub async fn run_cli(
 ) -> anyhow::Result<()> {
     let secret =
         std::env::var("REG_SECRET").unwrap_or_else(|_| streams::crypto::DEVELOPMENT_SECRET.into());
-    let listener = std::net::TcpListener::bind(&args.listen)
-        .with_context(|| format!("Failed to bind {}", args.listen))?;
+    let listener = streams::runtime::bind(&args.listen)?;
     tracing::info!(listen = %args.listen, surreal = %args.surreal, "Projections starting.");
     run(
         Settings {

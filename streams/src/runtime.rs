@@ -132,3 +132,9 @@ where
         Err(_) => Ok(None),
     }
 }
+
+/// Binds a service's listening address, saying which one failed (a port already taken is
+/// the usual start-up error).
+pub fn bind(address: &str) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address).with_context(|| format!("Failed to bind {address}"))
+}
