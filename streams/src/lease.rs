@@ -5,7 +5,7 @@
 //! expire after [`LEASE_TTL`] unless renewed. [`acquire`] creates the key (only one replica
 //! can), then renews it every third of the TTL with a revision check; a failed renewal, or
 //! none that succeeded for a whole TTL (NATS unreachable), means the lease may have passed to
-//! another replica, and [`Lease::lost`] fires.
+//! another replica, and [`Lease::active`] fires.
 //!
 //! A lease is about efficiency, never about safety: a paused holder can believe it still
 //! holds a lease that expired on the server. Writers that must never conflict also fence
