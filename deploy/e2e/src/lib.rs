@@ -6,9 +6,12 @@
 //!   load flows, every invariant checked from the log and the projection afterwards.
 //! - [`contention`]: the contention benchmark (`deploy/bench-contention`), this project's
 //!   reservation design against the seed's Redis `WATCH`/`MULTI` design.
+//! - [`ceilings`]: JetStream's and the disk's durable write ceilings (`deploy/bench`), the
+//!   figures every throughput claim is set beside.
 //! - [`serve`]: how both tools start the services as their own child processes.
 #![forbid(unsafe_code)]
 
+pub mod ceilings;
 pub mod chaos;
 pub mod contention;
 pub mod serve;

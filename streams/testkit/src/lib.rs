@@ -28,19 +28,38 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// `sync_interval: always` (durable acknowledgements), as everywhere but a benchmark's
+    /// non-durable reference.
+    sync_always: bool,
 }
 
 impl NatsServer {
     /// Starts a server on a free port with a fresh store directory.
     pub fn start() -> Self {
+        Self::start_with_sync(true)
+    }
+
+    /// Starts a server whose acknowledgements are not durable (nats-server's default fsync
+    /// every two minutes): only for measuring what durability costs.
+    pub fn start_without_fsync() -> Self {
+        Self::start_with_sync(false)
+    }
+
+    fn start_with_sync(sync_always: bool) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory can be created");
         let mut server = NatsServer {
             child: None,
             dir,
             port: 0,
+            sync_always,
         };
         server.spawn(-1);
         server
+    }
+
+    /// The server's store directory (on the disk whose fsync rate bounds it).
+    pub fn store_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("jetstream")
     }
 
     fn spawn(&mut self, port: i32) {
@@ -58,7 +77,12 @@ impl NatsServer {
             &config,
             format!(
                 "host: 127.0.0.1\nport: {port}\nmax_payload: 8MB\nports_file_dir: {ports:?}\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n"
+                 jetstream {{\n  store_dir: {store:?}\n{sync}}}\n",
+                sync = if self.sync_always {
+                    "  sync_interval: always\n"
+                } else {
+                    ""
+                }
             ),
         )
         .expect("config file");

@@ -1,0 +1,220 @@
+//! The durable write ceilings every throughput figure of this project is compared with,
+//! measured on the machine at hand (DESIGN.md: "always measure the ceiling beside the
+//! project in the same run"): how many 4 KiB records per second JetStream stores durably one
+//! per publish, in atomic batches of 256 and 1,000, and packed many to a message; the same
+//! without fsync (not durable, for reference); and the disk's own synchronous write rate.
+//!
+//! Each path writes into a fresh stream on a fresh nats-server with `sync_interval: always`
+//! (the non-durable reference excepted), from one publisher, as the edge would.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use serde::Serialize;
+use streams::appender::{Outgoing, publish_atomic};
+
+/// Bytes per record, the size of a typical registration.
+pub const RECORD_BYTES: usize = 4096;
+
+/// One write path's ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// What was written how.
+    pub path: String,
+    /// Whether an acknowledgement meant the record was on disk.
+    pub durable: bool,
+    /// Records written.
+    pub records: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Records per second.
+    pub records_per_second: f64,
+    /// Megabytes (10^6) of records per second.
+    pub megabytes_per_second: f64,
+}
+
+impl Ceiling {
+    fn new(path: impl Into<String>, durable: bool, records: u64, elapsed: Duration) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Ceiling {
+            path: path.into(),
+            durable,
+            records,
+            seconds,
+            records_per_second: records as f64 / seconds,
+            megabytes_per_second: records as f64 * RECORD_BYTES as f64 / seconds / 1e6,
+        }
+    }
+}
+
+use streams::subjects::{CEILING_STREAM, CEILING_SUBJECT as SUBJECT};
+
+async fn fresh_stream(
+    server: &testkit::NatsServer,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let client = async_nats::connect(server.url())
+        .await
+        .context("Failed to connect to nats-server")?;
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: CEILING_STREAM.into(),
+        subjects: vec![SUBJECT.into()],
+        storage: stream::StorageType::File,
+        allow_atomic_publish: true,
+        max_message_size: 2 * 1024 * 1024,
+        ..Default::default()
+    })
+    .await
+    .context("Failed to create the ceiling stream")?;
+    Ok((client, js))
+}
+
+fn record(i: u64) -> bytes::Bytes {
+    let mut r = vec![b'r'; RECORD_BYTES];
+    r[..8].copy_from_slice(&i.to_le_bytes());
+    r.into()
+}
+
+/// One publish per record with up to [`WINDOW`] acknowledgements outstanding: with fsync
+/// always, the server still syncs each message on its own.
+async fn one_by_one(durable: bool, records: u64) -> anyhow::Result<Ceiling> {
+    let server = if durable {
+        testkit::NatsServer::start()
+    } else {
+        testkit::NatsServer::start_without_fsync()
+    };
+    let (_, js) = fresh_stream(&server).await?;
+    let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
+    let start = Instant::now();
+    for i in 0..records {
+        if acks.len() == WINDOW {
+            let ack: jetstream::context::PublishAckFuture =
+                acks.pop_front().expect("a full window");
+            ack.await.context("ack")?;
+        }
+        acks.push_back(js.publish(SUBJECT, record(i)).await.context("publish")?);
+    }
+    for ack in acks {
+        ack.await.context("ack")?;
+    }
+    let label = if durable {
+        format!("one publish per record, {WINDOW} in flight")
+    } else {
+        format!("one publish per record, {WINDOW} in flight, default fsync (NOT durable)")
+    };
+    Ok(Ceiling::new(label, durable, records, start.elapsed()))
+}
+
+/// Acknowledgements a single publisher keeps outstanding.
+const WINDOW: usize = 256;
+
+/// Atomic batches of `size` records, one after the other.
+async fn atomic(size: usize, records: u64) -> anyhow::Result<Ceiling> {
+    let server = testkit::NatsServer::start();
+    let (client, js) = fresh_stream(&server).await?;
+    let batches = records.div_ceil(size as u64);
+    let start = Instant::now();
+    for b in 0..batches {
+        let batch = (0..size as u64)
+            .map(|i| Outgoing {
+                subject: SUBJECT.into(),
+                headers: HeaderMap::new(),
+                payload: record(b * size as u64 + i),
+            })
+            .collect();
+        publish_atomic(&js, &client, batch)
+            .await
+            .map_err(|e| anyhow::anyhow!("atomic batch: {e}"))?;
+    }
+    Ok(Ceiling::new(
+        format!("atomic batch of {size}"),
+        true,
+        batches * size as u64,
+        start.elapsed(),
+    ))
+}
+
+/// `per_message` records packed into each message, one message after the other.
+async fn packed(per_message: usize, records: u64) -> anyhow::Result<Ceiling> {
+    let server = testkit::NatsServer::start();
+    let (_, js) = fresh_stream(&server).await?;
+    let messages = records.div_ceil(per_message as u64);
+    let payload: bytes::Bytes = vec![b'p'; per_message * RECORD_BYTES].into();
+    let start = Instant::now();
+    for _ in 0..messages {
+        js.publish(SUBJECT, payload.clone())
+            .await
+            .context("publish")?
+            .await
+            .context("ack")?;
+    }
+    Ok(Ceiling::new(
+        format!(
+            "{per_message} records packed per message ({} KiB)",
+            per_message * RECORD_BYTES / 1024
+        ),
+        true,
+        messages * per_message as u64,
+        start.elapsed(),
+    ))
+}
+
+/// `dd` writing 1 MiB blocks with `oflag=dsync` where nats-server keeps its store: the
+/// disk's synchronous write rate, in 4 KiB records per second.
+fn disk(megabytes: u64) -> anyhow::Result<Ceiling> {
+    let server = testkit::NatsServer::start();
+    let target = server.store_dir().join("dd.test");
+    let start = Instant::now();
+    let status = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", target.display()))
+        .args(["bs=1M", &format!("count={megabytes}"), "oflag=dsync"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("Failed to run dd")?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(status.success(), "dd failed");
+    let _ = std::fs::remove_file(&target);
+    let records = megabytes * 1024 * 1024 / RECORD_BYTES as u64;
+    Ok(Ceiling::new(
+        "disk: dd 1 MiB blocks, oflag=dsync",
+        true,
+        records,
+        elapsed,
+    ))
+}
+
+/// Measures every ceiling, printing each as it is known. `scale` multiplies the record
+/// counts (1.0 is a run of about a minute on the development machine).
+pub async fn measure(scale: f64) -> anyhow::Result<Vec<Ceiling>> {
+    let n = |records: f64| ((records * scale) as u64).max(1);
+    let mut out = Vec::new();
+    let steps: Vec<(&str, u64)> = vec![
+        ("one", n(10_000.0)),
+        ("one-nosync", n(100_000.0)),
+        ("atomic-256", n(100_000.0)),
+        ("atomic-1000", n(100_000.0)),
+        ("packed-64", n(200_000.0)),
+        ("packed-256", n(400_000.0)),
+        ("disk", n(400.0)),
+    ];
+    for (step, count) in steps {
+        let ceiling = match step {
+            "one" => one_by_one(true, count).await?,
+            "one-nosync" => one_by_one(false, count).await?,
+            "atomic-256" => atomic(256, count).await?,
+            "atomic-1000" => atomic(1000, count).await?,
+            "packed-64" => packed(64, count).await?,
+            "packed-256" => packed(256, count).await?,
+            _ => disk(count)?,
+        };
+        println!(
+            "ceilings: {:<52} {:>9.0} records/s {:>7.0} MB/s",
+            ceiling.path, ceiling.records_per_second, ceiling.megabytes_per_second
+        );
+        out.push(ceiling);
+    }
+    Ok(out)
+}
