@@ -1,7 +1,6 @@
 //! `bench`: the throughput benchmark (`deploy/bench`). Today it measures the durable write
 //! ceilings; the edge, read API, pipeline and replay figures will be set beside them.
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// Measure the durable write ceilings of this machine (JetStream one by one, atomic batches,
@@ -44,17 +43,11 @@ async fn main() -> anyhow::Result<()> {
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 ceilings,
             };
-            let m = &report.machine;
             let mut md = format!(
-                "# Durable write ceilings\n\n{} · {} cores ({}) · {} GiB · kernel {} · {}\n\n\
+                "# Durable write ceilings\n\n{}\n\n\
                  Command: `{}`. Records of {} bytes, one publisher.\n\n\
                  | write path | durable | records | records/s | MB/s |\n| --- | --- | ---: | ---: | ---: |\n",
-                m.date,
-                m.cores,
-                m.cpu,
-                m.memory_gib,
-                m.kernel,
-                m.nats_server,
+                report.machine.summary(),
                 report.command,
                 e2e::ceilings::RECORD_BYTES
             );
@@ -68,12 +61,7 @@ async fn main() -> anyhow::Result<()> {
                     c.megabytes_per_second
                 ));
             }
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir).context("Failed to create the report directory")?;
-            }
-            std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
-                .with_context(|| format!("Failed to write {}", out.display()))?;
-            std::fs::write(out.with_extension("md"), &md).context("Failed to write the summary")?;
+            e2e::contention::report::write_report(&out, &report, &md)?;
             println!("\n{md}");
             Ok(())
         }

@@ -150,19 +150,13 @@ impl Report {
 
     /// The Markdown summary.
     pub fn markdown(&self) -> String {
-        let m = &self.machine;
         let mut out = format!(
-            "# Contention benchmark\n\n{} · {} cores ({}) · {} GiB · kernel {} · {} · {}\n\n\
+            "# Contention benchmark\n\n{} · {}\n\n\
              Command: `{}`\n\n\
              | workload | design | contenders | slots | decisions/s | p50 ms | p99 ms | max ms | aborted | durable writes | reserved | overbooked | out-of-order winners |\n\
              | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-            m.date,
-            m.cores,
-            m.cpu,
-            m.memory_gib,
-            m.kernel,
-            m.nats_server,
-            m.redis_server,
+            self.machine.summary(),
+            self.machine.redis_server,
             self.command
         );
         for r in &self.results {
@@ -197,17 +191,35 @@ impl Report {
 
     /// Writes `path` (JSON) and the Markdown beside it.
     pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).context("Failed to create the report directory")?;
-        }
-        let json = serde_json::to_string_pretty(self).context("Failed to encode the report")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("Failed to write {}", path.display()))?;
-        let md = path.with_extension("md");
-        std::fs::write(&md, self.markdown())
-            .with_context(|| format!("Failed to write {}", md.display()))?;
-        Ok(())
+        write_report(path, self, &self.markdown())
     }
+}
+
+impl Machine {
+    /// One line for a report's header: date, cores, CPU, memory, kernel, nats-server.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} · {} cores ({}) · {} GiB · kernel {} · {}",
+            self.date, self.cores, self.cpu, self.memory_gib, self.kernel, self.nats_server
+        )
+    }
+}
+
+/// Writes a benchmark's report: `path` as JSON and the Markdown beside it (`.md`).
+pub fn write_report(
+    path: &std::path::Path,
+    report: &impl Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).context("Failed to create the report directory")?;
+    }
+    let json = serde_json::to_string_pretty(report).context("Failed to encode the report")?;
+    std::fs::write(path, json + "\n")
+        .with_context(|| format!("Failed to write {}", path.display()))?;
+    let md = path.with_extension("md");
+    std::fs::write(&md, markdown).with_context(|| format!("Failed to write {}", md.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
