@@ -1,8 +1,8 @@
 //! This project's design under contention: every contender is a `RegistrationSubmitted`
 //! appended through the edge's group-committing [`Appender`] (at most `concurrency` at once),
 //! and the reservation processor, a child process, decides them. The latency of a contender
-//! runs from the moment it is handed to the appender to the moment its decision arrives on a
-//! plain subscription to the decision subjects.
+//! runs from the moment it is handed to the appender to the moment its decision, stored in
+//! the decisions stream, reaches an ordered consumer of that stream.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -78,12 +78,17 @@ pub async fn measure(
     )?;
     services::wait_ready(&http, &mut processor).await?;
 
-    // Decisions, as they are durably written.
-    let mut decisions = client
-        .subscribe(subjects::reservation_decisions_filter(&RegionFilter::All))
-        .await
-        .context("Failed to subscribe to decisions")?;
-    client.flush().await?;
+    // Decisions, once stored: read from the stream with an ordered consumer. (A core
+    // subscription would also see the staged messages of an atomic batch before its commit,
+    // and those of a batch the fence refuses: not yet decisions.)
+    let (mut decisions, _) = streams::replay::ordered(
+        &async_nats::jetstream::new(client.clone()),
+        subjects::DECISIONS_STREAM,
+        subjects::reservation_decisions_filter(&RegionFilter::All),
+        1,
+    )
+    .await
+    .context("Failed to read the decisions stream")?;
 
     let ids: Vec<RegistrationId> = workload
         .contenders
@@ -150,7 +155,8 @@ pub async fn measure(
         let message = tokio::time::timeout(DEADLINE, decisions.next())
             .await
             .context("No decision for too long: the processor is stuck")?
-            .context("The decisions subscription ended")?;
+            .context("The decisions stream ended")?
+            .context("Failed to read a decision")?;
         let Ok(envelope) = Envelope::decode(&message.payload) else {
             continue;
         };
