@@ -8,10 +8,12 @@
 //!   reservation design against the seed's Redis `WATCH`/`MULTI` design.
 //! - [`ceilings`]: JetStream's and the disk's durable write ceilings (`deploy/bench`), the
 //!   figures every throughput claim is set beside.
+//! - [`edge`]: the ingest edge end to end against a bare ntex handler (`deploy/bench edge`).
 //! - [`serve`]: how both tools start the services as their own child processes.
 #![forbid(unsafe_code)]
 
 pub mod ceilings;
 pub mod chaos;
 pub mod contention;
+pub mod edge;
 pub mod serve;

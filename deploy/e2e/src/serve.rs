@@ -12,6 +12,16 @@ pub enum Service {
     Processors(processors::cli::Args),
     /// The projections and read API.
     Projections(projections::cli::Args),
+    /// A bare ntex handler on the edge's route: reads the body, answers `202`. The ceiling
+    /// the edge is measured against (same framework, same workers, no work).
+    Bare {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// HTTP worker threads (the edge's default).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
 /// Runs `service` until a signal, or until the parent tool dies: the parent holds our stdin
@@ -28,5 +38,22 @@ pub async fn serve(service: Service) -> anyhow::Result<()> {
         Service::Ingest(args) => ingest::cli::run_cli(args, shutdown).await,
         Service::Processors(args) => processors::cli::run_cli(args, shutdown).await,
         Service::Projections(args) => projections::cli::run_cli(args, shutdown).await,
+        Service::Bare { listen, workers } => {
+            let listener = streams::runtime::bind(&listen)?;
+            streams::http::serve(listener, workers, (), bare_routes, shutdown).await
+        }
     }
+}
+
+fn bare_routes(cfg: &mut ntex::web::ServiceConfig) {
+    use ntex::web;
+    cfg.route("/readyz", web::get().to(streams::http::healthz))
+        .route(
+            "/v1/registrations",
+            web::post().to(async |body: ntex::util::Bytes| {
+                web::HttpResponse::Accepted()
+                    .content_type("application/json")
+                    .body(format!("{{\"received_bytes\":{}}}", body.len()))
+            }),
+        );
 }

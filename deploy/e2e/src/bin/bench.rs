@@ -1,11 +1,11 @@
 //! `bench`: the throughput benchmark (`deploy/bench`). Today it measures the durable write
-//! ceilings; the edge, read API, pipeline and replay figures will be set beside them.
+//! ceilings and the ingest edge against a bare ntex handler; the read API, pipeline and
+//! replay figures will be set beside them.
 
 use clap::{Parser, Subcommand};
 
-/// Measure the durable write ceilings of this machine (JetStream one by one, atomic batches,
-/// packed messages; the disk's synchronous write rate) and write bench/ceilings.json and .md.
-/// Reports figures; never fails on a timing.
+/// Measure this machine's durable write ceilings (bench/ceilings.*) and the ingest edge
+/// against a bare ntex handler (bench/edge.*). Reports figures; never fails on a timing.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -24,6 +24,33 @@ enum Command {
         #[arg(long, default_value = "bench/ceilings.json")]
         out: std::path::PathBuf,
     },
+    /// The ingest edge end to end against a bare ntex handler, same load generator.
+    Edge {
+        /// Registrations sent to each target.
+        #[arg(long, default_value_t = 20_000)]
+        registrations: u32,
+        /// Requests in flight (closed loop).
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Where to write the JSON report (the Markdown one goes beside it).
+        #[arg(long, default_value = "bench/edge.json")]
+        out: std::path::PathBuf,
+    },
+    /// Runs one service (started by the benchmark; not meant to be typed).
+    #[command(hide = true)]
+    Serve {
+        #[command(subcommand)]
+        service: e2e::serve::Service,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct EdgeReport {
+    machine: e2e::contention::report::Machine,
+    command: String,
+    figures: Vec<e2e::edge::EdgeFigure>,
+    /// The edge's accepted/s over the bare handler's.
+    ratio_to_bare: f64,
 }
 
 #[derive(serde::Serialize)]
@@ -61,6 +88,50 @@ async fn main() -> anyhow::Result<()> {
                     c.megabytes_per_second
                 ));
             }
+            e2e::contention::report::write_report(&out, &report, &md)?;
+            println!("\n{md}");
+            Ok(())
+        }
+        Command::Serve { service } => e2e::serve::serve(service).await,
+        Command::Edge {
+            registrations,
+            concurrency,
+            out,
+        } => {
+            let log_dir = tempfile::Builder::new()
+                .prefix("bench-logs-")
+                .tempdir()?
+                .keep();
+            let figures = e2e::edge::measure(registrations, concurrency, &log_dir).await?;
+            let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
+            let report = EdgeReport {
+                machine: e2e::contention::report::Machine::describe(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                figures,
+                ratio_to_bare,
+            };
+            let mut md = format!(
+                "# Ingest edge against a bare ntex handler\n\n{}\n\n\
+                 Command: `{}`. Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n\
+                 | target | accepted/s | p50 ms | p99 ms | accepted | requests |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+                report.machine.summary(),
+                report.command
+            );
+            for f in &report.figures {
+                md.push_str(&format!(
+                    "| {} | {:.0} | {:.1} | {:.1} | {} | {} |\n",
+                    f.target,
+                    f.accepted_per_second,
+                    f.latency_ms.p50,
+                    f.latency_ms.p99,
+                    f.accepted,
+                    f.requests
+                ));
+            }
+            md.push_str(&format!(
+                "\nEdge ÷ bare handler: {:.3}×\n",
+                report.ratio_to_bare
+            ));
             e2e::contention::report::write_report(&out, &report, &md)?;
             println!("\n{md}");
             Ok(())

@@ -1,0 +1,145 @@
+//! The ingest edge end to end against a bare ntex handler, driven by the same closed-loop
+//! load generator in the same run: how many valid 4 kB registrations per second the edge
+//! accepts durably (202 after the group commit), and how close that is to what ntex alone
+//! answers on this machine.
+
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::chaos::{self, load, services};
+use crate::contention::report::Percentiles;
+
+/// One target's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeFigure {
+    /// What answered.
+    pub target: String,
+    /// Requests sent.
+    pub requests: u64,
+    /// `202` answers.
+    pub accepted: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// `202`s per second.
+    pub accepted_per_second: f64,
+    /// Request latency percentiles, milliseconds.
+    pub latency_ms: Percentiles,
+}
+
+/// Sends `registrations` valid registrations to `base`, `concurrency` at a time (closed
+/// loop), citizens numbered from `first`.
+async fn drive(
+    target: &str,
+    base: &str,
+    registrations: u32,
+    concurrency: usize,
+    first: u32,
+) -> anyhow::Result<EdgeFigure> {
+    let http = ntex::client::Client::builder()
+        .connector::<()>(ntex::client::Connector::new().limit(concurrency + 16))
+        .build(ntex::SharedCfg::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("an HTTP client: {e:?}"))?;
+    let pool = chaos::pool(1_000);
+    let next = Rc::new(Cell::new(0u32));
+    let accepted = Rc::new(Cell::new(0u64));
+    let latencies = Rc::new(RefCell::new(Vec::with_capacity(registrations as usize)));
+    let url: Rc<str> = format!("{base}/v1/registrations").into();
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, pool, next, accepted, latencies, url) = (
+            http.clone(),
+            pool.clone(),
+            next.clone(),
+            accepted.clone(),
+            latencies.clone(),
+            url.clone(),
+        );
+        workers.push(ntex::rt::spawn(async move {
+            loop {
+                let i = next.get();
+                if i >= registrations {
+                    return;
+                }
+                next.set(i + 1);
+                let citizen = first + i;
+                let body = load::registration(citizen, &pool[citizen as usize % pool.len()].0);
+                let sent = Instant::now();
+                let response = http
+                    .post(&*url)
+                    .timeout(Duration::from_secs(30))
+                    .send_json(&body)
+                    .await;
+                if let Ok(response) = response {
+                    if response.status() == 202 {
+                        accepted.set(accepted.get() + 1);
+                    }
+                    let _ = response.body().limit(1 << 16).await;
+                }
+                latencies.borrow_mut().push(sent.elapsed());
+            }
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let figure = EdgeFigure {
+        target: target.to_owned(),
+        requests: u64::from(registrations),
+        accepted: accepted.get(),
+        seconds,
+        accepted_per_second: accepted.get() as f64 / seconds,
+        latency_ms: Percentiles::of(latencies.take()),
+    };
+    println!(
+        "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted)",
+        figure.target,
+        figure.accepted_per_second,
+        figure.latency_ms.p50,
+        figure.latency_ms.p99,
+        figure.accepted,
+        figure.requests
+    );
+    Ok(figure)
+}
+
+/// Measures the bare handler, then the whole system (nats-server with fsync always, the
+/// edge, one reservation replica, the projections) behind the edge.
+pub async fn measure(
+    registrations: u32,
+    concurrency: usize,
+    log_dir: &Path,
+) -> anyhow::Result<Vec<EdgeFigure>> {
+    let exe = std::env::current_exe()?;
+    let http = ntex::client::Client::new().await;
+    let mut bare = services::spawn(&exe, "nats://127.0.0.1:1", log_dir, "bare", "bare")?;
+    services::wait_ready(&http, &mut bare).await?;
+    let bare_figure = drive(
+        "bare ntex handler (reads the body, 202)",
+        &bare.base,
+        registrations,
+        concurrency,
+        0,
+    )
+    .await?;
+    bare.kill();
+
+    let nats = testkit::NatsServer::start();
+    let system = services::System::start(&nats.url(), log_dir, 1).await?;
+    let edge_figure = drive(
+        "ingest edge (validate, claim, durable append)",
+        system.ingest_url(),
+        registrations,
+        concurrency,
+        0,
+    )
+    .await?;
+    system.stop().await;
+    Ok(vec![bare_figure, edge_figure])
+}
