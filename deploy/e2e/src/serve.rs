@@ -57,3 +57,16 @@ fn bare_routes(cfg: &mut ntex::web::ServiceConfig) {
             }),
         );
 }
+
+/// Runs a tool's work until it ends or Ctrl-C / SIGTERM arrives. On a signal the work is
+/// dropped, which stops what it started (nats-server, redis-server and the services are
+/// killed when their handles drop), instead of leaving them running.
+pub async fn until_interrupted<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let interrupted = streams::runtime::shutdown_on_signals();
+    tokio::select! {
+        result = work => result,
+        _ = interrupted.cancelled() => anyhow::bail!("interrupted; everything it started is stopped"),
+    }
+}

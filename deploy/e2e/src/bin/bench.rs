@@ -64,7 +64,7 @@ struct Report {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ceilings { scale, out } => {
-            let ceilings = e2e::ceilings::measure(scale).await?;
+            let ceilings = e2e::serve::until_interrupted(e2e::ceilings::measure(scale)).await?;
             let report = Report {
                 machine: e2e::contention::report::Machine::describe(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -102,7 +102,12 @@ async fn main() -> anyhow::Result<()> {
                 .prefix("bench-logs-")
                 .tempdir()?
                 .keep();
-            let figures = e2e::edge::measure(registrations, concurrency, &log_dir).await?;
+            let figures = e2e::serve::until_interrupted(e2e::edge::measure(
+                registrations,
+                concurrency,
+                &log_dir,
+            ))
+            .await?;
             let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
             let report = EdgeReport {
                 machine: e2e::contention::report::Machine::describe(),

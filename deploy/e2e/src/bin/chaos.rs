@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(options) => {
-            let verdict = e2e::chaos::run(options).await?;
+            let verdict = e2e::serve::until_interrupted(e2e::chaos::run(options)).await?;
             verdict.print();
             if !verdict.violations.is_empty() {
                 std::process::exit(1);

@@ -28,7 +28,9 @@ enum Command {
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(options) => e2e::contention::run(options).await.map(|_| ()),
+        Command::Run(options) => e2e::serve::until_interrupted(e2e::contention::run(options))
+            .await
+            .map(|_| ()),
         Command::Serve { service } => e2e::serve::serve(service).await,
     }
 }
