@@ -6,7 +6,6 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use chrono::Utc;
 use governor::clock::{Clock, DefaultClock};
@@ -156,16 +155,6 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-}
-
-fn event_message(subject: String, envelope: &Envelope) -> Outgoing {
-    let mut headers = HeaderMap::new();
-    headers.insert(subjects::EVENT_TYPE_HEADER, envelope.event.event_type());
-    Outgoing {
-        subject,
-        headers,
-        payload: envelope.encode().into(),
-    }
 }
 
 async fn append(edge: &Edge, message: Outgoing) -> Result<u64, AppendError> {
@@ -339,7 +328,7 @@ async fn submit_inner(
     });
     let envelope = Envelope::new(id.to_string(), event);
     let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
-    match append(edge, event_message(subject, &envelope)).await {
+    match append(edge, Outgoing::event(subject, &envelope)).await {
         Ok(seq) => {
             tracing::debug!(registration_id = %id, seq, "Registration accepted.");
             let token = edge.keys.token(&id);
@@ -398,7 +387,7 @@ async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, Ht
         }),
     );
     let subject = subjects::intake(&id.region(), IntakeKind::Cancel);
-    append(edge, event_message(subject, &envelope))
+    append(edge, Outgoing::event(subject, &envelope))
         .await
         .map_err(|_| unavailable("the event log"))?;
     Ok(json_response(
@@ -448,7 +437,7 @@ pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>)
         });
         let envelope = Envelope::new(format!("admin-{}", uuid::Uuid::now_v7()), event);
         let subject = subjects::intake(&request.slot.region, IntakeKind::Capacity);
-        append(&edge, event_message(subject, &envelope))
+        append(&edge, Outgoing::event(subject, &envelope))
             .await
             .map_err(|_| unavailable("the event log"))?;
         Ok(json_response(
@@ -484,7 +473,7 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
             Event::WindowSet(window.clone()),
         );
         let subject = subjects::intake(&request.region, IntakeKind::Window);
-        append(&edge, event_message(subject, &envelope))
+        append(&edge, Outgoing::event(subject, &envelope))
             .await
             .map_err(|_| unavailable("the event log"))?;
         // Read-your-writes on this replica; others follow the log within milliseconds.

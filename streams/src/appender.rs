@@ -37,6 +37,24 @@ pub struct Outgoing {
     pub payload: Bytes,
 }
 
+impl Outgoing {
+    /// The message for `envelope` on `subject`, with its event type in
+    /// [`crate::subjects::EVENT_TYPE_HEADER`] so consumers and tools can filter without
+    /// decoding. Further headers (a fence) can be added before appending.
+    pub fn event(subject: String, envelope: &crate::events::Envelope) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            crate::subjects::EVENT_TYPE_HEADER,
+            envelope.event.event_type(),
+        );
+        Outgoing {
+            subject,
+            headers,
+            payload: envelope.encode().into(),
+        }
+    }
+}
+
 /// Why an append did not happen. Nothing was stored in any of these cases, except
 /// [`AppendError::Unavailable`], where the outcome is unknown: the caller must treat the
 /// message as possibly stored (retries must be idempotent).

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
 use streams::appender::{AppendError, Outgoing, publish_atomic};
@@ -253,24 +252,22 @@ async fn write_decisions(
         let region = region_of(&event)
             .expect("reservation decisions name a slot")
             .clone();
-        let mut headers = HeaderMap::new();
-        headers.insert(subjects::EVENT_TYPE_HEADER, event.event_type());
-        if fenced.insert(region.clone(), ()).is_none() {
-            let expected = fences.get(&region).copied().unwrap_or(0);
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                expected.to_string().as_str(),
-            );
-        }
         metrics
             .decisions
             .with_label_values(&[event.event_type()])
             .inc();
-        outgoing.push(Outgoing {
-            subject: subjects::reservation_decisions(&region),
-            headers,
-            payload: Envelope::new(correlation_id, event).encode().into(),
-        });
+        let mut message = Outgoing::event(
+            subjects::reservation_decisions(&region),
+            &Envelope::new(correlation_id, event),
+        );
+        if fenced.insert(region.clone(), ()).is_none() {
+            let expected = fences.get(&region).copied().unwrap_or(0);
+            message.headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                expected.to_string().as_str(),
+            );
+        }
+        outgoing.push(message);
         regions.push(region);
     }
     let timer = metrics.batch_seconds.start_timer();

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use chrono::NaiveDate;
 use processors::metrics::Metrics;
 use processors::reservation::{ReservationConfig, run};
@@ -52,15 +51,11 @@ impl World {
     }
 
     pub async fn append(&self, kind: IntakeKind, region: &Region, event: Event) -> u64 {
-        let envelope = Envelope::new("test", event);
-        let mut headers = HeaderMap::new();
-        headers.insert(subjects::EVENT_TYPE_HEADER, envelope.event.event_type());
         self.appender
-            .append(Outgoing {
-                subject: subjects::intake(region, kind),
-                headers,
-                payload: envelope.encode().into(),
-            })
+            .append(Outgoing::event(
+                subjects::intake(region, kind),
+                &Envelope::new("test", event),
+            ))
             .await
             .expect("the intake stream accepts the event")
     }

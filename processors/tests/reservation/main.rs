@@ -106,22 +106,15 @@ async fn decisions_survive_a_nats_server_restart() {
             std::time::Duration::from_secs(30),
             || async {
                 let id = streams::model::RegistrationId::generate(&s.region);
-                let envelope = streams::events::Envelope::new("t", submitted(&id, &s));
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(
-                    streams::subjects::EVENT_TYPE_HEADER,
-                    "RegistrationSubmitted",
-                );
                 world
                     .appender
-                    .append(streams::appender::Outgoing {
-                        subject: streams::subjects::intake(
+                    .append(streams::appender::Outgoing::event(
+                        streams::subjects::intake(
                             &s.region,
                             streams::subjects::IntakeKind::Submitted,
                         ),
-                        headers,
-                        payload: envelope.encode().into(),
-                    })
+                        &streams::events::Envelope::new("t", submitted(&id, &s)),
+                    ))
                     .await
                     .ok()
                     .map(|_| id)

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
 use futures::StreamExt as _;
 use streams::appender::{Appender, AppenderOptions, Outgoing};
 use streams::events::{CapacitySet, Envelope, Event, RegistrationSubmitted, Sealed};
@@ -26,14 +25,10 @@ use super::{DEADLINE, Measured, Options};
 use crate::chaos::services;
 
 fn event_message(kind: IntakeKind, event: Event, region: &streams::model::Region) -> Outgoing {
-    let envelope = Envelope::new("contention", event);
-    let mut headers = HeaderMap::new();
-    headers.insert(subjects::EVENT_TYPE_HEADER, envelope.event.event_type());
-    Outgoing {
-        subject: subjects::intake(region, kind),
-        headers,
-        payload: envelope.encode().into(),
-    }
+    Outgoing::event(
+        subjects::intake(region, kind),
+        &Envelope::new("contention", event),
+    )
 }
 
 /// Runs `workload` on a fresh nats-server and a fresh reservation processor.
