@@ -174,7 +174,7 @@ async fn run_once(
     client: &async_nats::Client,
     config: &ReservationConfig,
     metrics: &Metrics,
-    shutdown: &CancellationToken,
+    active: &CancellationToken,
 ) -> Result<(), Restart> {
     let Recovered {
         mut state,
@@ -190,7 +190,7 @@ async fn run_once(
     let mut batch = Vec::with_capacity(MAX_INPUTS_PER_BATCH);
     loop {
         let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = active.cancelled() => return Ok(()),
             next = messages.next() => next,
         };
         let Some(first) = first else {
