@@ -1,20 +1,33 @@
-//! One claim per citizen: the durable record that a citizen holds a registration.
+//! One claim per citizen, written in the same durable write as the registration.
 //!
-//! The claim is created atomically (`create` fails if the key exists) in a JetStream
-//! key-value bucket keyed by the citizen key (a MAC of the national id), before the
-//! submission is appended. Whoever creates it owns the registration id in it; everyone else
-//! is either the same request again (same body or same idempotency key: replayed with the
-//! same id) or a second registration of the same citizen (refused).
+//! The edge appends the citizen's [`ClaimRecord::Held`] and the `RegistrationSubmitted` event
+//! as one fenced [`Unit`] of the intake stream's group commit: both are stored, in one atomic
+//! batch with the other requests of the moment, only if the citizen's claim subject is where
+//! the edge believed it to be (empty at first). A claim therefore never exists without its
+//! registration, and claiming costs no durable write of its own.
+//!
+//! When the fence fails, the claim subject's last record tells what happened: the same
+//! request was accepted before (replayed with the same registration), the idempotency key
+//! was used for another body, the citizen holds another registration, or their last
+//! registration was released (claim again behind that release).
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use streams::appender::{AppendError, Appender, Outgoing, Unit};
 pub use streams::claims::Claim;
+use streams::claims::ClaimRecord;
+use streams::subjects;
 
-/// The outcome of trying to claim.
+/// The outcome of a submission.
 #[derive(Debug)]
 pub enum Claimed {
-    /// This request created the claim.
-    New(Claim),
-    /// The same request was claimed before: answer with the same registration.
+    /// This request's claim and registration were stored; `sequence` is the registration's.
+    New {
+        /// The claim written.
+        claim: Claim,
+        /// Intake sequence of the `RegistrationSubmitted` event.
+        sequence: u64,
+    },
+    /// The same request was accepted before: answer with the same registration.
     Replay(Claim),
     /// Same idempotency key, different body.
     KeyReused,
@@ -22,46 +35,105 @@ pub enum Claimed {
     AlreadyRegistered,
 }
 
-/// Why claiming failed for reasons other than the outcomes above.
-#[derive(Debug, thiserror::Error)]
-#[error("the claims bucket is unavailable: {0}")]
-pub struct ClaimsUnavailable(pub String);
+/// How often the edge writes again behind a claim that changed under it before giving up
+/// (a release racing a new claim, or two edges claiming one citizen at once).
+const ROUNDS: usize = 4;
 
-/// Creates the claim, or tells how the existing one relates to this request.
-pub async fn claim(
-    bucket: &kv::Store,
+/// Appends `wanted` and `event` together if the citizen holds no registration, or tells how
+/// the existing claim relates to this request.
+pub async fn claim_and_append(
+    appender: &Appender,
+    intake: &Stream<()>,
     citizen_key: &str,
     wanted: Claim,
-) -> Result<Claimed, ClaimsUnavailable> {
-    let value = serde_json::to_vec(&wanted).expect("claims serialize");
-    // Two rounds: a claim released between our create and get is retried once.
-    for _ in 0..2 {
-        match bucket.create(citizen_key, value.clone().into()).await {
-            Ok(_) => return Ok(Claimed::New(wanted)),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Err(err) => return Err(ClaimsUnavailable(err.to_string())),
+    event: Outgoing,
+) -> Result<Claimed, AppendError> {
+    let held = ClaimRecord::Held(wanted.clone()).message(citizen_key);
+    // Optimistic: most citizens have never claimed.
+    let mut expected = 0;
+    for _ in 0..ROUNDS {
+        let unit = Unit::fenced(vec![held.clone(), event.clone()], expected);
+        match appender.append_unit(unit).await {
+            Ok(seqs) => {
+                return Ok(Claimed::New {
+                    claim: wanted,
+                    sequence: seqs[1],
+                });
+            }
+            Err(AppendError::Fenced(_)) => {}
+            Err(err) => return Err(err),
         }
-        let existing = bucket
-            .get(citizen_key)
+        let last = match intake
+            .direct_get_last_for_subject(subjects::claim(citizen_key))
             .await
-            .map_err(|e| ClaimsUnavailable(e.to_string()))?;
-        let Some(existing) = existing else { continue };
-        let Ok(existing) = serde_json::from_slice::<Claim>(&existing) else {
-            return Err(ClaimsUnavailable("a stored claim is unreadable".into()));
+        {
+            Ok(message) => Some(message),
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
+            Err(err) => return Err(AppendError::Unavailable(err.to_string())),
         };
-        let same_key = wanted.idempotency_key_hash.is_some()
-            && wanted.idempotency_key_hash == existing.idempotency_key_hash;
-        return Ok(
-            if same_key && existing.request_hash != wanted.request_hash {
-                Claimed::KeyReused
-            } else if same_key || existing.request_hash == wanted.request_hash {
-                Claimed::Replay(existing)
-            } else {
-                Claimed::AlreadyRegistered
-            },
-        );
+        let Some(last) = last else {
+            expected = 0;
+            continue;
+        };
+        match ClaimRecord::decode(&last.payload) {
+            Ok(ClaimRecord::Released { .. }) => expected = last.sequence,
+            Ok(ClaimRecord::Held(existing)) => return Ok(relate(&wanted, existing)),
+            Err(_) => {
+                return Err(AppendError::Refused(format!(
+                    "the claim record at {} is unreadable",
+                    last.sequence
+                )));
+            }
+        }
     }
-    Err(ClaimsUnavailable(
-        "the claim changed while being read".into(),
+    Err(AppendError::Unavailable(
+        "the citizen's claim kept changing while being written".into(),
     ))
+}
+
+/// How a held claim relates to a new request for the same citizen.
+fn relate(wanted: &Claim, existing: Claim) -> Claimed {
+    let same_key = wanted.idempotency_key_hash.is_some()
+        && wanted.idempotency_key_hash == existing.idempotency_key_hash;
+    if same_key && existing.request_hash != wanted.request_hash {
+        Claimed::KeyReused
+    } else if same_key || existing.request_hash == wanted.request_hash {
+        Claimed::Replay(existing)
+    } else {
+        Claimed::AlreadyRegistered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streams::model::{Region, RegistrationId};
+
+    fn claim(request: &str, key: Option<&str>) -> Claim {
+        Claim {
+            registration_id: RegistrationId::generate(&Region::parse("lodzkie").unwrap()),
+            request_hash: request.into(),
+            idempotency_key_hash: key.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn an_existing_claim_is_a_replay_a_reused_key_or_another_registration() {
+        let existing = claim("body-a", Some("key-1"));
+        let same = relate(&claim("body-a", Some("key-1")), existing.clone());
+        assert!(matches!(same, Claimed::Replay(c) if c == existing));
+        assert!(matches!(
+            relate(&claim("body-b", Some("key-1")), existing.clone()),
+            Claimed::KeyReused
+        ));
+        // The same body again without a key (a refresh) is the same registration.
+        assert!(matches!(
+            relate(&claim("body-a", None), existing.clone()),
+            Claimed::Replay(_)
+        ));
+        assert!(matches!(
+            relate(&claim("body-b", Some("key-2")), existing),
+            Claimed::AlreadyRegistered
+        ));
+    }
 }

@@ -1,6 +1,6 @@
 //! Every metric the edge exports, in one place.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 /// The edge's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -9,10 +9,11 @@ pub struct Metrics {
     pub registry: Registry,
     /// Responses by route and status code.
     pub responses: IntCounterVec,
-    /// Seconds from handing an event to the appender to JetStream's durable acknowledgement.
+    /// Seconds from handing an event (with its claim) to the appender to JetStream's durable
+    /// acknowledgement, including reading a conflicting claim back.
     pub append_seconds: Histogram,
-    /// Seconds to create (or read back) the citizen's claim: one durable write per request.
-    pub claim_seconds: Histogram,
+    /// Submissions answered from an existing claim (the same request again).
+    pub replays: IntCounter,
 }
 
 impl Metrics {
@@ -41,15 +42,19 @@ impl Metrics {
             "ingest_append_seconds",
             "Time until JetStream durably acknowledged an appended event (group commit).",
         );
-        let claim_seconds = histogram(
-            "ingest_claim_seconds",
-            "Time to create or read back the citizen's claim (one durable write).",
-        );
+        let replays = IntCounter::new(
+            "ingest_replays_total",
+            "Submissions answered with the registration an earlier, identical request created.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(replays.clone()))
+            .expect("unique metric");
         Metrics {
             registry,
             responses,
             append_seconds,
-            claim_seconds,
+            replays,
         }
     }
 }

@@ -6,7 +6,6 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_nats::jetstream::kv;
 use chrono::Utc;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -39,8 +38,8 @@ pub struct Edge {
     pub keys: Keys,
     /// Group commit into the intake stream.
     pub appender: Appender,
-    /// The citizen claims bucket.
-    pub claims: kv::Store,
+    /// The intake stream, where the edge reads a citizen's claim back after a conflict.
+    pub intake: async_nats::jetstream::stream::Stream<()>,
     /// Registration windows.
     pub windows: Windows,
     /// The NATS connection (readiness).
@@ -268,8 +267,9 @@ async fn submit_inner(
     };
 
     let request_hash = sha256_hex(&serde_json::to_vec(&registration).expect("serializes"));
+    let id = RegistrationId::generate(&registration.slot.region);
     let wanted = Claim {
-        registration_id: RegistrationId::generate(&registration.slot.region),
+        registration_id: id.clone(),
         request_hash: request_hash.clone(),
         idempotency_key_hash: idempotency_key.as_deref().map(|k| sha256_hex(k.as_bytes())),
     };
@@ -277,16 +277,45 @@ async fn submit_inner(
     if edge.client.connection_state() != async_nats::connection::State::Connected {
         return Err(unavailable("the event log"));
     }
-    let timer = edge.metrics.claim_seconds.start_timer();
-    let claimed = tokio::time::timeout(
-        edge.settings.append_timeout,
-        claims::claim(&edge.claims, &citizen_key, wanted),
+    let personal = PersonalData {
+        national_id: registration.national_id,
+        full_name: registration.full_name,
+        birth_date: registration.birth_date,
+        email: registration.email,
+        phone: registration.phone,
+        attributes: registration.attributes,
+    };
+    let event = Event::RegistrationSubmitted(RegistrationSubmitted {
+        registration_id: id.clone(),
+        slot: registration.slot.clone(),
+        citizen_key: citizen_key.clone(),
+        request_hash,
+        language: registration.language,
+        personal: edge.keys.seal(&id, &personal),
+    });
+    let envelope = Envelope::new(id.to_string(), event);
+    let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
+    let started = Instant::now();
+    let claimed = claims::claim_and_append(
+        &edge.appender,
+        &edge.intake,
+        &citizen_key,
+        wanted,
+        Outgoing::event(subject, &envelope),
     )
-    .await
-    .unwrap_or_else(|_| Err(claims::ClaimsUnavailable("timed out".into())));
-    timer.observe_duration();
-    let claim = match claimed {
-        Ok(Claimed::New(claim) | Claimed::Replay(claim)) => claim,
+    .await;
+    edge.metrics
+        .append_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let id = match claimed {
+        Ok(Claimed::New { claim, sequence }) => {
+            tracing::debug!(registration_id = %claim.registration_id, sequence, "Registration accepted.");
+            claim.registration_id
+        }
+        Ok(Claimed::Replay(claim)) => {
+            edge.metrics.replays.inc();
+            claim.registration_id
+        }
         Ok(Claimed::KeyReused) => {
             return Err(error(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -304,50 +333,21 @@ async fn submit_inner(
             ));
         }
         Err(err) => {
-            tracing::warn!(error = %err, "Claim failed.");
-            return Err(unavailable("registration storage"));
-        }
-    };
-
-    let id = claim.registration_id;
-    let personal = PersonalData {
-        national_id: registration.national_id,
-        full_name: registration.full_name,
-        birth_date: registration.birth_date,
-        email: registration.email,
-        phone: registration.phone,
-        attributes: registration.attributes,
-    };
-    let event = Event::RegistrationSubmitted(RegistrationSubmitted {
-        registration_id: id.clone(),
-        slot: registration.slot.clone(),
-        citizen_key,
-        request_hash,
-        language: registration.language,
-        personal: edge.keys.seal(&id, &personal),
-    });
-    let envelope = Envelope::new(id.to_string(), event);
-    let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
-    match append(edge, Outgoing::event(subject, &envelope)).await {
-        Ok(seq) => {
-            tracing::debug!(registration_id = %id, seq, "Registration accepted.");
-            let token = edge.keys.token(&id);
-            Ok(json_response(
-                StatusCode::ACCEPTED,
-                &json!({
-                    "registration_id": id,
-                    "token": token,
-                    "status_url": status_url(edge, &id),
-                }),
-            ))
-        }
-        Err(err) => {
-            // The claim stays: the same request retried is replayed with the same id, and a
-            // duplicate append is harmless downstream (decisions are keyed by registration).
+            // Unavailable: the outcome is unknown. A retry of the same request is answered
+            // from the claim if the write did land, so it is never accepted twice.
             tracing::warn!(registration_id = %id, error = %err, "Append failed; answering 503.");
-            Err(unavailable("the event log"))
+            return Err(unavailable("the event log"));
         }
-    }
+    };
+    let token = edge.keys.token(&id);
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "registration_id": id,
+            "token": token,
+            "status_url": status_url(edge, &id),
+        }),
+    ))
 }
 
 /// `DELETE /v1/registrations/{id}`

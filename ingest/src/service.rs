@@ -29,12 +29,13 @@ pub async fn run(
         &shutdown,
     )
     .await?;
-    let claims = js
-        .get_key_value(subjects::CLAIMS_BUCKET)
+    let intake = js
+        .get_stream_no_info(subjects::INTAKE_STREAM)
         .await
-        .context("Failed to open the claims bucket")?;
+        .context("Failed to open the intake stream")?;
     let appender = Appender::start(
         client.clone(),
+        subjects::INTAKE_STREAM,
         AppenderOptions {
             max_batch: settings.append_max_batch,
             max_in_flight: settings.append_in_flight,
@@ -50,7 +51,7 @@ pub async fn run(
         keys: Keys::from_secret(&settings.secret),
         settings: Arc::new(settings),
         appender,
-        claims,
+        intake,
         windows,
         client,
         metrics: Metrics::new(),

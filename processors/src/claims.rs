@@ -1,17 +1,21 @@
 //! The claims releaser: when a registration ends (rejected, cancelled), its citizen's claim is
-//! deleted so the citizen may register again.
+//! released so the citizen may register again.
 //!
-//! A durable consumer on the reservation decisions, acknowledged only after the claim is
-//! gone (at-least-once, and idempotent: a claim is deleted only if it still names the
-//! registration that ended, at the revision read, so a newer registration's claim is never
-//! touched).
+//! A durable consumer on the reservation decisions, acknowledged only after the release is
+//! stored (at-least-once, and idempotent: a [`ClaimRecord::Released`] is appended only if the
+//! claim subject's last record still holds the registration that ended, fenced on its
+//! sequence, so a newer registration's claim is never touched). Many decisions are handled at
+//! once and their releases share the group commit: a rush of rejections costs a few durable
+//! writes, not one each.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind, consumer::pull, kv};
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
-use streams::claims::Claim;
+use streams::appender::{AppendError, Appender, AppenderOptions, Unit};
+use streams::claims::ClaimRecord;
 use streams::events::{Envelope, Event};
 use streams::model::RegistrationId;
 use streams::subjects::{self, RegionFilter};
@@ -34,11 +38,19 @@ pub async fn run(client: async_nats::Client, shutdown: CancellationToken) {
     }
 }
 
+/// Decisions handled at once (and releases that may share one durable write).
+const CONCURRENCY: usize = 512;
+
 async fn run_once(js: &jetstream::Context, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let claims = js
-        .get_key_value(subjects::CLAIMS_BUCKET)
+    let intake = js
+        .get_stream_no_info(subjects::INTAKE_STREAM)
         .await
-        .context("Failed to open the claims bucket")?;
+        .context("Failed to open the intake stream")?;
+    let appender = Appender::start(
+        js.client(),
+        subjects::INTAKE_STREAM,
+        AppenderOptions::default(),
+    );
     let stream = js.get_stream(subjects::DECISIONS_STREAM).await?;
     let consumer = stream
         .get_or_create_consumer(
@@ -53,59 +65,82 @@ async fn run_once(js: &jetstream::Context, shutdown: &CancellationToken) -> anyh
         )
         .await
         .context("Failed to create the claims releaser's consumer")?;
-    let mut messages = consumer.messages().await?;
+    let messages = consumer.messages().await?;
+    let handled = messages
+        .map(|message| {
+            let (intake, appender) = (&intake, &appender);
+            async move {
+                let message = message.map_err(|e| anyhow::anyhow!(e))?;
+                let ended = match Envelope::decode(&message.payload).map(|e| e.event) {
+                    Ok(Event::SlotRejected(e)) => Some((e.citizen_key, e.registration_id)),
+                    Ok(Event::RegistrationCancelled(e)) => Some((e.citizen_key, e.registration_id)),
+                    _ => None,
+                };
+                let outcome = match ended {
+                    Some((citizen_key, id)) => release(intake, appender, &citizen_key, &id).await,
+                    None => Ok(()),
+                };
+                match outcome {
+                    Ok(()) => message.ack().await.map_err(|e| anyhow::anyhow!(e)),
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "A claim could not be released yet; it will be retried.");
+                        message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await
+                            .map_err(|e| anyhow::anyhow!(e))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY);
+    tokio::pin!(handled);
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
+            next = handled.next() => next,
         };
-        let Some(message) = next else {
-            anyhow::bail!("the releaser's consumer ended")
-        };
-        let message = message?;
-        let ended = match Envelope::decode(&message.payload).map(|e| e.event) {
-            Ok(Event::SlotRejected(e)) => Some((e.citizen_key, e.registration_id)),
-            Ok(Event::RegistrationCancelled(e)) => Some((e.citizen_key, e.registration_id)),
-            _ => None,
-        };
-        let outcome = match ended {
-            Some((citizen_key, id)) => release(&claims, &citizen_key, &id).await,
-            None => Ok(()),
-        };
-        match outcome {
-            Ok(()) => message.ack().await.map_err(|e| anyhow::anyhow!(e))?,
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "A claim could not be released yet; it will be retried.");
-                message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
-            }
+        match next {
+            Some(result) => result?,
+            None => anyhow::bail!("the releaser's consumer ended"),
         }
     }
 }
 
-/// Deletes the citizen's claim if it still belongs to `id`.
+/// Releases the citizen's claim if it still holds `id`.
 pub async fn release(
-    claims: &kv::Store,
+    intake: &jetstream::stream::Stream<()>,
+    appender: &Appender,
     citizen_key: &str,
     id: &RegistrationId,
 ) -> anyhow::Result<()> {
-    let Some(entry) = claims.entry(citizen_key).await? else {
-        return Ok(());
-    };
-    if entry.operation != kv::Operation::Put {
-        return Ok(());
-    }
-    match serde_json::from_slice::<Claim>(&entry.value) {
-        Ok(claim) if &claim.registration_id == id => {
-            claims
-                .delete_expect_revision(citizen_key, Some(entry.revision))
-                .await
-                .context("Failed to delete a claim")?;
-            tracing::debug!(registration_id = %id, "Claim released.");
+    // A fence failure means the claim changed since it was read: read it again.
+    for _ in 0..4 {
+        let last = match intake
+            .direct_get_last_for_subject(subjects::claim(citizen_key))
+            .await
+        {
+            Ok(message) => message,
+            Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err).context("Failed to read a claim"),
+        };
+        match ClaimRecord::decode(&last.payload) {
+            Ok(ClaimRecord::Held(claim)) if &claim.registration_id == id => {}
+            // Released already, or held by a newer registration: nothing to do.
+            Ok(_) => return Ok(()),
+            Err(err) => return Err(err).context("A stored claim is unreadable"),
         }
-        _ => {}
+        let released = ClaimRecord::Released {
+            registration_id: id.clone(),
+        };
+        let unit = Unit::fenced(vec![released.message(citizen_key)], last.sequence);
+        match appender.append_unit(unit).await {
+            Ok(_) => {
+                tracing::debug!(registration_id = %id, "Claim released.");
+                return Ok(());
+            }
+            Err(AppendError::Fenced(_)) => continue,
+            Err(err) => return Err(err).context("Failed to release a claim"),
+        }
     }
-    Ok(())
+    anyhow::bail!("the claim kept changing while being released")
 }

@@ -5,7 +5,7 @@
 //! | module | decides | reads | writes |
 //! | --- | --- | --- | --- |
 //! | [`reservation`] | reserved / rejected / released / confirmed / cancelled | `REG_INTAKE` | `reg.decision.<region>.reservation` |
-//! | [`claims`] | releases a citizen's claim when their registration ends | reservation decisions | `reg_claims` bucket |
+//! | [`claims`] | releases a citizen's claim when their registration ends | reservation decisions | claim records (`reg.claim.<citizen key>`, intake stream) |
 //!
 //! Verification (government registry) and notification processors join here later; they
 //! append to intake (verification verdicts) and to the decisions stream (notifications).

@@ -7,17 +7,27 @@
 //!
 //! - [`publish_atomic`] sends one batch and returns the sequence of each message; the
 //!   reservation processor calls it directly, with a fence on the first message.
-//! - [`Appender`] is group commit for request handlers: each caller hands in one message and
-//!   waits; a background task sends whatever has queued as one batch, so under load a batch
-//!   fills itself while the previous one is being written, and when idle a message is sent
-//!   at once. The wait a caller pays is bounded by one batch write.
+//! - [`Appender`] is group commit for request handlers: each caller hands in one message, or a
+//!   [`Unit`] of messages that must be stored together, and waits; a background task sends
+//!   whatever has queued as one batch, so under load a batch fills itself while the previous
+//!   one is being written, and when idle a message is sent at once. The wait a caller pays is
+//!   bounded by one batch write.
+//!
+//! A unit may carry a fence: "append only if the last message on my first message's subject
+//! is at this sequence" (`Nats-Expected-Last-Subject-Sequence`). The server checks every fence
+//! of a batch and refuses the whole batch if one fails, so when that happens the appender
+//! reads the fenced subjects back, fails only the units whose fence no longer holds, and
+//! writes the others again: one caller's conflict costs the others a second write, never
+//! their acceptance.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::header::{
     NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
+    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
 };
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
@@ -141,6 +151,39 @@ pub async fn publish_atomic(
     unreachable!("a non-empty batch always ends with its commit")
 }
 
+/// Messages stored together, in order, in one atomic batch, optionally fenced.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    messages: Vec<Outgoing>,
+    /// The sequence the first message's subject must end at (0: no message yet).
+    fence: Option<u64>,
+}
+
+impl Unit {
+    /// Messages appended together with no condition.
+    pub fn new(messages: Vec<Outgoing>) -> Self {
+        assert!(!messages.is_empty(), "a unit holds at least one message");
+        Unit {
+            messages,
+            fence: None,
+        }
+    }
+
+    /// Messages appended together only if the last message on the first message's subject is
+    /// at `last_sequence` (0: the subject holds nothing yet). Otherwise the append fails with
+    /// [`AppendError::Fenced`] and nothing of the unit is stored.
+    pub fn fenced(messages: Vec<Outgoing>, last_sequence: u64) -> Self {
+        Unit {
+            fence: Some(last_sequence),
+            ..Unit::new(messages)
+        }
+    }
+
+    fn fence_subject(&self) -> Option<&str> {
+        self.fence.map(|_| self.messages[0].subject.as_str())
+    }
+}
+
 /// Tuning of an [`Appender`].
 #[derive(Debug, Clone)]
 pub struct AppenderOptions {
@@ -168,30 +211,37 @@ impl Default for AppenderOptions {
 }
 
 struct Pending {
-    msg: Outgoing,
-    done: oneshot::Sender<Result<u64, AppendError>>,
+    unit: Unit,
+    done: oneshot::Sender<Result<Vec<u64>, AppendError>>,
 }
 
-/// Group commit in front of one JetStream connection. Clone freely; all clones feed one
-/// background task, which stops when the last clone is dropped.
+/// Group commit in front of one stream. Clone freely; all clones feed one background task,
+/// which stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Appender {
     tx: mpsc::Sender<Pending>,
 }
 
 impl Appender {
-    /// Starts the background task.
-    pub fn start(client: async_nats::Client, options: AppenderOptions) -> Self {
+    /// Starts the background task for appends to `stream` (whose subjects every message must
+    /// belong to; fences are read back from it).
+    pub fn start(client: async_nats::Client, stream: &str, options: AppenderOptions) -> Self {
         let (tx, rx) = mpsc::channel(options.queue);
-        tokio::spawn(run(client, options, rx));
+        tokio::spawn(run(client, stream.to_owned(), options, rx));
         Appender { tx }
     }
 
     /// Appends one message and waits until JetStream durably stored it; returns its sequence.
     pub async fn append(&self, msg: Outgoing) -> Result<u64, AppendError> {
+        Ok(self.append_unit(Unit::new(vec![msg])).await?[0])
+    }
+
+    /// Appends `unit`'s messages in one durable write, all or none, and returns their
+    /// sequences in order.
+    pub async fn append_unit(&self, unit: Unit) -> Result<Vec<u64>, AppendError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Pending { msg, done })
+            .send(Pending { unit, done })
             .await
             .map_err(|_| AppendError::Unavailable("the appender stopped".into()))?;
         wait.await
@@ -201,6 +251,7 @@ impl Appender {
 
 async fn run(
     client: async_nats::Client,
+    stream: String,
     options: AppenderOptions,
     mut rx: mpsc::Receiver<Pending>,
 ) {
@@ -209,35 +260,184 @@ async fn run(
         .build(client.clone());
     let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let max_batch = options.max_batch.clamp(1, MAX_ATOMIC_BATCH);
-    let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    // Units waiting for a batch, oldest first.
+    let mut queued: VecDeque<Pending> = VecDeque::new();
+    loop {
+        if queued.is_empty() {
+            let mut arrived = Vec::with_capacity(max_batch);
+            if rx.recv_many(&mut arrived, max_batch).await == 0 {
+                return;
+            }
+            queued.extend(arrived);
+        }
         let permit = slots.clone().acquire_owned().await.expect("never closed");
-        // Whatever queued while we waited for a free slot joins this batch.
-        while batch.len() < max_batch {
+        // Whatever queued while we waited for a free slot may join this batch.
+        while queued.len() < max_batch {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => queued.push_back(p),
                 Err(_) => break,
             }
         }
-        let pending = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
-        let (js, client) = (js.clone(), client.clone());
+        let batch = next_batch(&mut queued, max_batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let (js, client, stream) = (js.clone(), client.clone(), stream.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let (messages, waiters): (Vec<_>, Vec<_>) =
-                pending.into_iter().map(|p| (p.msg, p.done)).unzip();
-            match publish_atomic(&js, &client, messages).await {
-                Ok(seqs) => {
-                    for (done, seq) in waiters.into_iter().zip(seqs) {
-                        let _ = done.send(Ok(seq));
-                    }
+            write(&js, &client, &stream, batch).await;
+        });
+    }
+}
+
+/// Takes the oldest units that fit in one batch: at most `max_batch` messages, and at most one
+/// fence per subject (the server refuses two). A unit that must wait keeps its place.
+fn next_batch(queued: &mut VecDeque<Pending>, max_batch: usize) -> Vec<Pending> {
+    let mut batch = Vec::new();
+    let mut size = 0;
+    let mut fenced = HashSet::new();
+    let mut waiting = VecDeque::new();
+    while let Some(p) = queued.pop_front() {
+        let len = p.unit.messages.len();
+        if len > max_batch {
+            let _ = p.done.send(Err(AppendError::Refused(format!(
+                "a unit of {len} messages does not fit in a batch of {max_batch}"
+            ))));
+            continue;
+        }
+        if size + len > max_batch {
+            queued.push_front(p);
+            break;
+        }
+        if let Some(subject) = p.unit.fence_subject()
+            && !fenced.insert(subject.to_owned())
+        {
+            waiting.push_back(p);
+            continue;
+        }
+        size += len;
+        batch.push(p);
+    }
+    while let Some(p) = waiting.pop_back() {
+        queued.push_front(p);
+    }
+    batch
+}
+
+/// How often a batch is written again after other units' fences failed, before its callers
+/// are told to retry.
+const FENCE_ROUNDS: usize = 3;
+
+async fn write(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    stream: &str,
+    mut batch: Vec<Pending>,
+) {
+    for _ in 0..FENCE_ROUNDS {
+        let messages = batch
+            .iter()
+            .flat_map(|p| {
+                let mut messages = p.unit.messages.clone();
+                if let Some(seq) = p.unit.fence {
+                    messages[0].headers.insert(
+                        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                        seq.to_string().as_str(),
+                    );
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, size = waiters.len(), "A batch append failed.");
-                    for done in waiters {
-                        let _ = done.send(Err(err.clone()));
-                    }
+                messages
+            })
+            .collect();
+        match publish_atomic(js, client, messages).await {
+            Ok(seqs) => {
+                let mut seqs = seqs.into_iter();
+                for p in batch {
+                    let mine = seqs.by_ref().take(p.unit.messages.len()).collect();
+                    let _ = p.done.send(Ok(mine));
+                }
+                return;
+            }
+            Err(AppendError::Fenced(reason)) if batch.iter().any(|p| p.unit.fence.is_some()) => {
+                batch = drop_broken_fences(js, stream, batch, &reason).await;
+                if batch.is_empty() {
+                    return;
                 }
             }
-        });
+            Err(err) => {
+                tracing::warn!(error = %err, size = batch.len(), "A batch append failed.");
+                for p in batch {
+                    let _ = p.done.send(Err(err.clone()));
+                }
+                return;
+            }
+        }
+    }
+    for p in batch {
+        let _ = p.done.send(Err(AppendError::Unavailable(
+            "concurrent writers kept changing the log; retry".into(),
+        )));
+    }
+}
+
+/// After a batch failed on a fence: reads each fenced subject's last sequence, answers the
+/// units whose fence no longer holds, and returns the rest to be written again.
+async fn drop_broken_fences(
+    js: &jetstream::Context,
+    stream: &str,
+    batch: Vec<Pending>,
+    reason: &str,
+) -> Vec<Pending> {
+    let stream = match js.get_stream_no_info(stream).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            for p in batch {
+                let _ = p.done.send(Err(AppendError::Unavailable(err.to_string())));
+            }
+            return Vec::new();
+        }
+    };
+    let lasts = futures::future::join_all(batch.iter().map(|p| {
+        let stream = &stream;
+        async move {
+            match p.unit.fence_subject() {
+                None => Ok(None),
+                Some(subject) => last_sequence(stream, subject).await.map(Some),
+            }
+        }
+    }))
+    .await;
+    let mut again = Vec::new();
+    for (p, last) in batch.into_iter().zip(lasts) {
+        match (p.unit.fence, last) {
+            (Some(want), Ok(Some(last))) if want != last => {
+                let _ = p.done.send(Err(AppendError::Fenced(format!(
+                    "the last message on {} is at {last}, not {want}",
+                    p.unit.messages[0].subject
+                ))));
+            }
+            (_, Err(err)) => {
+                let _ = p.done.send(Err(err));
+            }
+            _ => again.push(p),
+        }
+    }
+    tracing::debug!(
+        reason,
+        retried = again.len(),
+        "A fenced batch was refused; writing the rest again."
+    );
+    again
+}
+
+/// The sequence of the last message on `subject` in `stream`, 0 if it holds none.
+pub async fn last_sequence(
+    stream: &jetstream::stream::Stream<()>,
+    subject: &str,
+) -> Result<u64, AppendError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(message.sequence),
+        Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(0),
+        Err(err) => Err(AppendError::Unavailable(err.to_string())),
     }
 }

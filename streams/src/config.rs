@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, stream};
 
 use crate::subjects;
 
@@ -53,19 +53,6 @@ pub fn decisions_stream(replicas: Replication) -> stream::Config {
     )
 }
 
-/// The citizen-claims bucket's configuration.
-pub fn claims_bucket(replicas: Replication) -> kv::Config {
-    kv::Config {
-        bucket: subjects::CLAIMS_BUCKET.to_owned(),
-        description: "one claim per citizen key: at most one active registration per citizen"
-            .into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas.0,
-        ..Default::default()
-    }
-}
-
 /// Creates every stream and bucket, or updates them to this code's configuration.
 pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> anyhow::Result<()> {
     for config in [intake_stream(replicas), decisions_stream(replicas)] {
@@ -74,9 +61,6 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
             .await
             .with_context(|| format!("Failed to create or update stream {name}"))?;
     }
-    js.create_or_update_key_value(claims_bucket(replicas))
-        .await
-        .context("Failed to create or update the claims bucket")?;
     js.create_or_update_key_value(crate::lease::leases_bucket(replicas))
         .await
         .context("Failed to create or update the leases bucket")?;

@@ -13,9 +13,12 @@
 //! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` |
 //! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `SlotRejected`, `SlotReleased`, `RegistrationConfirmed`, `RegistrationCancelled` |
 //! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent` |
+//! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //!
 //! The intake stream is the order of acceptance: everything that may change a reservation is
 //! appended there, so the reservation processor's decisions are a function of one ordered log.
+//! A citizen's claim lives in the same stream so the edge appends it and the registration in
+//! one atomic batch; consumers of `reg.intake.>` never see claims.
 
 use crate::model::Region;
 
@@ -23,8 +26,6 @@ use crate::model::Region;
 pub const INTAKE_STREAM: &str = "REG_INTAKE";
 /// Stream of every decision the processors took.
 pub const DECISIONS_STREAM: &str = "REG_DECISIONS";
-/// Key-value bucket holding one claim per citizen (keyed by citizen key, never by national id).
-pub const CLAIMS_BUCKET: &str = "reg_claims";
 /// Key-value bucket of leases: which replica is active for a piece of work.
 pub const LEASES_BUCKET: &str = "reg_leases";
 
@@ -45,6 +46,13 @@ pub const CEILING_SUBJECT: &str = "bench.ceiling.records";
 
 const INTAKE_PREFIX: &str = "reg.intake";
 const DECISION_PREFIX: &str = "reg.decision";
+const CLAIM_PREFIX: &str = "reg.claim";
+
+/// Subject of a citizen's claim records (keyed by citizen key, never by national id). Its last
+/// message says whether the citizen holds a registration; writers fence on its sequence.
+pub fn claim(citizen_key: &str) -> String {
+    format!("{CLAIM_PREFIX}.{citizen_key}")
+}
 
 /// Which region(s) a service handles: one region, or all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +148,7 @@ pub fn decisions_filter(filter: &RegionFilter) -> String {
 
 /// Subjects captured by the intake stream.
 pub fn intake_stream_subjects() -> Vec<String> {
-    vec![format!("{INTAKE_PREFIX}.>")]
+    vec![format!("{INTAKE_PREFIX}.>"), format!("{CLAIM_PREFIX}.>")]
 }
 
 /// Subjects captured by the decisions stream.

@@ -42,7 +42,11 @@ impl World {
         ensure_streams(&async_nats::jetstream::new(client.clone()), Replication(1))
             .await
             .unwrap();
-        let appender = Appender::start(client.clone(), AppenderOptions::default());
+        let appender = Appender::start(
+            client.clone(),
+            streams::subjects::INTAKE_STREAM,
+            AppenderOptions::default(),
+        );
         World {
             nats,
             client,

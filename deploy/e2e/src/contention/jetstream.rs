@@ -48,6 +48,7 @@ pub async fn measure(
     .await?;
     let appender = Appender::start(
         client.clone(),
+        streams::subjects::INTAKE_STREAM,
         AppenderOptions {
             max_in_flight: options.append_in_flight,
             ..AppenderOptions::default()

@@ -500,3 +500,54 @@ async fn concurrent_readers_of_one_key_cause_one_database_read_per_cache_period(
         ) >= 1.0
     );
 }
+
+#[ntex::test]
+async fn a_citizen_holds_one_registration_and_may_register_again_once_it_ends() {
+    let p = Pipeline::start().await;
+    p.set_capacity("first", 1).await;
+    p.set_capacity("second", 1).await;
+    let (status, held) = p.submit(&citizen(40, "first"), None).await;
+    assert_eq!(status, 202, "{held}");
+    let (id, token) = (
+        held["registration_id"].as_str().unwrap(),
+        held["token"].as_str().unwrap(),
+    );
+    p.wait_status(id, token, "reserved").await;
+
+    // The same citizen elsewhere: refused while the first registration is active.
+    let elsewhere = citizen(40, "second");
+    let (status, body) = p.submit(&elsewhere, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "already_registered");
+    assert_eq!(body["error"]["field"], "national_id");
+
+    // Once it is cancelled, the claims releaser releases the claim and the citizen may
+    // register again: the edge claims behind the release (its fence is the release's
+    // sequence, not "empty").
+    let cancel_url = format!("{}/v1/registrations/{id}", p.ingest);
+    let (status, _, body) = p
+        .send(p.http.delete(&cancel_url).bearer_auth(token), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    p.wait_status(id, token, "cancelled").await;
+    let again = testkit::eventually(
+        "the citizen to be accepted again after the release",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, body) = p.submit(&elsewhere, None).await;
+            match status {
+                202 => Some(body),
+                409 => None,
+                other => panic!("unexpected {other}: {body}"),
+            }
+        },
+    )
+    .await;
+    let new_id = again["registration_id"].as_str().unwrap();
+    assert_ne!(new_id, id, "a new registration, not the cancelled one");
+    p.wait_status(new_id, again["token"].as_str().unwrap(), "reserved")
+        .await;
+    // And it is the citizen's one active registration again.
+    let (status, body) = p.submit(&citizen(40, "first"), None).await;
+    assert_eq!(status, 409, "{body}");
+}

@@ -1,0 +1,87 @@
+//! The group committer against a real nats-server: fenced units share one atomic batch, and
+//! a fence that no longer holds fails only its own unit.
+
+use async_nats::jetstream;
+use futures::future::join_all;
+use streams::appender::{AppendError, Appender, AppenderOptions, Outgoing, Unit};
+use streams::config::{Replication, ensure_streams};
+use streams::subjects;
+use testkit::NatsServer;
+
+fn message(subject: String, body: &str) -> Outgoing {
+    Outgoing {
+        subject,
+        headers: Default::default(),
+        payload: body.to_owned().into(),
+    }
+}
+
+/// A claim-like unit: a record on `key`'s claim subject, fenced, and an event beside it.
+fn unit(key: &str, fence: u64) -> Unit {
+    let region = streams::model::Region::parse("opolskie").unwrap();
+    Unit::fenced(
+        vec![
+            message(subjects::claim(key), key),
+            message(
+                subjects::intake(&region, subjects::IntakeKind::Submitted),
+                key,
+            ),
+        ],
+        fence,
+    )
+}
+
+#[tokio::test]
+async fn a_broken_fence_fails_only_its_unit_and_the_rest_of_the_batch_is_stored() {
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let js = jetstream::new(client.clone());
+    ensure_streams(&js, Replication(1)).await.unwrap();
+    let appender = Appender::start(
+        client.clone(),
+        subjects::INTAKE_STREAM,
+        AppenderOptions::default(),
+    );
+    let taken = appender.append_unit(unit("taken", 0)).await.unwrap();
+    assert_eq!(taken, vec![1, 2]);
+
+    // Queued together on a current-thread runtime, so they meet in one batch: twenty new
+    // citizens, one whose subject is no longer empty, and two racing for one new subject.
+    let mut units: Vec<Unit> = (0..20).map(|i| unit(&format!("new{i}"), 0)).collect();
+    units.push(unit("taken", 0));
+    units.push(unit("raced", 0));
+    units.push(unit("raced", 0));
+    let results = join_all(units.into_iter().map(|u| appender.append_unit(u))).await;
+
+    for (i, result) in results[..20].iter().enumerate() {
+        let seqs = result.as_ref().unwrap_or_else(|e| panic!("unit {i}: {e}"));
+        assert_eq!(seqs.len(), 2);
+        assert_eq!(seqs[1], seqs[0] + 1, "a unit's messages are contiguous");
+    }
+    assert!(
+        matches!(results[20], Err(AppendError::Fenced(_))),
+        "{:?}",
+        results[20]
+    );
+    let raced: Vec<_> = results[21..].iter().map(Result::is_ok).collect();
+    assert_eq!(
+        raced.iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one of two writers fenced on the same empty subject wins: {:?}",
+        &results[21..]
+    );
+
+    // What the stream holds is exactly the winners: nothing of a refused unit.
+    let mut stream = js.get_stream(subjects::INTAKE_STREAM).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    assert_eq!(state.messages, 2 + 20 * 2 + 2);
+    let last = stream
+        .direct_get_last_for_subject(subjects::claim("taken"))
+        .await
+        .unwrap();
+    assert_eq!(last.sequence, 1, "the refused unit left no claim behind");
+
+    // A fence at the subject's current sequence holds: writing behind the last record.
+    let behind = appender.append_unit(unit("taken", 1)).await.unwrap();
+    assert_eq!(behind.len(), 2);
+}
