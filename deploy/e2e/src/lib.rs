@@ -9,6 +9,11 @@
 //! - [`ceilings`]: JetStream's and the disk's durable write ceilings (`deploy/bench`), the
 //!   figures every throughput claim is set beside.
 //! - [`edge`]: the ingest edge end to end against a bare ntex handler (`deploy/bench edge`).
+//! - [`pipeline`]: the whole pipeline at a fixed arrival rate (open loop), latency to the
+//!   stored decision, CPU per registration and memory ([`procstat`]).
+//! - [`reads`]: the read API's availability, hot and cold, against a bare ntex handler.
+//! - [`replay_speed`]: how fast the intake log reads back, raw and decoded.
+//! - [`results`]: all of the above in one run, into `bench/results.{json,md}` (`deploy/bench`).
 //! - [`serve`]: how both tools start the services as their own child processes.
 #![forbid(unsafe_code)]
 
@@ -16,4 +21,9 @@ pub mod ceilings;
 pub mod chaos;
 pub mod contention;
 pub mod edge;
+pub mod pipeline;
+pub mod procstat;
+pub mod reads;
+pub mod replay_speed;
+pub mod results;
 pub mod serve;

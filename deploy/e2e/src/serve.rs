@@ -45,9 +45,21 @@ pub async fn serve(service: Service) -> anyhow::Result<()> {
     }
 }
 
+/// What the bare handler answers on `/v1/availability`: one slot, the read API's shape.
+const BARE_AVAILABILITY: &str = r#"[{"region":"mazowieckie","location":"hot-narodowy","date":"2027-03-01","capacity":1000000,"remaining":999000}]"#;
+
 fn bare_routes(cfg: &mut ntex::web::ServiceConfig) {
     use ntex::web;
     cfg.route("/readyz", web::get().to(streams::http::healthz))
+        .route(
+            "/v1/availability",
+            web::get().to(async || {
+                web::HttpResponse::Ok()
+                    .content_type("application/json")
+                    .header("cache-control", "public, max-age=1")
+                    .body(BARE_AVAILABILITY)
+            }),
+        )
         .route(
             "/v1/registrations",
             web::post().to(async |body: ntex::util::Bytes| {

@@ -121,7 +121,12 @@ impl NatsServer {
         }
     }
 
-    /// The client URL.
+    /// The server's process id while it runs (the benchmark reads its CPU time and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The server's client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

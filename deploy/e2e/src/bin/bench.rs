@@ -1,11 +1,12 @@
-//! `bench`: the throughput benchmark (`deploy/bench`). Today it measures the durable write
-//! ceilings and the ingest edge against a bare ntex handler; the read API, pipeline and
-//! replay figures will be set beside them.
+//! `bench`: the rush-hour benchmark (`deploy/bench`). `bench all` measures everything in one
+//! run and writes `bench/results.{json,md}` (see `e2e::results`); `ceilings` and `edge` are
+//! quick looks at one part.
 
 use clap::{Parser, Subcommand};
 
-/// Measure this machine's durable write ceilings (bench/ceilings.*) and the ingest edge
-/// against a bare ntex handler (bench/edge.*). Reports figures; never fails on a timing.
+/// The rush-hour benchmark: durable write ceilings, the ingest edge and the read API against
+/// bare ntex handlers, the pipeline at fixed arrival rates, replay speed and the cost line,
+/// in one run (`all`, into bench/results.*). Reports figures; never fails on a timing.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -15,6 +16,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything, in one run, into bench/results.{json,md} (about ten minutes here).
+    All {
+        /// Multiplies the ceilings' record counts and the edge's registrations.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Seconds of arrivals in each pipeline run.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Arrival rate of the latency target, per second.
+        #[arg(long, default_value_t = 10_000)]
+        target_rate: u32,
+        /// Seconds of each read measurement.
+        #[arg(long, default_value_t = 10.0)]
+        read_seconds: f64,
+        /// USD per vCPU-hour for the cost line (default: an on-demand x86 vCPU, e.g. AWS
+        /// c7i.large in us-east-1 at 0.08925 USD/h for 2 vCPU).
+        #[arg(long, default_value_t = 0.0446)]
+        price_per_vcpu_hour: f64,
+        /// Where to write the JSON report (the Markdown one goes beside it).
+        #[arg(long, default_value = "bench/results.json")]
+        out: std::path::PathBuf,
+    },
     /// JetStream's and the disk's durable write ceilings.
     Ceilings {
         /// Multiplies every record count (1.0: about a minute here).
@@ -63,6 +86,31 @@ struct Report {
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::All {
+            scale,
+            seconds,
+            target_rate,
+            read_seconds,
+            price_per_vcpu_hour,
+            out,
+        } => {
+            let results = e2e::serve::until_interrupted(e2e::results::run(e2e::results::Options {
+                scale,
+                seconds,
+                target_rate,
+                read_seconds,
+                price_per_vcpu_hour,
+                out: out.clone(),
+            }))
+            .await?;
+            println!(
+                "\n{}",
+                std::fs::read_to_string(out.with_extension("md")).unwrap_or_default()
+            );
+            let met = results.targets.iter().filter(|t| t.met).count();
+            println!("{met} of {} targets met.", results.targets.len());
+            Ok(())
+        }
         Command::Ceilings { scale, out } => {
             let ceilings = e2e::serve::until_interrupted(e2e::ceilings::measure(scale)).await?;
             let report = Report {

@@ -23,6 +23,16 @@ pub struct Process {
 }
 
 impl Process {
+    /// Its name, as in its log file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs the process and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -94,6 +104,13 @@ impl System {
     /// The read API's base URL.
     pub fn read_url(&self) -> &str {
         &self.projections.base
+    }
+
+    /// Every service process: the edge, the projections, the reservation replicas.
+    pub fn processes(&self) -> impl Iterator<Item = &Process> {
+        [&self.ingest, &self.projections]
+            .into_iter()
+            .chain(self.replicas.iter())
     }
 
     fn start_replica(&mut self) -> anyhow::Result<()> {

@@ -12,8 +12,12 @@ use super::Measured;
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
     /// Maximum.
     pub max: f64,
 }
@@ -31,7 +35,9 @@ impl Percentiles {
         };
         Percentiles {
             p50: rank(0.50),
+            p90: rank(0.90),
             p99: rank(0.99),
+            p999: rank(0.999),
             max: rank(1.0),
         }
     }

@@ -1,0 +1,449 @@
+//! The whole pipeline at a fixed arrival rate (open loop), with latency from each request's
+//! *scheduled* send time to its answer and to its reservation decision.
+//!
+//! Open loop: request `i` is due at `start + i / rate` whatever happened to the earlier ones,
+//! and its latency counts from that moment, so a slow answer cannot hold back the next
+//! requests and hide its own cost (coordinated omission). A decision is observed when it is
+//! *stored* in the decisions stream (an ordered consumer), not when a replica staged it.
+//!
+//! Also measured here, over the same interval: CPU seconds of every server process (the cost
+//! line) and their resident memory over time (the memory targets).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use serde::Serialize;
+use streams::events::{Envelope, Event};
+use streams::model::SlotKey;
+use streams::subjects::{self, RegionFilter};
+
+use crate::chaos::load;
+use crate::contention::report::Percentiles;
+use crate::procstat::{self, Usage, Watched};
+
+/// One open-loop run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Its name in reports.
+    pub name: String,
+    /// Submissions per second.
+    pub rate: u32,
+    /// How long submissions arrive.
+    pub seconds: f64,
+    /// Citizen numbers start here (each run uses fresh citizens).
+    pub first_citizen: u32,
+    /// Requests the generator keeps open at most; beyond it a due request is counted as
+    /// not sent (the generator, not the system, is then the limit, and the report says so).
+    pub max_outstanding: usize,
+    /// Reservation replicas to pause (SIGSTOP) while submissions arrive and resume after:
+    /// the backlog run, which shows memory staying flat and how fast the backlog drains.
+    pub pause: Vec<u32>,
+}
+
+/// A latency histogram bucket: samples above the previous bound and at most `upper_ms`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    /// Upper bound, milliseconds.
+    pub upper_ms: f64,
+    /// Samples in the bucket.
+    pub count: u64,
+}
+
+/// What happened in one second of a run (seconds since the first scheduled request).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Second {
+    /// Seconds since the start.
+    pub second: u32,
+    /// Requests due in this second.
+    pub submitted: u64,
+    /// `202`s received in this second.
+    pub accepted: u64,
+    /// Decisions stored in this second.
+    pub decided: u64,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Its name.
+    pub name: String,
+    /// Arrival rate asked for, per second.
+    pub rate_per_second: u32,
+    /// How long submissions arrived, seconds.
+    pub seconds: f64,
+    /// Requests due.
+    pub submitted: u64,
+    /// Requests the generator could not send (too many open; see [`Options`]).
+    pub not_sent: u64,
+    /// `202` answers.
+    pub accepted: u64,
+    /// Answers by status code.
+    pub answers: BTreeMap<u16, u64>,
+    /// Requests that got no HTTP answer.
+    pub transport_errors: u64,
+    /// Accepted registrations whose decision was observed.
+    pub decided: u64,
+    /// Accepted registrations with no decision by the end of the wait.
+    pub undecided: u64,
+    /// `202`s per second over the arrival interval.
+    pub accepted_per_second: f64,
+    /// Decisions per second from the first to the last one observed.
+    pub decided_per_second: f64,
+    /// Scheduled send → `202`, milliseconds.
+    pub latency_to_accept_ms: Percentiles,
+    /// Scheduled send → decision stored, milliseconds.
+    pub latency_to_decision_ms: Percentiles,
+    /// The same, as a histogram.
+    pub latency_histogram: Vec<Bucket>,
+    /// Per-second counts.
+    pub timeline: Vec<Second>,
+    /// CPU and memory of every server process over the run (submission and drain).
+    pub usage: Usage,
+    /// Server CPU seconds per accepted registration (nats-server and every service).
+    pub cpu_seconds_per_registration: f64,
+    /// Seconds from the last scheduled request until every accepted registration was
+    /// decided (the backlog's drain).
+    pub drain_seconds: f64,
+}
+
+fn histogram(samples: &[Duration]) -> Vec<Bucket> {
+    // Quarter-octave buckets from 0.25 ms to about a minute.
+    let mut bounds: Vec<f64> = (0..72).map(|k| 0.25 * 2f64.powf(k as f64 / 4.0)).collect();
+    bounds.push(f64::MAX);
+    let mut counts = vec![0u64; bounds.len()];
+    for s in samples {
+        let ms = s.as_secs_f64() * 1000.0;
+        let i = bounds.partition_point(|b| *b < ms);
+        counts[i.min(bounds.len() - 1)] += 1;
+    }
+    bounds
+        .into_iter()
+        .zip(counts)
+        .map(|(upper_ms, count)| Bucket { upper_ms, count })
+        .collect()
+}
+
+/// The slot a citizen asks for: seven in ten on the two hot locations, the rest spread.
+pub fn slot_of(citizen: u32, slots: &[SlotKey]) -> &SlotKey {
+    let r = (u64::from(citizen).wrapping_mul(2_654_435_761) >> 7) % 100;
+    if r < 70 || slots.len() <= 2 {
+        &slots[(r as usize) % 2.min(slots.len())]
+    } else {
+        &slots[2 + (r as usize) % (slots.len() - 2)]
+    }
+}
+
+struct Shared {
+    /// Accepted registrations: when each was due and when its `202` arrived.
+    scheduled: RefCell<HashMap<String, (Instant, Instant)>>,
+    decided: RefCell<HashMap<String, Instant>>,
+    accept_latency: RefCell<Vec<Duration>>,
+    answers: RefCell<BTreeMap<u16, u64>>,
+    transport_errors: Cell<u64>,
+    outstanding: Cell<usize>,
+}
+
+fn signal(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
+}
+
+/// Runs one open-loop load against `ingest_url`, observing decisions through `nats_url`.
+pub async fn run(
+    ingest_url: &str,
+    nats_url: &str,
+    watched: &[Watched],
+    slots: &[SlotKey],
+    options: &Options,
+) -> anyhow::Result<Run> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .context("Failed to connect to nats-server")?;
+    let js = async_nats::jetstream::new(client);
+    let last = js
+        .get_stream(subjects::DECISIONS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let (mut decisions, _) = streams::replay::ordered(
+        &js,
+        subjects::DECISIONS_STREAM,
+        subjects::reservation_decisions_filter(&RegionFilter::All),
+        last + 1,
+    )
+    .await?;
+    let shared = Rc::new(Shared {
+        scheduled: RefCell::new(HashMap::new()),
+        decided: RefCell::new(HashMap::new()),
+        accept_latency: RefCell::new(Vec::new()),
+        answers: RefCell::new(BTreeMap::new()),
+        transport_errors: Cell::new(0),
+        outstanding: Cell::new(0),
+    });
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (shared, stop) = (shared.clone(), stop_watching.clone());
+        ntex::rt::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = decisions.next() => match next {
+                        Some(Ok(message)) => message,
+                        _ => return,
+                    },
+                };
+                let id = match Envelope::decode(&message.payload).map(|e| e.event) {
+                    Ok(Event::SlotReserved(e)) => e.registration_id,
+                    Ok(Event::SlotRejected(e)) => e.registration_id,
+                    _ => continue,
+                };
+                shared
+                    .decided
+                    .borrow_mut()
+                    .insert(id.to_string(), Instant::now());
+            }
+        })
+    };
+
+    let http = ntex::client::Client::builder()
+        .connector::<()>(ntex::client::Connector::new().limit(options.max_outstanding.min(512)))
+        .build(ntex::SharedCfg::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("an HTTP client: {e:?}"))?;
+    let url: Rc<str> = format!("{ingest_url}/v1/registrations").into();
+    let total = (f64::from(options.rate) * options.seconds) as u32;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
+    let paused: Vec<u32> = options.pause.clone();
+
+    let load = async {
+        signal(&paused, "-STOP");
+        let start = Instant::now() + Duration::from_millis(50);
+        let mut not_sent = 0u64;
+        let mut tasks = Vec::with_capacity(total as usize);
+        let mut ticker = tokio::time::interval(Duration::from_millis(1));
+        let mut i = 0u32;
+        let mut shown = Instant::now();
+        while i < total {
+            ticker.tick().await;
+            let due = ((Instant::now().saturating_duration_since(start)).as_secs_f64()
+                * f64::from(options.rate)) as u32;
+            while i < due.min(total) {
+                let scheduled = start + interval * i;
+                let citizen = options.first_citizen + i;
+                i += 1;
+                if shared.outstanding.get() >= options.max_outstanding {
+                    not_sent += 1;
+                    continue;
+                }
+                shared.outstanding.set(shared.outstanding.get() + 1);
+                let body = load::registration(citizen, slot_of(citizen, slots));
+                let (http, url, shared) = (http.clone(), url.clone(), shared.clone());
+                tasks.push(ntex::rt::spawn(async move {
+                    let response = http
+                        .post(&*url)
+                        .timeout(Duration::from_secs(60))
+                        .send_json(&body)
+                        .await;
+                    match response {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            *shared.answers.borrow_mut().entry(status).or_default() += 1;
+                            let body = response.body().limit(1 << 16).await.unwrap_or_default();
+                            if status == 202 {
+                                shared.accept_latency.borrow_mut().push(scheduled.elapsed());
+                                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+                                    && let Some(id) = v["registration_id"].as_str()
+                                {
+                                    shared
+                                        .scheduled
+                                        .borrow_mut()
+                                        .insert(id.to_owned(), (scheduled, Instant::now()));
+                                }
+                            }
+                        }
+                        Err(_) => shared
+                            .transport_errors
+                            .set(shared.transport_errors.get() + 1),
+                    }
+                    shared.outstanding.set(shared.outstanding.get() - 1);
+                }));
+            }
+            if shown.elapsed() >= Duration::from_secs(2) {
+                shown = Instant::now();
+                eprintln!(
+                    "pipeline: {}: {i} of {total} due, {} open, {} accepted, {} decided",
+                    options.name,
+                    shared.outstanding.get(),
+                    shared.scheduled.borrow().len(),
+                    shared.decided.borrow().len()
+                );
+            }
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let arrival_end = start + interval * total;
+        signal(&paused, "-CONT");
+        // Drain: every accepted registration decided, or no progress for 30 s.
+        let mut progress = (0usize, Instant::now());
+        loop {
+            let (accepted, decided) = {
+                let scheduled = shared.scheduled.borrow();
+                let decided = shared.decided.borrow();
+                let done = scheduled
+                    .keys()
+                    .filter(|id| decided.contains_key(*id))
+                    .count();
+                (scheduled.len(), done)
+            };
+            if decided == accepted || progress.1.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            if decided != progress.0 {
+                progress = (decided, Instant::now());
+            }
+            if shown.elapsed() >= Duration::from_secs(2) {
+                shown = Instant::now();
+                eprintln!(
+                    "pipeline: {}: draining, {decided} of {accepted} decided",
+                    options.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (start, arrival_end, not_sent)
+    };
+    let ((start, arrival_end, not_sent), usage) =
+        procstat::watch(watched, Duration::from_millis(250), load).await;
+    stop_watching.cancel();
+    let _ = watcher.await;
+
+    let scheduled = shared.scheduled.take();
+    let decided = shared.decided.take();
+    let seconds_of = |t: Instant| t.saturating_duration_since(start).as_secs() as usize;
+    let mut timeline: Vec<Second> = Vec::new();
+    let mut bump = |t: Instant, f: fn(&mut Second)| {
+        let s = seconds_of(t);
+        while timeline.len() <= s {
+            let second = timeline.len() as u32;
+            timeline.push(Second {
+                second,
+                ..Second::default()
+            });
+        }
+        f(&mut timeline[s]);
+    };
+    for i in 0..total {
+        bump(start + interval * i, |s| s.submitted += 1);
+    }
+    let mut to_decision = Vec::with_capacity(scheduled.len());
+    let (mut first_decision, mut last_decision) = (None::<Instant>, None::<Instant>);
+    for (id, (at, answered)) in &scheduled {
+        bump(*answered, |s| s.accepted += 1);
+        if let Some(done) = decided.get(id) {
+            to_decision.push(done.saturating_duration_since(*at));
+            bump(*done, |s| s.decided += 1);
+            first_decision = Some(first_decision.map_or(*done, |f| f.min(*done)));
+            last_decision = Some(last_decision.map_or(*done, |l| l.max(*done)));
+        }
+    }
+    let accept_latency = shared.accept_latency.take();
+    let accepted = scheduled.len() as u64;
+    let decided_count = to_decision.len() as u64;
+    let run = Run {
+        name: options.name.clone(),
+        rate_per_second: options.rate,
+        seconds: options.seconds,
+        submitted: u64::from(total),
+        not_sent,
+        accepted,
+        answers: shared.answers.take(),
+        transport_errors: shared.transport_errors.get(),
+        decided: decided_count,
+        undecided: accepted - decided_count,
+        accepted_per_second: accepted as f64 / options.seconds,
+        decided_per_second: match (first_decision, last_decision) {
+            (Some(f), Some(l)) if l > f => decided_count as f64 / (l - f).as_secs_f64(),
+            _ => 0.0,
+        },
+        latency_to_accept_ms: Percentiles::of(accept_latency),
+        latency_histogram: histogram(&to_decision),
+        latency_to_decision_ms: Percentiles::of(to_decision),
+        timeline,
+        cpu_seconds_per_registration: usage.total_cpu_seconds() / accepted.max(1) as f64,
+        usage,
+        drain_seconds: last_decision.map_or(0.0, |l| {
+            l.saturating_duration_since(arrival_end).as_secs_f64()
+        }),
+    };
+    eprintln!(
+        "pipeline: {}: {} accepted/s, to decision p50 {:.1} ms p99 {:.1} ms, {} undecided, {:.2} ms CPU per registration",
+        run.name,
+        run.accepted_per_second as u64,
+        run.latency_to_decision_ms.p50,
+        run.latency_to_decision_ms.p99,
+        run.undecided,
+        run.cpu_seconds_per_registration * 1000.0
+    );
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_keeps_every_sample_in_ascending_buckets() {
+        let samples: Vec<Duration> = [0.1, 0.3, 1.0, 1.0, 49.0, 51.0, 5_000.0, 1e9]
+            .iter()
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .collect();
+        let buckets = histogram(&samples);
+        assert_eq!(buckets.iter().map(|b| b.count).sum::<u64>(), 8);
+        assert!(buckets.windows(2).all(|w| w[0].upper_ms < w[1].upper_ms));
+        let at_most = |ms: f64| {
+            buckets
+                .iter()
+                .filter(|b| b.upper_ms <= ms)
+                .map(|b| b.count)
+                .sum::<u64>()
+        };
+        assert_eq!(at_most(0.25), 1);
+        // Quarter-octave buckets: 49 and 51 ms share the one ending near 53.8 ms.
+        assert_eq!(at_most(45.0), 4);
+        assert_eq!(at_most(54.0), 6);
+        assert_eq!(
+            at_most(1e12),
+            7,
+            "only the last, open bucket holds the outlier"
+        );
+    }
+
+    #[test]
+    fn seven_in_ten_citizens_chase_the_two_hot_slots() {
+        let date = chrono::NaiveDate::from_ymd_opt(2027, 3, 1).unwrap();
+        let slots: Vec<SlotKey> = (0..12)
+            .map(|i| SlotKey {
+                region: crate::chaos::region(),
+                location: streams::model::Location::parse(&format!("loc-{i}")).unwrap(),
+                date,
+            })
+            .collect();
+        let hot = (0..10_000)
+            .filter(|c| {
+                let s = slot_of(*c, &slots);
+                *s == slots[0] || *s == slots[1]
+            })
+            .count();
+        assert!((6_500..7_500).contains(&hot), "{hot}");
+    }
+}
