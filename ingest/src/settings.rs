@@ -31,7 +31,7 @@ pub struct Settings {
     pub national_id_rule: NationalIdRule,
     /// Field limits.
     pub limits: Limits,
-    /// Group commit: most submissions per durable write.
+    /// Group commit: most messages per durable write (a submission is two: claim and event).
     pub append_max_batch: usize,
     /// Group commit: durable writes in flight at once.
     pub append_in_flight: usize,
@@ -80,8 +80,8 @@ impl Settings {
             rate_per_citizen: 10,
             national_id_rule: NationalIdRule::default(),
             limits: Limits::default(),
-            append_max_batch: 256,
-            append_in_flight: 4,
+            append_max_batch: streams::appender::MAX_ATOMIC_BATCH,
+            append_in_flight: 1,
             append_timeout: Duration::from_secs(5),
             workers: 2,
             replicas: 1,

@@ -235,6 +235,10 @@ pub fn spawn(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),
         )
+        // Panics keep their backtraces (RUST_BACKTRACE), but ordinary errors do not capture
+        // one each: SurrealDB builds anyhow errors on routine paths, and with RUST_BACKTRACE=1
+        // inherited from a developer's shell each would walk the stack.
+        .env("RUST_LIB_BACKTRACE", "0")
         .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
