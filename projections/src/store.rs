@@ -60,31 +60,122 @@ struct Op {
     seq: u64,
 }
 
+/// One statement per kind of change: the kinds touch different records or tables (a batch
+/// comes from one stream: intake gives `received` and `capacity`, decisions give `status` and
+/// `reserved`), so grouping them keeps the result of applying the batch in order. The
+/// registration rows, most of the volume, go in as one bulk `INSERT … ON DUPLICATE KEY
+/// UPDATE` each: a `received` row keeps a status and time a decision wrote first; a status row
+/// sets everything it names.
 const APPLY: &str = "
 BEGIN TRANSACTION;
-FOR $e IN $ops {
-    IF $e.op = 'received' {
-        UPSERT type::record('registration', $e.id) SET
-            region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
-            status = status ?? 'received', updated_at = updated_at ?? $e.at,
-            submitted_seq = $e.seq;
-    } ELSE IF $e.op = 'status' {
-        UPSERT type::record('registration', $e.id) SET
-            region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
-            status = $e.status, reason = $e.reason, updated_at = $e.at, decision_seq = $e.seq;
-    } ELSE IF $e.op = 'capacity' {
-        UPSERT type::record('slot', $e.slot) SET
-            region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
-            capacity = $e.capacity, reserved = reserved ?? 0, updated_at = $e.at;
-    } ELSE IF $e.op = 'reserved' {
-        UPSERT type::record('slot', $e.slot) SET
-            region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
-            capacity = capacity ?? $e.capacity, reserved = $e.reserved, updated_at = $e.at;
-    };
+INSERT INTO registration $received ON DUPLICATE KEY UPDATE
+    region = $input.region, location = $input.location, date = $input.date,
+    submitted_seq = $input.submitted_seq;
+INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
+    region = $input.region, location = $input.location, date = $input.date,
+    status = $input.status, reason = $input.reason, updated_at = $input.updated_at,
+    decision_seq = $input.decision_seq;
+FOR $e IN $capacities {
+    UPSERT type::record('slot', $e.slot) SET
+        region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
+        capacity = $e.capacity, reserved = reserved ?? 0, updated_at = $e.at;
+};
+FOR $e IN $reserved {
+    UPSERT type::record('slot', $e.slot) SET
+        region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
+        capacity = capacity ?? $e.capacity, reserved = $e.reserved, updated_at = $e.at;
 };
 UPSERT type::record('checkpoint', $stream) SET seq = $seq;
 COMMIT TRANSACTION;
 ";
+
+/// A batch's changes grouped by kind, in log order within each kind, with every run of
+/// changes to one record folded into the one change that leaves the same state:
+/// - `status` sets every field it names: the last one wins;
+/// - `reserved` keeps an existing capacity, else the first change's, and sets the last
+///   change's count: so the first's capacity and the last's count and time;
+/// - `capacity` sets the capacity and keeps the count: the last one wins;
+/// - `received` keeps an existing status and time: rare twice in a batch, left as they are.
+#[derive(Debug, Default)]
+struct Grouped {
+    received: Vec<Op>,
+    statuses: Vec<Op>,
+    capacities: Vec<Op>,
+    reserved: Vec<Op>,
+}
+
+fn group(ops: Vec<Op>) -> Grouped {
+    use std::collections::HashMap;
+    let mut grouped = Grouped::default();
+    // Index of a record's change in its group, to fold later changes into it.
+    let mut status_of: HashMap<String, usize> = HashMap::new();
+    let mut capacity_of: HashMap<[String; 3], usize> = HashMap::new();
+    let mut reserved_of: HashMap<[String; 3], usize> = HashMap::new();
+    for op in ops {
+        match op.op {
+            "status" => {
+                let id = op.id.clone().unwrap_or_default();
+                match status_of.get(&id) {
+                    Some(&i) => grouped.statuses[i] = op,
+                    None => {
+                        status_of.insert(id, grouped.statuses.len());
+                        grouped.statuses.push(op);
+                    }
+                }
+            }
+            "capacity" => {
+                let slot = op.slot.clone().unwrap_or_default();
+                match capacity_of.get(&slot) {
+                    Some(&i) => grouped.capacities[i] = op,
+                    None => {
+                        capacity_of.insert(slot, grouped.capacities.len());
+                        grouped.capacities.push(op);
+                    }
+                }
+            }
+            "reserved" => {
+                let slot = op.slot.clone().unwrap_or_default();
+                match reserved_of.get(&slot) {
+                    Some(&i) => {
+                        let first = &mut grouped.reserved[i];
+                        first.reserved = op.reserved;
+                        first.at = op.at;
+                        first.seq = op.seq;
+                    }
+                    None => {
+                        reserved_of.insert(slot, grouped.reserved.len());
+                        grouped.reserved.push(op);
+                    }
+                }
+            }
+            _ => grouped.received.push(op),
+        }
+    }
+    grouped
+}
+
+/// A `received` change as a registration row (see [`APPLY`]).
+fn received_row(op: &Op) -> Value {
+    let slot = op.slot.clone().unwrap_or_default();
+    json!({
+        "id": op.id, "region": slot[0], "location": slot[1], "date": slot[2],
+        "status": "received", "updated_at": op.at, "submitted_seq": op.seq,
+    })
+}
+
+/// A `status` change as a registration row (see [`APPLY`]); no `reason` field when it has
+/// none, so the update removes an earlier one.
+fn status_row(op: &Op) -> Value {
+    let slot = op.slot.clone().unwrap_or_default();
+    let mut row = json!({
+        "id": op.id, "region": slot[0], "location": slot[1], "date": slot[2],
+        "status": op.status, "updated_at": op.at, "decision_seq": op.seq,
+    });
+    if let Some(reason) = &op.reason {
+        row["reason"] = json!(reason);
+    }
+    row
+}
 
 fn slot_of(slot: &streams::model::SlotKey) -> Option<[String; 3]> {
     Some([
@@ -210,9 +301,19 @@ impl Store {
         last_seq: u64,
     ) -> anyhow::Result<()> {
         let ops: Vec<Op> = events.iter().flat_map(|(seq, e)| ops_of(*seq, e)).collect();
+        let grouped = group(ops);
+        let received: Vec<Value> = grouped.received.iter().map(received_row).collect();
+        let statuses: Vec<Value> = grouped.statuses.iter().map(status_row).collect();
         self.db
             .query(APPLY)
-            .bind(json!({ "ops": ops, "stream": stream, "seq": last_seq }))
+            .bind(json!({
+                "received": received,
+                "statuses": statuses,
+                "capacities": grouped.capacities,
+                "reserved": grouped.reserved,
+                "stream": stream,
+                "seq": last_seq,
+            }))
             .await
             .and_then(|r| r.check())
             .context("Failed to apply a batch to the projections")?;
@@ -280,6 +381,52 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn op(kind: &'static str, id: &str, slot: &str, value: u32, seq: u64) -> Op {
+        Op {
+            op: kind,
+            id: (!id.is_empty()).then(|| id.to_owned()),
+            slot: Some(["r".into(), slot.into(), "2027-03-01".into()]),
+            status: (kind == "status").then_some(if value == 0 { "reserved" } else { "cancelled" }),
+            reason: None,
+            capacity: matches!(kind, "capacity" | "reserved").then_some(100 + value),
+            reserved: (kind == "reserved").then_some(value),
+            at: format!("t{seq}"),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_batch_folds_into_one_change_per_record_with_the_same_result() {
+        let grouped = group(vec![
+            op("status", "a", "x", 0, 1),
+            op("reserved", "", "x", 1, 2),
+            op("status", "b", "x", 0, 3),
+            op("reserved", "", "x", 2, 4),
+            op("status", "a", "x", 1, 5),
+            op("reserved", "", "y", 1, 6),
+            op("reserved", "", "x", 1, 7),
+        ]);
+        // The last status of each registration, in first-seen order.
+        let statuses: Vec<_> = grouped
+            .statuses
+            .iter()
+            .map(|o| (o.id.clone().unwrap(), o.status.unwrap(), o.seq))
+            .collect();
+        assert_eq!(
+            statuses,
+            [("a".into(), "cancelled", 5), ("b".into(), "reserved", 3)]
+        );
+        // Per slot: the first change's capacity, the last change's count and time.
+        let x = &grouped.reserved[0];
+        assert_eq!(
+            (x.capacity, x.reserved, x.seq, x.at.as_str()),
+            (Some(101), Some(1), 7, "t7")
+        );
+        assert_eq!(grouped.reserved[1].slot.as_ref().unwrap()[1], "y");
+        assert_eq!(grouped.reserved.len(), 2);
+        assert!(grouped.received.is_empty() && grouped.capacities.is_empty());
+    }
 
     #[test]
     fn events_the_projections_do_not_show_make_no_change() {
