@@ -109,8 +109,10 @@ async fn drive(
     Ok(figure)
 }
 
-/// Measures the bare handler, then the whole system (nats-server with fsync always, the
-/// edge, one reservation replica, the projections) behind the edge.
+/// Measures the bare handler, then the edge alone (nats-server with fsync always and the
+/// edge: the ingest hop by itself, as when processors and projections run elsewhere), then the
+/// edge with the whole system running beside it on this machine (one reservation replica,
+/// the projections), all driven by the same load generator.
 pub async fn measure(
     registrations: u32,
     concurrency: usize,
@@ -131,9 +133,23 @@ pub async fn measure(
     bare.kill();
 
     let nats = testkit::NatsServer::start();
+    let mut alone = services::spawn(&exe, &nats.url(), log_dir, "ingest-alone", "ingest")?;
+    services::wait_ready(&http, &mut alone).await?;
+    let alone_figure = drive(
+        "ingest edge alone (validate, claim, durable append)",
+        &alone.base,
+        registrations,
+        concurrency,
+        0,
+    )
+    .await?;
+    alone.kill();
+    drop(nats);
+
+    let nats = testkit::NatsServer::start();
     let system = services::System::start(&nats.url(), log_dir, 1).await?;
     let edge_figure = drive(
-        "ingest edge (validate, claim, durable append)",
+        "ingest edge, whole pipeline running beside it",
         system.ingest_url(),
         registrations,
         concurrency,
@@ -141,5 +157,5 @@ pub async fn measure(
     )
     .await?;
     system.stop().await;
-    Ok(vec![bare_figure, edge_figure])
+    Ok(vec![bare_figure, alone_figure, edge_figure])
 }
