@@ -28,11 +28,46 @@ pub struct EdgeFigure {
     pub accepted_per_second: f64,
     /// Request latency percentiles, milliseconds.
     pub latency_ms: Percentiles,
+    /// Highest resident memory of the process that answered, MiB, during the run.
+    pub peak_rss_mib: f64,
 }
 
 /// Sends `registrations` valid registrations to `base`, `concurrency` at a time (closed
 /// loop), citizens numbered from `first`.
 async fn drive(
+    target: &str,
+    base: &str,
+    pid: u32,
+    registrations: u32,
+    concurrency: usize,
+    first: u32,
+) -> anyhow::Result<EdgeFigure> {
+    let watched = [crate::procstat::Watched {
+        name: target.to_owned(),
+        pid,
+    }];
+    let (figure, usage) = crate::procstat::watch(
+        &watched,
+        Duration::from_millis(100),
+        drive_load(target, base, registrations, concurrency, first),
+    )
+    .await;
+    let mut figure = figure?;
+    figure.peak_rss_mib = usage.peak_rss_mib.get(target).copied().unwrap_or(0.0);
+    println!(
+        "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted), peak RSS {:.1} MiB",
+        figure.target,
+        figure.accepted_per_second,
+        figure.latency_ms.p50,
+        figure.latency_ms.p99,
+        figure.accepted,
+        figure.requests,
+        figure.peak_rss_mib
+    );
+    Ok(figure)
+}
+
+async fn drive_load(
     target: &str,
     base: &str,
     registrations: u32,
@@ -96,16 +131,8 @@ async fn drive(
         seconds,
         accepted_per_second: accepted.get() as f64 / seconds,
         latency_ms: Percentiles::of(latencies.take()),
+        peak_rss_mib: 0.0,
     };
-    println!(
-        "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted)",
-        figure.target,
-        figure.accepted_per_second,
-        figure.latency_ms.p50,
-        figure.latency_ms.p99,
-        figure.accepted,
-        figure.requests
-    );
     Ok(figure)
 }
 
@@ -125,6 +152,7 @@ pub async fn measure(
     let bare_figure = drive(
         "bare ntex handler (reads the body, 202)",
         &bare.base,
+        bare.pid(),
         registrations,
         concurrency,
         0,
@@ -138,6 +166,7 @@ pub async fn measure(
     let alone_figure = drive(
         "ingest edge alone (validate, claim, durable append)",
         &alone.base,
+        alone.pid(),
         registrations,
         concurrency,
         0,
@@ -148,9 +177,15 @@ pub async fn measure(
 
     let nats = testkit::NatsServer::start();
     let system = services::System::start(&nats.url(), log_dir, 1).await?;
+    let ingest = system
+        .processes()
+        .find(|p| p.name() == "ingest")
+        .map(|p| p.pid())
+        .unwrap_or_default();
     let edge_figure = drive(
         "ingest edge, whole pipeline running beside it",
         system.ingest_url(),
+        ingest,
         registrations,
         concurrency,
         0,

@@ -495,11 +495,11 @@ fn markdown(r: &Results) -> String {
             c.megabytes_per_second
         ));
     }
-    md.push_str("\n## Ingest edge (closed loop, 256 in flight, valid 4 kB registrations)\n\n| target | accepted/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |\n");
+    md.push_str("\n## Ingest edge (closed loop, 256 in flight, valid 4 kB registrations)\n\n| target | accepted/s | p50 ms | p99 ms | peak RSS MiB |\n| --- | ---: | ---: | ---: | ---: |\n");
     for f in &r.edge.figures {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.1} |\n",
-            f.target, f.accepted_per_second, f.latency_ms.p50, f.latency_ms.p99
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} |\n",
+            f.target, f.accepted_per_second, f.latency_ms.p50, f.latency_ms.p99, f.peak_rss_mib
         ));
     }
     md.push_str(&format!(
