@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything, in one run, into bench/results.{json,md} (about ten minutes here).
+    /// Everything, in one run, into bench/results.{json,md} (about six minutes here).
     All {
         /// Multiplies the ceilings' record counts and the edge's registrations.
         #[arg(long, default_value_t = 1.0)]
