@@ -6,16 +6,14 @@
 //! the edge believed it to be (empty at first). A claim therefore never exists without its
 //! registration, and claiming costs no durable write of its own.
 //!
-//! When the fence fails, the claim subject's last record tells what happened: the same
-//! request was accepted before (replayed with the same registration), the idempotency key
-//! was used for another body, the citizen holds another registration, or their last
-//! registration was released (claim again behind that release).
+//! When the fence fails, the appender hands back the claim subject's last record, which tells
+//! what happened: the same request was accepted before (replayed with the same
+//! registration), the idempotency key was used for another body, the citizen holds another
+//! registration, or their last registration was released (claim again behind that release).
 
-use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
 use streams::appender::{AppendError, Appender, Outgoing, Unit};
 pub use streams::claims::Claim;
 use streams::claims::ClaimRecord;
-use streams::subjects;
 
 /// The outcome of a submission.
 #[derive(Debug)]
@@ -43,7 +41,6 @@ const ROUNDS: usize = 4;
 /// the existing claim relates to this request.
 pub async fn claim_and_append(
     appender: &Appender,
-    intake: &Stream<()>,
     citizen_key: &str,
     wanted: Claim,
     event: Outgoing,
@@ -53,23 +50,15 @@ pub async fn claim_and_append(
     let mut expected = 0;
     for _ in 0..ROUNDS {
         let unit = Unit::fenced(vec![held.clone(), event.clone()], expected);
-        match appender.append_unit(unit).await {
+        let last = match appender.append_unit(unit).await {
             Ok(seqs) => {
                 return Ok(Claimed::New {
                     claim: wanted,
                     sequence: seqs[1],
                 });
             }
-            Err(AppendError::Fenced(_)) => {}
+            Err(AppendError::Moved { last }) => last,
             Err(err) => return Err(err),
-        }
-        let last = match intake
-            .direct_get_last_for_subject(subjects::claim(citizen_key))
-            .await
-        {
-            Ok(message) => Some(message),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
-            Err(err) => return Err(AppendError::Unavailable(err.to_string())),
         };
         let Some(last) = last else {
             expected = 0;

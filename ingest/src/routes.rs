@@ -38,8 +38,6 @@ pub struct Edge {
     pub keys: Keys,
     /// Group commit into the intake stream.
     pub appender: Appender,
-    /// The intake stream, where the edge reads a citizen's claim back after a conflict.
-    pub intake: async_nats::jetstream::stream::Stream<()>,
     /// Registration windows.
     pub windows: Windows,
     /// The NATS connection (readiness).
@@ -156,13 +154,18 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
-async fn append(edge: &Edge, message: Outgoing) -> Result<u64, AppendError> {
+/// Runs an append (with or without a claim), recording how long it waited for JetStream.
+async fn timed<T>(edge: &Edge, append: impl Future<Output = T>) -> T {
     let started = Instant::now();
-    let result = edge.appender.append(message).await;
+    let result = append.await;
     edge.metrics
         .append_seconds
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+async fn append(edge: &Edge, message: Outgoing) -> Result<u64, AppendError> {
+    timed(edge, edge.appender.append(message)).await
 }
 
 fn check_address(edge: &Edge, req: &HttpRequest) -> Result<(), HttpResponse> {
@@ -295,18 +298,16 @@ async fn submit_inner(
     });
     let envelope = Envelope::new(id.to_string(), event);
     let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
-    let started = Instant::now();
-    let claimed = claims::claim_and_append(
-        &edge.appender,
-        &edge.intake,
-        &citizen_key,
-        wanted,
-        Outgoing::event(subject, &envelope),
+    let claimed = timed(
+        edge,
+        claims::claim_and_append(
+            &edge.appender,
+            &citizen_key,
+            wanted,
+            Outgoing::event(subject, &envelope),
+        ),
     )
     .await;
-    edge.metrics
-        .append_seconds
-        .observe(started.elapsed().as_secs_f64());
     let id = match claimed {
         Ok(Claimed::New { claim, sequence }) => {
             tracing::debug!(registration_id = %claim.registration_id, sequence, "Registration accepted.");

@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context as _;
 use streams::appender::{Appender, AppenderOptions};
 use streams::config::Replication;
 use streams::crypto::Keys;
@@ -29,10 +28,6 @@ pub async fn run(
         &shutdown,
     )
     .await?;
-    let intake = js
-        .get_stream_no_info(subjects::INTAKE_STREAM)
-        .await
-        .context("Failed to open the intake stream")?;
     let appender = Appender::start(
         client.clone(),
         subjects::INTAKE_STREAM,
@@ -51,7 +46,6 @@ pub async fn run(
         keys: Keys::from_secret(&settings.secret),
         settings: Arc::new(settings),
         appender,
-        intake,
         windows,
         client,
         metrics: Metrics::new(),

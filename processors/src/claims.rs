@@ -11,10 +11,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::stream::DirectGetErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
-use streams::appender::{AppendError, Appender, AppenderOptions, Unit};
+use streams::appender::{AppendError, Appender, AppenderOptions, Unit, last_message};
 use streams::claims::ClaimRecord;
 use streams::events::{Envelope, Event};
 use streams::model::RegistrationId;
@@ -113,17 +112,14 @@ pub async fn release(
     citizen_key: &str,
     id: &RegistrationId,
 ) -> anyhow::Result<()> {
-    // A fence failure means the claim changed since it was read: read it again.
+    let mut last = last_message(intake, &subjects::claim(citizen_key))
+        .await
+        .context("Failed to read a claim")?;
+    // A fence failure means the claim changed since it was read: the appender hands back
+    // what is there now.
     for _ in 0..4 {
-        let last = match intake
-            .direct_get_last_for_subject(subjects::claim(citizen_key))
-            .await
-        {
-            Ok(message) => message,
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(err).context("Failed to read a claim"),
-        };
-        match ClaimRecord::decode(&last.payload) {
+        let Some(record) = last else { return Ok(()) };
+        match ClaimRecord::decode(&record.payload) {
             Ok(ClaimRecord::Held(claim)) if &claim.registration_id == id => {}
             // Released already, or held by a newer registration: nothing to do.
             Ok(_) => return Ok(()),
@@ -132,13 +128,13 @@ pub async fn release(
         let released = ClaimRecord::Released {
             registration_id: id.clone(),
         };
-        let unit = Unit::fenced(vec![released.message(citizen_key)], last.sequence);
+        let unit = Unit::fenced(vec![released.message(citizen_key)], record.sequence);
         match appender.append_unit(unit).await {
             Ok(_) => {
                 tracing::debug!(registration_id = %id, "Claim released.");
                 return Ok(());
             }
-            Err(AppendError::Fenced(_)) => continue,
+            Err(AppendError::Moved { last: now }) => last = now.map(|m| *m),
             Err(err) => return Err(err).context("Failed to release a claim"),
         }
     }

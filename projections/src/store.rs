@@ -104,49 +104,56 @@ struct Grouped {
     reserved: Vec<Op>,
 }
 
+/// Appends `op` to `list`, or folds it into the change already there for `key`.
+fn fold<K: std::hash::Hash + Eq>(
+    list: &mut Vec<Op>,
+    index: &mut std::collections::HashMap<K, usize>,
+    key: K,
+    op: Op,
+    merge: fn(&mut Op, Op),
+) {
+    match index.entry(key) {
+        std::collections::hash_map::Entry::Occupied(at) => merge(&mut list[*at.get()], op),
+        std::collections::hash_map::Entry::Vacant(at) => {
+            at.insert(list.len());
+            list.push(op);
+        }
+    }
+}
+
 fn group(ops: Vec<Op>) -> Grouped {
-    use std::collections::HashMap;
     let mut grouped = Grouped::default();
-    // Index of a record's change in its group, to fold later changes into it.
-    let mut status_of: HashMap<String, usize> = HashMap::new();
-    let mut capacity_of: HashMap<[String; 3], usize> = HashMap::new();
-    let mut reserved_of: HashMap<[String; 3], usize> = HashMap::new();
+    let (mut status_of, mut capacity_of, mut reserved_of) = Default::default();
+    let last_wins: fn(&mut Op, Op) = |earlier, later| *earlier = later;
     for op in ops {
         match op.op {
             "status" => {
                 let id = op.id.clone().unwrap_or_default();
-                match status_of.get(&id) {
-                    Some(&i) => grouped.statuses[i] = op,
-                    None => {
-                        status_of.insert(id, grouped.statuses.len());
-                        grouped.statuses.push(op);
-                    }
-                }
+                fold(&mut grouped.statuses, &mut status_of, id, op, last_wins);
             }
             "capacity" => {
                 let slot = op.slot.clone().unwrap_or_default();
-                match capacity_of.get(&slot) {
-                    Some(&i) => grouped.capacities[i] = op,
-                    None => {
-                        capacity_of.insert(slot, grouped.capacities.len());
-                        grouped.capacities.push(op);
-                    }
-                }
+                fold(
+                    &mut grouped.capacities,
+                    &mut capacity_of,
+                    slot,
+                    op,
+                    last_wins,
+                );
             }
             "reserved" => {
                 let slot = op.slot.clone().unwrap_or_default();
-                match reserved_of.get(&slot) {
-                    Some(&i) => {
-                        let first = &mut grouped.reserved[i];
-                        first.reserved = op.reserved;
-                        first.at = op.at;
-                        first.seq = op.seq;
-                    }
-                    None => {
-                        reserved_of.insert(slot, grouped.reserved.len());
-                        grouped.reserved.push(op);
-                    }
-                }
+                fold(
+                    &mut grouped.reserved,
+                    &mut reserved_of,
+                    slot,
+                    op,
+                    |first, later| {
+                        first.reserved = later.reserved;
+                        first.at = later.at;
+                        first.seq = later.seq;
+                    },
+                );
             }
             _ => grouped.received.push(op),
         }

@@ -16,9 +16,10 @@
 //! A unit may carry a fence: "append only if the last message on my first message's subject
 //! is at this sequence" (`Nats-Expected-Last-Subject-Sequence`). The server checks every fence
 //! of a batch and refuses the whole batch if one fails, so when that happens the appender
-//! reads the fenced subjects back, fails only the units whose fence no longer holds, and
-//! writes the others again: one caller's conflict costs the others a second write, never
-//! their acceptance.
+//! reads the fenced subjects back, fails only the units whose fence no longer holds (handing
+//! each the message now last on its subject, [`AppendError::Moved`], so the caller need not
+//! read it again), and writes the others again: one caller's conflict costs the others a
+//! second write, never their acceptance.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -29,7 +30,8 @@ use async_nats::header::{
     NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
     NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
 };
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMessage};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -76,6 +78,14 @@ pub enum AppendError {
     /// A fence (`Nats-Expected-Last-*`) failed: someone else wrote first.
     #[error("a concurrent writer changed the log first: {0}")]
     Fenced(String),
+    /// A [`Unit`]'s fence no longer holds: its subject moved on. `last` is the message now
+    /// last on that subject (`None`: the subject is empty), read once by the appender, so the
+    /// caller decides what to do without reading it again.
+    #[error("the fenced subject moved on (last at {})", last.as_ref().map_or(0, |m| m.sequence))]
+    Moved {
+        /// The subject's last message.
+        last: Option<Box<StreamMessage>>,
+    },
     /// JetStream refused the batch for another reason (configuration, limits).
     #[error("JetStream refused the append: {0}")]
     Refused(String),
@@ -171,11 +181,16 @@ impl Unit {
 
     /// Messages appended together only if the last message on the first message's subject is
     /// at `last_sequence` (0: the subject holds nothing yet). Otherwise the append fails with
-    /// [`AppendError::Fenced`] and nothing of the unit is stored.
-    pub fn fenced(messages: Vec<Outgoing>, last_sequence: u64) -> Self {
+    /// [`AppendError::Moved`] and nothing of the unit is stored.
+    pub fn fenced(mut messages: Vec<Outgoing>, last_sequence: u64) -> Self {
+        assert!(!messages.is_empty(), "a unit holds at least one message");
+        messages[0].headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            last_sequence.to_string().as_str(),
+        );
         Unit {
+            messages,
             fence: Some(last_sequence),
-            ..Unit::new(messages)
         }
     }
 
@@ -346,18 +361,10 @@ async fn write(
     mut batch: Vec<Pending>,
 ) {
     for _ in 0..FENCE_ROUNDS {
+        // Cloned, not moved: a batch refused for another unit's fence is written again.
         let messages = batch
             .iter()
-            .flat_map(|p| {
-                let mut messages = p.unit.messages.clone();
-                if let Some(seq) = p.unit.fence {
-                    messages[0].headers.insert(
-                        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                        seq.to_string().as_str(),
-                    );
-                }
-                messages
-            })
+            .flat_map(|p| p.unit.messages.iter().cloned())
             .collect();
         match publish_atomic(js, client, messages).await {
             Ok(seqs) => {
@@ -390,8 +397,9 @@ async fn write(
     }
 }
 
-/// After a batch failed on a fence: reads each fenced subject's last sequence, answers the
-/// units whose fence no longer holds, and returns the rest to be written again.
+/// After a batch failed on a fence: reads each fenced subject's last message, answers the
+/// units whose fence no longer holds with it ([`AppendError::Moved`]), and returns the rest
+/// to be written again.
 async fn drop_broken_fences(
     js: &jetstream::Context,
     stream: &str,
@@ -412,7 +420,7 @@ async fn drop_broken_fences(
         async move {
             match p.unit.fence_subject() {
                 None => Ok(None),
-                Some(subject) => last_sequence(stream, subject).await.map(Some),
+                Some(subject) => last_message(stream, subject).await.map(Some),
             }
         }
     }))
@@ -420,11 +428,10 @@ async fn drop_broken_fences(
     let mut again = Vec::new();
     for (p, last) in batch.into_iter().zip(lasts) {
         match (p.unit.fence, last) {
-            (Some(want), Ok(Some(last))) if want != last => {
-                let _ = p.done.send(Err(AppendError::Fenced(format!(
-                    "the last message on {} is at {last}, not {want}",
-                    p.unit.messages[0].subject
-                ))));
+            (Some(want), Ok(Some(last))) if want != last.as_ref().map_or(0, |m| m.sequence) => {
+                let _ = p.done.send(Err(AppendError::Moved {
+                    last: last.map(Box::new),
+                }));
             }
             (_, Err(err)) => {
                 let _ = p.done.send(Err(err));
@@ -440,15 +447,15 @@ async fn drop_broken_fences(
     again
 }
 
-/// The sequence of the last message on `subject` in `stream`, 0 if it holds none.
-pub async fn last_sequence(
-    stream: &jetstream::stream::Stream<()>,
+/// The last message on `subject` in `stream`, `None` if it holds none: what a fence on
+/// `subject` compares against.
+pub async fn last_message(
+    stream: &Stream<()>,
     subject: &str,
-) -> Result<u64, AppendError> {
-    use async_nats::jetstream::stream::DirectGetErrorKind;
+) -> Result<Option<StreamMessage>, AppendError> {
     match stream.direct_get_last_for_subject(subject).await {
-        Ok(message) => Ok(message.sequence),
-        Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(0),
+        Ok(message) => Ok(Some(message)),
+        Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
         Err(err) => Err(AppendError::Unavailable(err.to_string())),
     }
 }

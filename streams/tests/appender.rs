@@ -59,7 +59,7 @@ async fn a_broken_fence_fails_only_its_unit_and_the_rest_of_the_batch_is_stored(
         assert_eq!(seqs[1], seqs[0] + 1, "a unit's messages are contiguous");
     }
     assert!(
-        matches!(results[20], Err(AppendError::Fenced(_))),
+        matches!(&results[20], Err(AppendError::Moved { last: Some(m) }) if m.sequence == 1),
         "{:?}",
         results[20]
     );
