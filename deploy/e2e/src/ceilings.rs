@@ -35,6 +35,22 @@ pub struct Ceiling {
     pub megabytes_per_second: f64,
 }
 
+/// The ceilings as a Markdown table (for `bench/results.md` and `bench ceilings`).
+pub fn table(ceilings: &[Ceiling]) -> String {
+    let mut md =
+        String::from("| write path | durable | records/s | MB/s |\n| --- | --- | ---: | ---: |\n");
+    for c in ceilings {
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} |\n",
+            c.path,
+            if c.durable { "yes" } else { "no" },
+            c.records_per_second,
+            c.megabytes_per_second
+        ));
+    }
+    md
+}
+
 impl Ceiling {
     fn new(path: impl Into<String>, durable: bool, records: u64, elapsed: Duration) -> Self {
         let seconds = elapsed.as_secs_f64();

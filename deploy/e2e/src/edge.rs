@@ -8,6 +8,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::chaos::{self, load, services};
@@ -32,24 +33,36 @@ pub struct EdgeFigure {
     pub peak_rss_mib: f64,
 }
 
+/// The figures as a Markdown table (for `bench/results.md` and `bench edge`).
+pub fn table(figures: &[EdgeFigure]) -> String {
+    let mut md = String::from(
+        "| target | accepted/s | p50 ms | p99 ms | peak RSS MiB |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for f in figures {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} |\n",
+            f.target, f.accepted_per_second, f.latency_ms.p50, f.latency_ms.p99, f.peak_rss_mib
+        ));
+    }
+    md
+}
+
 /// Sends `registrations` valid registrations to `base`, `concurrency` at a time (closed
-/// loop), citizens numbered from `first`.
+/// loop), and watches `process`'s memory meanwhile.
 async fn drive(
     target: &str,
-    base: &str,
-    pid: u32,
+    process: &services::Process,
     registrations: u32,
     concurrency: usize,
-    first: u32,
 ) -> anyhow::Result<EdgeFigure> {
     let watched = [crate::procstat::Watched {
         name: target.to_owned(),
-        pid,
+        pid: process.pid(),
     }];
     let (figure, usage) = crate::procstat::watch(
         &watched,
         Duration::from_millis(100),
-        drive_load(target, base, registrations, concurrency, first),
+        drive_load(target, &process.base, registrations, concurrency),
     )
     .await;
     let mut figure = figure?;
@@ -72,13 +85,8 @@ async fn drive_load(
     base: &str,
     registrations: u32,
     concurrency: usize,
-    first: u32,
 ) -> anyhow::Result<EdgeFigure> {
-    let http = ntex::client::Client::builder()
-        .connector::<()>(ntex::client::Connector::new().limit(concurrency + 16))
-        .build(ntex::SharedCfg::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("an HTTP client: {e:?}"))?;
+    let http = load::http_client(concurrency + 16).await?;
     let pool = chaos::pool(1_000);
     let next = Rc::new(Cell::new(0u32));
     let accepted = Rc::new(Cell::new(0u64));
@@ -102,7 +110,7 @@ async fn drive_load(
                     return;
                 }
                 next.set(i + 1);
-                let citizen = first + i;
+                let citizen = i;
                 let body = load::registration(citizen, &pool[citizen as usize % pool.len()].0);
                 let sent = Instant::now();
                 let response = http
@@ -146,33 +154,28 @@ pub async fn measure(
     log_dir: &Path,
 ) -> anyhow::Result<Vec<EdgeFigure>> {
     let exe = std::env::current_exe()?;
-    let http = ntex::client::Client::new().await;
-    let mut bare = services::spawn(&exe, "nats://127.0.0.1:1", log_dir, "bare", "bare")?;
-    services::wait_ready(&http, &mut bare).await?;
-    let bare_figure = drive(
+    // One service on its own: started, driven, stopped.
+    let alone = async |nats_url: &str, name: &str, service: &str, target: &str| {
+        let http = ntex::client::Client::new().await;
+        let mut process = services::spawn(&exe, nats_url, log_dir, name, service)?;
+        services::wait_ready(&http, &mut process).await?;
+        drive(target, &process, registrations, concurrency).await
+    };
+    let bare_figure = alone(
+        "nats://127.0.0.1:1",
+        "bare",
+        "bare",
         "bare ntex handler (reads the body, 202)",
-        &bare.base,
-        bare.pid(),
-        registrations,
-        concurrency,
-        0,
     )
     .await?;
-    bare.kill();
-
     let nats = testkit::NatsServer::start();
-    let mut alone = services::spawn(&exe, &nats.url(), log_dir, "ingest-alone", "ingest")?;
-    services::wait_ready(&http, &mut alone).await?;
-    let alone_figure = drive(
+    let alone_figure = alone(
+        &nats.url(),
+        "ingest-alone",
+        "ingest",
         "ingest edge alone (validate, claim, durable append)",
-        &alone.base,
-        alone.pid(),
-        registrations,
-        concurrency,
-        0,
     )
     .await?;
-    alone.kill();
     drop(nats);
 
     let nats = testkit::NatsServer::start();
@@ -180,15 +183,12 @@ pub async fn measure(
     let ingest = system
         .processes()
         .find(|p| p.name() == "ingest")
-        .map(|p| p.pid())
-        .unwrap_or_default();
+        .context("the system runs an edge")?;
     let edge_figure = drive(
         "ingest edge, whole pipeline running beside it",
-        system.ingest_url(),
         ingest,
         registrations,
         concurrency,
-        0,
     )
     .await?;
     system.stop().await;

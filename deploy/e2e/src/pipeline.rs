@@ -214,11 +214,7 @@ pub async fn run(
         })
     };
 
-    let http = ntex::client::Client::builder()
-        .connector::<()>(ntex::client::Connector::new().limit(options.max_outstanding.min(512)))
-        .build(ntex::SharedCfg::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("an HTTP client: {e:?}"))?;
+    let http = load::http_client(options.max_outstanding.min(512)).await?;
     let url: Rc<str> = format!("{ingest_url}/v1/registrations").into();
     let total = (f64::from(options.rate) * options.seconds) as u32;
     let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));

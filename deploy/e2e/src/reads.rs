@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::chaos::services;
 use crate::contention::report::Percentiles;
 
 /// One target's figures.
@@ -37,21 +38,6 @@ pub struct ReadFigure {
 /// Which URL the `n`th request asks for.
 pub type Urls = Rc<dyn Fn(u64) -> String>;
 
-/// Reads a counter from a Prometheus text page.
-pub async fn scrape(http: &ntex::client::Client, metrics_url: &str, name: &str) -> Option<u64> {
-    let response = http
-        .get(metrics_url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    let body = response.body().limit(1 << 22).await.ok()?;
-    String::from_utf8_lossy(&body).lines().find_map(|line| {
-        let (metric, value) = line.split_once(' ')?;
-        (metric == name).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
-    })
-}
-
 /// Sends GETs for `seconds`, `concurrency` at a time (closed loop).
 pub async fn drive(
     target: &str,
@@ -59,18 +45,18 @@ pub async fn drive(
     keys: usize,
     seconds: f64,
     concurrency: usize,
-    metrics_url: Option<&str>,
+    read_api: Option<&str>,
 ) -> anyhow::Result<ReadFigure> {
-    let http = ntex::client::Client::builder()
-        .connector::<()>(ntex::client::Connector::new().limit(concurrency + 16))
-        .build(ntex::SharedCfg::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("an HTTP client: {e:?}"))?;
-    const LOADS: &str = "read_availability_loads_total";
-    let loads_before = match metrics_url {
-        Some(url) => scrape(&http, url, LOADS).await,
+    let http = crate::chaos::load::http_client(concurrency + 16).await?;
+    // SurrealDB reads the read API made so far (`None` for a target without the counter).
+    let loads = async |http: &ntex::client::Client| match read_api {
+        Some(base) => services::scrape(http, base)
+            .await
+            .get("read_availability_loads_total")
+            .copied(),
         None => None,
     };
+    let loads_before = loads(&http).await;
     let next = Rc::new(Cell::new(0u64));
     let ok = Rc::new(Cell::new(0u64));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -105,8 +91,8 @@ pub async fn drive(
         latencies.extend(worker.await.unwrap_or_default());
     }
     let seconds = start.elapsed().as_secs_f64();
-    let database_loads = match (metrics_url, loads_before) {
-        (Some(url), Some(before)) => scrape(&http, url, LOADS).await.map(|after| after - before),
+    let database_loads = match (loads_before, loads(&http).await) {
+        (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
     let figure = ReadFigure {

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::NaiveDate;
@@ -19,7 +18,7 @@ use serde::Serialize;
 use streams::model::{Location, SlotKey};
 
 use crate::ceilings::Ceiling;
-use crate::chaos::services::{self, ADMIN_TOKEN};
+use crate::chaos::services;
 use crate::contention::report::{Machine, write_report};
 use crate::edge::EdgeFigure;
 use crate::pipeline::{self, Run};
@@ -149,27 +148,6 @@ fn slots() -> Vec<SlotKey> {
         .collect()
 }
 
-async fn set_capacity(ingest: &str, slot: &SlotKey, capacity: u32) -> anyhow::Result<()> {
-    let http = ntex::client::Client::new().await;
-    let body = serde_json::json!({
-        "region": slot.region, "location": slot.location, "date": slot.date,
-        "capacity": capacity,
-    });
-    let response = http
-        .put(format!("{ingest}/v1/admin/capacity"))
-        .bearer_auth(ADMIN_TOKEN)
-        .timeout(Duration::from_secs(10))
-        .send_json(&body)
-        .await
-        .map_err(|e| anyhow::anyhow!("setting a capacity: {e:?}"))?;
-    anyhow::ensure!(
-        response.status() == 200,
-        "setting the capacity of {slot} answered {}",
-        response.status()
-    );
-    Ok(())
-}
-
 async fn measure_reads(
     exe: &Path,
     log_dir: &Path,
@@ -193,7 +171,6 @@ async fn measure_reads(
     .await?;
     bare.kill();
 
-    let metrics = format!("{read_url}/metrics");
     let keys: Rc<Vec<String>> = Rc::new(
         slots
             .iter()
@@ -213,7 +190,7 @@ async fn measure_reads(
         key_count,
         options.read_seconds,
         concurrency,
-        Some(&metrics),
+        Some(read_url),
     )
     .await?;
     let base = read_url.to_owned();
@@ -225,7 +202,7 @@ async fn measure_reads(
         0,
         options.read_seconds,
         concurrency,
-        Some(&metrics),
+        Some(read_url),
     )
     .await?;
     Ok(ReadsSection {
@@ -266,8 +243,9 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     let nats = testkit::NatsServer::start();
     let mut system = services::System::start(&nats.url(), &log_dir, 1).await?;
     let slots = slots();
+    let admin = crate::chaos::load::Client::new(&system, 1).await;
     for slot in &slots {
-        set_capacity(system.ingest_url(), slot, 1_000_000).await?;
+        admin.set_capacity(slot, 1_000_000).await?;
     }
 
     eprintln!("bench: 3/5 the read API against a bare ntex handler");
@@ -485,23 +463,10 @@ fn markdown(r: &Results) -> String {
             if t.met { "yes" } else { "**no**" }
         ));
     }
-    md.push_str("\n## Durable write ceilings (4 KiB records, one publisher)\n\n| write path | durable | records/s | MB/s |\n| --- | --- | ---: | ---: |\n");
-    for c in &r.ceilings {
-        md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} |\n",
-            c.path,
-            if c.durable { "yes" } else { "no" },
-            c.records_per_second,
-            c.megabytes_per_second
-        ));
-    }
-    md.push_str("\n## Ingest edge (closed loop, 256 in flight, valid 4 kB registrations)\n\n| target | accepted/s | p50 ms | p99 ms | peak RSS MiB |\n| --- | ---: | ---: | ---: | ---: |\n");
-    for f in &r.edge.figures {
-        md.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} |\n",
-            f.target, f.accepted_per_second, f.latency_ms.p50, f.latency_ms.p99, f.peak_rss_mib
-        ));
-    }
+    md.push_str("\n## Durable write ceilings (4 KiB records, one publisher)\n\n");
+    md.push_str(&crate::ceilings::table(&r.ceilings));
+    md.push_str("\n## Ingest edge (closed loop, 256 in flight, valid 4 kB registrations)\n\n");
+    md.push_str(&crate::edge::table(&r.edge.figures));
     md.push_str(&format!(
         "\nEdge alone ÷ bare handler: {:.3}×; with the pipeline beside it: {:.3}×; edge alone ÷ atomic batches of 256: {:.2}×.\n",
         r.edge.ratio_to_bare, r.edge.ratio_with_pipeline_to_bare, r.edge.ratio_to_atomic_ceiling

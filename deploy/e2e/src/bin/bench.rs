@@ -118,24 +118,14 @@ async fn main() -> anyhow::Result<()> {
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 ceilings,
             };
-            let mut md = format!(
+            let md = format!(
                 "# Durable write ceilings\n\n{}\n\n\
-                 Command: `{}`. Records of {} bytes, one publisher.\n\n\
-                 | write path | durable | records | records/s | MB/s |\n| --- | --- | ---: | ---: | ---: |\n",
+                 Command: `{}`. Records of {} bytes, one publisher.\n\n{}",
                 report.machine.summary(),
                 report.command,
-                e2e::ceilings::RECORD_BYTES
+                e2e::ceilings::RECORD_BYTES,
+                e2e::ceilings::table(&report.ceilings)
             );
-            for c in &report.ceilings {
-                md.push_str(&format!(
-                    "| {} | {} | {} | {:.0} | {:.0} |\n",
-                    c.path,
-                    if c.durable { "yes" } else { "no" },
-                    c.records,
-                    c.records_per_second,
-                    c.megabytes_per_second
-                ));
-            }
             e2e::contention::report::write_report(&out, &report, &md)?;
             println!("\n{md}");
             Ok(())
@@ -165,24 +155,13 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut md = format!(
                 "# Ingest edge against a bare ntex handler\n\n{}\n\n\
-                 Command: `{}`. Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n\
-                 | target | accepted/s | p50 ms | p99 ms | accepted | requests |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+                 Command: `{}`. Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}",
                 report.machine.summary(),
-                report.command
+                report.command,
+                e2e::edge::table(&report.figures)
             );
-            for f in &report.figures {
-                md.push_str(&format!(
-                    "| {} | {:.0} | {:.1} | {:.1} | {} | {} |\n",
-                    f.target,
-                    f.accepted_per_second,
-                    f.latency_ms.p50,
-                    f.latency_ms.p99,
-                    f.accepted,
-                    f.requests
-                ));
-            }
             md.push_str(&format!(
-                "\nEdge ÷ bare handler: {:.3}×\n",
+                "\nEdge alone ÷ bare handler: {:.3}×\n",
                 report.ratio_to_bare
             ));
             e2e::contention::report::write_report(&out, &report, &md)?;

@@ -29,6 +29,17 @@ pub fn rng(seed: u64) -> Rng {
 /// unknown to it; the log still has to account for it).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(120);
 
+/// An HTTP client that keeps up to `connections` connections per host. ntex's connector keeps
+/// at most 8 by default, which would make the load generator, not the system, the limit. (A
+/// limit of 0, "unlimited", left requests waiting for a connection forever here.)
+pub async fn http_client(connections: usize) -> anyhow::Result<ntex::client::Client> {
+    ntex::client::Client::builder()
+        .connector::<()>(ntex::client::Connector::new().limit(connections))
+        .build(ntex::SharedCfg::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("an HTTP client: {e:?}"))
+}
+
 /// A registration the edge accepted with `202`.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -81,15 +92,7 @@ impl Client {
     /// A client of `system`'s edge and read API, with room for `concurrency` requests at
     /// once.
     pub async fn new(system: &System, concurrency: usize) -> Self {
-        // ntex's connector keeps at most 8 connections per host by default, which would
-        // make the load generator, not the system, the limit. (A limit of 0, "unlimited",
-        // left requests waiting for a connection forever here.)
-        let connections = concurrency + 16;
-        let http = ntex::client::Client::builder()
-            .connector::<()>(ntex::client::Connector::new().limit(connections))
-            .build(ntex::SharedCfg::default())
-            .await
-            .expect("an HTTP client");
+        let http = http_client(concurrency + 16).await.expect("an HTTP client");
         Client {
             http,
             ingest: system.ingest_url().into(),

@@ -1,6 +1,7 @@
 //! The services as child processes of the chaos binary (`chaos serve <service>` runs the
 //! same code as the service's own binary), so a SIGKILL is a real crash.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -197,6 +198,30 @@ impl System {
             let _ = process.child.wait();
         }
     }
+}
+
+/// A service's counters and gauges from its `/metrics` page, by name (labels included);
+/// empty if it does not answer.
+pub async fn scrape(http: &ntex::client::Client, base: &str) -> HashMap<String, u64> {
+    let Ok(response) = http
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    else {
+        return HashMap::new();
+    };
+    let Ok(body) = response.body().limit(1 << 22).await else {
+        return HashMap::new();
+    };
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse::<f64>().ok()? as u64))
+        })
+        .collect()
 }
 
 fn free_port() -> anyhow::Result<u16> {

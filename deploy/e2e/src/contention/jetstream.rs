@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
@@ -197,7 +197,7 @@ pub async fn measure(
             .unwrap_or(0);
         out_of_order += won.iter().filter(|&&i| seqs[i] > cutoff).count() as u64;
     }
-    let metrics = scrape(&http, &processor.base).await;
+    let metrics = services::scrape(&http, &processor.base).await;
     processor.kill();
     Ok(Measured {
         design: "jetstream",
@@ -219,27 +219,4 @@ pub async fn measure(
         overbooked,
         out_of_order_winners: out_of_order,
     })
-}
-
-/// The processor's counters, by name.
-async fn scrape(http: &ntex::client::Client, base: &str) -> HashMap<String, u64> {
-    let Ok(response) = http
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    else {
-        return HashMap::new();
-    };
-    let Ok(body) = response.body().limit(1 << 22).await else {
-        return HashMap::new();
-    };
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse::<f64>().ok()? as u64))
-        })
-        .collect()
 }
