@@ -1,8 +1,9 @@
 //! The durable write ceilings every throughput figure of this project is compared with,
 //! measured on the machine at hand (DESIGN.md: "always measure the ceiling beside the
 //! project in the same run"): how many 4 KiB records per second JetStream stores durably one
-//! per publish, in atomic batches of 256 and 1,000, and packed many to a message; the same
-//! without fsync (not durable, for reference); and the disk's own synchronous write rate.
+//! per publish, in atomic batches of 256 and 1,000, in a fast-ingest batch (ADR-50), and
+//! packed many to a message; the same without fsync (not durable, for reference); and the
+//! disk's own synchronous write rate.
 //!
 //! Each path writes into a fresh stream on a fresh nats-server with `sync_interval: always`
 //! (the non-durable reference excepted), from one publisher, as the edge would.
@@ -79,6 +80,7 @@ async fn fresh_stream(
         subjects: vec![SUBJECT.into()],
         storage: stream::StorageType::File,
         allow_atomic_publish: true,
+        allow_batch_publish: true,
         max_message_size: 2 * 1024 * 1024,
         ..Default::default()
     })
@@ -152,6 +154,74 @@ async fn atomic(size: usize, records: u64) -> anyhow::Result<Ceiling> {
     ))
 }
 
+/// One fast-ingest batch (ADR-50, nats-server 2.14+) of `records` messages: each record is
+/// its own message, stored as it arrives (not atomically), and the server acknowledges
+/// progress with a flow-control message every `msgs` records instead of one ack per
+/// publish; the commit's acknowledgement covers the batch. The batch protocol travels in
+/// the reply subject: `<inbox>.<batch id>.<flow>.<gap mode>.<batch seq>.<op>.$FI`, op 0
+/// starting, 1 appending, 2 committing.
+async fn fast(records: u64) -> anyhow::Result<Ceiling> {
+    use futures::StreamExt as _;
+    /// The most records the server may let pass between two flow acknowledgements.
+    const FLOW: u64 = 500;
+    let server = testkit::NatsServer::start();
+    let (client, _) = fresh_stream(&server).await?;
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(format!("{inbox}.>"))
+        .await
+        .context("Failed to subscribe to the batch's replies")?;
+    let batch_id = uuid::Uuid::now_v7().simple().to_string();
+    // Persisted batch sequence and the acknowledgement interval, as the server last said.
+    let (mut persisted, mut every) = (0u64, 1u64);
+    let mut reply = async |persisted: &mut u64, every: &mut u64| -> anyhow::Result<bool> {
+        let message = replies
+            .next()
+            .await
+            .context("the reply subscription ended")?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&message.payload).context("a batch reply")?;
+        anyhow::ensure!(value.get("error").is_none(), "fast batch refused: {value}");
+        if value.get("type").and_then(|t| t.as_str()) == Some("ack") {
+            *persisted = value["seq"].as_u64().unwrap_or(*persisted);
+            *every = value["msgs"].as_u64().unwrap_or(*every).max(1);
+            Ok(false)
+        } else {
+            // The commit's PubAck: {"stream", "seq", "batch", "count"}.
+            anyhow::ensure!(value["count"].as_u64() == Some(records), "commit: {value}");
+            Ok(true)
+        }
+    };
+    let start = Instant::now();
+    for seq in 1..=records {
+        let op = match seq {
+            1 if records > 1 => 0,
+            s if s == records => 2,
+            _ => 1,
+        };
+        let subject = format!("{inbox}.{batch_id}.{FLOW}.fail.{seq}.{op}.$FI");
+        client
+            .publish_with_reply(SUBJECT, subject, record(seq))
+            .await
+            .context("publish")?;
+        if seq == 1 && records > 1 {
+            // The first message answers with the flow the server grants.
+            reply(&mut persisted, &mut every).await?;
+        }
+        // Stay within two acknowledgement intervals of what the server has persisted.
+        while op != 2 && seq >= persisted + 2 * every {
+            reply(&mut persisted, &mut every).await?;
+        }
+    }
+    while !reply(&mut persisted, &mut every).await? {}
+    Ok(Ceiling::new(
+        format!("fast-ingest batch (ADR-50), flow {FLOW}"),
+        true,
+        records,
+        start.elapsed(),
+    ))
+}
+
 /// `per_message` records packed into each message, one message after the other.
 async fn packed(per_message: usize, records: u64) -> anyhow::Result<Ceiling> {
     let server = testkit::NatsServer::start();
@@ -212,6 +282,7 @@ pub async fn measure(scale: f64) -> anyhow::Result<Vec<Ceiling>> {
         ("one-nosync", n(100_000.0)),
         ("atomic-256", n(100_000.0)),
         ("atomic-1000", n(100_000.0)),
+        ("fast", n(10_000.0)),
         ("packed-64", n(200_000.0)),
         ("packed-256", n(400_000.0)),
         ("disk", n(400.0)),
@@ -222,6 +293,7 @@ pub async fn measure(scale: f64) -> anyhow::Result<Vec<Ceiling>> {
             "one-nosync" => one_by_one(false, count).await?,
             "atomic-256" => atomic(256, count).await?,
             "atomic-1000" => atomic(1000, count).await?,
+            "fast" => fast(count).await?,
             "packed-64" => packed(64, count).await?,
             "packed-256" => packed(256, count).await?,
             _ => disk(count)?,
