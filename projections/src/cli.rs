@@ -34,6 +34,10 @@ pub struct Args {
     /// Availability cache lifetime in milliseconds (the staleness bound).
     #[arg(long, env = "REG_CACHE_TTL_MS", default_value_t = 1000)]
     pub cache_ttl_ms: u64,
+    /// How long a projection batch waits for more events after its first, in milliseconds:
+    /// fewer, larger SurrealDB transactions under light load, the status API that much later.
+    #[arg(long, env = "REG_PROJECTION_LINGER_MS", default_value_t = 0)]
+    pub linger_ms: u64,
     /// HTTP worker threads.
     #[arg(long, env = "REG_READ_WORKERS", default_value_t = 2)]
     pub workers: usize,
@@ -64,6 +68,7 @@ pub async fn run_cli(
             },
             secret,
             cache_ttl: Duration::from_millis(args.cache_ttl_ms),
+            linger: Duration::from_millis(args.linger_ms),
             workers: args.workers,
             replicas: args.replicas,
         },

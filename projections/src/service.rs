@@ -24,6 +24,9 @@ pub struct Settings {
     pub secret: String,
     /// Availability cache lifetime (the staleness bound).
     pub cache_ttl: Duration,
+    /// How long a projection batch waits for more events after its first (see
+    /// [`worker::project`]).
+    pub linger: Duration,
     /// HTTP worker threads.
     pub workers: usize,
     /// Stream replication.
@@ -60,6 +63,7 @@ pub async fn run(
             store.clone(),
             stream,
             filter,
+            settings.linger,
             metrics.clone(),
             shutdown.clone(),
         ))

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::{FutureExt, StreamExt};
 use streams::replay::{self, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -15,18 +14,20 @@ use crate::store::Store;
 pub const MAX_BATCH: usize = 500;
 
 /// Projects `stream` (messages matching `filter`) into `store` until `shutdown`, resuming
-/// after any error from the store's checkpoint.
+/// after any error from the store's checkpoint. A batch takes what has arrived, waiting up to
+/// `linger` after its first message for more (see [`replay::next_group`]).
 pub async fn project(
     js: jetstream::Context,
     store: Store,
     stream: &'static str,
     filter: String,
+    linger: Duration,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
     while !shutdown.is_cancelled() {
-        match project_once(&js, &store, stream, &filter, &metrics, &shutdown).await {
+        match project_once(&js, &store, stream, &filter, linger, &metrics, &shutdown).await {
             Ok(()) => return,
             Err(err) => {
                 tracing::warn!(stream, error = %format!("{err:#}"), "A projection worker failed; resuming from its checkpoint.");
@@ -45,6 +46,7 @@ async fn project_once(
     store: &Store,
     stream: &'static str,
     filter: &str,
+    linger: Duration,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -52,20 +54,13 @@ async fn project_once(
     let (mut messages, _) = replay::ordered(js, stream, filter.to_owned(), checkpoint + 1).await?;
     let mut events = Vec::with_capacity(MAX_BATCH);
     loop {
-        let first = tokio::select! {
+        let batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            next = messages.next() => next,
+            group = replay::next_group(&mut messages, MAX_BATCH, linger) => group?,
         };
-        let Some(first) = first else {
+        let Some(batch) = batch else {
             anyhow::bail!("the consumer of {stream} ended");
         };
-        let mut batch = vec![first?];
-        while batch.len() < MAX_BATCH {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => batch.push(message?),
-                _ => break,
-            }
-        }
         events.clear();
         let mut last_seq = checkpoint;
         for message in &batch {

@@ -77,6 +77,37 @@ pub async fn ordered(
     Ok((messages, pending))
 }
 
+/// The next group of messages for one batched write (group commit on the reading side):
+/// waits for the first message, then takes what follows until `max` messages or until
+/// `linger` after the first has passed; what is already buffered is taken either way, so
+/// a zero `linger` means "whatever has arrived". `Ok(None)` when the consumer ended.
+///
+/// A longer `linger` makes fewer, larger writes under light load (each write has a fixed
+/// cost) at the price of that much delay; under heavy load groups fill up before it ends.
+pub async fn next_group(
+    messages: &mut pull::Ordered,
+    max: usize,
+    linger: std::time::Duration,
+) -> anyhow::Result<Option<Vec<jetstream::Message>>> {
+    let Some(first) = messages.next().await else {
+        return Ok(None);
+    };
+    let mut group = Vec::with_capacity(max.min(64));
+    group.push(first.context("Failed to read from an ordered consumer")?);
+    let deadline = tokio::time::Instant::now() + linger;
+    while group.len() < max {
+        // A ready message is taken even after the deadline: the timeout is checked only when
+        // the consumer would have to wait.
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(message)) => {
+                group.push(message.context("Failed to read from an ordered consumer")?)
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(Some(group))
+}
+
 /// Calls `each` for every message of `stream` matching `filter` from `start_seq` up to the
 /// end as it was when called, in order. Returns how many messages were read.
 pub async fn read_to_end(

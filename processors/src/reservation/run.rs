@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use futures::{FutureExt, StreamExt};
 use streams::appender::{AppendError, Outgoing, publish_atomic};
 use streams::events::{Envelope, Event};
 use streams::lease;
@@ -187,26 +186,20 @@ async fn run_once(
         state.checkpoint + 1,
     )
     .await?;
-    let mut batch = Vec::with_capacity(MAX_INPUTS_PER_BATCH);
     loop {
-        let first = tokio::select! {
+        // Group commit: whatever is already buffered, without waiting for more (a decision is
+        // on the latency path of every citizen).
+        let batch = tokio::select! {
             _ = active.cancelled() => return Ok(()),
-            next = messages.next() => next,
+            group = replay::next_group(&mut messages, MAX_INPUTS_PER_BATCH, Duration::ZERO) => {
+                group.context("Failed to read intake")?
+            }
         };
-        let Some(first) = first else {
+        let Some(batch) = batch else {
             return Err(Restart::Transient(anyhow::anyhow!(
                 "the intake consumer ended"
             )));
         };
-        batch.clear();
-        batch.push(first.context("Failed to read intake")?);
-        // Group commit: take whatever is already buffered, without waiting for more.
-        while batch.len() < MAX_INPUTS_PER_BATCH {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => batch.push(message.context("Failed to read intake")?),
-                _ => break,
-            }
-        }
 
         let mut decisions = Vec::new();
         for message in &batch {

@@ -83,6 +83,7 @@ impl Pipeline {
                 },
                 secret: streams::crypto::DEVELOPMENT_SECRET.into(),
                 cache_ttl: Duration::from_millis(1000),
+                linger: Duration::ZERO,
                 workers: 1,
                 replicas: 1,
             },
