@@ -89,10 +89,18 @@ pub struct Run {
     pub decided: u64,
     /// Accepted registrations with no decision by the end of the wait.
     pub undecided: u64,
-    /// `202`s per second over the arrival interval.
+    /// `202`s per second, from the first due request to the last `202` (later than the
+    /// arrivals' end when the edge is overloaded and answers from a queue).
     pub accepted_per_second: f64,
     /// Decisions per second from the first to the last one observed.
     pub decided_per_second: f64,
+    /// `202` → decision stored, milliseconds: how far the processors are behind the edge.
+    /// When it stays small at a rate the edge cannot keep up with, the processors keep up
+    /// with everything the edge accepts.
+    pub accept_to_decision_ms: Percentiles,
+    /// Seconds from the last decision until the projections (the status API) had applied
+    /// the decisions stream up to it; `None` if they had not within 30 s.
+    pub projected_after_seconds: Option<f64>,
     /// Scheduled send → `202`, milliseconds.
     pub latency_to_accept_ms: Percentiles,
     /// Scheduled send → decision stored, milliseconds.
@@ -155,9 +163,40 @@ fn signal(pids: &[u32], signal: &str) {
     }
 }
 
-/// Runs one open-loop load against `ingest_url`, observing decisions through `nats_url`.
+/// When the projections behind `read_url` have applied the decisions stream up to its
+/// current end (polled on their `/metrics`); `None` if not within 30 s.
+async fn projected(
+    js: &async_nats::jetstream::Context,
+    http: &ntex::client::Client,
+    read_url: &str,
+) -> anyhow::Result<Option<Instant>> {
+    let end = js
+        .get_stream(subjects::DECISIONS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let gauge = format!(
+        "projection_checkpoint{{stream=\"{}\"}}",
+        subjects::DECISIONS_STREAM
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let metrics = crate::chaos::services::scrape(http, read_url).await;
+        if metrics.get(&gauge).is_some_and(|&seq| seq >= end) {
+            return Ok(Some(Instant::now()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(None)
+}
+
+/// Runs one open-loop load against `ingest_url`, observing decisions through `nats_url` and
+/// the projections through `read_url`.
 pub async fn run(
     ingest_url: &str,
+    read_url: &str,
     nats_url: &str,
     watched: &[Watched],
     slots: &[SlotKey],
@@ -320,6 +359,7 @@ pub async fn run(
     };
     let ((start, arrival_end, not_sent), usage) =
         procstat::watch(watched, Duration::from_millis(250), load).await;
+    let projected = projected(&js, &http, read_url).await?;
     stop_watching.cancel();
     let _ = watcher.await;
 
@@ -342,11 +382,15 @@ pub async fn run(
         bump(start + interval * i, |s| s.submitted += 1);
     }
     let mut to_decision = Vec::with_capacity(scheduled.len());
+    let mut behind_edge = Vec::with_capacity(scheduled.len());
     let (mut first_decision, mut last_decision) = (None::<Instant>, None::<Instant>);
+    let mut last_accept = start + Duration::from_secs_f64(options.seconds);
     for (id, (at, answered)) in &scheduled {
         bump(*answered, |s| s.accepted += 1);
+        last_accept = last_accept.max(*answered);
         if let Some(done) = decided.get(id) {
             to_decision.push(done.saturating_duration_since(*at));
+            behind_edge.push(done.saturating_duration_since(*answered));
             bump(*done, |s| s.decided += 1);
             first_decision = Some(first_decision.map_or(*done, |f| f.min(*done)));
             last_decision = Some(last_decision.map_or(*done, |l| l.max(*done)));
@@ -366,7 +410,8 @@ pub async fn run(
         transport_errors: shared.transport_errors.get(),
         decided: decided_count,
         undecided: accepted - decided_count,
-        accepted_per_second: accepted as f64 / options.seconds,
+        accepted_per_second: accepted as f64
+            / last_accept.saturating_duration_since(start).as_secs_f64(),
         decided_per_second: match (first_decision, last_decision) {
             (Some(f), Some(l)) if l > f => decided_count as f64 / (l - f).as_secs_f64(),
             _ => 0.0,
@@ -374,6 +419,9 @@ pub async fn run(
         latency_to_accept_ms: Percentiles::of(accept_latency),
         latency_histogram: histogram(&to_decision),
         latency_to_decision_ms: Percentiles::of(to_decision),
+        accept_to_decision_ms: Percentiles::of(behind_edge),
+        projected_after_seconds: projected
+            .and_then(|p| last_decision.map(|l| p.saturating_duration_since(l).as_secs_f64())),
         timeline,
         cpu_seconds_per_registration: usage.total_cpu_seconds() / accepted.max(1) as f64,
         usage,
