@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use streams::config::Replication;
 use streams::crypto::Keys;
 use streams::subjects::{self, RegionFilter};
@@ -47,6 +48,16 @@ pub async fn run(
     .await?;
     let store = Store::open(&settings.store).await?;
     let metrics = Metrics::new();
+    // The workers get a runtime of their own, a thread per worker. The binary's runtime is
+    // ntex's single thread, and the embedded SurrealDB runs each transaction inside the task
+    // that awaits it: there, the intake and decisions workers took turns on one core, and
+    // the projections fell seconds behind a saturated edge with the second core idle after.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("projection")
+        .enable_all()
+        .build()
+        .context("Failed to start the projection workers' runtime")?;
     let workers = [
         (
             subjects::INTAKE_STREAM,
@@ -58,7 +69,7 @@ pub async fn run(
         ),
     ]
     .map(|(stream, filter)| {
-        tokio::spawn(worker::project(
+        runtime.spawn(worker::project(
             js.clone(),
             store.clone(),
             stream,
@@ -87,5 +98,7 @@ pub async fn run(
     for w in workers {
         let _ = w.await;
     }
+    // Dropping a runtime may block, which an async context must not.
+    runtime.shutdown_background();
     served
 }
