@@ -163,6 +163,17 @@ fn signal(pids: &[u32], signal: &str) {
     }
 }
 
+/// The decisions stream's last sequence.
+async fn decisions_end(js: &async_nats::jetstream::Context) -> anyhow::Result<u64> {
+    Ok(js
+        .get_stream(subjects::DECISIONS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence)
+}
+
 /// When the projections behind `read_url` have applied the decisions stream up to its
 /// current end (polled on their `/metrics`); `None` if not within 30 s.
 async fn projected(
@@ -170,13 +181,7 @@ async fn projected(
     http: &ntex::client::Client,
     read_url: &str,
 ) -> anyhow::Result<Option<Instant>> {
-    let end = js
-        .get_stream(subjects::DECISIONS_STREAM)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
+    let end = decisions_end(js).await?;
     let gauge = format!(
         "projection_checkpoint{{stream=\"{}\"}}",
         subjects::DECISIONS_STREAM
@@ -206,13 +211,7 @@ pub async fn run(
         .await
         .context("Failed to connect to nats-server")?;
     let js = async_nats::jetstream::new(client);
-    let last = js
-        .get_stream(subjects::DECISIONS_STREAM)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
+    let last = decisions_end(&js).await?;
     let (mut decisions, _) = streams::replay::ordered(
         &js,
         subjects::DECISIONS_STREAM,
