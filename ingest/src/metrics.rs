@@ -1,6 +1,6 @@
 //! Every metric the edge exports, in one place.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The edge's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -14,6 +14,8 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     /// Submissions answered from an existing claim (the same request again).
     pub replays: IntCounter,
+    /// Submissions being worked on (admitted, not yet answered), set when scraped.
+    pub open_submissions: IntGauge,
 }
 
 impl Metrics {
@@ -50,11 +52,20 @@ impl Metrics {
         registry
             .register(Box::new(replays.clone()))
             .expect("unique metric");
+        let open_submissions = IntGauge::new(
+            "ingest_open_submissions",
+            "Submissions admitted and not yet answered (bounded by REG_MAX_OPEN_SUBMISSIONS).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(open_submissions.clone()))
+            .expect("unique metric");
         Metrics {
             registry,
             responses,
             append_seconds,
             replays,
+            open_submissions,
         }
     }
 }

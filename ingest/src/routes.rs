@@ -50,6 +50,8 @@ pub struct Edge {
     pub per_address: Option<Limiter<IpAddr>>,
     /// Per citizen limiter (None when disabled).
     pub per_citizen: Option<Limiter<String>>,
+    /// Admission: one permit per submission being worked on (None when unbounded).
+    pub open_submissions: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A shared keyed rate limiter.
@@ -95,6 +97,18 @@ fn unavailable(what: &str) -> HttpResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             &format!("{what} is unavailable; nothing was recorded, try again"),
+            None,
+        ),
+        1,
+    )
+}
+
+fn overloaded() -> HttpResponse {
+    retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many registrations are being recorded right now; nothing was recorded, try again",
             None,
         ),
         1,
@@ -201,6 +215,12 @@ async fn submit_inner(
     // The (capped) body is read before any refusal, so the connection stays usable for the
     // client's next request: a response sent over an unread body forces a close.
     let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
+    // Admission: beyond the bound, refuse at once rather than queue for the group commit. The
+    // permit is taken after the body is read, so a slow sender cannot hold one.
+    let _admitted = match &edge.open_submissions {
+        None => None,
+        Some(open) => Some(open.clone().try_acquire_owned().map_err(|_| overloaded())?),
+    };
     check_address(edge, req)?;
     if !is_json(req) {
         return Err(not_json());
@@ -508,6 +528,12 @@ pub async fn readyz(edge: State<Edge>) -> HttpResponse {
 
 /// `GET /metrics`
 pub async fn metrics(edge: State<Edge>) -> HttpResponse {
+    if let Some(open) = &edge.open_submissions {
+        let bound = edge.settings.max_open_submissions;
+        edge.metrics
+            .open_submissions
+            .set(bound.saturating_sub(open.available_permits()) as i64);
+    }
     streams::http::metrics(&edge.metrics.registry)
 }
 

@@ -42,6 +42,8 @@ pub async fn run(
     tokio::spawn(windows.clone().follow(js.clone(), shutdown.clone()));
     let (per_address, per_citizen) = Edge::limiters(&settings);
     let workers = settings.workers.max(1);
+    let open_submissions = (settings.max_open_submissions > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_open_submissions)));
     let edge = Edge {
         keys: Keys::from_secret(&settings.secret),
         settings: Arc::new(settings),
@@ -52,6 +54,7 @@ pub async fn run(
         in_flight: Arc::new(Mutex::new(HashSet::new())),
         per_address,
         per_citizen,
+        open_submissions,
     };
     streams::http::serve(listener, workers, edge, routes::configure, shutdown).await
 }

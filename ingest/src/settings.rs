@@ -37,6 +37,11 @@ pub struct Settings {
     pub append_in_flight: usize,
     /// How long an append may take before the request is answered 503.
     pub append_timeout: Duration,
+    /// Submissions a replica works on at once (0 = no bound). Beyond it a submission is
+    /// answered `503` with `Retry-After` at once instead of queueing for the group commit, so
+    /// the wait for a `202` and the edge's memory (about 40 kB per open submission) stay
+    /// bounded however many citizens arrive.
+    pub max_open_submissions: usize,
     /// HTTP worker threads.
     pub workers: usize,
     /// Stream replication (1 on one node, 3 in a cluster).
@@ -58,6 +63,7 @@ impl std::fmt::Debug for Settings {
             .field("national_id_rule", &self.national_id_rule)
             .field("append_max_batch", &self.append_max_batch)
             .field("append_in_flight", &self.append_in_flight)
+            .field("max_open_submissions", &self.max_open_submissions)
             .field("workers", &self.workers)
             .field("status_base_url", &self.status_base_url)
             .finish()
@@ -83,6 +89,7 @@ impl Settings {
             append_max_batch: streams::appender::MAX_ATOMIC_BATCH,
             append_in_flight: 1,
             append_timeout: Duration::from_secs(5),
+            max_open_submissions: 512,
             workers: 2,
             replicas: 1,
             status_base_url: "http://127.0.0.1:8081".into(),
@@ -119,6 +126,9 @@ impl Settings {
         }
         if let Some(v) = env_parse::<u64>("REG_APPEND_TIMEOUT_MS")? {
             s.append_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = env_parse("REG_MAX_OPEN_SUBMISSIONS")? {
+            s.max_open_submissions = v;
         }
         if let Some(v) = env_parse("REG_INGEST_WORKERS")? {
             s.workers = v;

@@ -250,10 +250,12 @@ pub fn spawn(
         .args(["serve", service, "--listen", &listen])
         .env("REG_NATS_URL", nats_url)
         .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
-        // One load generator address, and citizens who retry through outages: the limits
-        // would measure the throttle, not the pipeline.
+        // One load generator address, citizens who retry through outages, and a generator
+        // that decides itself how many requests are open: the limits would measure the
+        // throttle, not the pipeline.
         .env("REG_RATE_PER_ADDRESS", "0")
         .env("REG_RATE_PER_CITIZEN", "0")
+        .env("REG_MAX_OPEN_SUBMISSIONS", "0")
         .env("REG_SURREAL_ENDPOINT", "mem://")
         .env("REG_APPEND_TIMEOUT_MS", "2000")
         .env(

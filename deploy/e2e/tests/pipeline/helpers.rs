@@ -32,6 +32,7 @@ fn listener() -> (TcpListener, String) {
 pub struct Options {
     pub rate_per_address: u32,
     pub rate_per_citizen: u32,
+    pub max_open_submissions: usize,
 }
 
 impl Pipeline {
@@ -51,6 +52,7 @@ impl Pipeline {
         settings.admin_token = ADMIN.into();
         settings.rate_per_address = options.rate_per_address;
         settings.rate_per_citizen = options.rate_per_citizen;
+        settings.max_open_submissions = options.max_open_submissions;
         settings.append_timeout = Duration::from_secs(2);
         settings.workers = 1;
         settings.status_base_url = read.clone();

@@ -163,11 +163,7 @@ async fn ten_concurrent_identical_submissions_make_one_registration() {
 
 #[ntex::test]
 async fn bad_input_gets_a_structured_error_and_appends_nothing() {
-    let p = Pipeline::start_with(Options {
-        rate_per_address: 0,
-        rate_per_citizen: 0,
-    })
-    .await;
+    let p = Pipeline::start_with(Options::default()).await;
     // A closed window for one region, appended before we start counting.
     let (status, _) = p
         .admin_put(
@@ -430,7 +426,7 @@ async fn when_jetstream_is_down_the_edge_answers_503_and_never_a_false_202() {
 async fn the_per_address_limit_answers_429_with_retry_after() {
     let p = Pipeline::start_with(Options {
         rate_per_address: 1,
-        rate_per_citizen: 0,
+        ..Options::default()
     })
     .await;
     let url = format!("{}/v1/registrations", p.ingest);
@@ -450,6 +446,61 @@ async fn the_per_address_limit_answers_429_with_retry_after() {
     let (headers, body) = limited.expect("a burst over the limit is refused");
     assert!(headers.get("retry-after").is_some());
     assert_error(&body, "rate_limited", None);
+}
+
+#[ntex::test]
+async fn beyond_the_admission_bound_a_submission_is_refused_at_once_and_nothing_is_recorded() {
+    let p = Pipeline::start_with(Options {
+        max_open_submissions: 1,
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("busy", 5).await;
+    let before = p.intake_messages().await;
+    let pid = p.nats.pid().expect("nats-server runs").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, pid.as_str()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    };
+    let submissions = format!("{}/v1/registrations", p.ingest);
+    let metrics_url = format!("{}/metrics", p.ingest);
+    // nats-server stopped, not killed: the connection stays up and the one admitted
+    // submission waits for its durable write, holding the only permit.
+    signal("-STOP");
+    let admitted = citizen(61, "busy");
+    let (first, (status, headers, body)) = futures::join!(p.submit(&admitted, None), async {
+        testkit::eventually(
+            "the first submission admitted",
+            std::time::Duration::from_secs(10),
+            || async {
+                let (_, _, text) = p.send(p.http.get(&metrics_url), None).await;
+                let open = metric(text.as_str().unwrap_or_default(), "ingest_open_submissions");
+                (open == 1.0).then_some(())
+            },
+        )
+        .await;
+        let refused = p
+            .send(
+                p.http.post(&submissions).content_type("application/json"),
+                Some(citizen(62, "busy").to_string().into_bytes()),
+            )
+            .await;
+        signal("-CONT");
+        refused
+    });
+    assert_eq!(first.0, 202, "{}", first.1);
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "overloaded", None);
+    assert!(headers.get("retry-after").is_some());
+    // Only the admitted submission was appended (its claim and its event)...
+    assert_eq!(p.intake_messages().await, before + 2);
+    // ...and the refused citizen holds nothing: the same request now makes a registration.
+    let (status, body) = p.submit(&citizen(62, "busy"), None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(p.intake_messages().await, before + 4);
 }
 
 fn metric(text: &str, name: &str) -> f64 {
