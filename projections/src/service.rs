@@ -52,12 +52,14 @@ pub async fn run(
     // ntex's single thread, and the embedded SurrealDB runs each transaction inside the task
     // that awaits it: there, the intake and decisions workers took turns on one core, and
     // the projections fell seconds behind a saturated edge with the second core idle after.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("projection")
-        .enable_all()
-        .build()
-        .context("Failed to start the projection workers' runtime")?;
+    let runtime = WorkerRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("projection")
+            .enable_all()
+            .build()
+            .context("Failed to start the projection workers' runtime")?,
+    ));
     let workers = [
         (
             subjects::INTAKE_STREAM,
@@ -69,7 +71,7 @@ pub async fn run(
         ),
     ]
     .map(|(stream, filter)| {
-        runtime.spawn(worker::project(
+        let worker = runtime.handle().spawn(worker::project(
             js.clone(),
             store.clone(),
             stream,
@@ -77,7 +79,8 @@ pub async fn run(
             settings.linger,
             metrics.clone(),
             shutdown.clone(),
-        ))
+        ));
+        (stream, worker)
     });
     let reader = Reader::new(
         store,
@@ -95,10 +98,33 @@ pub async fn run(
     )
     .await;
     shutdown.cancel();
-    for w in workers {
-        let _ = w.await;
+    for (stream, worker) in workers {
+        if let Err(err) = worker.await {
+            tracing::error!(stream, error = %err, "A projection worker ended abnormally.");
+        }
     }
-    // Dropping a runtime may block, which an async context must not.
-    runtime.shutdown_background();
+    drop(runtime);
     served
+}
+
+/// The projection workers' runtime, shut down without blocking when dropped (a runtime
+/// dropped the ordinary way blocks, which an async context must not), on every path out of
+/// [`run`].
+struct WorkerRuntime(Option<tokio::runtime::Runtime>);
+
+impl WorkerRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until dropped")
+            .handle()
+    }
+}
+
+impl Drop for WorkerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::events::{DecodeError, Envelope};
 
@@ -77,6 +77,9 @@ pub async fn ordered(
     Ok((messages, pending))
 }
 
+/// The longest [`next_group`] lingers, whatever it is asked (a group is a batch, not a wait).
+pub const MAX_LINGER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The next group of messages for one batched write (group commit on the reading side):
 /// waits for the first message, then takes what follows until `max` messages or until
 /// `linger` after the first has passed; what is already buffered is taken either way, so
@@ -94,7 +97,19 @@ pub async fn next_group(
     };
     let mut group = Vec::with_capacity(max.min(64));
     group.push(first.context("Failed to read from an ordered consumer")?);
-    let deadline = tokio::time::Instant::now() + linger;
+    if linger.is_zero() {
+        // No timer at all: a zero deadline would still wait for the timer's next tick.
+        while group.len() < max {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => {
+                    group.push(message.context("Failed to read from an ordered consumer")?)
+                }
+                _ => break,
+            }
+        }
+        return Ok(Some(group));
+    }
+    let deadline = tokio::time::Instant::now() + linger.min(MAX_LINGER);
     while group.len() < max {
         // A ready message is taken even after the deadline: the timeout is checked only when
         // the consumer would have to wait.

@@ -9,7 +9,7 @@ use streams::subjects;
 use testkit::NatsServer;
 
 #[tokio::test]
-async fn groups_keep_log_order_never_exceed_their_size_and_wait_only_their_linger() {
+async fn groups_keep_log_order_never_exceed_their_size_and_gather_what_arrives_while_they_linger() {
     let nats = NatsServer::start();
     let client = nats.connect().await;
     let js = jetstream::new(client.clone());
@@ -48,7 +48,32 @@ async fn groups_keep_log_order_never_exceed_their_size_and_wait_only_their_linge
         .unwrap();
     assert_eq!(seqs(rest), vec![4, 5, 6, 7]);
 
-    // The next group starts with the next message published, whenever it comes.
+    // A message published while a group lingers joins it.
+    js.publish(subject.clone(), "now".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let later = {
+        let (js, subject) = (js.clone(), subject.clone());
+        tokio::spawn(async move {
+            // The arrival the linger exists for: some time after the group's first message.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            js.publish(subject, "later".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        })
+    };
+    let lingered = replay::next_group(&mut messages, 2, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    later.await.unwrap();
+    assert_eq!(seqs(lingered), vec![8, 9]);
+
+    // Without a linger a group is what has arrived: the next message published, alone.
     js.publish(subject, "late".into())
         .await
         .unwrap()
@@ -58,5 +83,5 @@ async fn groups_keep_log_order_never_exceed_their_size_and_wait_only_their_linge
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(seqs(late), vec![8]);
+    assert_eq!(seqs(late), vec![10]);
 }
