@@ -215,12 +215,6 @@ async fn submit_inner(
     // The (capped) body is read before any refusal, so the connection stays usable for the
     // client's next request: a response sent over an unread body forces a close.
     let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
-    // Admission: beyond the bound, refuse at once rather than queue for the group commit. The
-    // permit is taken after the body is read, so a slow sender cannot hold one.
-    let _admitted = match &edge.open_submissions {
-        None => None,
-        Some(open) => Some(open.clone().try_acquire_owned().map_err(|_| overloaded())?),
-    };
     check_address(edge, req)?;
     if !is_json(req) {
         return Err(not_json());
@@ -244,6 +238,13 @@ async fn submit_inner(
             Some("region"),
         ));
     }
+    // Admission: beyond the bound, refuse at once rather than queue for the group commit. The
+    // permit is taken once the body is read and found valid: a slow sender cannot hold one,
+    // and bad input still gets its own answer under load.
+    let _admitted = match &edge.open_submissions {
+        None => None,
+        Some(open) => Some(open.clone().try_acquire_owned().map_err(|_| overloaded())?),
+    };
     let idempotency_key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {

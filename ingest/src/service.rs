@@ -42,8 +42,12 @@ pub async fn run(
     tokio::spawn(windows.clone().follow(js.clone(), shutdown.clone()));
     let (per_address, per_citizen) = Edge::limiters(&settings);
     let workers = settings.workers.max(1);
-    let open_submissions = (settings.max_open_submissions > 0)
-        .then(|| Arc::new(tokio::sync::Semaphore::new(settings.max_open_submissions)));
+    let open_submissions = (settings.max_open_submissions > 0).then(|| {
+        let permits = settings
+            .max_open_submissions
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Arc::new(tokio::sync::Semaphore::new(permits))
+    });
     let edge = Edge {
         keys: Keys::from_secret(&settings.secret),
         settings: Arc::new(settings),

@@ -37,10 +37,11 @@ pub struct Settings {
     pub append_in_flight: usize,
     /// How long an append may take before the request is answered 503.
     pub append_timeout: Duration,
-    /// Submissions a replica works on at once (0 = no bound). Beyond it a submission is
-    /// answered `503` with `Retry-After` at once instead of queueing for the group commit, so
-    /// the wait for a `202` and the edge's memory (about 40 kB per open submission) stay
-    /// bounded however many citizens arrive.
+    /// Submissions a replica works on at once (0 = no bound). Beyond it a valid submission
+    /// is answered `503` with `Retry-After` at once instead of queueing for the group commit,
+    /// so the queue, the wait for a `202` and the memory it holds stay bounded. (Bodies being
+    /// read, up to 16 KiB per connection, come before admission: connections themselves are
+    /// bounded in front of the edge, by the load balancer.)
     pub max_open_submissions: usize,
     /// HTTP worker threads.
     pub workers: usize,

@@ -155,7 +155,8 @@ struct Shared {
     outstanding: Cell<usize>,
 }
 
-fn signal(pids: &[u32], signal: &str) {
+/// Sends `signal` (as `kill` spells it: `-STOP`, `-CONT`) to each of `pids`.
+pub fn signal(pids: &[u32], signal: &str) {
     for pid in pids {
         let _ = std::process::Command::new("kill")
             .args([signal, &pid.to_string()])

@@ -33,6 +33,8 @@ pub struct Options {
     pub rate_per_address: u32,
     pub rate_per_citizen: u32,
     pub max_open_submissions: usize,
+    /// How long the edge waits for a durable write (2 s unless set).
+    pub append_timeout: Option<Duration>,
 }
 
 impl Pipeline {
@@ -53,7 +55,7 @@ impl Pipeline {
         settings.rate_per_address = options.rate_per_address;
         settings.rate_per_citizen = options.rate_per_citizen;
         settings.max_open_submissions = options.max_open_submissions;
-        settings.append_timeout = Duration::from_secs(2);
+        settings.append_timeout = options.append_timeout.unwrap_or(Duration::from_secs(2));
         settings.workers = 1;
         settings.status_base_url = read.clone();
         ntex::rt::spawn(ingest::service::run(
@@ -217,6 +219,15 @@ impl Pipeline {
             || async { (self.remaining(location).await == Some(want)).then_some(()) },
         )
         .await
+    }
+
+    /// A counter or gauge from the `/metrics` of the service at `base` (0 when absent).
+    pub async fn metric(&self, base: &str, name: &str) -> u64 {
+        e2e::chaos::services::scrape(&self.http, base)
+            .await
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many messages the intake stream holds.
