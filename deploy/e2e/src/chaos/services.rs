@@ -255,7 +255,11 @@ pub fn spawn(
         // throttle, not the pipeline.
         .env("REG_RATE_PER_ADDRESS", "0")
         .env("REG_RATE_PER_CITIZEN", "0")
-        .env("REG_MAX_OPEN_SUBMISSIONS", "0")
+        // Admission off unless the one running the benchmark asks for a bound.
+        .env(
+            "REG_MAX_OPEN_SUBMISSIONS",
+            std::env::var("REG_MAX_OPEN_SUBMISSIONS").unwrap_or("0".into()),
+        )
         .env("REG_SURREAL_ENDPOINT", "mem://")
         .env("REG_APPEND_TIMEOUT_MS", "2000")
         .env(
