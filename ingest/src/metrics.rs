@@ -1,6 +1,7 @@
 //! Every metric the edge exports, in one place.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use streams::runtime::register;
 
 /// The edge's metrics. Cheap to clone.
 #[derive(Clone)]
@@ -22,44 +23,43 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let responses = IntCounterVec::new(
-            Opts::new("ingest_responses_total", "Responses by route and status."),
-            &["route", "status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(responses.clone()))
-            .expect("unique metric");
-        let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
-            ]))
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let append_seconds = histogram(
-            "ingest_append_seconds",
-            "Time until JetStream durably acknowledged an appended event (group commit).",
+        let responses = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("ingest_responses_total", "Responses by route and status."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
         );
-        let replays = IntCounter::new(
-            "ingest_replays_total",
-            "Submissions answered with the registration an earlier, identical request created.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(replays.clone()))
-            .expect("unique metric");
-        let open_submissions = IntGauge::new(
-            "ingest_open_submissions",
-            "Submissions admitted and not yet answered (bounded by REG_MAX_OPEN_SUBMISSIONS).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(open_submissions.clone()))
-            .expect("unique metric");
+        let append_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "ingest_append_seconds",
+                    "Time until JetStream durably acknowledged an appended event (group commit).",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ]),
+            )
+            .expect("valid metric"),
+        );
+        let replays = register(
+            &registry,
+            IntCounter::new(
+                "ingest_replays_total",
+                "Submissions answered with the registration an earlier, identical request created.",
+            )
+            .expect("valid metric"),
+        );
+        let open_submissions = register(
+            &registry,
+            IntGauge::new(
+                "ingest_open_submissions",
+                "Submissions admitted and not yet answered (bounded by REG_MAX_OPEN_SUBMISSIONS).",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
             responses,

@@ -1,6 +1,7 @@
 //! Every metric the processors export, in one place.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use streams::runtime::register;
 
 /// The reservation processor's metrics. Cheap to clone (handles to shared counters).
 #[derive(Clone)]
@@ -32,11 +33,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
         };
         let inputs = counter("reservation_inputs_total", "Intake events read.");
         let batches = counter(
@@ -59,35 +59,35 @@ impl Metrics {
             "reservation_leases_acquired_total",
             "Times this replica became the active one.",
         );
-        let active = IntGauge::new(
-            "reservation_active",
-            "1 while this replica holds the lease and decides, 0 on standby.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(active.clone()))
-            .expect("unique metric");
-        let decisions = IntCounterVec::new(
-            Opts::new("reservation_decisions_total", "Decisions written, by type."),
-            &["type"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(decisions.clone()))
-            .expect("unique metric");
-        let batch_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "reservation_batch_write_seconds",
-                "Time to durably write one batch of decisions.",
+        let active = register(
+            &registry,
+            IntGauge::new(
+                "reservation_active",
+                "1 while this replica holds the lease and decides, 0 on standby.",
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(batch_seconds.clone()))
-            .expect("unique metric");
+            .expect("valid metric"),
+        );
+        let decisions = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("reservation_decisions_total", "Decisions written, by type."),
+                &["type"],
+            )
+            .expect("valid metric"),
+        );
+        let batch_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "reservation_batch_write_seconds",
+                    "Time to durably write one batch of decisions.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+                ]),
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
             inputs,

@@ -97,28 +97,21 @@ pub async fn next_group(
     };
     let mut group = Vec::with_capacity(max.min(64));
     group.push(first.context("Failed to read from an ordered consumer")?);
-    if linger.is_zero() {
-        // No timer at all: a zero deadline would still wait for the timer's next tick.
-        while group.len() < max {
-            match messages.next().now_or_never() {
-                Some(Some(message)) => {
-                    group.push(message.context("Failed to read from an ordered consumer")?)
-                }
-                _ => break,
-            }
-        }
-        return Ok(Some(group));
-    }
-    let deadline = tokio::time::Instant::now() + linger.min(MAX_LINGER);
+    // No timer for a zero linger: a deadline of "now" would still wait for the timer's tick.
+    let deadline =
+        (!linger.is_zero()).then(|| tokio::time::Instant::now() + linger.min(MAX_LINGER));
     while group.len() < max {
-        // A ready message is taken even after the deadline: the timeout is checked only when
-        // the consumer would have to wait.
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(message)) => {
-                group.push(message.context("Failed to read from an ordered consumer")?)
-            }
-            Ok(None) | Err(_) => break,
-        }
+        // What is buffered is taken even after the deadline; the timer counts only when the
+        // consumer would have to wait.
+        let next = match (messages.next().now_or_never(), deadline) {
+            (Some(next), _) => next,
+            (None, Some(deadline)) => tokio::time::timeout_at(deadline, messages.next())
+                .await
+                .unwrap_or(None),
+            (None, None) => None,
+        };
+        let Some(message) = next else { break };
+        group.push(message.context("Failed to read from an ordered consumer")?);
     }
     Ok(Some(group))
 }

@@ -108,6 +108,18 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Registers `metric` in `registry` and hands it back: how each service's `Metrics` builds
+/// its fields (a name registered twice is a programming error, hence the panic).
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &prometheus::Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 /// Renders a Prometheus registry in the text exposition format.
 pub fn render_metrics(registry: &prometheus::Registry) -> String {
     use prometheus::Encoder;

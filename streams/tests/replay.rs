@@ -16,12 +16,18 @@ async fn groups_keep_log_order_never_exceed_their_size_and_gather_what_arrives_w
     ensure_streams(&js, Replication(1)).await.unwrap();
     let region = streams::model::Region::parse("opolskie").unwrap();
     let subject = subjects::intake(&region, subjects::IntakeKind::Submitted);
-    for i in 0..7u32 {
-        js.publish(subject.clone(), i.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+    let publish = |js: jetstream::Context, body: &'static str| {
+        let subject = subject.clone();
+        async move {
+            js.publish(subject, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    for _ in 0..7 {
+        publish(js.clone(), "early").await;
     }
     let (mut messages, pending) = replay::ordered(&js, subjects::INTAKE_STREAM, subject.clone(), 1)
         .await
@@ -49,21 +55,13 @@ async fn groups_keep_log_order_never_exceed_their_size_and_gather_what_arrives_w
     assert_eq!(seqs(rest), vec![4, 5, 6, 7]);
 
     // A message published while a group lingers joins it.
-    js.publish(subject.clone(), "now".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish(js.clone(), "now").await;
     let later = {
-        let (js, subject) = (js.clone(), subject.clone());
+        let later = publish(js.clone(), "later");
         tokio::spawn(async move {
             // The arrival the linger exists for: some time after the group's first message.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            js.publish(subject, "later".into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            later.await;
         })
     };
     let lingered = replay::next_group(&mut messages, 2, Duration::from_secs(60))
@@ -74,11 +72,7 @@ async fn groups_keep_log_order_never_exceed_their_size_and_gather_what_arrives_w
     assert_eq!(seqs(lingered), vec![8, 9]);
 
     // Without a linger a group is what has arrived: the next message published, alone.
-    js.publish(subject, "late".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish(js.clone(), "late").await;
     let late = replay::next_group(&mut messages, 100, Duration::ZERO)
         .await
         .unwrap()
