@@ -1,31 +1,29 @@
 //! One claim per citizen, written in the same durable write as the registration.
 //!
 //! The edge appends the citizen's [`ClaimRecord::Held`] and the `RegistrationSubmitted` event
-//! as one fenced [`Unit`] of the intake stream's group commit: both are stored, in one atomic
-//! batch with the other requests of the moment, only if the citizen's claim subject is where
-//! the edge believed it to be (empty at first). A claim therefore never exists without its
-//! registration, and claiming costs no durable write of its own.
+//! as one fenced unit of the intake stream's group commit ([`streams::claims::update`]): both
+//! are stored, in one atomic batch with the other requests of the moment, only if the
+//! citizen's claim subject is where the edge believed it to be (empty at first). A claim
+//! therefore never exists without its registration, and claiming costs no durable write of
+//! its own.
 //!
-//! When the fence fails, the appender hands back the claim subject's last record, which tells
-//! what happened: the same request was accepted before (replayed with the same
-//! registration), the idempotency key was used for another body, the citizen holds another
-//! registration, or their last registration was released (claim again behind that release).
+//! When the subject holds a record, [`relate`] (pure) says how it relates to this request:
+//! the same request was accepted before (answered with the same registration, for as long as
+//! the claim remembers it: an `Idempotency-Key` keeps its registration after that one ended),
+//! the key was used for another body, the citizen holds another registration, or their last
+//! registration ended (claim again behind that release).
 
-use streams::appender::{AppendError, Appender, Outgoing, Unit};
+use async_nats::jetstream::message::StreamMessage;
+use streams::appender::{AppendError, Appender, Outgoing};
 pub use streams::claims::Claim;
-use streams::claims::ClaimRecord;
+use streams::claims::{ClaimRecord, Step};
 
 /// The outcome of a submission.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Claimed {
-    /// This request's claim and registration were stored; `sequence` is the registration's.
-    New {
-        /// The claim written.
-        claim: Claim,
-        /// Intake sequence of the `RegistrationSubmitted` event.
-        sequence: u64,
-    },
-    /// The same request was accepted before: answer with the same registration.
+    /// This request's claim and registration were stored.
+    New(Claim),
+    /// The same request was accepted before: answer with that registration.
     Replay(Claim),
     /// Same idempotency key, different body.
     KeyReused,
@@ -33,64 +31,54 @@ pub enum Claimed {
     AlreadyRegistered,
 }
 
-/// How often the edge writes again behind a claim that changed under it before giving up
-/// (a release racing a new claim, or two edges claiming one citizen at once).
-const ROUNDS: usize = 4;
+/// How a claim subject's last record relates to a new request: an answer, or `None` when the
+/// request may claim (the subject is empty or its last registration ended).
+pub fn relate(wanted: &Claim, last: Option<&ClaimRecord>) -> Option<Claimed> {
+    let last = last?;
+    if let Some(key) = &wanted.idempotency_key_hash
+        && let Some(earlier) = last
+            .history()
+            .into_iter()
+            .rev()
+            .find(|c| c.idempotency_key_hash.as_ref() == Some(key))
+    {
+        return Some(if earlier.request_hash == wanted.request_hash {
+            Claimed::Replay(earlier)
+        } else {
+            Claimed::KeyReused
+        });
+    }
+    match last.holder() {
+        // The same body again without a key (a refresh) is the same registration.
+        Some(held) if held.request_hash == wanted.request_hash => {
+            Some(Claimed::Replay(held.clone()))
+        }
+        Some(_) => Some(Claimed::AlreadyRegistered),
+        None => None,
+    }
+}
 
-/// Appends `wanted` and `event` together if the citizen holds no registration, or tells how
-/// the existing claim relates to this request.
+/// Appends `wanted` and `event` together if the citizen may claim, or tells how the existing
+/// claim relates to this request. `last` is the claim subject's last message when the caller
+/// has read it, `None` to assume the subject empty.
 pub async fn claim_and_append(
     appender: &Appender,
     citizen_key: &str,
+    last: Option<StreamMessage>,
     wanted: Claim,
     event: Outgoing,
 ) -> Result<Claimed, AppendError> {
-    let held = ClaimRecord::Held(wanted.clone()).message(citizen_key);
-    // Optimistic: most citizens have never claimed.
-    let mut expected = 0;
-    for _ in 0..ROUNDS {
-        let unit = Unit::fenced(vec![held.clone(), event.clone()], expected);
-        let last = match appender.append_unit(unit).await {
-            Ok(seqs) => {
-                return Ok(Claimed::New {
-                    claim: wanted,
-                    sequence: seqs[1],
-                });
-            }
-            Err(AppendError::Moved { last }) => last,
-            Err(err) => return Err(err),
-        };
-        let Some(last) = last else {
-            expected = 0;
-            continue;
-        };
-        match ClaimRecord::decode(&last.payload) {
-            Ok(ClaimRecord::Released { .. }) => expected = last.sequence,
-            Ok(ClaimRecord::Held(existing)) => return Ok(relate(&wanted, existing)),
-            Err(_) => {
-                return Err(AppendError::Refused(format!(
-                    "the claim record at {} is unreadable",
-                    last.sequence
-                )));
-            }
-        }
-    }
-    Err(AppendError::Unavailable(
-        "the citizen's claim kept changing while being written".into(),
-    ))
-}
-
-/// How a held claim relates to a new request for the same citizen.
-fn relate(wanted: &Claim, existing: Claim) -> Claimed {
-    let same_key = wanted.idempotency_key_hash.is_some()
-        && wanted.idempotency_key_hash == existing.idempotency_key_hash;
-    if same_key && existing.request_hash != wanted.request_hash {
-        Claimed::KeyReused
-    } else if same_key || existing.request_hash == wanted.request_hash {
-        Claimed::Replay(existing)
-    } else {
-        Claimed::AlreadyRegistered
-    }
+    streams::claims::update(appender, last, |record| match relate(&wanted, record) {
+        Some(answer) => Step::Answer(answer),
+        None => Step::Append(
+            vec![
+                ClaimRecord::held(wanted.clone(), record).message(citizen_key),
+                event.clone(),
+            ],
+            Claimed::New(wanted.clone()),
+        ),
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -109,20 +97,59 @@ mod tests {
     #[test]
     fn an_existing_claim_is_a_replay_a_reused_key_or_another_registration() {
         let existing = claim("body-a", Some("key-1"));
-        let same = relate(&claim("body-a", Some("key-1")), existing.clone());
-        assert!(matches!(same, Claimed::Replay(c) if c == existing));
-        assert!(matches!(
-            relate(&claim("body-b", Some("key-1")), existing.clone()),
-            Claimed::KeyReused
-        ));
+        let held = ClaimRecord::held(existing.clone(), None);
+        let same = relate(&claim("body-a", Some("key-1")), Some(&held));
+        assert_eq!(same, Some(Claimed::Replay(existing.clone())));
+        assert_eq!(
+            relate(&claim("body-b", Some("key-1")), Some(&held)),
+            Some(Claimed::KeyReused)
+        );
         // The same body again without a key (a refresh) is the same registration.
-        assert!(matches!(
-            relate(&claim("body-a", None), existing.clone()),
-            Claimed::Replay(_)
-        ));
-        assert!(matches!(
-            relate(&claim("body-b", Some("key-2")), existing),
-            Claimed::AlreadyRegistered
-        ));
+        assert_eq!(
+            relate(&claim("body-a", None), Some(&held)),
+            Some(Claimed::Replay(existing))
+        );
+        assert_eq!(
+            relate(&claim("body-b", Some("key-2")), Some(&held)),
+            Some(Claimed::AlreadyRegistered)
+        );
+        assert_eq!(relate(&claim("body-b", Some("key-2")), None), None);
+    }
+
+    #[test]
+    fn a_key_keeps_answering_its_registration_after_it_ended_and_after_a_new_one() {
+        let first = claim("body-a", Some("key-1"));
+        let released = ClaimRecord::held(first.clone(), None)
+            .release(&first.registration_id)
+            .unwrap();
+        // After the release: the same key and body is the original registration, another
+        // body under that key is refused, and a new request may claim.
+        assert_eq!(
+            relate(&claim("body-a", Some("key-1")), Some(&released)),
+            Some(Claimed::Replay(first.clone()))
+        );
+        assert_eq!(
+            relate(&claim("body-b", Some("key-1")), Some(&released)),
+            Some(Claimed::KeyReused)
+        );
+        assert_eq!(
+            relate(&claim("body-b", Some("key-2")), Some(&released)),
+            None
+        );
+        // The citizen registers again: the old key still answers its own registration.
+        let second = claim("body-b", Some("key-2"));
+        let held = ClaimRecord::held(second.clone(), Some(&released));
+        assert_eq!(
+            relate(&claim("body-a", Some("key-1")), Some(&held)),
+            Some(Claimed::Replay(first))
+        );
+        assert_eq!(
+            relate(&claim("body-b", Some("key-2")), Some(&held)),
+            Some(Claimed::Replay(second))
+        );
+        assert_eq!(
+            relate(&claim("body-c", Some("key-3")), Some(&held)),
+            Some(Claimed::AlreadyRegistered)
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
 //! | [`routes`] | the handlers of the HTTP contract |
+//! | [`error`] | the one error type, which maps itself to status, code, field and `Retry-After` |
 //! | [`validate`] | request bodies parsed into valid values, or a field error |
 //! | [`claims`] | one registration per citizen, idempotency |
 //! | [`windows`] | registration windows folded from the log |
@@ -17,6 +18,7 @@
 
 pub mod claims;
 pub mod cli;
+pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod service;

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub replays: IntCounter,
     /// Submissions being worked on (admitted, not yet answered), set when scraped.
     pub open_submissions: IntGauge,
+    /// The windows follower's stalls and restarts (`/readyz` reads it).
+    pub health: streams::consume::Health,
 }
 
 impl Metrics {
@@ -60,7 +62,9 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let health = streams::consume::Health::new(&registry);
         Metrics {
+            health,
             registry,
             responses,
             append_seconds,

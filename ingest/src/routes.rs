@@ -10,23 +10,25 @@ use chrono::Utc;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ntex::http::StatusCode;
-use ntex::http::header::{self, HeaderValue};
+use ntex::http::header;
 use ntex::web::{self, HttpRequest, HttpResponse, types::Payload, types::State};
 use serde_json::json;
-use streams::appender::{AppendError, Appender, Outgoing};
-use streams::crypto::{Keys, sha256_hex};
+use streams::appender::{Appender, Outgoing, last_message};
+use streams::claims::ClaimRecord;
+use streams::crypto::Keys;
 use streams::events::{
     CancellationRequested, CapacitySet, Envelope, Event, PersonalData, RegistrationSubmitted,
     WindowSet,
 };
-use streams::http::{error, json as json_response, read_body};
+use streams::http::{json as json_response, read_body};
 use streams::model::RegistrationId;
 use streams::subjects::{self, IntakeKind};
 
 use crate::claims::{self, Claim, Claimed};
+use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::validate::{self, FieldError};
+use crate::validate::{self, Registration};
 use crate::windows::Windows;
 
 /// Everything a handler needs, shared by every worker thread.
@@ -42,6 +44,8 @@ pub struct Edge {
     pub windows: Windows,
     /// The NATS connection (readiness).
     pub client: async_nats::Client,
+    /// JetStream, for reading a citizen's claim back.
+    pub js: async_nats::jetstream::Context,
     /// Metrics.
     pub metrics: Metrics,
     /// Idempotency keys (or citizen keys) with a request in flight on this replica.
@@ -77,63 +81,23 @@ struct InFlight {
     key: String,
 }
 
+impl InFlight {
+    /// Marks `key` in flight, or says a request with it already is.
+    fn enter(set: &Arc<Mutex<HashSet<String>>>, key: String) -> Result<Self, EdgeError> {
+        if !set.lock().expect("lock").insert(key.clone()) {
+            return Err(EdgeError::InFlight);
+        }
+        Ok(InFlight {
+            set: set.clone(),
+            key,
+        })
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.set.lock().expect("lock").remove(&self.key);
     }
-}
-
-fn retry_after(mut response: HttpResponse, seconds: u64) -> HttpResponse {
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_str(&seconds.max(1).to_string()).expect("digits are a valid header"),
-    );
-    response
-}
-
-fn unavailable(what: &str) -> HttpResponse {
-    retry_after(
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &format!("{what} is unavailable; nothing was recorded, try again"),
-            None,
-        ),
-        1,
-    )
-}
-
-fn overloaded() -> HttpResponse {
-    retry_after(
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many registrations are being recorded right now; nothing was recorded, try again",
-            None,
-        ),
-        1,
-    )
-}
-
-fn field_error(e: FieldError) -> HttpResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        e.code,
-        &e.message,
-        e.field.as_deref(),
-    )
-}
-
-fn rate_limited(wait: std::time::Duration) -> HttpResponse {
-    retry_after(
-        error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests; wait before trying again",
-            None,
-        ),
-        wait.as_secs_f64().ceil() as u64,
-    )
 }
 
 fn is_json(req: &HttpRequest) -> bool {
@@ -142,15 +106,6 @@ fn is_json(req: &HttpRequest) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
-}
-
-fn not_json() -> HttpResponse {
-    error(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "the body must be JSON with Content-Type: application/json",
-        None,
-    )
 }
 
 fn declared_len(req: &HttpRequest) -> Option<u64> {
@@ -168,6 +123,17 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
+/// The `Idempotency-Key` header, if sent and well formed.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, EdgeError> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_owned())),
+            _ => Err(EdgeError::BadIdempotencyKey),
+        },
+    }
+}
+
 /// Runs an append (with or without a claim), recording how long it waited for JetStream.
 async fn timed<T>(edge: &Edge, append: impl Future<Output = T>) -> T {
     let started = Instant::now();
@@ -178,20 +144,24 @@ async fn timed<T>(edge: &Edge, append: impl Future<Output = T>) -> T {
     result
 }
 
-async fn append(edge: &Edge, message: Outgoing) -> Result<u64, AppendError> {
-    timed(edge, edge.appender.append(message)).await
+/// Appends one operator or cancellation event.
+async fn append(edge: &Edge, message: Outgoing) -> Result<u64, EdgeError> {
+    timed(edge, edge.appender.append(message))
+        .await
+        .map_err(|err| EdgeError::from_append(&err))
 }
 
-fn check_address(edge: &Edge, req: &HttpRequest) -> Result<(), HttpResponse> {
+fn check_address(edge: &Edge, req: &HttpRequest) -> Result<(), EdgeError> {
     if let (Some(limiter), Some(peer)) = (&edge.per_address, req.peer_addr()) {
         limiter.check_key(&peer.ip()).map_err(|not_until| {
-            rate_limited(not_until.wait_time_from(DefaultClock::default().now()))
+            EdgeError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()))
         })?;
     }
     Ok(())
 }
 
-fn count(edge: &Edge, route: &str, response: HttpResponse) -> HttpResponse {
+fn count(edge: &Edge, route: &str, result: Result<HttpResponse, EdgeError>) -> HttpResponse {
+    let response = result.unwrap_or_else(|err| err.response());
     edge.metrics
         .responses
         .with_label_values(&[route, response.status().as_str()])
@@ -201,106 +171,152 @@ fn count(edge: &Edge, route: &str, response: HttpResponse) -> HttpResponse {
 
 /// `POST /v1/registrations`
 pub async fn submit(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
-    let response = match submit_inner(&req, payload, &edge).await {
-        Ok(r) | Err(r) => r,
-    };
-    count(&edge, "submit", response)
+    let result = submit_inner(&req, payload, &edge).await;
+    count(&edge, "submit", result)
+}
+
+/// A valid submission, ready to be claimed and appended.
+struct Submission {
+    registration: Registration,
+    citizen_key: String,
+    /// What the claim records of this request (keyed hashes of the body and the key).
+    wanted: Claim,
 }
 
 async fn submit_inner(
     req: &HttpRequest,
     payload: Payload,
     edge: &Edge,
-) -> Result<HttpResponse, HttpResponse> {
-    // The (capped) body is read before any refusal, so the connection stays usable for the
-    // client's next request: a response sent over an unread body forces a close.
+) -> Result<HttpResponse, EdgeError> {
     let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
     check_address(edge, req)?;
     if !is_json(req) {
-        return Err(not_json());
+        return Err(EdgeError::NotJson);
     }
-    let now = Utc::now();
-    let registration = validate::parse_registration(
-        &body,
-        edge.settings.national_id_rule,
-        &edge.settings.limits,
-        now.date_naive(),
-    )
-    .map_err(field_error)?;
-    if !edge.windows.is_open(&registration.slot.region, now) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "window_closed",
-            &format!(
-                "registration for region {} is not open now",
-                registration.slot.region
-            ),
-            Some("region"),
-        ));
-    }
+    let submission = parse_submission(req, &body, edge)?;
     // Admission: beyond the bound, refuse at once rather than queue for the group commit. The
     // permit is taken once the body is read and found valid: a slow sender cannot hold one,
     // and bad input still gets its own answer under load.
     let _admitted = match &edge.open_submissions {
         None => None,
-        Some(open) => Some(open.clone().try_acquire_owned().map_err(|_| overloaded())?),
+        Some(open) => Some(
+            open.clone()
+                .try_acquire_owned()
+                .map_err(|_| EdgeError::Overloaded)?,
+        ),
     };
-    let idempotency_key = match req.headers().get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 255 => Some(k.to_owned()),
-            _ => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_field",
-                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                    Some("Idempotency-Key"),
-                ));
-            }
-        },
-    };
-    let citizen_key = edge.keys.citizen_key(&registration.national_id);
-    if let Some(limiter) = &edge.per_citizen
-        && let Err(not_until) = limiter.check_key(&citizen_key)
-    {
-        return Err(rate_limited(
-            not_until.wait_time_from(DefaultClock::default().now()),
-        ));
-    }
-
     // One request per key (or per citizen without a key) in flight on this replica.
-    let flight_key = idempotency_key
-        .as_deref()
-        .map_or_else(|| format!("c:{citizen_key}"), |k| format!("k:{k}"));
-    if !edge
-        .in_flight
-        .lock()
-        .expect("lock")
-        .insert(flight_key.clone())
-    {
-        return Err(error(
-            StatusCode::CONFLICT,
-            "request_in_flight",
-            "the same request is still being processed; retry in a moment",
-            None,
-        ));
+    let _in_flight = InFlight::enter(
+        &edge.in_flight,
+        submission
+            .wanted
+            .idempotency_key_hash
+            .as_deref()
+            .map_or_else(
+                || format!("c:{}", submission.citizen_key),
+                |k| format!("k:{k}"),
+            ),
+    )?;
+    if let Some(replayed) = limit_citizen(edge, &submission).await? {
+        // A replay of a recorded request, found while checking the citizen's limit.
+        edge.metrics.replays.inc();
+        return Ok(accepted(edge, &replayed.registration_id));
     }
-    let _in_flight = InFlight {
-        set: edge.in_flight.clone(),
-        key: flight_key,
-    };
-
-    let request_hash = sha256_hex(&serde_json::to_vec(&registration).expect("serializes"));
-    let id = RegistrationId::generate(&registration.slot.region);
-    let wanted = Claim {
-        registration_id: id.clone(),
-        request_hash: request_hash.clone(),
-        idempotency_key_hash: idempotency_key.as_deref().map(|k| sha256_hex(k.as_bytes())),
-    };
     // Fail fast while NATS is away: nothing can be made durable, so nothing is accepted.
     if edge.client.connection_state() != async_nats::connection::State::Connected {
-        return Err(unavailable("the event log"));
+        return Err(EdgeError::Unavailable("the event log"));
     }
+    let claimed = claim(edge, submission).await?;
+    let id = match claimed {
+        Claimed::New(claim) => {
+            tracing::debug!(registration_id = %claim.registration_id, "Registration accepted.");
+            claim.registration_id
+        }
+        Claimed::Replay(claim) => {
+            edge.metrics.replays.inc();
+            claim.registration_id
+        }
+        Claimed::KeyReused => return Err(EdgeError::KeyReused),
+        Claimed::AlreadyRegistered => return Err(EdgeError::AlreadyRegistered),
+    };
+    Ok(accepted(edge, &id))
+}
+
+/// Validates the body and the headers, checks the window, and derives the citizen's key and
+/// the claim this request would write. Pure but for the clock and the windows.
+fn parse_submission(req: &HttpRequest, body: &[u8], edge: &Edge) -> Result<Submission, EdgeError> {
+    let now = Utc::now();
+    let registration = validate::parse_registration(
+        body,
+        edge.settings.national_id_rule,
+        &edge.settings.limits,
+        now.date_naive(),
+    )
+    .map_err(EdgeError::Invalid)?;
+    if !edge.windows.known() {
+        return Err(EdgeError::Unavailable("the registration windows"));
+    }
+    if !edge.windows.is_open(&registration.slot.region, now) {
+        return Err(EdgeError::WindowClosed(registration.slot.region));
+    }
+    let key = idempotency_key(req)?;
+    let citizen_key = edge.keys.citizen_key(&registration.national_id);
+    let wanted = Claim {
+        registration_id: RegistrationId::generate(&registration.slot.region),
+        request_hash: edge.keys.digest(
+            "request",
+            &serde_json::to_vec(&registration).expect("serializes"),
+        ),
+        idempotency_key_hash: key.map(|k| {
+            edge.keys
+                .digest("idempotency-key", format!("{citizen_key}:{k}").as_bytes())
+        }),
+    };
+    Ok(Submission {
+        registration,
+        citizen_key,
+        wanted,
+    })
+}
+
+/// The per-citizen limit. A citizen over it may still replay a request already recorded (a
+/// client retrying after a lost answer gets its answer), so before refusing, the citizen's
+/// claim is read: a replay is answered from it (`Some`), anything else is `429`.
+async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Claim>, EdgeError> {
+    let Some(limiter) = &edge.per_citizen else {
+        return Ok(None);
+    };
+    let Err(not_until) = limiter.check_key(&submission.citizen_key) else {
+        return Ok(None);
+    };
+    let refused =
+        || EdgeError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()));
+    let intake = edge
+        .js
+        .get_stream_no_info(subjects::INTAKE_STREAM)
+        .await
+        .map_err(|_| EdgeError::Unavailable("the event log"))?;
+    let last = last_message(&intake, &subjects::claim(&submission.citizen_key))
+        .await
+        .map_err(|_| refused())?;
+    let record = last
+        .as_ref()
+        .and_then(|m| ClaimRecord::decode(&m.payload).ok());
+    match claims::relate(&submission.wanted, record.as_ref()) {
+        Some(Claimed::Replay(claim)) => Ok(Some(claim)),
+        _ => Err(refused()),
+    }
+}
+
+/// Seals the personal data, builds the `RegistrationSubmitted` event and appends it with the
+/// citizen's claim (or learns how an existing claim answers this request).
+async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError> {
+    let Submission {
+        registration,
+        citizen_key,
+        wanted,
+    } = submission;
+    let id = wanted.registration_id.clone();
     let personal = PersonalData {
         national_id: registration.national_id,
         full_name: registration.full_name,
@@ -313,71 +329,47 @@ async fn submit_inner(
         registration_id: id.clone(),
         slot: registration.slot.clone(),
         citizen_key: citizen_key.clone(),
-        request_hash,
+        request_hash: wanted.request_hash.clone(),
         language: registration.language,
         personal: edge.keys.seal(&id, &personal),
     });
     let envelope = Envelope::new(id.to_string(), event);
     let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
-    let claimed = timed(
+    timed(
         edge,
         claims::claim_and_append(
             &edge.appender,
             &citizen_key,
+            None,
             wanted,
             Outgoing::event(subject, &envelope),
         ),
     )
-    .await;
-    let id = match claimed {
-        Ok(Claimed::New { claim, sequence }) => {
-            tracing::debug!(registration_id = %claim.registration_id, sequence, "Registration accepted.");
-            claim.registration_id
-        }
-        Ok(Claimed::Replay(claim)) => {
-            edge.metrics.replays.inc();
-            claim.registration_id
-        }
-        Ok(Claimed::KeyReused) => {
-            return Err(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-                Some("Idempotency-Key"),
-            ));
-        }
-        Ok(Claimed::AlreadyRegistered) => {
-            return Err(error(
-                StatusCode::CONFLICT,
-                "already_registered",
-                "this citizen already holds a registration; cancel it before registering again",
-                Some("national_id"),
-            ));
-        }
-        Err(err) => {
-            // Unavailable: the outcome is unknown. A retry of the same request is answered
-            // from the claim if the write did land, so it is never accepted twice.
-            tracing::warn!(registration_id = %id, error = %err, "Append failed; answering 503.");
-            return Err(unavailable("the event log"));
-        }
-    };
-    let token = edge.keys.token(&id);
-    Ok(json_response(
+    .await
+    .map_err(|err| {
+        // A timeout leaves the outcome unknown: a retry of the same request is answered from
+        // the claim if the write did land, so it is never accepted twice.
+        tracing::warn!(registration_id = %id, error = %err, "Append failed; answering 503.");
+        EdgeError::from_append(&err)
+    })
+}
+
+/// The `202` of an accepted (or replayed) registration.
+fn accepted(edge: &Edge, id: &RegistrationId) -> HttpResponse {
+    json_response(
         StatusCode::ACCEPTED,
         &json!({
             "registration_id": id,
-            "token": token,
-            "status_url": status_url(edge, &id),
+            "token": edge.keys.token(id),
+            "status_url": status_url(edge, id),
         }),
-    ))
+    )
 }
 
 /// `DELETE /v1/registrations/{id}`
 pub async fn cancel(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
-    let response = match cancel_inner(&req, &edge).await {
-        Ok(r) | Err(r) => r,
-    };
-    count(&edge, "cancel", response)
+    let result = cancel_inner(&req, &edge).await;
+    count(&edge, "cancel", result)
 }
 
 /// Where the citizen follows their registration: the read API, not this edge.
@@ -385,22 +377,13 @@ fn status_url(edge: &Edge, id: &RegistrationId) -> String {
     format!("{}/v1/registrations/{id}", edge.settings.status_base_url)
 }
 
-fn not_found() -> HttpResponse {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no registration with this id and token",
-        None,
-    )
-}
-
-async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, HttpResponse> {
+async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, EdgeError> {
     check_address(edge, req)?;
     let id = req.match_info().get("id").unwrap_or_default();
-    let id = RegistrationId::parse(id).map_err(|_| not_found())?;
-    let token = bearer(req).ok_or_else(not_found)?;
+    let id = RegistrationId::parse(id).map_err(|_| EdgeError::NotFound)?;
+    let token = bearer(req).ok_or(EdgeError::NotFound)?;
     if !edge.keys.verify_token(&id, token) {
-        return Err(not_found());
+        return Err(EdgeError::NotFound);
     }
     let envelope = Envelope::new(
         id.to_string(),
@@ -409,9 +392,7 @@ async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, Ht
         }),
     );
     let subject = subjects::intake(&id.region(), IntakeKind::Cancel);
-    append(edge, Outgoing::event(subject, &envelope))
-        .await
-        .map_err(|_| unavailable("the event log"))?;
+    append(edge, Outgoing::event(subject, &envelope)).await?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         &json!({
@@ -422,21 +403,11 @@ async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, Ht
     ))
 }
 
-fn check_admin(req: &HttpRequest, edge: &Edge) -> Result<(), HttpResponse> {
+fn check_admin(req: &HttpRequest, edge: &Edge) -> Result<(), EdgeError> {
     match bearer(req) {
-        None => Err(error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "an operator bearer token is required",
-            None,
-        )),
+        None => Err(EdgeError::Unauthorized),
         Some(t) if constant_time_eq(t.as_bytes(), edge.settings.admin_token.as_bytes()) => Ok(()),
-        Some(_) => Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token may not change the configuration",
-            None,
-        )),
+        Some(_) => Err(EdgeError::Forbidden),
     }
 }
 
@@ -450,18 +421,16 @@ pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>)
         let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
         check_admin(&req, &edge)?;
         if !is_json(&req) {
-            return Err(not_json());
+            return Err(EdgeError::NotJson);
         }
-        let request = validate::parse_capacity(&body).map_err(field_error)?;
+        let request = validate::parse_capacity(&body).map_err(EdgeError::Invalid)?;
         let event = Event::CapacitySet(CapacitySet {
             slot: request.slot.clone(),
             capacity: request.capacity,
         });
         let envelope = Envelope::new(format!("admin-{}", uuid::Uuid::now_v7()), event);
         let subject = subjects::intake(&request.slot.region, IntakeKind::Capacity);
-        append(&edge, Outgoing::event(subject, &envelope))
-            .await
-            .map_err(|_| unavailable("the event log"))?;
+        append(&edge, Outgoing::event(subject, &envelope)).await?;
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -473,7 +442,7 @@ pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>)
         ))
     }
     .await;
-    count(&edge, "capacity", result.unwrap_or_else(|r| r))
+    count(&edge, "capacity", result)
 }
 
 /// `PUT /v1/admin/windows`
@@ -482,9 +451,9 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
         let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
         check_admin(&req, &edge)?;
         if !is_json(&req) {
-            return Err(not_json());
+            return Err(EdgeError::NotJson);
         }
-        let request = validate::parse_window(&body).map_err(field_error)?;
+        let request = validate::parse_window(&body).map_err(EdgeError::Invalid)?;
         let window = WindowSet {
             region: request.region.clone(),
             opens_at: request.opens_at,
@@ -495,9 +464,7 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
             Event::WindowSet(window.clone()),
         );
         let subject = subjects::intake(&request.region, IntakeKind::Window);
-        append(&edge, Outgoing::event(subject, &envelope))
-            .await
-            .map_err(|_| unavailable("the event log"))?;
+        append(&edge, Outgoing::event(subject, &envelope)).await?;
         // Read-your-writes on this replica; others follow the log within milliseconds.
         edge.windows.set(&window);
         Ok(json_response(
@@ -510,10 +477,11 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
         ))
     }
     .await;
-    count(&edge, "windows", result.unwrap_or_else(|r| r))
+    count(&edge, "windows", result)
 }
 
-/// `GET /readyz`: NATS connected and the intake stream answering.
+/// `GET /readyz`: NATS connected, the intake stream answering, the windows known and no
+/// reader stalled.
 pub async fn readyz(edge: State<Edge>) -> HttpResponse {
     let connected = edge.client.connection_state() == async_nats::connection::State::Connected;
     let js = async_nats::jetstream::new(edge.client.clone());
@@ -524,7 +492,13 @@ pub async fn readyz(edge: State<Edge>) -> HttpResponse {
         )
         .await
         .is_ok_and(|r| r.is_ok());
-    streams::http::readiness(&[("nats", connected), ("jetstream", stream_ok)])
+    let mut checks = vec![
+        ("nats".to_owned(), connected),
+        ("jetstream".to_owned(), stream_ok),
+        ("registration windows".to_owned(), edge.windows.known()),
+    ];
+    checks.extend(edge.metrics.health.checks());
+    streams::http::readiness(&checks)
 }
 
 /// `GET /metrics`

@@ -39,7 +39,12 @@ pub async fn run(
         },
     );
     let windows = Windows::default();
-    tokio::spawn(windows.clone().follow(js.clone(), shutdown.clone()));
+    let metrics = Metrics::new();
+    tokio::spawn(
+        windows
+            .clone()
+            .follow(js.clone(), metrics.health.clone(), shutdown.clone()),
+    );
     let (per_address, per_citizen) = Edge::limiters(&settings);
     let workers = settings.workers.max(1);
     let open_submissions = (settings.max_open_submissions > 0).then(|| {
@@ -54,7 +59,8 @@ pub async fn run(
         appender,
         windows,
         client,
-        metrics: Metrics::new(),
+        js,
+        metrics,
         in_flight: Arc::new(Mutex::new(HashSet::new())),
         per_address,
         per_citizen,

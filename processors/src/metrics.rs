@@ -18,14 +18,12 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// Times another writer won the fence and this replica rebuilt.
     pub fenced: IntCounter,
-    /// Times the loop restarted after a NATS error.
-    pub restarts: IntCounter,
-    /// Intake messages that could not be decoded.
-    pub undecodable: IntCounter,
-    /// 1 while this replica holds the lease and decides, 0 while it stands by.
+    /// Regions this replica holds the lease of and decides for (0 while it stands by).
     pub active: IntGauge,
-    /// Times this replica acquired the lease (a takeover after the first).
+    /// Times this replica acquired a region's lease (a takeover after the first).
     pub leases: IntCounter,
+    /// The consumer loops' stalls, restarts and undecodable records (`/readyz` reads it).
+    pub health: streams::consume::Health,
 }
 
 impl Metrics {
@@ -47,14 +45,6 @@ impl Metrics {
             "reservation_fenced_total",
             "Rebuilds because another writer extended the decisions log first.",
         );
-        let restarts = counter(
-            "reservation_restarts_total",
-            "Loop restarts after NATS errors.",
-        );
-        let undecodable = counter(
-            "reservation_undecodable_total",
-            "Undecodable intake messages.",
-        );
         let leases = counter(
             "reservation_leases_acquired_total",
             "Times this replica became the active one.",
@@ -63,7 +53,7 @@ impl Metrics {
             &registry,
             IntGauge::new(
                 "reservation_active",
-                "1 while this replica holds the lease and decides, 0 on standby.",
+                "Regions this replica holds the lease of and decides for (0: standing by).",
             )
             .expect("valid metric"),
         );
@@ -88,6 +78,7 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let health = streams::consume::Health::new(&registry);
         Metrics {
             registry,
             inputs,
@@ -95,10 +86,9 @@ impl Metrics {
             batches,
             batch_seconds,
             fenced,
-            restarts,
-            undecodable,
             active,
             leases,
+            health,
         }
     }
 }

@@ -49,7 +49,11 @@ pub async fn run(
         routes,
         shutdown.clone(),
     ));
-    let releaser = tokio::spawn(crate::claims::run(client.clone(), shutdown.clone()));
+    let releaser = tokio::spawn(crate::claims::run(
+        client.clone(),
+        metrics.health.clone(),
+        shutdown.clone(),
+    ));
     let result = reservation::run(
         client,
         ReservationConfig {
@@ -73,7 +77,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
 
 async fn readyz(state: web::types::State<HealthState>) -> HttpResponse {
     let connected = state.client.connection_state() == async_nats::connection::State::Connected;
-    streams::http::readiness(&[("nats", connected)])
+    let mut checks = vec![("nats".to_owned(), connected)];
+    checks.extend(state.metrics.health.checks());
+    streams::http::readiness(&checks)
 }
 
 async fn metrics_handler(state: web::types::State<HealthState>) -> HttpResponse {

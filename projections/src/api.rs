@@ -224,11 +224,13 @@ pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpRespon
     response
 }
 
-/// `GET /readyz`: NATS connected and SurrealDB answering.
+/// `GET /readyz`: NATS connected, SurrealDB answering and no projection worker stalled.
 pub async fn readyz(reader: State<Reader>) -> HttpResponse {
     let nats = reader.client.connection_state() == async_nats::connection::State::Connected;
     let store = reader.store.is_healthy().await;
-    streams::http::readiness(&[("nats", nats), ("surrealdb", store)])
+    let mut checks = vec![("nats".to_owned(), nats), ("surrealdb".to_owned(), store)];
+    checks.extend(reader.metrics.health.checks());
+    streams::http::readiness(&checks)
 }
 
 /// `GET /metrics`

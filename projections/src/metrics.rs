@@ -11,8 +11,8 @@ pub struct Metrics {
     pub applied: IntCounterVec,
     /// Last sequence applied, by stream.
     pub checkpoint: IntGaugeVec,
-    /// Messages that could not be decoded.
-    pub undecodable: IntCounter,
+    /// The workers' stalls, restarts and undecodable records (`/readyz` reads it).
+    pub health: streams::consume::Health,
     /// SurrealDB reads made to fill the availability cache: at most one per key per TTL.
     pub availability_loads: IntCounter,
     /// Availability requests answered.
@@ -33,11 +33,6 @@ impl Metrics {
             &["stream"],
         )
         .expect("valid metric");
-        let undecodable = IntCounter::new(
-            "projection_undecodable_total",
-            "Undecodable messages skipped.",
-        )
-        .expect("valid metric");
         let availability_loads = IntCounter::new(
             "read_availability_loads_total",
             "SurrealDB reads made to fill the availability cache.",
@@ -51,17 +46,16 @@ impl Metrics {
         for m in [
             Box::new(applied.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(checkpoint.clone()),
-            Box::new(undecodable.clone()),
             Box::new(availability_loads.clone()),
             Box::new(availability_requests.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
         Metrics {
+            health: streams::consume::Health::new(&registry),
             registry,
             applied,
             checkpoint,
-            undecodable,
             availability_loads,
             availability_requests,
         }

@@ -1,10 +1,12 @@
-//! Projection workers: one per stream, each an ordered consumer from the store's checkpoint,
-//! applying batches in one transaction each (see [`crate::store`]).
+//! Projection workers: one per stream, each the shared ordered consumer loop
+//! ([`streams::consume::run_ordered`]) from the store's checkpoint, applying each group of
+//! events and its checkpoint in one transaction (see [`crate::store`]). A record the worker
+//! cannot decode stops it there: its checkpoint never moves past what it did not apply.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
-use streams::replay::{self, Record};
+use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -15,7 +17,7 @@ pub const MAX_BATCH: usize = 500;
 
 /// Projects `stream` (messages matching `filter`) into `store` until `shutdown`, resuming
 /// after any error from the store's checkpoint. A batch takes what has arrived, waiting up to
-/// `linger` after its first message for more (see [`replay::next_group`]).
+/// `linger` after its first message for more (see [`streams::replay::next_group`]).
 pub async fn project(
     js: jetstream::Context,
     store: Store,
@@ -25,63 +27,46 @@ pub async fn project(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(50);
-    while !shutdown.is_cancelled() {
-        match project_once(&js, &store, stream, &filter, linger, &metrics, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::warn!(stream, error = %format!("{err:#}"), "A projection worker failed; resuming from its checkpoint.");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    let spec = OrderedSpec {
+        name: format!("projection.{}", stream.to_ascii_lowercase()),
+        stream,
+        filter,
+        max_group: MAX_BATCH,
+        linger,
+    };
+    let mut step = Projection {
+        store,
+        stream,
+        metrics: metrics.clone(),
+    };
+    consume::run_ordered(&js, &spec, &mut step, &metrics.health, &shutdown).await;
 }
 
-async fn project_once(
-    js: &jetstream::Context,
-    store: &Store,
+/// One stream's projection step.
+struct Projection {
+    store: Store,
     stream: &'static str,
-    filter: &str,
-    linger: Duration,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let checkpoint = store.checkpoint(stream).await?;
-    let (mut messages, _) = replay::ordered(js, stream, filter.to_owned(), checkpoint + 1).await?;
-    let mut events = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            group = replay::next_group(&mut messages, MAX_BATCH, linger) => group?,
-        };
-        let Some(batch) = batch else {
-            anyhow::bail!("the consumer of {stream} ended");
-        };
-        events.clear();
-        let mut last_seq = checkpoint;
-        for message in &batch {
-            let record = Record::from_message(message)?;
-            last_seq = record.seq;
-            match record.envelope {
-                Ok(envelope) => events.push((record.seq, envelope)),
-                Err(err) => {
-                    metrics.undecodable.inc();
-                    tracing::error!(stream, seq = record.seq, error = %err, "An undecodable message was skipped.");
-                }
-            }
-        }
-        store.apply(stream, &events, last_seq).await?;
-        metrics
+    metrics: Metrics,
+}
+
+impl OrderedStep for Projection {
+    async fn resume(&mut self) -> Result<Start, Halt> {
+        Ok(Start::At(self.store.checkpoint(self.stream).await? + 1))
+    }
+
+    async fn handle(&mut self, group: Vec<Decoded>) -> Result<(), Halt> {
+        let last_seq = group.last().map_or(0, |r| r.seq);
+        let count = group.len() as u64;
+        let events: Vec<_> = group.into_iter().map(|r| (r.seq, r.envelope)).collect();
+        self.store.apply(self.stream, &events, last_seq).await?;
+        self.metrics
             .applied
-            .with_label_values(&[stream])
-            .inc_by(batch.len() as u64);
-        metrics
+            .with_label_values(&[self.stream])
+            .inc_by(count);
+        self.metrics
             .checkpoint
-            .with_label_values(&[stream])
+            .with_label_values(&[self.stream])
             .set(last_seq as i64);
+        Ok(())
     }
 }

@@ -5,6 +5,10 @@
 //! - a registration's **token** is a MAC of its id: any replica verifies it offline;
 //! - a **citizen key** is a MAC of the national id: uniqueness is enforced on it, and the log
 //!   never holds the national id in clear;
+//! - a **digest** is a keyed hash of anything derived from personal data (the canonical
+//!   request, an idempotency key): a plain hash of a PESEL-bearing request could be
+//!   recovered by trying the 10⁴ PESELs of a birth date, a keyed one cannot without the
+//!   secret;
 //! - **personal data** is sealed with ChaCha20-Poly1305 under the data key, bound to the
 //!   registration id as associated data.
 
@@ -34,6 +38,7 @@ const TOKEN_BYTES: usize = 16;
 pub struct Keys {
     token: [u8; 32],
     citizen: [u8; 32],
+    digest: [u8; 32],
     data: [u8; 32],
 }
 
@@ -67,6 +72,7 @@ impl Keys {
         Keys {
             token: derive(secret, "registration-token/v1"),
             citizen: derive(secret, "citizen-key/v1"),
+            digest: derive(secret, "digest/v1"),
             data: derive(secret, "personal-data/v1"),
         }
     }
@@ -96,6 +102,19 @@ impl Keys {
             .finalize()
             .into_bytes();
         tag[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A keyed hash of `bytes` for `purpose` (e.g. `request`, `idempotency-key`): 64 hex
+    /// digits, stable for a given secret, different per purpose.
+    pub fn digest(&self, purpose: &str, bytes: &[u8]) -> String {
+        let mut mac = mac(&self.digest, purpose.as_bytes());
+        mac.update(&[0]);
+        mac.update(bytes);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Seals personal data for one registration.
@@ -143,7 +162,8 @@ impl Keys {
     }
 }
 
-/// Lowercase hex SHA-256 of `bytes`: request hashes and ETags.
+/// Lowercase hex SHA-256 of `bytes`, for what holds no personal data (ETags); anything
+/// derived from personal data takes [`Keys::digest`].
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     Sha256::digest(bytes)
@@ -170,6 +190,17 @@ mod tests {
             phone: None,
             attributes: Default::default(),
         }
+    }
+
+    #[test]
+    fn digests_need_the_secret_and_differ_per_purpose() {
+        let keys = Keys::from_secret("s1");
+        let d = keys.digest("request", b"44051401359");
+        assert_eq!(d.len(), 64);
+        assert_eq!(d, keys.digest("request", b"44051401359"));
+        assert_ne!(d, keys.digest("idempotency-key", b"44051401359"));
+        assert_ne!(d, Keys::from_secret("s2").digest("request", b"44051401359"));
+        assert_ne!(d, sha256_hex(b"44051401359"), "not the plain hash");
     }
 
     #[test]

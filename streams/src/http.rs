@@ -50,36 +50,32 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
         .body(serde_json::to_string(value).expect("responses serialize"))
 }
 
-/// Reads a request body, refusing it with `413` as soon as it exceeds `limit` bytes, so a
-/// hostile client cannot make the service buffer more than the cap.
+/// Why a request body was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than the cap (`413`).
+    #[error("the request body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// The connection failed while it was read (`400`).
+    #[error("the request body could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// Reads a request body, refusing it with [`BodyError::TooLarge`] as soon as it exceeds
+/// `limit` bytes, so a hostile client cannot make the service buffer more than the cap.
 pub async fn read_body(
     declared_len: Option<u64>,
     mut payload: Payload,
     limit: usize,
-) -> Result<Bytes, HttpResponse> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("the request body exceeds {limit} bytes"),
-            None,
-        )
-    };
+) -> Result<Bytes, BodyError> {
     if declared_len.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(BodyError::TooLarge(limit));
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.recv().await {
-        let chunk = chunk.map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                &format!("the request body could not be read: {e}"),
-                None,
-            )
-        })?;
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if body.len() + chunk.len() > limit {
-            return Err(too_large());
+            return Err(BodyError::TooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }
@@ -94,13 +90,13 @@ pub fn metrics(registry: &prometheus::Registry) -> HttpResponse {
 }
 
 /// The `/readyz` response: `200` when every dependency answers, `503` naming the failing one.
-pub fn readiness(checks: &[(&str, bool)]) -> HttpResponse {
+pub fn readiness<S: AsRef<str>>(checks: &[(S, bool)]) -> HttpResponse {
     match checks.iter().find(|(_, ok)| !ok) {
         None => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         Some((name, _)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            &format!("{name} is not reachable"),
+            &format!("{} is not ready", name.as_ref()),
             None,
         ),
     }

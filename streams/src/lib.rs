@@ -11,6 +11,7 @@
 //! | [`subjects`] | every subject, stream, bucket and consumer name |
 //! | [`claims`] | the per-citizen claim record (one active registration per citizen) |
 //! | [`config`] | stream configurations and [`config::ensure_streams`] |
+//! | [`consume`] | the one consumer loop every reader runs: supervision, groups, stalls on what it cannot decode |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
 //! | [`lease`] | one active replica per piece of work, the others on standby |
 //! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
@@ -22,6 +23,7 @@
 pub mod appender;
 pub mod claims;
 pub mod config;
+pub mod consume;
 pub mod crypto;
 pub mod events;
 pub mod http;

@@ -44,10 +44,6 @@ pub async fn ordered(
     filter: String,
     start_seq: u64,
 ) -> anyhow::Result<(pull::Ordered, u64)> {
-    let stream_handle = js
-        .get_stream(stream)
-        .await
-        .with_context(|| format!("Failed to open stream {stream}"))?;
     let deliver_policy = if start_seq <= 1 {
         DeliverPolicy::All
     } else {
@@ -55,6 +51,20 @@ pub async fn ordered(
             start_sequence: start_seq,
         }
     };
+    ordered_with(js, stream, filter, deliver_policy).await
+}
+
+/// [`ordered`] with any deliver policy (e.g. the last message per subject).
+pub async fn ordered_with(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+) -> anyhow::Result<(pull::Ordered, u64)> {
+    let stream_handle = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("Failed to open stream {stream}"))?;
     let mut consumer = stream_handle
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.clone(),

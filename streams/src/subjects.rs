@@ -29,13 +29,11 @@ pub const DECISIONS_STREAM: &str = "REG_DECISIONS";
 /// Key-value bucket of leases: which replica is active for a piece of work.
 pub const LEASES_BUCKET: &str = "reg_leases";
 
-/// The lease key of the reservation processor for `filter`: replicas started for the same
-/// region(s) share it, so one decides and the others stand by.
-pub fn reservation_lease(filter: &RegionFilter) -> String {
-    match filter {
-        RegionFilter::All => "reservation.all".to_owned(),
-        RegionFilter::One(region) => format!("reservation.region.{region}"),
-    }
+/// The lease key of the reservation processor for `region`. Every replica that serves the
+/// region (started for it alone, or for `*`) competes for this one key, so exactly one decides
+/// the region at a time whatever mix of `REG_REGION` values the replicas were started with.
+pub fn reservation_lease(region: &Region) -> String {
+    format!("reservation.region.{region}")
 }
 
 /// Stream the benchmark writes raw records to when it measures JetStream's own ceilings
@@ -114,6 +112,13 @@ pub fn intake(region: &Region, kind: IntakeKind) -> String {
     format!("{INTAKE_PREFIX}.{region}.{}", kind.token())
 }
 
+/// The region an intake subject (`reg.intake.<region>.<kind>`) belongs to.
+pub fn intake_region(subject: &str) -> Option<Region> {
+    let rest = subject.strip_prefix(INTAKE_PREFIX)?.strip_prefix('.')?;
+    let (region, _kind) = rest.split_once('.')?;
+    Region::parse(region).ok()
+}
+
 /// Filter for every intake message of the regions in `filter`.
 pub fn intake_filter(filter: &RegionFilter) -> String {
     format!("{INTAKE_PREFIX}.{}.>", filter.token())
@@ -189,6 +194,13 @@ mod tests {
             "reg.decision.*.reservation"
         );
         assert_eq!(RegionFilter::parse("*").unwrap(), RegionFilter::All);
+        assert_eq!(
+            intake_region("reg.intake.slaskie.submitted"),
+            Some(r.clone())
+        );
+        assert_eq!(intake_region("reg.claim.c0ffee"), None);
+        assert_eq!(intake_region("reg.intake.BAD.submitted"), None);
+        assert_eq!(reservation_lease(&r), "reservation.region.slaskie");
         assert!(RegionFilter::parse("a.b").is_err());
     }
 }

@@ -1,11 +1,22 @@
-//! The consumer wiring of the reservation processor: recover, consume, decide, write fenced.
+//! The consumer wiring of the reservation processor: one worker per region it serves, each
+//! holding that region's lease, rebuilding the region's state from its own decisions, and
+//! writing fenced batches.
+//!
+//! A replica started for one region serves that region; one started for `*` discovers the
+//! regions present in the intake stream (every [`DISCOVERY_INTERVAL`]) and serves each as if
+//! started for it alone. The lease and the resume point are the region's own, so replicas
+//! started with any mix of `REG_REGION` values share the work region by region: a region is
+//! decided by exactly one of the replicas that serve it, and a region-specific replica
+//! stopping hands its region to a `*` one (and the other way round).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use futures::StreamExt;
 use streams::appender::{AppendError, Outgoing, publish_atomic};
+use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start, Undecodable};
 use streams::events::{Envelope, Event};
 use streams::lease;
 use streams::model::Region;
@@ -24,24 +35,14 @@ pub struct ReservationConfig {
     pub regions: RegionFilter,
 }
 
-/// Why one incarnation of the loop ended.
-enum Restart {
-    /// Another writer extended the log: rebuild and go on.
-    Fenced,
-    /// NATS trouble: wait a little, rebuild and go on.
-    Transient(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Restart {
-    fn from(err: anyhow::Error) -> Self {
-        Restart::Transient(err)
-    }
-}
+/// How often a replica started for `*` looks for regions it does not serve yet. A region's
+/// first submission waits at most this long (plus a lease) for its first decision.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the reservation processor until `shutdown` fires. Any number of replicas may run for
-/// the same region(s): one holds the lease and decides, the others stand by and take over
-/// when it stops or dies. Survives NATS restarts and stale writers by rebuilding its state
-/// from the log.
+/// any mix of regions: for each region one holds its lease and decides, the others stand by
+/// and take over when it stops or dies. Survives NATS restarts and stale writers by
+/// rebuilding the region's state from the log.
 pub async fn run(
     client: async_nats::Client,
     config: ReservationConfig,
@@ -49,233 +50,237 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
-    let leases = lease::bucket(&js).await?;
-    let key = subjects::reservation_lease(&config.regions);
-    let holder = format!("reservation-{}", uuid::Uuid::now_v7());
-    while let Some(lease) = lease::acquire(&leases, &key, &holder, &shutdown).await {
-        metrics.active.set(1);
-        metrics.leases.inc();
-        decide_while_active(&js, &client, &config, &metrics, lease.active()).await;
-        metrics.active.set(0);
-        lease.release().await;
+    let worker = Worker {
+        leases: lease::bucket(&js).await?,
+        js,
+        client,
+        holder: format!("reservation-{}", uuid::Uuid::now_v7()),
+        metrics,
+    };
+    match config.regions {
+        RegionFilter::One(region) => worker.serve(region, shutdown).await,
+        RegionFilter::All => {
+            let mut workers = tokio::task::JoinSet::new();
+            let mut served = HashSet::new();
+            loop {
+                match discover(&worker.js).await {
+                    Ok(regions) => {
+                        for region in regions {
+                            if served.insert(region.clone()) {
+                                tracing::info!(%region, "Serving a region.");
+                                workers.spawn(worker.clone().serve(region, shutdown.clone()));
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "Could not list the regions; trying again.")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
+                }
+            }
+            while workers.join_next().await.is_some() {}
+        }
     }
     Ok(())
 }
 
-/// Decides until `active` fires (lease lost or shutdown), rebuilding after fences and errors.
-async fn decide_while_active(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    config: &ReservationConfig,
-    metrics: &Metrics,
-    active: &CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(50);
-    while !active.is_cancelled() {
-        match run_once(js, client, config, metrics, active).await {
-            Ok(()) => break,
-            Err(Restart::Fenced) => {
-                metrics.fenced.inc();
-                tracing::info!(
-                    "Another replica wrote decisions first; rebuilding state from the log."
-                );
-            }
-            Err(Restart::Transient(err)) => {
-                metrics.restarts.inc();
-                tracing::warn!(error = %format!("{err:#}"), "The reservation loop failed; rebuilding state from the log.");
-                tokio::select! {
-                    _ = active.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
+/// The regions that have anything in the intake stream.
+async fn discover(js: &jetstream::Context) -> anyhow::Result<BTreeSet<Region>> {
+    let stream = js
+        .get_stream_no_info(subjects::INTAKE_STREAM)
+        .await
+        .context("Failed to open the intake stream")?;
+    let mut subjects = stream
+        .info_with_subjects(subjects::intake_filter(&RegionFilter::All))
+        .await
+        .context("Failed to list the intake subjects")?;
+    let mut regions = BTreeSet::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.context("Failed to list the intake subjects")?;
+        if let Some(region) = subjects::intake_region(&subject) {
+            regions.insert(region);
         }
-        backoff = Duration::from_millis(50);
+    }
+    Ok(regions)
+}
+
+/// What every region worker of one replica shares.
+#[derive(Clone)]
+struct Worker {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    leases: async_nats::jetstream::kv::Store,
+    /// This replica's name in the lease bucket.
+    holder: String,
+    metrics: Metrics,
+}
+
+impl Worker {
+    /// Decides for `region` whenever this replica holds its lease, until `shutdown`.
+    async fn serve(self, region: Region, shutdown: CancellationToken) {
+        let key = subjects::reservation_lease(&region);
+        let spec = OrderedSpec {
+            name: format!("reservation.{region}"),
+            stream: subjects::INTAKE_STREAM,
+            filter: subjects::intake_filter(&RegionFilter::One(region.clone())),
+            max_group: MAX_INPUTS_PER_BATCH,
+            // Whatever is buffered, without waiting for more: a decision is on the latency
+            // path of every citizen.
+            linger: Duration::ZERO,
+        };
+        while let Some(lease) = lease::acquire(&self.leases, &key, &self.holder, &shutdown).await {
+            self.metrics.active.inc();
+            self.metrics.leases.inc();
+            let mut step = RegionStep {
+                worker: &self,
+                region: &region,
+                state: State::default(),
+                fence: 0,
+            };
+            consume::run_ordered(
+                &self.js,
+                &spec,
+                &mut step,
+                &self.metrics.health,
+                lease.active(),
+            )
+            .await;
+            self.metrics.active.dec();
+            lease.release().await;
+        }
     }
 }
 
-/// The state rebuilt from the logs plus, per region, the sequence of its last decision: the
-/// value the next write's fence expects.
-struct Recovered {
+/// One region's decider: its state folded from the region's decisions, and the sequence of
+/// the region's last decision, which the next write's fence expects.
+struct RegionStep<'a> {
+    worker: &'a Worker,
+    region: &'a Region,
     state: State,
-    fences: HashMap<Region, u64>,
+    fence: u64,
 }
 
-async fn recover(js: &jetstream::Context, regions: &RegionFilter) -> anyhow::Result<Recovered> {
+impl OrderedStep for RegionStep<'_> {
+    async fn resume(&mut self) -> Result<Start, Halt> {
+        let (state, fence) = recover(&self.worker.js, self.region).await?;
+        tracing::info!(
+            region = %self.region,
+            registrations = state.registrations.len(),
+            slots = state.slots.len(),
+            checkpoint = state.checkpoint,
+            "Reservation state rebuilt from the log."
+        );
+        self.state = state;
+        self.fence = fence;
+        Ok(Start::At(self.state.checkpoint + 1))
+    }
+
+    async fn handle(&mut self, group: Vec<Decoded>) -> Result<(), Halt> {
+        let metrics = &self.worker.metrics;
+        metrics.inputs.inc_by(group.len() as u64);
+        let mut outgoing = Vec::new();
+        let subject = subjects::reservation_decisions(self.region);
+        for record in group {
+            let input = Input {
+                seq: record.seq,
+                event: record.envelope.event,
+            };
+            for decision in self.state.handle(&input) {
+                metrics
+                    .decisions
+                    .with_label_values(&[decision.event_type()])
+                    .inc();
+                outgoing.push(Outgoing::event(
+                    subject.clone(),
+                    &Envelope::new(record.envelope.correlation_id.clone(), decision),
+                ));
+            }
+        }
+        let Some(first) = outgoing.first_mut() else {
+            return Ok(());
+        };
+        // One subject per region: "nobody wrote since my last decision" is one check.
+        first.headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.fence.to_string().as_str(),
+        );
+        let timer = metrics.batch_seconds.start_timer();
+        let result = publish_atomic(&self.worker.js, &self.worker.client, outgoing).await;
+        timer.observe_duration();
+        match result {
+            Ok(seqs) => {
+                metrics.batches.inc();
+                self.fence = *seqs.last().expect("a batch is never empty");
+                Ok(())
+            }
+            Err(AppendError::Fenced(_)) => {
+                metrics.fenced.inc();
+                Err(Halt::Rebuild)
+            }
+            // The outcome is unknown (or refused): the log is the truth, so rebuild from it.
+            Err(err) => Err(Halt::Transient(anyhow::Error::new(err))),
+        }
+    }
+}
+
+/// Folds `region`'s decisions into a state, then the operators' capacities up to the state's
+/// checkpoint. Returns the state and the sequence of the region's last decision. Stops at a
+/// record it cannot decode: a state that skipped a decision could overbook.
+async fn recover(js: &jetstream::Context, region: &Region) -> Result<(State, u64), Halt> {
+    let filter = RegionFilter::One(region.clone());
     let mut state = State::default();
-    let mut fences = HashMap::new();
-    let mut bad = 0u64;
+    let mut fence = 0;
+    let mut bad: Option<Undecodable> = None;
+    let mut note_bad = |stream: &str, record: &Record, reason: String| {
+        bad.get_or_insert_with(|| Undecodable {
+            stream: stream.to_owned(),
+            seq: record.seq,
+            subject: record.subject.clone(),
+            reason,
+        });
+    };
     replay::read_to_end(
         js,
         subjects::DECISIONS_STREAM,
-        subjects::reservation_decisions_filter(regions),
+        subjects::reservation_decisions_filter(&filter),
         1,
-        |record: Record| match record.envelope {
-            Ok(envelope) => {
-                if let Some(region) = region_of(&envelope.event) {
-                    fences.insert(region.clone(), record.seq);
-                }
-                state.apply(&envelope.event);
+        |record: Record| {
+            fence = record.seq;
+            match &record.envelope {
+                Ok(envelope) => state.apply(&envelope.event),
+                Err(err) => note_bad(subjects::DECISIONS_STREAM, &record, err.to_string()),
             }
-            Err(_) => bad += 1,
         },
     )
     .await
     .context("Failed to read back the decisions log")?;
-    if bad > 0 {
-        tracing::error!(
-            count = bad,
-            "Undecodable messages in the decisions log were skipped."
-        );
-    }
     let checkpoint = state.checkpoint;
     replay::read_to_end(
         js,
         subjects::INTAKE_STREAM,
-        subjects::intake_kind_filter(regions, IntakeKind::Capacity),
+        subjects::intake_kind_filter(&filter, IntakeKind::Capacity),
         1,
         |record: Record| {
-            if record.seq <= checkpoint
-                && let Ok(Envelope {
+            if record.seq > checkpoint {
+                return;
+            }
+            match &record.envelope {
+                Ok(Envelope {
                     event: Event::CapacitySet(set),
                     ..
-                }) = &record.envelope
-            {
-                state.set_capacity(&set.slot, set.capacity);
+                }) => state.set_capacity(&set.slot, set.capacity),
+                Ok(_) => {}
+                Err(err) => note_bad(subjects::INTAKE_STREAM, &record, err.to_string()),
             }
         },
     )
     .await
     .context("Failed to read back capacities")?;
-    tracing::info!(
-        registrations = state.registrations.len(),
-        slots = state.slots.len(),
-        checkpoint,
-        "Reservation state rebuilt from the log."
-    );
-    Ok(Recovered { state, fences })
-}
-
-fn region_of(event: &Event) -> Option<&Region> {
-    match event {
-        Event::SlotReserved(e) => Some(&e.slot.region),
-        Event::SlotRejected(e) => Some(&e.slot.region),
-        Event::SlotReleased(e) => Some(&e.slot.region),
-        Event::RegistrationConfirmed(e) => Some(&e.slot.region),
-        Event::RegistrationCancelled(e) => Some(&e.slot.region),
-        _ => None,
-    }
-}
-
-async fn run_once(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    config: &ReservationConfig,
-    metrics: &Metrics,
-    active: &CancellationToken,
-) -> Result<(), Restart> {
-    let Recovered {
-        mut state,
-        mut fences,
-    } = recover(js, &config.regions).await?;
-    let (mut messages, _) = replay::ordered(
-        js,
-        subjects::INTAKE_STREAM,
-        subjects::intake_filter(&config.regions),
-        state.checkpoint + 1,
-    )
-    .await?;
-    loop {
-        // Group commit: whatever is already buffered, without waiting for more (a decision is
-        // on the latency path of every citizen).
-        let batch = tokio::select! {
-            _ = active.cancelled() => return Ok(()),
-            group = replay::next_group(&mut messages, MAX_INPUTS_PER_BATCH, Duration::ZERO) => {
-                group.context("Failed to read intake")?
-            }
-        };
-        let Some(batch) = batch else {
-            return Err(Restart::Transient(anyhow::anyhow!(
-                "the intake consumer ended"
-            )));
-        };
-
-        let mut decisions = Vec::new();
-        for message in &batch {
-            let record = Record::from_message(message)?;
-            match record.envelope {
-                Ok(envelope) => {
-                    let input = Input {
-                        seq: record.seq,
-                        event: envelope.event,
-                    };
-                    decisions.extend(
-                        state
-                            .handle(&input)
-                            .into_iter()
-                            .map(|d| (envelope.correlation_id.clone(), d)),
-                    );
-                }
-                Err(err) => {
-                    metrics.undecodable.inc();
-                    tracing::error!(seq = record.seq, error = %err, "An undecodable intake message was skipped.");
-                }
-            }
-        }
-        metrics.inputs.inc_by(batch.len() as u64);
-        if decisions.is_empty() {
-            continue;
-        }
-        write_decisions(js, client, &mut fences, decisions, metrics).await?;
-    }
-}
-
-async fn write_decisions(
-    js: &jetstream::Context,
-    client: &async_nats::Client,
-    fences: &mut HashMap<Region, u64>,
-    decisions: Vec<(String, Event)>,
-    metrics: &Metrics,
-) -> Result<(), Restart> {
-    let mut fenced: HashMap<Region, ()> = HashMap::new();
-    let mut regions = Vec::with_capacity(decisions.len());
-    let mut outgoing = Vec::with_capacity(decisions.len());
-    for (correlation_id, event) in decisions {
-        let region = region_of(&event)
-            .expect("reservation decisions name a slot")
-            .clone();
-        metrics
-            .decisions
-            .with_label_values(&[event.event_type()])
-            .inc();
-        let mut message = Outgoing::event(
-            subjects::reservation_decisions(&region),
-            &Envelope::new(correlation_id, event),
-        );
-        if fenced.insert(region.clone(), ()).is_none() {
-            let expected = fences.get(&region).copied().unwrap_or(0);
-            message.headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                expected.to_string().as_str(),
-            );
-        }
-        outgoing.push(message);
-        regions.push(region);
-    }
-    let timer = metrics.batch_seconds.start_timer();
-    let result = publish_atomic(js, client, outgoing).await;
-    timer.observe_duration();
-    match result {
-        Ok(seqs) => {
-            metrics.batches.inc();
-            for (region, seq) in regions.into_iter().zip(seqs) {
-                fences.insert(region, seq);
-            }
-            Ok(())
-        }
-        Err(AppendError::Fenced(_)) => Err(Restart::Fenced),
-        // The outcome is unknown (or refused): the log is the truth, so rebuild from it.
-        Err(err) => Err(Restart::Transient(anyhow::Error::new(err))),
+    match bad {
+        Some(why) => Err(Halt::Undecodable(why)),
+        None => Ok((state, fence)),
     }
 }

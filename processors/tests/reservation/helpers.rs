@@ -27,8 +27,12 @@ pub fn region() -> Region {
 }
 
 pub fn slot(location: &str) -> SlotKey {
+    slot_in(&region(), location)
+}
+
+pub fn slot_in(region: &Region, location: &str) -> SlotKey {
     SlotKey {
-        region: region(),
+        region: region.clone(),
         location: Location::parse(location).unwrap(),
         date: NaiveDate::from_ymd_opt(2027, 3, 1).unwrap(),
     }
@@ -96,15 +100,19 @@ impl World {
         .await
     }
 
-    /// Starts one reservation replica; returns its shutdown token, metrics and task.
+    /// Starts one reservation replica for the test region; returns its shutdown token,
+    /// metrics and task.
     pub fn replica(&self) -> Replica {
+        self.replica_for(RegionFilter::One(region()))
+    }
+
+    /// Starts one reservation replica for `regions` (one region, or `*`).
+    pub fn replica_for(&self, regions: RegionFilter) -> Replica {
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let task = tokio::spawn(run(
             self.client.clone(),
-            ReservationConfig {
-                regions: RegionFilter::One(region()),
-            },
+            ReservationConfig { regions },
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -115,7 +123,8 @@ impl World {
         }
     }
 
-    /// Every reservation decision in the log, in order, with its stream sequence.
+    /// Every reservation decision in the log that this code can decode (tests plant records
+    /// it cannot), in order, with its stream sequence.
     pub async fn decisions(&self) -> Vec<(u64, Event)> {
         let js = async_nats::jetstream::new(self.client.clone());
         let mut out = Vec::new();
@@ -124,11 +133,41 @@ impl World {
             subjects::DECISIONS_STREAM,
             subjects::reservation_decisions_filter(&RegionFilter::All),
             1,
-            |r| out.push((r.seq, r.envelope.expect("decisions decode").event)),
+            |r| {
+                if let Ok(envelope) = r.envelope {
+                    out.push((r.seq, envelope.event));
+                }
+            },
         )
         .await
         .unwrap();
         out
+    }
+
+    /// Appends raw bytes on `subject`, as a newer (or broken) writer would; returns the
+    /// sequence.
+    pub async fn append_raw(&self, subject: String, payload: &'static [u8]) -> u64 {
+        let js = async_nats::jetstream::new(self.client.clone());
+        js.publish(subject, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    }
+
+    /// Waits until every one of `ids` has a first decision; returns the log.
+    pub async fn wait_decided(&self, ids: &[RegistrationId]) -> Vec<(u64, Event)> {
+        testkit::eventually(
+            &format!("{} registrations decided", ids.len()),
+            Duration::from_secs(30),
+            || async {
+                let log = self.decisions().await;
+                let firsts = first_decisions(&log);
+                ids.iter().all(|id| firsts.contains_key(id)).then_some(log)
+            },
+        )
+        .await
     }
 
     /// Waits until `n` registrations have a first decision.

@@ -236,7 +236,7 @@ async fn a_replica_whose_lease_moved_on_steps_down() {
     // standby had taken over): the next renewal fails and the replica stops deciding.
     let js = async_nats::jetstream::new(world.client.clone());
     let leases = streams::lease::bucket(&js).await.unwrap();
-    let key = streams::subjects::reservation_lease(&streams::subjects::RegionFilter::One(region()));
+    let key = streams::subjects::reservation_lease(&region());
     leases.put(&key, "another-replica".into()).await.unwrap();
     testkit::eventually(
         "the replica to step down",
@@ -257,6 +257,135 @@ async fn a_replica_whose_lease_moved_on_steps_down() {
         replica.metrics.leases.get(),
         2,
         "acquired, lost, acquired again"
+    );
+    replica.stop().await;
+}
+
+/// An operator adds a one-region replica beside the default `*` one (as the README says) while
+/// both regions take submissions: every registration of both regions is decided exactly once.
+/// Before the fix, the `*` replica resumed every region after the highest submission any
+/// region had decided, and never decided the other region's submissions before it.
+#[tokio::test]
+async fn a_one_region_replica_beside_a_star_one_loses_nothing_in_either_region() {
+    let world = World::start().await;
+    let other = streams::model::Region::parse("slaskie").unwrap();
+    let (here, there) = (slot("mixed"), slot_in(&other, "mixed"));
+    world.set_capacity(&here, 1000).await;
+    world.set_capacity(&there, 1000).await;
+    let mut ids = Vec::new();
+    let one = world.replica();
+    for _ in 0..15 {
+        ids.push(world.submit(&here).await.0);
+        ids.push(world.submit(&there).await.0);
+    }
+    let mine: Vec<_> = ids
+        .iter()
+        .filter(|id| id.region() == region())
+        .cloned()
+        .collect();
+    world.wait_decided(&mine).await;
+
+    // The `*` replica starts after the one-region replica decided its region, and more
+    // submissions arrive for both while the two run side by side.
+    let star = world.replica_for(streams::subjects::RegionFilter::All);
+    let more =
+        join_all((0..40).map(|i| world.submit(if i % 2 == 0 { &here } else { &there }))).await;
+    ids.extend(more.into_iter().map(|(id, _)| id));
+    let log = world.wait_decided(&ids).await;
+    let firsts = first_decisions(&log);
+    assert!(firsts.values().all(|d| d.len() == 1), "one decision each");
+    assert_eq!(
+        one.metrics.active.get(),
+        1,
+        "the one-region replica keeps its region"
+    );
+    assert_eq!(
+        star.metrics.active.get(),
+        1,
+        "the `*` replica decides only the other"
+    );
+
+    // The one-region replica stops: the `*` replica takes its region over.
+    one.stop().await;
+    let last = join_all((0..10).map(|_| world.submit(&here))).await;
+    ids.extend(last.into_iter().map(|(id, _)| id));
+    let log = world.wait_decided(&ids).await;
+    let firsts = first_decisions(&log);
+    assert_eq!(firsts.len(), ids.len());
+    assert!(firsts.values().all(|d| d.len() == 1), "one decision each");
+    assert!(
+        firsts
+            .values()
+            .all(|d| matches!(d[0], Event::SlotReserved(_))),
+        "capacity was ample: everyone got a place"
+    );
+    assert_eq!(star.metrics.active.get(), 2);
+    star.stop().await;
+}
+
+/// A submission written by newer code (a version this code does not know) stops the region's
+/// reader at that record: what came before is decided, nothing after it is, and the stall is
+/// reported. Before the fix, the record was skipped and the later submissions decided.
+#[tokio::test]
+async fn an_undecodable_submission_stops_the_region_at_that_record() {
+    let world = World::start().await;
+    let s = slot("stall");
+    world.set_capacity(&s, 10).await;
+    let (before, _) = world.submit(&s).await;
+    let bad = world
+        .append_raw(
+            streams::subjects::intake(&region(), streams::subjects::IntakeKind::Submitted),
+            br#"{"event_id":"0190f3c2-a1b2-7c3e-8d4f-000000000000","occurred_at":"2027-02-01T08:00:00Z","correlation_id":"x","version":9,"type":"RegistrationSubmitted","data":{}}"#,
+        )
+        .await;
+    let (after, _) = world.submit(&s).await;
+    let replica = world.replica();
+    let stall = testkit::eventually(
+        "the reader to stall",
+        std::time::Duration::from_secs(30),
+        || async { replica.metrics.health.stall_of("reservation.mazowieckie") },
+    )
+    .await;
+    assert_eq!(stall.seq, bad, "stopped at the record it cannot decode");
+    let firsts = first_decisions(&world.decisions().await);
+    assert!(
+        firsts.contains_key(&before),
+        "the record before it was decided"
+    );
+    assert!(!firsts.contains_key(&after), "nothing after it was decided");
+    let metrics = streams::runtime::render_metrics(&replica.metrics.registry);
+    assert!(
+        metrics.contains(r#"consumer_stalled{consumer="reservation.mazowieckie"} 1"#),
+        "{metrics}"
+    );
+    replica.stop().await;
+}
+
+/// A decision the replica cannot decode stops its recovery: a state that skipped a
+/// reservation could overbook. Before the fix, the record was skipped and the replica went
+/// on deciding from a state that did not count it.
+#[tokio::test]
+async fn an_undecodable_decision_stops_recovery_instead_of_overbooking() {
+    let world = World::start().await;
+    let s = slot("recovery");
+    world.set_capacity(&s, 1).await;
+    world
+        .append_raw(
+            streams::subjects::reservation_decisions(&region()),
+            br#"{"event_id":"0190f3c2-a1b2-7c3e-8d4f-000000000000","occurred_at":"2027-02-01T08:00:00Z","correlation_id":"x","version":1,"type":"SlotReservedTwice","data":{}}"#,
+        )
+        .await;
+    let (waiting, _) = world.submit(&s).await;
+    let replica = world.replica();
+    testkit::eventually(
+        "the reader to stall",
+        std::time::Duration::from_secs(30),
+        || async { replica.metrics.health.stall_of("reservation.mazowieckie") },
+    )
+    .await;
+    assert!(
+        !first_decisions(&world.decisions().await).contains_key(&waiting),
+        "nothing decided from a state that may be missing a reservation"
     );
     replica.stop().await;
 }
