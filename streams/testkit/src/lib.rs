@@ -144,6 +144,26 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP), as a long pause or a partition would: connections stay
+    /// open, nothing is answered, whatever was sent waits in the socket.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`NatsServer::pause`]d server (SIGCONT): it handles what waited.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the server runs").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();

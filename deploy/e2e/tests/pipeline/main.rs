@@ -572,3 +572,148 @@ async fn a_citizen_holds_one_registration_and_may_register_again_once_it_ends() 
     let (status, body) = p.submit(&citizen(40, "first"), None).await;
     assert_eq!(status, 409, "{body}");
 }
+
+/// The last record on a citizen's claim subject: `held` or `released`.
+async fn claim_state(p: &Pipeline, body: &Value) -> Option<String> {
+    let keys = streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET);
+    let citizen_key = keys.citizen_key(body["national_id"].as_str().unwrap());
+    let js = async_nats::jetstream::new(p.nats.connect().await);
+    let intake = js
+        .get_stream_no_info(streams::subjects::INTAKE_STREAM)
+        .await
+        .unwrap();
+    let last = streams::appender::last_message(&intake, &streams::subjects::claim(&citizen_key))
+        .await
+        .unwrap()?;
+    let state = last.headers.get(streams::claims::CLAIM_STATE_HEADER)?;
+    Some(state.as_str().to_owned())
+}
+
+/// An Idempotency-Key answers its registration for as long as the campaign lasts: after that
+/// registration was rejected and its claim released, and after the citizen registered again.
+/// Before the fix, the same key and body got a new registration once the claim was released,
+/// and another body under the key was accepted instead of 422.
+#[ntex::test]
+async fn an_idempotency_key_keeps_its_registration_after_it_ended() {
+    let p = Pipeline::start().await;
+    p.set_capacity("full", 1).await;
+    p.set_capacity("roomy", 10).await;
+    let (status, body) = p.submit(&citizen(60, "full"), None).await;
+    assert_eq!(status, 202, "{body}");
+    let original = citizen(61, "full");
+    let (status, first) = p.submit(&original, Some("key-one")).await;
+    assert_eq!(status, 202, "{first}");
+    let (id, token) = (
+        first["registration_id"].as_str().unwrap(),
+        first["token"].as_str().unwrap(),
+    );
+    let rejected = p.wait_status(id, token, "rejected").await;
+    assert_eq!(rejected["reason"], "slot_full");
+    testkit::eventually(
+        "the claim to be released",
+        std::time::Duration::from_secs(30),
+        || async {
+            (claim_state(&p, &original).await.as_deref() == Some("released")).then_some(())
+        },
+    )
+    .await;
+
+    // Released: the key still answers the original registration, and refuses another body.
+    let (status, again) = p.submit(&original, Some("key-one")).await;
+    assert_eq!(
+        (status, &again),
+        (202, &first),
+        "the same answer, id and token"
+    );
+    let elsewhere = citizen(61, "roomy");
+    let (status, body) = p.submit(&elsewhere, Some("key-one")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_error(&body, "idempotency_key_reused", Some("Idempotency-Key"));
+
+    // The citizen registers again under another key: both keys answer their own.
+    let (status, second) = p.submit(&elsewhere, Some("key-two")).await;
+    assert_eq!(status, 202, "{second}");
+    assert_ne!(second["registration_id"], first["registration_id"]);
+    let (status, body) = p.submit(&original, Some("key-one")).await;
+    assert_eq!((status, &body), (202, &first));
+    let (status, body) = p.submit(&elsewhere, Some("key-two")).await;
+    assert_eq!((status, &body), (202, &second));
+    assert_eq!(claim_state(&p, &original).await.as_deref(), Some("held"));
+}
+
+/// A write the edge stopped waiting for may still land: the edge says the outcome is unknown
+/// and how to learn it, and the retry is answered from what landed. Before the fix, the
+/// answer said nothing was recorded, and a retry with another body got 409 with no way to
+/// the registration.
+#[ntex::test]
+async fn a_timed_out_append_is_an_unknown_outcome_and_the_retry_answers_from_what_landed() {
+    let p = Pipeline::start_with(Options {
+        append_timeout: Some(std::time::Duration::from_millis(300)),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("limbo", 5).await;
+    let body = citizen(62, "limbo");
+    let before = p.intake_messages().await;
+    p.nats.pause();
+    let (status, answer) = p.submit(&body, Some("key-limbo")).await;
+    p.nats.resume();
+    assert_eq!(status, 503, "{answer}");
+    assert_error(&answer, "outcome_unknown", None);
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("same Idempotency-Key"),
+        "{answer}"
+    );
+    // The write landed after the answer (a claim and its registration)...
+    testkit::eventually(
+        "the timed-out write to land",
+        std::time::Duration::from_secs(30),
+        || async { (p.intake_messages().await == before + 2).then_some(()) },
+    )
+    .await;
+    // ...and the retry is answered from it: no second registration.
+    let (status, retry) = testkit::eventually(
+        "the retry to be answered",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, retry) = p.submit(&body, Some("key-limbo")).await;
+            (status != 503).then_some((status, retry))
+        },
+    )
+    .await;
+    assert_eq!(status, 202, "{retry}");
+    assert_eq!(
+        p.intake_messages().await,
+        before + 2,
+        "nothing appended twice"
+    );
+    let (id, token) = (
+        retry["registration_id"].as_str().unwrap(),
+        retry["token"].as_str().unwrap(),
+    );
+    p.wait_status(id, token, "reserved").await;
+}
+
+/// A client that retries after a lost answer gets its own answer even when the citizen is
+/// over the per-citizen limit; a new request is still refused. Before the fix, the replay
+/// was refused with 429.
+#[ntex::test]
+async fn a_replay_over_the_per_citizen_limit_gets_its_answer_and_a_new_request_does_not() {
+    let p = Pipeline::start_with(Options {
+        rate_per_citizen: 1,
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("limited", 5).await;
+    let body = citizen(63, "limited");
+    let (status, first) = p.submit(&body, Some("key-lost")).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, replay) = p.submit(&body, Some("key-lost")).await;
+    assert_eq!((status, &replay), (202, &first), "answered from the record");
+    let (status, refused) = p.submit(&citizen(63, "other"), Some("key-new")).await;
+    assert_eq!(status, 429, "{refused}");
+    assert_error(&refused, "rate_limited", None);
+}
