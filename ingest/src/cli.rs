@@ -20,11 +20,18 @@ pub async fn run_cli(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    if settings.secret == streams::crypto::DEVELOPMENT_SECRET {
-        tracing::warn!(
-            "REG_SECRET is unset: using the development secret. Never do this in production."
-        );
-    }
+    streams::runtime::check_credentials(&[
+        (
+            "REG_SECRET",
+            &settings.secret,
+            streams::crypto::DEVELOPMENT_SECRET,
+        ),
+        (
+            "REG_ADMIN_TOKEN",
+            &settings.admin_token,
+            crate::settings::DEVELOPMENT_ADMIN_TOKEN,
+        ),
+    ])?;
     let listener = streams::runtime::bind(&args.listen)?;
     tracing::info!(listen = %args.listen, settings = ?settings, "Ingest edge starting.");
     crate::service::run(settings, listener, shutdown).await

@@ -151,9 +151,37 @@ async fn append(edge: &Edge, message: Outgoing) -> Result<u64, EdgeError> {
         .map_err(|err| EdgeError::from_append(&err))
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest address
+/// in `X-Forwarded-For` that is not one (proxies append the address they received from, so
+/// the rightmost untrusted entry is the one no client could forge).
+pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_for.unwrap_or_default().rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(address) => {
+                client = address;
+                if !trusted.contains(&address) {
+                    break;
+                }
+            }
+            // A malformed entry ends what can be trusted: the last good address stands.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
 fn check_address(edge: &Edge, req: &HttpRequest) -> Result<(), EdgeError> {
     if let (Some(limiter), Some(peer)) = (&edge.per_address, req.peer_addr()) {
-        limiter.check_key(&peer.ip()).map_err(|not_until| {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = client_address(peer.ip(), forwarded, &edge.settings.trusted_proxies);
+        limiter.check_key(&client).map_err(|not_until| {
             EdgeError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()))
         })?;
     }
@@ -521,4 +549,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_forwarded_address_behind_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let balancer = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // No trusted proxy: the header is ignored, whatever it says.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), Some("1.2.3.4"), &[]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_address(ip("203.0.113.9"), Some("1.2.3.4"), &balancer),
+            ip("203.0.113.9"),
+            "a client that is not a proxy cannot choose its bucket"
+        );
+        // Through two proxies: the entry left of the trusted ones; a forged prefix is ignored.
+        assert_eq!(
+            client_address(
+                ip("10.0.0.1"),
+                Some("6.6.6.6, 198.51.100.7, 10.0.0.2"),
+                &balancer
+            ),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), None, &balancer),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), Some("garbage"), &balancer),
+            ip("10.0.0.1")
+        );
+    }
 }

@@ -46,6 +46,11 @@ pub async fn run(
             .follow(js.clone(), metrics.health.clone(), shutdown.clone()),
     );
     let (per_address, per_citizen) = Edge::limiters(&settings);
+    tokio::spawn(prune_limiters(
+        per_address.clone(),
+        per_citizen.clone(),
+        shutdown.clone(),
+    ));
     let workers = settings.workers.max(1);
     let open_submissions = (settings.max_open_submissions > 0).then(|| {
         let permits = settings
@@ -67,4 +72,27 @@ pub async fn run(
         open_submissions,
     };
     streams::http::serve(listener, workers, edge, routes::configure, shutdown).await
+}
+
+/// Forgets, once a minute, every address and citizen whose bucket is full again (they would
+/// be allowed anyway): the limiters hold the recently active, not everyone ever seen.
+async fn prune_limiters(
+    per_address: Option<routes::Limiter<std::net::IpAddr>>,
+    per_citizen: Option<routes::Limiter<String>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        if let Some(limiter) = &per_address {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some(limiter) = &per_citizen {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
 }

@@ -50,6 +50,11 @@ pub struct Settings {
     /// Where citizens read their status: the read API's public base URL, so `status_url`
     /// in a `202` can be followed as is (the edge itself serves no reads).
     pub status_base_url: String,
+    /// Addresses of the load balancers in front of the edge: for a request from one of them,
+    /// the client is the nearest untrusted address in `X-Forwarded-For` (otherwise every
+    /// citizen behind the balancer would share one rate-limit bucket). Empty: the header is
+    /// ignored, so a client cannot choose its own bucket.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -67,6 +72,7 @@ impl std::fmt::Debug for Settings {
             .field("max_open_submissions", &self.max_open_submissions)
             .field("workers", &self.workers)
             .field("status_base_url", &self.status_base_url)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -93,6 +99,7 @@ impl Settings {
             max_open_submissions: 512,
             workers: 2,
             replicas: 1,
+            trusted_proxies: Vec::new(),
             status_base_url: "http://127.0.0.1:8081".into(),
         }
     }
@@ -136,6 +143,18 @@ impl Settings {
         }
         if let Some(v) = env_parse("REG_REPLICAS")? {
             s.replicas = v;
+        }
+        if let Ok(list) = std::env::var("REG_TRUSTED_PROXIES") {
+            s.trusted_proxies = list
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse().map_err(|e| {
+                        anyhow::anyhow!("REG_TRUSTED_PROXIES: {a:?} is not an IP address: {e}")
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
         }
         if let Ok(url) = std::env::var("REG_STATUS_BASE_URL") {
             s.status_base_url = url.trim_end_matches('/').to_owned();

@@ -53,6 +53,11 @@ pub async fn run_cli(
 ) -> anyhow::Result<()> {
     let secret =
         std::env::var("REG_SECRET").unwrap_or_else(|_| streams::crypto::DEVELOPMENT_SECRET.into());
+    streams::runtime::check_credentials(&[(
+        "REG_SECRET",
+        &secret,
+        streams::crypto::DEVELOPMENT_SECRET,
+    )])?;
     let listener = streams::runtime::bind(&args.listen)?;
     tracing::info!(listen = %args.listen, surreal = %args.surreal, "Projections starting.");
     run(

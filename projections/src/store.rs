@@ -27,6 +27,17 @@ pub struct StoreOptions {
     pub credentials: Option<(String, String)>,
 }
 
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Another worker applied past the checkpoint this batch follows: resume from the store.
+    #[error("another worker moved the checkpoint first")]
+    CheckpointMoved,
+    /// SurrealDB failed.
+    #[error(transparent)]
+    Store(anyhow::Error),
+}
+
 /// A connection to the projection database.
 #[derive(Clone)]
 pub struct Store {
@@ -68,6 +79,9 @@ struct Op {
 /// sets everything it names.
 const APPLY: &str = "
 BEGIN TRANSACTION;
+IF ((SELECT VALUE seq FROM ONLY type::record('checkpoint', $stream)) ?? 0) != $expected {
+    THROW 'checkpoint_moved';
+};
 INSERT INTO registration $received ON DUPLICATE KEY UPDATE
     region = $input.region, location = $input.location, date = $input.date,
     submitted_seq = $input.submitted_seq;
@@ -299,14 +313,21 @@ impl Store {
     }
 
     /// Applies a batch of `(sequence, event)` read from `stream`, in one transaction with the
-    /// new checkpoint. `last_seq` is the sequence of the last message read, which may carry no
-    /// change (events the projections do not show still advance the checkpoint).
+    /// new checkpoint, only if the checkpoint is still `expected` (the one the batch follows).
+    /// `last_seq` is the sequence of the last message read, which may carry no change (events
+    /// the projections do not show still advance the checkpoint).
+    ///
+    /// The condition makes the workers safe to run twice against one SurrealDB server (two
+    /// read-API replicas): a batch another worker applied first fails with
+    /// [`ApplyError::CheckpointMoved`] and changes nothing, so no status or checkpoint ever
+    /// moves backwards.
     pub async fn apply(
         &self,
         stream: &str,
         events: &[(u64, Envelope)],
+        expected: u64,
         last_seq: u64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ApplyError> {
         let ops: Vec<Op> = events.iter().flat_map(|(seq, e)| ops_of(*seq, e)).collect();
         let grouped = group(ops);
         let received: Vec<Value> = grouped.received.iter().map(received_row).collect();
@@ -319,11 +340,21 @@ impl Store {
                 "capacities": grouped.capacities,
                 "reserved": grouped.reserved,
                 "stream": stream,
+                "expected": expected,
                 "seq": last_seq,
             }))
             .await
             .and_then(|r| r.check())
-            .context("Failed to apply a batch to the projections")?;
+            .map_err(|err| {
+                if err.to_string().contains("checkpoint_moved") {
+                    ApplyError::CheckpointMoved
+                } else {
+                    ApplyError::Store(
+                        anyhow::Error::new(err)
+                            .context("Failed to apply a batch to the projections"),
+                    )
+                }
+            })?;
         Ok(())
     }
 
@@ -455,5 +486,38 @@ mod tests {
                 "RegistrationCancelled"
             ]
         );
+    }
+
+    /// Two workers projecting one stream into one database: the one that read an older
+    /// checkpoint is refused and changes nothing. Before the fix, its batch overwrote the
+    /// newer statuses and moved the checkpoint back.
+    #[tokio::test]
+    async fn a_batch_that_does_not_follow_the_checkpoint_changes_nothing() {
+        let store = Store::open(&StoreOptions {
+            endpoint: "mem://".into(),
+            credentials: None,
+        })
+        .await
+        .unwrap();
+        let samples = streams::events::samples();
+        let capacity = samples
+            .iter()
+            .find(|e| e.event.event_type() == "CapacitySet")
+            .unwrap()
+            .clone();
+        store
+            .apply("S", &[(1, capacity.clone())], 0, 1)
+            .await
+            .unwrap();
+        store
+            .apply("S", &[(2, capacity.clone())], 1, 5)
+            .await
+            .unwrap();
+        let stale = store.apply("S", &[(1, capacity)], 0, 1).await;
+        assert!(
+            matches!(stale, Err(ApplyError::CheckpointMoved)),
+            "{stale:?}"
+        );
+        assert_eq!(store.checkpoint("S").await.unwrap(), 5, "never moved back");
     }
 }

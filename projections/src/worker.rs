@@ -10,7 +10,7 @@ use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{ApplyError, Store};
 
 /// Most messages applied per transaction.
 pub const MAX_BATCH: usize = 500;
@@ -37,6 +37,7 @@ pub async fn project(
     let mut step = Projection {
         store,
         stream,
+        checkpoint: 0,
         metrics: metrics.clone(),
     };
     consume::run_ordered(&js, &spec, &mut step, &metrics.health, &shutdown).await;
@@ -46,19 +47,31 @@ pub async fn project(
 struct Projection {
     store: Store,
     stream: &'static str,
+    /// The last sequence applied, as this worker knows it: each batch applies only on top of
+    /// it (another worker on the same database makes this one resume instead).
+    checkpoint: u64,
     metrics: Metrics,
 }
 
 impl OrderedStep for Projection {
     async fn resume(&mut self) -> Result<Start, Halt> {
-        Ok(Start::At(self.store.checkpoint(self.stream).await? + 1))
+        self.checkpoint = self.store.checkpoint(self.stream).await?;
+        Ok(Start::At(self.checkpoint + 1))
     }
 
     async fn handle(&mut self, group: Vec<Decoded>) -> Result<(), Halt> {
         let last_seq = group.last().map_or(0, |r| r.seq);
         let count = group.len() as u64;
         let events: Vec<_> = group.into_iter().map(|r| (r.seq, r.envelope)).collect();
-        self.store.apply(self.stream, &events, last_seq).await?;
+        match self
+            .store
+            .apply(self.stream, &events, self.checkpoint, last_seq)
+            .await
+        {
+            Ok(()) => self.checkpoint = last_seq,
+            Err(ApplyError::CheckpointMoved) => return Err(Halt::Rebuild),
+            Err(ApplyError::Store(err)) => return Err(Halt::Transient(err)),
+        }
         self.metrics
             .applied
             .with_label_values(&[self.stream])

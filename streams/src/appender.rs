@@ -1,7 +1,7 @@
 //! Durable appends, many per write.
 //!
 //! With `sync_interval: always` every JetStream write costs an fsync, so one message per
-//! write stops near 4,000/s (DESIGN.md). An *atomic batch* (ADR-50: `Nats-Batch-Id`,
+//! write stops near 4,000/s on the development machine (docs/write-path.md). An *atomic batch* (ADR-50: `Nats-Batch-Id`,
 //! `Nats-Batch-Sequence`, `Nats-Batch-Commit`) is staged by the server and stored with one
 //! fsync, all or nothing, at contiguous sequences. Two layers use it:
 //!

@@ -26,7 +26,7 @@ fn log_stream(name: &str, subjects: Vec<String>, replicas: Replication) -> strea
         // The log is the system of record: nothing is discarded by age or size.
         max_message_size: MAX_MESSAGE_BYTES,
         num_replicas: replicas.0,
-        // Many registrations per durable write (see DESIGN.md, group commit).
+        // Many registrations per durable write (group commit, docs/write-path.md).
         allow_atomic_publish: true,
         // Status reads and the edge's claim checks use direct gets.
         allow_direct: true,
@@ -53,10 +53,41 @@ pub fn decisions_stream(replicas: Replication) -> stream::Config {
     )
 }
 
-/// Creates every stream and bucket, or updates them to this code's configuration.
+/// Creates every stream and bucket, or updates them to this code's configuration. This
+/// module is the one place stream configuration comes from; a service never changes an
+/// existing stream's replication: started with a `REG_REPLICAS` other than the stream's
+/// (say, without it against a cluster's R3 streams), it refuses to start instead of
+/// shrinking them.
 pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> anyhow::Result<()> {
     for config in [intake_stream(replicas), decisions_stream(replicas)] {
         let name = config.name.clone();
+        match js.get_stream(&name).await {
+            Ok(mut existing) => {
+                let have = existing
+                    .info()
+                    .await
+                    .with_context(|| format!("Failed to read stream {name}"))?
+                    .config
+                    .num_replicas;
+                if have != replicas.0 {
+                    anyhow::bail!(
+                        "stream {name} has {have} replica(s) but this service was started with \
+                         REG_REPLICAS={}; start it with REG_REPLICAS={have} (a service never \
+                         changes an existing stream's replication)",
+                        replicas.0
+                    );
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(e)
+                        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("Failed to look up stream {name}"));
+            }
+        }
         js.create_or_update_stream(config)
             .await
             .with_context(|| format!("Failed to create or update stream {name}"))?;

@@ -150,3 +150,77 @@ where
 pub fn bind(address: &str) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(address).with_context(|| format!("Failed to bind {address}"))
 }
+
+/// Whether this process runs in development mode (`REG_DEV_MODE=1`, which `deploy/up` and the
+/// test harnesses set): only then may it start with the development secret or operator token.
+pub fn development_mode() -> bool {
+    matches!(
+        std::env::var("REG_DEV_MODE").as_deref(),
+        Ok("1" | "true" | "yes")
+    )
+}
+
+/// Refuses to start with a development credential outside development mode. Each entry is
+/// (variable, value in use, its development value); the error names what to set and never
+/// prints a value.
+pub fn check_credentials(credentials: &[(&str, &str, &str)]) -> anyhow::Result<()> {
+    match development_credentials(credentials, development_mode()) {
+        Ok(None) => Ok(()),
+        Ok(Some(names)) => {
+            tracing::warn!(
+                variables = %names,
+                "Development credentials in use (REG_DEV_MODE=1). Never do this in production."
+            );
+            Ok(())
+        }
+        Err(refusal) => anyhow::bail!(refusal),
+    }
+}
+
+/// The development credentials among `credentials`: none (`Ok(None)`), allowed in
+/// development mode (`Ok(Some(names))`), or the refusal to print.
+fn development_credentials(
+    credentials: &[(&str, &str, &str)],
+    development_mode: bool,
+) -> Result<Option<String>, String> {
+    let names: Vec<&str> = credentials
+        .iter()
+        .filter(|(_, value, dev)| value == dev)
+        .map(|(name, _, _)| *name)
+        .collect();
+    match (names.is_empty(), development_mode) {
+        (true, _) => Ok(None),
+        (false, true) => Ok(Some(names.join(", "))),
+        (false, false) => Err(format!(
+            "{} unset or left at the development value: set {} to a secret of your own, or \
+             REG_DEV_MODE=1 on a development machine",
+            names.join(" and "),
+            if names.len() == 1 { "it" } else { "each" },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn development_credentials_start_only_in_development_mode() {
+        let dev = [
+            ("REG_SECRET", "dev", "dev"),
+            ("REG_ADMIN_TOKEN", "s3cret", "admin"),
+        ];
+        let refusal = development_credentials(&dev, false).unwrap_err();
+        assert!(refusal.contains("REG_SECRET"), "{refusal}");
+        assert!(
+            !refusal.contains("REG_ADMIN_TOKEN") && !refusal.contains("s3cret"),
+            "{refusal}"
+        );
+        assert_eq!(
+            development_credentials(&dev, true),
+            Ok(Some("REG_SECRET".to_owned()))
+        );
+        let own = [("REG_SECRET", "mine", "dev")];
+        assert_eq!(development_credentials(&own, false), Ok(None));
+    }
+}

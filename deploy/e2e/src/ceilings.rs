@@ -1,6 +1,6 @@
 //! The durable write ceilings every throughput figure of this project is compared with,
-//! measured on the machine at hand (DESIGN.md: "always measure the ceiling beside the
-//! project in the same run"): how many 4 KiB records per second JetStream stores durably one
+//! measured on the machine at hand (figures move ±30 % between machines, so the ceiling is
+//! always measured beside the project in the same run): how many 4 KiB records per second JetStream stores durably one
 //! per publish, in atomic batches of 256 and 1,000, in a fast-ingest batch (ADR-50), and
 //! packed many to a message; the same without fsync (not durable, for reference); and the
 //! disk's own synchronous write rate.

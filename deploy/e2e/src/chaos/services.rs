@@ -250,6 +250,8 @@ pub fn spawn(
         .args(["serve", service, "--listen", &listen])
         .env("REG_NATS_URL", nats_url)
         .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
+        // The harness's throwaway secret is the development one.
+        .env("REG_DEV_MODE", "1")
         // One load generator address, citizens who retry through outages, and a generator
         // that decides itself how many requests are open: the limits would measure the
         // throttle, not the pipeline.
