@@ -36,12 +36,6 @@ pub fn reservation_lease(region: &Region) -> String {
     format!("reservation.region.{region}")
 }
 
-/// Stream the benchmark writes raw records to when it measures JetStream's own ceilings
-/// (`deploy/bench`); no service uses it.
-pub const CEILING_STREAM: &str = "BENCH_CEILING";
-/// The one subject of [`CEILING_STREAM`].
-pub const CEILING_SUBJECT: &str = "bench.ceiling.records";
-
 const INTAKE_PREFIX: &str = "reg.intake";
 const DECISION_PREFIX: &str = "reg.decision";
 const CLAIM_PREFIX: &str = "reg.claim";

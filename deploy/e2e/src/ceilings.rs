@@ -66,7 +66,11 @@ impl Ceiling {
     }
 }
 
-use streams::subjects::{CEILING_STREAM, CEILING_SUBJECT as SUBJECT};
+/// The stream the ceilings are measured on: the benchmark's own, no service's (so it is not
+/// part of the contract in `streams::subjects`).
+const CEILING_STREAM: &str = "BENCH_CEILING";
+/// The one subject of [`CEILING_STREAM`].
+const SUBJECT: &str = "bench.ceiling.records";
 
 async fn fresh_stream(
     server: &testkit::NatsServer,

@@ -65,6 +65,8 @@ struct Intake {
     repeated: u64,
     /// Every event, in order, for the model.
     events: Vec<(u64, Event)>,
+    /// Records no reader could decode: each one a violation (readers stop at them).
+    undecodable: Vec<u64>,
 }
 
 /// One registration's decisions in the log.
@@ -84,6 +86,7 @@ async fn read_intake(js: &async_nats::jetstream::Context) -> anyhow::Result<Inta
         1,
         |record: Record| {
             let Ok(Envelope { event, .. }) = record.envelope else {
+                intake.undecodable.push(record.seq);
                 return;
             };
             if let Event::RegistrationSubmitted(s) = &event {
@@ -103,22 +106,25 @@ async fn read_intake(js: &async_nats::jetstream::Context) -> anyhow::Result<Inta
     Ok(intake)
 }
 
-async fn read_decisions(js: &async_nats::jetstream::Context) -> anyhow::Result<Vec<(u64, Event)>> {
+/// The reservation decisions in order, and the sequences of those that could not be decoded.
+async fn read_decisions(
+    js: &async_nats::jetstream::Context,
+) -> anyhow::Result<(Vec<(u64, Event)>, Vec<u64>)> {
     let mut log = Vec::new();
+    let mut undecodable = Vec::new();
     read_to_end(
         js,
         subjects::DECISIONS_STREAM,
         subjects::reservation_decisions_filter(&RegionFilter::All),
         1,
-        |record: Record| {
-            if let Ok(envelope) = record.envelope {
-                log.push((record.seq, envelope.event));
-            }
+        |record: Record| match record.envelope {
+            Ok(envelope) => log.push((record.seq, envelope.event)),
+            Err(_) => undecodable.push(record.seq),
         },
     )
     .await
     .context("Failed to read the decisions stream")?;
-    Ok(log)
+    Ok((log, undecodable))
 }
 
 fn decided(log: &[(u64, Event)]) -> HashMap<String, Decided> {
@@ -208,15 +214,15 @@ pub async fn settle_and_check(
 
     // Settle: every submission decided and every release written (or a deadline).
     let deadline = Instant::now() + Duration::from_secs(180);
-    let log = loop {
-        let log = read_decisions(&js).await?;
+    let (log, undecodable) = loop {
+        let (log, undecodable) = read_decisions(&js).await?;
         let decided = decided(&log);
         let done = intake.submitted.keys().all(|id| decided.contains_key(id))
             && expected_released
                 .iter()
                 .all(|id| decided.get(id).is_some_and(|d| d.cancelled));
         if done || Instant::now() > deadline {
-            break log;
+            break (log, undecodable);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -247,6 +253,15 @@ pub async fn settle_and_check(
     }
     for line in &outcome.unexpected {
         verdict.violation(format!("unexpected answer: {line}"));
+    }
+    for (stream, seqs) in [("intake", &intake.undecodable), ("decisions", &undecodable)] {
+        if !seqs.is_empty() {
+            verdict.violation(format!(
+                "{} undecodable record(s) in the {stream} stream, first at {}",
+                seqs.len(),
+                seqs[0]
+            ));
+        }
     }
 
     check_log(&mut verdict, &intake, &log, outcome, pool);
