@@ -191,6 +191,14 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Waits until the test region's reader stalls at a record it cannot decode.
+    pub async fn wait_for_stall(&self) -> streams::consume::Undecodable {
+        testkit::eventually("the reader to stall", Duration::from_secs(30), || async {
+            self.metrics.health.stall_of("reservation.mazowieckie")
+        })
+        .await
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();

@@ -340,12 +340,7 @@ async fn an_undecodable_submission_stops_the_region_at_that_record() {
         .await;
     let (after, _) = world.submit(&s).await;
     let replica = world.replica();
-    let stall = testkit::eventually(
-        "the reader to stall",
-        std::time::Duration::from_secs(30),
-        || async { replica.metrics.health.stall_of("reservation.mazowieckie") },
-    )
-    .await;
+    let stall = replica.wait_for_stall().await;
     assert_eq!(stall.seq, bad, "stopped at the record it cannot decode");
     let firsts = first_decisions(&world.decisions().await);
     assert!(
@@ -377,12 +372,7 @@ async fn an_undecodable_decision_stops_recovery_instead_of_overbooking() {
         .await;
     let (waiting, _) = world.submit(&s).await;
     let replica = world.replica();
-    testkit::eventually(
-        "the reader to stall",
-        std::time::Duration::from_secs(30),
-        || async { replica.metrics.health.stall_of("reservation.mazowieckie") },
-    )
-    .await;
+    replica.wait_for_stall().await;
     assert!(
         !first_decisions(&world.decisions().await).contains_key(&waiting),
         "nothing decided from a state that may be missing a reservation"
