@@ -13,7 +13,6 @@
 //! the key was used for another body, the citizen holds another registration, or their last
 //! registration ended (claim again behind that release).
 
-use async_nats::jetstream::message::StreamMessage;
 use streams::appender::{AppendError, Appender, Outgoing};
 pub use streams::claims::Claim;
 use streams::claims::{ClaimRecord, Step};
@@ -59,16 +58,15 @@ pub fn relate(wanted: &Claim, last: Option<&ClaimRecord>) -> Option<Claimed> {
 }
 
 /// Appends `wanted` and `event` together if the citizen may claim, or tells how the existing
-/// claim relates to this request. `last` is the claim subject's last message when the caller
-/// has read it, `None` to assume the subject empty.
+/// claim relates to this request. Optimistic: the subject is assumed empty (most citizens
+/// have never claimed), so a first registration costs no read.
 pub async fn claim_and_append(
     appender: &Appender,
     citizen_key: &str,
-    last: Option<StreamMessage>,
     wanted: Claim,
     event: Outgoing,
 ) -> Result<Claimed, AppendError> {
-    streams::claims::update(appender, last, |record| match relate(&wanted, record) {
+    streams::claims::update(appender, None, |record| match relate(&wanted, record) {
         Some(answer) => Step::Answer(answer),
         None => Step::Append(
             vec![

@@ -13,7 +13,7 @@ use ntex::http::StatusCode;
 use ntex::http::header;
 use ntex::web::{self, HttpRequest, HttpResponse, types::Payload, types::State};
 use serde_json::json;
-use streams::appender::{Appender, Outgoing, last_message};
+use streams::appender::{Appender, Outgoing};
 use streams::claims::ClaimRecord;
 use streams::crypto::Keys;
 use streams::events::{
@@ -216,6 +216,8 @@ async fn submit_inner(
     payload: Payload,
     edge: &Edge,
 ) -> Result<HttpResponse, EdgeError> {
+    // The (capped) body is read before any refusal, so the connection stays usable for the
+    // client's next request: a response sent over an unread body forces a close.
     let body = read_body(declared_len(req), payload, edge.settings.max_body_bytes).await?;
     check_address(edge, req)?;
     if !is_json(req) {
@@ -245,16 +247,18 @@ async fn submit_inner(
                 |k| format!("k:{k}"),
             ),
     )?;
-    if let Some(replayed) = limit_citizen(edge, &submission).await? {
+    let claimed = match limit_citizen(edge, &submission).await? {
         // A replay of a recorded request, found while checking the citizen's limit.
-        edge.metrics.replays.inc();
-        return Ok(accepted(edge, &replayed.registration_id));
-    }
-    // Fail fast while NATS is away: nothing can be made durable, so nothing is accepted.
-    if edge.client.connection_state() != async_nats::connection::State::Connected {
-        return Err(EdgeError::Unavailable("the event log"));
-    }
-    let claimed = claim(edge, submission).await?;
+        Some(replayed) => Claimed::Replay(replayed),
+        None => {
+            // Fail fast while NATS is away: nothing can be made durable, so nothing is
+            // accepted.
+            if edge.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(EdgeError::Unavailable("the event log"));
+            }
+            claim(edge, submission).await?
+        }
+    };
     let id = match claimed {
         Claimed::New(claim) => {
             tracing::debug!(registration_id = %claim.registration_id, "Registration accepted.");
@@ -282,7 +286,7 @@ fn parse_submission(req: &HttpRequest, body: &[u8], edge: &Edge) -> Result<Submi
     )
     .map_err(EdgeError::Invalid)?;
     if !edge.windows.known() {
-        return Err(EdgeError::Unavailable("the registration windows"));
+        return Err(EdgeError::Unavailable("the list of registration windows"));
     }
     if !edge.windows.is_open(&registration.slot.region, now) {
         return Err(EdgeError::WindowClosed(registration.slot.region));
@@ -319,12 +323,7 @@ async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Cl
     };
     let refused =
         || EdgeError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()));
-    let intake = edge
-        .js
-        .get_stream_no_info(subjects::INTAKE_STREAM)
-        .await
-        .map_err(|_| EdgeError::Unavailable("the event log"))?;
-    let last = last_message(&intake, &subjects::claim(&submission.citizen_key))
+    let last = streams::claims::last(&edge.js, &submission.citizen_key)
         .await
         .map_err(|_| refused())?;
     let record = last
@@ -368,7 +367,6 @@ async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError
         claims::claim_and_append(
             &edge.appender,
             &citizen_key,
-            None,
             wanted,
             Outgoing::event(subject, &envelope),
         ),
@@ -512,11 +510,10 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
 /// reader stalled.
 pub async fn readyz(edge: State<Edge>) -> HttpResponse {
     let connected = edge.client.connection_state() == async_nats::connection::State::Connected;
-    let js = async_nats::jetstream::new(edge.client.clone());
     let stream_ok = connected
         && tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            js.get_stream_no_info(subjects::INTAKE_STREAM),
+            edge.js.get_stream_no_info(subjects::INTAKE_STREAM),
         )
         .await
         .is_ok_and(|r| r.is_ok());

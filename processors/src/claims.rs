@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
-use streams::appender::{Appender, AppenderOptions, last_message};
+use streams::appender::{Appender, AppenderOptions};
 use streams::claims::{self, Step};
 use streams::consume::{self, Decoded, DurableSpec, Health, Outcome};
 use streams::events::Event;
@@ -48,7 +48,6 @@ pub async fn run(client: async_nats::Client, health: Health, shutdown: Cancellat
         name: CONSUMER.into(),
         stream: subjects::DECISIONS_STREAM,
         consumer: pull::Config {
-            durable_name: Some(CONSUMER.into()),
             filter_subject: subjects::reservation_decisions_filter(&RegionFilter::All),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 4096,
@@ -81,11 +80,7 @@ pub async fn release(
     citizen_key: &str,
     id: &RegistrationId,
 ) -> anyhow::Result<()> {
-    let intake = js
-        .get_stream_no_info(subjects::INTAKE_STREAM)
-        .await
-        .context("Failed to open the intake stream")?;
-    let last = last_message(&intake, &subjects::claim(citizen_key))
+    let last = claims::last(js, citizen_key)
         .await
         .context("Failed to read a claim")?;
     claims::update(appender, last, |record| {

@@ -137,6 +137,19 @@ impl ClaimRecord {
     }
 }
 
+/// The last message on `citizen_key`'s claim subject (`None`: the citizen never claimed):
+/// what [`update`] is fenced on, and what answers a replayed request.
+pub async fn last(
+    js: &async_nats::jetstream::Context,
+    citizen_key: &str,
+) -> Result<Option<StreamMessage>, AppendError> {
+    let intake = js
+        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
+        .await
+        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    crate::appender::last_message(&intake, &crate::subjects::claim(citizen_key)).await
+}
+
 /// What a claim update does once it knows the subject's last record.
 #[derive(Debug)]
 pub enum Step<T> {

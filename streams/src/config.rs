@@ -62,13 +62,9 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
     for config in [intake_stream(replicas), decisions_stream(replicas)] {
         let name = config.name.clone();
         match js.get_stream(&name).await {
-            Ok(mut existing) => {
-                let have = existing
-                    .info()
-                    .await
-                    .with_context(|| format!("Failed to read stream {name}"))?
-                    .config
-                    .num_replicas;
+            Ok(existing) => {
+                // get_stream read the stream's info already: no second request.
+                let have = existing.cached_info().config.num_replicas;
                 if have != replicas.0 {
                     anyhow::bail!(
                         "stream {name} has {have} replica(s) but this service was started with \

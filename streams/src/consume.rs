@@ -309,6 +309,9 @@ async fn read_ordered<S: OrderedStep>(
     if caught_up {
         step.caught_up();
     }
+    // A stall is only ever set between two starts, so one look per start tells whether a
+    // handled group must clear one.
+    let mut was_stalled = health.stall_of(&spec.name).is_some();
     loop {
         let group = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -338,8 +341,9 @@ async fn read_ordered<S: OrderedStep>(
         // The records before one that cannot be decoded are handled; nothing after it is.
         if !decoded.is_empty() {
             step.handle(decoded).await?;
-            if stalled.is_none() {
+            if was_stalled && stalled.is_none() {
                 health.clear(&spec.name);
+                was_stalled = false;
             }
         }
         if let Some(halt) = stalled {
@@ -364,11 +368,11 @@ pub enum Outcome {
 /// What a durable reader reads.
 #[derive(Debug, Clone)]
 pub struct DurableSpec {
-    /// Its name in logs, metrics and readiness.
+    /// Its name in logs, metrics and readiness, and the durable consumer's name.
     pub name: String,
     /// The stream.
     pub stream: &'static str,
-    /// The durable consumer's configuration (its `durable_name` is the consumer's name).
+    /// The durable consumer's configuration (its `durable_name` is set from `name`).
     pub consumer: pull::Config,
     /// Records handled at once.
     pub concurrency: usize,
@@ -421,13 +425,15 @@ where
         .get_stream(spec.stream)
         .await
         .with_context(|| format!("Failed to open stream {}", spec.stream))?;
-    let name = spec
-        .consumer
-        .durable_name
-        .clone()
-        .unwrap_or_else(|| spec.name.clone());
+    let name = &spec.name;
     let consumer = stream
-        .get_or_create_consumer(&name, spec.consumer.clone())
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.clone()),
+                ..spec.consumer.clone()
+            },
+        )
         .await
         .with_context(|| format!("Failed to create the consumer {name}"))?;
     let messages = consumer

@@ -578,13 +578,7 @@ async fn claim_state(p: &Pipeline, body: &Value) -> Option<String> {
     let keys = streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET);
     let citizen_key = keys.citizen_key(body["national_id"].as_str().unwrap());
     let js = async_nats::jetstream::new(p.nats.connect().await);
-    let intake = js
-        .get_stream_no_info(streams::subjects::INTAKE_STREAM)
-        .await
-        .unwrap();
-    let last = streams::appender::last_message(&intake, &streams::subjects::claim(&citizen_key))
-        .await
-        .unwrap()?;
+    let last = streams::claims::last(&js, &citizen_key).await.unwrap()?;
     let state = last.headers.get(streams::claims::CLAIM_STATE_HEADER)?;
     Some(state.as_str().to_owned())
 }
