@@ -24,6 +24,10 @@ pub struct Args {
     /// JetStream replicas per stream (1 on one node, 3 in a cluster).
     #[arg(long, env = "REG_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// How many registrations may wait in line for one full slot (default: as many as the
+    /// slot's capacity). Beyond it a registration is rejected with `slot_full`.
+    #[arg(long, env = "REG_WAITLIST_PER_SLOT")]
+    pub waitlist_per_slot: Option<u32>,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -43,6 +47,9 @@ pub async fn run_cli(
             },
             regions,
             replication: Replication(args.replicas),
+            policy: crate::reservation::decide::Policy {
+                waitlist_per_slot: args.waitlist_per_slot,
+            },
         },
         listener,
         shutdown,

@@ -9,7 +9,7 @@ use streams::subjects::RegionFilter;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::reservation::{self, ReservationConfig};
+use crate::reservation::{self, ReservationConfig, decide::Policy};
 
 /// Everything the processor process needs, resolved by `main` from flags and environment.
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct Settings {
     pub regions: RegionFilter,
     /// Stream replication.
     pub replication: Replication,
+    /// The reservation rule's settings.
+    pub policy: Policy,
 }
 
 #[derive(Clone)]
@@ -58,6 +60,7 @@ pub async fn run(
         client,
         ReservationConfig {
             regions: settings.regions,
+            policy: settings.policy,
         },
         metrics,
         shutdown.clone(),

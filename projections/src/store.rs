@@ -1,8 +1,10 @@
 //! The SurrealDB side of the projections: schema, the batched idempotent writes, the reads.
 //!
 //! Tables:
-//! - `registration:⟨id⟩` — status, reason, region, location, date, updated_at;
-//! - `slot:[region, location, date]` — capacity (from intake), reserved (from decisions);
+//! - `registration:⟨id⟩` — status, reason, region, location, date, updated_at, and for a
+//!   waiting registration its place in line (`line_seq`), from which its position is counted;
+//! - `slot:[region, location, date]` — capacity (from intake), reserved and waiting (from
+//!   decisions);
 //! - `checkpoint:⟨stream⟩` — the last stream sequence applied.
 //!
 //! A batch of events and its checkpoint are written in one transaction, so each stream
@@ -14,6 +16,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use streams::events::{Envelope, Event};
+use streams::model::Status;
 use surrealdb::Surreal;
 use surrealdb::engine::any::Any;
 
@@ -49,6 +52,7 @@ DEFINE TABLE IF NOT EXISTS registration SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS slot SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS checkpoint SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS slot_region ON slot FIELDS region, location, date;
+DEFINE INDEX IF NOT EXISTS registration_status ON registration FIELDS status, region, location, date;
 ";
 
 /// One change to apply, flattened from an event: the shape the batch query reads.
@@ -67,13 +71,18 @@ struct Op {
     capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reserved: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<u32>,
+    /// A waiting registration's place in line (its submission's intake sequence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_seq: Option<u64>,
     at: String,
     seq: u64,
 }
 
 /// One statement per kind of change: the kinds touch different records or tables (a batch
 /// comes from one stream: intake gives `received` and `capacity`, decisions give `status` and
-/// `reserved`), so grouping them keeps the result of applying the batch in order. The
+/// `counts`), so grouping them keeps the result of applying the batch in order. The
 /// registration rows, most of the volume, go in as one bulk `INSERT … ON DUPLICATE KEY
 /// UPDATE` each: a `received` row keeps a status and time a decision wrote first; a status row
 /// sets everything it names.
@@ -88,16 +97,17 @@ INSERT INTO registration $received ON DUPLICATE KEY UPDATE
 INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
     region = $input.region, location = $input.location, date = $input.date,
     status = $input.status, reason = $input.reason, updated_at = $input.updated_at,
-    decision_seq = $input.decision_seq;
+    decision_seq = $input.decision_seq, line_seq = $input.line_seq;
 FOR $e IN $capacities {
     UPSERT type::record('slot', $e.slot) SET
         region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
         capacity = $e.capacity, reserved = reserved ?? 0, updated_at = $e.at;
 };
-FOR $e IN $reserved {
+FOR $e IN $counts {
     UPSERT type::record('slot', $e.slot) SET
         region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
-        capacity = capacity ?? $e.capacity, reserved = $e.reserved, updated_at = $e.at;
+        capacity = capacity ?? $e.capacity, reserved = $e.reserved ?? reserved ?? 0,
+        waiting = $e.waiting ?? waiting ?? 0, updated_at = $e.at;
 };
 UPSERT type::record('checkpoint', $stream) SET seq = $seq;
 COMMIT TRANSACTION;
@@ -106,8 +116,8 @@ COMMIT TRANSACTION;
 /// A batch's changes grouped by kind, in log order within each kind, with every run of
 /// changes to one record folded into the one change that leaves the same state:
 /// - `status` sets every field it names: the last one wins;
-/// - `reserved` keeps an existing capacity, else the first change's, and sets the last
-///   change's count: so the first's capacity and the last's count and time;
+/// - `counts` keeps an existing capacity, else the first change's, and sets each count the
+///   changes name: so the first's capacity, each count's last value and the last time;
 /// - `capacity` sets the capacity and keeps the count: the last one wins;
 /// - `received` keeps an existing status and time: rare twice in a batch, left as they are.
 #[derive(Debug, Default)]
@@ -115,7 +125,7 @@ struct Grouped {
     received: Vec<Op>,
     statuses: Vec<Op>,
     capacities: Vec<Op>,
-    reserved: Vec<Op>,
+    counts: Vec<Op>,
 }
 
 /// Appends `op` to `list`, or folds it into the change already there for `key`.
@@ -137,7 +147,7 @@ fn fold<K: std::hash::Hash + Eq>(
 
 fn group(ops: Vec<Op>) -> Grouped {
     let mut grouped = Grouped::default();
-    let (mut status_of, mut capacity_of, mut reserved_of) = Default::default();
+    let (mut status_of, mut capacity_of, mut counts_of) = Default::default();
     let last_wins: fn(&mut Op, Op) = |earlier, later| *earlier = later;
     for op in ops {
         match op.op {
@@ -155,15 +165,17 @@ fn group(ops: Vec<Op>) -> Grouped {
                     last_wins,
                 );
             }
-            "reserved" => {
+            "counts" => {
                 let slot = op.slot.clone().unwrap_or_default();
                 fold(
-                    &mut grouped.reserved,
-                    &mut reserved_of,
+                    &mut grouped.counts,
+                    &mut counts_of,
                     slot,
                     op,
                     |first, later| {
-                        first.reserved = later.reserved;
+                        first.capacity = first.capacity.or(later.capacity);
+                        first.reserved = later.reserved.or(first.reserved);
+                        first.waiting = later.waiting.or(first.waiting);
                         first.at = later.at;
                         first.seq = later.seq;
                     },
@@ -195,6 +207,9 @@ fn status_row(op: &Op) -> Value {
     if let Some(reason) = &op.reason {
         row["reason"] = json!(reason);
     }
+    if let Some(line_seq) = op.line_seq {
+        row["line_seq"] = json!(line_seq);
+    }
     row
 }
 
@@ -219,8 +234,20 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         reason: None,
         capacity: None,
         reserved: None,
+        waiting: None,
+        line_seq: None,
         at: at.clone(),
         seq,
+    };
+    let counts = |slot: &streams::model::SlotKey,
+                  capacity: Option<u32>,
+                  reserved: Option<u32>,
+                  waiting: Option<u32>| Op {
+        slot: slot_of(slot),
+        capacity,
+        reserved,
+        waiting,
+        ..base("counts")
     };
     let status = |id: &streams::model::RegistrationId,
                   slot: &streams::model::SlotKey,
@@ -232,7 +259,6 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         reason,
         ..base("status")
     };
-    use streams::model::Status;
     match &envelope.event {
         Event::RegistrationSubmitted(e) => vec![Op {
             id: Some(e.registration_id.to_string()),
@@ -246,30 +272,52 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         }],
         Event::SlotReserved(e) => vec![
             status(&e.registration_id, &e.slot, Status::Reserved, None),
-            Op {
-                slot: slot_of(&e.slot),
-                capacity: Some(e.capacity),
-                reserved: Some(e.reserved),
-                ..base("reserved")
-            },
+            counts(&e.slot, Some(e.capacity), Some(e.reserved), None),
         ],
-        Event::SlotRejected(e) => vec![status(
-            &e.registration_id,
-            &e.slot,
-            Status::Rejected,
-            Some(e.reason.as_str().to_owned()),
-        )],
-        Event::SlotReleased(e) => vec![Op {
-            slot: slot_of(&e.slot),
-            capacity: Some(e.capacity),
-            reserved: Some(e.reserved),
-            ..base("reserved")
-        }],
+        Event::RegistrationWaitlisted(e) => vec![
+            Op {
+                line_seq: Some(e.intake_seq),
+                ..status(&e.registration_id, &e.slot, Status::Waitlisted, None)
+            },
+            counts(&e.slot, None, None, Some(e.waiting)),
+        ],
+        Event::WaitlistPromoted(e) => vec![
+            status(&e.registration_id, &e.slot, Status::Reserved, None),
+            counts(&e.slot, Some(e.capacity), Some(e.reserved), Some(e.waiting)),
+        ],
+        Event::SlotRejected(e) => {
+            let mut ops = vec![status(
+                &e.registration_id,
+                &e.slot,
+                Status::Rejected,
+                Some(e.reason.as_str().to_owned()),
+            )];
+            if e.waiting.is_some() {
+                ops.push(counts(&e.slot, None, None, e.waiting));
+            }
+            ops
+        }
+        Event::SlotReleased(e) => vec![counts(&e.slot, Some(e.capacity), Some(e.reserved), None)],
+        Event::ReviewRequired(e) => {
+            vec![status(
+                &e.registration_id,
+                &e.slot,
+                Status::ManualReview,
+                None,
+            )]
+        }
+        Event::VerificationRequeued(e) => {
+            vec![status(&e.registration_id, &e.slot, Status::Reserved, None)]
+        }
         Event::RegistrationConfirmed(e) => {
             vec![status(&e.registration_id, &e.slot, Status::Confirmed, None)]
         }
         Event::RegistrationCancelled(e) => {
-            vec![status(&e.registration_id, &e.slot, Status::Cancelled, None)]
+            let mut ops = vec![status(&e.registration_id, &e.slot, Status::Cancelled, None)];
+            if e.waiting.is_some() {
+                ops.push(counts(&e.slot, None, None, e.waiting));
+            }
+            ops
         }
         _ => Vec::new(),
     }
@@ -338,7 +386,7 @@ impl Store {
                 "received": received,
                 "statuses": statuses,
                 "capacities": grouped.capacities,
-                "reserved": grouped.reserved,
+                "counts": grouped.counts,
                 "stream": stream,
                 "expected": expected,
                 "seq": last_seq,
@@ -382,7 +430,8 @@ impl Store {
         };
         let query = format!(
             "SELECT region, location, date, capacity ?? 0 AS capacity, \
-             math::max([0, (capacity ?? 0) - (reserved ?? 0)]) AS remaining \
+             math::max([0, (capacity ?? 0) - (reserved ?? 0)]) AS remaining, \
+             waiting ?? 0 AS waiting \
              FROM slot {filter} ORDER BY region, location, date"
         );
         let mut response = self
@@ -395,19 +444,43 @@ impl Store {
         Ok(rows)
     }
 
-    /// A registration's projected record, if the projection has it.
+    /// A registration's projected record, if the projection has it. A waiting registration's
+    /// `position` (1 = next in line) is counted from those still waiting ahead of it.
     pub async fn registration(&self, id: &str) -> anyhow::Result<Option<Value>> {
         let mut response = self
             .db
             .query(
-                "SELECT status, reason, region, location, date, updated_at \
+                "SELECT status, reason, region, location, date, updated_at, line_seq \
                  FROM ONLY type::record('registration', $id)",
             )
             .bind(json!({ "id": id }))
             .await
             .context("Failed to read a registration")?;
         let row: Option<Value> = response.take(0).context("Failed to read a registration")?;
-        Ok(row)
+        let Some(Value::Object(mut row)) = row else {
+            return Ok(row);
+        };
+        let line_seq = row.remove("line_seq");
+        if row.get("status").and_then(Value::as_str) == Some(Status::Waitlisted.as_str()) {
+            let mut response = self
+                .db
+                .query(
+                    "SELECT count() AS ahead FROM registration \
+                     WHERE status = 'waitlisted' AND region = $region AND location = $location \
+                     AND date = $date AND line_seq < $line_seq GROUP ALL",
+                )
+                .bind(json!({
+                    "region": row.get("region"), "location": row.get("location"),
+                    "date": row.get("date"), "line_seq": line_seq,
+                }))
+                .await
+                .context("Failed to count a registration's place in line")?;
+            let ahead: Option<u64> = response
+                .take((0, "ahead"))
+                .context("Failed to count a registration's place in line")?;
+            row.insert("position".into(), json!(ahead.unwrap_or(0) + 1));
+        }
+        Ok(Some(Value::Object(row)))
     }
 
     /// Whether the database answers.
@@ -427,8 +500,10 @@ mod tests {
             slot: Some(["r".into(), slot.into(), "2027-03-01".into()]),
             status: (kind == "status").then_some(if value == 0 { "reserved" } else { "cancelled" }),
             reason: None,
-            capacity: matches!(kind, "capacity" | "reserved").then_some(100 + value),
-            reserved: (kind == "reserved").then_some(value),
+            capacity: matches!(kind, "capacity" | "counts").then_some(100 + value),
+            reserved: (kind == "counts").then_some(value),
+            waiting: None,
+            line_seq: None,
             at: format!("t{seq}"),
             seq,
         }
@@ -438,12 +513,12 @@ mod tests {
     fn a_batch_folds_into_one_change_per_record_with_the_same_result() {
         let grouped = group(vec![
             op("status", "a", "x", 0, 1),
-            op("reserved", "", "x", 1, 2),
+            op("counts", "", "x", 1, 2),
             op("status", "b", "x", 0, 3),
-            op("reserved", "", "x", 2, 4),
+            op("counts", "", "x", 2, 4),
             op("status", "a", "x", 1, 5),
-            op("reserved", "", "y", 1, 6),
-            op("reserved", "", "x", 1, 7),
+            op("counts", "", "y", 1, 6),
+            op("counts", "", "x", 1, 7),
         ]);
         // The last status of each registration, in first-seen order.
         let statuses: Vec<_> = grouped
@@ -456,13 +531,13 @@ mod tests {
             [("a".into(), "cancelled", 5), ("b".into(), "reserved", 3)]
         );
         // Per slot: the first change's capacity, the last change's count and time.
-        let x = &grouped.reserved[0];
+        let x = &grouped.counts[0];
         assert_eq!(
             (x.capacity, x.reserved, x.seq, x.at.as_str()),
             (Some(101), Some(1), 7, "t7")
         );
-        assert_eq!(grouped.reserved[1].slot.as_ref().unwrap()[1], "y");
-        assert_eq!(grouped.reserved.len(), 2);
+        assert_eq!(grouped.counts[1].slot.as_ref().unwrap()[1], "y");
+        assert_eq!(grouped.counts.len(), 2);
         assert!(grouped.received.is_empty() && grouped.capacities.is_empty());
     }
 
@@ -482,6 +557,10 @@ mod tests {
                 "SlotReserved",
                 "SlotRejected",
                 "SlotReleased",
+                "RegistrationWaitlisted",
+                "WaitlistPromoted",
+                "ReviewRequired",
+                "VerificationRequeued",
                 "RegistrationConfirmed",
                 "RegistrationCancelled"
             ]

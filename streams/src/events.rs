@@ -30,14 +30,32 @@ pub enum Event {
     WindowSet(WindowSet),
     /// The government registry confirmed the citizen (intake, from the verification processor).
     VerificationPassed(VerificationPassed),
-    /// The government registry refused the citizen (intake, from the verification processor).
+    /// The government registry refused the citizen (intake, from the verification processor,
+    /// or an operator deciding a manual review).
     VerificationFailed(VerificationFailed),
+    /// The registry could not answer in time: an operator must decide (intake, from the
+    /// verification processor).
+    VerificationInconclusive(VerificationInconclusive),
+    /// An operator put a registration in manual review back in the verification queue
+    /// (intake).
+    ReviewRequeued(ReviewRequeued),
+    /// The waiting list of a slot closed: its date passed or its region's window closed
+    /// (intake, from the reservation processor's clock).
+    WaitlistClosed(WaitlistClosed),
     /// A slot was reserved for a registration (decision).
     SlotReserved(SlotReserved),
     /// No slot could be given to a registration (decision, terminal).
     SlotRejected(SlotRejected),
     /// A reserved slot went back to the pool (decision).
     SlotReleased(SlotReleased),
+    /// A registration waits in line for a full slot (decision).
+    RegistrationWaitlisted(RegistrationWaitlisted),
+    /// A waiting registration got a released place (decision).
+    WaitlistPromoted(WaitlistPromoted),
+    /// A registration's verification waits for an operator (decision).
+    ReviewRequired(ReviewRequired),
+    /// A registration in manual review goes through verification again (decision).
+    VerificationRequeued(VerificationRequeued),
     /// A registration holds its slot and is verified (decision, terminal).
     RegistrationConfirmed(RegistrationConfirmed),
     /// A registration was cancelled (decision, terminal).
@@ -56,9 +74,16 @@ impl Event {
             Event::WindowSet(_) => "WindowSet",
             Event::VerificationPassed(_) => "VerificationPassed",
             Event::VerificationFailed(_) => "VerificationFailed",
+            Event::VerificationInconclusive(_) => "VerificationInconclusive",
+            Event::ReviewRequeued(_) => "ReviewRequeued",
+            Event::WaitlistClosed(_) => "WaitlistClosed",
             Event::SlotReserved(_) => "SlotReserved",
             Event::SlotRejected(_) => "SlotRejected",
             Event::SlotReleased(_) => "SlotReleased",
+            Event::RegistrationWaitlisted(_) => "RegistrationWaitlisted",
+            Event::WaitlistPromoted(_) => "WaitlistPromoted",
+            Event::ReviewRequired(_) => "ReviewRequired",
+            Event::VerificationRequeued(_) => "VerificationRequeued",
             Event::RegistrationConfirmed(_) => "RegistrationConfirmed",
             Event::RegistrationCancelled(_) => "RegistrationCancelled",
             Event::NotificationSent(_) => "NotificationSent",
@@ -78,13 +103,19 @@ impl Event {
             Event::CancellationRequested(e) => Some(&e.registration_id),
             Event::VerificationPassed(e) => Some(&e.registration_id),
             Event::VerificationFailed(e) => Some(&e.registration_id),
+            Event::VerificationInconclusive(e) => Some(&e.registration_id),
+            Event::ReviewRequeued(e) => Some(&e.registration_id),
             Event::SlotReserved(e) => Some(&e.registration_id),
             Event::SlotRejected(e) => Some(&e.registration_id),
             Event::SlotReleased(e) => Some(&e.registration_id),
+            Event::RegistrationWaitlisted(e) => Some(&e.registration_id),
+            Event::WaitlistPromoted(e) => Some(&e.registration_id),
+            Event::ReviewRequired(e) => Some(&e.registration_id),
+            Event::VerificationRequeued(e) => Some(&e.registration_id),
             Event::RegistrationConfirmed(e) => Some(&e.registration_id),
             Event::RegistrationCancelled(e) => Some(&e.registration_id),
             Event::NotificationSent(e) => Some(&e.registration_id),
-            Event::CapacitySet(_) | Event::WindowSet(_) => None,
+            Event::CapacitySet(_) | Event::WindowSet(_) | Event::WaitlistClosed(_) => None,
         }
     }
 }
@@ -167,20 +198,97 @@ pub struct WindowSet {
     pub closes_at: DateTime<Utc>,
 }
 
-/// The registry confirmed the citizen.
+/// Who decided a manual review, and why: kept in the log for audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reviewer {
+    /// The operator's name as given to the admin endpoint.
+    pub operator: String,
+    /// Why, in the operator's words.
+    pub note: String,
+}
+
+/// The registry confirmed the citizen (or an operator did, deciding a manual review).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerificationPassed {
     /// The registration verified.
     pub registration_id: RegistrationId,
+    /// The operator who decided, when it was a manual review; none when the registry answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<Reviewer>,
 }
 
-/// The registry refused the citizen.
+/// What the registry (or an operator) found wrong with a citizen's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryRefusal {
+    /// The registry knows the national id but the name or birth date differ.
+    DataMismatch,
+    /// The registry records the citizen as deceased.
+    Deceased,
+    /// The registry does not know the national id.
+    NotFound,
+}
+
+impl RegistryRefusal {
+    /// The reason as shown in the status API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistryRefusal::DataMismatch => "data_mismatch",
+            RegistryRefusal::Deceased => "deceased",
+            RegistryRefusal::NotFound => "not_found",
+        }
+    }
+}
+
+/// The registry refused the citizen (or an operator did, deciding a manual review).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerificationFailed {
     /// The registration refused.
     pub registration_id: RegistrationId,
-    /// Why, in words safe to show the citizen.
-    pub reason: String,
+    /// Why.
+    pub reason: RegistryRefusal,
+    /// The operator who decided, when it was a manual review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<Reviewer>,
+}
+
+/// The registry gave no usable answer within the verification processor's bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationInconclusive {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// How many times the registry was asked.
+    pub attempts: u32,
+    /// The last failure, in words for the operator (no personal data).
+    pub last_error: String,
+}
+
+/// An operator sent a registration in manual review back to the verification queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRequeued {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Who, and why.
+    pub reviewer: Reviewer,
+}
+
+/// Why a slot's waiting list closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The slot's date has passed.
+    DatePassed,
+    /// The region's registration window has closed.
+    WindowClosed,
+}
+
+/// A slot's waiting list closed: those still waiting are rejected, nobody new joins it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitlistClosed {
+    /// The slot.
+    pub slot: SlotKey,
+    /// Why.
+    pub reason: CloseReason,
 }
 
 /// Why a registration got no slot.
@@ -191,8 +299,24 @@ pub enum RejectReason {
     SlotFull,
     /// No capacity was ever set for that (region, location, date).
     UnknownSlot,
-    /// The registry refused the citizen.
-    VerificationFailed,
+    /// The registration waited in line until the slot's waiting list closed.
+    WaitlistClosed,
+    /// The registry found the name or birth date differ from its records.
+    DataMismatch,
+    /// The registry records the citizen as deceased.
+    Deceased,
+    /// The registry does not know the national id.
+    NotFound,
+}
+
+impl From<RegistryRefusal> for RejectReason {
+    fn from(refusal: RegistryRefusal) -> Self {
+        match refusal {
+            RegistryRefusal::DataMismatch => RejectReason::DataMismatch,
+            RegistryRefusal::Deceased => RejectReason::Deceased,
+            RegistryRefusal::NotFound => RejectReason::NotFound,
+        }
+    }
 }
 
 impl RejectReason {
@@ -201,7 +325,10 @@ impl RejectReason {
         match self {
             RejectReason::SlotFull => "slot_full",
             RejectReason::UnknownSlot => "unknown_slot",
-            RejectReason::VerificationFailed => "verification_failed",
+            RejectReason::WaitlistClosed => "waitlist_closed",
+            RejectReason::DataMismatch => "data_mismatch",
+            RejectReason::Deceased => "deceased",
+            RejectReason::NotFound => "not_found",
         }
     }
 }
@@ -246,6 +373,9 @@ pub struct SlotRejected {
     pub intake_seq: u64,
     /// Why.
     pub reason: RejectReason,
+    /// Registrations still waiting for the slot, when this one left its waiting list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<u32>,
 }
 
 /// A reservation returned to the pool.
@@ -287,6 +417,73 @@ pub struct RegistrationCancelled {
     pub slot: SlotKey,
     /// The intake sequence of the cancellation.
     pub intake_seq: u64,
+    /// Registrations still waiting for the slot, when this one left its waiting list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<u32>,
+}
+
+/// A registration waits in line for a full slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationWaitlisted {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// The citizen's key (kept in the reservation state for later terminal decisions).
+    pub citizen_key: String,
+    /// The slot it waits for.
+    pub slot: SlotKey,
+    /// The intake sequence of its submission: its place in line.
+    pub intake_seq: u64,
+    /// Its position when it joined (1 = next in line).
+    pub position: u32,
+    /// Registrations waiting for the slot, this one included.
+    pub waiting: u32,
+}
+
+/// A waiting registration got a place that was released (or added by a capacity increase).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitlistPromoted {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// The slot it now holds.
+    pub slot: SlotKey,
+    /// The intake sequence of the event that freed the place.
+    pub intake_seq: u64,
+    /// The intake sequence of the registration's submission (where its personal data is).
+    pub submission_seq: u64,
+    /// Reservations active on the slot after this one.
+    pub reserved: u32,
+    /// The slot's capacity when deciding.
+    pub capacity: u32,
+    /// Registrations still waiting after this one left the line.
+    pub waiting: u32,
+}
+
+/// A registration's verification waits for an operator; its place stays held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRequired {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Its slot.
+    pub slot: SlotKey,
+    /// The intake sequence of the inconclusive verification.
+    pub intake_seq: u64,
+    /// How many times the registry was asked.
+    pub attempts: u32,
+    /// The last failure, for the operator.
+    pub last_error: String,
+}
+
+/// A registration in manual review goes through verification again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRequeued {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Its slot.
+    pub slot: SlotKey,
+    /// The intake sequence of the operator's request.
+    pub intake_seq: u64,
+    /// The intake sequence of the registration's submission (where its personal data is).
+    pub submission_seq: u64,
 }
 
 /// A message sent to a citizen.
@@ -363,7 +560,9 @@ impl Envelope {
     }
 }
 
-/// One sample of every event, with fixed ids and times: the source of the golden files.
+/// One sample of every event, with fixed ids and times: the source of the golden files. Only
+/// in tests (and behind the `samples` feature for other crates' tests).
+#[cfg(any(test, feature = "samples"))]
 pub fn samples() -> Vec<Envelope> {
     let region = Region::parse("mazowieckie").unwrap();
     let slot = SlotKey {
@@ -402,10 +601,31 @@ pub fn samples() -> Vec<Envelope> {
         }),
         Event::VerificationPassed(VerificationPassed {
             registration_id: id.clone(),
+            reviewer: None,
         }),
         Event::VerificationFailed(VerificationFailed {
             registration_id: id.clone(),
-            reason: "the registry does not know this national id".into(),
+            reason: RegistryRefusal::NotFound,
+            reviewer: Some(Reviewer {
+                operator: "a.nowak".into(),
+                note: "the registry office confirmed by phone".into(),
+            }),
+        }),
+        Event::VerificationInconclusive(VerificationInconclusive {
+            registration_id: id.clone(),
+            attempts: 8,
+            last_error: "the registry answered 503 Service Unavailable".into(),
+        }),
+        Event::ReviewRequeued(ReviewRequeued {
+            registration_id: id.clone(),
+            reviewer: Reviewer {
+                operator: "a.nowak".into(),
+                note: "the registry is back".into(),
+            },
+        }),
+        Event::WaitlistClosed(WaitlistClosed {
+            slot: slot.clone(),
+            reason: CloseReason::DatePassed,
         }),
         Event::SlotReserved(SlotReserved {
             registration_id: id.clone(),
@@ -421,6 +641,7 @@ pub fn samples() -> Vec<Envelope> {
             slot: slot.clone(),
             intake_seq: 42,
             reason: RejectReason::SlotFull,
+            waiting: None,
         }),
         Event::SlotReleased(SlotReleased {
             registration_id: id.clone(),
@@ -429,6 +650,36 @@ pub fn samples() -> Vec<Envelope> {
             reason: ReleaseReason::Cancelled,
             reserved: 6,
             capacity: 120,
+        }),
+        Event::RegistrationWaitlisted(RegistrationWaitlisted {
+            registration_id: id.clone(),
+            citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
+            slot: slot.clone(),
+            intake_seq: 42,
+            position: 3,
+            waiting: 3,
+        }),
+        Event::WaitlistPromoted(WaitlistPromoted {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 57,
+            submission_seq: 42,
+            reserved: 120,
+            capacity: 120,
+            waiting: 2,
+        }),
+        Event::ReviewRequired(ReviewRequired {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 61,
+            attempts: 8,
+            last_error: "the registry answered 503 Service Unavailable".into(),
+        }),
+        Event::VerificationRequeued(VerificationRequeued {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 62,
+            submission_seq: 42,
         }),
         Event::RegistrationConfirmed(RegistrationConfirmed {
             registration_id: id.clone(),
@@ -440,6 +691,7 @@ pub fn samples() -> Vec<Envelope> {
             citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
             slot,
             intake_seq: 57,
+            waiting: None,
         }),
         Event::NotificationSent(NotificationSent {
             registration_id: id.clone(),

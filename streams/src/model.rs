@@ -150,8 +150,10 @@ pub enum Status {
     Received,
     /// A slot is held for the registration.
     Reserved,
-    /// The government registry confirmed the citizen.
-    Verified,
+    /// The slot is full: waits in line (with a position) for a released place.
+    Waitlisted,
+    /// The registry could not answer in time: an operator decides. The place stays held.
+    ManualReview,
     /// Final: slot held and citizen verified.
     Confirmed,
     /// Final: no slot (or verification failed); `reason` says why.
@@ -174,7 +176,8 @@ impl Status {
         match self {
             Status::Received => "received",
             Status::Reserved => "reserved",
-            Status::Verified => "verified",
+            Status::Waitlisted => "waitlisted",
+            Status::ManualReview => "manual_review",
             Status::Confirmed => "confirmed",
             Status::Rejected => "rejected",
             Status::Cancelled => "cancelled",

@@ -10,8 +10,10 @@
 //! | `reg.intake.<region>.cancel` | [`INTAKE_STREAM`] | ingest | `CancellationRequested` |
 //! | `reg.intake.<region>.capacity` | [`INTAKE_STREAM`] | ingest (operators) | `CapacitySet` |
 //! | `reg.intake.<region>.window` | [`INTAKE_STREAM`] | ingest (operators) | `WindowSet` |
-//! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` |
-//! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `SlotRejected`, `SlotReleased`, `RegistrationConfirmed`, `RegistrationCancelled` |
+//! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` / `VerificationInconclusive` |
+//! | `reg.intake.<region>.review` | [`INTAKE_STREAM`] | ingest (operators) | `VerificationPassed` / `VerificationFailed` with a reviewer, `ReviewRequeued` |
+//! | `reg.intake.<region>.waitlist` | [`INTAKE_STREAM`] | reservation processor (its clock) | `WaitlistClosed` |
+//! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled` |
 //! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent` |
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //!
@@ -86,6 +88,10 @@ pub enum IntakeKind {
     Window,
     /// The government registry's verdict.
     Verification,
+    /// An operator's decision on a manual review.
+    Review,
+    /// A slot's waiting list closing.
+    Waitlist,
 }
 
 impl IntakeKind {
@@ -97,6 +103,8 @@ impl IntakeKind {
             IntakeKind::Capacity => "capacity",
             IntakeKind::Window => "window",
             IntakeKind::Verification => "verification",
+            IntakeKind::Review => "review",
+            IntakeKind::Waitlist => "waitlist",
         }
     }
 }

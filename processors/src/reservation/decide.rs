@@ -3,30 +3,45 @@
 //! [`super::run`] feeds it and writes what it returns.
 //!
 //! Invariants this module keeps by construction:
-//! - a slot never holds more active reservations than its capacity (a reservation is granted
-//!   only while `active < capacity`; lowering capacity revokes nothing);
-//! - a registration gets exactly one first decision (reserved or rejected), whatever number
-//!   of times its submission is seen;
-//! - slots are granted in the order the intake stream accepted the submissions, because the
-//!   caller feeds events in stream order and nothing here reorders them.
+//! - a slot never holds more active reservations than its capacity (a place is granted only
+//!   while `active < capacity`; lowering capacity revokes nothing);
+//! - a registration gets exactly one first decision (reserved, waitlisted or rejected) and at
+//!   most one verification outcome, whatever number of times its events are seen;
+//! - slots are granted in the order the intake stream accepted the submissions: a newcomer
+//!   never takes a place while someone waits, and a released place goes to the earliest
+//!   waiting registration;
+//! - no place stays free while someone waits: every release and every capacity increase
+//!   promotes from the waiting list in the same step.
 
 use std::collections::{BTreeMap, HashMap};
 
 use streams::events::{
-    CancellationRequested, Event, RegistrationCancelled, RegistrationConfirmed, RejectReason,
-    ReleaseReason, SlotRejected, SlotReleased, SlotReserved,
+    CancellationRequested, CapacitySet, Event, RegistrationCancelled, RegistrationConfirmed,
+    RegistrationWaitlisted, RejectReason, ReleaseReason, ReviewRequired, SlotRejected,
+    SlotReleased, SlotReserved, VerificationRequeued, WaitlistClosed, WaitlistPromoted,
 };
 use streams::model::{RegistrationId, SlotKey};
 
-/// One slot's books: its capacity and the registrations holding it, in the order they were
-/// granted (keyed by the intake sequence of their submission). An ordered map rather than a
-/// counter, so a waiting list can be added beside it.
+/// The rule's settings. Part of the decisions, not of the log: a replica started with other
+/// settings folds the same past, and decides the future with its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// How many registrations may wait for one slot; `None`: as many as its capacity.
+    pub waitlist_per_slot: Option<u32>,
+}
+
+/// One slot's books: its capacity, the registrations holding it and those waiting for it,
+/// each keyed by the intake sequence of their submission (their place in line).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Slot {
     /// `None` until an operator sets a capacity: submissions for it are rejected.
     pub capacity: Option<u32>,
     /// Active reservations by the intake sequence of the submission that won them.
     pub holders: BTreeMap<u64, RegistrationId>,
+    /// Registrations waiting for a place, in acceptance order.
+    pub waiting: BTreeMap<u64, RegistrationId>,
+    /// The waiting list closed (date passed or window closed): nobody joins it any more.
+    pub closed: bool,
 }
 
 impl Slot {
@@ -34,25 +49,53 @@ impl Slot {
     pub fn active(&self) -> u32 {
         self.holders.len() as u32
     }
+
+    /// Registrations waiting.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.len() as u32
+    }
 }
 
-/// Where a registration stands, as far as reservation is concerned.
+/// Where a registration stands, as far as reservation is concerned. `seq` is always the
+/// intake sequence of its submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {
-    /// Holds a slot; `verified` once the registry confirmed the citizen.
+    /// Waits in line for a place.
+    Waiting {
+        /// Its place in line.
+        seq: u64,
+    },
+    /// Holds a place; verification pending.
     Reserved {
-        /// The submission's intake sequence (its place in line).
+        /// Its place in line.
         seq: u64,
     },
-    /// Holds a slot and is verified.
+    /// Holds a place; the registry could not answer, an operator decides.
+    Review {
+        /// Its place in line.
+        seq: u64,
+    },
+    /// Holds its place and is verified (terminal unless cancelled).
     Confirmed {
-        /// The submission's intake sequence.
+        /// Its place in line.
         seq: u64,
     },
-    /// Got no slot (terminal).
+    /// Got no place, or was refused (terminal).
     Rejected,
     /// Cancelled (terminal).
     Cancelled,
+}
+
+impl Standing {
+    /// The place in line of a registration that holds a place.
+    fn holding(self) -> Option<u64> {
+        match self {
+            Standing::Reserved { seq } | Standing::Review { seq } | Standing::Confirmed { seq } => {
+                Some(seq)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a registration is known as.
@@ -69,6 +112,8 @@ pub struct Known {
 /// Everything the rule needs, folded from the decisions log (and capacities from intake).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
+    /// The rule's settings.
+    pub policy: Policy,
     /// Books per slot.
     pub slots: HashMap<SlotKey, Slot>,
     /// Every registration that got a decision.
@@ -87,36 +132,222 @@ pub struct Input {
 }
 
 impl State {
-    /// Decides on one intake event and applies the decisions to the state. Events that need
-    /// no decision (a repeated submission, an operator's window) return nothing.
-    pub fn handle(&mut self, input: &Input) -> Vec<Event> {
-        let decisions = self.decide(input);
-        for decision in &decisions {
-            self.apply(decision);
+    /// An empty state deciding with `policy`.
+    pub fn new(policy: Policy) -> Self {
+        State {
+            policy,
+            ..State::default()
         }
-        if let Event::CapacitySet(set) = &input.event {
-            self.slots.entry(set.slot.clone()).or_default().capacity = Some(set.capacity);
-        }
-        decisions
     }
 
-    /// The decisions for `input`, without changing the state.
-    pub fn decide(&self, input: &Input) -> Vec<Event> {
+    /// Decides on one intake event, applying each decision to the state as it is taken, and
+    /// returns the decisions in order. Events that need no decision (a repeated submission,
+    /// an operator's window, a verdict for a registration that already has one) return none.
+    pub fn handle(&mut self, input: &Input) -> Vec<Event> {
+        let mut out = Decisions {
+            state: self,
+            events: Vec::new(),
+        };
+        out.decide(input);
+        out.events
+    }
+
+    /// Folds one decision (taken by [`State::handle`] or read back from the log) into the
+    /// state.
+    pub fn apply(&mut self, decision: &Event) {
+        match decision {
+            Event::SlotReserved(d) => {
+                self.slot(&d.slot)
+                    .holders
+                    .insert(d.intake_seq, d.registration_id.clone());
+                self.know(
+                    &d.registration_id,
+                    &d.slot,
+                    &d.citizen_key,
+                    Standing::Reserved { seq: d.intake_seq },
+                );
+                self.advance(d.intake_seq);
+            }
+            Event::RegistrationWaitlisted(d) => {
+                self.slot(&d.slot)
+                    .waiting
+                    .insert(d.intake_seq, d.registration_id.clone());
+                self.know(
+                    &d.registration_id,
+                    &d.slot,
+                    &d.citizen_key,
+                    Standing::Waiting { seq: d.intake_seq },
+                );
+                self.advance(d.intake_seq);
+            }
+            Event::WaitlistPromoted(d) => {
+                let slot = self.slot(&d.slot);
+                slot.waiting.remove(&d.submission_seq);
+                slot.holders
+                    .insert(d.submission_seq, d.registration_id.clone());
+                self.restand(
+                    &d.registration_id,
+                    Standing::Reserved {
+                        seq: d.submission_seq,
+                    },
+                );
+                self.advance(d.intake_seq);
+            }
+            Event::SlotRejected(d) => {
+                self.leave(&d.registration_id);
+                if !self.registrations.contains_key(&d.registration_id) {
+                    self.know(
+                        &d.registration_id,
+                        &d.slot,
+                        &d.citizen_key,
+                        Standing::Rejected,
+                    );
+                }
+                self.restand(&d.registration_id, Standing::Rejected);
+                self.advance(d.intake_seq);
+            }
+            Event::SlotReleased(d) => {
+                if let Some(seq) = self
+                    .registrations
+                    .get(&d.registration_id)
+                    .and_then(|k| k.standing.holding())
+                {
+                    self.slot(&d.slot).holders.remove(&seq);
+                }
+                self.advance(d.intake_seq);
+            }
+            Event::ReviewRequired(d) => {
+                if let Some(Standing::Reserved { seq }) = self.standing(&d.registration_id) {
+                    self.restand(&d.registration_id, Standing::Review { seq });
+                }
+                self.advance(d.intake_seq);
+            }
+            Event::VerificationRequeued(d) => {
+                if let Some(Standing::Review { seq }) = self.standing(&d.registration_id) {
+                    self.restand(&d.registration_id, Standing::Reserved { seq });
+                }
+                self.advance(d.intake_seq);
+            }
+            Event::RegistrationConfirmed(d) => {
+                if let Some(Standing::Reserved { seq } | Standing::Review { seq }) =
+                    self.standing(&d.registration_id)
+                {
+                    self.restand(&d.registration_id, Standing::Confirmed { seq });
+                }
+                self.advance(d.intake_seq);
+            }
+            Event::RegistrationCancelled(d) => {
+                self.leave(&d.registration_id);
+                self.restand(&d.registration_id, Standing::Cancelled);
+                self.advance(d.intake_seq);
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies an operator's capacity read back from intake during recovery.
+    pub fn set_capacity(&mut self, slot: &SlotKey, capacity: u32) {
+        self.slot(slot).capacity = Some(capacity);
+    }
+
+    /// Applies a closed waiting list read back from intake during recovery.
+    pub fn close_waitlist(&mut self, slot: &SlotKey) {
+        self.slot(slot).closed = true;
+    }
+
+    /// The slots whose waiting list is open and not empty: what a clock may have to close.
+    pub fn open_waitlists(&self) -> impl Iterator<Item = &SlotKey> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| !s.closed && !s.waiting.is_empty())
+            .map(|(k, _)| k)
+    }
+
+    fn slot(&mut self, slot: &SlotKey) -> &mut Slot {
+        self.slots.entry(slot.clone()).or_default()
+    }
+
+    fn standing(&self, id: &RegistrationId) -> Option<Standing> {
+        self.registrations.get(id).map(|k| k.standing)
+    }
+
+    fn know(&mut self, id: &RegistrationId, slot: &SlotKey, citizen_key: &str, standing: Standing) {
+        self.registrations.insert(
+            id.clone(),
+            Known {
+                slot: slot.clone(),
+                citizen_key: citizen_key.to_owned(),
+                standing,
+            },
+        );
+    }
+
+    fn restand(&mut self, id: &RegistrationId, standing: Standing) {
+        if let Some(known) = self.registrations.get_mut(id) {
+            known.standing = standing;
+        }
+    }
+
+    /// Takes a waiting registration out of its line (a no-op for any other standing).
+    fn leave(&mut self, id: &RegistrationId) {
+        if let Some(Known {
+            slot,
+            standing: Standing::Waiting { seq },
+            ..
+        }) = self.registrations.get(id)
+        {
+            let (slot, seq) = (slot.clone(), *seq);
+            self.slot(&slot).waiting.remove(&seq);
+        }
+    }
+
+    fn advance(&mut self, seq: u64) {
+        self.checkpoint = self.checkpoint.max(seq);
+    }
+
+    /// How many may wait for `slot` under the policy.
+    fn waitlist_bound(&self, slot: &Slot) -> u32 {
+        self.policy
+            .waitlist_per_slot
+            .unwrap_or(slot.capacity.unwrap_or(0))
+    }
+}
+
+/// The decisions of one step, each applied to the state as it is taken, so the next one
+/// sees its effect (a release, then the promotion it makes possible).
+struct Decisions<'a> {
+    state: &'a mut State,
+    events: Vec<Event>,
+}
+
+impl Decisions<'_> {
+    fn take(&mut self, decision: Event) {
+        self.state.apply(&decision);
+        self.events.push(decision);
+    }
+
+    fn decide(&mut self, input: &Input) {
         let seq = input.seq;
         match &input.event {
             Event::RegistrationSubmitted(sub) => {
-                if self.registrations.contains_key(&sub.registration_id) {
-                    return Vec::new(); // a redelivery or a retried append: decided already
+                if self.state.registrations.contains_key(&sub.registration_id) {
+                    return; // a redelivery or a retried append: decided already
                 }
-                let slot = self.slots.get(&sub.slot);
-                let decision = match slot.and_then(|s| s.capacity.map(|c| (s, c))) {
-                    None => Event::SlotRejected(SlotRejected {
+                let reject = |reason| {
+                    Event::SlotRejected(SlotRejected {
                         registration_id: sub.registration_id.clone(),
                         citizen_key: sub.citizen_key.clone(),
                         slot: sub.slot.clone(),
                         intake_seq: seq,
-                        reason: RejectReason::UnknownSlot,
-                    }),
+                        reason,
+                        waiting: None,
+                    })
+                };
+                let slot = self.state.slots.get(&sub.slot);
+                let decision = match slot.and_then(|s| s.capacity.map(|c| (s, c))) {
+                    None => reject(RejectReason::UnknownSlot),
+                    // Nobody waits (a place is never free while someone does), so the
+                    // newcomer is next in line.
                     Some((s, capacity)) if s.active() < capacity => {
                         Event::SlotReserved(SlotReserved {
                             registration_id: sub.registration_id.clone(),
@@ -127,154 +358,190 @@ impl State {
                             capacity,
                         })
                     }
-                    Some(_) => Event::SlotRejected(SlotRejected {
-                        registration_id: sub.registration_id.clone(),
-                        citizen_key: sub.citizen_key.clone(),
-                        slot: sub.slot.clone(),
-                        intake_seq: seq,
-                        reason: RejectReason::SlotFull,
-                    }),
+                    Some((s, _)) if s.closed => reject(RejectReason::WaitlistClosed),
+                    Some((s, _)) if s.waiting() < self.state.waitlist_bound(s) => {
+                        Event::RegistrationWaitlisted(RegistrationWaitlisted {
+                            registration_id: sub.registration_id.clone(),
+                            citizen_key: sub.citizen_key.clone(),
+                            slot: sub.slot.clone(),
+                            intake_seq: seq,
+                            position: s.waiting() + 1,
+                            waiting: s.waiting() + 1,
+                        })
+                    }
+                    Some(_) => reject(RejectReason::SlotFull),
                 };
-                vec![decision]
+                self.take(decision);
             }
             Event::CancellationRequested(CancellationRequested { registration_id }) => {
-                let Some(known) = self.registrations.get(registration_id) else {
-                    return Vec::new();
+                let Some(known) = self.state.registrations.get(registration_id).cloned() else {
+                    return;
                 };
                 match known.standing {
-                    Standing::Reserved { .. } | Standing::Confirmed { .. } => {
-                        let (reserved, capacity) = self.after_release(&known.slot);
-                        vec![
-                            Event::SlotReleased(SlotReleased {
-                                registration_id: registration_id.clone(),
-                                slot: known.slot.clone(),
-                                intake_seq: seq,
-                                reason: ReleaseReason::Cancelled,
-                                reserved,
-                                capacity,
-                            }),
-                            Event::RegistrationCancelled(RegistrationCancelled {
-                                registration_id: registration_id.clone(),
-                                citizen_key: known.citizen_key.clone(),
-                                slot: known.slot.clone(),
-                                intake_seq: seq,
-                            }),
-                        ]
+                    Standing::Waiting { .. } => {
+                        let waiting = self.state.slots[&known.slot].waiting() - 1;
+                        self.take(cancelled(registration_id, &known, seq, Some(waiting)));
                     }
-                    Standing::Rejected | Standing::Cancelled => Vec::new(),
+                    Standing::Reserved { .. }
+                    | Standing::Review { .. }
+                    | Standing::Confirmed { .. } => {
+                        self.release(registration_id, &known.slot, seq, ReleaseReason::Cancelled);
+                        self.take(cancelled(registration_id, &known, seq, None));
+                        self.promote(&known.slot, seq);
+                    }
+                    Standing::Rejected | Standing::Cancelled => {}
                 }
             }
-            Event::VerificationPassed(v) => match self.registrations.get(&v.registration_id) {
-                Some(Known {
+            Event::VerificationPassed(v) => {
+                if let Some(Known {
+                    slot,
+                    standing: Standing::Reserved { .. } | Standing::Review { .. },
+                    ..
+                }) = self.state.registrations.get(&v.registration_id)
+                {
+                    let slot = slot.clone();
+                    self.take(Event::RegistrationConfirmed(RegistrationConfirmed {
+                        registration_id: v.registration_id.clone(),
+                        slot,
+                        intake_seq: seq,
+                    }));
+                }
+            }
+            Event::VerificationFailed(v) => {
+                if let Some(
+                    known @ Known {
+                        standing: Standing::Reserved { .. } | Standing::Review { .. },
+                        ..
+                    },
+                ) = self.state.registrations.get(&v.registration_id).cloned()
+                {
+                    let id = &v.registration_id;
+                    self.release(id, &known.slot, seq, ReleaseReason::VerificationFailed);
+                    self.take(Event::SlotRejected(SlotRejected {
+                        registration_id: id.clone(),
+                        citizen_key: known.citizen_key.clone(),
+                        slot: known.slot.clone(),
+                        intake_seq: seq,
+                        reason: v.reason.into(),
+                        waiting: None,
+                    }));
+                    self.promote(&known.slot, seq);
+                }
+            }
+            Event::VerificationInconclusive(v) => {
+                if let Some(Known {
                     slot,
                     standing: Standing::Reserved { .. },
                     ..
-                }) => vec![Event::RegistrationConfirmed(RegistrationConfirmed {
-                    registration_id: v.registration_id.clone(),
-                    slot: slot.clone(),
-                    intake_seq: seq,
-                })],
-                _ => Vec::new(),
-            },
-            Event::VerificationFailed(v) => match self.registrations.get(&v.registration_id) {
-                Some(Known {
-                    slot,
-                    citizen_key,
-                    standing: Standing::Reserved { .. } | Standing::Confirmed { .. },
-                }) => {
-                    let (reserved, capacity) = self.after_release(slot);
-                    vec![
-                        Event::SlotReleased(SlotReleased {
-                            registration_id: v.registration_id.clone(),
-                            slot: slot.clone(),
-                            intake_seq: seq,
-                            reason: ReleaseReason::VerificationFailed,
-                            reserved,
-                            capacity,
-                        }),
-                        Event::SlotRejected(SlotRejected {
-                            registration_id: v.registration_id.clone(),
-                            citizen_key: citizen_key.clone(),
-                            slot: slot.clone(),
-                            intake_seq: seq,
-                            reason: RejectReason::VerificationFailed,
-                        }),
-                    ]
+                }) = self.state.registrations.get(&v.registration_id)
+                {
+                    let slot = slot.clone();
+                    self.take(Event::ReviewRequired(ReviewRequired {
+                        registration_id: v.registration_id.clone(),
+                        slot,
+                        intake_seq: seq,
+                        attempts: v.attempts,
+                        last_error: v.last_error.clone(),
+                    }));
                 }
-                _ => Vec::new(),
-            },
-            // Capacity is applied by `handle`; windows concern the edge only.
-            Event::CapacitySet(_) | Event::WindowSet(_) => Vec::new(),
-            // Decisions never arrive on intake; ignore rather than crash on a stray message.
-            _ => Vec::new(),
-        }
-    }
-
-    fn after_release(&self, slot: &SlotKey) -> (u32, u32) {
-        let s = self.slots.get(slot);
-        let active = s.map_or(0, Slot::active);
-        let capacity = s.and_then(|s| s.capacity).unwrap_or(0);
-        (active.saturating_sub(1), capacity)
-    }
-
-    /// Folds one decision (from [`State::decide`] or read back from the log) into the state.
-    pub fn apply(&mut self, decision: &Event) {
-        match decision {
-            Event::SlotReserved(d) => {
-                let slot = self.slots.entry(d.slot.clone()).or_default();
-                slot.holders.insert(d.intake_seq, d.registration_id.clone());
-                self.registrations.insert(
-                    d.registration_id.clone(),
-                    Known {
-                        slot: d.slot.clone(),
-                        citizen_key: d.citizen_key.clone(),
-                        standing: Standing::Reserved { seq: d.intake_seq },
-                    },
-                );
-                self.checkpoint = self.checkpoint.max(d.intake_seq);
             }
-            Event::SlotRejected(d) => {
-                self.registrations
-                    .entry(d.registration_id.clone())
-                    .and_modify(|k| k.standing = Standing::Rejected)
-                    .or_insert(Known {
-                        slot: d.slot.clone(),
-                        citizen_key: d.citizen_key.clone(),
-                        standing: Standing::Rejected,
-                    });
-                self.checkpoint = self.checkpoint.max(d.intake_seq);
-            }
-            Event::SlotReleased(d) => {
+            Event::ReviewRequeued(r) => {
                 if let Some(Known {
-                    standing: Standing::Reserved { seq } | Standing::Confirmed { seq },
+                    slot,
+                    standing:
+                        Standing::Review {
+                            seq: submission_seq,
+                        },
                     ..
-                }) = self.registrations.get(&d.registration_id)
-                    && let Some(slot) = self.slots.get_mut(&d.slot)
+                }) = self.state.registrations.get(&r.registration_id)
                 {
-                    slot.holders.remove(seq);
+                    let (slot, submission_seq) = (slot.clone(), *submission_seq);
+                    self.take(Event::VerificationRequeued(VerificationRequeued {
+                        registration_id: r.registration_id.clone(),
+                        slot,
+                        intake_seq: seq,
+                        submission_seq,
+                    }));
                 }
-                self.checkpoint = self.checkpoint.max(d.intake_seq);
             }
-            Event::RegistrationConfirmed(d) => {
-                if let Some(known) = self.registrations.get_mut(&d.registration_id)
-                    && let Standing::Reserved { seq } = known.standing
-                {
-                    known.standing = Standing::Confirmed { seq };
+            Event::CapacitySet(CapacitySet { slot, capacity }) => {
+                self.state.set_capacity(slot, *capacity);
+                self.promote(slot, seq);
+            }
+            Event::WaitlistClosed(WaitlistClosed { slot, .. }) => {
+                self.state.close_waitlist(slot);
+                let waiting: Vec<RegistrationId> = self
+                    .state
+                    .slots
+                    .get(slot)
+                    .map(|s| s.waiting.values().cloned().collect())
+                    .unwrap_or_default();
+                let n = waiting.len();
+                for (i, id) in waiting.iter().enumerate() {
+                    let citizen_key = self.state.registrations[id].citizen_key.clone();
+                    self.take(Event::SlotRejected(SlotRejected {
+                        registration_id: id.clone(),
+                        citizen_key,
+                        slot: slot.clone(),
+                        intake_seq: seq,
+                        reason: RejectReason::WaitlistClosed,
+                        waiting: Some((n - 1 - i) as u32),
+                    }));
                 }
-                self.checkpoint = self.checkpoint.max(d.intake_seq);
             }
-            Event::RegistrationCancelled(d) => {
-                if let Some(known) = self.registrations.get_mut(&d.registration_id) {
-                    known.standing = Standing::Cancelled;
-                }
-                self.checkpoint = self.checkpoint.max(d.intake_seq);
-            }
+            // Windows concern the edge only; decisions never arrive on intake (ignore rather
+            // than crash on a stray message).
             _ => {}
         }
     }
 
-    /// Applies an operator's capacity read back from intake during recovery.
-    pub fn set_capacity(&mut self, slot: &SlotKey, capacity: u32) {
-        self.slots.entry(slot.clone()).or_default().capacity = Some(capacity);
+    fn release(&mut self, id: &RegistrationId, slot: &SlotKey, seq: u64, reason: ReleaseReason) {
+        let s = self.state.slots.get(slot);
+        let active = s.map_or(0, Slot::active);
+        let capacity = s.and_then(|s| s.capacity).unwrap_or(0);
+        self.take(Event::SlotReleased(SlotReleased {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: seq,
+            reason,
+            reserved: active.saturating_sub(1),
+            capacity,
+        }));
     }
+
+    /// Gives every free place of `slot` to the earliest waiting registrations.
+    fn promote(&mut self, slot: &SlotKey, seq: u64) {
+        loop {
+            let Some(s) = self.state.slots.get(slot) else {
+                return;
+            };
+            let capacity = s.capacity.unwrap_or(0);
+            let Some((&submission_seq, id)) = s.waiting.first_key_value() else {
+                return;
+            };
+            if s.active() >= capacity {
+                return;
+            }
+            let decision = Event::WaitlistPromoted(WaitlistPromoted {
+                registration_id: id.clone(),
+                slot: slot.clone(),
+                intake_seq: seq,
+                submission_seq,
+                reserved: s.active() + 1,
+                capacity,
+                waiting: s.waiting() - 1,
+            });
+            self.take(decision);
+        }
+    }
+}
+
+fn cancelled(id: &RegistrationId, known: &Known, seq: u64, waiting: Option<u32>) -> Event {
+    Event::RegistrationCancelled(RegistrationCancelled {
+        registration_id: id.clone(),
+        citizen_key: known.citizen_key.clone(),
+        slot: known.slot.clone(),
+        intake_seq: seq,
+        waiting,
+    })
 }

@@ -25,7 +25,7 @@ use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use super::MAX_INPUTS_PER_BATCH;
-use super::decide::{Input, State};
+use super::decide::{Input, Policy, State};
 use crate::metrics::Metrics;
 
 /// What a reservation replica handles.
@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 pub struct ReservationConfig {
     /// The region(s) this replica decides for.
     pub regions: RegionFilter,
+    /// The reservation rule's settings (the waiting list's bound).
+    pub policy: Policy,
 }
 
 /// How often a replica started for `*` looks for regions it does not serve yet. A region's
@@ -56,6 +58,7 @@ pub async fn run(
         client,
         holder: format!("reservation-{}", uuid::Uuid::now_v7()),
         metrics,
+        policy: config.policy,
     };
     match config.regions {
         RegionFilter::One(region) => worker.serve(region, shutdown).await,
@@ -116,6 +119,7 @@ struct Worker {
     /// This replica's name in the lease bucket.
     holder: String,
     metrics: Metrics,
+    policy: Policy,
 }
 
 impl Worker {
@@ -137,7 +141,7 @@ impl Worker {
             let mut step = RegionStep {
                 worker: &self,
                 region: &region,
-                state: State::default(),
+                state: State::new(self.policy),
                 fence: 0,
             };
             consume::run_ordered(
@@ -165,7 +169,7 @@ struct RegionStep<'a> {
 
 impl OrderedStep for RegionStep<'_> {
     async fn resume(&mut self) -> Result<Start, Halt> {
-        let (state, fence) = recover(&self.worker.js, self.region).await?;
+        let (state, fence) = recover(&self.worker.js, self.region, self.worker.policy).await?;
         tracing::info!(
             region = %self.region,
             registrations = state.registrations.len(),
@@ -226,12 +230,17 @@ impl OrderedStep for RegionStep<'_> {
     }
 }
 
-/// Folds `region`'s decisions into a state, then the operators' capacities up to the state's
-/// checkpoint. Returns the state and the sequence of the region's last decision. Stops at a
-/// record it cannot decode: a state that skipped a decision could overbook.
-async fn recover(js: &jetstream::Context, region: &Region) -> Result<(State, u64), Halt> {
+/// Folds `region`'s decisions into a state, then the operators' capacities and the closed
+/// waiting lists up to the state's checkpoint. Returns the state and the sequence of the
+/// region's last decision. Stops at a record it cannot decode: a state that skipped a
+/// decision could overbook.
+async fn recover(
+    js: &jetstream::Context,
+    region: &Region,
+    policy: Policy,
+) -> Result<(State, u64), Halt> {
     let filter = RegionFilter::One(region.clone());
-    let mut state = State::default();
+    let mut state = State::new(policy);
     let mut fence = 0;
     let mut bad: Option<Undecodable> = None;
     let mut note_bad = |stream: &str, record: &Record, reason: String| {
@@ -258,27 +267,33 @@ async fn recover(js: &jetstream::Context, region: &Region) -> Result<(State, u64
     .await
     .context("Failed to read back the decisions log")?;
     let checkpoint = state.checkpoint;
-    replay::read_to_end(
-        js,
-        subjects::INTAKE_STREAM,
-        subjects::intake_kind_filter(&filter, IntakeKind::Capacity),
-        1,
-        |record: Record| {
-            if record.seq > checkpoint {
-                return;
-            }
-            match &record.envelope {
-                Ok(Envelope {
-                    event: Event::CapacitySet(set),
-                    ..
-                }) => state.set_capacity(&set.slot, set.capacity),
-                Ok(_) => {}
-                Err(err) => note_bad(subjects::INTAKE_STREAM, &record, err.to_string()),
-            }
-        },
-    )
-    .await
-    .context("Failed to read back capacities")?;
+    for kind in [IntakeKind::Capacity, IntakeKind::Waitlist] {
+        replay::read_to_end(
+            js,
+            subjects::INTAKE_STREAM,
+            subjects::intake_kind_filter(&filter, kind),
+            1,
+            |record: Record| {
+                if record.seq > checkpoint {
+                    return;
+                }
+                match &record.envelope {
+                    Ok(Envelope {
+                        event: Event::CapacitySet(set),
+                        ..
+                    }) => state.set_capacity(&set.slot, set.capacity),
+                    Ok(Envelope {
+                        event: Event::WaitlistClosed(closed),
+                        ..
+                    }) => state.close_waitlist(&closed.slot),
+                    Ok(_) => {}
+                    Err(err) => note_bad(subjects::INTAKE_STREAM, &record, err.to_string()),
+                }
+            },
+        )
+        .await
+        .context("Failed to read back the slots' settings")?;
+    }
     match bad {
         Some(why) => Err(Halt::Undecodable(why)),
         None => Ok((state, fence)),

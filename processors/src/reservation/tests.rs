@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use streams::events::*;
 use streams::model::{Location, Region, RegistrationId, SlotKey};
 
-use super::decide::{Input, State};
+use super::decide::{Input, Policy, State};
 
 fn slot(location: &str) -> SlotKey {
     SlotKey {
@@ -42,6 +42,46 @@ fn capacity(slot: &SlotKey, capacity: u32) -> Event {
     })
 }
 
+fn passed(n: u32) -> Event {
+    Event::VerificationPassed(VerificationPassed {
+        registration_id: id(n),
+        reviewer: None,
+    })
+}
+
+fn refused(n: u32, reason: RegistryRefusal) -> Event {
+    Event::VerificationFailed(VerificationFailed {
+        registration_id: id(n),
+        reason,
+        reviewer: None,
+    })
+}
+
+fn inconclusive(n: u32) -> Event {
+    Event::VerificationInconclusive(VerificationInconclusive {
+        registration_id: id(n),
+        attempts: 8,
+        last_error: "503".into(),
+    })
+}
+
+fn requeue(n: u32) -> Event {
+    Event::ReviewRequeued(ReviewRequeued {
+        registration_id: id(n),
+        reviewer: Reviewer {
+            operator: "op".into(),
+            note: "back".into(),
+        },
+    })
+}
+
+fn close(slot: &SlotKey) -> Event {
+    Event::WaitlistClosed(WaitlistClosed {
+        slot: slot.clone(),
+        reason: CloseReason::DatePassed,
+    })
+}
+
 fn cancel(n: u32) -> Event {
     Event::CancellationRequested(CancellationRequested {
         registration_id: id(n),
@@ -56,8 +96,12 @@ struct Scenario {
 }
 
 fn given(events: Vec<Event>) -> Scenario {
+    given_with(Policy::default(), events)
+}
+
+fn given_with(policy: Policy, events: Vec<Event>) -> Scenario {
     let mut s = Scenario {
-        state: State::default(),
+        state: State::new(policy),
         seq: 0,
     };
     for e in events {
@@ -95,13 +139,197 @@ fn a_submission_for_a_slot_with_room_is_reserved() {
 }
 
 #[test]
-fn a_full_slot_rejects_and_an_unknown_slot_rejects() {
+fn a_full_slot_waitlists_up_to_its_bound_then_rejects_and_an_unknown_slot_rejects() {
     let a = slot("a");
     let mut s = given(vec![capacity(&a, 1), submitted(1, &a)]);
+    // The default bound is the slot's capacity: one may wait.
     let then = s.when(submitted(2, &a));
+    assert!(
+        matches!(&then[..], [Event::RegistrationWaitlisted(w)] if w.position == 1 && w.waiting == 1 && w.intake_seq == 3),
+        "{then:?}"
+    );
+    let then = s.when(submitted(3, &a));
     assert!(matches!(&then[..], [Event::SlotRejected(r)] if r.reason == RejectReason::SlotFull));
-    let then = s.when(submitted(3, &slot("nowhere")));
+    let then = s.when(submitted(4, &slot("nowhere")));
     assert!(matches!(&then[..], [Event::SlotRejected(r)] if r.reason == RejectReason::UnknownSlot));
+}
+
+#[test]
+fn the_waiting_list_bound_comes_from_the_policy() {
+    let a = slot("a");
+    let mut s = given_with(
+        Policy {
+            waitlist_per_slot: Some(0),
+        },
+        vec![capacity(&a, 1), submitted(1, &a)],
+    );
+    assert!(
+        matches!(&s.when(submitted(2, &a))[..], [Event::SlotRejected(r)] if r.reason == RejectReason::SlotFull)
+    );
+    let mut s = given_with(
+        Policy {
+            waitlist_per_slot: Some(3),
+        },
+        vec![capacity(&a, 1), submitted(1, &a)],
+    );
+    for (n, position) in [(2, 1), (3, 2), (4, 3)] {
+        assert!(
+            matches!(&s.when(submitted(n, &a))[..], [Event::RegistrationWaitlisted(w)] if w.position == position)
+        );
+    }
+    assert!(
+        matches!(&s.when(submitted(5, &a))[..], [Event::SlotRejected(r)] if r.reason == RejectReason::SlotFull)
+    );
+}
+
+#[test]
+fn a_released_place_goes_to_the_earliest_waiting_registration() {
+    let a = slot("a");
+    let mut s = given(vec![
+        capacity(&a, 2),
+        submitted(1, &a),
+        submitted(2, &a),
+        submitted(3, &a), // waits, seq 4
+        submitted(4, &a), // waits, seq 5
+    ]);
+    let then = s.when(cancel(2));
+    assert!(
+        matches!(&then[..], [Event::SlotReleased(_), Event::RegistrationCancelled(_), Event::WaitlistPromoted(p)]
+            if p.registration_id == id(3) && p.submission_seq == 4 && p.intake_seq == 6 && p.reserved == 2 && p.waiting == 1),
+        "{then:?}"
+    );
+    let then = s.when(refused(1, RegistryRefusal::Deceased));
+    assert!(
+        matches!(&then[..], [Event::SlotReleased(_), Event::SlotRejected(r), Event::WaitlistPromoted(p)]
+            if r.reason == RejectReason::Deceased && p.registration_id == id(4) && p.waiting == 0),
+        "{then:?}"
+    );
+    assert_eq!(s.state.slots[&a].active(), 2);
+    // Nobody waits any more: the next freed place stays free for the next newcomer.
+    let then = s.when(cancel(3));
+    assert!(matches!(
+        &then[..],
+        [Event::SlotReleased(_), Event::RegistrationCancelled(_)]
+    ));
+    assert!(matches!(
+        &s.when(submitted(5, &a))[..],
+        [Event::SlotReserved(_)]
+    ));
+}
+
+#[test]
+fn raising_capacity_promotes_as_many_as_it_adds() {
+    let a = slot("a");
+    let mut s = given_with(
+        Policy {
+            waitlist_per_slot: Some(5),
+        },
+        vec![
+            capacity(&a, 1),
+            submitted(1, &a),
+            submitted(2, &a),
+            submitted(3, &a),
+            submitted(4, &a),
+        ],
+    );
+    let then = s.when(capacity(&a, 3));
+    let promoted: Vec<_> = then
+        .iter()
+        .map(|e| match e {
+            Event::WaitlistPromoted(p) => p.registration_id.clone(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(promoted, [id(2), id(3)]);
+    assert_eq!(s.state.slots[&a].waiting(), 1);
+}
+
+#[test]
+fn a_waiting_registration_that_cancels_leaves_the_line_and_frees_no_place() {
+    let a = slot("a");
+    let mut s = given(vec![capacity(&a, 1), submitted(1, &a), submitted(2, &a)]);
+    let then = s.when(cancel(2));
+    assert!(
+        matches!(&then[..], [Event::RegistrationCancelled(c)] if c.waiting == Some(0)),
+        "{then:?}"
+    );
+    assert_eq!(s.state.slots[&a].active(), 1);
+    assert_eq!(s.state.slots[&a].waiting(), 0);
+}
+
+#[test]
+fn a_closed_waiting_list_rejects_those_waiting_and_takes_nobody_new() {
+    let a = slot("a");
+    let mut s = given_with(
+        Policy {
+            waitlist_per_slot: Some(5),
+        },
+        vec![
+            capacity(&a, 1),
+            submitted(1, &a),
+            submitted(2, &a),
+            submitted(3, &a),
+        ],
+    );
+    let then = s.when(close(&a));
+    let rejected: Vec<_> = then
+        .iter()
+        .map(|e| match e {
+            Event::SlotRejected(r) if r.reason == RejectReason::WaitlistClosed => {
+                (r.registration_id.clone(), r.waiting)
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(rejected, [(id(2), Some(1)), (id(3), Some(0))]);
+    assert!(
+        matches!(&s.when(submitted(4, &a))[..], [Event::SlotRejected(r)] if r.reason == RejectReason::WaitlistClosed)
+    );
+    // Closing twice decides nothing.
+    assert_eq!(s.when(close(&a)), vec![]);
+}
+
+#[test]
+fn verification_confirms_or_rejects_once_and_manual_review_holds_the_place() {
+    let a = slot("a");
+    let mut s = given(vec![
+        capacity(&a, 3),
+        submitted(1, &a),
+        submitted(2, &a),
+        submitted(3, &a),
+    ]);
+    assert!(matches!(
+        &s.when(passed(1))[..],
+        [Event::RegistrationConfirmed(_)]
+    ));
+    // A second verdict (a redelivery, a late answer) changes nothing.
+    assert_eq!(s.when(refused(1, RegistryRefusal::NotFound)), vec![]);
+    assert_eq!(s.when(passed(1)), vec![]);
+    let then = s.when(refused(2, RegistryRefusal::DataMismatch));
+    assert!(
+        matches!(&then[..], [Event::SlotReleased(r), Event::SlotRejected(j)]
+        if r.reason == ReleaseReason::VerificationFailed && j.reason == RejectReason::DataMismatch),
+        "{then:?}"
+    );
+    assert_eq!(s.when(passed(2)), vec![]);
+    // The registry could not answer: review; the place stays held.
+    assert!(matches!(&s.when(inconclusive(3))[..], [Event::ReviewRequired(r)] if r.attempts == 8));
+    assert_eq!(s.when(inconclusive(3)), vec![]);
+    assert_eq!(s.state.slots[&a].active(), 2);
+    // An operator puts it back in the queue, then the registry answers.
+    assert!(
+        matches!(&s.when(requeue(3))[..], [Event::VerificationRequeued(r)] if r.submission_seq == 4)
+    );
+    assert_eq!(s.when(requeue(3)), vec![], "not in review any more");
+    assert!(matches!(
+        &s.when(inconclusive(3))[..],
+        [Event::ReviewRequired(_)]
+    ));
+    // An operator approves.
+    assert!(matches!(
+        &s.when(passed(3))[..],
+        [Event::RegistrationConfirmed(_)]
+    ));
 }
 
 #[test]
@@ -130,12 +358,19 @@ fn a_cancellation_releases_the_slot_for_the_next_submission() {
 #[test]
 fn lowering_capacity_revokes_nothing_and_grants_nothing() {
     let a = slot("a");
-    let mut s = given(vec![
-        capacity(&a, 2),
-        submitted(1, &a),
-        submitted(2, &a),
-        capacity(&a, 1),
-    ]);
+    // No waiting list, so each refusal is visible.
+    let no_line = Policy {
+        waitlist_per_slot: Some(0),
+    };
+    let mut s = given_with(
+        no_line,
+        vec![
+            capacity(&a, 2),
+            submitted(1, &a),
+            submitted(2, &a),
+            capacity(&a, 1),
+        ],
+    );
     assert_eq!(s.state.slots[&a].active(), 2);
     assert!(matches!(
         &s.when(submitted(3, &a))[..],
@@ -155,25 +390,6 @@ fn lowering_capacity_revokes_nothing_and_grants_nothing() {
 }
 
 #[test]
-fn verification_confirms_or_releases() {
-    let a = slot("a");
-    let mut s = given(vec![capacity(&a, 2), submitted(1, &a), submitted(2, &a)]);
-    let then = s.when(Event::VerificationPassed(VerificationPassed {
-        registration_id: id(1),
-    }));
-    assert!(matches!(&then[..], [Event::RegistrationConfirmed(_)]));
-    let then = s.when(Event::VerificationFailed(VerificationFailed {
-        registration_id: id(2),
-        reason: "unknown citizen".into(),
-    }));
-    assert!(
-        matches!(&then[..], [Event::SlotReleased(r), Event::SlotRejected(j)]
-        if r.reason == ReleaseReason::VerificationFailed && j.reason == RejectReason::VerificationFailed)
-    );
-    assert_eq!(s.state.slots[&a].active(), 1);
-}
-
-#[test]
 fn state_folded_from_the_decisions_equals_the_live_state() {
     let a = slot("a");
     let mut s = given(vec![capacity(&a, 2)]);
@@ -181,9 +397,11 @@ fn state_folded_from_the_decisions_equals_the_live_state() {
     for e in [
         submitted(1, &a),
         submitted(2, &a),
-        cancel(1),
         submitted(3, &a),
+        cancel(1),
         submitted(4, &a),
+        submitted(5, &a),
+        inconclusive(2),
     ] {
         log.extend(s.when(e));
     }
@@ -201,37 +419,62 @@ enum Op {
     Cancel(u32),
     Capacity(usize, u32),
     Redeliver(usize),
-    VerifyFail(u32),
+    Pass(u32),
+    Refuse(u32),
+    Inconclusive(u32),
+    Requeue(u32),
+    Close(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u32..40, 0usize..3).prop_map(|(c, s)| Op::Submit(c, s)),
+        8 => (0u32..40, 0usize..3).prop_map(|(c, s)| Op::Submit(c, s)),
         2 => (0u32..40).prop_map(Op::Cancel),
         1 => (0usize..3, 0u32..6).prop_map(|(s, c)| Op::Capacity(s, c)),
         2 => (0usize..200).prop_map(Op::Redeliver),
-        1 => (0u32..40).prop_map(Op::VerifyFail),
+        2 => (0u32..40).prop_map(Op::Pass),
+        1 => (0u32..40).prop_map(Op::Refuse),
+        1 => (0u32..40).prop_map(Op::Inconclusive),
+        1 => (0u32..40).prop_map(Op::Requeue),
+        1 => (0usize..30).prop_map(Op::Close),
     ]
+}
+
+/// The test's own model of one slot, kept from the decisions alone.
+#[derive(Default)]
+struct Books {
+    capacity: u32,
+    active: std::collections::BTreeSet<RegistrationId>,
+    waiting: std::collections::BTreeMap<u64, RegistrationId>,
 }
 
 proptest! {
     /// Random interleavings of submissions, cancellations, capacity changes, verification
-    /// failures and redeliveries, checked on the decision log against a simple model:
-    /// - never more active reservations than capacity at the time of each grant;
-    /// - exactly one first decision per registration;
-    /// - within a slot, grants follow intake order among those that were not refused for
-    ///   lack of room at their turn (first come, first served);
+    /// verdicts (passed, refused, inconclusive, requeued), closed waiting lists and
+    /// redeliveries, checked on the decision log against a model kept by the test:
+    /// - never more active reservations than capacity at any point;
+    /// - exactly one first decision per registration, at most one verification outcome;
+    /// - a place is granted only to the earliest registration waiting (first come, first
+    ///   served), and after every step no place is free while someone waits;
+    /// - a waiting list never grows beyond its bound;
     /// - folding the decision log rebuilds the live state.
     #[test]
-    fn random_interleavings_keep_every_invariant(ops in proptest::collection::vec(op(), 1..200)) {
+    fn random_interleavings_keep_every_invariant(
+        ops in proptest::collection::vec(op(), 1..250),
+        bound in proptest::option::of(0u32..4),
+    ) {
         let slots = [slot("a"), slot("b"), slot("c")];
-        let mut s = given(vec![capacity(&slots[0], 2), capacity(&slots[1], 1)]);
+        let policy = Policy { waitlist_per_slot: bound };
+        let mut s = given_with(policy, vec![capacity(&slots[0], 2), capacity(&slots[1], 1)]);
         let mut intake: Vec<Event> = Vec::new();
         let mut log: Vec<Event> = Vec::new();
-        let mut capacities = std::collections::HashMap::from([(slots[0].clone(), 2u32), (slots[1].clone(), 1u32)]);
-        let mut active: std::collections::HashMap<SlotKey, std::collections::BTreeSet<RegistrationId>> = Default::default();
-        let mut first_decisions: std::collections::HashMap<RegistrationId, usize> = Default::default();
+        let mut books: std::collections::HashMap<SlotKey, Books> = Default::default();
+        books.entry(slots[0].clone()).or_default().capacity = 2;
+        books.entry(slots[1].clone()).or_default().capacity = 1;
+        let mut first: std::collections::HashMap<RegistrationId, usize> = Default::default();
+        let mut outcomes: std::collections::HashMap<RegistrationId, usize> = Default::default();
         let mut submitted_slot: std::collections::HashMap<u32, usize> = Default::default();
+        let mut closes = Vec::new();
         for op in ops {
             let event = match op {
                 Op::Submit(c, i) => {
@@ -240,51 +483,105 @@ proptest! {
                     submitted(c, &slots[i])
                 }
                 Op::Cancel(c) => cancel(c),
-                Op::Capacity(i, c) => { capacities.insert(slots[i].clone(), c); capacity(&slots[i], c) }
-                Op::Redeliver(k) if !intake.is_empty() => {
-                    let e = intake[k % intake.len()].clone();
-                    if let Event::CapacitySet(set) = &e { capacities.insert(set.slot.clone(), set.capacity); }
-                    e
-                }
+                Op::Capacity(i, c) => capacity(&slots[i], c),
+                Op::Redeliver(k) if !intake.is_empty() => intake[k % intake.len()].clone(),
                 Op::Redeliver(_) => continue,
-                Op::VerifyFail(c) => Event::VerificationFailed(VerificationFailed { registration_id: id(c), reason: "x".into() }),
+                Op::Pass(c) => passed(c),
+                Op::Refuse(c) => refused(c, RegistryRefusal::NotFound),
+                Op::Inconclusive(c) => inconclusive(c),
+                Op::Requeue(c) => requeue(c),
+                // rare: a closed list ends most of the interesting interleavings
+                Op::Close(i) if i < 3 => close(&slots[i]),
+                Op::Close(_) => continue,
             };
+            if let Event::CapacitySet(set) = &event {
+                books.entry(set.slot.clone()).or_default().capacity = set.capacity;
+            }
+            if let Event::WaitlistClosed(c) = &event {
+                closes.push(c.slot.clone());
+            }
             intake.push(event.clone());
+            let seq = s.seq + 1;
             let decisions = s.when(event);
             for d in &decisions {
                 match d {
                     Event::SlotReserved(r) => {
-                        *first_decisions.entry(r.registration_id.clone()).or_default() += 1;
-                        let set = active.entry(r.slot.clone()).or_default();
-                        prop_assert!(set.insert(r.registration_id.clone()), "reserved twice");
-                        let cap = capacities.get(&r.slot).copied().unwrap_or(0);
-                        prop_assert!(set.len() as u32 <= cap, "overbooked {}: {} > {}", r.slot, set.len(), cap);
-                        prop_assert_eq!(r.reserved as usize, set.len());
+                        *first.entry(r.registration_id.clone()).or_default() += 1;
+                        let b = books.entry(r.slot.clone()).or_default();
+                        prop_assert!(b.waiting.is_empty(), "a newcomer jumped the line");
+                        prop_assert!(b.active.insert(r.registration_id.clone()), "reserved twice");
+                        prop_assert!(b.active.len() as u32 <= b.capacity, "overbooked {}", r.slot);
+                        prop_assert_eq!(r.reserved as usize, b.active.len());
                     }
-                    Event::SlotRejected(r) if r.reason != RejectReason::VerificationFailed => {
-                        *first_decisions.entry(r.registration_id.clone()).or_default() += 1;
+                    Event::RegistrationWaitlisted(w) => {
+                        *first.entry(w.registration_id.clone()).or_default() += 1;
+                        let b = books.entry(w.slot.clone()).or_default();
+                        b.waiting.insert(w.intake_seq, w.registration_id.clone());
+                        prop_assert!(b.waiting.len() as u32 <= bound.unwrap_or(b.capacity), "line beyond its bound");
+                        prop_assert_eq!(w.position as usize, b.waiting.len());
+                    }
+                    Event::WaitlistPromoted(p) => {
+                        let b = books.entry(p.slot.clone()).or_default();
+                        let earliest = b.waiting.pop_first();
+                        prop_assert_eq!(earliest, Some((p.submission_seq, p.registration_id.clone())), "not the earliest waiting");
+                        prop_assert!(b.active.insert(p.registration_id.clone()));
+                        prop_assert!(b.active.len() as u32 <= b.capacity, "overbooked {}", p.slot);
+                        prop_assert_eq!(p.intake_seq, seq);
+                    }
+                    Event::SlotRejected(r) => {
+                        let b = books.entry(r.slot.clone()).or_default();
+                        match r.reason {
+                            RejectReason::SlotFull | RejectReason::UnknownSlot => {
+                                *first.entry(r.registration_id.clone()).or_default() += 1;
+                            }
+                            RejectReason::WaitlistClosed => {
+                                let before = b.waiting.len();
+                                b.waiting.retain(|_, id| id != &r.registration_id);
+                                if before == b.waiting.len() {
+                                    // a newcomer to a closed list: its first decision
+                                    *first.entry(r.registration_id.clone()).or_default() += 1;
+                                }
+                            }
+                            _ => *outcomes.entry(r.registration_id.clone()).or_default() += 1,
+                        }
                         if r.reason == RejectReason::SlotFull {
-                            let held = active.get(&r.slot).map_or(0, |s| s.len()) as u32;
-                            prop_assert!(held >= capacities.get(&r.slot).copied().unwrap_or(0), "rejected while room was left");
+                            prop_assert!(b.active.len() as u32 >= b.capacity, "rejected while room was left");
                         }
                     }
+                    Event::RegistrationConfirmed(c) => {
+                        *outcomes.entry(c.registration_id.clone()).or_default() += 1;
+                    }
                     Event::SlotReleased(r) => {
-                        prop_assert!(active.entry(r.slot.clone()).or_default().remove(&r.registration_id), "released a slot not held");
+                        prop_assert!(books.entry(r.slot.clone()).or_default().active.remove(&r.registration_id), "released a place not held");
+                    }
+                    Event::RegistrationCancelled(c) => {
+                        books.entry(c.slot.clone()).or_default().waiting.retain(|_, id| id != &c.registration_id);
                     }
                     _ => {}
                 }
             }
+            for (slot, b) in &books {
+                prop_assert!(
+                    b.waiting.is_empty() || b.active.len() as u32 >= b.capacity,
+                    "a place of {} is free while {} wait", slot, b.waiting.len()
+                );
+            }
             log.extend(decisions);
         }
-        for (id, n) in &first_decisions {
+        for (id, n) in &first {
             prop_assert_eq!(*n, 1, "{} got {} first decisions", id, n);
         }
-        let mut rebuilt = State::default();
+        for (id, n) in &outcomes {
+            prop_assert!(*n <= 1, "{} got {} verification outcomes", id, n);
+        }
+        let mut rebuilt = State::new(policy);
         for d in &log { rebuilt.apply(d); }
-        for (slot, c) in &capacities { rebuilt.set_capacity(slot, *c); }
+        for (slot, b) in &books { rebuilt.set_capacity(slot, b.capacity); }
+        for slot in &closes { rebuilt.close_waitlist(slot); }
         prop_assert_eq!(&rebuilt.registrations, &s.state.registrations);
         for (slot, live) in &s.state.slots {
-            prop_assert_eq!(&rebuilt.slots.get(slot).map(|s| &s.holders), &Some(&live.holders));
+            let r = rebuilt.slots.get(slot);
+            prop_assert_eq!(r.map(|s| (&s.holders, &s.waiting)), Some((&live.holders, &live.waiting)));
         }
     }
 }

@@ -112,7 +112,10 @@ impl World {
         let metrics = Metrics::new();
         let task = tokio::spawn(run(
             self.client.clone(),
-            ReservationConfig { regions },
+            ReservationConfig {
+                regions,
+                policy: Default::default(),
+            },
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -220,17 +223,23 @@ pub fn submitted(id: &RegistrationId, slot: &SlotKey) -> Event {
     })
 }
 
-/// First decision (reserved or rejected) per registration, counting duplicates.
+/// First decision (reserved, waitlisted or rejected) per registration, counting duplicates.
 pub fn first_decisions(log: &[(u64, Event)]) -> HashMap<RegistrationId, Vec<Event>> {
     let mut map: HashMap<RegistrationId, Vec<Event>> = HashMap::new();
     for (_, e) in log {
         if let Event::SlotReserved(SlotReserved {
             registration_id, ..
         })
+        | Event::RegistrationWaitlisted(RegistrationWaitlisted {
+            registration_id, ..
+        })
         | Event::SlotRejected(SlotRejected {
             registration_id, ..
         }) = e
         {
+            if matches!(e, Event::SlotRejected(r) if map.contains_key(&r.registration_id)) {
+                continue; // a waiting registration's end, not a second first decision
+            }
             map.entry(registration_id.clone())
                 .or_default()
                 .push(e.clone());
@@ -245,10 +254,11 @@ pub fn max_active(log: &[(u64, Event)]) -> HashMap<SlotKey, u32> {
     let mut max: HashMap<SlotKey, u32> = HashMap::new();
     for (_, e) in log {
         match e {
-            Event::SlotReserved(r) => {
-                let a = active.entry(r.slot.clone()).or_default();
+            Event::SlotReserved(SlotReserved { slot, .. })
+            | Event::WaitlistPromoted(WaitlistPromoted { slot, .. }) => {
+                let a = active.entry(slot.clone()).or_default();
                 *a += 1;
-                let m = max.entry(r.slot.clone()).or_default();
+                let m = max.entry(slot.clone()).or_default();
                 *m = (*m).max(*a);
             }
             Event::SlotReleased(r) => *active.entry(r.slot.clone()).or_default() -= 1,

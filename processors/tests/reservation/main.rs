@@ -46,7 +46,7 @@ async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten_in_arrival
 }
 
 #[tokio::test]
-async fn a_cancellation_returns_the_slot_and_a_restarted_replica_decides_nothing_twice() {
+async fn a_cancellation_gives_the_place_to_the_one_waiting_and_a_restart_decides_nothing_twice() {
     let world = World::start().await;
     let small = slot("small");
     world.set_capacity(&small, 1).await;
@@ -59,31 +59,38 @@ async fn a_cancellation_returns_the_slot_and_a_restarted_replica_decides_nothing
     let log = world.wait_for_first_decisions(3).await;
     let firsts = first_decisions(&log);
     assert!(matches!(firsts[&first][0], Event::SlotReserved(_)));
-    assert!(matches!(firsts[&second][0], Event::SlotRejected(_)));
+    assert!(matches!(
+        firsts[&second][0],
+        Event::RegistrationWaitlisted(_)
+    ));
     assert!(
-        matches!(firsts[&third][0], Event::SlotReserved(_)),
-        "the released slot goes to the next submission"
+        log.iter()
+            .any(|(_, e)| matches!(e, Event::WaitlistPromoted(p) if p.registration_id == second)),
+        "the released place goes to the one waiting"
+    );
+    assert!(
+        matches!(firsts[&third][0], Event::RegistrationWaitlisted(_)),
+        "a newcomer queues behind nobody's freed place"
     );
     replica.stop().await;
 
     // A new replica rebuilds from the log; re-delivered submissions decide nothing new.
     let before = world.decisions().await.len();
-    let (first_again, _) = (first.clone(), ());
     world
         .append(
             streams::subjects::IntakeKind::Submitted,
             &region(),
-            submitted(&first_again, &small),
+            submitted(&first, &small),
         )
         .await;
     let (fourth, _) = world.submit(&small).await;
     let replica = world.replica();
     let log = world.wait_for_first_decisions(4).await;
     assert_eq!(log.len(), before + 1, "only the new submission was decided");
-    assert!(matches!(
-        first_decisions(&log)[&fourth][0],
-        Event::SlotRejected(_)
-    ));
+    assert!(
+        matches!(&first_decisions(&log)[&fourth][0], Event::SlotRejected(r) if r.reason == RejectReason::SlotFull),
+        "the line (as long as the capacity, 1) is full"
+    );
     replica.stop().await;
 }
 
@@ -169,12 +176,16 @@ async fn a_replica_whose_view_is_stale_is_fenced_and_rebuilds_instead_of_writing
     .unwrap();
 
     // The replica's next write carries the sequence it last saw: refused, so it rebuilds,
-    // learns of the intruder's reservation, and rejects the newcomer instead of overbooking.
+    // learns of the intruder's reservation, and puts the newcomer in line instead of
+    // overbooking.
     let (second, _) = world.submit(&s).await;
     let log = world.wait_for_first_decisions(3).await;
     let firsts = first_decisions(&log);
     assert!(matches!(firsts[&first][0], Event::SlotReserved(_)));
-    assert!(matches!(firsts[&second][0], Event::SlotRejected(_)));
+    assert!(matches!(
+        firsts[&second][0],
+        Event::RegistrationWaitlisted(_)
+    ));
     assert_eq!(max_active(&log)[&s], 2);
     assert_eq!(replica.metrics.fenced.get(), 1, "exactly one fenced write");
     replica.stop().await;

@@ -264,6 +264,9 @@ pub fn spawn(
         )
         .env("REG_SURREAL_ENDPOINT", "mem://")
         .env("REG_APPEND_TIMEOUT_MS", "2000")
+        // The checker's model predicts each first decision as reserved or rejected: no
+        // waiting list here (the property tests and the pipeline tests cover it).
+        .env("REG_WAITLIST_PER_SLOT", "0")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),

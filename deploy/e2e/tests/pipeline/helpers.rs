@@ -35,6 +35,8 @@ pub struct Options {
     pub max_open_submissions: usize,
     /// How long the edge waits for a durable write (2 s unless set).
     pub append_timeout: Option<Duration>,
+    /// How many may wait for a full slot (as many as its capacity unless set).
+    pub waitlist_per_slot: Option<u32>,
 }
 
 impl Pipeline {
@@ -74,6 +76,9 @@ impl Pipeline {
                 nats: nats_options("reservation"),
                 regions: RegionFilter::All,
                 replication: streams::config::Replication(1),
+                policy: processors::reservation::decide::Policy {
+                    waitlist_per_slot: options.waitlist_per_slot,
+                },
             },
             processor_listener,
             shutdown.clone(),
@@ -198,6 +203,11 @@ impl Pipeline {
     }
 
     pub async fn remaining(&self, location: &str) -> Option<i64> {
+        self.availability(location).await?["remaining"].as_i64()
+    }
+
+    /// The availability row of one location of the test region and date.
+    pub async fn availability(&self, location: &str) -> Option<Value> {
         let (status, _, body) = self
             .send(
                 self.http.get(format!(
@@ -208,7 +218,20 @@ impl Pipeline {
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        body.as_array()?.first()?["remaining"].as_i64()
+        body.as_array()?.first().cloned()
+    }
+
+    /// Waits until availability shows `remaining` places left and `waiting` in line.
+    pub async fn wait_availability(&self, location: &str, remaining: i64, waiting: i64) {
+        testkit::eventually(
+            &format!("{location} to have {remaining} left and {waiting} waiting"),
+            Duration::from_secs(30),
+            || async {
+                let row = self.availability(location).await?;
+                (row["remaining"] == remaining && row["waiting"] == waiting).then_some(())
+            },
+        )
+        .await
     }
 
     /// Waits until availability shows `want` remaining places.

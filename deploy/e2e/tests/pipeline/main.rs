@@ -59,7 +59,7 @@ async fn a_submission_becomes_reserved_and_availability_drops() {
 }
 
 #[ntex::test]
-async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten() {
+async fn sixty_concurrent_submissions_for_ten_slots_grant_ten_queue_ten_and_refuse_the_rest() {
     let p = Pipeline::start().await;
     p.set_capacity("hot", 10).await;
     let responses = join_all((0..60).map(|n| {
@@ -78,7 +78,8 @@ async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten() {
             )
         })
         .collect();
-    let mut reserved = 0;
+    let mut reserved = Vec::new();
+    let mut positions = Vec::new();
     let mut rejected = 0;
     for (id, token) in &accepted {
         let record =
@@ -88,7 +89,8 @@ async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten() {
             })
             .await;
         match record["status"].as_str().unwrap() {
-            "reserved" => reserved += 1,
+            "reserved" => reserved.push((id, token)),
+            "waitlisted" => positions.push((record["position"].as_u64().unwrap(), id, token)),
             "rejected" => {
                 assert_eq!(record["reason"], "slot_full");
                 rejected += 1
@@ -96,8 +98,36 @@ async fn sixty_concurrent_submissions_for_ten_slots_grant_exactly_ten() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert_eq!((reserved, rejected), (10, 50));
-    p.wait_remaining("hot", 0).await;
+    positions.sort();
+    assert_eq!(
+        (reserved.len(), positions.len(), rejected),
+        (10, 10, 40),
+        "the line is as long as the capacity"
+    );
+    assert_eq!(
+        positions.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>(),
+        "positions 1..10, each once"
+    );
+    p.wait_availability("hot", 0, 10).await;
+
+    // A cancellation gives the place to the first in line; everyone behind moves up one.
+    let (id, token) = reserved[0];
+    let (status, _, body) = p
+        .send(
+            p.http
+                .delete(format!("{}/v1/registrations/{id}", p.ingest))
+                .bearer_auth(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, first_id, first_token) = positions[0];
+    p.wait_status(first_id, first_token, "reserved").await;
+    let (_, second_id, second_token) = positions[1];
+    let record = p.wait_status(second_id, second_token, "waitlisted").await;
+    assert_eq!(record["position"], 1, "{record}");
+    p.wait_availability("hot", 0, 9).await;
 }
 
 #[ntex::test]
@@ -270,7 +300,12 @@ async fn bad_input_gets_a_structured_error_and_appends_nothing() {
 
 #[ntex::test]
 async fn a_cancelled_registration_returns_its_slot() {
-    let p = Pipeline::start().await;
+    // No waiting list: the freed place goes to the next newcomer.
+    let p = Pipeline::start_with(Options {
+        waitlist_per_slot: Some(0),
+        ..Options::default()
+    })
+    .await;
     p.set_capacity("one", 1).await;
     let (_, first) = p.submit(&citizen(21, "one"), None).await;
     let (id, token) = (
@@ -375,7 +410,7 @@ async fn availability_is_cacheable_with_an_etag() {
     let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
     assert_eq!(
         body[0],
-        json!({"region": "mazowieckie", "location": "cache", "date": "2027-03-01", "capacity": 3, "remaining": 3})
+        json!({"region": "mazowieckie", "location": "cache", "date": "2027-03-01", "capacity": 3, "remaining": 3, "waiting": 0})
     );
     let (status, _, body) = p
         .send(
@@ -589,7 +624,12 @@ async fn claim_state(p: &Pipeline, body: &Value) -> Option<String> {
 /// and another body under the key was accepted instead of 422.
 #[ntex::test]
 async fn an_idempotency_key_keeps_its_registration_after_it_ended() {
-    let p = Pipeline::start().await;
+    // No waiting list, so a full slot ends the registration at once.
+    let p = Pipeline::start_with(Options {
+        waitlist_per_slot: Some(0),
+        ..Options::default()
+    })
+    .await;
     p.set_capacity("full", 1).await;
     p.set_capacity("roomy", 10).await;
     let (status, body) = p.submit(&citizen(60, "full"), None).await;
