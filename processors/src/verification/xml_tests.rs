@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -701,6 +702,53 @@ fn hostile_ill_formed_documents_are_malformed() {
         assert!(is_malformed(&outcome), "{name}: {outcome:?}");
     }
     assert!(is_malformed(&decode_reply(b"<a>\xff</a>")));
+}
+
+// The simulator's corpus
+
+#[test]
+fn registry_corpus_decodes_as_named() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/registry_corpus");
+    let mut seen = Vec::new();
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|ext| ext != "xml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let body = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| decode_reply(&body));
+        let ok = match (name.as_str(), &outcome) {
+            (_, Err(_)) => false,
+            ("match.xml", Ok(Ok(Reply::Verdict { verdict, .. }))) => *verdict == Verdict::Match,
+            ("fault.xml", Ok(Ok(Reply::Fault { .. }))) => true,
+            ("wrong_request_id.xml", Ok(Ok(Reply::Verdict { .. }))) => true,
+            ("match.xml" | "fault.xml" | "wrong_request_id.xml", _) => false,
+            (_, Ok(result)) => result.is_err(),
+        };
+        if !ok {
+            failures.push(format!("{name}: {outcome:?}"));
+        }
+        seen.push(name);
+    }
+    seen.sort();
+    for expected in [
+        "billion_laughs.xml",
+        "external_entity.xml",
+        "fault.xml",
+        "match.xml",
+        "truncated.xml",
+        "unknown_result.xml",
+        "wrong_namespace.xml",
+        "wrong_request_id.xml",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} missing in {dir:?}"
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 // Properties
