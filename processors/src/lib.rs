@@ -9,6 +9,7 @@
 //!
 //! Verification (government registry) and notification processors join here later; they
 //! append to intake (verification verdicts) and to the decisions stream (notifications).
+//! So far [`verification`] holds the registry's wire codec ([`verification::xml`]).
 #![forbid(unsafe_code)]
 
 pub mod claims;
@@ -16,3 +17,4 @@ pub mod cli;
 pub mod metrics;
 pub mod reservation;
 pub mod service;
+pub mod verification;
