@@ -24,6 +24,8 @@ pub const VERIFY_PATH: &str = "/registry/v1/verify";
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How much padding a `huge_body` answer carries (the whole answer is a little larger).
 pub const HUGE_BODY_PADDING: usize = 8 * 1024 * 1024;
+/// The `RequestId` the committed corpus of answers echoes.
+pub const CORPUS_REQUEST_ID: &str = "0190c1e5-7b2a-7c4d-9e6f-5a4b3c2d1e0f";
 /// The `RequestId` a `wrong_request_id` answer echoes (or [`OTHER_REQUEST_ID_2`] when the
 /// request itself carried this one).
 pub const OTHER_REQUEST_ID: &str = "00000000-0000-7000-8000-00000000dead";
@@ -327,6 +329,32 @@ pub fn hostile_xml(kind: HostileKind, request_id: &str, result: RegistryResult) 
         HostileKind::UnknownResult => head("", REGISTRY_NS) + &tail(request_id, "PROBABLY"),
         HostileKind::WrongRequestId => answer_xml(other_request_id(request_id), result),
     }
+}
+
+/// The committed corpus (`processors/tests/registry_corpus/`): file name and content, for
+/// every hostile kind but `huge_body`, plus `match.xml` and `fault.xml`. Each answers
+/// [`CORPUS_REQUEST_ID`] for a person whose true answer is `MATCH`.
+pub fn corpus() -> Vec<(String, String)> {
+    let result = RegistryResult::Match;
+    let mut files = vec![
+        (
+            "match.xml".to_owned(),
+            answer_xml(CORPUS_REQUEST_ID, result),
+        ),
+        (
+            "fault.xml".to_owned(),
+            fault_xml(FaultCode::Server, SERVER_FAULT_MESSAGE),
+        ),
+    ];
+    for kind in HostileKind::ALL {
+        if kind != HostileKind::HugeBody {
+            files.push((
+                format!("{kind}.xml"),
+                hostile_xml(kind, CORPUS_REQUEST_ID, result),
+            ));
+        }
+    }
+    files
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -751,7 +779,7 @@ mod tests {
 
     #[test]
     fn hostile_answers_are_what_they_claim() {
-        let id = "0190c1e5-7b2a-7c4d-9e6f-5a4b3c2d1e0f";
+        let id = CORPUS_REQUEST_ID;
         let result = RegistryResult::Match;
         let truncated = hostile_xml(HostileKind::Truncated, id, result);
         assert!(truncated.ends_with("<reg:Result>MA"), "{truncated}");
@@ -772,5 +800,39 @@ mod tests {
         assert!(!wrong.contains(id) && wrong.contains(OTHER_REQUEST_ID));
         let wrong_again = hostile_xml(HostileKind::WrongRequestId, OTHER_REQUEST_ID, result);
         assert!(wrong_again.contains(OTHER_REQUEST_ID_2));
+    }
+
+    /// The corpus the verification processor's parser tests read must be what this code
+    /// serves. `REGISTRY_CORPUS_BLESS=1 cargo test -p registry-sim corpus` rewrites it.
+    #[test]
+    fn committed_corpus_matches_the_code() {
+        let dir = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../processors/tests/registry_corpus/"
+        ));
+        let files = corpus();
+        if std::env::var_os("REGISTRY_CORPUS_BLESS").is_some() {
+            std::fs::create_dir_all(dir).unwrap();
+            for (name, content) in &files {
+                std::fs::write(dir.join(name), content).unwrap();
+            }
+        }
+        for (name, content) in &files {
+            let committed = std::fs::read_to_string(dir.join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e} (REGISTRY_CORPUS_BLESS=1 writes it)"));
+            assert_eq!(
+                &committed, content,
+                "{name} differs from the code (REGISTRY_CORPUS_BLESS=1 rewrites it)"
+            );
+        }
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".xml"))
+            .collect();
+        on_disk.sort();
+        let mut expected: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
+        expected.sort();
+        assert_eq!(on_disk, expected, "stale files in the corpus");
     }
 }
