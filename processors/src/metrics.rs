@@ -24,6 +24,30 @@ pub struct Metrics {
     pub leases: IntCounter,
     /// The consumer loops' stalls, restarts and undecodable records (`/readyz` reads it).
     pub health: streams::consume::Health,
+    /// The verification processor's metrics.
+    pub verification: VerificationMetrics,
+}
+
+/// The verification processor's metrics.
+#[derive(Clone)]
+pub struct VerificationMetrics {
+    /// Seconds per registry call, answered or not.
+    pub registry_seconds: Histogram,
+    /// Registry calls by outcome: a verdict (`match`, `data_mismatch`, `deceased`,
+    /// `not_found`) or a failure (`rate_limited`, `http_error`, `server_fault`,
+    /// `client_fault`, `bad_answer`, `unreachable`).
+    pub calls: IntCounterVec,
+    /// The circuit breaker: 0 closed, 1 half-open (probing), 2 open.
+    pub breaker: IntGauge,
+    /// Verifications put back for a later attempt after a failed call.
+    pub retries: IntCounter,
+    /// Verifications put back without calling, by why (`breaker`, `rate_limit`).
+    pub deferred: IntCounterVec,
+    /// Verifications handed to an operator (manual review).
+    pub manual_reviews: IntCounter,
+    /// Seconds from the citizen's submission to the registry's verdict being recorded (a
+    /// pass is the confirmation: the reservation processor confirms on the next read).
+    pub submission_to_verdict_seconds: Histogram,
 }
 
 impl Metrics {
@@ -79,6 +103,7 @@ impl Metrics {
             .expect("valid metric"),
         );
         let health = streams::consume::Health::new(&registry);
+        let verification = VerificationMetrics::new(&registry);
         Metrics {
             registry,
             inputs,
@@ -89,6 +114,68 @@ impl Metrics {
             active,
             leases,
             health,
+            verification,
+        }
+    }
+}
+
+impl VerificationMetrics {
+    fn new(registry: &Registry) -> Self {
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid metric"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+            )
+        };
+        let counter = |name: &str, help: &str| {
+            register(registry, IntCounter::new(name, help).expect("valid metric"))
+        };
+        VerificationMetrics {
+            registry_seconds: histogram(
+                "verification_registry_seconds",
+                "Time per call to the government registry.",
+                vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            calls: counter_vec(
+                "verification_registry_calls_total",
+                "Calls to the government registry, by outcome.",
+                "outcome",
+            ),
+            breaker: register(
+                registry,
+                IntGauge::new(
+                    "verification_breaker_state",
+                    "The registry circuit breaker: 0 closed, 1 half-open, 2 open.",
+                )
+                .expect("valid metric"),
+            ),
+            retries: counter(
+                "verification_retries_total",
+                "Verifications put back for another attempt after a failed call.",
+            ),
+            deferred: counter_vec(
+                "verification_deferred_total",
+                "Verifications put back without calling the registry, by why.",
+                "why",
+            ),
+            manual_reviews: counter(
+                "verification_manual_reviews_total",
+                "Verifications handed to an operator because the registry gave no answer.",
+            ),
+            submission_to_verdict_seconds: histogram(
+                "verification_submission_to_verdict_seconds",
+                "Time from a citizen's submission to the registry's verdict being recorded.",
+                vec![
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                ],
+            ),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The processor process: connects, ensures streams, runs the reservation loop, and serves
-//! `/healthz`, `/readyz` and `/metrics`.
+//! The processor process: connects, ensures streams, runs the reservation loop, the claims
+//! releaser and (unless turned off) the verification processor, and serves `/healthz`,
+//! `/readyz` and `/metrics`.
 
 use std::net::TcpListener;
 
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::reservation::{self, ReservationConfig, decide::Policy};
+use crate::verification::{self, VerificationConfig};
 
 /// Everything the processor process needs, resolved by `main` from flags and environment.
 #[derive(Debug, Clone)]
@@ -22,6 +24,10 @@ pub struct Settings {
     pub replication: Replication,
     /// The reservation rule's settings.
     pub policy: Policy,
+    /// The verification processor, if this replica runs one (with the registry to ask).
+    pub verification: Option<VerificationConfig>,
+    /// The keys that open the citizens' sealed personal data (for the registry's questions).
+    pub keys: streams::crypto::Keys,
 }
 
 #[derive(Clone)]
@@ -56,6 +62,15 @@ pub async fn run(
         metrics.health.clone(),
         shutdown.clone(),
     ));
+    let verifier = settings.verification.map(|config| {
+        tokio::spawn(verification::run(
+            client.clone(),
+            settings.keys.clone(),
+            config,
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
     let result = reservation::run(
         client,
         ReservationConfig {
@@ -69,6 +84,15 @@ pub async fn run(
     shutdown.cancel();
     let _ = server.await;
     let _ = releaser.await;
+    if let Some(verifier) = verifier {
+        match verifier.await {
+            Ok(Err(err)) => {
+                tracing::error!(error = %format!("{err:#}"), "The verification processor stopped.")
+            }
+            Err(err) => tracing::error!(error = %err, "The verification processor panicked."),
+            Ok(Ok(())) => {}
+        }
+    }
     result
 }
 

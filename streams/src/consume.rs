@@ -47,6 +47,9 @@ pub struct Decoded {
     pub seq: u64,
     /// Its subject.
     pub subject: String,
+    /// How many times it was delivered, this one included (1 for ordered readers): a
+    /// durable step's attempt count.
+    pub delivered: u64,
     /// The event.
     pub envelope: Envelope,
 }
@@ -98,6 +101,7 @@ pub fn decode(stream: &str, message: &jetstream::Message) -> Result<Decoded, Hal
         Ok(envelope) => Ok(Decoded {
             seq,
             subject: message.subject.to_string(),
+            delivered: info.delivered.max(1) as u64,
             envelope,
         }),
         Err(err) => Err(Halt::Undecodable(Undecodable {

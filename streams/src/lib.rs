@@ -14,6 +14,7 @@
 //! | [`consume`] | the one consumer loop every reader runs: supervision, groups, stalls on what it cannot decode |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
 //! | [`lease`] | one active replica per piece of work, the others on standby |
+//! | [`regions`] | serving one region or every region present in the intake stream |
 //! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
 //! | [`http`] | the JSON error body, capped body reads, health and metrics responses |
 //! | [`replay`] | reading a stream in order: recovery, projections, replays |
@@ -30,6 +31,7 @@ pub mod http;
 pub mod lease;
 pub mod model;
 pub mod national_id;
+pub mod regions;
 pub mod replay;
 pub mod runtime;
 pub mod subjects;

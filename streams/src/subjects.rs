@@ -163,6 +163,11 @@ pub fn decisions_stream_subjects() -> Vec<String> {
     vec![format!("{DECISION_PREFIX}.>")]
 }
 
+/// Name of the durable consumer the verification processor's replicas share for `region`.
+pub fn verification_consumer(region: &Region) -> String {
+    format!("verification_{region}")
+}
+
 /// Name of the durable consumer a projection worker uses on `stream`.
 pub fn projection_consumer(stream: &str) -> String {
     format!("projection_{}", stream.to_ascii_lowercase())

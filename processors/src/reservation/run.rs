@@ -3,25 +3,23 @@
 //! writing fenced batches.
 //!
 //! A replica started for one region serves that region; one started for `*` discovers the
-//! regions present in the intake stream (every [`DISCOVERY_INTERVAL`]) and serves each as if
-//! started for it alone. The lease and the resume point are the region's own, so replicas
+//! regions present in the intake stream ([`streams::regions`]) and serves each as if started
+//! for it alone. The lease and the resume point are the region's own, so replicas
 //! started with any mix of `REG_REGION` values share the work region by region: a region is
 //! decided by exactly one of the replicas that serve it, and a region-specific replica
 //! stopping hands its region to a `*` one (and the other way round).
 
-use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use futures::StreamExt;
 use streams::appender::{AppendError, Outgoing, publish_atomic};
 use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start, Undecodable};
 use streams::events::{Envelope, Event};
-use streams::lease;
 use streams::model::Region;
 use streams::replay::{self, Record};
 use streams::subjects::{self, IntakeKind, RegionFilter};
+use streams::{lease, regions};
 use tokio_util::sync::CancellationToken;
 
 use super::MAX_INPUTS_PER_BATCH;
@@ -37,10 +35,6 @@ pub struct ReservationConfig {
     pub policy: Policy,
 }
 
-/// How often a replica started for `*` looks for regions it does not serve yet. A region's
-/// first submission waits at most this long (plus a lease) for its first decision.
-pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Runs the reservation processor until `shutdown` fires. Any number of replicas may run for
 /// any mix of regions: for each region one holds its lease and decides, the others stand by
 /// and take over when it stops or dies. Survives NATS restarts and stale writers by
@@ -54,60 +48,17 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     let worker = Worker {
         leases: lease::bucket(&js).await?,
-        js,
+        js: js.clone(),
         client,
         holder: format!("reservation-{}", uuid::Uuid::now_v7()),
         metrics,
         policy: config.policy,
     };
-    match config.regions {
-        RegionFilter::One(region) => worker.serve(region, shutdown).await,
-        RegionFilter::All => {
-            let mut workers = tokio::task::JoinSet::new();
-            let mut served = HashSet::new();
-            loop {
-                match discover(&worker.js).await {
-                    Ok(regions) => {
-                        for region in regions {
-                            if served.insert(region.clone()) {
-                                tracing::info!(%region, "Serving a region.");
-                                workers.spawn(worker.clone().serve(region, shutdown.clone()));
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %format!("{err:#}"), "Could not list the regions; trying again.")
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
-                }
-            }
-            while workers.join_next().await.is_some() {}
-        }
-    }
+    regions::serve_each(&js, config.regions, &shutdown, |region| {
+        worker.clone().serve(region, shutdown.clone())
+    })
+    .await;
     Ok(())
-}
-
-/// The regions that have anything in the intake stream.
-async fn discover(js: &jetstream::Context) -> anyhow::Result<BTreeSet<Region>> {
-    let stream = js
-        .get_stream_no_info(subjects::INTAKE_STREAM)
-        .await
-        .context("Failed to open the intake stream")?;
-    let mut subjects = stream
-        .info_with_subjects(subjects::intake_filter(&RegionFilter::All))
-        .await
-        .context("Failed to list the intake subjects")?;
-    let mut regions = BTreeSet::new();
-    while let Some(subject) = subjects.next().await {
-        let (subject, _) = subject.context("Failed to list the intake subjects")?;
-        if let Some(region) = subjects::intake_region(&subject) {
-            regions.insert(region);
-        }
-    }
-    Ok(regions)
 }
 
 /// What every region worker of one replica shares.

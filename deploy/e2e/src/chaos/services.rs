@@ -267,6 +267,8 @@ pub fn spawn(
         // The checker's model predicts each first decision as reserved or rejected: no
         // waiting list here (the property tests and the pipeline tests cover it).
         .env("REG_WAITLIST_PER_SLOT", "0")
+        // Nor verification: registrations end at their first decision (reserved or rejected).
+        .env("REG_VERIFICATION", "false")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),

@@ -18,6 +18,8 @@ pub struct Pipeline {
     pub ingest: String,
     pub read: String,
     pub http: Client,
+    /// The registry simulator, when the test verifies registrations.
+    pub registry: Option<registry_sim::Registry>,
     shutdown: CancellationToken,
 }
 
@@ -37,6 +39,9 @@ pub struct Options {
     pub append_timeout: Option<Duration>,
     /// How many may wait for a full slot (as many as its capacity unless set).
     pub waitlist_per_slot: Option<u32>,
+    /// Verify registrations against a registry simulator started with these knobs (no
+    /// verification unless set: registrations stay `reserved`).
+    pub registry: Option<registry_sim::Knobs>,
 }
 
 impl Pipeline {
@@ -51,6 +56,16 @@ impl Pipeline {
         let (ingest_listener, ingest) = listener();
         let (read_listener, read) = listener();
         let (processor_listener, _) = listener();
+        let registry = match options.registry {
+            Some(knobs) => {
+                let registry = registry_sim::Registry::new(knobs).expect("valid knobs");
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}", l.local_addr().unwrap());
+                tokio::spawn(registry.clone().serve(l, shutdown.clone()));
+                Some((registry, url))
+            }
+            None => None,
+        };
 
         let mut settings = ingest::settings::Settings::development(&nats.url());
         settings.admin_token = ADMIN.into();
@@ -79,6 +94,20 @@ impl Pipeline {
                 policy: processors::reservation::decide::Policy {
                     waitlist_per_slot: options.waitlist_per_slot,
                 },
+                verification: registry.as_ref().map(|(_, url)| {
+                    let mut config = processors::verification::VerificationConfig::new(
+                        RegionFilter::All,
+                        url.clone(),
+                    );
+                    config.timeout = Duration::from_secs(2);
+                    // Quick retries, so a test's outage is retried through in seconds.
+                    config.limits.base_delay = Duration::from_millis(100);
+                    config.limits.max_delay = Duration::from_secs(2);
+                    config.breaker.cooldown = Duration::from_millis(500);
+                    config.breaker.max_cooldown = Duration::from_secs(2);
+                    config
+                }),
+                keys: streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
             },
             processor_listener,
             shutdown.clone(),
@@ -104,6 +133,7 @@ impl Pipeline {
             ingest,
             read,
             http: Client::new().await,
+            registry: registry.map(|(registry, _)| registry),
             shutdown,
         };
         for base in [&pipeline.ingest, &pipeline.read] {

@@ -1,0 +1,161 @@
+//! Verification against the registry simulator, end to end: the waiting list fills the
+//! places the registry refuses, and a flaky registry leaves every registration with one
+//! outcome that matches the population rule.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The outcome the simulator's population rule gives a citizen of the `citizen(n, _)`
+/// helper (its PESEL serial is `n`): `None` when the registry confirms them.
+fn refusal(n: u32) -> Option<&'static str> {
+    match n % 100 {
+        97 => Some("data_mismatch"),
+        98 => Some("deceased"),
+        99 => Some("not_found"),
+        _ => None,
+    }
+}
+
+/// Submits every citizen at once; returns (citizen number, registration id, token).
+async fn submit_all(p: &Pipeline, citizens: &[u32], location: &str) -> Vec<(u32, String, String)> {
+    join_all(citizens.iter().map(|&n| async move {
+        let (status, body) = p.submit(&citizen(n, location), None).await;
+        assert_eq!(status, 202, "{body}");
+        (
+            n,
+            body["registration_id"].as_str().unwrap().to_owned(),
+            body["token"].as_str().unwrap().to_owned(),
+        )
+    }))
+    .await
+}
+
+/// Waits until none of `registrations` is `received` or `reserved` (verification pending),
+/// and returns each one's status record.
+async fn settled(
+    p: &Pipeline,
+    registrations: &[(u32, String, String)],
+    within: Duration,
+) -> HashMap<u32, Value> {
+    let mut records = HashMap::new();
+    for (n, id, token) in registrations {
+        let record = testkit::eventually(&format!("{id} to settle"), within, || async {
+            let (status, body) = p.status(id, Some(token)).await;
+            (status == 200 && !matches!(body["status"].as_str(), Some("received" | "reserved")))
+                .then_some(body)
+        })
+        .await;
+        records.insert(*n, record);
+    }
+    records
+}
+
+#[ntex::test]
+async fn a_slot_of_ten_raced_by_forty_with_twelve_refused_ends_with_ten_confirmed() {
+    let p = Pipeline::start_with(Options {
+        // Everyone gets a place or a place in line, so the refused ones' places are refilled.
+        waitlist_per_slot: Some(30),
+        registry: Some(registry_sim::Knobs::default()),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("race", 10).await;
+    let refused: Vec<u32> = (0..4)
+        .flat_map(|k| [97 + 100 * k, 98 + 100 * k, 99 + 100 * k])
+        .collect();
+    let good: Vec<u32> = (0..28).map(|k| 1000 + k).collect();
+    let mut citizens = refused.clone();
+    citizens.extend(&good);
+    assert_eq!((citizens.len(), refused.len()), (40, 12));
+    let registrations = submit_all(&p, &citizens, "race").await;
+    let records = settled(&p, &registrations, Duration::from_secs(60)).await;
+
+    let mut by_status: HashMap<&str, usize> = HashMap::new();
+    for (n, record) in &records {
+        let status = record["status"].as_str().unwrap();
+        *by_status.entry(status).or_default() += 1;
+        match status {
+            "confirmed" => assert_eq!(refusal(*n), None, "citizen {n} was confirmed"),
+            "rejected" => assert_eq!(
+                record["reason"].as_str(),
+                refusal(*n),
+                "citizen {n} was rejected for the wrong reason"
+            ),
+            "waitlisted" => assert!(record["position"].as_u64().unwrap() >= 1),
+            other => panic!("citizen {n} ended {other}: {record}"),
+        }
+    }
+    assert_eq!(by_status.get("confirmed"), Some(&10), "{by_status:?}");
+    let waiting = by_status.get("waitlisted").copied().unwrap_or(0);
+    assert_eq!(
+        waiting + by_status.get("rejected").copied().unwrap_or(0),
+        30,
+        "{by_status:?}"
+    );
+    p.wait_availability("race", 0, waiting as i64).await;
+    // Nobody was asked about twice: each verdict was given once and recorded once.
+    let counts = p.registry.as_ref().unwrap().counts();
+    for (national_id, c) in &counts.by_national_id {
+        assert!(c.answers <= 1, "{national_id} got {} answers", c.answers);
+    }
+}
+
+#[ntex::test]
+async fn a_flaky_hostile_registry_with_an_outage_leaves_one_right_outcome_each() {
+    let p = Pipeline::start_with(Options {
+        waitlist_per_slot: Some(0),
+        registry: Some(registry_sim::Knobs {
+            error_rate: 0.3,
+            spike_rate: 0.05,
+            spike_ms: 1000,
+            hostile_rate: 0.05,
+            ..registry_sim::Knobs::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let registry = p.registry.clone().unwrap();
+    p.set_capacity("flaky", 200).await;
+    let citizens: Vec<u32> = (2000..2060).chain([2097, 2098, 2099, 2197, 2198]).collect();
+    let first = submit_all(&p, &citizens[..30], "flaky").await;
+    // An outage starts mid-load and ends after a while.
+    let mut outage = registry.knobs();
+    outage.outage = true;
+    registry.set_knobs(outage.clone()).unwrap();
+    let second = submit_all(&p, &citizens[30..], "flaky").await;
+    testkit::eventually("the outage to be felt", Duration::from_secs(30), || async {
+        (registry.counts().outage > 0).then_some(())
+    })
+    .await;
+    outage.outage = false;
+    registry.set_knobs(outage).unwrap();
+
+    let registrations: Vec<_> = first.into_iter().chain(second).collect();
+    let records = settled(&p, &registrations, Duration::from_secs(120)).await;
+    let mut by_status: HashMap<String, usize> = HashMap::new();
+    for (n, record) in &records {
+        let status = record["status"].as_str().unwrap();
+        *by_status.entry(status.to_owned()).or_default() += 1;
+        match status {
+            "confirmed" => assert_eq!(refusal(*n), None, "citizen {n}"),
+            "rejected" => assert_eq!(record["reason"].as_str(), refusal(*n), "citizen {n}"),
+            // The registry never answered usably within the bounds: an operator decides.
+            "manual_review" => {}
+            other => panic!("citizen {n} ended {other}: {record}"),
+        }
+    }
+    let counts = registry.counts();
+    println!("outcomes {by_status:?}; registry saw {counts:?}");
+    assert!(
+        counts.faults + counts.bare_errors > 0 && counts.outage > 0,
+        "the registry's failures were exercised: {counts:?}"
+    );
+    for (national_id, c) in &counts.by_national_id {
+        assert!(c.answers <= 1, "{national_id} got {} answers", c.answers);
+    }
+}

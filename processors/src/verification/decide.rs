@@ -1,0 +1,235 @@
+//! The verification step's rules, pure: which decisions ask for a verification, what a
+//! verdict becomes, and what to do after a failed call (try again later, or hand the
+//! registration to an operator).
+
+use std::time::Duration;
+
+use streams::events::{
+    Event, RegistryRefusal, VerificationFailed, VerificationInconclusive, VerificationPassed,
+};
+use streams::model::{RegistrationId, SlotKey};
+
+use super::xml::Verdict;
+
+/// A registration that needs a verification, from the decision that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Its slot (the region names the intake subject the verdict goes to).
+    pub slot: SlotKey,
+    /// The intake sequence of its submission, where its sealed personal data is.
+    pub submission_seq: u64,
+}
+
+/// The registration a decision asks to verify: a place reserved, a place won from the
+/// waiting list, or a manual review sent back to the queue. Nothing else is verified (a
+/// waiting registration is verified when it gets a place, so the registry is not asked about
+/// people who may never get one).
+pub fn target(event: &Event) -> Option<Target> {
+    let (registration_id, slot, submission_seq) = match event {
+        Event::SlotReserved(e) => (&e.registration_id, &e.slot, e.intake_seq),
+        Event::WaitlistPromoted(e) => (&e.registration_id, &e.slot, e.submission_seq),
+        Event::VerificationRequeued(e) => (&e.registration_id, &e.slot, e.submission_seq),
+        _ => return None,
+    };
+    Some(Target {
+        registration_id: registration_id.clone(),
+        slot: slot.clone(),
+        submission_seq,
+    })
+}
+
+/// The event recording the registry's verdict.
+pub fn verdict_event(id: &RegistrationId, verdict: Verdict) -> Event {
+    let refuse = |reason| {
+        Event::VerificationFailed(VerificationFailed {
+            registration_id: id.clone(),
+            reason,
+            reviewer: None,
+        })
+    };
+    match verdict {
+        Verdict::Match => Event::VerificationPassed(VerificationPassed {
+            registration_id: id.clone(),
+            reviewer: None,
+        }),
+        Verdict::DataMismatch => refuse(RegistryRefusal::DataMismatch),
+        Verdict::Deceased => refuse(RegistryRefusal::Deceased),
+        Verdict::NotFound => refuse(RegistryRefusal::NotFound),
+    }
+}
+
+/// How long and how often the registry is tried before an operator decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Calls to the registry for one verification.
+    pub max_attempts: u32,
+    /// Time since the decision that asked for the verification.
+    pub max_age: Duration,
+    /// The first retry's delay; doubled per attempt.
+    pub base_delay: Duration,
+    /// The longest delay between two attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_attempts: 8,
+            max_age: Duration::from_secs(15 * 60),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What to do after a failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Deliver the decision again after this delay (JetStream holds it; no worker waits).
+    Retry(Duration),
+    /// Stop: record the verification as inconclusive, for an operator.
+    Review(VerificationInconclusive),
+}
+
+/// A failed call, as the rule needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Whether another call may succeed.
+    pub retryable: bool,
+    /// The least the registry asked us to wait (a `429`'s `Retry-After`).
+    pub at_least: Option<Duration>,
+    /// For the operator (no personal data).
+    pub message: String,
+}
+
+/// After `attempts` failed calls, the last one `failure`, `age` after the decision: try again
+/// after an exponential back-off with jitter (`jitter` in 0..1 picks within the upper half of
+/// the step, so retries of many registrations spread out), or give up.
+pub fn after_failure(
+    id: &RegistrationId,
+    attempts: u32,
+    age: Duration,
+    failure: &Failure,
+    limits: &Limits,
+    jitter: f64,
+) -> Next {
+    if !failure.retryable || attempts >= limits.max_attempts || age >= limits.max_age {
+        return Next::Review(VerificationInconclusive {
+            registration_id: id.clone(),
+            attempts,
+            last_error: failure.message.clone(),
+        });
+    }
+    let step = limits
+        .base_delay
+        .saturating_mul(1 << attempts.saturating_sub(1).min(20))
+        .min(limits.max_delay);
+    let delay = step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+    Next::Retry(delay.max(failure.at_least.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streams::model::Region;
+
+    fn id() -> RegistrationId {
+        RegistrationId::generate(&Region::parse("mazowieckie").unwrap())
+    }
+
+    fn failure(retryable: bool) -> Failure {
+        Failure {
+            retryable,
+            at_least: None,
+            message: "the registry answered 503".into(),
+        }
+    }
+
+    #[test]
+    fn back_off_doubles_with_jitter_up_to_a_cap_then_hands_over_to_an_operator() {
+        let limits = Limits::default();
+        let id = id();
+        let delay = |attempts, jitter| match after_failure(
+            &id,
+            attempts,
+            Duration::ZERO,
+            &failure(true),
+            &limits,
+            jitter,
+        ) {
+            Next::Retry(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(delay(1, 1.0), Duration::from_millis(500));
+        assert_eq!(delay(1, 0.0), Duration::from_millis(250));
+        assert_eq!(delay(3, 1.0), Duration::from_secs(2));
+        assert_eq!(delay(7, 1.0), Duration::from_secs(32));
+        let capped = Limits {
+            max_attempts: 100,
+            ..limits
+        };
+        assert_eq!(
+            after_failure(&id, 40, Duration::ZERO, &failure(true), &capped, 1.0),
+            Next::Retry(Duration::from_secs(60))
+        );
+        match after_failure(&id, 8, Duration::ZERO, &failure(true), &limits, 0.3) {
+            Next::Review(r) => assert_eq!((r.attempts, r.registration_id), (8, id.clone())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn age_a_client_fault_and_retry_after_are_respected() {
+        let limits = Limits::default();
+        let id = id();
+        assert!(matches!(
+            after_failure(&id, 1, limits.max_age, &failure(true), &limits, 0.5),
+            Next::Review(_)
+        ));
+        assert!(matches!(
+            after_failure(&id, 1, Duration::ZERO, &failure(false), &limits, 0.5),
+            Next::Review(_)
+        ));
+        let slow_down = Failure {
+            at_least: Some(Duration::from_secs(5)),
+            ..failure(true)
+        };
+        assert_eq!(
+            after_failure(&id, 1, Duration::ZERO, &slow_down, &limits, 0.5),
+            Next::Retry(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn only_a_held_place_is_verified_and_verdicts_map_to_their_events() {
+        let samples = streams::events::samples();
+        let targets: Vec<_> = samples
+            .iter()
+            .filter(|e| target(&e.event).is_some())
+            .map(|e| e.event.event_type())
+            .collect();
+        assert_eq!(
+            targets,
+            ["SlotReserved", "WaitlistPromoted", "VerificationRequeued"]
+        );
+        let promoted = samples
+            .iter()
+            .find_map(|e| target(&e.event).filter(|_| e.event.event_type() == "WaitlistPromoted"))
+            .unwrap();
+        assert_eq!(promoted.submission_seq, 42);
+        let id = id();
+        assert!(matches!(
+            verdict_event(&id, Verdict::Match),
+            Event::VerificationPassed(_)
+        ));
+        assert!(matches!(
+            verdict_event(&id, Verdict::Deceased),
+            Event::VerificationFailed(VerificationFailed {
+                reason: RegistryRefusal::Deceased,
+                ..
+            })
+        ));
+    }
+}
