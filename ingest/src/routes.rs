@@ -18,7 +18,7 @@ use streams::claims::ClaimRecord;
 use streams::crypto::Keys;
 use streams::events::{
     CancellationRequested, CapacitySet, Envelope, Event, PersonalData, RegistrationSubmitted,
-    WindowSet,
+    ReviewRequeued, VerificationFailed, VerificationPassed, WindowSet,
 };
 use streams::http::{json as json_response, read_body};
 use streams::model::RegistrationId;
@@ -115,13 +115,7 @@ fn declared_len(req: &HttpRequest) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
+use streams::http::{OperatorRefusal, bearer};
 
 /// The `Idempotency-Key` header, if sent and well formed.
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, EdgeError> {
@@ -430,15 +424,12 @@ async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, Ed
 }
 
 fn check_admin(req: &HttpRequest, edge: &Edge) -> Result<(), EdgeError> {
-    match bearer(req) {
-        None => Err(EdgeError::Unauthorized),
-        Some(t) if constant_time_eq(t.as_bytes(), edge.settings.admin_token.as_bytes()) => Ok(()),
-        Some(_) => Err(EdgeError::Forbidden),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    streams::http::check_operator(req, &edge.settings.admin_token).map_err(
+        |refusal| match refusal {
+            OperatorRefusal::Missing => EdgeError::Unauthorized,
+            OperatorRefusal::Wrong => EdgeError::Forbidden,
+        },
+    )
 }
 
 /// `PUT /v1/admin/capacity`
@@ -506,6 +497,61 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
     count(&edge, "windows", result)
 }
 
+/// `POST /v1/admin/reviews/{id}`: an operator's decision on a registration in manual review
+/// (approve, reject with a reason, or requeue for the registry), recorded with who and why.
+/// `202`: the decision is in the log; it takes effect only if the registration is still in
+/// manual review when the reservation processor reads it (the status shows the result).
+pub async fn post_review(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        check_admin(&req, &edge)?;
+        if !is_json(&req) {
+            return Err(EdgeError::NotJson);
+        }
+        let id = RegistrationId::parse(req.match_info().get("id").unwrap_or_default())
+            .map_err(|_| EdgeError::NotFound)?;
+        let review = validate::parse_review(&body).map_err(EdgeError::Invalid)?;
+        let registration_id = id.clone();
+        let (event, decision) = match review.decision {
+            validate::ReviewDecision::Approve => (
+                Event::VerificationPassed(VerificationPassed {
+                    registration_id,
+                    reviewer: Some(review.reviewer),
+                }),
+                "approve",
+            ),
+            validate::ReviewDecision::Reject(reason) => (
+                Event::VerificationFailed(VerificationFailed {
+                    registration_id,
+                    reason,
+                    reviewer: Some(review.reviewer),
+                }),
+                "reject",
+            ),
+            validate::ReviewDecision::Requeue => (
+                Event::ReviewRequeued(ReviewRequeued {
+                    registration_id,
+                    reviewer: review.reviewer,
+                }),
+                "requeue",
+            ),
+        };
+        let envelope = Envelope::new(id.to_string(), event);
+        let subject = subjects::intake(&id.region(), IntakeKind::Review);
+        append(&edge, Outgoing::event(subject, &envelope)).await?;
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "registration_id": id,
+                "decision": decision,
+                "status_url": status_url(&edge, &id),
+            }),
+        ))
+    }
+    .await;
+    count(&edge, "review", result)
+}
+
 /// `GET /readyz`: NATS connected, the intake stream answering, the windows known and no
 /// reader stalled.
 pub async fn readyz(edge: State<Edge>) -> HttpResponse {
@@ -543,6 +589,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/registrations/{id}", web::delete().to(cancel))
         .route("/v1/admin/capacity", web::put().to(put_capacity))
         .route("/v1/admin/windows", web::put().to(put_window))
+        .route("/v1/admin/reviews/{id}", web::post().to(post_review))
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));

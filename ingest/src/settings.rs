@@ -9,7 +9,7 @@ use streams::runtime::env_parse;
 use crate::validate::Limits;
 
 /// Development operator token used when `REG_ADMIN_TOKEN` is unset.
-pub const DEVELOPMENT_ADMIN_TOKEN: &str = "dev-admin-token";
+pub const DEVELOPMENT_ADMIN_TOKEN: &str = streams::crypto::DEVELOPMENT_ADMIN_TOKEN;
 
 /// Everything the edge needs besides its listener and shutdown signal.
 #[derive(Clone)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use streams::events::{RegistryRefusal, Reviewer};
 use streams::model::{Location, Region, SlotKey};
 use streams::national_id::{self, NationalIdRule};
 
@@ -378,6 +379,78 @@ pub fn parse_capacity(body: &[u8]) -> Result<CapacityRequest, FieldError> {
     })
 }
 
+/// An operator's decision on a registration in manual review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewDecision {
+    /// The citizen is who they say: confirm.
+    Approve,
+    /// Refuse, for one of the registry's reasons.
+    Reject(RegistryRefusal),
+    /// Ask the registry again.
+    Requeue,
+}
+
+/// A parsed `POST /v1/admin/reviews/{id}` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRequest {
+    /// What the operator decided.
+    pub decision: ReviewDecision,
+    /// Who, and why (kept in the log).
+    pub reviewer: Reviewer,
+}
+
+/// Parses a `POST /v1/admin/reviews/{id}` body:
+/// `{"decision": "approve" | "reject" | "requeue", "reason"?, "operator", "note"}`; `reason`
+/// (`data_mismatch`, `deceased` or `not_found`) only, and always, with `reject`.
+pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, FieldError> {
+    let map = object(body)?;
+    reject_unknown(&map, &["decision", "reason", "operator", "note"])?;
+    let text = |field: &str, max: usize| -> Result<String, FieldError> {
+        let value = req_str(&map, field)?.trim();
+        if value.is_empty() || value.chars().count() > max || has_control(value) {
+            return Err(FieldError::invalid(
+                field,
+                format!("{field} must be 1 to {max} characters, without control characters"),
+            ));
+        }
+        Ok(value.to_owned())
+    };
+    let reviewer = Reviewer {
+        operator: text("operator", 64)?,
+        note: text("note", 500)?,
+    };
+    let reason = opt_str(&map, "reason")?;
+    let decision = match (req_str(&map, "decision")?, reason) {
+        ("approve", None) => ReviewDecision::Approve,
+        ("requeue", None) => ReviewDecision::Requeue,
+        ("reject", Some(reason)) => ReviewDecision::Reject(match reason {
+            "data_mismatch" => RegistryRefusal::DataMismatch,
+            "deceased" => RegistryRefusal::Deceased,
+            "not_found" => RegistryRefusal::NotFound,
+            _ => {
+                return Err(FieldError::invalid(
+                    "reason",
+                    "reason must be data_mismatch, deceased or not_found",
+                ));
+            }
+        }),
+        ("reject", None) => return Err(FieldError::missing("reason")),
+        ("approve" | "requeue", Some(_)) => {
+            return Err(FieldError::invalid(
+                "reason",
+                "a reason goes only with decision reject",
+            ));
+        }
+        _ => {
+            return Err(FieldError::invalid(
+                "decision",
+                "decision must be approve, reject or requeue",
+            ));
+        }
+    };
+    Ok(ReviewRequest { decision, reviewer })
+}
+
 /// Parses a `PUT /v1/admin/windows` body.
 pub fn parse_window(body: &[u8]) -> Result<WindowRequest, FieldError> {
     let map = object(body)?;
@@ -408,6 +481,53 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_review_decision_is_parsed_strictly() {
+        let parse = |v: Value| parse_review(v.to_string().as_bytes());
+        let ok = parse(json!({"decision": "reject", "reason": "deceased", "operator": "a.nowak", "note": " registry office "})).unwrap();
+        assert_eq!(
+            ok.decision,
+            ReviewDecision::Reject(RegistryRefusal::Deceased)
+        );
+        assert_eq!(ok.reviewer.note, "registry office");
+        assert_eq!(
+            parse(json!({"decision": "approve", "operator": "a", "note": "b"}))
+                .unwrap()
+                .decision,
+            ReviewDecision::Approve
+        );
+        for (body, field) in [
+            (
+                json!({"decision": "reject", "operator": "a", "note": "b"}),
+                "reason",
+            ),
+            (
+                json!({"decision": "approve", "reason": "deceased", "operator": "a", "note": "b"}),
+                "reason",
+            ),
+            (
+                json!({"decision": "reject", "reason": "slot_full", "operator": "a", "note": "b"}),
+                "reason",
+            ),
+            (
+                json!({"decision": "maybe", "operator": "a", "note": "b"}),
+                "decision",
+            ),
+            (
+                json!({"decision": "approve", "operator": "", "note": "b"}),
+                "operator",
+            ),
+            (json!({"decision": "approve", "operator": "a"}), "note"),
+            (
+                json!({"decision": "approve", "operator": "a", "note": "b", "extra": 1}),
+                "extra",
+            ),
+        ] {
+            let err = parse(body.clone()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{body}: {err:?}");
+        }
+    }
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2027, 2, 1).unwrap()

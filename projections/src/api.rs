@@ -46,6 +46,8 @@ pub struct Reader {
     pub metrics: Metrics,
     /// NATS connection, for readiness.
     pub client: async_nats::Client,
+    /// The operators' bearer token (the manual-review list).
+    pub admin_token: String,
 }
 
 impl Reader {
@@ -56,6 +58,7 @@ impl Reader {
         metrics: Metrics,
         client: async_nats::Client,
         ttl: Duration,
+        admin_token: String,
     ) -> Self {
         Reader {
             store,
@@ -66,6 +69,7 @@ impl Reader {
             keys,
             metrics,
             client,
+            admin_token,
         }
     }
 }
@@ -224,6 +228,51 @@ pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpRespon
     response
 }
 
+/// `GET /v1/admin/reviews?region=`: the registrations waiting for an operator's decision
+/// (manual review), oldest first, at most [`crate::store::MAX_REVIEWS_LISTED`]. Operators
+/// only.
+pub async fn reviews(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
+        return streams::http::operator_refused(refusal);
+    }
+    let region = match query_param(req.query_string(), "region") {
+        None => None,
+        Some(r) => match streams::model::Region::parse(r) {
+            Ok(region) => Some(region),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_field",
+                    &e.0,
+                    Some("region"),
+                );
+            }
+        },
+    };
+    match reader
+        .store
+        .reviews(region.as_ref().map(|r| r.as_str()))
+        .await
+    {
+        Ok(rows) => {
+            let mut response = json_response(StatusCode::OK, &rows);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "The manual-review list could not be read.");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the list is temporarily unavailable",
+                None,
+            )
+        }
+    }
+}
+
 /// `GET /readyz`: NATS connected, SurrealDB answering and no projection worker stalled.
 pub async fn readyz(reader: State<Reader>) -> HttpResponse {
     let nats = reader.client.connection_state() == async_nats::connection::State::Connected;
@@ -242,6 +291,7 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
+        .route("/v1/admin/reviews", web::get().to(reviews))
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));

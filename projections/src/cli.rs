@@ -53,11 +53,16 @@ pub async fn run_cli(
 ) -> anyhow::Result<()> {
     let secret =
         std::env::var("REG_SECRET").unwrap_or_else(|_| streams::crypto::DEVELOPMENT_SECRET.into());
-    streams::runtime::check_credentials(&[(
-        "REG_SECRET",
-        &secret,
-        streams::crypto::DEVELOPMENT_SECRET,
-    )])?;
+    let admin_token = std::env::var("REG_ADMIN_TOKEN")
+        .unwrap_or_else(|_| streams::crypto::DEVELOPMENT_ADMIN_TOKEN.into());
+    streams::runtime::check_credentials(&[
+        ("REG_SECRET", &secret, streams::crypto::DEVELOPMENT_SECRET),
+        (
+            "REG_ADMIN_TOKEN",
+            &admin_token,
+            streams::crypto::DEVELOPMENT_ADMIN_TOKEN,
+        ),
+    ])?;
     let listener = streams::runtime::bind(&args.listen)?;
     tracing::info!(listen = %args.listen, surreal = %args.surreal, "Projections starting.");
     run(
@@ -72,6 +77,7 @@ pub async fn run_cli(
                 credentials: args.surreal_user.zip(args.surreal_pass),
             },
             secret,
+            admin_token,
             cache_ttl: Duration::from_millis(args.cache_ttl_ms),
             linger: Duration::from_millis(args.linger_ms),
             workers: args.workers,

@@ -23,6 +23,8 @@ pub struct Settings {
     pub store: StoreOptions,
     /// The server secret (tokens).
     pub secret: String,
+    /// The operators' bearer token.
+    pub admin_token: String,
     /// Availability cache lifetime (the staleness bound).
     pub cache_ttl: Duration,
     /// How long a projection batch waits for more events after its first (see
@@ -88,6 +90,7 @@ pub async fn run(
         metrics,
         client,
         settings.cache_ttl,
+        settings.admin_token.clone(),
     );
     let served = streams::http::serve(
         listener,

@@ -30,6 +30,9 @@ pub struct StoreOptions {
     pub credentials: Option<(String, String)>,
 }
 
+/// The most registrations one manual-review listing returns.
+pub const MAX_REVIEWS_LISTED: usize = 1000;
+
 /// Why a batch was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -481,6 +484,29 @@ impl Store {
             row.insert("position".into(), json!(ahead.unwrap_or(0) + 1));
         }
         Ok(Some(Value::Object(row)))
+    }
+
+    /// The registrations in manual review, oldest first, optionally of one region.
+    pub async fn reviews(&self, region: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let filter = if region.is_some() {
+            "AND region = $region"
+        } else {
+            ""
+        };
+        let mut response = self
+            .db
+            .query(format!(
+                "SELECT record::id(id) AS registration_id, region, location, date, updated_at \
+                 FROM registration WHERE status = 'manual_review' {filter} \
+                 ORDER BY updated_at LIMIT {MAX_REVIEWS_LISTED}"
+            ))
+            .bind(json!({ "region": region }))
+            .await
+            .context("Failed to list the manual reviews")?;
+        let rows: Vec<Value> = response
+            .take(0)
+            .context("Failed to list the manual reviews")?;
+        Ok(rows)
     }
 
     /// Whether the database answers.

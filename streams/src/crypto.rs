@@ -28,6 +28,14 @@ type HmacSha256 = Hmac<Sha256>;
 /// use it in production.
 pub const DEVELOPMENT_SECRET: &str = "development-only-secret-change-me";
 
+/// The operator token used when `REG_ADMIN_TOKEN` is unset (development mode only).
+pub const DEVELOPMENT_ADMIN_TOKEN: &str = "dev-admin-token";
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The identifier of the data key in use, recorded in every [`Sealed`] block.
 const DATA_KEY_ID: &str = "k1";
 /// Bytes of MAC kept in a token: 128 bits.

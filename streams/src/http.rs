@@ -43,6 +43,51 @@ pub fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>)
         .body(serde_json::to_string(&body).expect("error bodies serialize"))
 }
 
+/// The bearer token of a request's `Authorization` header, if any.
+pub fn bearer(req: &web::HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(ntex::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Why an operator's request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorRefusal {
+    /// No bearer token: `401`.
+    Missing,
+    /// Another token: `403`.
+    Wrong,
+}
+
+/// Checks an operator's bearer token against `token`, in constant time.
+pub fn check_operator(req: &web::HttpRequest, token: &str) -> Result<(), OperatorRefusal> {
+    match bearer(req) {
+        None => Err(OperatorRefusal::Missing),
+        Some(t) if crate::crypto::constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(OperatorRefusal::Wrong),
+    }
+}
+
+/// The `401`/`403` answer to a refused operator request.
+pub fn operator_refused(refusal: OperatorRefusal) -> HttpResponse {
+    match refusal {
+        OperatorRefusal::Missing => error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an operator token is required",
+            None,
+        ),
+        OperatorRefusal::Wrong => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not do that",
+            None,
+        ),
+    }
+}
+
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
     HttpResponse::build(status)

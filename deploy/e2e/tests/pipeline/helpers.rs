@@ -42,6 +42,8 @@ pub struct Options {
     /// Verify registrations against a registry simulator started with these knobs (no
     /// verification unless set: registrations stay `reserved`).
     pub registry: Option<registry_sim::Knobs>,
+    /// Registry calls before manual review (8 unless set).
+    pub verify_max_attempts: Option<u32>,
 }
 
 impl Pipeline {
@@ -105,6 +107,9 @@ impl Pipeline {
                     config.limits.max_delay = Duration::from_secs(2);
                     config.breaker.cooldown = Duration::from_millis(500);
                     config.breaker.max_cooldown = Duration::from_secs(2);
+                    if let Some(attempts) = options.verify_max_attempts {
+                        config.limits.max_attempts = attempts;
+                    }
                     config
                 }),
                 keys: streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
@@ -120,6 +125,7 @@ impl Pipeline {
                     credentials: None,
                 },
                 secret: streams::crypto::DEVELOPMENT_SECRET.into(),
+                admin_token: ADMIN.into(),
                 cache_ttl: Duration::from_millis(1000),
                 linger: Duration::ZERO,
                 workers: 1,

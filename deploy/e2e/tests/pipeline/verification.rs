@@ -159,3 +159,87 @@ async fn a_flaky_hostile_registry_with_an_outage_leaves_one_right_outcome_each()
         assert!(c.answers <= 1, "{national_id} got {} answers", c.answers);
     }
 }
+
+#[ntex::test]
+async fn operators_list_approve_reject_and_requeue_what_the_registry_could_not_answer() {
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs {
+            outage: true,
+            ..registry_sim::Knobs::default()
+        }),
+        verify_max_attempts: Some(2),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("review", 10).await;
+    let registrations = submit_all(&p, &[3001, 3002, 3003], "review").await;
+    for (_, id, token) in &registrations {
+        let record = p.wait_status(id, token, "manual_review").await;
+        assert!(record.get("reason").is_none(), "{record}");
+    }
+    p.wait_availability("review", 7, 0).await; // places stay held during the review
+
+    let list_url = format!("{}/v1/admin/reviews?region=mazowieckie", p.read);
+    let (status, _, _) = p.send(p.http.get(&list_url), None).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = p
+        .send(p.http.get(&list_url).bearer_auth("not-the-token"), None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _, listed) = p.send(p.http.get(&list_url).bearer_auth(ADMIN), None).await;
+    assert_eq!(status, 200, "{listed}");
+    let mut listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["registration_id"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    let mut ids: Vec<&str> = registrations.iter().map(|r| r.1.as_str()).collect();
+    ids.sort();
+    assert_eq!(listed, ids);
+
+    let decide = |id: &str, body: Value| {
+        let request = p
+            .http
+            .post(format!("{}/v1/admin/reviews/{id}", p.ingest))
+            .bearer_auth(ADMIN)
+            .content_type("application/json");
+        let p = &p;
+        async move { p.send(request, Some(body.to_string().into_bytes())).await }
+    };
+    let [(_, a, a_token), (_, b, b_token), (_, c, c_token)] = &registrations[..] else {
+        unreachable!()
+    };
+    // A bad decision changes nothing and says which field is wrong.
+    let (status, _, body) = decide(
+        a,
+        serde_json::json!({"decision": "reject", "operator": "a.nowak", "note": "no reason"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "reason");
+    let (status, _, body) = decide(a, serde_json::json!({"decision": "approve", "operator": "a.nowak", "note": "documents checked at the desk"})).await;
+    assert_eq!(status, 202, "{body}");
+    p.wait_status(a, a_token, "confirmed").await;
+    let (status, _, _) = decide(b, serde_json::json!({"decision": "reject", "reason": "deceased", "operator": "a.nowak", "note": "registry office by phone"})).await;
+    assert_eq!(status, 202);
+    let record = p.wait_status(b, b_token, "rejected").await;
+    assert_eq!(record["reason"], "deceased");
+    // The registry is back: a requeued registration is verified like any other.
+    let registry = p.registry.as_ref().unwrap();
+    let mut knobs = registry.knobs();
+    knobs.outage = false;
+    registry.set_knobs(knobs).unwrap();
+    let (status, _, _) = decide(c, serde_json::json!({"decision": "requeue", "operator": "a.nowak", "note": "the registry is back"})).await;
+    assert_eq!(status, 202);
+    p.wait_status(c, c_token, "confirmed").await;
+    // A decision on a registration no longer in review changes nothing.
+    let (status, _, _) = decide(a, serde_json::json!({"decision": "reject", "reason": "not_found", "operator": "b.kowal", "note": "late"})).await;
+    assert_eq!(status, 202);
+    p.wait_availability("review", 8, 0).await; // b's place came back; a and c hold theirs
+    let (_, record) = p.status(a, Some(a_token)).await;
+    assert_eq!(record["status"], "confirmed", "{record}");
+    let (_, _, listed) = p.send(p.http.get(&list_url).bearer_auth(ADMIN), None).await;
+    assert_eq!(listed, serde_json::json!([]));
+}
