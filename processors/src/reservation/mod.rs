@@ -15,6 +15,7 @@
 //! - **Group commit.** Everything the consumer has buffered (up to [`MAX_INPUTS_PER_BATCH`]
 //!   events) is decided and written in one durable write.
 
+pub mod closing;
 pub mod decide;
 mod run;
 

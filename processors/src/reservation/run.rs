@@ -23,8 +23,11 @@ use streams::{lease, regions};
 use tokio_util::sync::CancellationToken;
 
 use super::MAX_INPUTS_PER_BATCH;
+use super::closing::{self, Closing};
 use super::decide::{Input, Policy, State};
 use crate::metrics::Metrics;
+use streams::events::WindowSet;
+use tokio::sync::watch;
 
 /// What a reservation replica handles.
 #[derive(Debug, Clone)]
@@ -89,11 +92,20 @@ impl Worker {
         while let Some(lease) = lease::acquire(&self.leases, &key, &self.holder, &shutdown).await {
             self.metrics.active.inc();
             self.metrics.leases.inc();
+            let (closing, watching) = watch::channel(Closing::default());
+            let closer = tokio::spawn(close_waitlists(
+                self.js.clone(),
+                region.clone(),
+                watching,
+                lease.active().clone(),
+            ));
             let mut step = RegionStep {
                 worker: &self,
                 region: &region,
                 state: State::new(self.policy),
                 fence: 0,
+                closing: &closing,
+                window: None,
             };
             consume::run_ordered(
                 &self.js,
@@ -104,6 +116,7 @@ impl Worker {
             )
             .await;
             self.metrics.active.dec();
+            closer.abort();
             lease.release().await;
         }
     }
@@ -116,6 +129,19 @@ struct RegionStep<'a> {
     region: &'a Region,
     state: State,
     fence: u64,
+    /// The region's window and open waiting lists, for the closer.
+    closing: &'a watch::Sender<Closing>,
+    window: Option<WindowSet>,
+}
+
+impl RegionStep<'_> {
+    /// Tells the closer what is open now.
+    fn show_closing(&self) {
+        self.closing.send_replace(Closing {
+            open: self.state.open_waitlists().cloned().collect(),
+            window: self.window.clone(),
+        });
+    }
 }
 
 impl OrderedStep for RegionStep<'_> {
@@ -130,6 +156,8 @@ impl OrderedStep for RegionStep<'_> {
         );
         self.state = state;
         self.fence = fence;
+        self.window = last_window(&self.worker.js, self.region).await?;
+        self.show_closing();
         Ok(Start::At(self.state.checkpoint + 1))
     }
 
@@ -139,6 +167,9 @@ impl OrderedStep for RegionStep<'_> {
         let mut outgoing = Vec::new();
         let subject = subjects::reservation_decisions(self.region);
         for record in group {
+            if let Event::WindowSet(window) = &record.envelope.event {
+                self.window = Some(window.clone());
+            }
             let input = Input {
                 seq: record.seq,
                 event: record.envelope.event,
@@ -155,6 +186,7 @@ impl OrderedStep for RegionStep<'_> {
             }
         }
         let Some(first) = outgoing.first_mut() else {
+            self.show_closing(); // a window may have changed
             return Ok(());
         };
         // One subject per region: "nobody wrote since my last decision" is one check.
@@ -169,6 +201,7 @@ impl OrderedStep for RegionStep<'_> {
             Ok(seqs) => {
                 metrics.batches.inc();
                 self.fence = *seqs.last().expect("a batch is never empty");
+                self.show_closing();
                 Ok(())
             }
             Err(AppendError::Fenced(_)) => {
@@ -248,5 +281,83 @@ async fn recover(
     match bad {
         Some(why) => Err(Halt::Undecodable(why)),
         None => Ok((state, fence)),
+    }
+}
+
+/// The region's current registration window: the last one an operator set.
+async fn last_window(js: &jetstream::Context, region: &Region) -> Result<Option<WindowSet>, Halt> {
+    let stream = js
+        .get_stream_no_info(subjects::INTAKE_STREAM)
+        .await
+        .context("Failed to open the intake stream")?;
+    let subject = subjects::intake(region, IntakeKind::Window);
+    let Some(message) = streams::appender::last_message(&stream, &subject)
+        .await
+        .context("Failed to read the region's window")?
+    else {
+        return Ok(None);
+    };
+    match Envelope::decode(&message.payload) {
+        Ok(Envelope {
+            event: Event::WindowSet(window),
+            ..
+        }) => Ok(Some(window)),
+        Ok(_) => Ok(None),
+        Err(err) => Err(Halt::Undecodable(Undecodable {
+            stream: subjects::INTAKE_STREAM.to_owned(),
+            seq: message.sequence,
+            subject,
+            reason: err.to_string(),
+        })),
+    }
+}
+
+/// While this replica decides `region`: appends a `WaitlistClosed` for every waiting list
+/// that is due to close (see [`super::closing`]). Each is appended once per slot (a message
+/// id names the slot), and the rule ignores a second one anyway.
+async fn close_waitlists(
+    js: jetstream::Context,
+    region: Region,
+    mut closing: watch::Receiver<Closing>,
+    stop: CancellationToken,
+) {
+    let mut sent = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(closing::CHECK_INTERVAL) => {}
+        }
+        let due = closing::due(&closing.borrow_and_update(), chrono::Utc::now());
+        for closed in due {
+            if sent.contains(&closed.slot) {
+                continue;
+            }
+            let slot = closed.slot.clone();
+            let id = format!(
+                "waitlist-closed.{}.{}.{}",
+                slot.region, slot.location, slot.date
+            );
+            let outgoing = Outgoing::event(
+                subjects::intake(&region, IntakeKind::Waitlist),
+                &Envelope::new(id.clone(), Event::WaitlistClosed(closed)),
+            );
+            let mut headers = outgoing.headers;
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let stored = async {
+                js.publish_with_headers(outgoing.subject, headers, outgoing.payload)
+                    .await?
+                    .await
+                    .map_err(anyhow::Error::from)
+            };
+            match stored.await {
+                Ok(_) => {
+                    tracing::info!(%slot, "A waiting list closed.");
+                    sent.insert(slot);
+                }
+                Err(err) => {
+                    tracing::warn!(%slot, error = %format!("{err:#}"), "A waiting list could not be closed yet; trying again.")
+                }
+            }
+        }
     }
 }

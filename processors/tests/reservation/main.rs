@@ -390,3 +390,69 @@ async fn an_undecodable_decision_stops_recovery_instead_of_overbooking() {
     );
     replica.stop().await;
 }
+
+#[tokio::test]
+async fn when_the_window_closes_those_still_waiting_are_told_and_a_rebuild_agrees() {
+    let world = World::start().await;
+    let s = slot("closing");
+    world.set_capacity(&s, 1).await;
+    let replica = world.replica();
+    let (holder, _) = world.submit(&s).await;
+    let (waiting, _) = world.submit(&s).await;
+    let log = world.wait_decided(&[holder.clone(), waiting.clone()]).await;
+    assert!(matches!(
+        first_decisions(&log)[&waiting][0],
+        Event::RegistrationWaitlisted(_)
+    ));
+    // An operator's window that has already closed (the edge refuses newcomers from now on).
+    let now = chrono::Utc::now();
+    world
+        .append(
+            streams::subjects::IntakeKind::Window,
+            &region(),
+            Event::WindowSet(streams::events::WindowSet {
+                region: region(),
+                opens_at: now - chrono::Duration::hours(2),
+                closes_at: now - chrono::Duration::seconds(1),
+            }),
+        )
+        .await;
+    let closed = |log: &[(u64, Event)]| {
+        log.iter().any(|(_, e)| {
+            matches!(e, Event::SlotRejected(r)
+                if r.registration_id == waiting && r.reason == RejectReason::WaitlistClosed && r.waiting == Some(0))
+        })
+    };
+    testkit::eventually(
+        "the waiting registration to be told",
+        std::time::Duration::from_secs(30),
+        || async { closed(&world.decisions().await).then_some(()) },
+    )
+    .await;
+    replica.stop().await;
+
+    // A new replica rebuilds: the list stays closed (read back from intake), so a late
+    // submission (appended directly, as a retried write might land) is refused for it.
+    let before = world.decisions().await;
+    let replica = world.replica();
+    let (late, _) = world.submit(&s).await;
+    let log = world.wait_decided(std::slice::from_ref(&late)).await;
+    assert!(
+        matches!(&first_decisions(&log)[&late][0], Event::SlotRejected(r) if r.reason == RejectReason::WaitlistClosed),
+        "{:?}",
+        first_decisions(&log)[&late]
+    );
+    assert_eq!(
+        log.len(),
+        before.len() + 1,
+        "nothing else was decided again"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|(_, e)| matches!(e, Event::SlotRejected(r) if r.reason == RejectReason::WaitlistClosed && r.registration_id == waiting))
+            .count(),
+        1,
+        "told once"
+    );
+    replica.stop().await;
+}

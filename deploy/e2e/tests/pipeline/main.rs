@@ -437,6 +437,19 @@ async fn when_jetstream_is_down_the_edge_answers_503_and_never_a_false_202() {
     let mut p = Pipeline::start().await;
     p.set_capacity("outage", 2).await;
     p.nats.kill();
+    // Once the edge has seen the connection drop, it knows nothing can be recorded:
+    // `unavailable`. (Before it notices, a request already sent may have landed, and the
+    // honest answer is `outcome_unknown`, tested elsewhere.)
+    let ready = format!("{}/readyz", p.ingest);
+    testkit::eventually(
+        "the edge to notice",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, _, _) = p.send(p.http.get(&ready), None).await;
+            (status == 503).then_some(())
+        },
+    )
+    .await;
     let (status, body) = p.submit(&citizen(41, "outage"), None).await;
     assert_eq!(status, 503, "{body}");
     assert_error(&body, "unavailable", None);
