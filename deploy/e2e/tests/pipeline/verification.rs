@@ -243,3 +243,140 @@ async fn operators_list_approve_reject_and_requeue_what_the_registry_could_not_a
     let (_, _, listed) = p.send(p.http.get(&list_url).bearer_auth(ADMIN), None).await;
     assert_eq!(listed, serde_json::json!([]));
 }
+
+/// Submits `citizens` (at most 64 at a time) across the `slots` locations; returns each
+/// accepted registration and every answer's latency.
+async fn load(
+    p: &Pipeline,
+    citizens: std::ops::Range<u32>,
+    slots: &[String],
+) -> (Vec<(u32, String, String)>, Vec<Duration>) {
+    use futures::StreamExt;
+    let results: Vec<_> = futures::stream::iter(citizens)
+        .map(|n| {
+            let location = slots[n as usize % slots.len()].clone();
+            async move {
+                let started = std::time::Instant::now();
+                let (status, body) = p.submit(&citizen(n, &location), None).await;
+                assert_eq!(status, 202, "{body}");
+                (
+                    (
+                        n,
+                        body["registration_id"].as_str().unwrap().to_owned(),
+                        body["token"].as_str().unwrap().to_owned(),
+                    ),
+                    started.elapsed(),
+                )
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().unzip()
+}
+
+fn percentile(latencies: &mut [Duration], q: f64) -> Duration {
+    latencies.sort();
+    let i = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
+    latencies[i]
+}
+
+/// The issue's load scenario, small enough for CI by default: `REG_LOAD_CITIZENS` (600) and
+/// `REG_LOAD_OUTAGE_S` (3) scale it up. A registry with 30 % errors, one-second latency
+/// spikes and hostile answers, and an outage started mid-load: every accepted registration
+/// ends confirmed, rejected for the population rule's reason (or for a full line), in line
+/// or in manual review, and nobody is answered twice. The same load without a registry runs
+/// first, and the edge's latency of both is printed (a report, not a gate).
+#[ntex::test]
+async fn under_load_with_a_failing_registry_every_registration_ends_once() {
+    let citizens: u32 = std::env::var("REG_LOAD_CITIZENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let outage = Duration::from_secs(
+        std::env::var("REG_LOAD_OUTAGE_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
+    );
+    let slots: Vec<String> = (0..10).map(|i| format!("load-{i}")).collect();
+    // Half the citizens get a place at first; the line is as long as the capacity.
+    let capacity = (citizens / 20).max(1);
+
+    let baseline = Pipeline::start().await;
+    for s in &slots {
+        baseline.set_capacity(s, capacity).await;
+    }
+    let (_, mut without) = load(&baseline, 10_000..10_000 + citizens, &slots).await;
+    drop(baseline);
+
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs {
+            error_rate: 0.3,
+            spike_rate: 0.05,
+            spike_ms: 1000,
+            hostile_rate: 0.02,
+            ..registry_sim::Knobs::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    for s in &slots {
+        p.set_capacity(s, capacity).await;
+    }
+    let registry = p.registry.clone().unwrap();
+    let half = 10_000 + citizens / 2;
+    let (mut accepted, mut with) = load(&p, 10_000..half, &slots).await;
+    let mut knobs = registry.knobs();
+    knobs.outage = true;
+    registry.set_knobs(knobs.clone()).unwrap();
+    let ends = {
+        let registry = registry.clone();
+        let mut knobs = knobs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await; // the scenario's outage, not a wait for anything
+            knobs.outage = false;
+            registry.set_knobs(knobs).unwrap();
+        })
+    };
+    let (more, latencies) = load(&p, half..10_000 + citizens, &slots).await;
+    accepted.extend(more);
+    with.extend(latencies);
+    ends.await.unwrap();
+
+    let records = settled(&p, &accepted, Duration::from_secs(600)).await;
+    let mut by_status: HashMap<String, usize> = HashMap::new();
+    for (n, record) in &records {
+        let status = record["status"].as_str().unwrap();
+        *by_status.entry(status.to_owned()).or_default() += 1;
+        match (status, record["reason"].as_str()) {
+            ("confirmed", _) => assert_eq!(refusal(*n), None, "citizen {n}"),
+            ("rejected", Some("slot_full")) => {}
+            ("rejected", reason) => assert_eq!(reason, refusal(*n), "citizen {n}"),
+            ("waitlisted" | "manual_review", _) => {}
+            (other, _) => panic!("citizen {n} ended {other}: {record}"),
+        }
+    }
+    let counts = registry.counts();
+    let most_calls = counts.by_national_id.values().map(|c| c.requests).max();
+    for (national_id, c) in &counts.by_national_id {
+        assert!(c.answers <= 1, "{national_id} got {} answers", c.answers);
+    }
+    assert!(counts.outage > 0, "the outage was felt: {counts:?}");
+    println!(
+        "{citizens} citizens, outage {outage:?}: outcomes {by_status:?}; registry calls {} \
+         (answers {:?}, faults {}, bare errors {}, outage {}, hostile {}, most calls for one \
+         citizen {most_calls:?}); edge p50/p99 without a registry {:?}/{:?}, with a failing \
+         one {:?}/{:?}",
+        counts.total,
+        counts.answered,
+        counts.faults,
+        counts.bare_errors,
+        counts.outage,
+        counts.hostile,
+        percentile(&mut without, 0.5),
+        percentile(&mut without, 0.99),
+        percentile(&mut with, 0.5),
+        percentile(&mut with, 0.99),
+    );
+}
