@@ -1,29 +1,15 @@
-//! End-to-end checks of the whole pipeline.
+//! End-to-end checks of the whole pipeline, and how tools start the services.
 //!
-//! - `tests/pipeline/`: the HTTP contract end to end, every service in one process.
+//! - `tests/pipeline/`: the HTTP contract end to end, every service in one process (the
+//!   verification tests serve the registry simulator in-process too).
 //! - [`chaos`]: the chaos run (`deploy/chaos`, and a small one in the test suite): the
 //!   services as separate processes, reservation replicas and nats-server killed while a
 //!   load flows, every invariant checked from the log and the projection afterwards.
-//! - [`contention`]: the contention benchmark (`deploy/bench-contention`), this project's
-//!   reservation design against the seed's Redis `WATCH`/`MULTI` design.
-//! - [`ceilings`]: JetStream's and the disk's durable write ceilings (`deploy/bench`), the
-//!   figures every throughput claim is set beside.
-//! - [`edge`]: the ingest edge end to end against a bare ntex handler (`deploy/bench edge`).
-//! - [`pipeline`]: the whole pipeline at a fixed arrival rate (open loop), latency to the
-//!   stored decision, CPU per registration and memory ([`procstat`]).
-//! - [`reads`]: the read API's availability, hot and cold, against a bare ntex handler.
-//! - [`replay_speed`]: how fast the intake log reads back, raw and decoded.
-//! - [`results`]: all of the above in one run, into `bench/results.{json,md}` (`deploy/bench`).
-//! - [`serve`]: how both tools start the services as their own child processes.
+//! - [`serve`]: how the tools start the services as their own child processes.
+//!
+//! The benchmarks live in `deploy/benchmarks/` (package `bench`), outside the test suite:
+//! `deploy/test` never builds them.
 #![forbid(unsafe_code)]
 
-pub mod ceilings;
 pub mod chaos;
-pub mod contention;
-pub mod edge;
-pub mod pipeline;
-pub mod procstat;
-pub mod reads;
-pub mod replay_speed;
-pub mod results;
 pub mod serve;

@@ -510,11 +510,10 @@ async fn beyond_the_admission_bound_a_submission_is_refused_at_once_and_nothing_
     .await;
     p.set_capacity("busy", 5).await;
     let before = p.intake_messages().await;
-    let nats = [p.nats.pid().expect("nats-server runs")];
     let submissions = format!("{}/v1/registrations", p.ingest);
     // nats-server stopped, not killed: the connection stays up and the one admitted
     // submission waits for its durable write, holding the only permit.
-    e2e::pipeline::signal(&nats, "-STOP");
+    p.nats.pause();
     let admitted = citizen(61, "busy");
     let (first, (status, headers, body)) = futures::join!(p.submit(&admitted, None), async {
         testkit::eventually(
@@ -529,7 +528,7 @@ async fn beyond_the_admission_bound_a_submission_is_refused_at_once_and_nothing_
                 Some(citizen(62, "busy").to_string().into_bytes()),
             )
             .await;
-        e2e::pipeline::signal(&nats, "-CONT");
+        p.nats.resume();
         refused
     });
     assert_eq!(first.0, 202, "{}", first.1);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::chaos::{self, load, services};
 use crate::contention::report::Percentiles;
+use e2e::chaos::{self, load, services};
 
 /// One target's figures.
 #[derive(Debug, Clone, Serialize)]

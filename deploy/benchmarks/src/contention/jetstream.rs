@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use super::report::Percentiles;
 use super::workload::Workload;
 use super::{DEADLINE, Measured, Options};
-use crate::chaos::services;
+use e2e::chaos::services;
 
 fn event_message(kind: IntakeKind, event: Event, region: &streams::model::Region) -> Outgoing {
     Outgoing::event(

@@ -18,13 +18,13 @@ use serde::Serialize;
 use streams::model::{Location, SlotKey};
 
 use crate::ceilings::Ceiling;
-use crate::chaos::services;
 use crate::contention::report::{Machine, write_report};
 use crate::edge::EdgeFigure;
 use crate::pipeline::{self, Run};
 use crate::procstat::Watched;
 use crate::reads::{self, ReadFigure};
 use crate::replay_speed::{self, ReplayFigure};
+use e2e::chaos::services;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -141,7 +141,7 @@ fn slots() -> Vec<SlotKey> {
         .map(str::to_owned)
         .chain((0..10).map(|i| format!("site-{i:02}")))
         .map(|location| SlotKey {
-            region: crate::chaos::region(),
+            region: e2e::chaos::region(),
             location: Location::parse(&location).expect("a valid location"),
             date,
         })
@@ -243,7 +243,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     let nats = testkit::NatsServer::start();
     let mut system = services::System::start(&nats.url(), &log_dir, 1).await?;
     let slots = slots();
-    let admin = crate::chaos::load::Client::new(&system, 1).await;
+    let admin = e2e::chaos::load::Client::new(&system, 1).await;
     for slot in &slots {
         admin.set_capacity(slot, 1_000_000).await?;
     }

@@ -21,9 +21,9 @@ use streams::events::{Envelope, Event};
 use streams::model::SlotKey;
 use streams::subjects::{self, RegionFilter};
 
-use crate::chaos::load;
 use crate::contention::report::Percentiles;
 use crate::procstat::{self, Usage, Watched};
+use e2e::chaos::load;
 
 /// One open-loop run.
 #[derive(Debug, Clone)]
@@ -189,7 +189,7 @@ async fn projected(
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let metrics = crate::chaos::services::scrape(http, read_url).await;
+        let metrics = e2e::chaos::services::scrape(http, read_url).await;
         if metrics.get(&gauge).is_some_and(|&seq| seq >= end) {
             return Ok(Some(Instant::now()));
         }
@@ -477,7 +477,7 @@ mod tests {
         let date = chrono::NaiveDate::from_ymd_opt(2027, 3, 1).unwrap();
         let slots: Vec<SlotKey> = (0..12)
             .map(|i| SlotKey {
-                region: crate::chaos::region(),
+                region: e2e::chaos::region(),
                 location: streams::model::Location::parse(&format!("loc-{i}")).unwrap(),
                 date,
             })

@@ -1,5 +1,5 @@
 //! `bench`: the rush-hour benchmark (`deploy/bench`). `bench all` measures everything in one
-//! run and writes `bench/results.{json,md}` (see `e2e::results`); `ceilings` and `edge` are
+//! run and writes `bench/results.{json,md}` (see `bench::results`); `ceilings` and `edge` are
 //! quick looks at one part.
 
 use clap::{Parser, Subcommand};
@@ -69,18 +69,18 @@ enum Command {
 
 #[derive(serde::Serialize)]
 struct EdgeReport {
-    machine: e2e::contention::report::Machine,
+    machine: bench::contention::report::Machine,
     command: String,
-    figures: Vec<e2e::edge::EdgeFigure>,
+    figures: Vec<bench::edge::EdgeFigure>,
     /// The edge's accepted/s over the bare handler's.
     ratio_to_bare: f64,
 }
 
 #[derive(serde::Serialize)]
 struct Report {
-    machine: e2e::contention::report::Machine,
+    machine: bench::contention::report::Machine,
     command: String,
-    ceilings: Vec<e2e::ceilings::Ceiling>,
+    ceilings: Vec<bench::ceilings::Ceiling>,
 }
 
 #[ntex::main]
@@ -94,15 +94,16 @@ async fn main() -> anyhow::Result<()> {
             price_per_vcpu_hour,
             out,
         } => {
-            let results = e2e::serve::until_interrupted(e2e::results::run(e2e::results::Options {
-                scale,
-                seconds,
-                target_rate,
-                read_seconds,
-                price_per_vcpu_hour,
-                out: out.clone(),
-            }))
-            .await?;
+            let results =
+                e2e::serve::until_interrupted(bench::results::run(bench::results::Options {
+                    scale,
+                    seconds,
+                    target_rate,
+                    read_seconds,
+                    price_per_vcpu_hour,
+                    out: out.clone(),
+                }))
+                .await?;
             println!(
                 "\n{}",
                 std::fs::read_to_string(out.with_extension("md")).unwrap_or_default()
@@ -112,9 +113,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ceilings { scale, out } => {
-            let ceilings = e2e::serve::until_interrupted(e2e::ceilings::measure(scale)).await?;
+            let ceilings = e2e::serve::until_interrupted(bench::ceilings::measure(scale)).await?;
             let report = Report {
-                machine: e2e::contention::report::Machine::describe(),
+                machine: bench::contention::report::Machine::describe(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 ceilings,
             };
@@ -123,10 +124,10 @@ async fn main() -> anyhow::Result<()> {
                  Command: `{}`. Records of {} bytes, one publisher.\n\n{}",
                 report.machine.summary(),
                 report.command,
-                e2e::ceilings::RECORD_BYTES,
-                e2e::ceilings::table(&report.ceilings)
+                bench::ceilings::RECORD_BYTES,
+                bench::ceilings::table(&report.ceilings)
             );
-            e2e::contention::report::write_report(&out, &report, &md)?;
+            bench::contention::report::write_report(&out, &report, &md)?;
             println!("\n{md}");
             Ok(())
         }
@@ -140,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
                 .prefix("bench-logs-")
                 .tempdir()?
                 .keep();
-            let figures = e2e::serve::until_interrupted(e2e::edge::measure(
+            let figures = e2e::serve::until_interrupted(bench::edge::measure(
                 registrations,
                 concurrency,
                 &log_dir,
@@ -148,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
             let report = EdgeReport {
-                machine: e2e::contention::report::Machine::describe(),
+                machine: bench::contention::report::Machine::describe(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 figures,
                 ratio_to_bare,
@@ -158,13 +159,13 @@ async fn main() -> anyhow::Result<()> {
                  Command: `{}`. Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}",
                 report.machine.summary(),
                 report.command,
-                e2e::edge::table(&report.figures)
+                bench::edge::table(&report.figures)
             );
             md.push_str(&format!(
                 "\nEdge alone ÷ bare handler: {:.3}×\n",
                 report.ratio_to_bare
             ));
-            e2e::contention::report::write_report(&out, &report, &md)?;
+            bench::contention::report::write_report(&out, &report, &md)?;
             println!("\n{md}");
             Ok(())
         }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::chaos::services;
 use crate::contention::report::Percentiles;
+use e2e::chaos::services;
 
 /// One target's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +47,7 @@ pub async fn drive(
     concurrency: usize,
     read_api: Option<&str>,
 ) -> anyhow::Result<ReadFigure> {
-    let http = crate::chaos::load::http_client(concurrency + 16).await?;
+    let http = e2e::chaos::load::http_client(concurrency + 16).await?;
     // SurrealDB reads the read API made so far (`None` for a target without the counter).
     let loads = async |http: &ntex::client::Client| match read_api {
         Some(base) => services::scrape(http, base)

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the benchmark and writes the report.
-    Run(e2e::contention::Options),
+    Run(bench::contention::Options),
     /// Runs one service (started by `run`; not meant to be typed).
     #[command(hide = true)]
     Serve {
@@ -28,7 +28,7 @@ enum Command {
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(options) => e2e::serve::until_interrupted(e2e::contention::run(options))
+        Command::Run(options) => e2e::serve::until_interrupted(bench::contention::run(options))
             .await
             .map(|_| ()),
         Command::Serve { service } => e2e::serve::serve(service).await,

@@ -1,0 +1,24 @@
+//! The benchmarks: each figure measured beside its ceiling in the same run, on real servers.
+//!
+//! - [`contention`]: the contention benchmark (`deploy/bench-contention`), this project's
+//!   reservation design against the seed's Redis `WATCH`/`MULTI` design.
+//! - [`ceilings`]: JetStream's and the disk's durable write ceilings (`deploy/bench`), the
+//!   figures every throughput claim is set beside.
+//! - [`edge`]: the ingest edge end to end against a bare ntex handler (`deploy/bench edge`).
+//! - [`pipeline`]: the whole pipeline at a fixed arrival rate (open loop), latency to the
+//!   stored decision, CPU per registration and memory ([`procstat`]).
+//! - [`reads`]: the read API's availability, hot and cold, against a bare ntex handler.
+//! - [`replay_speed`]: how fast the intake log reads back, raw and decoded.
+//! - [`results`]: all of the above in one run, into `bench/results.{json,md}` (`deploy/bench`).
+//!
+//! The services start as child processes through [`e2e::serve`].
+#![forbid(unsafe_code)]
+
+pub mod ceilings;
+pub mod contention;
+pub mod edge;
+pub mod pipeline;
+pub mod procstat;
+pub mod reads;
+pub mod replay_speed;
+pub mod results;
