@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN: &str = "test-admin-token";
 
+/// A window event of a version this code does not know.
+pub const UNDECODABLE_WINDOW: &[u8] = br#"{"event_id":"0190f3c2-a1b2-7c3e-8d4f-000000000000","occurred_at":"2027-02-01T08:00:00Z","correlation_id":"x","version":9,"type":"WindowSet","data":{"region":"mazowieckie","opens_at":"2027-02-01T08:00:00Z","closes_at":"2027-02-02T08:00:00Z","shape":"new"}}"#;
+
 pub struct Pipeline {
     pub nats: NatsServer,
     pub ingest: String,
@@ -44,6 +47,9 @@ pub struct Options {
     pub registry: Option<registry_sim::Knobs>,
     /// Registry calls before manual review (8 unless set).
     pub verify_max_attempts: Option<u32>,
+    /// Before any service starts, a window record this code cannot decode (as a newer
+    /// writer would leave) is in the log; the edge is then not waited for to be ready.
+    pub undecodable_window: bool,
 }
 
 impl Pipeline {
@@ -55,6 +61,24 @@ impl Pipeline {
         testkit::init_test_log();
         let nats = NatsServer::start();
         let shutdown = CancellationToken::new();
+        if options.undecodable_window {
+            let client = async_nats::connect(nats.url()).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            streams::config::ensure_streams(&js, streams::config::Replication(1))
+                .await
+                .unwrap();
+            js.publish(
+                streams::subjects::intake(
+                    &streams::model::Region::parse("mazowieckie").unwrap(),
+                    streams::subjects::IntakeKind::Window,
+                ),
+                UNDECODABLE_WINDOW.into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
         let (ingest_listener, ingest) = listener();
         let (read_listener, read) = listener();
         let (processor_listener, _) = listener();
@@ -142,7 +166,8 @@ impl Pipeline {
             registry: registry.map(|(registry, _)| registry),
             shutdown,
         };
-        for base in [&pipeline.ingest, &pipeline.read] {
+        let edge = (!options.undecodable_window).then_some(&pipeline.ingest);
+        for base in edge.into_iter().chain([&pipeline.read]) {
             let url = format!("{base}/readyz");
             testkit::eventually(
                 &format!("{url} to answer 200"),

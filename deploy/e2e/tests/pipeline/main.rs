@@ -764,3 +764,39 @@ async fn a_replay_over_the_per_citizen_limit_gets_its_answer_and_a_new_request_d
     assert_eq!(status, 429, "{refused}");
     assert_error(&refused, "rate_limited", None);
 }
+
+/// The edge never serves before it knows the registration windows: a window it cannot
+/// decode (a newer writer's, during a rolling upgrade) keeps it not ready, and submissions
+/// get `503` rather than slip into a region that may be closed.
+#[ntex::test]
+async fn an_edge_that_cannot_read_the_windows_is_not_ready_and_accepts_nothing() {
+    let p = Pipeline::start_with(Options {
+        undecodable_window: true,
+        ..Options::default()
+    })
+    .await;
+    let ready = format!("{}/readyz", p.ingest);
+    let body = testkit::eventually(
+        "the windows reader to stall",
+        Duration::from_secs(30),
+        || async {
+            let (status, _, body) = p.send(p.http.get(&ready), None).await;
+            let stalled = p
+                .metric(&p.ingest, r#"consumer_stalled{consumer="windows"}"#)
+                .await;
+            (status == 503 && stalled == 1).then_some(body)
+        },
+    )
+    .await;
+    assert!(
+        body.to_string().contains("registration windows"),
+        "readiness names what is missing: {body}"
+    );
+    let (status, body) = p.submit(&citizen(70, "anywhere"), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        p.intake_messages().await,
+        1,
+        "nothing was appended beside the planted record"
+    );
+}
