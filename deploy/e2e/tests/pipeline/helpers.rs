@@ -50,6 +50,8 @@ pub struct Options {
     /// Before any service starts, a window record this code cannot decode (as a newer
     /// writer would leave) is in the log; the edge is then not waited for to be ready.
     pub undecodable_window: bool,
+    /// Processor replicas (reservation, verification, claims releaser) beside the first.
+    pub processor_replicas: usize,
 }
 
 impl Pipeline {
@@ -112,35 +114,44 @@ impl Pipeline {
             name: name.into(),
             credentials: None,
         };
-        ntex::rt::spawn(processors::service::run(
-            processors::service::Settings {
-                nats: nats_options("reservation"),
-                regions: RegionFilter::All,
-                replication: streams::config::Replication(1),
-                policy: processors::reservation::decide::Policy {
-                    waitlist_per_slot: options.waitlist_per_slot,
-                },
-                verification: registry.as_ref().map(|(_, url)| {
-                    let mut config = processors::verification::VerificationConfig::new(
-                        RegionFilter::All,
-                        url.clone(),
-                    );
-                    config.timeout = Duration::from_secs(2);
-                    // Quick retries, so a test's outage is retried through in seconds.
-                    config.limits.base_delay = Duration::from_millis(100);
-                    config.limits.max_delay = Duration::from_secs(2);
-                    config.breaker.cooldown = Duration::from_millis(500);
-                    config.breaker.max_cooldown = Duration::from_secs(2);
-                    if let Some(attempts) = options.verify_max_attempts {
-                        config.limits.max_attempts = attempts;
-                    }
-                    config
-                }),
-                keys: streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
+        let processor = processors::service::Settings {
+            nats: nats_options("reservation"),
+            regions: RegionFilter::All,
+            replication: streams::config::Replication(1),
+            policy: processors::reservation::decide::Policy {
+                waitlist_per_slot: options.waitlist_per_slot,
             },
+            verification: registry.as_ref().map(|(_, url)| {
+                let mut config = processors::verification::VerificationConfig::new(
+                    RegionFilter::All,
+                    url.clone(),
+                );
+                config.timeout = Duration::from_secs(2);
+                // Quick retries, so a test's outage is retried through in seconds.
+                config.limits.base_delay = Duration::from_millis(100);
+                config.limits.max_delay = Duration::from_secs(2);
+                config.breaker.cooldown = Duration::from_millis(500);
+                config.breaker.max_cooldown = Duration::from_secs(2);
+                if let Some(attempts) = options.verify_max_attempts {
+                    config.limits.max_attempts = attempts;
+                }
+                config
+            }),
+            keys: streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
+        };
+        ntex::rt::spawn(processors::service::run(
+            processor.clone(),
             processor_listener,
             shutdown.clone(),
         ));
+        for _ in 1..options.processor_replicas {
+            let (l, _) = listener();
+            ntex::rt::spawn(processors::service::run(
+                processor.clone(),
+                l,
+                shutdown.clone(),
+            ));
+        }
         ntex::rt::spawn(projections::service::run(
             projections::service::Settings {
                 nats: nats_options("projections"),

@@ -380,3 +380,93 @@ async fn under_load_with_a_failing_registry_every_registration_ends_once() {
         percentile(&mut with, 0.99),
     );
 }
+
+/// Two processor replicas share each region's verification consumer; a verdict stored twice
+/// (as after a crash between storing it and acknowledging the decision) is appended again by
+/// hand. Every registration still gets exactly one outcome in the decision log.
+#[ntex::test]
+async fn two_replicas_and_a_verdict_stored_twice_give_one_outcome_each() {
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs::default()),
+        processor_replicas: 2,
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("replicas", 100).await;
+    let citizens: Vec<u32> = (4000..4030).chain([4097, 4098, 4099]).collect();
+    let registrations = submit_all(&p, &citizens, "replicas").await;
+    let records = settled(&p, &registrations, Duration::from_secs(60)).await;
+    for (n, record) in &records {
+        let want = refusal(*n).map_or("confirmed", |_| "rejected");
+        assert_eq!(record["status"], want, "citizen {n}: {record}");
+    }
+    // The verdicts again, as a crashed replica's redelivery would store them: a refusal for
+    // a confirmed registration and a pass for a rejected one.
+    let js = async_nats::jetstream::new(p.nats.connect().await);
+    let region = streams::model::Region::parse("mazowieckie").unwrap();
+    for (n, id, _) in &registrations {
+        let id = streams::model::RegistrationId::parse(id).unwrap();
+        let event = match refusal(*n) {
+            None => {
+                streams::events::Event::VerificationFailed(streams::events::VerificationFailed {
+                    registration_id: id.clone(),
+                    reason: streams::events::RegistryRefusal::NotFound,
+                    reviewer: None,
+                })
+            }
+            Some(_) => {
+                streams::events::Event::VerificationPassed(streams::events::VerificationPassed {
+                    registration_id: id.clone(),
+                    reviewer: None,
+                })
+            }
+        };
+        let envelope = streams::events::Envelope::new(id.to_string(), event);
+        js.publish(
+            streams::subjects::intake(&region, streams::subjects::IntakeKind::Verification),
+            envelope.encode().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    // A marker after them: once it is decided, everything before it was read.
+    let (_, marker, marker_token) = &submit_all(&p, &[4500], "replicas").await[0];
+    settled(
+        &p,
+        &[(4500, marker.clone(), marker_token.clone())],
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut outcomes: HashMap<String, Vec<&'static str>> = HashMap::new();
+    streams::replay::read_to_end(
+        &js,
+        streams::subjects::DECISIONS_STREAM,
+        streams::subjects::reservation_decisions_filter(&streams::subjects::RegionFilter::All),
+        1,
+        |record: streams::replay::Record| match record.envelope.unwrap().event {
+            streams::events::Event::RegistrationConfirmed(e) => outcomes
+                .entry(e.registration_id.to_string())
+                .or_default()
+                .push("confirmed"),
+            streams::events::Event::SlotRejected(e) => outcomes
+                .entry(e.registration_id.to_string())
+                .or_default()
+                .push("rejected"),
+            _ => {}
+        },
+    )
+    .await
+    .unwrap();
+    for (n, id, token) in &registrations {
+        assert_eq!(outcomes[id].len(), 1, "citizen {n}: {:?}", outcomes[id]);
+        let (_, record) = p.status(id, Some(token)).await;
+        let want = refusal(*n).map_or("confirmed", |_| "rejected");
+        assert_eq!(record["status"], want, "citizen {n} changed: {record}");
+    }
+    let counts = p.registry.as_ref().unwrap().counts();
+    for (national_id, c) in &counts.by_national_id {
+        assert_eq!(c.answers, 1, "{national_id}: {c:?}");
+    }
+}
