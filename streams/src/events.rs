@@ -376,6 +376,10 @@ pub struct SlotRejected {
     /// Registrations still waiting for the slot, when this one left its waiting list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<u32>,
+    /// The intake sequence of the registration's submission (where its sealed personal data
+    /// is, for the processors that need it). 0 in events written before it existed.
+    #[serde(default)]
+    pub submission_seq: u64,
 }
 
 /// A reservation returned to the pool.
@@ -404,6 +408,10 @@ pub struct RegistrationConfirmed {
     pub slot: SlotKey,
     /// The intake sequence of the event this decision answers.
     pub intake_seq: u64,
+    /// The intake sequence of the registration's submission (where its sealed personal data
+    /// is, for the processors that need it). 0 in events written before it existed.
+    #[serde(default)]
+    pub submission_seq: u64,
 }
 
 /// A cancelled registration.
@@ -420,6 +428,10 @@ pub struct RegistrationCancelled {
     /// Registrations still waiting for the slot, when this one left its waiting list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<u32>,
+    /// The intake sequence of the registration's submission (where its sealed personal data
+    /// is, for the processors that need it). 0 in events written before it existed.
+    #[serde(default)]
+    pub submission_seq: u64,
 }
 
 /// A registration waits in line for a full slot.
@@ -471,6 +483,10 @@ pub struct ReviewRequired {
     pub attempts: u32,
     /// The last failure, for the operator.
     pub last_error: String,
+    /// The intake sequence of the registration's submission (where its sealed personal data
+    /// is, for the processors that need it). 0 in events written before it existed.
+    #[serde(default)]
+    pub submission_seq: u64,
 }
 
 /// A registration in manual review goes through verification again.
@@ -642,6 +658,7 @@ pub fn samples() -> Vec<Envelope> {
             intake_seq: 42,
             reason: RejectReason::SlotFull,
             waiting: None,
+            submission_seq: 42,
         }),
         Event::SlotReleased(SlotReleased {
             registration_id: id.clone(),
@@ -674,6 +691,7 @@ pub fn samples() -> Vec<Envelope> {
             intake_seq: 61,
             attempts: 8,
             last_error: "the registry answered 503 Service Unavailable".into(),
+            submission_seq: 42,
         }),
         Event::VerificationRequeued(VerificationRequeued {
             registration_id: id.clone(),
@@ -685,6 +703,7 @@ pub fn samples() -> Vec<Envelope> {
             registration_id: id.clone(),
             slot: slot.clone(),
             intake_seq: 63,
+            submission_seq: 42,
         }),
         Event::RegistrationCancelled(RegistrationCancelled {
             registration_id: id.clone(),
@@ -692,6 +711,7 @@ pub fn samples() -> Vec<Envelope> {
             slot,
             intake_seq: 57,
             waiting: None,
+            submission_seq: 42,
         }),
         Event::NotificationSent(NotificationSent {
             registration_id: id.clone(),
@@ -733,6 +753,17 @@ mod tests {
             err,
             DecodeError::UnknownVersion { version: 2, .. }
         ));
+    }
+
+    #[test]
+    fn decisions_written_before_submission_seq_existed_still_decode() {
+        let bytes = br#"{"event_id":"0190f3c2-a1b2-7c3e-8d4f-000000000009","occurred_at":"2027-02-01T08:00:00.123Z","correlation_id":"x","version":1,"type":"RegistrationConfirmed","data":{"registration_id":"mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f","slot":{"region":"mazowieckie","location":"warszawa-narodowy","date":"2027-03-01"},"intake_seq":63}}"#;
+        match Envelope::decode(bytes).unwrap().event {
+            Event::RegistrationConfirmed(e) => {
+                assert_eq!((e.intake_seq, e.submission_seq), (63, 0))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -103,6 +103,8 @@ impl Standing {
 pub struct Known {
     /// Its slot.
     pub slot: SlotKey,
+    /// The intake sequence of its submission, named in every decision about it.
+    pub submission_seq: u64,
     /// The citizen's key, carried into terminal decisions so the citizen's claim is released.
     pub citizen_key: String,
     /// Its standing.
@@ -164,6 +166,7 @@ impl State {
                     &d.registration_id,
                     &d.slot,
                     &d.citizen_key,
+                    d.intake_seq,
                     Standing::Reserved { seq: d.intake_seq },
                 );
                 self.advance(d.intake_seq);
@@ -176,6 +179,7 @@ impl State {
                     &d.registration_id,
                     &d.slot,
                     &d.citizen_key,
+                    d.intake_seq,
                     Standing::Waiting { seq: d.intake_seq },
                 );
                 self.advance(d.intake_seq);
@@ -200,6 +204,7 @@ impl State {
                         &d.registration_id,
                         &d.slot,
                         &d.citizen_key,
+                        d.intake_seq,
                         Standing::Rejected,
                     );
                 }
@@ -271,11 +276,19 @@ impl State {
         self.registrations.get(id).map(|k| k.standing)
     }
 
-    fn know(&mut self, id: &RegistrationId, slot: &SlotKey, citizen_key: &str, standing: Standing) {
+    fn know(
+        &mut self,
+        id: &RegistrationId,
+        slot: &SlotKey,
+        citizen_key: &str,
+        submission_seq: u64,
+        standing: Standing,
+    ) {
         self.registrations.insert(
             id.clone(),
             Known {
                 slot: slot.clone(),
+                submission_seq,
                 citizen_key: citizen_key.to_owned(),
                 standing,
             },
@@ -341,6 +354,7 @@ impl Decisions<'_> {
                         intake_seq: seq,
                         reason,
                         waiting: None,
+                        submission_seq: seq,
                     })
                 };
                 let slot = self.state.slots.get(&sub.slot);
@@ -395,15 +409,17 @@ impl Decisions<'_> {
             Event::VerificationPassed(v) => {
                 if let Some(Known {
                     slot,
+                    submission_seq,
                     standing: Standing::Reserved { .. } | Standing::Review { .. },
                     ..
                 }) = self.state.registrations.get(&v.registration_id)
                 {
-                    let slot = slot.clone();
+                    let (slot, submission_seq) = (slot.clone(), *submission_seq);
                     self.take(Event::RegistrationConfirmed(RegistrationConfirmed {
                         registration_id: v.registration_id.clone(),
                         slot,
                         intake_seq: seq,
+                        submission_seq,
                     }));
                 }
             }
@@ -424,6 +440,7 @@ impl Decisions<'_> {
                         intake_seq: seq,
                         reason: v.reason.into(),
                         waiting: None,
+                        submission_seq: known.submission_seq,
                     }));
                     self.promote(&known.slot, seq);
                 }
@@ -431,17 +448,19 @@ impl Decisions<'_> {
             Event::VerificationInconclusive(v) => {
                 if let Some(Known {
                     slot,
+                    submission_seq,
                     standing: Standing::Reserved { .. },
                     ..
                 }) = self.state.registrations.get(&v.registration_id)
                 {
-                    let slot = slot.clone();
+                    let (slot, submission_seq) = (slot.clone(), *submission_seq);
                     self.take(Event::ReviewRequired(ReviewRequired {
                         registration_id: v.registration_id.clone(),
                         slot,
                         intake_seq: seq,
                         attempts: v.attempts,
                         last_error: v.last_error.clone(),
+                        submission_seq,
                     }));
                 }
             }
@@ -478,7 +497,9 @@ impl Decisions<'_> {
                     .unwrap_or_default();
                 let n = waiting.len();
                 for (i, id) in waiting.iter().enumerate() {
-                    let citizen_key = self.state.registrations[id].citizen_key.clone();
+                    let known = &self.state.registrations[id];
+                    let (citizen_key, submission_seq) =
+                        (known.citizen_key.clone(), known.submission_seq);
                     self.take(Event::SlotRejected(SlotRejected {
                         registration_id: id.clone(),
                         citizen_key,
@@ -486,6 +507,7 @@ impl Decisions<'_> {
                         intake_seq: seq,
                         reason: RejectReason::WaitlistClosed,
                         waiting: Some((n - 1 - i) as u32),
+                        submission_seq,
                     }));
                 }
             }
@@ -543,5 +565,6 @@ fn cancelled(id: &RegistrationId, known: &Known, seq: u64, waiting: Option<u32>)
         slot: known.slot.clone(),
         intake_seq: seq,
         waiting,
+        submission_seq: known.submission_seq,
     })
 }
