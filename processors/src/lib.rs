@@ -15,6 +15,9 @@
 pub mod claims;
 pub mod cli;
 pub mod metrics;
+pub mod notification;
 pub mod reservation;
+pub mod retry;
 pub mod service;
+pub mod submission;
 pub mod verification;

@@ -26,6 +26,68 @@ pub struct Metrics {
     pub health: streams::consume::Health,
     /// The verification processor's metrics.
     pub verification: VerificationMetrics,
+    /// The notification processor's metrics.
+    pub notification: NotificationMetrics,
+}
+
+/// The notification processor's metrics.
+#[derive(Clone)]
+pub struct NotificationMetrics {
+    /// Messages delivered to a provider, by channel.
+    pub sent: IntCounterVec,
+    /// Decisions put back for another delivery attempt.
+    pub retries: IntCounter,
+    /// Messages given up on (dead letters), by channel.
+    pub dead_letters: IntCounterVec,
+    /// Seconds from a decision to its message's delivery.
+    pub decision_to_delivery_seconds: Histogram,
+}
+
+impl NotificationMetrics {
+    fn new(registry: &Registry) -> Self {
+        NotificationMetrics {
+            sent: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("notification_sent_total", "Messages delivered, by channel."),
+                    &["channel"],
+                )
+                .expect("valid metric"),
+            ),
+            retries: register(
+                registry,
+                IntCounter::new(
+                    "notification_retries_total",
+                    "Decisions put back for another delivery attempt.",
+                )
+                .expect("valid metric"),
+            ),
+            dead_letters: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "notification_dead_letters_total",
+                        "Messages given up on after the attempts were spent, by channel.",
+                    ),
+                    &["channel"],
+                )
+                .expect("valid metric"),
+            ),
+            decision_to_delivery_seconds: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "notification_decision_to_delivery_seconds",
+                        "Time from a decision to its message's delivery.",
+                    )
+                    .buckets(vec![
+                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
 }
 
 /// The verification processor's metrics.
@@ -104,6 +166,7 @@ impl Metrics {
         );
         let health = streams::consume::Health::new(&registry);
         let verification = VerificationMetrics::new(&registry);
+        let notification = NotificationMetrics::new(&registry);
         Metrics {
             registry,
             inputs,
@@ -115,6 +178,7 @@ impl Metrics {
             leases,
             health,
             verification,
+            notification,
         }
     }
 }

@@ -62,6 +62,8 @@ pub enum Event {
     RegistrationCancelled(RegistrationCancelled),
     /// A message was sent to the citizen (decision, from the notification processor).
     NotificationSent(NotificationSent),
+    /// A message could not be delivered (decision, from the notification processor).
+    NotificationFailed(NotificationFailed),
 }
 
 impl Event {
@@ -87,6 +89,7 @@ impl Event {
             Event::RegistrationConfirmed(_) => "RegistrationConfirmed",
             Event::RegistrationCancelled(_) => "RegistrationCancelled",
             Event::NotificationSent(_) => "NotificationSent",
+            Event::NotificationFailed(_) => "NotificationFailed",
         }
     }
 
@@ -115,6 +118,7 @@ impl Event {
             Event::RegistrationConfirmed(e) => Some(&e.registration_id),
             Event::RegistrationCancelled(e) => Some(&e.registration_id),
             Event::NotificationSent(e) => Some(&e.registration_id),
+            Event::NotificationFailed(e) => Some(&e.registration_id),
             Event::CapacitySet(_) | Event::WindowSet(_) | Event::WaitlistClosed(_) => None,
         }
     }
@@ -502,15 +506,41 @@ pub struct VerificationRequeued {
     pub submission_seq: u64,
 }
 
-/// A message sent to a citizen.
+/// A message was delivered to a citizen's provider (the mail server, the webhook gateway).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationSent {
+    /// Deterministic per (registration, decision, channel); the provider's idempotency key
+    /// (`X-Notification-Id`) and this record's `Nats-Msg-Id`.
+    pub notification_id: String,
     /// The registration.
     pub registration_id: RegistrationId,
-    /// `email` or `webhook` (or later `sms`).
+    /// `email` or `webhook`.
     pub channel: String,
-    /// Which message (e.g. `reserved`, `confirmed`, `rejected`).
+    /// Which message (`reserved`, `waitlisted`, `confirmed`, `rejected`, `manual_review`,
+    /// `cancelled`).
     pub template: String,
+    /// The decisions-stream sequence of the decision the message tells of.
+    pub decision_seq: u64,
+}
+
+/// A message could not be delivered within the bounds: the dead letter an operator can
+/// re-drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationFailed {
+    /// As in [`NotificationSent`].
+    pub notification_id: String,
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// `email` or `webhook`.
+    pub channel: String,
+    /// Which message.
+    pub template: String,
+    /// The decisions-stream sequence of the decision the message tells of.
+    pub decision_seq: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure, for the operator (no personal data).
+    pub last_error: String,
 }
 
 /// The envelope every event travels in.
@@ -714,9 +744,20 @@ pub fn samples() -> Vec<Envelope> {
             submission_seq: 42,
         }),
         Event::NotificationSent(NotificationSent {
+            notification_id: "7c1f0b2a9e4d6c3b8a5f1e0d2c4b6a8e".into(),
             registration_id: id.clone(),
             channel: "email".into(),
             template: "reserved".into(),
+            decision_seq: 17,
+        }),
+        Event::NotificationFailed(NotificationFailed {
+            notification_id: "7c1f0b2a9e4d6c3b8a5f1e0d2c4b6a8e".into(),
+            registration_id: id.clone(),
+            channel: "webhook".into(),
+            template: "confirmed".into(),
+            decision_seq: 18,
+            attempts: 10,
+            last_error: "the gateway answered 503 Service Unavailable".into(),
         }),
     ];
     events

@@ -14,7 +14,7 @@
 //! | `reg.intake.<region>.review` | [`INTAKE_STREAM`] | ingest (operators) | `VerificationPassed` / `VerificationFailed` with a reviewer, `ReviewRequeued` |
 //! | `reg.intake.<region>.waitlist` | [`INTAKE_STREAM`] | reservation processor (its clock) | `WaitlistClosed` |
 //! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled` |
-//! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent` |
+//! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent`, `NotificationFailed` (dead letters) |
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //!
 //! The intake stream is the order of acceptance: everything that may change a reservation is
@@ -166,6 +166,11 @@ pub fn decisions_stream_subjects() -> Vec<String> {
 /// Name of the durable consumer the verification processor's replicas share for `region`.
 pub fn verification_consumer(region: &Region) -> String {
     format!("verification_{region}")
+}
+
+/// Name of the durable consumer the notification processor's replicas share for `region`.
+pub fn notification_consumer(region: &Region) -> String {
+    format!("notification_{region}")
 }
 
 /// Name of the durable consumer a projection worker uses on `stream`.

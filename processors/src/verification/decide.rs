@@ -122,11 +122,7 @@ pub fn after_failure(
             last_error: failure.message.clone(),
         });
     }
-    let step = limits
-        .base_delay
-        .saturating_mul(1 << attempts.saturating_sub(1).min(20))
-        .min(limits.max_delay);
-    let delay = step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+    let delay = crate::retry::backoff(attempts, limits.base_delay, limits.max_delay, jitter);
     Next::Retry(delay.max(failure.at_least.unwrap_or_default()))
 }
 

@@ -22,7 +22,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
-use streams::events::{Envelope, Event, RegistrationSubmitted};
+use streams::events::{Envelope, Event};
 use streams::model::RegistrationId;
 use streams::regions;
 use streams::subjects::{self, IntakeKind, RegionFilter};
@@ -149,7 +149,9 @@ impl Verifier {
 
     async fn verify(&self, target: &Target, round: u64, decision: &Envelope) -> Outcome {
         let id = &target.registration_id;
-        let (submitted_at, submission) = match self.submission(target).await {
+        let found =
+            crate::submission::read(&self.js, target.submission_seq, &target.registration_id).await;
+        let (submitted_at, submission) = match found {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "The submission could not be read; trying again.");
@@ -290,37 +292,6 @@ impl Verifier {
                     }
                 }
             }
-        }
-    }
-
-    /// The sealed submission the decision points at, and when the edge accepted it.
-    async fn submission(
-        &self,
-        target: &Target,
-    ) -> anyhow::Result<(chrono::DateTime<chrono::Utc>, RegistrationSubmitted)> {
-        let stream = self
-            .js
-            .get_stream_no_info(subjects::INTAKE_STREAM)
-            .await
-            .context("Failed to open the intake stream")?;
-        let message = stream
-            .direct_get(target.submission_seq)
-            .await
-            .with_context(|| format!("Failed to read intake sequence {}", target.submission_seq))?;
-        match Envelope::decode(&message.payload) {
-            Ok(Envelope {
-                event: Event::RegistrationSubmitted(submission),
-                occurred_at,
-                ..
-            }) if submission.registration_id == target.registration_id => {
-                Ok((occurred_at, submission))
-            }
-            Ok(_) => anyhow::bail!(
-                "intake sequence {} is not the submission of {}",
-                target.submission_seq,
-                target.registration_id
-            ),
-            Err(err) => Err(err).context("Failed to decode a submission"),
         }
     }
 

@@ -1,0 +1,314 @@
+//! The consumer wiring of the notification processor: one durable consumer per region on
+//! that region's reservation decisions (`notification_<region>`), shared by the replicas
+//! serving the region.
+//!
+//! Per decision a citizen is told of: read the sealed submission (the contact and the
+//! language), render the message, and deliver it on every channel the contact allows under
+//! the notification's deterministic id, which the provider takes as its idempotency key. Each
+//! delivery is recorded (`NotificationSent`, with the id as `Nats-Msg-Id`). The decision is
+//! acknowledged once every channel is delivered or dead-lettered; a failed delivery is put
+//! back with a back-off delay (a nak: JetStream holds it, no worker sleeps). A crash between
+//! a delivery and the acknowledgement delivers again under the same id, which the provider
+//! recognises: each (registration, decision, channel) reaches the citizen once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull};
+use streams::consume::{self, Decoded, DurableSpec, Outcome};
+use streams::crypto::Keys;
+use streams::events::{Envelope, Event, NotificationFailed, NotificationSent};
+use streams::regions;
+use streams::subjects::{self, RegionFilter};
+use tokio_util::sync::CancellationToken;
+
+use super::decide::{self, Channel, Notice};
+use super::transport::{Mailer, SendError, Webhook};
+use crate::metrics::{Metrics, NotificationMetrics};
+
+/// Where messages go and how hard to try.
+#[derive(Debug, Clone)]
+pub struct NotificationConfig {
+    /// The region(s) this replica notifies for.
+    pub regions: RegionFilter,
+    /// The SMTP relay's host.
+    pub smtp_host: String,
+    /// The SMTP relay's port.
+    pub smtp_port: u16,
+    /// The sender address.
+    pub mail_from: String,
+    /// The text-message gateway's webhook URL.
+    pub webhook_url: String,
+    /// The webhook signing secret.
+    pub webhook_secret: String,
+    /// The citizen page the status link opens (the token goes in its fragment).
+    pub page_url: String,
+    /// Decisions handled at once, per region.
+    pub concurrency: usize,
+    /// Deliveries of one decision before its undelivered messages are dead-lettered.
+    pub max_attempts: u32,
+    /// One delivery's time limit.
+    pub timeout: Duration,
+    /// The first retry's delay (doubled per attempt, up to a minute).
+    pub base_delay: Duration,
+}
+
+impl NotificationConfig {
+    /// The development defaults: the receivers `deploy/up` starts.
+    pub fn development(regions: RegionFilter) -> Self {
+        NotificationConfig {
+            regions,
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 2525,
+            mail_from: "Rejestracja <no-reply@rejestracja.example>".into(),
+            webhook_url: "http://127.0.0.1:8091/webhook".into(),
+            webhook_secret: DEVELOPMENT_WEBHOOK_SECRET.into(),
+            page_url: "http://127.0.0.1:8080/".into(),
+            concurrency: 64,
+            max_attempts: 10,
+            timeout: Duration::from_secs(10),
+            base_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The webhook secret used when `REG_WEBHOOK_SECRET` is unset (development mode only).
+pub const DEVELOPMENT_WEBHOOK_SECRET: &str = "dev-webhook-secret";
+
+struct Notifier {
+    js: jetstream::Context,
+    keys: Keys,
+    mailer: Mailer,
+    webhook: Webhook,
+    config: NotificationConfig,
+    /// Channels already delivered per decision (by sequence) while it is in flight here, so
+    /// a retry for one channel does not resend the other.
+    delivered: Mutex<HashMap<u64, HashSet<Channel>>>,
+    metrics: NotificationMetrics,
+}
+
+/// Runs the notification processor until `shutdown` fires.
+pub async fn run(
+    client: async_nats::Client,
+    keys: Keys,
+    config: NotificationConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let js = jetstream::new(client);
+    let notifier = Arc::new(Notifier {
+        js: js.clone(),
+        keys,
+        mailer: Mailer::new(
+            &config.smtp_host,
+            config.smtp_port,
+            &config.mail_from,
+            config.timeout,
+        )
+        .context("Failed to set up the mailer")?,
+        webhook: Webhook::new(&config.webhook_url, &config.webhook_secret, config.timeout)
+            .context("Failed to set up the webhook")?,
+        config: config.clone(),
+        delivered: Mutex::new(HashMap::new()),
+        metrics: metrics.notification.clone(),
+    });
+    tracing::info!(smtp = %format!("{}:{}", config.smtp_host, config.smtp_port), webhook = %config.webhook_url, "Notification processor starting.");
+    regions::serve_each(&js, config.regions.clone(), &shutdown, |region| {
+        let (notifier, health, shutdown) =
+            (notifier.clone(), metrics.health.clone(), shutdown.clone());
+        let spec = DurableSpec {
+            name: subjects::notification_consumer(&region),
+            stream: subjects::DECISIONS_STREAM,
+            consumer: pull::Config {
+                filter_subject: subjects::reservation_decisions(&region),
+                ack_wait: config.timeout * 4,
+                max_ack_pending: (config.concurrency * 4) as i64,
+                ..Default::default()
+            },
+            concurrency: config.concurrency,
+        };
+        async move {
+            let step = |record: Decoded| {
+                let notifier = notifier.clone();
+                async move { notifier.handle(record).await }
+            };
+            consume::run_durable(&notifier.js.clone(), &spec, step, &health, &shutdown).await
+        }
+    })
+    .await;
+    Ok(())
+}
+
+impl Notifier {
+    async fn handle(&self, record: Decoded) -> Outcome {
+        let Some(notice) = decide::notice(&record.envelope.event) else {
+            return Outcome::Done;
+        };
+        let outcome = self.notify(&notice, &record).await;
+        if outcome == Outcome::Done {
+            self.delivered.lock().expect("lock").remove(&record.seq);
+        }
+        outcome
+    }
+
+    async fn notify(&self, notice: &Notice, record: &Decoded) -> Outcome {
+        let id = &notice.registration_id;
+        let (_, submission) = match crate::submission::read(&self.js, notice.submission_seq, id)
+            .await
+        {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "The submission could not be read; trying again.");
+                return Outcome::Retry(Duration::from_secs(1));
+            }
+        };
+        let Ok(personal) = self.keys.open(id, &submission.personal) else {
+            tracing::error!(registration_id = %id, key_id = %submission.personal.key_id, "Personal data cannot be opened with this replica's key.");
+            return Outcome::Retry(Duration::from_secs(30));
+        };
+        let link = decide::status_link(&self.config.page_url, id, &self.keys.token(id));
+        let message = decide::render(notice, &submission.language, &link);
+        let template = notice.kind.template();
+        let mut failures = Vec::new();
+        for channel in decide::channels(personal.email.as_deref(), personal.phone.as_deref()) {
+            if self.already(record.seq, channel) {
+                continue;
+            }
+            let nid = decide::notification_id(id, record.seq, channel);
+            let sent = match channel {
+                Channel::Email => {
+                    let to = personal.email.as_deref().unwrap_or_default();
+                    self.mailer.send(to, &message, &nid, id.as_str()).await
+                }
+                Channel::Webhook => {
+                    let to = personal.phone.as_deref().unwrap_or_default();
+                    self.webhook.send(to, &message, &nid, id.as_str()).await
+                }
+            };
+            match sent {
+                Ok(()) => {
+                    self.metrics
+                        .sent
+                        .with_label_values(&[channel.as_str()])
+                        .inc();
+                    let since = (chrono::Utc::now() - record.envelope.occurred_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    self.metrics
+                        .decision_to_delivery_seconds
+                        .observe(since.as_secs_f64());
+                    let sent = Event::NotificationSent(NotificationSent {
+                        notification_id: nid.clone(),
+                        registration_id: id.clone(),
+                        channel: channel.as_str().into(),
+                        template: template.into(),
+                        decision_seq: record.seq,
+                    });
+                    if let Err(err) = self.record(notice, &nid, sent).await {
+                        // Delivered, not yet recorded: the retry delivers under the same id,
+                        // which the provider recognises.
+                        tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "A delivery could not be recorded; trying again.");
+                        return Outcome::Retry(Duration::from_secs(1));
+                    }
+                    self.delivered
+                        .lock()
+                        .expect("lock")
+                        .entry(record.seq)
+                        .or_default()
+                        .insert(channel);
+                }
+                Err(err) => failures.push((channel, nid, err)),
+            }
+        }
+        self.after_failures(notice, record, failures).await
+    }
+
+    fn already(&self, seq: u64, channel: Channel) -> bool {
+        self.delivered
+            .lock()
+            .expect("lock")
+            .get(&seq)
+            .is_some_and(|c| c.contains(&channel))
+    }
+
+    /// Failed channels: dead-letter the permanent ones (and all of them once the attempts are
+    /// spent), retry the rest after a back-off.
+    async fn after_failures(
+        &self,
+        notice: &Notice,
+        record: &Decoded,
+        failures: Vec<(Channel, String, SendError)>,
+    ) -> Outcome {
+        if failures.is_empty() {
+            return Outcome::Done;
+        }
+        let attempts = u32::try_from(record.delivered).unwrap_or(u32::MAX);
+        let spent = attempts >= self.config.max_attempts;
+        let mut retry = None::<Duration>;
+        for (channel, nid, err) in failures {
+            if err.retryable && !spent {
+                let delay = crate::retry::backoff(
+                    attempts,
+                    self.config.base_delay,
+                    Duration::from_secs(60),
+                    rand::random::<f64>(),
+                )
+                .max(err.at_least.unwrap_or_default());
+                retry = Some(retry.map_or(delay, |d| d.max(delay)));
+                continue;
+            }
+            tracing::warn!(registration_id = %notice.registration_id, channel = channel.as_str(), attempts, error = %err, "A message could not be delivered; it goes to the dead letters.");
+            let failed = Event::NotificationFailed(NotificationFailed {
+                notification_id: nid.clone(),
+                registration_id: notice.registration_id.clone(),
+                channel: channel.as_str().into(),
+                template: notice.kind.template().into(),
+                decision_seq: record.seq,
+                attempts,
+                last_error: err.message.clone(),
+            });
+            if let Err(err) = self.record(notice, &format!("dead.{nid}"), failed).await {
+                tracing::warn!(error = %format!("{err:#}"), "A dead letter could not be recorded; trying again.");
+                return Outcome::Retry(Duration::from_secs(1));
+            }
+            self.metrics
+                .dead_letters
+                .with_label_values(&[channel.as_str()])
+                .inc();
+            // Delivered or dead: either way, not sent again for this decision here.
+            self.delivered
+                .lock()
+                .expect("lock")
+                .entry(record.seq)
+                .or_default()
+                .insert(channel);
+        }
+        match retry {
+            Some(delay) => {
+                self.metrics.retries.inc();
+                Outcome::Retry(delay)
+            }
+            None => Outcome::Done,
+        }
+    }
+
+    /// Appends a notification record to the region's notification subject, stored once per
+    /// `message_id`.
+    async fn record(&self, notice: &Notice, message_id: &str, event: Event) -> anyhow::Result<()> {
+        let outgoing = streams::appender::Outgoing::event(
+            subjects::notification_decisions(&notice.slot.region),
+            &Envelope::new(notice.registration_id.to_string(), event),
+        );
+        let mut headers = outgoing.headers;
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+        self.js
+            .publish_with_headers(outgoing.subject, headers, outgoing.payload)
+            .await
+            .context("Failed to send a notification record")?
+            .await
+            .context("Failed to store a notification record")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The two ways a message leaves: e-mail over SMTP (lettre) and a signed HTTP webhook to a
+//! text-message gateway. Both pass the notification id as the provider's idempotency key
+//! (`X-Notification-Id`, with `X-Registration-Id`), so a retried delivery is recognised.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use sha2::Sha256;
+
+use super::decide::Message;
+
+/// Why a delivery failed, and whether trying again may help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    /// A later attempt may succeed (a 4xx SMTP reply, a 5xx or 429 from the gateway, a
+    /// network failure).
+    pub retryable: bool,
+    /// The least the provider asked us to wait.
+    pub at_least: Option<Duration>,
+    /// For the operator (no personal data).
+    pub message: String,
+}
+
+/// Header carrying the notification id (the provider's idempotency key).
+pub const NOTIFICATION_ID_HEADER: &str = "X-Notification-Id";
+/// Header carrying the registration id.
+pub const REGISTRATION_ID_HEADER: &str = "X-Registration-Id";
+
+/// E-mail over SMTP.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    /// A mailer sending through `host:port` (plain SMTP; a local relay or the development
+    /// sink) from `from`.
+    pub fn new(host: &str, port: u16, from: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(timeout))
+            .build();
+        Ok(Mailer {
+            transport,
+            from: from.parse()?,
+        })
+    }
+
+    /// Sends `message` to `to`.
+    pub async fn send(
+        &self,
+        to: &str,
+        message: &Message,
+        notification_id: &str,
+        registration_id: &str,
+    ) -> Result<(), SendError> {
+        let permanent = |message: String| SendError {
+            retryable: false,
+            at_least: None,
+            message,
+        };
+        let to: Mailbox = to
+            .parse()
+            .map_err(|_| permanent("the citizen's e-mail address is not usable".into()))?;
+        let email = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(message.subject.clone())
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str(NOTIFICATION_ID_HEADER),
+                notification_id.to_owned(),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str(REGISTRATION_ID_HEADER),
+                registration_id.to_owned(),
+            ))
+            .multipart(MultiPart::alternative_plain_html(
+                message.text.clone(),
+                message.html.clone(),
+            ))
+            .map_err(|e| permanent(format!("the message could not be built: {e}")))?;
+        self.transport
+            .send(email)
+            .await
+            .map(|_| ())
+            .map_err(|e| SendError {
+                retryable: !e.is_permanent(),
+                at_least: None,
+                message: format!("the mail server refused or failed: {e}"),
+            })
+    }
+}
+
+/// A signed webhook to a text-message gateway: `POST` a JSON body with
+/// `X-Signature-Timestamp` (unix seconds) and `X-Signature` =
+/// `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+#[derive(Clone)]
+pub struct Webhook {
+    http: reqwest::Client,
+    url: String,
+    secret: Vec<u8>,
+}
+
+/// `sha256=<hex of HMAC-SHA256(secret, "<timestamp>.<body>")>`: the webhook signature.
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+impl Webhook {
+    /// A webhook to `url`, signed with `secret`.
+    pub fn new(url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Webhook {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            url: url.to_owned(),
+            secret: secret.as_bytes().to_vec(),
+        })
+    }
+
+    /// Posts `message` for the phone `to`.
+    pub async fn send(
+        &self,
+        to: &str,
+        message: &Message,
+        notification_id: &str,
+        registration_id: &str,
+    ) -> Result<(), SendError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "to": to,
+            "subject": message.subject,
+            "text": message.text,
+        }))
+        .expect("JSON serializes");
+        let timestamp = chrono::Utc::now().timestamp();
+        let response = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(NOTIFICATION_ID_HEADER, notification_id)
+            .header(REGISTRATION_ID_HEADER, registration_id)
+            .header("X-Signature-Timestamp", timestamp.to_string())
+            .header("X-Signature", sign(&self.secret, timestamp, &body))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError {
+                retryable: true,
+                at_least: None,
+                message: format!("the gateway could not be reached: {}", e.without_url()),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let at_least = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Err(SendError {
+            retryable: status.is_server_error() || status.as_u16() == 429,
+            at_least,
+            message: format!("the gateway answered {status}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Computed independently: python3 -c 'import hmac,hashlib;
+        // print(hmac.new(b"dev-webhook-secret", b"1700000000.{\"a\":1}", hashlib.sha256).hexdigest())'
+        assert_eq!(
+            sign(b"dev-webhook-secret", 1_700_000_000, br#"{"a":1}"#),
+            format!("sha256={}", EXPECTED)
+        );
+    }
+
+    const EXPECTED: &str = "85a8297cf9fae53850953fb4e8e09924ba64293bdfaac2ecfd7d0ad5067cb957";
+}
