@@ -1,0 +1,132 @@
+//! `receivers`: serves the SMTP sink and the webhook receiver until Ctrl-C or SIGTERM.
+
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use receivers::{DEVELOPMENT_WEBHOOK_SECRET, Knobs, Receivers};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Local receivers for notifications: an SMTP sink (plain SMTP, no TLS, no AUTH) storing each
+/// message as <data-dir>/mail/<X-Notification-Id>.eml, and a webhook receiver
+/// (POST /webhook, signed with HMAC-SHA256) appending each delivery to
+/// <data-dir>/webhook/deliveries.ndjson. Both are idempotent by notification id.
+///
+/// Knobs start from the defaults (nothing fails), then --knobs; they change at runtime with
+/// `PUT /_sim/knobs` on the webhook listener (a partial JSON object). Admin: GET/PUT
+/// /_sim/knobs, GET /_sim/counts, GET /healthz. Logs follow RUST_LOG (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "receivers", version, about, long_about)]
+struct Cli {
+    /// Directory the deliveries are stored under (mail/ and webhook/ are created in it).
+    #[arg(long, env = "REG_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+
+    /// Address the SMTP sink listens on.
+    #[arg(long, env = "REG_SMTP_LISTEN", default_value = "127.0.0.1:2525")]
+    smtp_listen: String,
+
+    /// Address the webhook receiver and the admin endpoints listen on.
+    #[arg(long, env = "REG_WEBHOOK_LISTEN", default_value = "127.0.0.1:8091")]
+    webhook_listen: String,
+
+    /// The shared secret webhook signatures are checked with (the development default when
+    /// not given).
+    #[arg(long, env = "REG_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+
+    /// Knobs as a JSON object; fields not given keep their defaults. Fields: smtp_fail_rate,
+    /// webhook_fail_rate (probabilities, 0 to 1). Example: '{"smtp_fail_rate":0.1}'
+    #[arg(long, env = "REG_RECEIVERS_KNOBS", value_name = "JSON")]
+    knobs: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    let knobs = match &cli.knobs {
+        Some(json) => Knobs::default()
+            .patched_from_str(json)
+            .context("--knobs / REG_RECEIVERS_KNOBS")?,
+        None => Knobs::default(),
+    };
+    let secret = match cli.webhook_secret {
+        Some(secret) if secret.is_empty() => {
+            anyhow::bail!(
+                "--webhook-secret / REG_WEBHOOK_SECRET is empty: give a secret or leave it unset"
+            )
+        }
+        Some(secret) => secret,
+        None => {
+            tracing::warn!(
+                "no REG_WEBHOOK_SECRET: checking webhook signatures with the development secret"
+            );
+            DEVELOPMENT_WEBHOOK_SECRET.to_owned()
+        }
+    };
+    let receivers = Receivers::new(cli.data_dir, knobs, secret)?;
+    let smtp = tokio::net::TcpListener::bind(&cli.smtp_listen)
+        .await
+        .with_context(|| format!("listening on {} (SMTP)", cli.smtp_listen))?;
+    let http = tokio::net::TcpListener::bind(&cli.webhook_listen)
+        .await
+        .with_context(|| format!("listening on {} (webhook)", cli.webhook_listen))?;
+    let knobs = serde_json::to_string(&receivers.knobs())?;
+    tracing::info!(
+        smtp = %smtp.local_addr()?,
+        webhook = %http.local_addr()?,
+        mail_dir = %receivers.mail_dir().display(),
+        webhook_file = %receivers.webhook_file().display(),
+        %knobs,
+        "receivers listening"
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let serving = receivers.serve(smtp, http, shutdown.clone());
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = grace_over => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "deliveries still in flight: stopping anyway"
+        ),
+    }
+    tracing::info!("receivers stopped");
+    Ok(())
+}
+
+/// How long deliveries in flight may take to finish once a stop is asked for.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("the SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("stopping: letting deliveries in flight finish");
+    shutdown.cancel();
+}

@@ -1,0 +1,181 @@
+//! The two receivers together: their knobs, counters and stores, and serving them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use anyhow::Context as _;
+use rand::Rng as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::counts::{Counts, Outcome};
+use crate::knobs::{Knobs, KnobsError};
+use crate::store::{self, Stored};
+
+/// The SMTP sink and the webhook receiver: their knobs (changeable at runtime), counters and
+/// stores under one data directory. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Receivers {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    pub(crate) webhook_secret: Vec<u8>,
+    knobs: RwLock<Knobs>,
+    counts: Mutex<Counts>,
+    pub(crate) mail: tokio::sync::Mutex<Stored>,
+    pub(crate) webhook: tokio::sync::Mutex<Stored>,
+}
+
+impl fmt::Debug for Receivers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receivers")
+            .field("dir", &self.inner.dir)
+            .field("webhook_secret", &"<redacted>")
+            .field("knobs", &self.knobs())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which receiver a delivery came to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Transport {
+    Smtp,
+    Webhook,
+}
+
+impl Receivers {
+    /// Receivers storing under `dir` (`<dir>/mail/`, `<dir>/webhook/`), with these knobs and
+    /// zeroed counters, checking webhook signatures with `webhook_secret`. Nothing is touched
+    /// on disk until [`Receivers::serve`].
+    pub fn new(
+        dir: PathBuf,
+        knobs: Knobs,
+        webhook_secret: String,
+    ) -> Result<Receivers, KnobsError> {
+        knobs.validate()?;
+        Ok(Receivers {
+            inner: Arc::new(Inner {
+                dir,
+                webhook_secret: webhook_secret.into_bytes(),
+                knobs: RwLock::new(knobs),
+                counts: Mutex::new(Counts::default()),
+                mail: tokio::sync::Mutex::new(Stored::default()),
+                webhook: tokio::sync::Mutex::new(Stored::default()),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Where the SMTP sink stores messages: `<dir>/mail`, one `<notification-id>.eml` each.
+    pub fn mail_dir(&self) -> PathBuf {
+        store::mail_dir(&self.inner.dir)
+    }
+
+    /// Where the webhook receiver appends deliveries: `<dir>/webhook/deliveries.ndjson`.
+    pub fn webhook_file(&self) -> PathBuf {
+        store::webhook_file(&self.inner.dir)
+    }
+
+    /// The knobs in force.
+    pub fn knobs(&self) -> Knobs {
+        self.inner
+            .knobs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the knobs (validated first; refused knobs change nothing).
+    pub fn set_knobs(&self, knobs: Knobs) -> Result<(), KnobsError> {
+        knobs.validate()?;
+        *self
+            .inner
+            .knobs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = knobs;
+        Ok(())
+    }
+
+    /// Puts the fields of `patch` (a JSON object, possibly partial) into the knobs in one
+    /// step, and returns the knobs now in force. Refused patches change nothing.
+    pub fn patch_knobs(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
+        let mut knobs = self
+            .inner
+            .knobs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let patched = knobs.patched(patch)?;
+        *knobs = patched.clone();
+        Ok(patched)
+    }
+
+    /// A snapshot of the counters.
+    pub fn counts(&self) -> Counts {
+        self.lock_counts().clone()
+    }
+
+    fn lock_counts(&self) -> MutexGuard<'_, Counts> {
+        self.inner
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn record(
+        &self,
+        transport: Transport,
+        notification_id: Option<&str>,
+        outcome: Outcome,
+    ) {
+        let mut counts = self.lock_counts();
+        let counts = match transport {
+            Transport::Smtp => &mut counts.smtp,
+            Transport::Webhook => &mut counts.webhook,
+        };
+        counts.record(notification_id, outcome);
+    }
+
+    /// Draws whether this delivery fails on purpose, by the transport's fail-rate knob.
+    pub(crate) fn fails_by_knob(&self, transport: Transport) -> bool {
+        let knobs = self.knobs();
+        let rate = match transport {
+            Transport::Smtp => knobs.smtp_fail_rate,
+            Transport::Webhook => knobs.webhook_fail_rate,
+        };
+        rate > 0.0 && rand::rng().random_bool(rate)
+    }
+
+    /// Serves the SMTP sink on `smtp` and the webhook receiver with the admin endpoints on
+    /// `http` until `shutdown` is cancelled. Creates the data directories first and reads back
+    /// the notification ids already stored there (they count as duplicates when delivered
+    /// again). On shutdown both stop accepting; SMTP sessions waiting for a command are told
+    /// `421` and closed, a message being transferred is finished first, and HTTP requests in
+    /// flight finish.
+    pub async fn serve(
+        self,
+        smtp: TcpListener,
+        http: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mail = store::load_mail(&self.mail_dir()).await?;
+        let webhook = store::load_webhook(&self.webhook_file()).await?;
+        self.inner.mail.lock().await.merge(mail);
+        self.inner.webhook.lock().await.merge(webhook);
+        let smtp = crate::smtp::serve(self.clone(), smtp, shutdown.clone());
+        let http = async {
+            axum::serve(http, crate::webhook::router(&self))
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await
+                .context("serving the webhook receiver")
+        };
+        tokio::try_join!(smtp, http)?;
+        Ok(())
+    }
+}
