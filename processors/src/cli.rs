@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::notification::NotificationConfig;
 use crate::service::{Settings, run};
 use crate::verification::{VerificationConfig, decide::Limits};
 use anyhow::Context as _;
@@ -12,7 +13,7 @@ use streams::runtime::NatsOptions;
 use streams::subjects::RegionFilter;
 
 /// Processors: reservation (slot decisions and the waiting list), verification against the
-/// government registry, and the release of citizens' claims.
+/// government registry, notifications to citizens, and the release of citizens' claims.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
@@ -59,6 +60,36 @@ pub struct Args {
     /// answered for goes to manual review.
     #[arg(long, env = "REG_VERIFY_MAX_AGE_S", default_value_t = 900)]
     pub verify_max_age_s: u64,
+    /// Tell citizens of every decision, by e-mail and through the text-message gateway.
+    #[arg(long, env = "REG_NOTIFICATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub notifications: bool,
+    /// The SMTP relay (`host:port`; plain SMTP, e.g. a local relay or the development sink).
+    #[arg(long, env = "REG_SMTP_ADDRESS", default_value = "127.0.0.1:2525")]
+    pub smtp_address: String,
+    /// The sender of the e-mails.
+    #[arg(
+        long,
+        env = "REG_MAIL_FROM",
+        default_value = "Rejestracja <no-reply@rejestracja.example>"
+    )]
+    pub mail_from: String,
+    /// The text-message gateway's webhook.
+    #[arg(
+        long,
+        env = "REG_WEBHOOK_URL",
+        default_value = "http://127.0.0.1:8091/webhook"
+    )]
+    pub webhook_url: String,
+    /// The page a status link opens (the registration and its token go in the fragment).
+    #[arg(
+        long,
+        env = "REG_CITIZEN_PAGE_URL",
+        default_value = "http://127.0.0.1:8080/"
+    )]
+    pub citizen_page_url: String,
+    /// Delivery attempts of one decision's messages before they are dead-lettered.
+    #[arg(long, env = "REG_NOTIFY_MAX_ATTEMPTS", default_value_t = 10)]
+    pub notify_max_attempts: u32,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -74,6 +105,32 @@ pub async fn run_cli(
         &secret,
         streams::crypto::DEVELOPMENT_SECRET,
     )])?;
+    let webhook_secret = std::env::var("REG_WEBHOOK_SECRET")
+        .unwrap_or_else(|_| crate::notification::DEVELOPMENT_WEBHOOK_SECRET.into());
+    streams::runtime::check_credentials(&[(
+        "REG_WEBHOOK_SECRET",
+        &webhook_secret,
+        crate::notification::DEVELOPMENT_WEBHOOK_SECRET,
+    )])?;
+    let notification = if args.notifications {
+        let (host, port) = args
+            .smtp_address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+            .context("REG_SMTP_ADDRESS must be host:port")?;
+        Some(NotificationConfig {
+            smtp_host: host,
+            smtp_port: port,
+            mail_from: args.mail_from.clone(),
+            webhook_url: args.webhook_url.clone(),
+            webhook_secret,
+            page_url: args.citizen_page_url.clone(),
+            max_attempts: args.notify_max_attempts,
+            ..NotificationConfig::development(regions.clone())
+        })
+    } else {
+        None
+    };
     let verification = args.verification.then(|| VerificationConfig {
         timeout: Duration::from_millis(args.registry_timeout_ms),
         concurrency: args.registry_concurrency,
@@ -100,6 +157,7 @@ pub async fn run_cli(
                 waitlist_per_slot: args.waitlist_per_slot,
             },
             verification,
+            notification,
             keys: streams::crypto::Keys::from_secret(&secret),
         },
         listener,

@@ -1,6 +1,6 @@
 //! The processor process: connects, ensures streams, runs the reservation loop, the claims
-//! releaser and (unless turned off) the verification processor, and serves `/healthz`,
-//! `/readyz` and `/metrics`.
+//! releaser and (unless turned off) the verification and notification processors, and
+//! serves `/healthz`, `/readyz` and `/metrics`.
 
 use std::net::TcpListener;
 
@@ -10,6 +10,7 @@ use streams::subjects::RegionFilter;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::notification::{self, NotificationConfig};
 use crate::reservation::{self, ReservationConfig, decide::Policy};
 use crate::verification::{self, VerificationConfig};
 
@@ -26,6 +27,8 @@ pub struct Settings {
     pub policy: Policy,
     /// The verification processor, if this replica runs one (with the registry to ask).
     pub verification: Option<VerificationConfig>,
+    /// The notification processor, if this replica runs one (with the providers to use).
+    pub notification: Option<NotificationConfig>,
     /// The keys that open the citizens' sealed personal data (for the registry's questions).
     pub keys: streams::crypto::Keys,
 }
@@ -71,6 +74,15 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let notifier = settings.notification.map(|config| {
+        tokio::spawn(notification::run(
+            client.clone(),
+            settings.keys.clone(),
+            config,
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+    });
     let result = reservation::run(
         client,
         ReservationConfig {
@@ -84,12 +96,13 @@ pub async fn run(
     shutdown.cancel();
     let _ = server.await;
     let _ = releaser.await;
-    if let Some(verifier) = verifier {
-        match verifier.await {
+    for (name, task) in [("verification", verifier), ("notification", notifier)] {
+        let Some(task) = task else { continue };
+        match task.await {
             Ok(Err(err)) => {
-                tracing::error!(error = %format!("{err:#}"), "The verification processor stopped.")
+                tracing::error!(processor = name, error = %format!("{err:#}"), "A processor stopped.")
             }
-            Err(err) => tracing::error!(error = %err, "The verification processor panicked."),
+            Err(err) => tracing::error!(processor = name, error = %err, "A processor panicked."),
             Ok(Ok(())) => {}
         }
     }

@@ -23,6 +23,8 @@ pub struct Pipeline {
     pub http: Client,
     /// The registry simulator, when the test verifies registrations.
     pub registry: Option<registry_sim::Registry>,
+    /// The mail and webhook receivers (and their directory), when the test notifies.
+    pub receivers: Option<(receivers::Receivers, tempfile::TempDir)>,
     shutdown: CancellationToken,
 }
 
@@ -52,6 +54,9 @@ pub struct Options {
     pub undecodable_window: bool,
     /// Processor replicas (reservation, verification, claims releaser) beside the first.
     pub processor_replicas: usize,
+    /// Notify citizens through local receivers started with these knobs (no notifications
+    /// unless set).
+    pub receivers: Option<receivers::Knobs>,
 }
 
 impl Pipeline {
@@ -84,6 +89,24 @@ impl Pipeline {
         let (ingest_listener, ingest) = listener();
         let (read_listener, read) = listener();
         let (processor_listener, _) = listener();
+        let receivers = match options.receivers {
+            Some(knobs) => {
+                let dir = tempfile::tempdir().unwrap();
+                let receivers = receivers::Receivers::new(
+                    dir.path().to_owned(),
+                    knobs,
+                    processors::notification::DEVELOPMENT_WEBHOOK_SECRET.into(),
+                )
+                .expect("valid knobs");
+                let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let smtp_port = smtp.local_addr().unwrap().port();
+                let webhook = format!("http://{}", http.local_addr().unwrap());
+                tokio::spawn(receivers.clone().serve(smtp, http, shutdown.clone()));
+                Some(((receivers, dir), smtp_port, webhook))
+            }
+            None => None,
+        };
         let registry = match options.registry {
             Some(knobs) => {
                 let registry = registry_sim::Registry::new(knobs).expect("valid knobs");
@@ -137,6 +160,14 @@ impl Pipeline {
                 }
                 config
             }),
+            notification: receivers.as_ref().map(|(_, smtp, webhook)| {
+                let mut config =
+                    processors::notification::NotificationConfig::development(RegionFilter::All);
+                config.smtp_port = *smtp;
+                config.webhook_url = format!("{webhook}/webhook");
+                config.base_delay = Duration::from_millis(100);
+                config
+            }),
             keys: streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
         };
         ntex::rt::spawn(processors::service::run(
@@ -175,6 +206,7 @@ impl Pipeline {
             read,
             http: Client::new().await,
             registry: registry.map(|(registry, _)| registry),
+            receivers: receivers.map(|(r, _, _)| r),
             shutdown,
         };
         let edge = (!options.undecodable_window).then_some(&pipeline.ingest);

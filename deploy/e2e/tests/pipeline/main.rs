@@ -1,6 +1,7 @@
 //! The pipeline end to end, over HTTP, on real servers: what a citizen and an operator see.
 
 mod helpers;
+mod notification;
 mod verification;
 
 use std::collections::HashSet;

@@ -1,0 +1,102 @@
+//! Notifications end to end, through the local mail and webhook receivers.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// Every decision a citizen should hear of reaches them once per channel: a registration with
+/// an e-mail and a phone, reserved then confirmed, then one put in line and told when it got
+/// the place a cancellation freed. Both receivers fail a share of the attempts; what they
+/// stored is exactly one message per (registration, decision, channel), in the citizen's
+/// language, with the status link's token in the fragment and no national id.
+#[ntex::test]
+async fn each_decision_reaches_the_citizen_once_per_channel_through_failing_providers() {
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs::default()),
+        receivers: Some(receivers::Knobs {
+            smtp_fail_rate: 0.2,
+            webhook_fail_rate: 0.2,
+        }),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("notify", 1).await;
+    let mut first = citizen(5001, "notify");
+    first["phone"] = "+48600100200".into();
+    let (status, a) = p.submit(&first, None).await;
+    assert_eq!(status, 202, "{a}");
+    let (a, a_token) = (
+        a["registration_id"].as_str().unwrap(),
+        a["token"].as_str().unwrap(),
+    );
+    p.wait_status(a, a_token, "confirmed").await;
+    let second = citizen(5002, "notify"); // e-mail only, Polish
+    let (_, b) = p.submit(&second, None).await;
+    let (b, b_token) = (
+        b["registration_id"].as_str().unwrap(),
+        b["token"].as_str().unwrap(),
+    );
+    p.wait_status(b, b_token, "waitlisted").await;
+    let (status, _, _) = p
+        .send(
+            p.http
+                .delete(format!("{}/v1/registrations/{a}", p.ingest))
+                .bearer_auth(a_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    p.wait_status(b, b_token, "confirmed").await;
+
+    // a: reserved, confirmed, cancelled on two channels; b: waitlisted, reserved, confirmed
+    // by e-mail: 9 messages, each stored once however often a delivery was retried.
+    let (receivers, _) = p.receivers.as_ref().unwrap();
+    let counts = testkit::eventually("nine messages stored", Duration::from_secs(60), || async {
+        let c = receivers.counts();
+        (c.smtp.accepted + c.webhook.accepted == 9).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        (counts.smtp.accepted, counts.webhook.accepted),
+        (6, 3),
+        "{counts:?}"
+    );
+    for transport in [&counts.smtp, &counts.webhook] {
+        for (id, c) in &transport.by_notification_id {
+            assert!(c.stored, "{id} was never stored: {c:?}");
+        }
+    }
+    let mails: Vec<String> = std::fs::read_dir(receivers.mail_dir())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(mails.len(), 6);
+    let national_ids = [
+        first["national_id"].as_str().unwrap(),
+        second["national_id"].as_str().unwrap(),
+    ];
+    for mail in &mails {
+        assert!(mail.contains("X-Notification-Id") && mail.contains("X-Registration-Id"));
+        assert!(mail.contains("#registration="), "the status link: {mail}");
+        for national_id in national_ids {
+            assert!(
+                !mail.contains(national_id),
+                "a national id in a message: {mail}"
+            );
+        }
+    }
+    assert!(
+        mails
+            .iter()
+            .filter(|m| m.contains(b))
+            .all(|m| m.contains("Subject: =?utf-8?") || m.contains("Twoj") || m.contains("Jeste")),
+        "b's messages are in Polish"
+    );
+    let hooks = std::fs::read_to_string(receivers.webhook_file()).unwrap();
+    assert_eq!(hooks.lines().count(), 3, "{hooks}");
+    assert!(
+        hooks
+            .lines()
+            .all(|l| l.contains(a) && l.contains("+48600100200"))
+    );
+}
