@@ -17,8 +17,8 @@ use streams::appender::{Appender, Outgoing};
 use streams::claims::ClaimRecord;
 use streams::crypto::Keys;
 use streams::events::{
-    CancellationRequested, CapacitySet, Envelope, Event, PersonalData, RegistrationSubmitted,
-    ReviewRequeued, VerificationFailed, VerificationPassed, WindowSet,
+    CancellationRequested, CapacitySet, Envelope, Event, PersonalData, RecoveryRequested,
+    RegistrationSubmitted, ReviewRequeued, VerificationFailed, VerificationPassed, WindowSet,
 };
 use streams::http::{json as json_response, read_body};
 use streams::model::RegistrationId;
@@ -54,6 +54,8 @@ pub struct Edge {
     pub per_address: Option<Limiter<IpAddr>>,
     /// Per citizen limiter (None when disabled).
     pub per_citizen: Option<Limiter<String>>,
+    /// Per citizen limiter of lost-link recoveries (None when disabled).
+    pub per_recovery: Option<Limiter<String>>,
     /// Admission: one permit per submission being worked on (None when unbounded).
     pub open_submissions: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -72,6 +74,12 @@ impl Edge {
         let per_citizen = NonZeroU32::new(settings.rate_per_citizen)
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))));
         (per_address, per_citizen)
+    }
+
+    /// The per-citizen limiter of lost-link recoveries.
+    pub fn recovery_limiter(settings: &Settings) -> Option<Limiter<String>> {
+        NonZeroU32::new(settings.recoveries_per_hour)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_hour(n))))
     }
 }
 
@@ -552,6 +560,56 @@ pub async fn post_review(req: HttpRequest, payload: Payload, edge: State<Edge>) 
     count(&edge, "review", result)
 }
 
+/// The one answer of `POST /v1/registrations/recover`, whoever asks.
+const RECOVERY_ANSWER: &str =
+    "if a registration matches these details, a fresh link is on its way to the contact on record";
+
+/// `POST /v1/registrations/recover` with `{"national_id", "birth_date"}`: a citizen who lost
+/// their link gets a fresh one, sent only to the contact on record. The answer is the same
+/// `202` whether or not such a registration exists, so it tells nobody who is registered;
+/// limited per citizen (`REG_RECOVERIES_PER_HOUR`).
+pub async fn recover(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        if !is_json(&req) {
+            return Err(EdgeError::NotJson);
+        }
+        let request = validate::parse_recovery(&body, edge.settings.national_id_rule)
+            .map_err(EdgeError::Invalid)?;
+        let citizen_key = edge.keys.citizen_key(&request.national_id);
+        if let Some(limiter) = &edge.per_recovery
+            && let Err(not_until) = limiter.check_key(&citizen_key)
+        {
+            return Err(EdgeError::RateLimited(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ));
+        }
+        let last = streams::claims::last(&edge.js, &citizen_key)
+            .await
+            .map_err(|e| EdgeError::from_append(&e))?;
+        let record = last
+            .as_ref()
+            .and_then(|m| ClaimRecord::decode(&m.payload).ok());
+        if let Some(record) = record {
+            let id = record.latest().clone();
+            let envelope = Envelope::new(
+                id.to_string(),
+                Event::RecoveryRequested(RecoveryRequested {
+                    registration_id: id.clone(),
+                }),
+            );
+            let subject = subjects::intake(&id.region(), IntakeKind::Recover);
+            append(&edge, Outgoing::event(subject, &envelope)).await?;
+        }
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "status": "accepted", "message": RECOVERY_ANSWER }),
+        ))
+    }
+    .await;
+    count(&edge, "recover", result)
+}
+
 /// `GET /readyz`: NATS connected, the intake stream answering, the windows known and no
 /// reader stalled.
 pub async fn readyz(edge: State<Edge>) -> HttpResponse {
@@ -586,6 +644,7 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
 /// The routes of the edge.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/registrations", web::post().to(submit))
+        .route("/v1/registrations/recover", web::post().to(recover))
         .route("/v1/registrations/{id}", web::delete().to(cancel))
         .route("/v1/admin/capacity", web::put().to(put_capacity))
         .route("/v1/admin/windows", web::put().to(put_window))

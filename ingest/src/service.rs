@@ -46,9 +46,10 @@ pub async fn run(
             .follow(js.clone(), metrics.health.clone(), shutdown.clone()),
     );
     let (per_address, per_citizen) = Edge::limiters(&settings);
+    let per_recovery = Edge::recovery_limiter(&settings);
     tokio::spawn(prune_limiters(
         per_address.clone(),
-        per_citizen.clone(),
+        [per_citizen.clone(), per_recovery.clone()],
         shutdown.clone(),
     ));
     let workers = settings.workers.max(1);
@@ -69,16 +70,18 @@ pub async fn run(
         in_flight: Arc::new(Mutex::new(HashSet::new())),
         per_address,
         per_citizen,
+        per_recovery,
         open_submissions,
     };
     streams::http::serve(listener, workers, edge, routes::configure, shutdown).await
 }
 
-/// Forgets, once a minute, every address and citizen whose bucket is full again (they would
+/// Forgets, once a minute, every address and citizen (of the submission and the recovery
+/// limits) whose bucket is full again (they would
 /// be allowed anyway): the limiters hold the recently active, not everyone ever seen.
 async fn prune_limiters(
     per_address: Option<routes::Limiter<std::net::IpAddr>>,
-    per_citizen: Option<routes::Limiter<String>>,
+    per_citizen: [Option<routes::Limiter<String>>; 2],
     shutdown: CancellationToken,
 ) {
     loop {
@@ -90,7 +93,7 @@ async fn prune_limiters(
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        if let Some(limiter) = &per_citizen {
+        for limiter in per_citizen.iter().flatten() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }

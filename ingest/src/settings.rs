@@ -27,6 +27,8 @@ pub struct Settings {
     pub rate_per_address: u32,
     /// Submissions per minute allowed per citizen (0 = unlimited).
     pub rate_per_citizen: u32,
+    /// Lost-link recoveries per hour allowed per citizen (0 = unlimited).
+    pub recoveries_per_hour: u32,
     /// The national id rule.
     pub national_id_rule: NationalIdRule,
     /// Field limits.
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("rate_per_address", &self.rate_per_address)
             .field("rate_per_citizen", &self.rate_per_citizen)
+            .field("recoveries_per_hour", &self.recoveries_per_hour)
             .field("national_id_rule", &self.national_id_rule)
             .field("append_max_batch", &self.append_max_batch)
             .field("append_in_flight", &self.append_in_flight)
@@ -91,6 +94,7 @@ impl Settings {
             max_body_bytes: 16 * 1024,
             rate_per_address: 1000,
             rate_per_citizen: 10,
+            recoveries_per_hour: 3,
             national_id_rule: NationalIdRule::default(),
             limits: Limits::default(),
             append_max_batch: streams::appender::MAX_ATOMIC_BATCH,
@@ -122,6 +126,9 @@ impl Settings {
         }
         if let Some(v) = env_parse("REG_RATE_PER_CITIZEN")? {
             s.rate_per_citizen = v;
+        }
+        if let Some(v) = env_parse("REG_RECOVERIES_PER_HOUR")? {
+            s.recoveries_per_hour = v;
         }
         if let Some(v) = env_parse("REG_NATIONAL_ID_RULE")? {
             s.national_id_rule = v;

@@ -379,6 +379,25 @@ pub fn parse_capacity(body: &[u8]) -> Result<CapacityRequest, FieldError> {
     })
 }
 
+/// A parsed `POST /v1/registrations/recover` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryRequest {
+    /// The national id, checked against the configured rule and the birth date.
+    pub national_id: String,
+}
+
+/// Parses a `POST /v1/registrations/recover` body: `{"national_id", "birth_date"}`, checked
+/// as a submission's are (a typo is a `400`, which says nothing of who is registered).
+pub fn parse_recovery(body: &[u8], rule: NationalIdRule) -> Result<RecoveryRequest, FieldError> {
+    let map = object(body)?;
+    reject_unknown(&map, &["national_id", "birth_date"])?;
+    let national_id = req_str(&map, "national_id")?.to_owned();
+    let birth_date = date(&map, "birth_date")?;
+    national_id::check(rule, &national_id, birth_date)
+        .map_err(|e| FieldError::invalid("national_id", e.to_string()))?;
+    Ok(RecoveryRequest { national_id })
+}
+
 /// An operator's decision on a registration in manual review.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewDecision {
@@ -481,6 +500,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn a_recovery_request_needs_a_valid_national_id_matching_the_birth_date() {
+        let parse = |v: Value| parse_recovery(v.to_string().as_bytes(), NationalIdRule::Pesel);
+        assert_eq!(
+            parse(json!({"national_id": "44051401359", "birth_date": "1944-05-14"}))
+                .unwrap()
+                .national_id,
+            "44051401359"
+        );
+        for (body, field) in [
+            (
+                json!({"national_id": "44051401359", "birth_date": "1944-05-15"}),
+                "national_id",
+            ),
+            (
+                json!({"national_id": "44051401358", "birth_date": "1944-05-14"}),
+                "national_id",
+            ),
+            (json!({"national_id": "44051401359"}), "birth_date"),
+            (
+                json!({"national_id": "44051401359", "birth_date": "1944-05-14", "email": "x"}),
+                "email",
+            ),
+        ] {
+            let err = parse(body.clone()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{body}: {err:?}");
+        }
+    }
 
     #[test]
     fn a_review_decision_is_parsed_strictly() {

@@ -91,6 +91,16 @@ impl ClaimRecord {
         }
     }
 
+    /// The citizen's latest registration: the one held, or the one that ended last.
+    pub fn latest(&self) -> &RegistrationId {
+        match self {
+            ClaimRecord::Held { claim, .. } => &claim.registration_id,
+            ClaimRecord::Released {
+                registration_id, ..
+            } => registration_id,
+        }
+    }
+
     /// The registration this record holds, if it holds one.
     pub fn holder(&self) -> Option<&Claim> {
         match self {

@@ -42,6 +42,8 @@ pub enum Event {
     /// The waiting list of a slot closed: its date passed or its region's window closed
     /// (intake, from the reservation processor's clock).
     WaitlistClosed(WaitlistClosed),
+    /// A citizen who lost their link asked for a fresh one (intake, from the edge).
+    RecoveryRequested(RecoveryRequested),
     /// A slot was reserved for a registration (decision).
     SlotReserved(SlotReserved),
     /// No slot could be given to a registration (decision, terminal).
@@ -56,6 +58,8 @@ pub enum Event {
     ReviewRequired(ReviewRequired),
     /// A registration in manual review goes through verification again (decision).
     VerificationRequeued(VerificationRequeued),
+    /// A fresh status link is to be sent to the contact on record (decision).
+    RecoveryLinkIssued(RecoveryLinkIssued),
     /// A registration holds its slot and is verified (decision, terminal).
     RegistrationConfirmed(RegistrationConfirmed),
     /// A registration was cancelled (decision, terminal).
@@ -79,6 +83,7 @@ impl Event {
             Event::VerificationInconclusive(_) => "VerificationInconclusive",
             Event::ReviewRequeued(_) => "ReviewRequeued",
             Event::WaitlistClosed(_) => "WaitlistClosed",
+            Event::RecoveryRequested(_) => "RecoveryRequested",
             Event::SlotReserved(_) => "SlotReserved",
             Event::SlotRejected(_) => "SlotRejected",
             Event::SlotReleased(_) => "SlotReleased",
@@ -86,6 +91,7 @@ impl Event {
             Event::WaitlistPromoted(_) => "WaitlistPromoted",
             Event::ReviewRequired(_) => "ReviewRequired",
             Event::VerificationRequeued(_) => "VerificationRequeued",
+            Event::RecoveryLinkIssued(_) => "RecoveryLinkIssued",
             Event::RegistrationConfirmed(_) => "RegistrationConfirmed",
             Event::RegistrationCancelled(_) => "RegistrationCancelled",
             Event::NotificationSent(_) => "NotificationSent",
@@ -115,6 +121,8 @@ impl Event {
             Event::WaitlistPromoted(e) => Some(&e.registration_id),
             Event::ReviewRequired(e) => Some(&e.registration_id),
             Event::VerificationRequeued(e) => Some(&e.registration_id),
+            Event::RecoveryRequested(e) => Some(&e.registration_id),
+            Event::RecoveryLinkIssued(e) => Some(&e.registration_id),
             Event::RegistrationConfirmed(e) => Some(&e.registration_id),
             Event::RegistrationCancelled(e) => Some(&e.registration_id),
             Event::NotificationSent(e) => Some(&e.registration_id),
@@ -506,6 +514,27 @@ pub struct VerificationRequeued {
     pub submission_seq: u64,
 }
 
+/// A citizen asked for a fresh status link; the edge found their latest registration by the
+/// keyed citizen key, so this names no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryRequested {
+    /// The citizen's latest registration.
+    pub registration_id: RegistrationId,
+}
+
+/// A fresh status link goes to the contact on record of a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryLinkIssued {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// Its slot.
+    pub slot: SlotKey,
+    /// The intake sequence of the request.
+    pub intake_seq: u64,
+    /// The intake sequence of the registration's submission (the contact).
+    pub submission_seq: u64,
+}
+
 /// A message was delivered to a citizen's provider (the mail server, the webhook gateway).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationSent {
@@ -673,6 +702,9 @@ pub fn samples() -> Vec<Envelope> {
             slot: slot.clone(),
             reason: CloseReason::DatePassed,
         }),
+        Event::RecoveryRequested(RecoveryRequested {
+            registration_id: id.clone(),
+        }),
         Event::SlotReserved(SlotReserved {
             registration_id: id.clone(),
             citizen_key: "5f2b9c0e7a4d1c3b8e6f0a9d2c4b7e1f".into(),
@@ -733,6 +765,12 @@ pub fn samples() -> Vec<Envelope> {
             registration_id: id.clone(),
             slot: slot.clone(),
             intake_seq: 63,
+            submission_seq: 42,
+        }),
+        Event::RecoveryLinkIssued(RecoveryLinkIssued {
+            registration_id: id.clone(),
+            slot: slot.clone(),
+            intake_seq: 70,
             submission_seq: 42,
         }),
         Event::RegistrationCancelled(RegistrationCancelled {

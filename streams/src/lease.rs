@@ -84,6 +84,25 @@ pub async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
         .context("Failed to open the leases bucket")
 }
 
+/// Opens the lease bucket, waiting through a NATS outage (a replica started while
+/// nats-server restarts must not exit); `None` when `shutdown` fires first.
+pub async fn open(js: &jetstream::Context, shutdown: &CancellationToken) -> Option<kv::Store> {
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match bucket(js).await {
+            Ok(store) => return Some(store),
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "The leases bucket cannot be opened yet; trying again.")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
 /// Waits until this replica holds the lease `key` (`holder` names it in the bucket, for
 /// operators), or returns `None` when `shutdown` fires first. Standbys poll four times per
 /// TTL.

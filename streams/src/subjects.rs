@@ -12,8 +12,9 @@
 //! | `reg.intake.<region>.window` | [`INTAKE_STREAM`] | ingest (operators) | `WindowSet` |
 //! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` / `VerificationInconclusive` |
 //! | `reg.intake.<region>.review` | [`INTAKE_STREAM`] | ingest (operators) | `VerificationPassed` / `VerificationFailed` with a reviewer, `ReviewRequeued` |
+//! | `reg.intake.<region>.recover` | [`INTAKE_STREAM`] | ingest (lost-link recovery) | `RecoveryRequested` |
 //! | `reg.intake.<region>.waitlist` | [`INTAKE_STREAM`] | reservation processor (its clock) | `WaitlistClosed` |
-//! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled` |
+//! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled`, `RecoveryLinkIssued` |
 //! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent`, `NotificationFailed` (dead letters) |
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //!
@@ -92,6 +93,8 @@ pub enum IntakeKind {
     Review,
     /// A slot's waiting list closing.
     Waitlist,
+    /// A citizen's request for a fresh status link.
+    Recover,
 }
 
 impl IntakeKind {
@@ -105,6 +108,7 @@ impl IntakeKind {
             IntakeKind::Verification => "verification",
             IntakeKind::Review => "review",
             IntakeKind::Waitlist => "waitlist",
+            IntakeKind::Recover => "recover",
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum Kind {
     ManualReview,
     /// Cancelled.
     Cancelled,
+    /// A fresh link, asked for by a citizen who lost theirs.
+    Recovery,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Rejected(_) => "rejected",
             Kind::ManualReview => "manual_review",
             Kind::Cancelled => "cancelled",
+            Kind::Recovery => "recovery",
         }
     }
 }
@@ -95,6 +98,12 @@ pub fn notice(event: &Event) -> Option<Notice> {
             &e.slot,
             e.submission_seq,
             Kind::Cancelled,
+        ),
+        Event::RecoveryLinkIssued(e) => (
+            &e.registration_id,
+            &e.slot,
+            e.submission_seq,
+            Kind::Recovery,
         ),
         _ => return None,
     };
@@ -178,12 +187,14 @@ fn template(language: &str, kind: Kind) -> &'static str {
         ("pl", Kind::Rejected(_)) => t!("pl", "rejected"),
         ("pl", Kind::ManualReview) => t!("pl", "manual_review"),
         ("pl", Kind::Cancelled) => t!("pl", "cancelled"),
+        ("pl", Kind::Recovery) => t!("pl", "recovery"),
         (_, Kind::Reserved) => t!("en", "reserved"),
         (_, Kind::Waitlisted { .. }) => t!("en", "waitlisted"),
         (_, Kind::Confirmed) => t!("en", "confirmed"),
         (_, Kind::Rejected(_)) => t!("en", "rejected"),
         (_, Kind::ManualReview) => t!("en", "manual_review"),
         (_, Kind::Cancelled) => t!("en", "cancelled"),
+        (_, Kind::Recovery) => t!("en", "recovery"),
     }
 }
 
@@ -308,6 +319,7 @@ mod tests {
                 "WaitlistPromoted",
                 "ReviewRequired",
                 "RegistrationConfirmed",
+                "RecoveryLinkIssued",
                 "RegistrationCancelled"
             ]
         );
@@ -343,6 +355,7 @@ mod tests {
             "SlotRejected",
             "ReviewRequired",
             "RegistrationCancelled",
+            "RecoveryLinkIssued",
         ] {
             for language in ["en", "pl", "de"] {
                 let m = render(&told(kind), language, &link);

@@ -16,9 +16,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use streams::events::{
-    CancellationRequested, CapacitySet, Event, RegistrationCancelled, RegistrationConfirmed,
-    RegistrationWaitlisted, RejectReason, ReleaseReason, ReviewRequired, SlotRejected,
-    SlotReleased, SlotReserved, VerificationRequeued, WaitlistClosed, WaitlistPromoted,
+    CancellationRequested, CapacitySet, Event, RecoveryLinkIssued, RegistrationCancelled,
+    RegistrationConfirmed, RegistrationWaitlisted, RejectReason, ReleaseReason, ReviewRequired,
+    SlotRejected, SlotReleased, SlotReserved, VerificationRequeued, WaitlistClosed,
+    WaitlistPromoted,
 };
 use streams::model::{RegistrationId, SlotKey};
 
@@ -241,6 +242,7 @@ impl State {
                 }
                 self.advance(d.intake_seq);
             }
+            Event::RecoveryLinkIssued(d) => self.advance(d.intake_seq),
             Event::RegistrationCancelled(d) => {
                 self.leave(&d.registration_id);
                 self.restand(&d.registration_id, Standing::Cancelled);
@@ -460,6 +462,17 @@ impl Decisions<'_> {
                         intake_seq: seq,
                         attempts: v.attempts,
                         last_error: v.last_error.clone(),
+                        submission_seq,
+                    }));
+                }
+            }
+            Event::RecoveryRequested(r) => {
+                if let Some(known) = self.state.registrations.get(&r.registration_id) {
+                    let (slot, submission_seq) = (known.slot.clone(), known.submission_seq);
+                    self.take(Event::RecoveryLinkIssued(RecoveryLinkIssued {
+                        registration_id: r.registration_id.clone(),
+                        slot,
+                        intake_seq: seq,
                         submission_seq,
                     }));
                 }

@@ -49,8 +49,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
+    let Some(leases) = lease::open(&js, &shutdown).await else {
+        return Ok(());
+    };
     let worker = Worker {
-        leases: lease::bucket(&js).await?,
+        leases,
         js: js.clone(),
         client,
         holder: format!("reservation-{}", uuid::Uuid::now_v7()),

@@ -585,3 +585,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_recovery_request_issues_a_link_for_a_known_registration_only() {
+    let a = slot("a");
+    let mut s = given(vec![capacity(&a, 1), submitted(1, &a)]);
+    let recover = |n| {
+        Event::RecoveryRequested(RecoveryRequested {
+            registration_id: id(n),
+        })
+    };
+    let then = s.when(recover(1));
+    assert!(
+        matches!(&then[..], [Event::RecoveryLinkIssued(r)] if r.submission_seq == 2 && r.intake_seq == 3),
+        "{then:?}"
+    );
+    assert_eq!(s.when(recover(9)), vec![], "nobody to send it to");
+    assert_eq!(s.state.checkpoint, 3);
+}

@@ -269,6 +269,8 @@ pub fn spawn(
         .env("REG_WAITLIST_PER_SLOT", "0")
         // Nor verification: registrations end at their first decision (reserved or rejected).
         .env("REG_VERIFICATION", "false")
+        // Nor notifications: the harness starts no mail or webhook receivers.
+        .env("REG_NOTIFICATIONS", "false")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),

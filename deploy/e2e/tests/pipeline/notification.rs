@@ -100,3 +100,99 @@ async fn each_decision_reaches_the_citizen_once_per_channel_through_failing_prov
             .all(|l| l.contains(a) && l.contains("+48600100200"))
     );
 }
+
+/// A citizen who lost their link asks for a fresh one with their national id and birth date:
+/// the same `202` whether or not they are registered, a message only to the contact on
+/// record, and a limit per citizen.
+#[ntex::test]
+async fn a_lost_link_is_recovered_only_through_the_contact_on_record() {
+    let p = Pipeline::start_with(Options {
+        receivers: Some(receivers::Knobs::default()),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("recover", 5).await;
+    let known = citizen(6001, "recover");
+    let (_, answer) = p.submit(&known, None).await;
+    let (id, token) = (
+        answer["registration_id"].as_str().unwrap().to_owned(),
+        answer["token"].as_str().unwrap().to_owned(),
+    );
+    p.wait_status(&id, &token, "reserved").await;
+    let (receivers, _) = p.receivers.as_ref().unwrap();
+    let stored = || {
+        let c = receivers.counts();
+        c.smtp.accepted + c.webhook.accepted
+    };
+    testkit::eventually("the reserved message", Duration::from_secs(30), || async {
+        (stored() == 1).then_some(())
+    })
+    .await;
+
+    let ask = |national_id: &str, birth_date: &str| {
+        let body = serde_json::json!({"national_id": national_id, "birth_date": birth_date});
+        let request = p
+            .http
+            .post(format!("{}/v1/registrations/recover", p.ingest))
+            .content_type("application/json");
+        let p = &p;
+        async move { p.send(request, Some(body.to_string().into_bytes())).await }
+    };
+    let (status, _, for_known) = ask(
+        known["national_id"].as_str().unwrap(),
+        known["birth_date"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{for_known}");
+    let link = testkit::eventually("the recovery message", Duration::from_secs(30), || async {
+        let mails: Vec<String> = std::fs::read_dir(receivers.mail_dir())
+            .ok()?
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        mails
+            .into_iter()
+            .find(|m| m.contains("#registration=") && stored() == 2)
+    })
+    .await;
+    assert!(
+        link.contains(&id),
+        "the link opens the citizen's registration"
+    );
+
+    // Someone never registered (a valid PESEL): the same answer, and nothing is sent.
+    let stranger = citizen(6002, "recover");
+    let (status, _, for_stranger) = ask(
+        stranger["national_id"].as_str().unwrap(),
+        stranger["birth_date"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!((status, &for_stranger), (202, &for_known), "no oracle");
+    // A malformed request says which field, and reveals nothing more.
+    let (status, _, body) = ask(stranger["national_id"].as_str().unwrap(), "1999-01-01").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "national_id");
+    // Three recoveries an hour per citizen (the default): the fourth is refused.
+    for _ in 0..2 {
+        let (status, _, _) = ask(
+            known["national_id"].as_str().unwrap(),
+            known["birth_date"].as_str().unwrap(),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let (status, headers, body) = ask(
+        known["national_id"].as_str().unwrap(),
+        known["birth_date"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    // The stranger's request sent nothing: only the known citizen's messages were stored
+    // (reserved, then three recoveries).
+    testkit::eventually("four messages", Duration::from_secs(30), || async {
+        (stored() == 4).then_some(())
+    })
+    .await;
+    let counts = receivers.counts();
+    assert_eq!(counts.smtp.accepted, 4, "{counts:?}");
+}
