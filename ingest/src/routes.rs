@@ -17,8 +17,9 @@ use streams::appender::{Appender, Outgoing};
 use streams::claims::ClaimRecord;
 use streams::crypto::Keys;
 use streams::events::{
-    CancellationRequested, CapacitySet, Envelope, Event, PersonalData, RecoveryRequested,
-    RegistrationSubmitted, ReviewRequeued, VerificationFailed, VerificationPassed, WindowSet,
+    CancellationRequested, CapacitySet, Envelope, Event, NotificationRedriveRequested,
+    PersonalData, RecoveryRequested, RegistrationSubmitted, ReviewRequeued, VerificationFailed,
+    VerificationPassed, WindowSet,
 };
 use streams::http::{json as json_response, read_body};
 use streams::model::RegistrationId;
@@ -560,6 +561,41 @@ pub async fn post_review(req: HttpRequest, payload: Payload, edge: State<Edge>) 
     count(&edge, "review", result)
 }
 
+/// `POST /v1/admin/notifications/redrive`: deliver a dead-lettered message again (on its
+/// channel, under its notification id, so a provider that got it after all keeps one).
+pub async fn post_redrive(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        check_admin(&req, &edge)?;
+        if !is_json(&req) {
+            return Err(EdgeError::NotJson);
+        }
+        let request = validate::parse_redrive(&body).map_err(EdgeError::Invalid)?;
+        let id = request.registration_id.clone();
+        let envelope = Envelope::new(
+            id.to_string(),
+            Event::NotificationRedriveRequested(NotificationRedriveRequested {
+                registration_id: id.clone(),
+                decision_seq: request.decision_seq,
+                channel: request.channel.into(),
+                reviewer: request.reviewer,
+            }),
+        );
+        let subject = subjects::intake(&id.region(), IntakeKind::Redrive);
+        append(&edge, Outgoing::event(subject, &envelope)).await?;
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "registration_id": id,
+                "decision_seq": request.decision_seq,
+                "channel": request.channel,
+            }),
+        ))
+    }
+    .await;
+    count(&edge, "redrive", result)
+}
+
 /// The one answer of `POST /v1/registrations/recover`, whoever asks.
 const RECOVERY_ANSWER: &str =
     "if a registration matches these details, a fresh link is on its way to the contact on record";
@@ -649,6 +685,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/admin/capacity", web::put().to(put_capacity))
         .route("/v1/admin/windows", web::put().to(put_window))
         .route("/v1/admin/reviews/{id}", web::post().to(post_review))
+        .route(
+            "/v1/admin/notifications/redrive",
+            web::post().to(post_redrive),
+        )
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));

@@ -398,6 +398,80 @@ pub fn parse_recovery(body: &[u8], rule: NationalIdRule) -> Result<RecoveryReque
     Ok(RecoveryRequest { national_id })
 }
 
+/// A parsed `POST /v1/admin/notifications/redrive` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveRequest {
+    /// The registration.
+    pub registration_id: streams::model::RegistrationId,
+    /// The decisions-stream sequence of the decision whose message is re-driven.
+    pub decision_seq: u64,
+    /// `email` or `webhook`.
+    pub channel: &'static str,
+    /// Who, and why.
+    pub reviewer: Reviewer,
+}
+
+/// Parses `{"registration_id", "decision_seq", "channel", "operator", "note"}` (as a dead
+/// letter in `GET /v1/admin/notifications/dead-letters` names them).
+pub fn parse_redrive(body: &[u8]) -> Result<RedriveRequest, FieldError> {
+    let map = object(body)?;
+    reject_unknown(
+        &map,
+        &[
+            "registration_id",
+            "decision_seq",
+            "channel",
+            "operator",
+            "note",
+        ],
+    )?;
+    let registration_id = streams::model::RegistrationId::parse(req_str(&map, "registration_id")?)
+        .map_err(|e| FieldError::invalid("registration_id", e.0))?;
+    let decision_seq = match map.get("decision_seq") {
+        None | Some(Value::Null) => return Err(FieldError::missing("decision_seq")),
+        Some(v) => v.as_u64().filter(|s| *s > 0).ok_or_else(|| {
+            FieldError::invalid(
+                "decision_seq",
+                "decision_seq must be a positive whole number",
+            )
+        })?,
+    };
+    let channel = match req_str(&map, "channel")? {
+        "email" => "email",
+        "webhook" => "webhook",
+        _ => {
+            return Err(FieldError::invalid(
+                "channel",
+                "channel must be email or webhook",
+            ));
+        }
+    };
+    Ok(RedriveRequest {
+        registration_id,
+        decision_seq,
+        channel,
+        reviewer: reviewer(&map)?,
+    })
+}
+
+/// The operator and note every operator decision carries.
+fn reviewer(map: &Map<String, Value>) -> Result<Reviewer, FieldError> {
+    let text = |field: &str, max: usize| -> Result<String, FieldError> {
+        let value = req_str(map, field)?.trim();
+        if value.is_empty() || value.chars().count() > max || has_control(value) {
+            return Err(FieldError::invalid(
+                field,
+                format!("{field} must be 1 to {max} characters, without control characters"),
+            ));
+        }
+        Ok(value.to_owned())
+    };
+    Ok(Reviewer {
+        operator: text("operator", 64)?,
+        note: text("note", 500)?,
+    })
+}
+
 /// An operator's decision on a registration in manual review.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReviewDecision {
@@ -424,20 +498,7 @@ pub struct ReviewRequest {
 pub fn parse_review(body: &[u8]) -> Result<ReviewRequest, FieldError> {
     let map = object(body)?;
     reject_unknown(&map, &["decision", "reason", "operator", "note"])?;
-    let text = |field: &str, max: usize| -> Result<String, FieldError> {
-        let value = req_str(&map, field)?.trim();
-        if value.is_empty() || value.chars().count() > max || has_control(value) {
-            return Err(FieldError::invalid(
-                field,
-                format!("{field} must be 1 to {max} characters, without control characters"),
-            ));
-        }
-        Ok(value.to_owned())
-    };
-    let reviewer = Reviewer {
-        operator: text("operator", 64)?,
-        note: text("note", 500)?,
-    };
+    let reviewer = reviewer(&map)?;
     let reason = opt_str(&map, "reason")?;
     let decision = match (req_str(&map, "decision")?, reason) {
         ("approve", None) => ReviewDecision::Approve,

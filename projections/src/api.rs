@@ -249,11 +249,27 @@ pub async fn reviews(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
             }
         },
     };
-    match reader
-        .store
-        .reviews(region.as_ref().map(|r| r.as_str()))
-        .await
-    {
+    listing(
+        reader
+            .store
+            .reviews(region.as_ref().map(|r| r.as_str()))
+            .await,
+        "manual reviews",
+    )
+}
+
+/// `GET /v1/admin/notifications/dead-letters`: the messages that could not be delivered and
+/// were not re-driven since, oldest first. Operators only.
+pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
+        return streams::http::operator_refused(refusal);
+    }
+    listing(reader.store.dead_letters().await, "dead letters")
+}
+
+/// An operator's listing: never cached; `503` when the store cannot answer.
+fn listing(rows: anyhow::Result<Vec<Value>>, what: &str) -> HttpResponse {
+    match rows {
         Ok(rows) => {
             let mut response = json_response(StatusCode::OK, &rows);
             response
@@ -262,7 +278,7 @@ pub async fn reviews(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
             response
         }
         Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "The manual-review list could not be read.");
+            tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -292,6 +308,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
         .route("/v1/admin/reviews", web::get().to(reviews))
+        .route(
+            "/v1/admin/notifications/dead-letters",
+            web::get().to(dead_letters),
+        )
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));

@@ -5,6 +5,7 @@
 //!   waiting registration its place in line (`line_seq`), from which its position is counted;
 //! - `slot:[region, location, date]` — capacity (from intake), reserved and waiting (from
 //!   decisions);
+//! - `dead_letter:⟨notification id⟩` — messages that could not be delivered, until re-driven;
 //! - `checkpoint:⟨stream⟩` — the last stream sequence applied.
 //!
 //! A batch of events and its checkpoint are written in one transaction, so each stream
@@ -54,6 +55,7 @@ const SCHEMA: &str = "
 DEFINE TABLE IF NOT EXISTS registration SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS slot SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS checkpoint SCHEMALESS;
+DEFINE TABLE IF NOT EXISTS dead_letter SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS slot_region ON slot FIELDS region, location, date;
 DEFINE INDEX IF NOT EXISTS registration_status ON registration FIELDS status, region, location, date;
 ";
@@ -79,6 +81,9 @@ struct Op {
     /// A waiting registration's place in line (its submission's intake sequence).
     #[serde(skip_serializing_if = "Option::is_none")]
     line_seq: Option<u64>,
+    /// A dead letter's row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    row: Option<Value>,
     at: String,
     seq: u64,
 }
@@ -112,6 +117,12 @@ FOR $e IN $counts {
         capacity = capacity ?? $e.capacity, reserved = $e.reserved ?? reserved ?? 0,
         waiting = $e.waiting ?? waiting ?? 0, updated_at = $e.at;
 };
+FOR $d IN $dead {
+    UPSERT type::record('dead_letter', $d.notification_id) CONTENT $d;
+};
+FOR $n IN $delivered {
+    DELETE type::record('dead_letter', $n);
+};
 UPSERT type::record('checkpoint', $stream) SET seq = $seq;
 COMMIT TRANSACTION;
 ";
@@ -129,6 +140,10 @@ struct Grouped {
     statuses: Vec<Op>,
     capacities: Vec<Op>,
     counts: Vec<Op>,
+    /// Dead letters (undeliverable messages), then the notifications delivered since (a
+    /// re-drive), whose dead letters go.
+    dead: Vec<Value>,
+    delivered: Vec<String>,
 }
 
 /// Appends `op` to `list`, or folds it into the change already there for `key`.
@@ -184,6 +199,8 @@ fn group(ops: Vec<Op>) -> Grouped {
                     },
                 );
             }
+            "dead" => grouped.dead.extend(op.row),
+            "delivered" => grouped.delivered.extend(op.id),
             _ => grouped.received.push(op),
         }
     }
@@ -239,6 +256,7 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         reserved: None,
         waiting: None,
         line_seq: None,
+        row: None,
         at: at.clone(),
         seq,
     };
@@ -315,6 +333,18 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         Event::RegistrationConfirmed(e) => {
             vec![status(&e.registration_id, &e.slot, Status::Confirmed, None)]
         }
+        Event::NotificationFailed(e) => vec![Op {
+            row: Some(json!({
+                "notification_id": e.notification_id, "registration_id": e.registration_id,
+                "channel": e.channel, "template": e.template, "decision_seq": e.decision_seq,
+                "attempts": e.attempts, "last_error": e.last_error, "at": at,
+            })),
+            ..base("dead")
+        }],
+        Event::NotificationSent(e) => vec![Op {
+            id: Some(e.notification_id.clone()),
+            ..base("delivered")
+        }],
         Event::RegistrationCancelled(e) => {
             let mut ops = vec![status(&e.registration_id, &e.slot, Status::Cancelled, None)];
             if e.waiting.is_some() {
@@ -390,6 +420,8 @@ impl Store {
                 "statuses": statuses,
                 "capacities": grouped.capacities,
                 "counts": grouped.counts,
+                "dead": grouped.dead,
+                "delivered": grouped.delivered,
                 "stream": stream,
                 "expected": expected,
                 "seq": last_seq,
@@ -486,6 +518,22 @@ impl Store {
         Ok(Some(Value::Object(row)))
     }
 
+    /// The undeliverable messages (dead letters) not re-driven since, oldest first.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<Value>> {
+        let mut response = self
+            .db
+            .query(format!(
+                "SELECT notification_id, registration_id, channel, template, decision_seq, \
+                 attempts, last_error, at FROM dead_letter ORDER BY at LIMIT {MAX_REVIEWS_LISTED}"
+            ))
+            .await
+            .context("Failed to list the dead letters")?;
+        let rows: Vec<Value> = response
+            .take(0)
+            .context("Failed to list the dead letters")?;
+        Ok(rows)
+    }
+
     /// The registrations in manual review, oldest first, optionally of one region.
     pub async fn reviews(&self, region: Option<&str>) -> anyhow::Result<Vec<Value>> {
         let filter = if region.is_some() {
@@ -530,6 +578,7 @@ mod tests {
             reserved: (kind == "counts").then_some(value),
             waiting: None,
             line_seq: None,
+            row: None,
             at: format!("t{seq}"),
             seq,
         }
@@ -588,9 +637,38 @@ mod tests {
                 "ReviewRequired",
                 "VerificationRequeued",
                 "RegistrationConfirmed",
-                "RegistrationCancelled"
+                "RegistrationCancelled",
+                "NotificationSent",
+                "NotificationFailed"
             ]
         );
+    }
+
+    /// Every event of the contract, applied to a fresh store in one batch: no kind of change
+    /// may fail on an empty database (a delete from a table nothing wrote to yet did once).
+    #[tokio::test]
+    async fn every_event_applies_to_a_fresh_store() {
+        let store = Store::open(&StoreOptions {
+            endpoint: "mem://".into(),
+            credentials: None,
+        })
+        .await
+        .unwrap();
+        let batch: Vec<(u64, Envelope)> = streams::events::samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect();
+        // Each kind alone first, then all together.
+        for (seq, event) in &batch {
+            store
+                .apply(event.event.event_type(), &[(*seq, event.clone())], 0, *seq)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", event.event.event_type()));
+        }
+        let last = batch.len() as u64;
+        store.apply("S", &batch, 0, last).await.unwrap();
+        assert_eq!(store.checkpoint("S").await.unwrap(), last);
     }
 
     /// Two workers projecting one stream into one database: the one that read an older

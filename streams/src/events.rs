@@ -44,6 +44,8 @@ pub enum Event {
     WaitlistClosed(WaitlistClosed),
     /// A citizen who lost their link asked for a fresh one (intake, from the edge).
     RecoveryRequested(RecoveryRequested),
+    /// An operator asked to deliver a dead-lettered message again (intake, from the edge).
+    NotificationRedriveRequested(NotificationRedriveRequested),
     /// A slot was reserved for a registration (decision).
     SlotReserved(SlotReserved),
     /// No slot could be given to a registration (decision, terminal).
@@ -84,6 +86,7 @@ impl Event {
             Event::ReviewRequeued(_) => "ReviewRequeued",
             Event::WaitlistClosed(_) => "WaitlistClosed",
             Event::RecoveryRequested(_) => "RecoveryRequested",
+            Event::NotificationRedriveRequested(_) => "NotificationRedriveRequested",
             Event::SlotReserved(_) => "SlotReserved",
             Event::SlotRejected(_) => "SlotRejected",
             Event::SlotReleased(_) => "SlotReleased",
@@ -122,6 +125,7 @@ impl Event {
             Event::ReviewRequired(e) => Some(&e.registration_id),
             Event::VerificationRequeued(e) => Some(&e.registration_id),
             Event::RecoveryRequested(e) => Some(&e.registration_id),
+            Event::NotificationRedriveRequested(e) => Some(&e.registration_id),
             Event::RecoveryLinkIssued(e) => Some(&e.registration_id),
             Event::RegistrationConfirmed(e) => Some(&e.registration_id),
             Event::RegistrationCancelled(e) => Some(&e.registration_id),
@@ -522,6 +526,20 @@ pub struct RecoveryRequested {
     pub registration_id: RegistrationId,
 }
 
+/// An operator asked to deliver a dead-lettered message again (the provider is back, the
+/// address was fixed at the provider's side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationRedriveRequested {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// The decisions-stream sequence of the decision the message tells of.
+    pub decision_seq: u64,
+    /// `email` or `webhook`.
+    pub channel: String,
+    /// Who, and why.
+    pub reviewer: Reviewer,
+}
+
 /// A fresh status link goes to the contact on record of a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryLinkIssued {
@@ -704,6 +722,15 @@ pub fn samples() -> Vec<Envelope> {
         }),
         Event::RecoveryRequested(RecoveryRequested {
             registration_id: id.clone(),
+        }),
+        Event::NotificationRedriveRequested(NotificationRedriveRequested {
+            registration_id: id.clone(),
+            decision_seq: 18,
+            channel: "webhook".into(),
+            reviewer: Reviewer {
+                operator: "a.nowak".into(),
+                note: "the gateway is back".into(),
+            },
         }),
         Event::SlotReserved(SlotReserved {
             registration_id: id.clone(),

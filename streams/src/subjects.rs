@@ -12,6 +12,7 @@
 //! | `reg.intake.<region>.window` | [`INTAKE_STREAM`] | ingest (operators) | `WindowSet` |
 //! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` / `VerificationInconclusive` |
 //! | `reg.intake.<region>.review` | [`INTAKE_STREAM`] | ingest (operators) | `VerificationPassed` / `VerificationFailed` with a reviewer, `ReviewRequeued` |
+//! | `reg.intake.<region>.redrive` | [`INTAKE_STREAM`] | ingest (operators) | `NotificationRedriveRequested` |
 //! | `reg.intake.<region>.recover` | [`INTAKE_STREAM`] | ingest (lost-link recovery) | `RecoveryRequested` |
 //! | `reg.intake.<region>.waitlist` | [`INTAKE_STREAM`] | reservation processor (its clock) | `WaitlistClosed` |
 //! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled`, `RecoveryLinkIssued` |
@@ -95,6 +96,8 @@ pub enum IntakeKind {
     Waitlist,
     /// A citizen's request for a fresh status link.
     Recover,
+    /// An operator's request to deliver a dead letter again.
+    Redrive,
 }
 
 impl IntakeKind {
@@ -109,6 +112,7 @@ impl IntakeKind {
             IntakeKind::Review => "review",
             IntakeKind::Waitlist => "waitlist",
             IntakeKind::Recover => "recover",
+            IntakeKind::Redrive => "redrive",
         }
     }
 }
@@ -175,6 +179,11 @@ pub fn verification_consumer(region: &Region) -> String {
 /// Name of the durable consumer the notification processor's replicas share for `region`.
 pub fn notification_consumer(region: &Region) -> String {
     format!("notification_{region}")
+}
+
+/// Name of the durable consumer of operators' re-drive requests for `region`.
+pub fn redrive_consumer(region: &Region) -> String {
+    format!("notification_redrive_{region}")
 }
 
 /// Name of the durable consumer a projection worker uses on `stream`.

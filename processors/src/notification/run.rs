@@ -21,7 +21,7 @@ use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
 use streams::events::{Envelope, Event, NotificationFailed, NotificationSent};
 use streams::regions;
-use streams::subjects::{self, RegionFilter};
+use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{self, Channel, Notice};
@@ -77,6 +77,29 @@ impl NotificationConfig {
 /// The webhook secret used when `REG_WEBHOOK_SECRET` is unset (development mode only).
 pub const DEVELOPMENT_WEBHOOK_SECRET: &str = "dev-webhook-secret";
 
+/// One attempt to deliver a decision's messages.
+struct Round {
+    decision_seq: u64,
+    decided_at: chrono::DateTime<chrono::Utc>,
+    /// Deliveries of the record being handled (the decision, or the re-drive request).
+    attempts: u64,
+    /// Only this channel (a re-drive), or every channel the contact allows.
+    only: Option<Channel>,
+    /// The re-drive request's sequence, when this is one: its dead letter is recorded again
+    /// (one per decision, plus one per failed re-drive).
+    redrive_seq: Option<u64>,
+}
+
+impl Round {
+    /// The dead letter's message id for the notification `nid`.
+    fn dead_id(&self, nid: &str) -> String {
+        match self.redrive_seq {
+            None => format!("dead.{nid}"),
+            Some(seq) => format!("dead.{nid}.{seq}"),
+        }
+    }
+}
+
 struct Notifier {
     js: jetstream::Context,
     keys: Keys,
@@ -129,12 +152,30 @@ pub async fn run(
             },
             concurrency: config.concurrency,
         };
+        let redrives = DurableSpec {
+            name: subjects::redrive_consumer(&region),
+            stream: subjects::INTAKE_STREAM,
+            consumer: pull::Config {
+                filter_subject: subjects::intake(&region, IntakeKind::Redrive),
+                ack_wait: config.timeout * 4,
+                ..Default::default()
+            },
+            concurrency: 4,
+        };
         async move {
-            let step = |record: Decoded| {
+            let js = notifier.js.clone();
+            let decisions = |record: Decoded| {
                 let notifier = notifier.clone();
                 async move { notifier.handle(record).await }
             };
-            consume::run_durable(&notifier.js.clone(), &spec, step, &health, &shutdown).await
+            let redrive = |record: Decoded| {
+                let notifier = notifier.clone();
+                async move { notifier.redrive(record).await }
+            };
+            tokio::join!(
+                consume::run_durable(&js, &spec, decisions, &health, &shutdown),
+                consume::run_durable(&js, &redrives, redrive, &health, &shutdown),
+            );
         }
     })
     .await;
@@ -146,14 +187,75 @@ impl Notifier {
         let Some(notice) = decide::notice(&record.envelope.event) else {
             return Outcome::Done;
         };
-        let outcome = self.notify(&notice, &record).await;
+        let round = Round {
+            decision_seq: record.seq,
+            decided_at: record.envelope.occurred_at,
+            attempts: record.delivered,
+            only: None,
+            redrive_seq: None,
+        };
+        let outcome = self.notify(&notice, &round).await;
         if outcome == Outcome::Done {
             self.delivered.lock().expect("lock").remove(&record.seq);
         }
         outcome
     }
 
-    async fn notify(&self, notice: &Notice, record: &Decoded) -> Outcome {
+    /// An operator's re-drive: the decision's message on one channel, under its id.
+    async fn redrive(&self, record: Decoded) -> Outcome {
+        let Event::NotificationRedriveRequested(request) = &record.envelope.event else {
+            return Outcome::Done;
+        };
+        let channel = match request.channel.as_str() {
+            "email" => Channel::Email,
+            "webhook" => Channel::Webhook,
+            other => {
+                tracing::warn!(
+                    channel = other,
+                    "A re-drive names no known channel; ignored."
+                );
+                return Outcome::Done;
+            }
+        };
+        let decision = match self.decision(request.decision_seq).await {
+            Ok(decision) => decision,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "A re-driven decision could not be read; trying again.");
+                return Outcome::Retry(Duration::from_secs(1));
+            }
+        };
+        let notice = decide::notice(&decision.event)
+            .filter(|n| n.registration_id == request.registration_id);
+        let Some(notice) = notice else {
+            tracing::warn!(registration_id = %request.registration_id, decision_seq = request.decision_seq, "A re-drive names a decision with no message for that registration; ignored.");
+            return Outcome::Done;
+        };
+        tracing::info!(registration_id = %notice.registration_id, operator = %request.reviewer.operator, channel = channel.as_str(), "Re-driving a dead letter.");
+        let round = Round {
+            decision_seq: request.decision_seq,
+            decided_at: decision.occurred_at,
+            attempts: record.delivered,
+            only: Some(channel),
+            redrive_seq: Some(record.seq),
+        };
+        self.notify(&notice, &round).await
+    }
+
+    /// The decision at `seq` of the decisions stream.
+    async fn decision(&self, seq: u64) -> anyhow::Result<Envelope> {
+        let stream = self
+            .js
+            .get_stream_no_info(subjects::DECISIONS_STREAM)
+            .await
+            .context("Failed to open the decisions stream")?;
+        let message = stream
+            .direct_get(seq)
+            .await
+            .with_context(|| format!("Failed to read decision {seq}"))?;
+        Envelope::decode(&message.payload).context("Failed to decode a decision")
+    }
+
+    async fn notify(&self, notice: &Notice, round: &Round) -> Outcome {
         let id = &notice.registration_id;
         let (_, submission) = match crate::submission::read(&self.js, notice.submission_seq, id)
             .await
@@ -172,11 +274,15 @@ impl Notifier {
         let message = decide::render(notice, &submission.language, &link);
         let template = notice.kind.template();
         let mut failures = Vec::new();
-        for channel in decide::channels(personal.email.as_deref(), personal.phone.as_deref()) {
-            if self.already(record.seq, channel) {
+        let channels = decide::channels(personal.email.as_deref(), personal.phone.as_deref());
+        for channel in channels
+            .into_iter()
+            .filter(|c| round.only.is_none_or(|only| only == *c))
+        {
+            if round.only.is_none() && self.already(round.decision_seq, channel) {
                 continue;
             }
-            let nid = decide::notification_id(id, record.seq, channel);
+            let nid = decide::notification_id(id, round.decision_seq, channel);
             let sent = match channel {
                 Channel::Email => {
                     let to = personal.email.as_deref().unwrap_or_default();
@@ -193,7 +299,7 @@ impl Notifier {
                         .sent
                         .with_label_values(&[channel.as_str()])
                         .inc();
-                    let since = (chrono::Utc::now() - record.envelope.occurred_at)
+                    let since = (chrono::Utc::now() - round.decided_at)
                         .to_std()
                         .unwrap_or_default();
                     self.metrics
@@ -204,7 +310,7 @@ impl Notifier {
                         registration_id: id.clone(),
                         channel: channel.as_str().into(),
                         template: template.into(),
-                        decision_seq: record.seq,
+                        decision_seq: round.decision_seq,
                     });
                     if let Err(err) = self.record(notice, &nid, sent).await {
                         // Delivered, not yet recorded: the retry delivers under the same id,
@@ -215,14 +321,14 @@ impl Notifier {
                     self.delivered
                         .lock()
                         .expect("lock")
-                        .entry(record.seq)
+                        .entry(round.decision_seq)
                         .or_default()
                         .insert(channel);
                 }
                 Err(err) => failures.push((channel, nid, err)),
             }
         }
-        self.after_failures(notice, record, failures).await
+        self.after_failures(notice, round, failures).await
     }
 
     fn already(&self, seq: u64, channel: Channel) -> bool {
@@ -238,13 +344,13 @@ impl Notifier {
     async fn after_failures(
         &self,
         notice: &Notice,
-        record: &Decoded,
+        round: &Round,
         failures: Vec<(Channel, String, SendError)>,
     ) -> Outcome {
         if failures.is_empty() {
             return Outcome::Done;
         }
-        let attempts = u32::try_from(record.delivered).unwrap_or(u32::MAX);
+        let attempts = u32::try_from(round.attempts).unwrap_or(u32::MAX);
         let spent = attempts >= self.config.max_attempts;
         let mut retry = None::<Duration>;
         for (channel, nid, err) in failures {
@@ -265,11 +371,11 @@ impl Notifier {
                 registration_id: notice.registration_id.clone(),
                 channel: channel.as_str().into(),
                 template: notice.kind.template().into(),
-                decision_seq: record.seq,
+                decision_seq: round.decision_seq,
                 attempts,
                 last_error: err.message.clone(),
             });
-            if let Err(err) = self.record(notice, &format!("dead.{nid}"), failed).await {
+            if let Err(err) = self.record(notice, &round.dead_id(&nid), failed).await {
                 tracing::warn!(error = %format!("{err:#}"), "A dead letter could not be recorded; trying again.");
                 return Outcome::Retry(Duration::from_secs(1));
             }
@@ -281,7 +387,7 @@ impl Notifier {
             self.delivered
                 .lock()
                 .expect("lock")
-                .entry(record.seq)
+                .entry(round.decision_seq)
                 .or_default()
                 .insert(channel);
         }

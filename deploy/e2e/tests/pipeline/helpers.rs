@@ -57,6 +57,8 @@ pub struct Options {
     /// Notify citizens through local receivers started with these knobs (no notifications
     /// unless set).
     pub receivers: Option<receivers::Knobs>,
+    /// Delivery attempts before a message is dead-lettered (10 unless set).
+    pub notify_max_attempts: Option<u32>,
 }
 
 impl Pipeline {
@@ -166,6 +168,9 @@ impl Pipeline {
                 config.smtp_port = *smtp;
                 config.webhook_url = format!("{webhook}/webhook");
                 config.base_delay = Duration::from_millis(100);
+                if let Some(attempts) = options.notify_max_attempts {
+                    config.max_attempts = attempts;
+                }
                 config
             }),
             keys: streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),

@@ -196,3 +196,81 @@ async fn a_lost_link_is_recovered_only_through_the_contact_on_record() {
     let counts = receivers.counts();
     assert_eq!(counts.smtp.accepted, 4, "{counts:?}");
 }
+
+/// A provider that keeps failing: the message is dead-lettered after the attempts, listed for
+/// operators, and re-driven once the provider is back, arriving once.
+#[ntex::test]
+async fn an_undeliverable_message_is_dead_lettered_listed_and_redriven_once() {
+    let p = Pipeline::start_with(Options {
+        receivers: Some(receivers::Knobs {
+            smtp_fail_rate: 1.0,
+            webhook_fail_rate: 0.0,
+        }),
+        notify_max_attempts: Some(3),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("dead", 5).await;
+    let (_, answer) = p.submit(&citizen(7001, "dead"), None).await;
+    let id = answer["registration_id"].as_str().unwrap().to_owned();
+    let list_url = format!("{}/v1/admin/notifications/dead-letters", p.read);
+    let (status, _, _) = p.send(p.http.get(&list_url), None).await;
+    assert_eq!(status, 401);
+    let dead = testkit::eventually("a dead letter", Duration::from_secs(60), || async {
+        let (status, _, body) = p.send(p.http.get(&list_url).bearer_auth(ADMIN), None).await;
+        (status == 200 && body.as_array().is_some_and(|a| a.len() == 1)).then_some(body[0].clone())
+    })
+    .await;
+    assert_eq!(dead["registration_id"], id.as_str(), "{dead}");
+    assert_eq!(
+        (dead["channel"].as_str(), dead["attempts"].as_u64()),
+        (Some("email"), Some(3))
+    );
+    let (receivers, _) = p.receivers.as_ref().unwrap();
+    assert_eq!(receivers.counts().smtp.accepted, 0);
+
+    // The provider is back; an operator re-drives the dead letter.
+    receivers
+        .set_knobs(receivers::Knobs {
+            smtp_fail_rate: 0.0,
+            webhook_fail_rate: 0.0,
+        })
+        .unwrap();
+    let body = serde_json::json!({
+        "registration_id": id, "decision_seq": dead["decision_seq"], "channel": "email",
+        "operator": "a.nowak", "note": "the mail relay is back",
+    });
+    let redrive = format!("{}/v1/admin/notifications/redrive", p.ingest);
+    let (status, _, answer) = p
+        .send(
+            p.http.post(&redrive).content_type("application/json"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    let (status, _, answer) = p
+        .send(
+            p.http
+                .post(&redrive)
+                .bearer_auth(ADMIN)
+                .content_type("application/json"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    testkit::eventually("the re-driven message", Duration::from_secs(30), || async {
+        (receivers.counts().smtp.accepted == 1).then_some(())
+    })
+    .await;
+    testkit::eventually("the dead letter gone", Duration::from_secs(30), || async {
+        let (_, _, body) = p.send(p.http.get(&list_url).bearer_auth(ADMIN), None).await;
+        (body == serde_json::json!([])).then_some(())
+    })
+    .await;
+    let counts = receivers.counts();
+    assert_eq!(
+        (counts.smtp.accepted, counts.smtp.duplicates),
+        (1, 0),
+        "{counts:?}"
+    );
+}
