@@ -37,6 +37,8 @@ fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
         "times a slot went over capacity",
         "times a citizen held two slots",
         "decisions differing from the in-order model",
+        "messages missing",
+        "messages nothing called for",
     ] {
         let line = stdout
             .lines()

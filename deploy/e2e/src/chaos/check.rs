@@ -30,12 +30,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn count(&mut self, name: &'static str, value: impl TryInto<u64>) {
+    pub(crate) fn count(&mut self, name: &'static str, value: impl TryInto<u64>) {
         self.counts
             .push((name, value.try_into().unwrap_or(u64::MAX)));
     }
 
-    fn violation(&mut self, line: String) {
+    pub(crate) fn violation(&mut self, line: String) {
         self.violations.push(line);
     }
 
@@ -499,4 +499,81 @@ async fn check_projection(
     for line in wrong.into_iter().take(10) {
         verdict.violation(line);
     }
+}
+
+/// Every message the decisions log calls for reached the receivers exactly once: the stored
+/// notification ids are exactly the ones the log implies (one per decision a citizen is told
+/// of and channel; every chaos citizen gives an e-mail address and a phone), however many
+/// deliveries the failing receivers and the killed replicas caused.
+pub async fn check_notifications(
+    verdict: &mut Verdict,
+    nats: &testkit::NatsServer,
+    receivers: &receivers::Receivers,
+) -> anyhow::Result<()> {
+    use processors::notification::decide::{Channel, notice, notification_id};
+    let client = async_nats::connect(nats.url())
+        .await
+        .context("Failed to connect to nats-server for the checks")?;
+    let js = async_nats::jetstream::new(client);
+    let (log, _) = read_decisions(&js).await?;
+    let expected = |channel| -> HashSet<String> {
+        log.iter()
+            .filter_map(|(seq, event)| {
+                notice(event).map(|n| notification_id(&n.registration_id, *seq, channel))
+            })
+            .collect()
+    };
+    let (mail, texts) = (expected(Channel::Email), expected(Channel::Webhook));
+    let stored = |t: &receivers::TransportCounts| -> HashSet<String> {
+        t.by_notification_id
+            .iter()
+            .filter(|(_, c)| c.stored)
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let counts = loop {
+        let counts = receivers.counts();
+        let done =
+            mail.is_subset(&stored(&counts.smtp)) && texts.is_subset(&stored(&counts.webhook));
+        if done || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut missing = 0;
+    let mut unexpected = 0;
+    for (want, transport) in [(&mail, &counts.smtp), (&texts, &counts.webhook)] {
+        let got = stored(transport);
+        missing += want.difference(&got).count();
+        unexpected += got.difference(want).count();
+    }
+    verdict.count("messages the decisions call for", mail.len() + texts.len());
+    verdict.count(
+        "  e-mails stored at the mail receiver",
+        stored(&counts.smtp).len(),
+    );
+    verdict.count(
+        "  texts stored at the webhook receiver",
+        stored(&counts.webhook).len(),
+    );
+    verdict.count(
+        "  deliveries refused by the receivers' failures",
+        counts.smtp.failed_by_knob + counts.webhook.failed_by_knob,
+    );
+    verdict.count(
+        "  repeated deliveries the receivers recognised",
+        counts.smtp.duplicates + counts.webhook.duplicates,
+    );
+    verdict.count("  messages missing", missing);
+    verdict.count("  messages nothing called for", unexpected);
+    if missing > 0 {
+        verdict.violation(format!("{missing} messages never reached the citizen"));
+    }
+    if unexpected > 0 {
+        verdict.violation(format!(
+            "{unexpected} messages were sent that no decision called for"
+        ));
+    }
+    Ok(())
 }

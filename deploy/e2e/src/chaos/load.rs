@@ -235,6 +235,7 @@ pub fn registration(citizen: u32, slot: &SlotKey) -> Value {
         "full_name": format!("Obywatel {citizen}"),
         "birth_date": birth,
         "email": format!("citizen{citizen}@example.pl"),
+        "phone": format!("+48{:09}", 500_000_000 + citizen),
         "region": slot.region,
         "location": slot.location,
         "date": slot.date,

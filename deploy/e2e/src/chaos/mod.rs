@@ -50,6 +50,10 @@ pub struct Options {
     /// Where the service binaries' logs go (a temporary directory when unset).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// Share of deliveries the local mail and webhook receivers refuse (temporarily), so
+    /// retries are exercised while replicas are killed.
+    #[arg(long, default_value_t = 0.2)]
+    pub mail_fail_rate: f64,
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -109,7 +113,35 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     println!("chaos: logs in {}", log_dir.display());
 
     let mut nats = testkit::NatsServer::start();
-    let mut system = services::System::start(&nats.url(), &log_dir, options.replicas).await?;
+    // The citizens' mail and text messages go to local receivers that refuse a share of the
+    // deliveries.
+    let receivers = receivers::Receivers::new(
+        log_dir.join("receivers"),
+        receivers::Knobs {
+            smtp_fail_rate: options.mail_fail_rate,
+            webhook_fail_rate: options.mail_fail_rate,
+        },
+        processors::notification::DEVELOPMENT_WEBHOOK_SECRET.into(),
+    )?;
+    let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let notify_env = vec![
+        ("REG_NOTIFICATIONS".to_owned(), "true".to_owned()),
+        (
+            "REG_SMTP_ADDRESS".to_owned(),
+            smtp.local_addr()?.to_string(),
+        ),
+        (
+            "REG_WEBHOOK_URL".to_owned(),
+            format!("http://{}/webhook", http.local_addr()?),
+        ),
+        // Retried through the whole run rather than dead-lettered: the check counts messages.
+        ("REG_NOTIFY_MAX_ATTEMPTS".to_owned(), "1000".to_owned()),
+    ];
+    let receivers_stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(receivers.clone().serve(smtp, http, receivers_stop.clone()));
+    let mut system =
+        services::System::start_with(&nats.url(), &log_dir, options.replicas, notify_env).await?;
     println!(
         "chaos: edge {} (metrics at /metrics), read API {}",
         system.ingest_url(),
@@ -197,7 +229,7 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     );
 
     let crashed = system.check_alive();
-    let verdict = check::settle_and_check(&nats, &client, &pool, &outcome, &chaos, &options)
+    let mut verdict = check::settle_and_check(&nats, &client, &pool, &outcome, &chaos, &options)
         .await
         .map(|mut verdict| {
             if let Err(crash) = crashed {
@@ -207,6 +239,10 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
             }
             verdict
         });
+    if let Ok(verdict) = &mut verdict {
+        check::check_notifications(verdict, &nats, &receivers).await?;
+    }
+    receivers_stop.cancel();
     system.stop().await;
     drop(nats);
     let verdict = verdict?;
@@ -279,6 +315,7 @@ mod tests {
             concurrency: 1,
             seed: 1,
             log_dir: None,
+            mail_fail_rate: 0.0,
         };
         let events = schedule(&options);
         assert_eq!(events.len(), 24);

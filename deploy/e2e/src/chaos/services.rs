@@ -63,12 +63,25 @@ pub struct System {
     projections: Process,
     replicas: Vec<Process>,
     started_replicas: u32,
+    /// Environment every processor replica gets beside the deployment's (the notification
+    /// providers).
+    replica_env: Vec<(String, String)>,
     http: ntex::client::Client,
 }
 
 impl System {
     /// Starts every service against `nats_url` and waits until each is ready.
     pub async fn start(nats_url: &str, log_dir: &Path, replicas: u32) -> anyhow::Result<Self> {
+        Self::start_with(nats_url, log_dir, replicas, Vec::new()).await
+    }
+
+    /// As [`System::start`], each processor replica with `replica_env` added.
+    pub async fn start_with(
+        nats_url: &str,
+        log_dir: &Path,
+        replicas: u32,
+        replica_env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("Failed to find the chaos binary")?;
         let http = ntex::client::Client::new().await;
         let mut system = System {
@@ -79,6 +92,7 @@ impl System {
             log_dir: log_dir.to_owned(),
             replicas: Vec::new(),
             started_replicas: 0,
+            replica_env,
             http,
         };
         for _ in 0..replicas {
@@ -117,12 +131,13 @@ impl System {
     fn start_replica(&mut self) -> anyhow::Result<()> {
         self.started_replicas += 1;
         let name = format!("reservation-{}", self.started_replicas);
-        let process = spawn(
+        let process = spawn_with_env(
             &self.exe,
             &self.nats_url,
             &self.log_dir,
             &name,
             "processors",
+            &self.replica_env,
         )?;
         self.replicas.push(process);
         Ok(())
@@ -239,6 +254,18 @@ pub fn spawn(
     name: &str,
     service: &str,
 ) -> anyhow::Result<Process> {
+    spawn_with_env(exe, nats_url, log_dir, name, service, &[])
+}
+
+/// As [`spawn`], with `env` added after (and over) the deployment's environment.
+pub fn spawn_with_env(
+    exe: &Path,
+    nats_url: &str,
+    log_dir: &Path,
+    name: &str,
+    service: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<Process> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let log = OpenOptions::new()
@@ -279,6 +306,7 @@ pub fn spawn(
         // one each: SurrealDB builds anyhow errors on routine paths, and with RUST_BACKTRACE=1
         // inherited from a developer's shell each would walk the stack.
         .env("RUST_LIB_BACKTRACE", "0")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
