@@ -90,6 +90,12 @@ pub struct Args {
     /// Delivery attempts of one decision's messages before they are dead-lettered.
     #[arg(long, env = "REG_NOTIFY_MAX_ATTEMPTS", default_value_t = 10)]
     pub notify_max_attempts: u32,
+    /// E-mails per second to the relay from this replica (0: unlimited).
+    #[arg(long, env = "REG_MAIL_RATE", default_value_t = 200)]
+    pub mail_rate: u32,
+    /// Texts per second to the gateway from this replica (0: unlimited).
+    #[arg(long, env = "REG_WEBHOOK_RATE", default_value_t = 200)]
+    pub webhook_rate: u32,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -126,6 +132,8 @@ pub async fn run_cli(
             webhook_secret,
             page_url: args.citizen_page_url.clone(),
             max_attempts: args.notify_max_attempts,
+            mail_rate: args.mail_rate,
+            webhook_rate: args.webhook_rate,
             ..NotificationConfig::development(regions.clone())
         })
     } else {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
 use streams::events::{Envelope, Event, NotificationFailed, NotificationSent};
@@ -53,6 +54,10 @@ pub struct NotificationConfig {
     pub timeout: Duration,
     /// The first retry's delay (doubled per attempt, up to a minute).
     pub base_delay: Duration,
+    /// Messages per second to the mail relay from this replica (0: unlimited).
+    pub mail_rate: u32,
+    /// Messages per second to the text-message gateway from this replica (0: unlimited).
+    pub webhook_rate: u32,
 }
 
 impl NotificationConfig {
@@ -70,8 +75,14 @@ impl NotificationConfig {
             max_attempts: 10,
             timeout: Duration::from_secs(10),
             base_delay: Duration::from_millis(500),
+            mail_rate: 200,
+            webhook_rate: 200,
         }
     }
+}
+
+fn limit(per_second: u32) -> Option<DefaultDirectRateLimiter> {
+    std::num::NonZeroU32::new(per_second).map(|n| RateLimiter::direct(Quota::per_second(n)))
 }
 
 /// The webhook secret used when `REG_WEBHOOK_SECRET` is unset (development mode only).
@@ -106,6 +117,11 @@ struct Notifier {
     mailer: Mailer,
     webhook: Webhook,
     config: NotificationConfig,
+    /// One rate limit per provider: a delivery waits for its turn (the wait is the limit
+    /// doing its job, bounded by the consumer's concurrency), so a throttled provider is
+    /// never pushed past what it takes.
+    mail_limit: Option<DefaultDirectRateLimiter>,
+    webhook_limit: Option<DefaultDirectRateLimiter>,
     /// Channels already delivered per decision (by sequence) while it is in flight here, so
     /// a retry for one channel does not resend the other.
     delivered: Mutex<HashMap<u64, HashSet<Channel>>>,
@@ -134,6 +150,8 @@ pub async fn run(
         webhook: Webhook::new(&config.webhook_url, &config.webhook_secret, config.timeout)
             .context("Failed to set up the webhook")?,
         config: config.clone(),
+        mail_limit: limit(config.mail_rate),
+        webhook_limit: limit(config.webhook_rate),
         delivered: Mutex::new(HashMap::new()),
         metrics: metrics.notification.clone(),
     });
@@ -283,6 +301,13 @@ impl Notifier {
                 continue;
             }
             let nid = decide::notification_id(id, round.decision_seq, channel);
+            let limiter = match channel {
+                Channel::Email => &self.mail_limit,
+                Channel::Webhook => &self.webhook_limit,
+            };
+            if let Some(limiter) = limiter {
+                limiter.until_ready().await;
+            }
             let sent = match channel {
                 Channel::Email => {
                     let to = personal.email.as_deref().unwrap_or_default();
