@@ -108,6 +108,29 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Runs `serving` until it ends, or until `grace` has passed since `shutdown` fired: work in
+/// flight gets that long to finish, then the process stops anyway (and says so).
+pub async fn serve_with_grace<F>(
+    serving: F,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::warn!(?grace, "Work still in flight after the grace period; stopping anyway.");
+            Ok(())
+        }
+    }
+}
+
 /// Registers `metric` in `registry` and hands it back: how each service's `Metrics` builds
 /// its fields (a name registered twice is a programming error, hence the panic).
 pub fn register<M: prometheus::core::Collector + Clone + 'static>(

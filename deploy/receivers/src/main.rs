@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use receivers::{DEVELOPMENT_WEBHOOK_SECRET, Knobs, Receivers};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Local receivers for notifications: an SMTP sink (plain SMTP, no TLS, no AUTH) storing each
@@ -91,42 +90,16 @@ async fn main() -> anyhow::Result<()> {
         %knobs,
         "receivers listening"
     );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    let serving = receivers.serve(smtp, http, shutdown.clone());
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = serving => served?,
-        () = grace_over => tracing::warn!(
-            grace = ?SHUTDOWN_GRACE,
-            "deliveries still in flight: stopping anyway"
-        ),
-    }
+    let shutdown = streams::runtime::shutdown_on_signals();
+    streams::runtime::serve_with_grace(
+        receivers.serve(smtp, http, shutdown.clone()),
+        &shutdown,
+        SHUTDOWN_GRACE,
+    )
+    .await?;
     tracing::info!("receivers stopped");
     Ok(())
 }
 
 /// How long deliveries in flight may take to finish once a stop is asked for.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("the SIGTERM handler installs");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("stopping: letting deliveries in flight finish");
-    shutdown.cancel();
-}

@@ -7,7 +7,6 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use clap::Parser;
 use registry_sim::{Knobs, Registry};
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// A simulated government registry: answers `POST /registry/v1/verify` (SOAP-style XML) the
@@ -100,42 +99,16 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", cli.listen))?;
     let knobs = serde_json::to_string(&registry.knobs())?;
     tracing::info!(address = %listener.local_addr()?, %knobs, "registry simulator listening");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    let serving = registry.serve(listener, shutdown.clone());
-    let grace_over = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = serving => served?,
-        () = grace_over => tracing::warn!(
-            grace = ?SHUTDOWN_GRACE,
-            "requests still in flight (a long latency spike?): stopping anyway"
-        ),
-    }
+    let shutdown = streams::runtime::shutdown_on_signals();
+    streams::runtime::serve_with_grace(
+        registry.serve(listener, shutdown.clone()),
+        &shutdown,
+        SHUTDOWN_GRACE,
+    )
+    .await?;
     tracing::info!("registry simulator stopped");
     Ok(())
 }
 
 /// How long requests in flight may take to finish once a stop is asked for.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("the SIGTERM handler installs");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("stopping: letting requests in flight finish");
-    shutdown.cancel();
-}
