@@ -4,12 +4,13 @@
 //!
 //! | module | decides | reads | writes |
 //! | --- | --- | --- | --- |
-//! | [`reservation`] | reserved / rejected / released / confirmed / cancelled | `REG_INTAKE` | `reg.decision.<region>.reservation` |
+//! | [`reservation`] | reserved / waitlisted / promoted / rejected / released / in review / confirmed / cancelled | `REG_INTAKE` | `reg.decision.<region>.reservation` |
+//! | [`verification`] | the registry's verdict on each registration that holds a place | reservation decisions, sealed submissions | `reg.intake.<region>.verification` |
+//! | [`notification`] | one message per decision and channel, recorded; dead letters | reservation decisions, sealed submissions | `reg.decision.<region>.notification` |
 //! | [`claims`] | releases a citizen's claim when their registration ends | reservation decisions | claim records (`reg.claim.<citizen key>`, intake stream) |
 //!
-//! Verification (government registry) and notification processors join here later; they
-//! append to intake (verification verdicts) and to the decisions stream (notifications).
-//! So far [`verification`] holds the registry's wire codec ([`verification::xml`]).
+//! [`submission`] reads a sealed submission by sequence, [`retry`] is the back-off of the two
+//! processors that call outside systems.
 #![forbid(unsafe_code)]
 
 pub mod claims;

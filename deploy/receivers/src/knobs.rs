@@ -15,6 +15,23 @@ pub struct Knobs {
     pub webhook_fail_rate: f64,
 }
 
+impl simkit::Knobs for Knobs {
+    type Error = KnobsError;
+
+    fn validate(&self) -> Result<(), KnobsError> {
+        Knobs::validate(self)
+    }
+}
+
+impl From<simkit::PatchError> for KnobsError {
+    fn from(err: simkit::PatchError) -> Self {
+        match err {
+            simkit::PatchError::NotAnObject => KnobsError::NotAnObject,
+            simkit::PatchError::Json(err) => KnobsError::Json(err),
+        }
+    }
+}
+
 /// Why knobs were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum KnobsError {
@@ -51,19 +68,7 @@ impl Knobs {
     /// These knobs with the fields of `patch` (a JSON object, possibly partial) put in,
     /// validated. Unknown fields and bad values are refused.
     pub fn patched(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        let serde_json::Value::Object(patch) = patch else {
-            return Err(KnobsError::NotAnObject);
-        };
-        let mut merged = match serde_json::to_value(self)? {
-            serde_json::Value::Object(fields) => fields,
-            _ => unreachable!("knobs serialize to an object"),
-        };
-        for (field, value) in patch {
-            merged.insert(field.clone(), value.clone());
-        }
-        let knobs: Knobs = serde_json::from_value(serde_json::Value::Object(merged))?;
-        knobs.validate()?;
-        Ok(knobs)
+        simkit::patched(self, patch)
     }
 
     /// [`Knobs::patched`] from JSON text.

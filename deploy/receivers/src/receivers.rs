@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context as _;
 use rand::Rng as _;
@@ -23,7 +23,7 @@ pub struct Receivers {
 pub(crate) struct Inner {
     dir: PathBuf,
     pub(crate) webhook_secret: Vec<u8>,
-    knobs: RwLock<Knobs>,
+    knobs: simkit::KnobCell<Knobs>,
     counts: Mutex<Counts>,
     pub(crate) mail: tokio::sync::Mutex<Stored>,
     pub(crate) webhook: tokio::sync::Mutex<Stored>,
@@ -55,12 +55,12 @@ impl Receivers {
         knobs: Knobs,
         webhook_secret: String,
     ) -> Result<Receivers, KnobsError> {
-        knobs.validate()?;
+        let knobs = simkit::KnobCell::new(knobs)?;
         Ok(Receivers {
             inner: Arc::new(Inner {
                 dir,
                 webhook_secret: webhook_secret.into_bytes(),
-                knobs: RwLock::new(knobs),
+                knobs,
                 counts: Mutex::new(Counts::default()),
                 mail: tokio::sync::Mutex::new(Stored::default()),
                 webhook: tokio::sync::Mutex::new(Stored::default()),
@@ -85,35 +85,18 @@ impl Receivers {
 
     /// The knobs in force.
     pub fn knobs(&self) -> Knobs {
-        self.inner
-            .knobs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.knobs.get()
     }
 
     /// Replaces the knobs (validated first; refused knobs change nothing).
     pub fn set_knobs(&self, knobs: Knobs) -> Result<(), KnobsError> {
-        knobs.validate()?;
-        *self
-            .inner
-            .knobs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = knobs;
-        Ok(())
+        self.inner.knobs.set(knobs)
     }
 
     /// Puts the fields of `patch` (a JSON object, possibly partial) into the knobs in one
     /// step, and returns the knobs now in force. Refused patches change nothing.
     pub fn patch_knobs(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        let mut knobs = self
-            .inner
-            .knobs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let patched = knobs.patched(patch)?;
-        *knobs = patched.clone();
-        Ok(patched)
+        self.inner.knobs.patch(patch)
     }
 
     /// A snapshot of the counters.

@@ -1,7 +1,7 @@
 //! The HTTP side: the verify operation with its knobs applied, and the admin endpoints.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -41,7 +41,7 @@ pub struct Registry {
 
 #[derive(Debug)]
 struct Inner {
-    knobs: RwLock<Knobs>,
+    knobs: simkit::KnobCell<Knobs>,
     counts: Mutex<Counts>,
     bucket: Mutex<Bucket>,
 }
@@ -150,10 +150,10 @@ impl Drop for Call {
 impl Registry {
     /// A registry with these knobs and zeroed counters.
     pub fn new(knobs: Knobs) -> Result<Registry, KnobsError> {
-        knobs.validate()?;
+        let knobs = simkit::KnobCell::new(knobs)?;
         Ok(Registry {
             inner: Arc::new(Inner {
-                knobs: RwLock::new(knobs),
+                knobs,
                 counts: Mutex::new(Counts::default()),
                 bucket: Mutex::new(Bucket {
                     rate: 0,
@@ -166,35 +166,18 @@ impl Registry {
 
     /// The knobs in force.
     pub fn knobs(&self) -> Knobs {
-        self.inner
-            .knobs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.knobs.get()
     }
 
     /// Replaces the knobs (validated first; refused knobs change nothing).
     pub fn set_knobs(&self, knobs: Knobs) -> Result<(), KnobsError> {
-        knobs.validate()?;
-        *self
-            .inner
-            .knobs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = knobs;
-        Ok(())
+        self.inner.knobs.set(knobs)
     }
 
     /// Puts the fields of `patch` (a JSON object, possibly partial) into the knobs in one
     /// step, and returns the knobs now in force. Refused patches change nothing.
     pub fn patch_knobs(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        let mut knobs = self
-            .inner
-            .knobs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let patched = knobs.patched(patch)?;
-        *knobs = patched.clone();
-        Ok(patched)
+        self.inner.knobs.patch(patch)
     }
 
     /// A snapshot of the counters.

@@ -256,7 +256,15 @@ impl Notifier {
             only: Some(channel),
             redrive_seq: Some(record.seq),
         };
-        self.notify(&notice, &round).await
+        let outcome = self.notify(&notice, &round).await;
+        if outcome == Outcome::Done {
+            // The decision itself was done long ago: forget what this re-drive noted.
+            self.delivered
+                .lock()
+                .expect("lock")
+                .remove(&request.decision_seq);
+        }
+        outcome
     }
 
     /// The decision at `seq` of the decisions stream.

@@ -159,32 +159,20 @@ impl State {
     /// state.
     pub fn apply(&mut self, decision: &Event) {
         match decision {
-            Event::SlotReserved(d) => {
-                self.slot(&d.slot)
-                    .holders
-                    .insert(d.intake_seq, d.registration_id.clone());
-                self.know(
-                    &d.registration_id,
-                    &d.slot,
-                    &d.citizen_key,
-                    d.intake_seq,
-                    Standing::Reserved { seq: d.intake_seq },
-                );
-                self.advance(d.intake_seq);
-            }
-            Event::RegistrationWaitlisted(d) => {
-                self.slot(&d.slot)
-                    .waiting
-                    .insert(d.intake_seq, d.registration_id.clone());
-                self.know(
-                    &d.registration_id,
-                    &d.slot,
-                    &d.citizen_key,
-                    d.intake_seq,
-                    Standing::Waiting { seq: d.intake_seq },
-                );
-                self.advance(d.intake_seq);
-            }
+            Event::SlotReserved(d) => self.admit(
+                &d.registration_id,
+                &d.slot,
+                &d.citizen_key,
+                d.intake_seq,
+                Admitted::Holder,
+            ),
+            Event::RegistrationWaitlisted(d) => self.admit(
+                &d.registration_id,
+                &d.slot,
+                &d.citizen_key,
+                d.intake_seq,
+                Admitted::InLine,
+            ),
             Event::WaitlistPromoted(d) => {
                 let slot = self.slot(&d.slot);
                 slot.waiting.remove(&d.submission_seq);
@@ -200,7 +188,10 @@ impl State {
             }
             Event::SlotRejected(d) => {
                 self.leave(&d.registration_id);
-                if !self.registrations.contains_key(&d.registration_id) {
+                if self.registrations.contains_key(&d.registration_id) {
+                    self.restand(&d.registration_id, Standing::Rejected);
+                } else {
+                    // Its first decision: the submission is the event it answers.
                     self.know(
                         &d.registration_id,
                         &d.slot,
@@ -209,7 +200,6 @@ impl State {
                         Standing::Rejected,
                     );
                 }
-                self.restand(&d.registration_id, Standing::Rejected);
                 self.advance(d.intake_seq);
             }
             Event::SlotReleased(d) => {
@@ -278,6 +268,31 @@ impl State {
         self.registrations.get(id).map(|k| k.standing)
     }
 
+    /// Records a first decision that gives a place or a place in line to the submission at
+    /// `seq`: the registration, its entry in the slot's books, the checkpoint.
+    fn admit(
+        &mut self,
+        id: &RegistrationId,
+        slot: &SlotKey,
+        citizen_key: &str,
+        seq: u64,
+        admitted: Admitted,
+    ) {
+        let books = self.slot(slot);
+        let standing = match admitted {
+            Admitted::Holder => {
+                books.holders.insert(seq, id.clone());
+                Standing::Reserved { seq }
+            }
+            Admitted::InLine => {
+                books.waiting.insert(seq, id.clone());
+                Standing::Waiting { seq }
+            }
+        };
+        self.know(id, slot, citizen_key, seq, standing);
+        self.advance(seq);
+    }
+
     fn know(
         &mut self,
         id: &RegistrationId,
@@ -326,6 +341,15 @@ impl State {
             .waitlist_per_slot
             .unwrap_or(slot.capacity.unwrap_or(0))
     }
+}
+
+/// Where a first decision puts a registration.
+#[derive(Debug, Clone, Copy)]
+enum Admitted {
+    /// Among the slot's holders.
+    Holder,
+    /// In the slot's line.
+    InLine,
 }
 
 /// The decisions of one step, each applied to the state as it is taken, so the next one

@@ -137,6 +137,17 @@ struct RegionStep<'a> {
     window: Option<WindowSet>,
 }
 
+/// Whether `decision` changes a waiting list: only then does the closer need a new list (it
+/// costs a pass over the region's slots, so not on every batch).
+fn touches_a_line(decision: &Event) -> bool {
+    match decision {
+        Event::RegistrationWaitlisted(_) | Event::WaitlistPromoted(_) => true,
+        Event::SlotRejected(d) => d.waiting.is_some(),
+        Event::RegistrationCancelled(d) => d.waiting.is_some(),
+        _ => false,
+    }
+}
+
 impl RegionStep<'_> {
     /// Tells the closer what is open now.
     fn show_closing(&self) {
@@ -169,15 +180,18 @@ impl OrderedStep for RegionStep<'_> {
         metrics.inputs.inc_by(group.len() as u64);
         let mut outgoing = Vec::new();
         let subject = subjects::reservation_decisions(self.region);
+        let mut lines_changed = false;
         for record in group {
             if let Event::WindowSet(window) = &record.envelope.event {
                 self.window = Some(window.clone());
+                lines_changed = true;
             }
             let input = Input {
                 seq: record.seq,
                 event: record.envelope.event,
             };
             for decision in self.state.handle(&input) {
+                lines_changed |= touches_a_line(&decision);
                 metrics
                     .decisions
                     .with_label_values(&[decision.event_type()])
@@ -189,7 +203,9 @@ impl OrderedStep for RegionStep<'_> {
             }
         }
         let Some(first) = outgoing.first_mut() else {
-            self.show_closing(); // a window may have changed
+            if lines_changed {
+                self.show_closing(); // a window changed
+            }
             return Ok(());
         };
         // One subject per region: "nobody wrote since my last decision" is one check.
@@ -204,7 +220,9 @@ impl OrderedStep for RegionStep<'_> {
             Ok(seqs) => {
                 metrics.batches.inc();
                 self.fence = *seqs.last().expect("a batch is never empty");
-                self.show_closing();
+                if lines_changed {
+                    self.show_closing();
+                }
                 Ok(())
             }
             Err(AppendError::Fenced(_)) => {
