@@ -48,6 +48,8 @@ pub struct Reader {
     pub client: async_nats::Client,
     /// The operators' bearer token (the manual-review list).
     pub admin_token: String,
+    /// Rebuilds of the projections operators started.
+    pub rebuilds: crate::rebuild::Rebuilds,
 }
 
 impl Reader {
@@ -59,6 +61,7 @@ impl Reader {
         client: async_nats::Client,
         ttl: Duration,
         admin_token: String,
+        rebuilds: crate::rebuild::Rebuilds,
     ) -> Self {
         Reader {
             store,
@@ -70,6 +73,7 @@ impl Reader {
             metrics,
             client,
             admin_token,
+            rebuilds,
         }
     }
 }
@@ -267,16 +271,64 @@ pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpRespon
     listing(reader.store.dead_letters().await, "dead letters")
 }
 
+/// `POST /v1/admin/rebuilds`: rebuilds every projection from the start of the log into a
+/// fresh database while the live ones go on, then compares the two (see
+/// [`crate::rebuild`]). `202` with the rebuild's status; `409` while another runs.
+/// Operators only.
+pub async fn start_rebuild(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
+        return streams::http::operator_refused(refusal);
+    }
+    match reader.rebuilds.start(&reader.store) {
+        Ok(status) => {
+            let location = format!("/v1/admin/rebuilds/{}", status.rebuild_id);
+            let mut response = no_store(json_response(StatusCode::ACCEPTED, &status));
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(running) => error(
+            StatusCode::CONFLICT,
+            "rebuild_running",
+            &format!("rebuild {running} is still running"),
+            None,
+        ),
+    }
+}
+
+/// `GET /v1/admin/rebuilds/{id}`: a rebuild's progress and, once done, its comparison with
+/// the live projections. Operators only.
+pub async fn rebuild_status(
+    req: HttpRequest,
+    id: web::types::Path<String>,
+    reader: State<Reader>,
+) -> HttpResponse {
+    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
+        return streams::http::operator_refused(refusal);
+    }
+    match reader.rebuilds.get(&id) {
+        Some(status) => no_store(json_response(StatusCode::OK, &status)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such rebuild (only the last 16 are kept)",
+            None,
+        ),
+    }
+}
+
+fn no_store(mut response: HttpResponse) -> HttpResponse {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// An operator's listing: never cached; `503` when the store cannot answer.
 fn listing(rows: anyhow::Result<Vec<Value>>, what: &str) -> HttpResponse {
     match rows {
-        Ok(rows) => {
-            let mut response = json_response(StatusCode::OK, &rows);
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        Ok(rows) => no_store(json_response(StatusCode::OK, &rows)),
         Err(err) => {
             tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
             error(
@@ -307,6 +359,8 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
+        .route("/v1/admin/rebuilds", web::post().to(start_rebuild))
+        .route("/v1/admin/rebuilds/{id}", web::get().to(rebuild_status))
         .route("/v1/admin/reviews", web::get().to(reviews))
         .route(
             "/v1/admin/notifications/dead-letters",

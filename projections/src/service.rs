@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use streams::config::Replication;
 use streams::crypto::Keys;
-use streams::subjects::{self, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Reader};
@@ -62,17 +61,7 @@ pub async fn run(
             .build()
             .context("Failed to start the projection workers' runtime")?,
     ));
-    let workers = [
-        (
-            subjects::INTAKE_STREAM,
-            subjects::intake_filter(&RegionFilter::All),
-        ),
-        (
-            subjects::DECISIONS_STREAM,
-            subjects::decisions_filter(&RegionFilter::All),
-        ),
-    ]
-    .map(|(stream, filter)| {
+    let workers = worker::projected_streams().map(|(stream, filter)| {
         let worker = runtime.handle().spawn(worker::project(
             js.clone(),
             store.clone(),
@@ -91,6 +80,7 @@ pub async fn run(
         client,
         settings.cache_ttl,
         settings.admin_token.clone(),
+        crate::rebuild::Rebuilds::new(js.clone(), runtime.handle().clone()),
     );
     let served = streams::http::serve(
         listener,
