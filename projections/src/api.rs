@@ -33,13 +33,45 @@ pub struct Rendered {
     etag: String,
 }
 
+/// Every slot's availability row, read from SurrealDB at most once per cache period
+/// whatever the number of distinct queries: the table is small (tens of thousands of slots)
+/// and every filter is answered from it in memory, so a query nobody asked before costs no
+/// database read. `generation` tells the answers rendered from one load from the next.
+#[derive(Debug)]
+pub struct SlotTable {
+    generation: u64,
+    rows: Vec<Value>,
+}
+
+impl SlotTable {
+    /// The rows matching `key`, in the table's order (region, location, date).
+    fn filter(&self, key: &AvailabilityKey) -> Vec<&Value> {
+        let is = |row: &Value, field: &str, want: Option<&str>| {
+            want.is_none_or(|want| row.get(field).and_then(Value::as_str) == Some(want))
+        };
+        let date = key.date.map(|d| d.to_string());
+        self.rows
+            .iter()
+            .filter(|row| {
+                is(row, "region", key.region.as_ref().map(Region::as_str))
+                    && is(row, "location", key.location.as_ref().map(Location::as_str))
+                    && is(row, "date", date.as_deref())
+            })
+            .collect()
+    }
+}
+
 /// Shared by every worker thread of the read API.
 #[derive(Clone)]
 pub struct Reader {
     /// The projection database.
     pub store: Store,
-    /// Availability answers, about one second old at most.
-    pub cache: Cache<AvailabilityKey, Arc<Rendered>>,
+    /// Availability answers by query and table generation, about one second old at most.
+    pub cache: Cache<(AvailabilityKey, u64), Arc<Rendered>>,
+    /// The whole availability table, loaded once per cache period.
+    pub slots: Cache<(), Arc<SlotTable>>,
+    /// Loads of the table so far: the next one's generation.
+    generations: Arc<std::sync::atomic::AtomicU64>,
     /// Keys for checking registration tokens.
     pub keys: Keys,
     /// Metrics.
@@ -69,6 +101,8 @@ impl Reader {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            slots: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
+            generations: Default::default(),
             keys,
             metrics,
             client,
@@ -120,26 +154,7 @@ pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpRespon
         Ok(key) => key,
         Err(response) => return response,
     };
-    let loader = {
-        let reader = reader.clone();
-        let key = key.clone();
-        async move {
-            reader.metrics.availability_loads.inc();
-            let rows = reader
-                .store
-                .availability(
-                    key.region.as_ref().map(Region::as_str),
-                    key.location.as_ref().map(Location::as_str),
-                    key.date.map(|d| d.to_string()).as_deref(),
-                )
-                .await?;
-            let body = serde_json::to_string(&rows)?;
-            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
-            anyhow::Ok(Arc::new(Rendered { body, etag }))
-        }
-    };
-    // One load per key however many readers ask at once (moka coalesces them).
-    let rendered = match reader.cache.try_get_with(key, loader).await {
+    let rendered = match rendered_availability(&reader, key).await {
         Ok(rendered) => rendered,
         Err(err) => {
             tracing::warn!(error = %err, "Availability could not be loaded.");
@@ -180,6 +195,34 @@ pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpRespon
         HeaderValue::from_str(&rendered.etag).expect("hex is a valid header"),
     );
     response
+}
+
+/// The answer to one availability query: from the cache, or filtered from the slot table
+/// (itself loaded at most once per period, one load however many readers ask at once) and
+/// rendered once per table generation.
+async fn rendered_availability(
+    reader: &Reader,
+    key: AvailabilityKey,
+) -> Result<Arc<Rendered>, Arc<anyhow::Error>> {
+    let table = reader
+        .slots
+        .try_get_with((), async {
+            reader.metrics.availability_loads.inc();
+            let rows = reader.store.availability(None, None, None).await?;
+            let generation = reader
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            anyhow::Ok(Arc::new(SlotTable { generation, rows }))
+        })
+        .await?;
+    reader
+        .cache
+        .try_get_with((key.clone(), table.generation), async {
+            let body = serde_json::to_string(&table.filter(&key))?;
+            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
+            anyhow::Ok(Arc::new(Rendered { body, etag }))
+        })
+        .await
 }
 
 fn not_found() -> HttpResponse {
