@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use moka::future::Cache;
-use ntex::http::StatusCode;
 use ntex::http::header::{self, HeaderValue};
+use ntex::http::{Method, StatusCode};
 use ntex::web::{self, HttpRequest, HttpResponse, types::State};
 use serde_json::{Value, json};
 use streams::crypto::{Keys, sha256_hex};
@@ -48,6 +48,8 @@ pub struct Reader {
     pub client: async_nats::Client,
     /// The operators' bearer token (the manual-review list).
     pub admin_token: String,
+    /// Origins whose pages may read availability and status (CORS, see [`crate::cors`]).
+    pub cors_origins: Arc<Vec<String>>,
 }
 
 impl Reader {
@@ -59,6 +61,7 @@ impl Reader {
         client: async_nats::Client,
         ttl: Duration,
         admin_token: String,
+        cors_origins: Vec<String>,
     ) -> Self {
         Reader {
             store,
@@ -70,6 +73,7 @@ impl Reader {
             metrics,
             client,
             admin_token,
+            cors_origins: Arc::new(cors_origins),
         }
     }
 }
@@ -109,10 +113,15 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
     })
 }
 
-/// `GET /v1/availability`
+/// `GET /v1/availability`, readable by the citizens' page ([`crate::cors`]).
 pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let response = availability_inner(&req, &reader).await;
+    crate::cors::allow(&req, &reader, response)
+}
+
+async fn availability_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
     reader.metrics.availability_requests.inc();
-    let key = match parse_key(&req) {
+    let key = match parse_key(req) {
         Ok(key) => key,
         Err(response) => return response,
     };
@@ -188,8 +197,13 @@ fn not_found() -> HttpResponse {
 }
 
 /// `GET /v1/registrations/{id}` with `Authorization: Bearer <token>`. Unknown id, wrong or
-/// missing token: the same `404`.
+/// missing token: the same `404`. Readable by the citizens' page ([`crate::cors`]).
 pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let response = registration_inner(&req, &reader).await;
+    crate::cors::allow(&req, &reader, response)
+}
+
+async fn registration_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
     let Ok(id) = RegistrationId::parse(req.match_info().get("id").unwrap_or_default()) else {
         return not_found();
     };
@@ -307,6 +321,14 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
+        .route(
+            "/v1/availability",
+            web::method(Method::OPTIONS).to(crate::cors::preflight),
+        )
+        .route(
+            "/v1/registrations/{id}",
+            web::method(Method::OPTIONS).to(crate::cors::preflight),
+        )
         .route("/v1/admin/reviews", web::get().to(reviews))
         .route(
             "/v1/admin/notifications/dead-letters",

@@ -9,11 +9,13 @@
 //! | [`worker`] | one ordered consumer per stream, batches applied with their checkpoint |
 //! | [`store`] | the SurrealDB schema, batched idempotent writes, reads |
 //! | [`api`] | `GET /v1/availability`, `GET /v1/registrations/{id}`, health |
+//! | [`cors`] | cross-origin reads for the citizens' page |
 //! | [`metrics`] | Prometheus metrics |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
+pub mod cors;
 pub mod metrics;
 pub mod service;
 pub mod store;

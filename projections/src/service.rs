@@ -34,6 +34,8 @@ pub struct Settings {
     pub workers: usize,
     /// Stream replication.
     pub replicas: usize,
+    /// Origins whose pages may read availability and status (CORS): the citizens' page.
+    pub cors_origins: Vec<String>,
 }
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
@@ -91,6 +93,7 @@ pub async fn run(
         client,
         settings.cache_ttl,
         settings.admin_token.clone(),
+        settings.cors_origins.clone(),
     );
     let served = streams::http::serve(
         listener,
