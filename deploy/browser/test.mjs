@@ -155,9 +155,9 @@ async function main() {
 
   // 3. The corrected submission; its first answer is lost on the way back, and the page's
   // retry carries the same Idempotency-Key (the edge answers with the first registration).
-  // The registry answers slowly for a while: the page shows "reserved" as long as the read
-  // API does, never "confirmed" before it.
-  await knobs({ latency_ms: 3000, jitter_ms: 0 });
+  // The registry is down for a while: the read API says "reserved", and so does the page,
+  // poll after poll, never "confirmed" before the API says so.
+  await knobs({ outage: true });
   const posts = [];
   let dropped = false;
   await page.route("**/v1/registrations", async (route) => {
@@ -181,10 +181,14 @@ async function main() {
   const stored = await page.evaluate(() => JSON.parse(localStorage.getItem("reg.registration")));
   assert(stored && stored.id && stored.token, "id and token kept on this device");
   await pageStatus(page, "reserved");
-  assert((await apiStatus(stored.id, stored.token)) === "reserved", "the page says reserved when the API does");
+  let polls = 0;
+  page.on("response", (r) => { if (r.url().includes(`/v1/registrations/${stored.id}`) && r.request().method() === "GET") polls++; });
+  while (polls < 2) await page.waitForEvent("response", { timeout: DEADLINE });
+  assert((await apiStatus(stored.id, stored.token)) === "reserved", "the read API says reserved");
+  assert((await page.getAttribute("#registration", "data-status")) === "reserved", "and so does the page, poll after poll");
   assert(!(await page.textContent("#status")).includes("Confirmed"), "not confirmed yet");
   await step(page, "reserved");
-  await knobs({ latency_ms: 20 });
+  await knobs({ outage: false });
   await pageStatus(page, "confirmed");
   assert((await apiStatus(stored.id, stored.token)) === "confirmed", "confirmed on the page only once the API says so");
   assert((await page.textContent("#status")).includes("Confirmed"), "the status in words");
