@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use moka::future::Cache;
-use ntex::http::StatusCode;
 use ntex::http::header::{self, HeaderValue};
+use ntex::http::{Method, StatusCode};
 use ntex::web::{self, HttpRequest, HttpResponse, types::State};
 use serde_json::{Value, json};
 use streams::crypto::{Keys, sha256_hex};
@@ -82,19 +82,36 @@ pub struct Reader {
     pub admin_token: String,
     /// Rebuilds of the projections operators started.
     pub rebuilds: crate::rebuild::Rebuilds,
+    /// Origins whose pages may read availability and status (CORS, see [`crate::cors`]).
+    pub cors_origins: Arc<Vec<String>>,
+}
+
+/// What the read API is configured with, besides its connections.
+#[derive(Debug, Clone)]
+pub struct ReaderSettings {
+    /// Availability cache lifetime (the staleness bound).
+    pub ttl: Duration,
+    /// The operators' bearer token.
+    pub admin_token: String,
+    /// Origins whose pages may read availability and status.
+    pub cors_origins: Vec<String>,
 }
 
 impl Reader {
-    /// Builds the reader with a cache whose entries live `ttl`.
+    /// Builds the reader with a cache whose entries live `settings.ttl`.
     pub fn new(
         store: Store,
         keys: Keys,
         metrics: Metrics,
         client: async_nats::Client,
-        ttl: Duration,
-        admin_token: String,
         rebuilds: crate::rebuild::Rebuilds,
+        settings: ReaderSettings,
     ) -> Self {
+        let ReaderSettings {
+            ttl,
+            admin_token,
+            cors_origins,
+        } = settings;
         Reader {
             store,
             cache: Cache::builder()
@@ -108,6 +125,7 @@ impl Reader {
             client,
             admin_token,
             rebuilds,
+            cors_origins: Arc::new(cors_origins),
         }
     }
 }
@@ -147,14 +165,19 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
     })
 }
 
-/// `GET /v1/availability`
+/// `GET /v1/availability`, readable by the citizens' page ([`crate::cors`]).
 pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let response = availability_inner(&req, &reader).await;
+    crate::cors::allow(&req, &reader, response)
+}
+
+async fn availability_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
     reader.metrics.availability_requests.inc();
-    let key = match parse_key(&req) {
+    let key = match parse_key(req) {
         Ok(key) => key,
         Err(response) => return response,
     };
-    let rendered = match rendered_availability(&reader, key).await {
+    let rendered = match rendered_availability(reader, key).await {
         Ok(rendered) => rendered,
         Err(err) => {
             tracing::warn!(error = %err, "Availability could not be loaded.");
@@ -235,8 +258,13 @@ fn not_found() -> HttpResponse {
 }
 
 /// `GET /v1/registrations/{id}` with `Authorization: Bearer <token>`. Unknown id, wrong or
-/// missing token: the same `404`.
+/// missing token: the same `404`. Readable by the citizens' page ([`crate::cors`]).
 pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let response = registration_inner(&req, &reader).await;
+    crate::cors::allow(&req, &reader, response)
+}
+
+async fn registration_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
     let Ok(id) = RegistrationId::parse(req.match_info().get("id").unwrap_or_default()) else {
         return not_found();
     };
@@ -404,6 +432,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/registrations/{id}", web::get().to(registration))
         .route("/v1/admin/rebuilds", web::post().to(start_rebuild))
         .route("/v1/admin/rebuilds/{id}", web::get().to(rebuild_status))
+        .route(
+            "/v1/availability",
+            web::method(Method::OPTIONS).to(crate::cors::preflight),
+        )
+        .route(
+            "/v1/registrations/{id}",
+            web::method(Method::OPTIONS).to(crate::cors::preflight),
+        )
         .route("/v1/admin/reviews", web::get().to(reviews))
         .route(
             "/v1/admin/notifications/dead-letters",

@@ -11,11 +11,13 @@
 //! | [`export`] | analysts' replay of a stream to NDJSON or CSV (the `replay` binary) |
 //! | [`rebuild`] | every projection rebuilt from the log beside the live one, and compared |
 //! | [`api`] | `GET /v1/availability`, `GET /v1/registrations/{id}`, health |
+//! | [`cors`] | cross-origin reads for the citizens' page |
 //! | [`metrics`] | Prometheus metrics |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
+pub mod cors;
 pub mod export;
 pub mod metrics;
 pub mod rebuild;

@@ -33,6 +33,8 @@ pub struct Settings {
     pub workers: usize,
     /// Stream replication.
     pub replicas: usize,
+    /// Origins whose pages may read availability and status (CORS): the citizens' page.
+    pub cors_origins: Vec<String>,
 }
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
@@ -78,9 +80,12 @@ pub async fn run(
         Keys::from_secret(&settings.secret),
         metrics,
         client,
-        settings.cache_ttl,
-        settings.admin_token.clone(),
         crate::rebuild::Rebuilds::new(js.clone(), runtime.handle().clone()),
+        api::ReaderSettings {
+            ttl: settings.cache_ttl,
+            admin_token: settings.admin_token.clone(),
+            cors_origins: settings.cors_origins.clone(),
+        },
     );
     let served = streams::http::serve(
         listener,

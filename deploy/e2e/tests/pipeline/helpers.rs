@@ -130,6 +130,7 @@ impl Pipeline {
         settings.append_timeout = options.append_timeout.unwrap_or(Duration::from_secs(2));
         settings.workers = 1;
         settings.status_base_url = read.clone();
+        settings.read_api_url = read.clone();
         ntex::rt::spawn(ingest::service::run(
             settings,
             ingest_listener,
@@ -203,6 +204,7 @@ impl Pipeline {
                 linger: Duration::ZERO,
                 workers: 1,
                 replicas: 1,
+                cors_origins: vec![ingest.clone()],
             },
             read_listener,
             shutdown.clone(),

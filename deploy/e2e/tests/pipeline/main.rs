@@ -2,6 +2,7 @@
 
 mod helpers;
 mod notification;
+mod page;
 mod rebuild;
 mod verification;
 
