@@ -134,11 +134,7 @@ impl Pipeline {
             shutdown.clone(),
         ));
 
-        let nats_options = |name: &str| streams::runtime::NatsOptions {
-            url: nats.url(),
-            name: name.into(),
-            credentials: None,
-        };
+        let nats_options = |name: &str| streams::runtime::NatsOptions::new(nats.url(), name);
         let processor = processors::service::Settings {
             nats: nats_options("reservation"),
             regions: RegionFilter::All,
