@@ -117,6 +117,9 @@ pub async fn connect(
                 .custom_inbox_prefix(crate::accounts::inbox_prefix(user));
         }
         if let Some(tls) = &options.tls {
+            // Several rustls providers are linked in (ring, aws-lc-rs): name the one to use,
+            // once per process (a later call finds it installed and changes nothing).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             connect = connect.require_tls(true);
             if let Some(ca) = &tls.ca {
                 connect = connect.add_root_certificates(ca.clone());

@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 pub use streams::accounts::Service;
 use streams::runtime::NatsOptions;
 
+/// bcrypt's work factor for the stored hashes: `nats server passwd`'s default. The server
+/// checks a hash once per connection, not per message.
+const BCRYPT_COST: u32 = 11;
+
 /// How passwords appear in the server configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasswordStorage {
@@ -85,7 +89,7 @@ impl Accounts {
         for (service, password) in &self.passwords {
             let password = match storage {
                 PasswordStorage::Plain => password.clone(),
-                PasswordStorage::Bcrypt => bcrypt::hash(password, bcrypt::DEFAULT_COST)?,
+                PasswordStorage::Bcrypt => bcrypt::hash(password, BCRYPT_COST)?,
             };
             let permissions = service.permissions();
             writeln!(out, "    {{")?;
