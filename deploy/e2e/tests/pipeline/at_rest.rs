@@ -126,6 +126,7 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
 
     let mut needles = Vec::new();
     let mut registrations = Vec::new();
+    let mut last_body = serde_json::Value::Null;
     for n in 0..3u32 {
         let mut body = citizen(9100 + n, "at-rest");
         body["full_name"] = format!("Zofia Tajemnicza-Nowakowska {n}").into();
@@ -154,6 +155,7 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
         needles.extend(forms(&format!("request body {n}"), &bytes));
         needles.extend(forms(&format!("idempotency key {n}"), key.as_bytes()));
 
+        last_body = body.clone();
         let (status, answer) = p.submit(&body, Some(&key)).await;
         assert_eq!(status, 202, "{answer}");
         registrations.push((
@@ -162,11 +164,42 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
         ));
     }
 
+    needles.extend(forms("idempotency key again", b"idem-key-again"));
+
     // Every service did its work under its own identity: verified, confirmed, notified,
     // projected.
     for (id, token) in &registrations {
         p.wait_status(id, token, "confirmed").await;
     }
+    // A cancellation releases the slot and the citizen's claim (the claims releaser, as
+    // the reservation identity): the citizen may then register again.
+    let (id, token) = registrations.pop().unwrap();
+    let (status, _, _) = p
+        .send(
+            p.http
+                .delete(format!("{}/v1/registrations/{id}", p.ingest))
+                .bearer_auth(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    p.wait_status(&id, &token, "cancelled").await;
+    let again = testkit::eventually(
+        "the cancelled citizen's claim to be released",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = p.submit(&last_body, Some("idem-key-again")).await;
+            (status == 202).then_some(body)
+        },
+    )
+    .await;
+    registrations.push((id, token));
+    let again = (
+        again["registration_id"].as_str().unwrap().to_owned(),
+        again["token"].as_str().unwrap().to_owned(),
+    );
+    p.wait_status(&again.0, &again.1, "confirmed").await;
+    registrations.push(again);
     let (receivers, _) = p.receivers.as_ref().unwrap();
     testkit::eventually(
         "reserved and confirmed messages to each citizen",
