@@ -31,6 +31,11 @@ const JS_ACK: &str = "$JS.ACK";
 /// Prefix of the subjects of a key-value bucket's keys.
 const KV_PREFIX: &str = "$KV";
 
+/// What nats-server writes in its log for each refused publish or subscription
+/// (`Publish Violation - Subject "…"`): a run that should have been refused nothing is
+/// checked against it.
+pub const VIOLATION_LOG: &str = " Violation - Subject ";
+
 /// A NATS identity of the system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {

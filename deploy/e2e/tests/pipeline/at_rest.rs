@@ -234,6 +234,12 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
     }
     p.stop_services().await;
     p.nats.kill();
+    // Least privilege took nothing the services need: the server refused no request.
+    let log = p.nats.log();
+    assert!(
+        !log.contains(streams::accounts::VIOLATION_LOG),
+        "nats-server refused a service's request:\n{log}"
+    );
 
     // The controls: both stores hold the pipeline's records where the search looks (the
     // registration ids are stored in clear on purpose).

@@ -75,6 +75,9 @@ async fn the_edge_appends_submissions_and_claims_but_no_decision() {
         held(&nats, &accounts, subjects::INTAKE_STREAM, &submitted).await,
         1
     );
+    // The server logs each refusal (the pipeline test relies on it to find none).
+    let log = nats.log();
+    assert!(log.contains(streams::accounts::VIOLATION_LOG), "{log}");
 }
 
 #[tokio::test]
