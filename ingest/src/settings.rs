@@ -89,11 +89,7 @@ impl Settings {
     /// Defaults for a development machine, pointing at `nats_url`.
     pub fn development(nats_url: &str) -> Self {
         Settings {
-            nats: streams::runtime::NatsOptions {
-                url: nats_url.to_owned(),
-                name: "ingest".into(),
-                credentials: None,
-            },
+            nats: streams::runtime::NatsOptions::new(nats_url, "ingest"),
             secret: streams::crypto::DEVELOPMENT_SECRET.into(),
             admin_token: DEVELOPMENT_ADMIN_TOKEN.into(),
             max_body_bytes: 16 * 1024,
@@ -118,6 +114,7 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         let url = std::env::var("REG_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let mut s = Settings::development(&url);
+        s.nats = streams::runtime::NatsOptions::from_env("ingest")?;
         if let Ok(secret) = std::env::var("REG_SECRET") {
             s.secret = secret;
         }

@@ -85,8 +85,7 @@ pub async fn run_cli(
         Settings {
             nats: NatsOptions {
                 url: args.nats_url,
-                name: "projections".into(),
-                credentials: None,
+                ..NatsOptions::from_env("projections")?
             },
             store: StoreOptions {
                 endpoint: args.surreal,

@@ -1,5 +1,6 @@
 //! The pipeline end to end, over HTTP, on real servers: what a citizen and an operator see.
 
+mod at_rest;
 mod helpers;
 mod notification;
 mod page;
