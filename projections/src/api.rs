@@ -103,7 +103,13 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
             .transpose()
             .map_err(|e| bad("location", e.0))?,
         date: nonempty("date")
-            .map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d"))
+            // Exactly YYYY-MM-DD, as the edge takes dates: chrono alone also reads `2027-3-1`.
+            .map(|d| {
+                NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .ok()
+                    .filter(|_| d.len() == 10)
+                    .ok_or(())
+            })
             .transpose()
             .map_err(|_| bad("date", "date must be YYYY-MM-DD".into()))?,
     })
@@ -303,6 +309,15 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
     streams::http::metrics(&reader.metrics.registry)
 }
 
+/// The read API's OpenAPI document (`docs/openapi/read.json`), served at
+/// `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi/read.json");
+
+/// `GET /openapi.json`
+pub async fn openapi() -> HttpResponse {
+    streams::http::openapi(OPENAPI)
+}
+
 /// The routes of the read API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
@@ -314,5 +329,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi));
+    // Last: another method on a documented path is a 405 with Allow.
+    streams::http::method_not_allowed(cfg, OPENAPI);
 }
