@@ -15,6 +15,7 @@ use streams::http::{error, json as json_response};
 use streams::model::{Location, Region, RegistrationId};
 
 use crate::metrics::Metrics;
+use crate::smart::{self, Publication};
 use crate::store::Store;
 
 /// An availability query, normalised: the cache key. Only parsed values go in, so random
@@ -33,6 +34,18 @@ pub struct Rendered {
     etag: String,
 }
 
+/// The SMART Scheduling Links publication as served: the three files and the manifest, each
+/// with its entity tag.
+#[derive(Debug)]
+pub struct Published {
+    files: smart::Files,
+    file_etags: [String; 3],
+    manifest: Rendered,
+}
+
+/// When the current publication's content was first seen: (fingerprint, transaction time).
+type Since = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 /// Shared by every worker thread of the read API.
 #[derive(Clone)]
 pub struct Reader {
@@ -48,6 +61,12 @@ pub struct Reader {
     pub client: async_nats::Client,
     /// The operators' bearer token (the manual-review list).
     pub admin_token: String,
+    /// Where the SMART Scheduling Links publication points.
+    pub publication: Publication,
+    /// The publication, as old as an availability answer at most (one entry).
+    pub published: Cache<(), Arc<Published>>,
+    /// When the publication's content last changed.
+    published_since: Since,
 }
 
 impl Reader {
@@ -59,6 +78,7 @@ impl Reader {
         client: async_nats::Client,
         ttl: Duration,
         admin_token: String,
+        publication: Publication,
     ) -> Self {
         Reader {
             store,
@@ -70,6 +90,9 @@ impl Reader {
             metrics,
             client,
             admin_token,
+            publication,
+            published: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
+            published_since: Since::default(),
         }
     }
 }
@@ -136,7 +159,7 @@ pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpRespon
                 )
                 .await?;
             let body = serde_json::to_string(&rows)?;
-            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
+            let etag = entity_tag(&body);
             anyhow::Ok(Arc::new(Rendered { body, etag }))
         }
     };
@@ -157,31 +180,150 @@ pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpRespon
             return response;
         }
     };
+    cacheable(
+        &req,
+        &rendered.body,
+        &rendered.etag,
+        "application/json",
+        "public, max-age=1",
+    )
+}
+
+/// A cacheable answer: `304` when `If-None-Match` names `etag` (or is `*`), the body
+/// otherwise; `ETag` and `Cache-Control` on both.
+fn cacheable(
+    req: &HttpRequest,
+    body: &str,
+    etag: &str,
+    content_type: &str,
+    cache_control: &'static str,
+) -> HttpResponse {
     let matches = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == rendered.etag || t.trim() == "*")
-        });
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut response = if matches {
         HttpResponse::NotModified().finish()
     } else {
         HttpResponse::Ok()
-            .content_type("application/json")
-            .body(rendered.body.clone())
+            .content_type(content_type)
+            .body(body.to_owned())
     };
     let headers = response.headers_mut();
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=1"),
+        HeaderValue::from_static(cache_control),
     );
     headers.insert(
         header::ETAG,
-        HeaderValue::from_str(&rendered.etag).expect("hex is a valid header"),
+        HeaderValue::from_str(etag).expect("hex is a valid header"),
     );
     response
+}
+
+fn entity_tag(body: &str) -> String {
+    format!("\"{}\"", &sha256_hex(body.as_bytes())[..32])
+}
+
+/// How long a vaccine finder should wait before polling again (the spec's hint; the data
+/// itself is about a second old).
+const SMART_CACHE_CONTROL: &str = "public, max-age=60";
+
+/// The publication, from the cache (one load however many pollers ask at once).
+async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
+    let loader = {
+        let reader = reader.clone();
+        async move {
+            reader.metrics.availability_loads.inc();
+            let rows = reader.store.availability(None, None, None).await?;
+            let rows: Vec<smart::Row> = rows
+                .into_iter()
+                .filter_map(|row| serde_json::from_value(row).ok())
+                .collect();
+            let files = smart::render(&rows, &reader.publication);
+            let since = {
+                let mut since = reader.published_since.lock().expect("lock");
+                match &*since {
+                    Some((fingerprint, time)) if *fingerprint == files.fingerprint => time.clone(),
+                    _ => {
+                        let time = smart::now();
+                        *since = Some((files.fingerprint.clone(), time.clone()));
+                        time
+                    }
+                }
+            };
+            let manifest = serde_json::to_string(&smart::manifest(&reader.publication, &since))?;
+            let file_etags = smart::FILES.map(|(kind, _)| entity_tag(files.get(kind)));
+            anyhow::Ok(Arc::new(Published {
+                manifest: Rendered {
+                    etag: entity_tag(&manifest),
+                    body: manifest,
+                },
+                file_etags,
+                files,
+            }))
+        }
+    };
+    reader
+        .published
+        .try_get_with((), loader)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "The SMART publication could not be loaded.");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the publication is temporarily unavailable",
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        })
+}
+
+/// `GET /$bulk-publish`: the SMART Scheduling Links manifest.
+pub async fn bulk_publish(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    match published(&reader).await {
+        Ok(p) => cacheable(
+            &req,
+            &p.manifest.body,
+            &p.manifest.etag,
+            "application/json",
+            SMART_CACHE_CONTROL,
+        ),
+        Err(response) => response,
+    }
+}
+
+async fn smart_file(req: &HttpRequest, reader: &Reader, index: usize) -> HttpResponse {
+    match published(reader).await {
+        Ok(p) => cacheable(
+            req,
+            p.files.get(smart::FILES[index].0),
+            &p.file_etags[index],
+            "application/fhir+ndjson",
+            SMART_CACHE_CONTROL,
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `GET /smart/locations.ndjson`: FHIR `Location`s, one per line.
+pub async fn smart_locations(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    smart_file(&req, &reader, 0).await
+}
+
+/// `GET /smart/schedules.ndjson`: FHIR `Schedule`s, one per line.
+pub async fn smart_schedules(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    smart_file(&req, &reader, 1).await
+}
+
+/// `GET /smart/slots.ndjson`: FHIR `Slot`s, one per line.
+pub async fn smart_slots(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    smart_file(&req, &reader, 2).await
 }
 
 fn not_found() -> HttpResponse {
@@ -330,7 +472,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi));
+        .route("/openapi.json", web::get().to(openapi))
+        .route(smart::MANIFEST, web::get().to(bulk_publish))
+        .route(smart::FILES[0].1, web::get().to(smart_locations))
+        .route(smart::FILES[1].1, web::get().to(smart_schedules))
+        .route(smart::FILES[2].1, web::get().to(smart_slots));
     // Last: another method on a documented path is a 405 with Allow.
     streams::http::method_not_allowed(cfg, OPENAPI);
 }

@@ -44,6 +44,16 @@ pub struct Args {
     /// JetStream replicas per stream.
     #[arg(long, env = "REG_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// The read API's public base URL, in the SMART Scheduling Links manifest's absolute
+    /// links [default: REG_STATUS_BASE_URL, else http://<listen>].
+    #[arg(long, env = "REG_READ_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Where citizens book: each free SMART slot links there (with region, location, date).
+    #[arg(long, env = "REG_BOOKING_URL")]
+    pub booking_url: Option<String>,
+    /// A phone number that books, on each free SMART slot and location.
+    #[arg(long, env = "REG_BOOKING_PHONE")]
+    pub booking_phone: Option<String>,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -64,6 +74,15 @@ pub async fn run_cli(
         ),
     ])?;
     let listener = streams::runtime::bind(&args.listen)?;
+    let public_url = args
+        .public_url
+        .or_else(|| std::env::var("REG_STATUS_BASE_URL").ok())
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let publication = crate::smart::Publication {
+        public_url: public_url.trim_end_matches('/').to_owned(),
+        booking_url: args.booking_url.filter(|u| !u.is_empty()),
+        booking_phone: args.booking_phone.filter(|p| !p.is_empty()),
+    };
     tracing::info!(listen = %args.listen, surreal = %args.surreal, "Projections starting.");
     run(
         Settings {
@@ -82,6 +101,7 @@ pub async fn run_cli(
             linger: Duration::from_millis(args.linger_ms),
             workers: args.workers,
             replicas: args.replicas,
+            publication,
         },
         listener,
         shutdown,

@@ -16,5 +16,6 @@ pub mod api;
 pub mod cli;
 pub mod metrics;
 pub mod service;
+pub mod smart;
 pub mod store;
 pub mod worker;

@@ -34,6 +34,8 @@ pub struct Settings {
     pub workers: usize,
     /// Stream replication.
     pub replicas: usize,
+    /// Where the SMART Scheduling Links publication points.
+    pub publication: crate::smart::Publication,
 }
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
@@ -91,6 +93,7 @@ pub async fn run(
         client,
         settings.cache_ttl,
         settings.admin_token.clone(),
+        settings.publication.clone(),
     );
     let served = streams::http::serve(
         listener,

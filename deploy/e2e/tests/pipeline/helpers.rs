@@ -201,6 +201,11 @@ impl Pipeline {
                 linger: Duration::ZERO,
                 workers: 1,
                 replicas: 1,
+                publication: projections::smart::Publication {
+                    public_url: read.clone(),
+                    booking_url: Some(format!("{ingest}/")),
+                    booking_phone: None,
+                },
             },
             read_listener,
             shutdown.clone(),
