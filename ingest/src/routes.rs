@@ -686,6 +686,8 @@ pub async fn openapi() -> HttpResponse {
 }
 
 /// The routes of the edge.
+/// Each is described in `docs/openapi/ingest.json`: change the two together (the
+/// `openapi` test checks every documented route exists; it cannot list these).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/registrations", web::post().to(submit))
         .route("/v1/registrations/recover", web::post().to(recover))

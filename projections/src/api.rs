@@ -461,6 +461,8 @@ pub async fn openapi() -> HttpResponse {
 }
 
 /// The routes of the read API.
+/// Each is described in `docs/openapi/read.json`: change the two together (the
+/// `openapi` test checks every documented route exists; it cannot list these).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
