@@ -2,8 +2,11 @@
 //! - [`NatsServer`]: a real `nats-server` with JetStream on a free port and a temporary store
 //!   directory, fsyncing every write (`sync_interval: always`) like production, stopped and
 //!   removed on drop;
-//! - [`eventually`]: poll a condition with a deadline instead of sleeping.
+//! - [`eventually`]: poll a condition with a deadline instead of sleeping;
+//! - [`openapi::check_routes`]: a service's routes against its committed OpenAPI document.
 #![forbid(unsafe_code)]
+
+pub mod openapi;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
