@@ -20,6 +20,8 @@ pub struct Pipeline {
     pub nats: NatsServer,
     pub ingest: String,
     pub read: String,
+    /// The first processor replica's health and metrics endpoint.
+    pub processors: String,
     pub http: Client,
     /// The registry simulator, when the test verifies registrations.
     pub registry: Option<registry_sim::Registry>,
@@ -59,6 +61,9 @@ pub struct Options {
     pub receivers: Option<receivers::Knobs>,
     /// Delivery attempts before a message is dead-lettered (10 unless set).
     pub notify_max_attempts: Option<u32>,
+    /// Decisions between two snapshots of a region's state (25 unless set, so every test
+    /// writes and reads snapshots; 0: none).
+    pub snapshot_every: Option<u64>,
 }
 
 impl Pipeline {
@@ -90,7 +95,7 @@ impl Pipeline {
         }
         let (ingest_listener, ingest) = listener();
         let (read_listener, read) = listener();
-        let (processor_listener, _) = listener();
+        let (processor_listener, processors) = listener();
         let receivers = match options.receivers {
             Some(knobs) => {
                 let dir = tempfile::tempdir().unwrap();
@@ -146,6 +151,7 @@ impl Pipeline {
             policy: processors::reservation::decide::Policy {
                 waitlist_per_slot: options.waitlist_per_slot,
             },
+            snapshot_every: options.snapshot_every.unwrap_or(25),
             verification: registry.as_ref().map(|(_, url)| {
                 let mut config = processors::verification::VerificationConfig::new(
                     RegionFilter::All,
@@ -209,6 +215,7 @@ impl Pipeline {
             nats,
             ingest,
             read,
+            processors,
             http: Client::new().await,
             registry: registry.map(|(registry, _)| registry),
             receivers: receivers.map(|(r, _, _)| r),
