@@ -268,7 +268,7 @@ pub async fn measure(options: &Options) -> anyhow::Result<TakeoverReport> {
             let pending = Pending::of(&region(), last_decision, &state);
             pending_snapshot = Some((pending, started.elapsed().as_secs_f64()));
         }
-        if written % 100_000 < 1000 {
+        if written % 100_000 < 990 {
             eprintln!("takeover: {written} decisions written");
         }
     }
@@ -432,7 +432,8 @@ impl TakeoverReport {
     /// The report as Markdown.
     pub fn markdown(&self, command: &str) -> String {
         let mut md = format!(
-            "# Takeover at a million decisions\n\n`{command}` · {}\n\n",
+            "# Takeover at {} decisions in one region\n\n`{command}` · {}\n\n",
+            self.decisions,
             self.machine.summary()
         );
         md += &format!(
