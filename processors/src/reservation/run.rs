@@ -42,7 +42,7 @@ pub struct ReservationConfig {
 }
 
 /// The default of [`ReservationConfig::snapshot_every`].
-pub const SNAPSHOT_EVERY: u64 = 50_000;
+pub const SNAPSHOT_EVERY: u64 = 200_000;
 
 /// Runs the reservation processor until `shutdown` fires. Any number of replicas may run for
 /// any mix of regions: for each region one holds its lease and decides, the others stand by
