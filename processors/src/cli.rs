@@ -33,6 +33,10 @@ pub struct Args {
     /// slot's capacity). Beyond it a registration is rejected with `slot_full`.
     #[arg(long, env = "REG_WAITLIST_PER_SLOT")]
     pub waitlist_per_slot: Option<u32>,
+    /// Store a snapshot of a region's reservation state after this many decisions, so a
+    /// takeover folds at most about this many (0: never; every takeover folds the whole log).
+    #[arg(long, env = "REG_SNAPSHOT_EVERY", default_value_t = crate::reservation::SNAPSHOT_EVERY)]
+    pub snapshot_every: u64,
     /// Verify every registration that holds a place against the government registry
     /// (`false`: registrations stay `reserved`, e.g. while the registry is not connected).
     #[arg(long, env = "REG_VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -176,6 +180,7 @@ pub async fn run_cli(
             policy: crate::reservation::decide::Policy {
                 waitlist_per_slot: args.waitlist_per_slot,
             },
+            snapshot_every: args.snapshot_every,
             verification,
             notification,
             keys: streams::crypto::Keys::from_secret(&secret),

@@ -1,6 +1,8 @@
 //! Every metric the processors export, in one place.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use streams::runtime::register;
 
 /// The reservation processor's metrics. Cheap to clone (handles to shared counters).
@@ -22,6 +24,18 @@ pub struct Metrics {
     pub active: IntGauge,
     /// Times this replica acquired a region's lease (a takeover after the first).
     pub leases: IntCounter,
+    /// Snapshots of a region's state stored.
+    pub snapshots: IntCounter,
+    /// Seconds the decider spent encoding a snapshot (it decides nothing meanwhile).
+    pub snapshot_encode_seconds: Histogram,
+    /// Snapshots looked for when rebuilding, by outcome: `used`, `absent`, `ignored`.
+    pub snapshot_loads: IntCounterVec,
+    /// Seconds per rebuild of a region's state (snapshot load and verification, tail fold).
+    pub rebuild_seconds: Histogram,
+    /// Decisions read from the log by the region's last rebuild (after its snapshot).
+    pub rebuild_folded: IntGaugeVec,
+    /// Every processor's input flow per region: lag, rate, redeliveries.
+    pub flow: Flow,
     /// The consumer loops' stalls, restarts and undecodable records (`/readyz` reads it).
     pub health: streams::consume::Health,
     /// The verification processor's metrics.
@@ -164,6 +178,57 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let snapshots = counter(
+            "reservation_snapshots_total",
+            "Snapshots of a region's state stored.",
+        );
+        let snapshot_encode_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "reservation_snapshot_encode_seconds",
+                    "Time the decider spent encoding a snapshot of a region's state.",
+                )
+                .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            )
+            .expect("valid metric"),
+        );
+        let snapshot_loads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "reservation_snapshot_loads_total",
+                    "Snapshots looked for when rebuilding a region's state, by outcome: used, absent, ignored (then the whole log is folded).",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+        );
+        let rebuild_seconds = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "reservation_rebuild_seconds",
+                    "Time to rebuild a region's state from its snapshot and the log.",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )
+            .expect("valid metric"),
+        );
+        let rebuild_folded = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "reservation_rebuild_folded",
+                    "Decisions read from the log by the region's last rebuild (after its snapshot).",
+                ),
+                &["region"],
+            )
+            .expect("valid metric"),
+        );
+        let flow = Flow::new(&registry);
         let health = streams::consume::Health::new(&registry);
         let verification = VerificationMetrics::new(&registry);
         let notification = NotificationMetrics::new(&registry);
@@ -176,10 +241,108 @@ impl Metrics {
             fenced,
             active,
             leases,
+            snapshots,
+            snapshot_encode_seconds,
+            snapshot_loads,
+            rebuild_seconds,
+            rebuild_folded,
+            flow,
             health,
             verification,
             notification,
         }
+    }
+}
+
+/// Every processor's input flow, labelled by `processor` (`reservation`, `verification`,
+/// `notification`) and `region`: how far behind it is, how fast it goes, how often it sees a
+/// record again.
+#[derive(Clone)]
+pub struct Flow {
+    /// Records of the processor's input not yet handled, as of the last record read (the
+    /// consumer's `num_pending`).
+    pub pending: IntGaugeVec,
+    /// Records handled (decided, or put back for later): its rate is the processing rate.
+    pub handled: IntCounterVec,
+    /// Records delivered again (JetStream's `delivered` above 1): a failed or timed-out
+    /// attempt before. Always 0 for reservation, whose ordered reader never redelivers.
+    pub redeliveries: IntCounterVec,
+}
+
+/// The processors' names in [`Flow`]'s `processor` label.
+pub mod processor {
+    /// The reservation processor.
+    pub const RESERVATION: &str = "reservation";
+    /// The verification processor.
+    pub const VERIFICATION: &str = "verification";
+    /// The notification processor.
+    pub const NOTIFICATION: &str = "notification";
+}
+
+impl Flow {
+    fn new(registry: &Registry) -> Self {
+        let labels = &["processor", "region"];
+        Flow {
+            pending: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "processor_pending",
+                        "Input records not yet handled (the consumer's pending count at the last record read), by processor and region.",
+                    ),
+                    labels,
+                )
+                .expect("valid metric"),
+            ),
+            handled: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "processor_handled_total",
+                        "Input records handled (decided, or put back for later), by processor and region.",
+                    ),
+                    labels,
+                )
+                .expect("valid metric"),
+            ),
+            redeliveries: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "processor_redeliveries_total",
+                        "Input records delivered more than once, by processor and region.",
+                    ),
+                    labels,
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    /// Records that `processor` read `record` for `region` (before handling it).
+    pub fn read(&self, processor: &str, region: &str, record: &streams::consume::Decoded) {
+        let labels = &[processor, region];
+        self.pending
+            .with_label_values(labels)
+            .set(i64::try_from(record.pending).unwrap_or(i64::MAX));
+        if record.delivered > 1 {
+            self.redeliveries.with_label_values(labels).inc();
+        }
+    }
+
+    /// Records that `processor` handled `count` records for `region`.
+    pub fn handled(&self, processor: &str, region: &str, count: u64) {
+        self.handled
+            .with_label_values(&[processor, region])
+            .inc_by(count);
+    }
+
+    /// Creates `processor`'s series for `region` at 0, so they exist before any traffic.
+    pub fn start(&self, processor: &str, region: &str) {
+        let labels = &[processor, region];
+        self.pending.with_label_values(labels).set(0);
+        self.handled.with_label_values(labels);
+        self.redeliveries.with_label_values(labels);
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Settings {
     pub replication: Replication,
     /// The reservation rule's settings.
     pub policy: Policy,
+    /// Decisions between two snapshots of a region's state (0: none).
+    pub snapshot_every: u64,
     /// The verification processor, if this replica runs one (with the registry to ask).
     pub verification: Option<VerificationConfig>,
     /// The notification processor, if this replica runs one (with the providers to use).
@@ -96,6 +98,7 @@ pub async fn run(
         ReservationConfig {
             regions: settings.regions,
             policy: settings.policy,
+            snapshot_every: settings.snapshot_every,
         },
         metrics,
         shutdown.clone(),

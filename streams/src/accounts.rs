@@ -30,6 +30,8 @@ const JS_API: &str = "$JS.API";
 const JS_ACK: &str = "$JS.ACK";
 /// Prefix of the subjects of a key-value bucket's keys.
 const KV_PREFIX: &str = "$KV";
+/// The subject prefix of object stores' chunks and metadata.
+const OBJ_PREFIX: &str = "$O";
 
 /// What nats-server writes in its log for each refused publish or subscription
 /// (`Publish Violation - Subject "…"`): a run that should have been refused nothing is
@@ -121,6 +123,12 @@ impl Service {
                 publish.push(subjects::intake_kind_filter(&all, IntakeKind::Waitlist));
                 publish.push(subjects::claim("*"));
                 publish.push(format!("{KV_PREFIX}.{}.>", subjects::LEASES_BUCKET));
+                // Snapshots of the decision state: written, replaced (the old chunks purged)
+                // and read back on takeover.
+                let snapshots = format!("OBJ_{}", subjects::SNAPSHOTS_BUCKET);
+                publish.push(format!("{OBJ_PREFIX}.{}.>", subjects::SNAPSHOTS_BUCKET));
+                publish.push(format!("{JS_API}.STREAM.PURGE.{snapshots}"));
+                publish.extend(read(&snapshots));
                 publish.extend(read(intake));
                 publish.extend(read(decisions));
                 publish.extend(read(&leases));

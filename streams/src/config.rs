@@ -55,6 +55,21 @@ pub fn decisions_stream(replicas: Replication) -> stream::Config {
     )
 }
 
+/// The snapshots bucket's configuration: one object per region (a new snapshot replaces the
+/// old one), kept until replaced. A snapshot is only ever a shortcut: losing the bucket costs
+/// a full fold of the decision log at the next takeover, never a wrong decision.
+pub fn snapshots_bucket(replicas: Replication) -> jetstream::object_store::Config {
+    jetstream::object_store::Config {
+        bucket: subjects::SNAPSHOTS_BUCKET.to_owned(),
+        description: Some(
+            "the reservation processor's state per region, to take over in bounded time".into(),
+        ),
+        storage: stream::StorageType::File,
+        num_replicas: replicas.0,
+        ..Default::default()
+    }
+}
+
 /// Creates every stream and bucket, or updates them to this code's configuration. This
 /// module is the one place stream configuration comes from; a service never changes an
 /// existing stream's replication: started with a `REG_REPLICAS` other than the stream's
@@ -93,6 +108,14 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
     js.create_or_update_key_value(crate::lease::leases_bucket(replicas))
         .await
         .context("Failed to create or update the leases bucket")?;
+    // Creating a stream that exists with the same configuration succeeds, so every service
+    // may do it; a racing creator's error is fine if the bucket is there afterwards.
+    if let Err(err) = js.create_object_store(snapshots_bucket(replicas)).await {
+        js.get_object_store(subjects::SNAPSHOTS_BUCKET)
+            .await
+            .map_err(|_| err)
+            .context("Failed to create the snapshots bucket")?;
+    }
     Ok(())
 }
 

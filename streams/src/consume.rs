@@ -50,6 +50,9 @@ pub struct Decoded {
     /// How many times it was delivered, this one included (1 for ordered readers): a
     /// durable step's attempt count.
     pub delivered: u64,
+    /// Records left in the consumer after this one when it was delivered (its pending
+    /// count): how far behind the reader is.
+    pub pending: u64,
     /// The event.
     pub envelope: Envelope,
 }
@@ -102,6 +105,7 @@ pub fn decode(stream: &str, message: &jetstream::Message) -> Result<Decoded, Hal
             seq,
             subject: message.subject.to_string(),
             delivered: info.delivered.max(1) as u64,
+            pending: info.pending,
             envelope,
         }),
         Err(err) => Err(Halt::Undecodable(Undecodable {

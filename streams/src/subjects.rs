@@ -32,12 +32,21 @@ pub const INTAKE_STREAM: &str = "REG_INTAKE";
 pub const DECISIONS_STREAM: &str = "REG_DECISIONS";
 /// Key-value bucket of leases: which replica is active for a piece of work.
 pub const LEASES_BUCKET: &str = "reg_leases";
+/// Object-store bucket of snapshots of the reservation processor's state, one object per
+/// region: a replica that takes a region over loads it and folds only the decisions after it.
+pub const SNAPSHOTS_BUCKET: &str = "reg_snapshots";
 
 /// The lease key of the reservation processor for `region`. Every replica that serves the
 /// region (started for it alone, or for `*`) competes for this one key, so exactly one decides
 /// the region at a time whatever mix of `REG_REGION` values the replicas were started with.
 pub fn reservation_lease(region: &Region) -> String {
     format!("reservation.region.{region}")
+}
+
+/// The object name of `region`'s reservation snapshot in [`SNAPSHOTS_BUCKET`] (each new
+/// snapshot replaces the previous one).
+pub fn reservation_snapshot(region: &Region) -> String {
+    format!("reservation.{region}")
 }
 
 const INTAKE_PREFIX: &str = "reg.intake";

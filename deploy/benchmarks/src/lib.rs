@@ -9,6 +9,8 @@
 //!   stored decision, CPU per registration and memory ([`procstat`]).
 //! - [`reads`]: the read API's availability, hot and cold, against a bare ntex handler.
 //! - [`replay_speed`]: how fast the intake log reads back, raw and decoded.
+//! - [`takeover`]: takeover time at a million decisions in one region, full fold against
+//!   snapshot plus tail, and one replica's decide rate (`deploy/bench-takeover`).
 //! - [`results`]: all of the above in one run, into `bench/results.{json,md}` (`deploy/bench`).
 //!
 //! The services start as child processes through [`e2e::serve`].
@@ -22,3 +24,4 @@ pub mod procstat;
 pub mod reads;
 pub mod replay_speed;
 pub mod results;
+pub mod takeover;

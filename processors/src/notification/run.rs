@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::{self, Channel, Notice};
 use super::transport::{Mailer, SendError, Webhook};
-use crate::metrics::{Metrics, NotificationMetrics};
+use crate::metrics::{Metrics, NotificationMetrics, processor};
 
 /// Where messages go and how hard to try.
 #[derive(Debug, Clone)]
@@ -162,8 +162,12 @@ pub async fn run(
     });
     tracing::info!(smtp = %format!("{}:{}", config.smtp_host, config.smtp_port), webhook = %config.webhook_url, "Notification processor starting.");
     regions::serve_each(&js, config.regions.clone(), &shutdown, |region| {
-        let (notifier, health, shutdown) =
-            (notifier.clone(), metrics.health.clone(), shutdown.clone());
+        let (notifier, health, shutdown, flow) = (
+            notifier.clone(),
+            metrics.health.clone(),
+            shutdown.clone(),
+            metrics.flow.clone(),
+        );
         let spec = DurableSpec {
             name: subjects::notification_consumer(&region),
             stream: subjects::DECISIONS_STREAM,
@@ -187,9 +191,16 @@ pub async fn run(
         };
         async move {
             let js = notifier.js.clone();
+            let region = region.to_string();
+            flow.start(processor::NOTIFICATION, &region);
             let decisions = |record: Decoded| {
-                let notifier = notifier.clone();
-                async move { notifier.handle(record).await }
+                let (notifier, flow, region) = (notifier.clone(), flow.clone(), region.clone());
+                async move {
+                    flow.read(processor::NOTIFICATION, &region, &record);
+                    let outcome = notifier.handle(record).await;
+                    flow.handled(processor::NOTIFICATION, &region, 1);
+                    outcome
+                }
             };
             let redrive = |record: Decoded| {
                 let notifier = notifier.clone();

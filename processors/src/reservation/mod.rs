@@ -12,14 +12,19 @@
 //!   this replica has seen for that region. If another replica (or an older incarnation that
 //!   was paused) wrote in between, the whole batch is refused and this replica rebuilds its
 //!   state from the log. Two writers can never both extend the same history.
+//! - **Snapshots.** The decider stores its state every [`SNAPSHOT_EVERY`] decisions (see
+//!   [`snapshot`]); a replica taking a region over starts from the newest good one and folds
+//!   only the decisions after it ([`rebuild`]).
 //! - **Group commit.** Everything the consumer has buffered (up to [`MAX_INPUTS_PER_BATCH`]
 //!   events) is decided and written in one durable write.
 
 pub mod closing;
 pub mod decide;
+pub mod rebuild;
 mod run;
+pub mod snapshot;
 
-pub use run::{ReservationConfig, run};
+pub use run::{ReservationConfig, SNAPSHOT_EVERY, run};
 
 /// Most intake events decided per write: each yields at most two decisions, and an atomic
 /// batch holds at most 1,000 messages.

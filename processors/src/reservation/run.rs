@@ -17,7 +17,6 @@ use streams::appender::{AppendError, Outgoing, publish_atomic};
 use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start, Undecodable};
 use streams::events::{Envelope, Event};
 use streams::model::Region;
-use streams::replay::{self, Record};
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use streams::{lease, regions};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use super::MAX_INPUTS_PER_BATCH;
 use super::closing::{self, Closing};
 use super::decide::{Input, Policy, State};
-use crate::metrics::Metrics;
+use super::rebuild::{self, Pending};
+use crate::metrics::{Metrics, processor};
 use streams::events::WindowSet;
 use tokio::sync::watch;
 
@@ -36,7 +36,13 @@ pub struct ReservationConfig {
     pub regions: RegionFilter,
     /// The reservation rule's settings (the waiting list's bound).
     pub policy: Policy,
+    /// Write a snapshot of a region's state after this many decisions since the last one
+    /// (0: never). A takeover then folds at most about this many decisions after loading it.
+    pub snapshot_every: u64,
 }
+
+/// The default of [`ReservationConfig::snapshot_every`].
+pub const SNAPSHOT_EVERY: u64 = 200_000;
 
 /// Runs the reservation processor until `shutdown` fires. Any number of replicas may run for
 /// any mix of regions: for each region one holds its lease and decides, the others stand by
@@ -52,8 +58,21 @@ pub async fn run(
     let Some(leases) = lease::open(&js, &shutdown).await else {
         return Ok(());
     };
+    let snapshots = if config.snapshot_every == 0 {
+        None
+    } else {
+        match js.get_object_store(subjects::SNAPSHOTS_BUCKET).await {
+            Ok(store) => Some(store),
+            Err(err) => {
+                tracing::warn!(error = %err, "The snapshots bucket cannot be opened; every takeover folds the whole decision log.");
+                None
+            }
+        }
+    };
     let worker = Worker {
         leases,
+        snapshots,
+        snapshot_every: config.snapshot_every,
         js: js.clone(),
         client,
         holder: format!("reservation-{}", uuid::Uuid::now_v7()),
@@ -73,6 +92,10 @@ struct Worker {
     js: jetstream::Context,
     client: async_nats::Client,
     leases: async_nats::jetstream::kv::Store,
+    /// Where snapshots of the regions' states are (`None`: not used).
+    snapshots: Option<async_nats::jetstream::object_store::ObjectStore>,
+    /// Decisions between two snapshots of a region.
+    snapshot_every: u64,
     /// This replica's name in the lease bucket.
     holder: String,
     metrics: Metrics,
@@ -95,6 +118,9 @@ impl Worker {
         while let Some(lease) = lease::acquire(&self.leases, &key, &self.holder, &shutdown).await {
             self.metrics.active.inc();
             self.metrics.leases.inc();
+            self.metrics
+                .flow
+                .start(processor::RESERVATION, region.as_str());
             let (closing, watching) = watch::channel(Closing::default());
             let closer = tokio::spawn(close_waitlists(
                 self.js.clone(),
@@ -109,6 +135,8 @@ impl Worker {
                 fence: 0,
                 closing: &closing,
                 window: None,
+                since_snapshot: 0,
+                snapshotting: None,
             };
             consume::run_ordered(
                 &self.js,
@@ -119,6 +147,12 @@ impl Worker {
             )
             .await;
             self.metrics.active.dec();
+            // A standby is behind on nothing: the active replica reports the region's lag.
+            self.metrics
+                .flow
+                .pending
+                .with_label_values(&[processor::RESERVATION, region.as_str()])
+                .set(0);
             closer.abort();
             lease.release().await;
         }
@@ -135,6 +169,10 @@ struct RegionStep<'a> {
     /// The region's window and open waiting lists, for the closer.
     closing: &'a watch::Sender<Closing>,
     window: Option<WindowSet>,
+    /// Decisions written (or folded while rebuilding) since the state last had a snapshot.
+    since_snapshot: u64,
+    /// The snapshot being stored, if one is.
+    snapshotting: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Whether `decision` changes a waiting list: only then does the closer need a new list (it
@@ -149,6 +187,44 @@ fn touches_a_line(decision: &Event) -> bool {
 }
 
 impl RegionStep<'_> {
+    /// Stores a snapshot of the state if enough decisions were taken since the last one and
+    /// none is being stored. Call only when the state is exactly the fold of the log up to
+    /// `self.fence` (see [`super::snapshot`]).
+    fn maybe_snapshot(&mut self) {
+        let worker = self.worker;
+        let Some(store) = &worker.snapshots else {
+            return;
+        };
+        if self.since_snapshot < worker.snapshot_every
+            || self.fence == 0
+            || self.snapshotting.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        self.since_snapshot = 0;
+        let timer = worker.metrics.snapshot_encode_seconds.start_timer();
+        let pending = Pending::of(self.region, self.fence, &self.state);
+        timer.observe_duration();
+        let (js, store, metrics, region) = (
+            worker.js.clone(),
+            store.clone(),
+            worker.metrics.clone(),
+            self.region.clone(),
+        );
+        let decision_seq = self.fence;
+        self.snapshotting = Some(tokio::spawn(async move {
+            match rebuild::write(&js, &store, pending).await {
+                Ok(bytes) => {
+                    metrics.snapshots.inc();
+                    tracing::info!(%region, decision_seq, bytes, "Snapshot of the region's state stored.");
+                }
+                Err(err) => {
+                    tracing::warn!(%region, decision_seq, error = %format!("{err:#}"), "A snapshot could not be stored; the next one will be tried later.");
+                }
+            }
+        }));
+    }
+
     /// Tells the closer what is open now.
     fn show_closing(&self) {
         self.closing.send_replace(Closing {
@@ -160,16 +236,28 @@ impl RegionStep<'_> {
 
 impl OrderedStep for RegionStep<'_> {
     async fn resume(&mut self) -> Result<Start, Halt> {
-        let (state, fence) = recover(&self.worker.js, self.region, self.worker.policy).await?;
-        tracing::info!(
-            region = %self.region,
-            registrations = state.registrations.len(),
-            slots = state.slots.len(),
-            checkpoint = state.checkpoint,
-            "Reservation state rebuilt from the log."
-        );
-        self.state = state;
-        self.fence = fence;
+        let metrics = &self.worker.metrics;
+        let timer = metrics.rebuild_seconds.start_timer();
+        let rebuilt = rebuild::rebuild(
+            &self.worker.js,
+            self.region,
+            self.worker.policy,
+            self.worker.snapshots.as_ref(),
+        )
+        .await?;
+        timer.observe_duration();
+        if let Some(outcome) = rebuilt.snapshot {
+            metrics.snapshot_loads.with_label_values(&[outcome]).inc();
+        }
+        metrics
+            .rebuild_folded
+            .with_label_values(&[self.region.as_str()])
+            .set(rebuilt.folded as i64);
+        self.state = rebuilt.state;
+        self.fence = rebuilt.fence;
+        // A long fold is worth a snapshot at once, so the next takeover is short.
+        self.since_snapshot = rebuilt.folded;
+        self.maybe_snapshot();
         self.window = last_window(&self.worker.js, self.region).await?;
         self.show_closing();
         Ok(Start::At(self.state.checkpoint + 1))
@@ -177,10 +265,17 @@ impl OrderedStep for RegionStep<'_> {
 
     async fn handle(&mut self, group: Vec<Decoded>) -> Result<(), Halt> {
         let metrics = &self.worker.metrics;
-        metrics.inputs.inc_by(group.len() as u64);
+        let read = group.len() as u64;
+        metrics.inputs.inc_by(read);
+        if let Some(last) = group.last() {
+            metrics
+                .flow
+                .read(processor::RESERVATION, self.region.as_str(), last);
+        }
         let mut outgoing = Vec::new();
         let subject = subjects::reservation_decisions(self.region);
         let mut lines_changed = false;
+        let last_seq = group.last().map_or(0, |r| r.seq);
         for record in group {
             if let Event::WindowSet(window) = &record.envelope.event {
                 self.window = Some(window.clone());
@@ -206,6 +301,9 @@ impl OrderedStep for RegionStep<'_> {
             if lines_changed {
                 self.show_closing(); // a window changed
             }
+            metrics
+                .flow
+                .handled(processor::RESERVATION, self.region.as_str(), read);
             return Ok(());
         };
         // One subject per region: "nobody wrote since my last decision" is one check.
@@ -214,6 +312,7 @@ impl OrderedStep for RegionStep<'_> {
             self.fence.to_string().as_str(),
         );
         let timer = metrics.batch_seconds.start_timer();
+        let written = outgoing.len() as u64;
         let result = publish_atomic(&self.worker.js, &self.worker.client, outgoing).await;
         timer.observe_duration();
         match result {
@@ -222,6 +321,16 @@ impl OrderedStep for RegionStep<'_> {
                 self.fence = *seqs.last().expect("a batch is never empty");
                 if lines_changed {
                     self.show_closing();
+                }
+                metrics
+                    .flow
+                    .handled(processor::RESERVATION, self.region.as_str(), read);
+                self.since_snapshot += written;
+                // The state is the fold of the log up to the fence only when the last event
+                // read was decided: otherwise it may hold a capacity set after the state's
+                // checkpoint, which a fold would not (the next snapshot will do).
+                if self.state.checkpoint == last_seq {
+                    self.maybe_snapshot();
                 }
                 Ok(())
             }
@@ -232,76 +341,6 @@ impl OrderedStep for RegionStep<'_> {
             // The outcome is unknown (or refused): the log is the truth, so rebuild from it.
             Err(err) => Err(Halt::Transient(anyhow::Error::new(err))),
         }
-    }
-}
-
-/// Folds `region`'s decisions into a state, then the operators' capacities and the closed
-/// waiting lists up to the state's checkpoint. Returns the state and the sequence of the
-/// region's last decision. Stops at a record it cannot decode: a state that skipped a
-/// decision could overbook.
-async fn recover(
-    js: &jetstream::Context,
-    region: &Region,
-    policy: Policy,
-) -> Result<(State, u64), Halt> {
-    let filter = RegionFilter::One(region.clone());
-    let mut state = State::new(policy);
-    let mut fence = 0;
-    let mut bad: Option<Undecodable> = None;
-    let mut note_bad = |stream: &str, record: &Record, reason: String| {
-        bad.get_or_insert_with(|| Undecodable {
-            stream: stream.to_owned(),
-            seq: record.seq,
-            subject: record.subject.clone(),
-            reason,
-        });
-    };
-    replay::read_to_end(
-        js,
-        subjects::DECISIONS_STREAM,
-        subjects::reservation_decisions_filter(&filter),
-        1,
-        |record: Record| {
-            fence = record.seq;
-            match &record.envelope {
-                Ok(envelope) => state.apply(&envelope.event),
-                Err(err) => note_bad(subjects::DECISIONS_STREAM, &record, err.to_string()),
-            }
-        },
-    )
-    .await
-    .context("Failed to read back the decisions log")?;
-    let checkpoint = state.checkpoint;
-    for kind in [IntakeKind::Capacity, IntakeKind::Waitlist] {
-        replay::read_to_end(
-            js,
-            subjects::INTAKE_STREAM,
-            subjects::intake_kind_filter(&filter, kind),
-            1,
-            |record: Record| {
-                if record.seq > checkpoint {
-                    return;
-                }
-                match &record.envelope {
-                    Ok(Envelope {
-                        event: Event::CapacitySet(set),
-                        ..
-                    }) => state.set_capacity(&set.slot, set.capacity),
-                    Ok(Envelope {
-                        event: Event::WaitlistClosed(closed),
-                        ..
-                    }) => state.close_waitlist(&closed.slot),
-                    Ok(_) => {}
-                    Err(err) => note_bad(subjects::INTAKE_STREAM, &record, err.to_string()),
-                }
-            },
-        )
-        .await
-        .context("Failed to read back the slots' settings")?;
-    }
-    match bad {
-        Some(why) => Err(Halt::Undecodable(why)),
-        None => Ok((state, fence)),
     }
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::breaker::{Breaker, BreakerConfig};
 use super::decide::{self, Failure, Limits, Next, Target};
 use super::registry::{Person, RegistryClient, RegistryError};
-use crate::metrics::{Metrics, VerificationMetrics};
+use crate::metrics::{Metrics, VerificationMetrics, processor};
 
 /// What a verification replica does and how hard it may push the registry.
 #[derive(Debug, Clone)]
@@ -111,8 +111,12 @@ pub async fn run(
     });
     tracing::info!(registry = %config.registry_url, "Verification processor starting.");
     regions::serve_each(&js, config.regions.clone(), &shutdown, |region| {
-        let (verifier, health, shutdown) =
-            (verifier.clone(), metrics.health.clone(), shutdown.clone());
+        let (verifier, health, shutdown, flow) = (
+            verifier.clone(),
+            metrics.health.clone(),
+            shutdown.clone(),
+            metrics.flow.clone(),
+        );
         let spec = DurableSpec {
             name: subjects::verification_consumer(&region),
             stream: subjects::DECISIONS_STREAM,
@@ -126,9 +130,16 @@ pub async fn run(
             concurrency: config.concurrency,
         };
         async move {
+            let region = region.to_string();
+            flow.start(processor::VERIFICATION, &region);
             let step = |record: Decoded| {
-                let verifier = verifier.clone();
-                async move { verifier.handle(record).await }
+                let (verifier, flow, region) = (verifier.clone(), flow.clone(), region.clone());
+                async move {
+                    flow.read(processor::VERIFICATION, &region, &record);
+                    let outcome = verifier.handle(record).await;
+                    flow.handled(processor::VERIFICATION, &region, 1);
+                    outcome
+                }
             };
             consume::run_durable(&verifier.js.clone(), &spec, step, &health, &shutdown).await
         }

@@ -16,6 +16,9 @@ use streams::subjects::{self, IntakeKind, RegionFilter};
 use testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
+/// Decisions between two snapshots in these tests: small, so they happen.
+pub const SNAPSHOT_EVERY: u64 = 7;
+
 pub struct World {
     pub nats: NatsServer,
     pub client: async_nats::Client,
@@ -106,8 +109,15 @@ impl World {
         self.replica_for(RegionFilter::One(region()))
     }
 
-    /// Starts one reservation replica for `regions` (one region, or `*`).
+    /// Starts one reservation replica for `regions` (one region, or `*`), snapshotting every
+    /// [`SNAPSHOT_EVERY`] decisions, so every test here also writes and reads snapshots.
     pub fn replica_for(&self, regions: RegionFilter) -> Replica {
+        self.replica_with(regions, SNAPSHOT_EVERY)
+    }
+
+    /// Starts one reservation replica for `regions`, snapshotting every `snapshot_every`
+    /// decisions (0: never).
+    pub fn replica_with(&self, regions: RegionFilter, snapshot_every: u64) -> Replica {
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let task = tokio::spawn(run(
@@ -115,6 +125,7 @@ impl World {
             ReservationConfig {
                 regions,
                 policy: Default::default(),
+                snapshot_every,
             },
             metrics.clone(),
             shutdown.clone(),
@@ -266,4 +277,66 @@ pub fn max_active(log: &[(u64, Event)]) -> HashMap<SlotKey, u32> {
         }
     }
     max
+}
+
+impl World {
+    /// The snapshots bucket.
+    pub async fn snapshot_store(&self) -> async_nats::jetstream::object_store::ObjectStore {
+        async_nats::jetstream::new(self.client.clone())
+            .get_object_store(subjects::SNAPSHOTS_BUCKET)
+            .await
+            .expect("ensure_streams created the snapshots bucket")
+    }
+
+    /// Rebuilds the test region's state as a replica taking it over would, from its
+    /// snapshot (`with_snapshot`) or from the whole log.
+    pub async fn rebuild(&self, with_snapshot: bool) -> processors::reservation::rebuild::Rebuilt {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let store = self.snapshot_store().await;
+        processors::reservation::rebuild::rebuild(
+            &js,
+            &region(),
+            Default::default(),
+            with_snapshot.then_some(&store),
+        )
+        .await
+        .unwrap_or_else(|halt| panic!("rebuild halted: {halt:?}"))
+    }
+
+    /// The decisions one sequential run of the rule takes over the test region's intake, in
+    /// order: what the log must hold whatever replicas took over, from snapshots or not.
+    pub async fn one_run_of_the_rule(&self) -> Vec<Event> {
+        use processors::reservation::decide::{Input, State};
+        let js = async_nats::jetstream::new(self.client.clone());
+        let mut state = State::new(Default::default());
+        let mut out = Vec::new();
+        read_to_end(
+            &js,
+            subjects::INTAKE_STREAM,
+            subjects::intake_filter(&RegionFilter::One(region())),
+            1,
+            |r| {
+                let event = r.envelope.expect("intake decodes").event;
+                out.extend(state.handle(&Input { seq: r.seq, event }));
+            },
+        )
+        .await
+        .unwrap();
+        out
+    }
+
+    /// Waits until the log holds every decision one run of the rule takes over intake, and
+    /// returns both.
+    pub async fn wait_all_decided(&self) -> (Vec<Event>, Vec<Event>) {
+        testkit::eventually(
+            "every intake event decided",
+            Duration::from_secs(30),
+            || async {
+                let expected = self.one_run_of_the_rule().await;
+                let log: Vec<Event> = self.decisions().await.into_iter().map(|(_, e)| e).collect();
+                (log.len() >= expected.len()).then_some((expected, log))
+            },
+        )
+        .await
+    }
 }

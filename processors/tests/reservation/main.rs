@@ -2,6 +2,7 @@
 //! fencing, restarts.
 
 mod helpers;
+mod snapshots;
 
 use futures::future::join_all;
 use helpers::*;

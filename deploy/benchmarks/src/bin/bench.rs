@@ -63,7 +63,7 @@ enum Command {
     #[command(hide = true)]
     Serve {
         #[command(subcommand)]
-        service: e2e::serve::Service,
+        service: Box<e2e::serve::Service>,
     },
 }
 
@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
             println!("\n{md}");
             Ok(())
         }
-        Command::Serve { service } => e2e::serve::serve(service).await,
+        Command::Serve { service } => e2e::serve::serve(*service).await,
         Command::Edge {
             registrations,
             concurrency,

@@ -326,6 +326,12 @@ pub fn spawn_with_env(
         .env("REG_VERIFICATION", "false")
         // Nor notifications: the harness starts no mail or webhook receivers.
         .env("REG_NOTIFICATIONS", "false")
+        // Snapshots every few hundred decisions, so the replicas killed and started here
+        // take over from snapshots too, under the same checks.
+        .env(
+            "REG_SNAPSHOT_EVERY",
+            std::env::var("REG_SNAPSHOT_EVERY").unwrap_or("200".into()),
+        )
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or("info".into()),

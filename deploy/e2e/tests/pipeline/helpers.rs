@@ -25,6 +25,8 @@ pub struct Pipeline {
     pub accounts: Option<nats_accounts::Accounts>,
     pub ingest: String,
     pub read: String,
+    /// The first processor replica's health and metrics endpoint.
+    pub processors: String,
     pub http: Client,
     /// The registry simulator, when the test verifies registrations.
     pub registry: Option<registry_sim::Registry>,
@@ -70,6 +72,9 @@ pub struct Options {
     /// Keep the projections in an embedded SurrealKV store in this directory instead of
     /// memory.
     pub store_dir: Option<std::path::PathBuf>,
+    /// Decisions between two snapshots of a region's state (25 unless set, so every test
+    /// writes and reads snapshots; 0: none).
+    pub snapshot_every: Option<u64>,
 }
 
 impl Pipeline {
@@ -124,7 +129,7 @@ impl Pipeline {
         }
         let (ingest_listener, ingest) = listener();
         let (read_listener, read) = listener();
-        let (processor_listener, _) = listener();
+        let (processor_listener, processors) = listener();
         let receivers = match options.receivers {
             Some(knobs) => {
                 let dir = tempfile::tempdir().unwrap();
@@ -177,6 +182,7 @@ impl Pipeline {
             policy: processors::reservation::decide::Policy {
                 waitlist_per_slot: options.waitlist_per_slot,
             },
+            snapshot_every: options.snapshot_every.unwrap_or(25),
             verification: registry.as_ref().map(|(_, url)| {
                 let mut config = processors::verification::VerificationConfig::new(
                     RegionFilter::All,
@@ -256,6 +262,7 @@ impl Pipeline {
             accounts,
             ingest,
             read,
+            processors,
             http: Client::new().await,
             registry: registry.map(|(registry, _)| registry),
             receivers: receivers.map(|(r, _, _)| r),
