@@ -268,8 +268,15 @@ impl Pipeline {
             receivers: receivers.map(|(r, _, _)| r),
             shutdown,
         };
-        let edge = (!options.undecodable_window).then_some(&pipeline.ingest);
-        for base in edge.into_iter().chain([&pipeline.read]) {
+        // An undecodable record stops the readers of its stream (the edge's windows reader,
+        // the projections' intake worker), and each says so on /readyz: neither is waited for.
+        let services = [&pipeline.ingest, &pipeline.read];
+        let waited = if options.undecodable_window {
+            &services[..0]
+        } else {
+            &services[..]
+        };
+        for base in waited {
             let url = format!("{base}/readyz");
             testkit::eventually(
                 &format!("{url} to answer 200"),
