@@ -8,12 +8,31 @@ use tokio_util::sync::CancellationToken;
 /// How a service reaches NATS.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
-    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222` or, for a cluster,
+    /// `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` ([`server_addrs`]).
     pub url: String,
     /// Connection name shown by `nats-server` monitoring.
     pub name: String,
     /// Optional user credentials (`user:password`), for per-service permissions.
     pub credentials: Option<(String, String)>,
+}
+
+/// The servers of a comma-separated URL list, in order. async-nats reads a `&str` as one
+/// address (`"a,b"` would be a single, invalid one), so a cluster's list is split here and
+/// handed over as a list: the client then connects to any of them and, when that server
+/// goes away, reconnects to another (and to the ones the cluster advertises).
+pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("Failed to read the NATS server address {url:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!addrs.is_empty(), "no NATS server address in {urls:?}");
+    Ok(addrs)
 }
 
 /// Connects to NATS, retrying until it answers or `shutdown` fires. Services start in any
@@ -22,6 +41,7 @@ pub async fn connect(
     options: &NatsOptions,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<async_nats::Client> {
+    let servers = server_addrs(&options.url)?;
     let mut delay = Duration::from_millis(100);
     loop {
         let mut connect = async_nats::ConnectOptions::new()
@@ -32,7 +52,7 @@ pub async fn connect(
         if let Some((user, password)) = &options.credentials {
             connect = connect.user_and_password(user.clone(), password.clone());
         }
-        let attempt = async_nats::connect_with_options(options.url.as_str(), connect);
+        let attempt = async_nats::connect_with_options(servers.as_slice(), connect);
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("Shut down before NATS answered"),
             result = attempt => match result {
@@ -226,6 +246,18 @@ fn development_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comma_separated_url_is_every_server_of_a_cluster() {
+        let addrs =
+            server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://10.0.0.3:4224")
+                .unwrap();
+        let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(addrs[2].host(), "10.0.0.3");
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert!(server_addrs(" , ").is_err());
+    }
 
     #[test]
     fn development_credentials_start_only_in_development_mode() {
