@@ -63,6 +63,9 @@ pub struct System {
     projections: Process,
     replicas: Vec<Process>,
     started_replicas: u32,
+    /// Environment every service gets beside the deployment's (a cluster's
+    /// `REG_REPLICAS=3`).
+    service_env: Vec<(String, String)>,
     /// Environment every processor replica gets beside the deployment's (the notification
     /// providers).
     replica_env: Vec<(String, String)>,
@@ -82,16 +85,36 @@ impl System {
         replicas: u32,
         replica_env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(nats_url, log_dir, replicas, Vec::new(), replica_env).await
+    }
+
+    /// As [`System::start_with`], every service (the replicas too) with `service_env` added:
+    /// how the failover run starts the system on a cluster (`REG_REPLICAS=3`).
+    pub async fn start_configured(
+        nats_url: &str,
+        log_dir: &Path,
+        replicas: u32,
+        service_env: Vec<(String, String)>,
+        replica_env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("Failed to find the chaos binary")?;
         let http = ntex::client::Client::new().await;
         let mut system = System {
-            ingest: spawn(&exe, nats_url, log_dir, "ingest", "ingest")?,
-            projections: spawn(&exe, nats_url, log_dir, "projections", "projections")?,
+            ingest: spawn_with_env(&exe, nats_url, log_dir, "ingest", "ingest", &service_env)?,
+            projections: spawn_with_env(
+                &exe,
+                nats_url,
+                log_dir,
+                "projections",
+                "projections",
+                &service_env,
+            )?,
             exe,
             nats_url: nats_url.to_owned(),
             log_dir: log_dir.to_owned(),
             replicas: Vec::new(),
             started_replicas: 0,
+            service_env,
             replica_env,
             http,
         };
@@ -131,13 +154,19 @@ impl System {
     fn start_replica(&mut self) -> anyhow::Result<()> {
         self.started_replicas += 1;
         let name = format!("reservation-{}", self.started_replicas);
+        let env: Vec<(String, String)> = self
+            .service_env
+            .iter()
+            .chain(&self.replica_env)
+            .cloned()
+            .collect();
         let process = spawn_with_env(
             &self.exe,
             &self.nats_url,
             &self.log_dir,
             &name,
             "processors",
-            &self.replica_env,
+            &env,
         )?;
         self.replicas.push(process);
         Ok(())
