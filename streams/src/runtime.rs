@@ -76,6 +76,10 @@ pub async fn connect(
 }
 
 /// Connects to NATS and creates or updates every stream and bucket: how each service starts.
+/// A creation that times out is tried again until `shutdown` fires (on a cluster just
+/// formed, an R3 stream answers only once its first leader is elected, which can take longer
+/// than one request's timeout); any other refusal (say, another replication than the
+/// streams have) stops the start.
 pub async fn start_jetstream(
     options: &NatsOptions,
     replication: crate::config::Replication,
@@ -83,8 +87,44 @@ pub async fn start_jetstream(
 ) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
     let client = connect(options, shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
-    crate::config::ensure_streams(&js, replication).await?;
-    Ok((client, js))
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match crate::config::ensure_streams(&js, replication).await {
+            Ok(()) => return Ok((client, js)),
+            Err(err) if is_transient(&err) => tracing::warn!(
+                error = %format!("{err:#}"),
+                "JetStream did not answer in time (a cluster still electing leaders?); trying again."
+            ),
+            Err(err) => return Err(err),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("Shut down before the streams were in place"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Whether creating the streams failed only for want of a timely answer (worth trying again)
+/// rather than because JetStream refused.
+fn is_transient(err: &anyhow::Error) -> bool {
+    use async_nats::jetstream::context::{
+        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        GetStreamError, GetStreamErrorKind,
+    };
+    err.chain().any(|cause| {
+        cause.downcast_ref::<CreateStreamError>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+            )
+        }) || cause
+            .downcast_ref::<GetStreamError>()
+            .is_some_and(|e| matches!(e.kind(), GetStreamErrorKind::Request))
+            || cause
+                .downcast_ref::<CreateKeyValueError>()
+                .is_some_and(|e| matches!(e.kind(), CreateKeyValueErrorKind::TimedOut))
+    })
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), `REG_LOG_FORMAT=json`
@@ -246,6 +286,22 @@ fn development_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_late_answer_makes_the_stream_creation_worth_trying_again() {
+        use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+        let timed_out = anyhow::Error::new(CreateStreamError::new(CreateStreamErrorKind::TimedOut))
+            .context("Failed to create or update stream REG_INTAKE");
+        assert!(is_transient(&timed_out));
+        let refused = anyhow::Error::new(CreateStreamError::new(
+            CreateStreamErrorKind::InvalidStreamName,
+        ))
+        .context("Failed to create or update stream REG_INTAKE");
+        assert!(!is_transient(&refused));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "stream REG_INTAKE has 1 replica(s) but this service was started with REG_REPLICAS=3"
+        )));
+    }
 
     #[test]
     fn a_comma_separated_url_is_every_server_of_a_cluster() {

@@ -205,27 +205,6 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
         .context("Starting the cluster panicked")?;
     let url = cluster.url();
     println!("failover: three-node cluster at {url}");
-    // The streams and buckets first, R3: on a cluster just formed the first creation can
-    // take longer than a service's start-up request allows (it then exits; see
-    // docs/cluster.md), so the run, like an operator, creates them and then starts the
-    // services, which find them in place.
-    let js = jetstream::new(cluster.connect().await);
-    let creating = Instant::now();
-    testkit::eventually(
-        "the R3 streams to be created",
-        Duration::from_secs(60),
-        async || {
-            streams::config::ensure_streams(&js, streams::config::Replication(3))
-                .await
-                .map_err(|e| println!("failover: creating the streams: {e:#}"))
-                .ok()
-        },
-    )
-    .await;
-    println!(
-        "failover: R3 streams created in {:.1}s",
-        creating.elapsed().as_secs_f64()
-    );
     let service_env = vec![("REG_REPLICAS".to_owned(), "3".to_owned())];
     let mut system =
         services::System::start_configured(&url, &log_dir, options.replicas, service_env, vec![])
@@ -240,6 +219,7 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
         nodes.push(cluster.connect_node(i).await);
     }
     let watcher = Watcher::start(nodes);
+    let js = jetstream::new(cluster.connect().await);
     println!(
         "failover: {} citizens over {:?}, {} slots, {} rounds, {} reservation replicas",
         options.submissions, options.duration, options.slots, options.rounds, options.replicas
