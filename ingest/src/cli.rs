@@ -12,6 +12,11 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "REG_INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// The read API's public base URL, as the citizens' page reaches it (served to the page
+    /// as `/config.json`; the only other origin its Content-Security-Policy allows). Unset:
+    /// `REG_STATUS_BASE_URL`, itself by default `http://<REG_READ_LISTEN>` under `deploy/up`.
+    #[arg(long, env = "REG_READ_API_URL")]
+    pub read_api_url: Option<String>,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -19,7 +24,10 @@ pub async fn run_cli(
     args: Args,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+    let mut settings = Settings::from_env()?;
+    if let Some(url) = args.read_api_url {
+        settings.read_api_url = url.trim_end_matches('/').to_owned();
+    }
     streams::runtime::check_credentials(&[
         (
             "REG_SECRET",

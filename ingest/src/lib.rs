@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
 //! | [`routes`] | the handlers of the HTTP contract |
+//! | [`page`] | the citizens' page (`ingest/page/`), served at `/` |
 //! | [`error`] | the one error type, which maps itself to status, code, field and `Retry-After` |
 //! | [`validate`] | request bodies parsed into valid values, or a field error |
 //! | [`claims`] | one registration per citizen, idempotency |
@@ -20,6 +21,7 @@ pub mod claims;
 pub mod cli;
 pub mod error;
 pub mod metrics;
+pub mod page;
 pub mod routes;
 pub mod service;
 pub mod settings;

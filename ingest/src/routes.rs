@@ -679,6 +679,7 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
 
 /// The routes of the edge.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    crate::page::configure(cfg);
     cfg.route("/v1/registrations", web::post().to(submit))
         .route("/v1/registrations/recover", web::post().to(recover))
         .route("/v1/registrations/{id}", web::delete().to(cancel))

@@ -90,12 +90,69 @@ async fn prune_limiters(
             _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
         }
         if let Some(limiter) = &per_address {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            prune(limiter);
         }
         for limiter in per_citizen.iter().flatten() {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            prune(limiter);
         }
+    }
+}
+
+/// Drops every key whose bucket is full again (indistinguishable from a key never seen) and
+/// gives the memory back.
+fn prune<K, C>(
+    limiter: &governor::RateLimiter<
+        K,
+        governor::state::keyed::DashMapStateStore<K>,
+        C,
+        governor::middleware::NoOpMiddleware<C::Instant>,
+    >,
+) where
+    K: std::hash::Hash + Eq + Clone,
+    C: governor::clock::Clock,
+{
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::time::Duration;
+
+    use governor::clock::FakeRelativeClock;
+    use governor::{Quota, RateLimiter};
+
+    use super::prune;
+
+    #[test]
+    fn pruning_forgets_the_quiet_and_keeps_those_still_limited() {
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::per_minute(NonZeroU32::new(10).expect("non-zero"));
+        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone());
+        // 10,000 citizens seen once each, and one who used up the whole minute's quota.
+        for citizen in 0..10_000u32 {
+            assert!(limiter.check_key(&citizen.to_string()).is_ok());
+        }
+        for _ in 0..10 {
+            assert!(limiter.check_key(&"busy".to_owned()).is_ok());
+        }
+        assert!(limiter.check_key(&"busy".to_owned()).is_err());
+        assert_eq!(limiter.len(), 10_001);
+
+        // Nothing is forgotten while each bucket still remembers its requests.
+        prune(&limiter);
+        assert_eq!(limiter.len(), 10_001);
+
+        // Thirteen seconds on (more than two emission intervals of 6 s), the once-seen
+        // citizens' buckets are full again and go; the busy one's is not, and it stays.
+        clock.advance(Duration::from_secs(13));
+        prune(&limiter);
+        assert_eq!(limiter.len(), 1);
+
+        // A minute after its last request it is forgotten too.
+        clock.advance(Duration::from_secs(60));
+        prune(&limiter);
+        assert!(limiter.is_empty());
     }
 }

@@ -52,6 +52,10 @@ pub struct Settings {
     /// Where citizens read their status: the read API's public base URL, so `status_url`
     /// in a `202` can be followed as is (the edge itself serves no reads).
     pub status_base_url: String,
+    /// Where the citizens' page reaches the read API (availability, status): its public
+    /// base URL, served to the page as `/config.json` and allowed by its
+    /// Content-Security-Policy. `REG_READ_API_URL`, by default `status_base_url`.
+    pub read_api_url: String,
     /// Addresses of the load balancers in front of the edge: for a request from one of them,
     /// the client is the nearest untrusted address in `X-Forwarded-For` (otherwise every
     /// citizen behind the balancer would share one rate-limit bucket). Empty: the header is
@@ -75,6 +79,7 @@ impl std::fmt::Debug for Settings {
             .field("max_open_submissions", &self.max_open_submissions)
             .field("workers", &self.workers)
             .field("status_base_url", &self.status_base_url)
+            .field("read_api_url", &self.read_api_url)
             .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
@@ -84,11 +89,7 @@ impl Settings {
     /// Defaults for a development machine, pointing at `nats_url`.
     pub fn development(nats_url: &str) -> Self {
         Settings {
-            nats: streams::runtime::NatsOptions {
-                url: nats_url.to_owned(),
-                name: "ingest".into(),
-                credentials: None,
-            },
+            nats: streams::runtime::NatsOptions::new(nats_url, "ingest"),
             secret: streams::crypto::DEVELOPMENT_SECRET.into(),
             admin_token: DEVELOPMENT_ADMIN_TOKEN.into(),
             max_body_bytes: 16 * 1024,
@@ -105,6 +106,7 @@ impl Settings {
             replicas: 1,
             trusted_proxies: Vec::new(),
             status_base_url: "http://127.0.0.1:8081".into(),
+            read_api_url: "http://127.0.0.1:8081".into(),
         }
     }
 
@@ -112,6 +114,7 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         let url = std::env::var("REG_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let mut s = Settings::development(&url);
+        s.nats = streams::runtime::NatsOptions::from_env("ingest")?;
         if let Ok(secret) = std::env::var("REG_SECRET") {
             s.secret = secret;
         }
@@ -165,6 +168,7 @@ impl Settings {
         }
         if let Ok(url) = std::env::var("REG_STATUS_BASE_URL") {
             s.status_base_url = url.trim_end_matches('/').to_owned();
+            s.read_api_url = s.status_base_url.clone();
         }
         Ok(s)
     }

@@ -118,6 +118,17 @@ pub async fn run_cli(
         &webhook_secret,
         crate::notification::DEVELOPMENT_WEBHOOK_SECRET,
     )])?;
+    // The process's identity (REG_NATS_USER) is the reservation processor's and the claims
+    // releaser's; verification and notification may each have their own.
+    let base_nats = NatsOptions::from_env(&format!("reservation-{}", args.region))?;
+    let part_nats = |who: &str| -> anyhow::Result<Option<NatsOptions>> {
+        let mut own = base_nats.clone().with_identity_from_env(who)?;
+        own.name = format!("{who}-{}", args.region);
+        own.url = args.nats_url.clone();
+        Ok((own.credentials != base_nats.credentials).then_some(own))
+    };
+    let verification_nats = part_nats("verification")?;
+    let notification_nats = part_nats("notification")?;
     let notification = if args.notifications {
         let (host, port) = args
             .smtp_address
@@ -134,6 +145,7 @@ pub async fn run_cli(
             max_attempts: args.notify_max_attempts,
             mail_rate: args.mail_rate,
             webhook_rate: args.webhook_rate,
+            nats: notification_nats,
             ..NotificationConfig::development(regions.clone())
         })
     } else {
@@ -148,6 +160,7 @@ pub async fn run_cli(
             max_age: Duration::from_secs(args.verify_max_age_s),
             ..Limits::default()
         },
+        nats: verification_nats,
         ..VerificationConfig::new(regions.clone(), args.registry_url.clone())
     });
     let listener = streams::runtime::bind(&args.listen)?;
@@ -156,8 +169,7 @@ pub async fn run_cli(
         Settings {
             nats: NatsOptions {
                 url: args.nats_url,
-                name: format!("reservation-{}", args.region),
-                credentials: None,
+                ..base_nats.clone()
             },
             regions,
             replication: Replication(args.replicas),

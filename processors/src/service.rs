@@ -65,24 +65,32 @@ pub async fn run(
         metrics.health.clone(),
         shutdown.clone(),
     ));
-    let verifier = settings.verification.map(|config| {
-        tokio::spawn(verification::run(
-            client.clone(),
-            settings.keys.clone(),
-            config,
-            metrics.clone(),
-            shutdown.clone(),
-        ))
-    });
-    let notifier = settings.notification.map(|config| {
-        tokio::spawn(notification::run(
-            client.clone(),
-            settings.keys.clone(),
-            config,
-            metrics.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let verifier = match settings.verification {
+        Some(config) => {
+            let client = own_connection(&client, config.nats.as_ref(), &shutdown).await?;
+            Some(tokio::spawn(verification::run(
+                client,
+                settings.keys.clone(),
+                config,
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let notifier = match settings.notification {
+        Some(config) => {
+            let client = own_connection(&client, config.nats.as_ref(), &shutdown).await?;
+            Some(tokio::spawn(notification::run(
+                client,
+                settings.keys.clone(),
+                config,
+                metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let result = reservation::run(
         client,
         ReservationConfig {
@@ -107,6 +115,19 @@ pub async fn run(
         }
     }
     result
+}
+
+/// A processor's connection: its own identity's when it has one (see `docs/security.md`),
+/// otherwise the process's.
+async fn own_connection(
+    shared: &async_nats::Client,
+    options: Option<&streams::runtime::NatsOptions>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<async_nats::Client> {
+    match options {
+        Some(options) => streams::runtime::connect(options, shutdown).await,
+        None => Ok(shared.clone()),
+    }
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use moka::future::Cache;
-use ntex::http::StatusCode;
 use ntex::http::header::{self, HeaderValue};
+use ntex::http::{Method, StatusCode};
 use ntex::web::{self, HttpRequest, HttpResponse, types::State};
 use serde_json::{Value, json};
 use streams::crypto::{Keys, sha256_hex};
@@ -33,13 +33,45 @@ pub struct Rendered {
     etag: String,
 }
 
+/// Every slot's availability row, read from SurrealDB at most once per cache period
+/// whatever the number of distinct queries: the table is small (tens of thousands of slots)
+/// and every filter is answered from it in memory, so a query nobody asked before costs no
+/// database read. `generation` tells the answers rendered from one load from the next.
+#[derive(Debug)]
+pub struct SlotTable {
+    generation: u64,
+    rows: Vec<Value>,
+}
+
+impl SlotTable {
+    /// The rows matching `key`, in the table's order (region, location, date).
+    fn filter(&self, key: &AvailabilityKey) -> Vec<&Value> {
+        let is = |row: &Value, field: &str, want: Option<&str>| {
+            want.is_none_or(|want| row.get(field).and_then(Value::as_str) == Some(want))
+        };
+        let date = key.date.map(|d| d.to_string());
+        self.rows
+            .iter()
+            .filter(|row| {
+                is(row, "region", key.region.as_ref().map(Region::as_str))
+                    && is(row, "location", key.location.as_ref().map(Location::as_str))
+                    && is(row, "date", date.as_deref())
+            })
+            .collect()
+    }
+}
+
 /// Shared by every worker thread of the read API.
 #[derive(Clone)]
 pub struct Reader {
     /// The projection database.
     pub store: Store,
-    /// Availability answers, about one second old at most.
-    pub cache: Cache<AvailabilityKey, Arc<Rendered>>,
+    /// Availability answers by query and table generation, about one second old at most.
+    pub cache: Cache<(AvailabilityKey, u64), Arc<Rendered>>,
+    /// The whole availability table, loaded once per cache period.
+    pub slots: Cache<(), Arc<SlotTable>>,
+    /// Loads of the table so far: the next one's generation.
+    generations: Arc<std::sync::atomic::AtomicU64>,
     /// Keys for checking registration tokens.
     pub keys: Keys,
     /// Metrics.
@@ -48,28 +80,52 @@ pub struct Reader {
     pub client: async_nats::Client,
     /// The operators' bearer token (the manual-review list).
     pub admin_token: String,
+    /// Rebuilds of the projections operators started.
+    pub rebuilds: crate::rebuild::Rebuilds,
+    /// Origins whose pages may read availability and status (CORS, see [`crate::cors`]).
+    pub cors_origins: Arc<Vec<String>>,
+}
+
+/// What the read API is configured with, besides its connections.
+#[derive(Debug, Clone)]
+pub struct ReaderSettings {
+    /// Availability cache lifetime (the staleness bound).
+    pub ttl: Duration,
+    /// The operators' bearer token.
+    pub admin_token: String,
+    /// Origins whose pages may read availability and status.
+    pub cors_origins: Vec<String>,
 }
 
 impl Reader {
-    /// Builds the reader with a cache whose entries live `ttl`.
+    /// Builds the reader with a cache whose entries live `settings.ttl`.
     pub fn new(
         store: Store,
         keys: Keys,
         metrics: Metrics,
         client: async_nats::Client,
-        ttl: Duration,
-        admin_token: String,
+        rebuilds: crate::rebuild::Rebuilds,
+        settings: ReaderSettings,
     ) -> Self {
+        let ReaderSettings {
+            ttl,
+            admin_token,
+            cors_origins,
+        } = settings;
         Reader {
             store,
             cache: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            slots: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
+            generations: Default::default(),
             keys,
             metrics,
             client,
             admin_token,
+            rebuilds,
+            cors_origins: Arc::new(cors_origins),
         }
     }
 }
@@ -109,33 +165,19 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
     })
 }
 
-/// `GET /v1/availability`
+/// `GET /v1/availability`, readable by the citizens' page ([`crate::cors`]).
 pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let response = availability_inner(&req, &reader).await;
+    crate::cors::allow(&req, &reader, response)
+}
+
+async fn availability_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
     reader.metrics.availability_requests.inc();
-    let key = match parse_key(&req) {
+    let key = match parse_key(req) {
         Ok(key) => key,
         Err(response) => return response,
     };
-    let loader = {
-        let reader = reader.clone();
-        let key = key.clone();
-        async move {
-            reader.metrics.availability_loads.inc();
-            let rows = reader
-                .store
-                .availability(
-                    key.region.as_ref().map(Region::as_str),
-                    key.location.as_ref().map(Location::as_str),
-                    key.date.map(|d| d.to_string()).as_deref(),
-                )
-                .await?;
-            let body = serde_json::to_string(&rows)?;
-            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
-            anyhow::Ok(Arc::new(Rendered { body, etag }))
-        }
-    };
-    // One load per key however many readers ask at once (moka coalesces them).
-    let rendered = match reader.cache.try_get_with(key, loader).await {
+    let rendered = match rendered_availability(reader, key).await {
         Ok(rendered) => rendered,
         Err(err) => {
             tracing::warn!(error = %err, "Availability could not be loaded.");
@@ -178,6 +220,34 @@ pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpRespon
     response
 }
 
+/// The answer to one availability query: from the cache, or filtered from the slot table
+/// (itself loaded at most once per period, one load however many readers ask at once) and
+/// rendered once per table generation.
+async fn rendered_availability(
+    reader: &Reader,
+    key: AvailabilityKey,
+) -> Result<Arc<Rendered>, Arc<anyhow::Error>> {
+    let table = reader
+        .slots
+        .try_get_with((), async {
+            reader.metrics.availability_loads.inc();
+            let rows = reader.store.availability(None, None, None).await?;
+            let generation = reader
+                .generations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            anyhow::Ok(Arc::new(SlotTable { generation, rows }))
+        })
+        .await?;
+    reader
+        .cache
+        .try_get_with((key.clone(), table.generation), async {
+            let body = serde_json::to_string(&table.filter(&key))?;
+            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
+            anyhow::Ok(Arc::new(Rendered { body, etag }))
+        })
+        .await
+}
+
 fn not_found() -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,
@@ -188,8 +258,13 @@ fn not_found() -> HttpResponse {
 }
 
 /// `GET /v1/registrations/{id}` with `Authorization: Bearer <token>`. Unknown id, wrong or
-/// missing token: the same `404`.
+/// missing token: the same `404`. Readable by the citizens' page ([`crate::cors`]).
 pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    let response = registration_inner(&req, &reader).await;
+    crate::cors::allow(&req, &reader, response)
+}
+
+async fn registration_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
     let Ok(id) = RegistrationId::parse(req.match_info().get("id").unwrap_or_default()) else {
         return not_found();
     };
@@ -267,16 +342,64 @@ pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpRespon
     listing(reader.store.dead_letters().await, "dead letters")
 }
 
+/// `POST /v1/admin/rebuilds`: rebuilds every projection from the start of the log into a
+/// fresh database while the live ones go on, then compares the two (see
+/// [`crate::rebuild`]). `202` with the rebuild's status; `409` while another runs.
+/// Operators only.
+pub async fn start_rebuild(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
+        return streams::http::operator_refused(refusal);
+    }
+    match reader.rebuilds.start(&reader.store) {
+        Ok(status) => {
+            let location = format!("/v1/admin/rebuilds/{}", status.rebuild_id);
+            let mut response = no_store(json_response(StatusCode::ACCEPTED, &status));
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(running) => error(
+            StatusCode::CONFLICT,
+            "rebuild_running",
+            &format!("rebuild {running} is still running"),
+            None,
+        ),
+    }
+}
+
+/// `GET /v1/admin/rebuilds/{id}`: a rebuild's progress and, once done, its comparison with
+/// the live projections. Operators only.
+pub async fn rebuild_status(
+    req: HttpRequest,
+    id: web::types::Path<String>,
+    reader: State<Reader>,
+) -> HttpResponse {
+    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
+        return streams::http::operator_refused(refusal);
+    }
+    match reader.rebuilds.get(&id) {
+        Some(status) => no_store(json_response(StatusCode::OK, &status)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such rebuild (only the last 16 are kept)",
+            None,
+        ),
+    }
+}
+
+fn no_store(mut response: HttpResponse) -> HttpResponse {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// An operator's listing: never cached; `503` when the store cannot answer.
 fn listing(rows: anyhow::Result<Vec<Value>>, what: &str) -> HttpResponse {
     match rows {
-        Ok(rows) => {
-            let mut response = json_response(StatusCode::OK, &rows);
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
+        Ok(rows) => no_store(json_response(StatusCode::OK, &rows)),
         Err(err) => {
             tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
             error(
@@ -307,6 +430,16 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
+        .route("/v1/admin/rebuilds", web::post().to(start_rebuild))
+        .route("/v1/admin/rebuilds/{id}", web::get().to(rebuild_status))
+        .route(
+            "/v1/availability",
+            web::method(Method::OPTIONS).to(crate::cors::preflight),
+        )
+        .route(
+            "/v1/registrations/{id}",
+            web::method(Method::OPTIONS).to(crate::cors::preflight),
+        )
         .route("/v1/admin/reviews", web::get().to(reviews))
         .route(
             "/v1/admin/notifications/dead-letters",

@@ -44,6 +44,11 @@ pub struct Args {
     /// JetStream replicas per stream.
     #[arg(long, env = "REG_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// Origins (comma-separated, e.g. `https://rejestracja.example.pl`) whose pages may
+    /// read availability and status across origins (CORS). Unset: the citizens' page, the
+    /// origin of `REG_CITIZEN_PAGE_URL`, else of `http://<REG_INGEST_LISTEN>` (127.0.0.1:8080).
+    #[arg(long, env = "REG_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -63,14 +68,24 @@ pub async fn run_cli(
             streams::crypto::DEVELOPMENT_ADMIN_TOKEN,
         ),
     ])?;
+    let mut cors_origins: Vec<String> = args
+        .cors_origins
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if cors_origins.is_empty() {
+        let page = std::env::var("REG_CITIZEN_PAGE_URL").ok();
+        let edge = std::env::var("REG_INGEST_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
+        cors_origins = crate::cors::default_origins(page.as_deref(), &edge);
+    }
     let listener = streams::runtime::bind(&args.listen)?;
-    tracing::info!(listen = %args.listen, surreal = %args.surreal, "Projections starting.");
+    tracing::info!(listen = %args.listen, surreal = %args.surreal, cors = ?cors_origins, "Projections starting.");
     run(
         Settings {
             nats: NatsOptions {
                 url: args.nats_url,
-                name: "projections".into(),
-                credentials: None,
+                ..NatsOptions::from_env("projections")?
             },
             store: StoreOptions {
                 endpoint: args.surreal,
@@ -82,6 +97,7 @@ pub async fn run_cli(
             linger: Duration::from_millis(args.linger_ms),
             workers: args.workers,
             replicas: args.replicas,
+            cors_origins,
         },
         listener,
         shutdown,

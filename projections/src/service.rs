@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use streams::config::Replication;
 use streams::crypto::Keys;
-use streams::subjects::{self, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Reader};
@@ -34,6 +33,8 @@ pub struct Settings {
     pub workers: usize,
     /// Stream replication.
     pub replicas: usize,
+    /// Origins whose pages may read availability and status (CORS): the citizens' page.
+    pub cors_origins: Vec<String>,
 }
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
@@ -62,17 +63,7 @@ pub async fn run(
             .build()
             .context("Failed to start the projection workers' runtime")?,
     ));
-    let workers = [
-        (
-            subjects::INTAKE_STREAM,
-            subjects::intake_filter(&RegionFilter::All),
-        ),
-        (
-            subjects::DECISIONS_STREAM,
-            subjects::decisions_filter(&RegionFilter::All),
-        ),
-    ]
-    .map(|(stream, filter)| {
+    let workers = worker::projected_streams().map(|(stream, filter)| {
         let worker = runtime.handle().spawn(worker::project(
             js.clone(),
             store.clone(),
@@ -89,8 +80,12 @@ pub async fn run(
         Keys::from_secret(&settings.secret),
         metrics,
         client,
-        settings.cache_ttl,
-        settings.admin_token.clone(),
+        crate::rebuild::Rebuilds::new(js.clone(), runtime.handle().clone()),
+        api::ReaderSettings {
+            ttl: settings.cache_ttl,
+            admin_token: settings.admin_token.clone(),
+            cors_origins: settings.cors_origins.clone(),
+        },
     );
     let served = streams::http::serve(
         listener,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start};
+use streams::subjects::{self, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -14,6 +15,20 @@ use crate::store::{ApplyError, Store};
 
 /// Most messages applied per transaction.
 pub const MAX_BATCH: usize = 500;
+
+/// The streams the projections fold, each with the filter its worker reads it with.
+pub fn projected_streams() -> [(&'static str, String); 2] {
+    [
+        (
+            subjects::INTAKE_STREAM,
+            subjects::intake_filter(&RegionFilter::All),
+        ),
+        (
+            subjects::DECISIONS_STREAM,
+            subjects::decisions_filter(&RegionFilter::All),
+        ),
+    ]
+}
 
 /// Projects `stream` (messages matching `filter`) into `store` until `shutdown`, resuming
 /// after any error from the store's checkpoint. A batch takes what has arrived, waiting up to

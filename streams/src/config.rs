@@ -1,5 +1,7 @@
-//! Stream and bucket configurations, created or updated idempotently at start-up by every
-//! service ([`ensure_streams`]), so no start order is required.
+//! Stream and bucket configurations, created or updated idempotently at start-up
+//! ([`ensure_streams`]) by every service that manages them (all of them on a development
+//! machine without per-service identities), so no start order is required. Services running
+//! under their own NATS identities only bind ([`bind_streams`]); the admin identity creates.
 
 use std::time::Duration;
 
@@ -91,5 +93,29 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
     js.create_or_update_key_value(crate::lease::leases_bucket(replicas))
         .await
         .context("Failed to create or update the leases bucket")?;
+    Ok(())
+}
+
+/// Checks that the streams exist with `replicas` copies, changing nothing: how a service
+/// starts when it runs under its own NATS identity (which may not create or update streams,
+/// see [`crate::accounts`]); the admin identity ran [`ensure_streams`] before. The leases
+/// bucket is the reservation processor's to open ([`crate::lease::open`] waits for it).
+pub async fn bind_streams(js: &jetstream::Context, replicas: Replication) -> anyhow::Result<()> {
+    for name in [subjects::INTAKE_STREAM, subjects::DECISIONS_STREAM] {
+        let stream = js.get_stream(name).await.with_context(|| {
+            format!(
+                "Failed to find stream {name} (it is created by the admin identity: \
+                 `nats-accounts streams`)"
+            )
+        })?;
+        let have = stream.cached_info().config.num_replicas;
+        if have != replicas.0 {
+            anyhow::bail!(
+                "stream {name} has {have} replica(s) but this service was started with \
+                 REG_REPLICAS={}; start it with REG_REPLICAS={have}",
+                replicas.0
+            );
+        }
+    }
     Ok(())
 }

@@ -72,6 +72,34 @@ pub enum Event {
     NotificationFailed(NotificationFailed),
 }
 
+/// Every event type of the contract, as [`Event::event_type`] names them: intake's first,
+/// then the decisions'.
+pub const EVENT_TYPES: [&str; 23] = [
+    "RegistrationSubmitted",
+    "CancellationRequested",
+    "CapacitySet",
+    "WindowSet",
+    "VerificationPassed",
+    "VerificationFailed",
+    "VerificationInconclusive",
+    "ReviewRequeued",
+    "WaitlistClosed",
+    "RecoveryRequested",
+    "NotificationRedriveRequested",
+    "SlotReserved",
+    "SlotRejected",
+    "SlotReleased",
+    "RegistrationWaitlisted",
+    "WaitlistPromoted",
+    "ReviewRequired",
+    "VerificationRequeued",
+    "RecoveryLinkIssued",
+    "RegistrationConfirmed",
+    "RegistrationCancelled",
+    "NotificationSent",
+    "NotificationFailed",
+];
+
 impl Event {
     /// The type name, as in the JSON `type` field and the event-type header.
     pub fn event_type(&self) -> &'static str {

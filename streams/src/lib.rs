@@ -10,6 +10,7 @@
 //! | [`events`] | the event envelope and the past-tense events, with type and version |
 //! | [`subjects`] | every subject, stream, bucket and consumer name |
 //! | [`claims`] | the per-citizen claim record (one active registration per citizen) |
+//! | [`accounts`] | one NATS identity per service and the permissions each needs |
 //! | [`config`] | stream configurations and [`config::ensure_streams`] |
 //! | [`consume`] | the one consumer loop every reader runs: supervision, groups, stalls on what it cannot decode |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
@@ -21,6 +22,7 @@
 //! | [`runtime`] | connecting, telemetry, shutdown and metrics plumbing shared by every binary |
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod appender;
 pub mod claims;
 pub mod config;

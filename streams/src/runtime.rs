@@ -13,8 +13,90 @@ pub struct NatsOptions {
     pub url: String,
     /// Connection name shown by `nats-server` monitoring.
     pub name: String,
-    /// Optional user credentials (`user:password`), for per-service permissions.
+    /// Optional user credentials (`user:password`), for per-service permissions (see
+    /// [`crate::accounts`]). With them, replies come on the user's own inbox prefix
+    /// ([`crate::accounts::inbox_prefix`]).
     pub credentials: Option<(String, String)>,
+    /// TLS to the server, when set: the server's certificate is checked against its CA and,
+    /// if the server asks for one, this client presents its own certificate.
+    pub tls: Option<TlsOptions>,
+    /// Whether this service creates or updates the streams at start-up
+    /// ([`crate::config::ensure_streams`]) or only binds to them
+    /// ([`crate::config::bind_streams`], waiting until the admin identity created them).
+    pub manage_streams: bool,
+}
+
+/// TLS settings of a NATS connection (`REG_NATS_TLS_CA`, `REG_NATS_TLS_CERT`,
+/// `REG_NATS_TLS_KEY`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file of the CA that signed the server's certificate (otherwise the system's web
+    /// roots are trusted).
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM files of this client's certificate and key, for servers that verify clients.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl NatsOptions {
+    /// Plain options: no credentials, no TLS, managing streams (a development machine).
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> Self {
+        NatsOptions {
+            url: url.into(),
+            name: name.into(),
+            credentials: None,
+            tls: None,
+            manage_streams: true,
+        }
+    }
+
+    /// Options from the environment: `REG_NATS_URL` (default `nats://127.0.0.1:4222`),
+    /// `REG_NATS_USER` + `REG_NATS_PASSWORD`, `REG_NATS_TLS` (`1`: TLS with the system's
+    /// roots), `REG_NATS_TLS_CA`, `REG_NATS_TLS_CERT` + `REG_NATS_TLS_KEY`, and
+    /// `REG_NATS_MANAGE_STREAMS` (default: `1` without a user, `0` with one).
+    pub fn from_env(name: &str) -> anyhow::Result<Self> {
+        let url = std::env::var("REG_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let mut options = NatsOptions::new(url, name).with_identity_from_env("")?;
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        let ca = var("REG_NATS_TLS_CA").map(Into::into);
+        let client_cert = match (var("REG_NATS_TLS_CERT"), var("REG_NATS_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => anyhow::bail!("REG_NATS_TLS_CERT and REG_NATS_TLS_KEY go together: set both"),
+        };
+        let required = env_parse::<u8>("REG_NATS_TLS")?.unwrap_or(0) == 1;
+        if required || ca.is_some() || client_cert.is_some() {
+            options.tls = Some(TlsOptions { ca, client_cert });
+        }
+        if let Some(manage) = env_parse::<u8>("REG_NATS_MANAGE_STREAMS")? {
+            options.manage_streams = manage == 1;
+        }
+        Ok(options)
+    }
+
+    /// These options under the identity `REG_NATS_<WHO>_USER` / `REG_NATS_<WHO>_PASSWORD`
+    /// (`REG_NATS_USER` / `REG_NATS_PASSWORD` for an empty `who`) when it is set, unchanged
+    /// otherwise: how one binary gives each of its parts its own identity. An identity does
+    /// not manage streams.
+    pub fn with_identity_from_env(mut self, who: &str) -> anyhow::Result<Self> {
+        let infix = if who.is_empty() {
+            String::new()
+        } else {
+            format!("{}_", who.to_ascii_uppercase())
+        };
+        let user = std::env::var(format!("REG_NATS_{infix}USER")).ok();
+        let password = std::env::var(format!("REG_NATS_{infix}PASSWORD")).ok();
+        match (user.filter(|u| !u.is_empty()), password) {
+            (Some(user), Some(password)) => {
+                self.credentials = Some((user, password));
+                self.manage_streams = false;
+            }
+            (None, _) => {}
+            (Some(_), None) => anyhow::bail!(
+                "REG_NATS_{infix}USER is set without REG_NATS_{infix}PASSWORD: set both"
+            ),
+        }
+        Ok(self)
+    }
 }
 
 /// The servers of a comma-separated URL list, in order. async-nats reads a `&str` as one
@@ -50,7 +132,21 @@ pub async fn connect(
             .connection_timeout(Duration::from_secs(2))
             .request_timeout(Some(Duration::from_secs(5)));
         if let Some((user, password)) = &options.credentials {
-            connect = connect.user_and_password(user.clone(), password.clone());
+            connect = connect
+                .user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(crate::accounts::inbox_prefix(user));
+        }
+        if let Some(tls) = &options.tls {
+            // Several rustls providers are linked in (ring, aws-lc-rs): name the one to use,
+            // once per process (a later call finds it installed and changes nothing).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            connect = connect.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                connect = connect.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client_cert {
+                connect = connect.add_client_certificate(cert.clone(), key.clone());
+            }
         }
         let attempt = async_nats::connect_with_options(servers.as_slice(), connect);
         tokio::select! {
@@ -75,11 +171,12 @@ pub async fn connect(
     }
 }
 
-/// Connects to NATS and creates or updates every stream and bucket: how each service starts.
-/// A creation that times out is tried again until `shutdown` fires (on a cluster just
-/// formed, an R3 stream answers only once its first leader is elected, which can take longer
-/// than one request's timeout); any other refusal (say, another replication than the
-/// streams have) stops the start.
+/// Connects to NATS and creates or updates every stream and bucket, or (without
+/// [`NatsOptions::manage_streams`]) waits until they exist: how each service starts. A
+/// creation that times out is tried again until `shutdown` fires (on a cluster just formed,
+/// an R3 stream answers only once its first leader is elected, which can take longer than
+/// one request's timeout); any other refusal (say, another replication than the streams
+/// have) stops the start.
 pub async fn start_jetstream(
     options: &NatsOptions,
     replication: crate::config::Replication,
@@ -87,15 +184,25 @@ pub async fn start_jetstream(
 ) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
     let client = connect(options, shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let mut delay = Duration::from_millis(200);
+    let mut delay = Duration::from_millis(100);
     loop {
-        match crate::config::ensure_streams(&js, replication).await {
-            Ok(()) => return Ok((client, js)),
-            Err(err) if is_transient(&err) => tracing::warn!(
-                error = %format!("{err:#}"),
-                "JetStream did not answer in time (a cluster still electing leaders?); trying again."
-            ),
-            Err(err) => return Err(err),
+        if options.manage_streams {
+            match crate::config::ensure_streams(&js, replication).await {
+                Ok(()) => return Ok((client, js)),
+                Err(err) if is_transient(&err) => tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "JetStream did not answer in time (a cluster still electing leaders?); trying again."
+                ),
+                Err(err) => return Err(err),
+            }
+        } else {
+            match crate::config::bind_streams(&js, replication).await {
+                Ok(()) => return Ok((client, js)),
+                Err(err) => tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "The streams are not there yet; waiting for the admin identity to create them."
+                ),
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("Shut down before the streams were in place"),

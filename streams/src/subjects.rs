@@ -156,6 +156,11 @@ pub fn notification_decisions(region: &Region) -> String {
     format!("{DECISION_PREFIX}.{region}.notification")
 }
 
+/// Filter for the notification records of the regions in `filter`.
+pub fn notification_decisions_filter(filter: &RegionFilter) -> String {
+    format!("{DECISION_PREFIX}.{}.notification", filter.token())
+}
+
 /// Filter for every decision of the regions in `filter`.
 pub fn decisions_filter(filter: &RegionFilter) -> String {
     format!("{DECISION_PREFIX}.{}.>", filter.token())

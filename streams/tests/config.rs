@@ -35,11 +35,7 @@ async fn three_replicas_put_every_stream_and_bucket_on_every_node_of_a_cluster()
     use streams::runtime::{NatsOptions, start_jetstream};
     testkit::init_test_log();
     let mut cluster = testkit::NatsCluster::start(3);
-    let options = NatsOptions {
-        url: cluster.url(),
-        name: "config-test".into(),
-        credentials: None,
-    };
+    let options = NatsOptions::new(cluster.url(), "config-test");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (_, js) = start_jetstream(&options, Replication(3), &shutdown)
         .await

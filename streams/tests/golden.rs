@@ -34,3 +34,27 @@ fn every_event_matches_its_golden_file_and_round_trips() {
         );
     }
 }
+
+#[test]
+fn the_list_of_event_types_names_every_sample_once() {
+    let mut types: Vec<&str> = samples().iter().map(|e| e.event.event_type()).collect();
+    let mut listed = streams::events::EVENT_TYPES.to_vec();
+    types.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(types, listed);
+}
+
+/// The analysts' catalogue (docs/analysts.md) has a row for every event type.
+#[test]
+fn the_event_catalogue_lists_every_type() {
+    let catalogue = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/analysts.md"),
+    )
+    .unwrap();
+    for event_type in streams::events::EVENT_TYPES {
+        assert!(
+            catalogue.contains(&format!("| `{event_type}` |")),
+            "docs/analysts.md has no row for {event_type}"
+        );
+    }
+}

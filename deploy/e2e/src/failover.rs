@@ -206,9 +206,15 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     let url = cluster.url();
     println!("failover: three-node cluster at {url}");
     let service_env = vec![("REG_REPLICAS".to_owned(), "3".to_owned())];
-    let mut system =
-        services::System::start_configured(&url, &log_dir, options.replicas, service_env, vec![])
-            .await?;
+    let mut system = services::System::start_configured(
+        &url,
+        &log_dir,
+        options.replicas,
+        service_env,
+        vec![],
+        (0, ""),
+    )
+    .await?;
     let pool = chaos::pool(options.slots);
     let client = load::Client::new(&system, options.concurrency).await;
     for (slot, capacity, _) in &pool {
@@ -233,6 +239,7 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
         kills: 0,
         nats_restarts: options.rounds,
         replicas: options.replicas,
+        region_replicas: 0,
         concurrency: options.concurrency,
         seed: options.seed,
         log_dir: None,

@@ -21,6 +21,12 @@ fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
             "6",
             "--nats-restarts",
             "2",
+            // Two replicas for every region and one for the first region only, beside them:
+            // the operator's README example, under a two-region load.
+            "--replicas",
+            "2",
+            "--region-replicas",
+            "1",
             "--seed",
             "7",
         ])
@@ -47,6 +53,21 @@ fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
             .find(|l| l.trim_start().starts_with(must_be_zero))
             .unwrap_or_else(|| panic!("the verdict reports {must_be_zero}:\n{stdout}"));
         assert!(line.trim_end().ends_with(" 0"), "{line}");
+    }
+    for must_be_positive in [
+        "registrations decided in the one-region replicas' region",
+        "registrations decided in the other region",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(must_be_positive))
+            .unwrap_or_else(|| panic!("the verdict reports {must_be_positive}:\n{stdout}"));
+        let count: u64 = line
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(count > 0, "{line}");
     }
 }
 

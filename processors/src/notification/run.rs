@@ -58,6 +58,10 @@ pub struct NotificationConfig {
     pub mail_rate: u32,
     /// Messages per second to the text-message gateway from this replica (0: unlimited).
     pub webhook_rate: u32,
+    /// Its own NATS identity (`REG_NATS_NOTIFICATION_USER`), when it has one: a connection
+    /// that may append notification records and nothing else. `None`: the process's
+    /// connection.
+    pub nats: Option<streams::runtime::NatsOptions>,
 }
 
 impl NotificationConfig {
@@ -77,6 +81,7 @@ impl NotificationConfig {
             base_delay: Duration::from_millis(500),
             mail_rate: 200,
             webhook_rate: 200,
+            nats: None,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct VerificationConfig {
     pub limits: Limits,
     /// When to stop calling a registry that is down.
     pub breaker: BreakerConfig,
+    /// Its own NATS identity (`REG_NATS_VERIFICATION_USER`), when it has one: a connection
+    /// that may append verdicts and nothing else. `None`: the process's connection.
+    pub nats: Option<streams::runtime::NatsOptions>,
 }
 
 impl VerificationConfig {
@@ -63,6 +66,7 @@ impl VerificationConfig {
             rate_per_second: 500,
             limits: Limits::default(),
             breaker: BreakerConfig::default(),
+            nats: None,
         }
     }
 }

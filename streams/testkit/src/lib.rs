@@ -36,6 +36,8 @@ pub struct NatsServer {
     /// `sync_interval: always` (durable acknowledgements), as everywhere but a benchmark's
     /// non-durable reference.
     sync_always: bool,
+    /// Configuration appended to the generated one (authorization, TLS), kept for restarts.
+    extra_config: String,
 }
 
 impl NatsServer {
@@ -50,13 +52,25 @@ impl NatsServer {
         Self::start_with_sync(false)
     }
 
+    /// Starts a server whose configuration ends with `extra`: an `authorization` block of
+    /// per-service users (`deploy/nats-accounts` renders them), a `tls` block. Such a server
+    /// may refuse [`NatsServer::connect`]; connect with the credentials the test chose.
+    pub fn start_with_config(extra: &str) -> Self {
+        Self::start_configured(true, extra.to_owned())
+    }
+
     fn start_with_sync(sync_always: bool) -> Self {
+        Self::start_configured(sync_always, String::new())
+    }
+
+    fn start_configured(sync_always: bool, extra_config: String) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory can be created");
         let mut server = NatsServer {
             child: None,
             dir,
             port: 0,
             sync_always,
+            extra_config,
         };
         server.spawn(-1);
         server
@@ -82,12 +96,13 @@ impl NatsServer {
             &config,
             format!(
                 "host: 127.0.0.1\nport: {port}\nmax_payload: 8MB\nports_file_dir: {ports:?}\n\
-                 jetstream {{\n  store_dir: {store:?}\n{sync}}}\n",
+                 jetstream {{\n  store_dir: {store:?}\n{sync}}}\n{extra}\n",
                 sync = if self.sync_always {
                     "  sync_interval: always\n"
                 } else {
                     ""
-                }
+                },
+                extra = self.extra_config,
             ),
         )
         .expect("config file");
@@ -185,8 +200,10 @@ impl NatsServer {
 }
 
 fn parse_client_port(text: &str) -> Option<u16> {
-    // {"nats":["nats://127.0.0.1:PORT"], ...}
-    let start = text.find("nats://")? + "nats://".len();
+    // {"nats":["nats://127.0.0.1:PORT"], ...} (`tls://` when the server requires TLS)
+    let start = ["nats://", "tls://"]
+        .iter()
+        .find_map(|scheme| Some(text.find(scheme)? + scheme.len()))?;
     let rest = &text[start..];
     let end = rest.find('"')?;
     rest[..end].rsplit(':').next()?.parse().ok()

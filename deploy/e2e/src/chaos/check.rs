@@ -313,13 +313,22 @@ fn check_log(
         verdict.violation(format!("{lost} accepted registrations are not in the log"));
     }
     let (mut none, mut twice) = (0u64, 0u64);
-    for id in intake.submitted.keys() {
+    // Decided in the region the one-region replicas share with the others, and elsewhere: a
+    // replica resuming after another region's decisions would leave the latter undecided.
+    let (mut first_region, mut elsewhere) = (0u64, 0u64);
+    for (id, (_, slot, _)) in &intake.submitted {
         match decided.get(id).map_or(0, |d| d.firsts.len()) {
             0 => none += 1,
-            1 => {}
+            1 if slot.region == super::region() => first_region += 1,
+            1 => elsewhere += 1,
             _ => twice += 1,
         }
     }
+    verdict.count(
+        "registrations decided in the one-region replicas' region",
+        first_region,
+    );
+    verdict.count("registrations decided in the other region", elsewhere);
     verdict.count("registrations without a decision", none);
     verdict.count("registrations with more than one decision", twice);
     if none > 0 {

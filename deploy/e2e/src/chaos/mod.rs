@@ -38,9 +38,13 @@ pub struct Options {
     /// nats-server kills and restarts.
     #[arg(long, default_value_t = 3)]
     pub nats_restarts: u32,
-    /// Reservation replicas running at once.
+    /// Processor replicas serving every region (`REG_REGION=*`) running at once.
     #[arg(long, default_value_t = 3)]
     pub replicas: u32,
+    /// Processor replicas serving the first region only (`REG_REGION=mazowieckie`), beside
+    /// the others: what the README tells an operator to do where the rush is.
+    #[arg(long, default_value_t = 1)]
+    pub region_replicas: u32,
     /// Requests in flight at most.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -67,30 +71,39 @@ pub(crate) fn humantime_secs(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("not a duration: {s} (try 40s or 500ms)"))
 }
 
-/// The region every chaos slot lives in.
+/// The first region: one hot location and every other cold one; the one-region replicas
+/// serve it. The benchmarks put their slots here.
 pub fn region() -> Region {
     Region::parse("mazowieckie").expect("a valid region")
 }
 
-/// The slot pool: two hot locations holding 30 % of the slots each, and cold ones sharing
-/// the rest at 20 slots apiece (at least one). Returns (slot, capacity, is_hot).
+/// The second region: the other hot location and the remaining cold ones, served only by
+/// the replicas that serve every region.
+pub fn other_region() -> Region {
+    Region::parse("malopolskie").expect("a valid region")
+}
+
+/// The slot pool over two regions: two hot locations holding 30 % of the slots each (one per
+/// region), and cold ones sharing the rest at 20 slots apiece (at least one), alternating
+/// between the regions. Returns (slot, capacity, is_hot).
 pub fn pool(slots: u32) -> Vec<(SlotKey, u32, bool)> {
     let date = NaiveDate::from_ymd_opt(2027, 3, 1).expect("a valid date");
-    let slot = |location: String| SlotKey {
-        region: region(),
+    let slot = |region: Region, location: String| SlotKey {
+        region,
         location: Location::parse(&location).expect("a valid location"),
         date,
     };
     let hot = slots * 3 / 10;
     let mut pool = vec![
-        (slot("hot-narodowy".into()), hot, true),
-        (slot("hot-torwar".into()), hot, true),
+        (slot(region(), "hot-narodowy".into()), hot, true),
+        (slot(other_region(), "hot-tauron".into()), hot, true),
     ];
     let mut left = slots - 2 * hot;
     let mut n = 0;
     while left > 0 {
         let capacity = left.min(20);
-        pool.push((slot(format!("cold-{n:03}")), capacity, false));
+        let region = if n % 2 == 0 { region() } else { other_region() };
+        pool.push((slot(region, format!("cold-{n:03}")), capacity, false));
         left -= capacity;
         n += 1;
     }
@@ -140,8 +153,14 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     ];
     let receivers_stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(receivers.clone().serve(smtp, http, receivers_stop.clone()));
-    let mut system =
-        services::System::start_with(&nats.url(), &log_dir, options.replicas, notify_env).await?;
+    let mut system = services::System::start_with(
+        &nats.url(),
+        &log_dir,
+        options.replicas,
+        notify_env,
+        (options.region_replicas, region().as_str()),
+    )
+    .await?;
     println!(
         "chaos: edge {} (metrics at /metrics), read API {}",
         system.ingest_url(),
@@ -153,14 +172,16 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
         client.set_capacity(slot, *capacity).await?;
     }
     println!(
-        "chaos: {} slots over {} locations; {} citizens over {:?}; {} kills, {} nats restarts, {} replicas",
+        "chaos: {} slots over {} locations in 2 regions; {} citizens over {:?}; {} kills, {} nats restarts, {} replicas for every region + {} for {} only",
         options.slots,
         pool.len(),
         options.submissions,
         options.duration,
         options.kills,
         options.nats_restarts,
-        options.replicas
+        options.replicas,
+        options.region_replicas,
+        region(),
     );
 
     // The load and the chaos run side by side; the chaos is spread over the load's duration.
@@ -300,6 +321,9 @@ mod tests {
             let pool = pool(slots);
             assert_eq!(pool.iter().map(|(_, c, _)| c).sum::<u32>(), slots);
             assert_eq!(pool.iter().filter(|(_, _, hot)| *hot).count(), 2);
+            for region in [region(), other_region()] {
+                assert!(pool.iter().any(|(s, _, hot)| *hot && s.region == region));
+            }
             assert!(pool.iter().all(|(_, c, _)| *c > 0));
         }
     }
@@ -313,6 +337,7 @@ mod tests {
             kills: 20,
             nats_restarts: 3,
             replicas: 3,
+            region_replicas: 1,
             concurrency: 1,
             seed: 1,
             log_dir: None,

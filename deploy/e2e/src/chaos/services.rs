@@ -54,6 +54,14 @@ pub struct Victim {
     pub was_active: bool,
 }
 
+/// A processor replica and the regions it was started for.
+struct Replica {
+    process: Process,
+    /// `REG_REGION` when it serves one region only (an operator adding capacity where the
+    /// rush is, beside the replicas that serve every region); `None` for `*`.
+    only: Option<String>,
+}
+
 /// The running system: the edge, the projections and the reservation replicas.
 pub struct System {
     exe: PathBuf,
@@ -61,7 +69,7 @@ pub struct System {
     log_dir: PathBuf,
     ingest: Process,
     projections: Process,
-    replicas: Vec<Process>,
+    replicas: Vec<Replica>,
     started_replicas: u32,
     /// Environment every service gets beside the deployment's (a cluster's
     /// `REG_REPLICAS=3`).
@@ -75,17 +83,28 @@ pub struct System {
 impl System {
     /// Starts every service against `nats_url` and waits until each is ready.
     pub async fn start(nats_url: &str, log_dir: &Path, replicas: u32) -> anyhow::Result<Self> {
-        Self::start_with(nats_url, log_dir, replicas, Vec::new()).await
+        Self::start_with(nats_url, log_dir, replicas, Vec::new(), (0, "")).await
     }
 
-    /// As [`System::start`], each processor replica with `replica_env` added.
+    /// As [`System::start`], each processor replica with `replica_env` added, and
+    /// `region_replicas` more started for `region` only (`REG_REGION=<region>`) beside the
+    /// ones that serve every region.
     pub async fn start_with(
         nats_url: &str,
         log_dir: &Path,
         replicas: u32,
         replica_env: Vec<(String, String)>,
+        (region_replicas, region): (u32, &str),
     ) -> anyhow::Result<Self> {
-        Self::start_configured(nats_url, log_dir, replicas, Vec::new(), replica_env).await
+        Self::start_configured(
+            nats_url,
+            log_dir,
+            replicas,
+            Vec::new(),
+            replica_env,
+            (region_replicas, region),
+        )
+        .await
     }
 
     /// As [`System::start_with`], every service (the replicas too) with `service_env` added:
@@ -96,6 +115,7 @@ impl System {
         replicas: u32,
         service_env: Vec<(String, String)>,
         replica_env: Vec<(String, String)>,
+        (region_replicas, region): (u32, &str),
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("Failed to find the chaos binary")?;
         let http = ntex::client::Client::new().await;
@@ -119,7 +139,10 @@ impl System {
             http,
         };
         for _ in 0..replicas {
-            system.start_replica()?;
+            system.start_replica(None)?;
+        }
+        for _ in 0..region_replicas {
+            system.start_replica(Some(region.to_owned()))?;
         }
         let System {
             ingest,
@@ -128,7 +151,8 @@ impl System {
             http,
             ..
         } = &mut system;
-        for process in [ingest, projections].into_iter().chain(replicas.iter_mut()) {
+        let replicas = replicas.iter_mut().map(|r| &mut r.process);
+        for process in [ingest, projections].into_iter().chain(replicas) {
             wait_ready(http, process).await?;
         }
         Ok(system)
@@ -148,18 +172,24 @@ impl System {
     pub fn processes(&self) -> impl Iterator<Item = &Process> {
         [&self.ingest, &self.projections]
             .into_iter()
-            .chain(self.replicas.iter())
+            .chain(self.replicas.iter().map(|r| &r.process))
     }
 
-    fn start_replica(&mut self) -> anyhow::Result<()> {
+    fn start_replica(&mut self, only: Option<String>) -> anyhow::Result<()> {
         self.started_replicas += 1;
-        let name = format!("reservation-{}", self.started_replicas);
-        let env: Vec<(String, String)> = self
+        let mut env: Vec<(String, String)> = self
             .service_env
             .iter()
             .chain(&self.replica_env)
             .cloned()
             .collect();
+        let name = match &only {
+            Some(region) => {
+                env.push(("REG_REGION".to_owned(), region.clone()));
+                format!("reservation-{}-{region}", self.started_replicas)
+            }
+            None => format!("reservation-{}", self.started_replicas),
+        };
         let process = spawn_with_env(
             &self.exe,
             &self.nats_url,
@@ -168,35 +198,37 @@ impl System {
             "processors",
             &env,
         )?;
-        self.replicas.push(process);
+        self.replicas.push(Replica { process, only });
         Ok(())
     }
 
-    /// SIGKILLs one reservation replica (the active one three times out of four, so
-    /// takeovers are exercised, not only standbys dying) and starts a fresh one in its place.
+    /// SIGKILLs one reservation replica (an active one three times out of four, so
+    /// takeovers are exercised, not only standbys dying) and starts a fresh one in its place,
+    /// for the same regions.
     pub async fn kill_a_replica(&mut self, rng: &mut impl rand::Rng) -> anyhow::Result<Victim> {
-        let mut active = None;
+        let mut active = Vec::new();
         for (i, replica) in self.replicas.iter().enumerate() {
-            if self.is_active(replica).await {
-                active = Some(i);
+            if self.is_active(&replica.process).await {
+                active.push(i);
             }
         }
-        let index = match active {
-            Some(i) if rng.random_bool(0.75) => i,
+        let index = match active.len() {
+            n if n > 0 && rng.random_bool(0.75) => active[rng.random_range(0..n)],
             _ => rng.random_range(0..self.replicas.len()),
         };
-        let mut victim = self.replicas.swap_remove(index);
-        victim
+        let Replica { mut process, only } = self.replicas.swap_remove(index);
+        process
             .child
             .kill()
-            .with_context(|| format!("Failed to kill {}", victim.name))?;
-        let _ = victim.child.wait();
-        self.start_replica()?;
+            .with_context(|| format!("Failed to kill {}", process.name))?;
+        let _ = process.child.wait();
+        self.start_replica(only)?;
         Ok(Victim {
-            was_active: active == Some(index),
+            was_active: active.contains(&index),
         })
     }
 
+    /// Whether the replica holds at least one region's lease (decides for it).
     async fn is_active(&self, replica: &Process) -> bool {
         let Ok(response) = self
             .http
@@ -210,16 +242,19 @@ impl System {
         let Ok(body) = response.body().limit(1 << 20).await else {
             return false;
         };
-        String::from_utf8_lossy(&body)
-            .lines()
-            .any(|line| line.trim() == "reservation_active 1")
+        String::from_utf8_lossy(&body).lines().any(|line| {
+            line.strip_prefix("reservation_active ")
+                .and_then(|regions| regions.trim().parse::<u32>().ok())
+                .is_some_and(|regions| regions > 0)
+        })
     }
 
     /// Checks that no service died on its own (a crash is a finding, not noise).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let replicas = self.replicas.iter_mut().map(|r| &mut r.process);
         for process in [&mut self.ingest, &mut self.projections]
             .into_iter()
-            .chain(self.replicas.iter_mut())
+            .chain(replicas)
         {
             if let Some(status) = process.child.try_wait()? {
                 anyhow::bail!(
@@ -234,9 +269,10 @@ impl System {
 
     /// Stops every process.
     pub async fn stop(mut self) {
+        let replicas = self.replicas.iter_mut().map(|r| &mut r.process);
         for process in [&mut self.ingest, &mut self.projections]
             .into_iter()
-            .chain(self.replicas.iter_mut())
+            .chain(replicas)
         {
             let _ = process.child.kill();
             let _ = process.child.wait();

@@ -5,55 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::future::join_all;
 use serde_json::Value;
 
 use crate::helpers::*;
-
-/// The outcome the simulator's population rule gives a citizen of the `citizen(n, _)`
-/// helper (its PESEL serial is `n`): `None` when the registry confirms them.
-fn refusal(n: u32) -> Option<&'static str> {
-    match n % 100 {
-        97 => Some("data_mismatch"),
-        98 => Some("deceased"),
-        99 => Some("not_found"),
-        _ => None,
-    }
-}
-
-/// Submits every citizen at once; returns (citizen number, registration id, token).
-async fn submit_all(p: &Pipeline, citizens: &[u32], location: &str) -> Vec<(u32, String, String)> {
-    join_all(citizens.iter().map(|&n| async move {
-        let (status, body) = p.submit(&citizen(n, location), None).await;
-        assert_eq!(status, 202, "{body}");
-        (
-            n,
-            body["registration_id"].as_str().unwrap().to_owned(),
-            body["token"].as_str().unwrap().to_owned(),
-        )
-    }))
-    .await
-}
-
-/// Waits until none of `registrations` is `received` or `reserved` (verification pending),
-/// and returns each one's status record.
-async fn settled(
-    p: &Pipeline,
-    registrations: &[(u32, String, String)],
-    within: Duration,
-) -> HashMap<u32, Value> {
-    let mut records = HashMap::new();
-    for (n, id, token) in registrations {
-        let record = testkit::eventually(&format!("{id} to settle"), within, || async {
-            let (status, body) = p.status(id, Some(token)).await;
-            (status == 200 && !matches!(body["status"].as_str(), Some("received" | "reserved")))
-                .then_some(body)
-        })
-        .await;
-        records.insert(*n, record);
-    }
-    records
-}
 
 #[ntex::test]
 async fn a_slot_of_ten_raced_by_forty_with_twelve_refused_ends_with_ten_confirmed() {

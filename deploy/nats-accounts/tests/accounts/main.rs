@@ -1,0 +1,6 @@
+//! The per-service identities against a real nats-server started with the generated
+//! configuration: each forbidden action is refused by the server, each allowed one works.
+
+mod helpers;
+mod permissions;
+mod tls;

@@ -1,0 +1,236 @@
+use std::time::Duration;
+
+use nats_accounts::{Accounts, Service};
+use streams::model::Region;
+use streams::subjects::{self, IntakeKind};
+
+use crate::helpers::{connect, create_streams, held, refusal, server, watched};
+
+fn region() -> Region {
+    Region::parse("mazowieckie").unwrap()
+}
+
+/// A JetStream publish as `client`, acknowledged by the stream.
+async fn append(client: &async_nats::Client, subject: String) {
+    async_nats::jetstream::new(client.clone())
+        .publish(subject.clone(), "{}".into())
+        .await
+        .unwrap_or_else(|e| panic!("{subject} is sent: {e}"))
+        .await
+        .unwrap_or_else(|e| panic!("{subject} is acknowledged: {e}"));
+}
+
+/// Publishes `subject` as the watched client and waits for the server's refusal; then the
+/// stream holds nothing on it.
+async fn refused_publish(
+    client: &async_nats::Client,
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    subject: &str,
+) {
+    client
+        .publish(subject.to_owned(), "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    refusal(errors, "publish", subject).await;
+}
+
+#[tokio::test]
+async fn the_edge_appends_submissions_and_claims_but_no_decision() {
+    let accounts = Accounts::generate();
+    let nats = server(&accounts);
+    create_streams(&nats, &accounts).await;
+    let (edge, mut errors) = watched(&nats, &accounts, Service::Ingest).await;
+    let r = region();
+
+    append(&edge, subjects::intake(&r, IntakeKind::Submitted)).await;
+    append(&edge, subjects::claim("c0ffee")).await;
+    for forbidden in [
+        subjects::reservation_decisions(&r),
+        subjects::notification_decisions(&r),
+        subjects::intake(&r, IntakeKind::Verification),
+        subjects::intake(&r, IntakeKind::Waitlist),
+    ] {
+        refused_publish(&edge, &mut errors, &forbidden).await;
+    }
+    // A refused publish never reached a stream; the allowed ones did.
+    let decisions = subjects::DECISIONS_STREAM;
+    assert_eq!(
+        held(
+            &nats,
+            &accounts,
+            decisions,
+            &subjects::reservation_decisions(&r)
+        )
+        .await,
+        0
+    );
+    let verdicts = subjects::intake(&r, IntakeKind::Verification);
+    assert_eq!(
+        held(&nats, &accounts, subjects::INTAKE_STREAM, &verdicts).await,
+        0
+    );
+    let submitted = subjects::intake(&r, IntakeKind::Submitted);
+    assert_eq!(
+        held(&nats, &accounts, subjects::INTAKE_STREAM, &submitted).await,
+        1
+    );
+    // The server logs each refusal (the pipeline test relies on it to find none).
+    let log = nats.log();
+    assert!(log.contains(streams::accounts::VIOLATION_LOG), "{log}");
+}
+
+#[tokio::test]
+async fn the_read_api_publishes_nothing_but_reads_both_streams() {
+    let accounts = Accounts::generate();
+    let nats = server(&accounts);
+    create_streams(&nats, &accounts).await;
+    let r = region();
+    let edge = connect(&nats, &accounts, Service::Ingest).await;
+    append(&edge, subjects::intake(&r, IntakeKind::Capacity)).await;
+    let (read_api, mut errors) = watched(&nats, &accounts, Service::Projections).await;
+
+    let mut forbidden = vec![
+        subjects::reservation_decisions(&r),
+        subjects::notification_decisions(&r),
+        subjects::claim("c0ffee"),
+        format!(
+            "$KV.{}.reservation.region.mazowieckie",
+            subjects::LEASES_BUCKET
+        ),
+        format!("$JS.API.STREAM.UPDATE.{}", subjects::INTAKE_STREAM),
+        format!("$JS.API.STREAM.DELETE.{}", subjects::DECISIONS_STREAM),
+        format!("$JS.API.STREAM.PURGE.{}", subjects::INTAKE_STREAM),
+        format!("$JS.API.STREAM.MSG.DELETE.{}", subjects::INTAKE_STREAM),
+    ];
+    for kind in [
+        IntakeKind::Submitted,
+        IntakeKind::Cancel,
+        IntakeKind::Capacity,
+        IntakeKind::Window,
+        IntakeKind::Verification,
+        IntakeKind::Review,
+        IntakeKind::Waitlist,
+        IntakeKind::Recover,
+        IntakeKind::Redrive,
+    ] {
+        forbidden.push(subjects::intake(&r, kind));
+    }
+    for subject in &forbidden {
+        refused_publish(&read_api, &mut errors, subject).await;
+    }
+    // Subscribing to the data or to another identity's replies is refused too.
+    for subject in [
+        "reg.>".to_owned(),
+        format!("{}.>", streams::accounts::inbox_prefix("reg-ingest")),
+    ] {
+        let _subscription = read_api.subscribe(subject.clone()).await.unwrap();
+        read_api.flush().await.unwrap();
+        refusal(&mut errors, "subscription", &subject).await;
+    }
+    assert_eq!(
+        held(
+            &nats,
+            &accounts,
+            subjects::INTAKE_STREAM,
+            &subjects::intake(&r, IntakeKind::Capacity)
+        )
+        .await,
+        1,
+        "the refused capacity publish added nothing"
+    );
+
+    // What the read API needs still works: an ordered consumer reads the intake stream.
+    let read_api = connect(&nats, &accounts, Service::Projections).await;
+    let js = async_nats::jetstream::new(read_api);
+    streams::config::bind_streams(&js, streams::config::Replication(1))
+        .await
+        .expect("the read API binds");
+    let (records, _) = streams::replay::ordered(
+        &js,
+        subjects::INTAKE_STREAM,
+        subjects::intake_filter(&subjects::RegionFilter::All),
+        1,
+    )
+    .await
+    .expect("the read API creates an ordered consumer");
+    use futures::StreamExt as _;
+    let mut records = records;
+    let first = tokio::time::timeout(Duration::from_secs(10), records.next())
+        .await
+        .expect("a message within the deadline")
+        .expect("a message")
+        .expect("readable");
+    assert_eq!(
+        first.subject.as_str(),
+        subjects::intake(&r, IntakeKind::Capacity)
+    );
+}
+
+#[tokio::test]
+async fn verification_appends_verdicts_and_cannot_touch_capacity() {
+    let accounts = Accounts::generate();
+    let nats = server(&accounts);
+    create_streams(&nats, &accounts).await;
+    let r = region();
+    let (verifier, mut errors) = watched(&nats, &accounts, Service::Verification).await;
+
+    append(&verifier, subjects::intake(&r, IntakeKind::Verification)).await;
+    for forbidden in [
+        subjects::intake(&r, IntakeKind::Capacity),
+        subjects::intake(&r, IntakeKind::Window),
+        subjects::intake(&r, IntakeKind::Submitted),
+        subjects::reservation_decisions(&r),
+        format!("$JS.API.STREAM.UPDATE.{}", subjects::INTAKE_STREAM),
+    ] {
+        refused_publish(&verifier, &mut errors, &forbidden).await;
+    }
+    let capacity = subjects::intake(&r, IntakeKind::Capacity);
+    assert_eq!(
+        held(&nats, &accounts, subjects::INTAKE_STREAM, &capacity).await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn only_the_admin_creates_streams_the_services_bind() {
+    let accounts = Accounts::generate();
+    let nats = server(&accounts);
+    let replicas = streams::config::Replication(1);
+    let edge = async_nats::jetstream::new(connect(&nats, &accounts, Service::Ingest).await);
+    assert!(
+        streams::config::bind_streams(&edge, replicas)
+            .await
+            .is_err(),
+        "nothing to bind to before the admin created the streams"
+    );
+    // A service with stream management turned on is refused (its update request times out
+    // unanswered: the server dropped it).
+    let err = streams::config::ensure_streams(&edge, replicas)
+        .await
+        .expect_err("the edge may not create streams");
+    assert!(
+        format!("{err:#}").contains("Failed to create or update stream"),
+        "{err:#}"
+    );
+
+    create_streams(&nats, &accounts).await;
+    for service in [
+        Service::Ingest,
+        Service::Reservation,
+        Service::Verification,
+        Service::Notification,
+        Service::Projections,
+    ] {
+        let js = async_nats::jetstream::new(connect(&nats, &accounts, service).await);
+        streams::config::bind_streams(&js, replicas)
+            .await
+            .unwrap_or_else(|e| panic!("{service:?} binds: {e:#}"));
+    }
+    // A wrong password is refused at once.
+    let wrong = async_nats::ConnectOptions::new()
+        .user_and_password(Service::Admin.user().into(), "not-the-password".into())
+        .connect(nats.url())
+        .await;
+    assert!(wrong.is_err(), "a wrong password connects");
+}

@@ -1,0 +1,167 @@
+//! `replay`: an analyst's copy of the event log, in order, to NDJSON or CSV.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use projections::export::{self, Format, Personal, Point, Replay, Stream};
+use streams::model::Region;
+
+/// Reads one stream of the registration log, in the order JetStream accepted it, and writes
+/// each event as a line of NDJSON or a CSV row. It uses an ephemeral ordered consumer: it
+/// changes nothing on the server and never slows the processors.
+///
+/// Examples:
+///
+///   replay decisions --region mazowieckie --format csv -o mazowieckie.csv
+///
+///   replay intake --from 2027-03-01T08:00:00Z --to 2027-03-01T09:00:00Z --type RegistrationSubmitted
+///
+///   replay decisions --from 120000 --type RegistrationConfirmed --type SlotRejected
+///
+/// Personal data (names, national ids, contacts, and the keyed hashes that link one citizen's
+/// registrations) is left out unless --decrypt-personal is given.
+#[derive(Debug, Parser)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// Which stream: `intake` (what was asked) or `decisions` (what was decided).
+    #[arg(value_enum)]
+    stream: Stream,
+    /// Start here: a stream sequence number, or an RFC 3339 time (the first event stored at or
+    /// after it). Default: the beginning.
+    #[arg(long)]
+    from: Option<Point>,
+    /// Stop here (inclusive): a sequence number or an RFC 3339 time. Default: the last event
+    /// stored when the replay started.
+    #[arg(long)]
+    to: Option<Point>,
+    /// Only this region (e.g. mazowieckie).
+    #[arg(long, value_parser = parse_region)]
+    region: Option<Region>,
+    /// Only this event type (repeat for more), e.g. RegistrationConfirmed.
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    format: Format,
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Open the sealed personal fields with the data key (REG_SECRET) and write them in
+    /// clear. The output then holds personal data: keep it where the law allows.
+    #[arg(long)]
+    decrypt_personal: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// NATS server URL(s).
+    #[arg(long, env = "REG_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// NATS user (when the server requires one).
+    #[arg(long, env = "REG_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "REG_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+}
+
+fn parse_region(s: &str) -> Result<Region, String> {
+    Region::parse(s).map_err(|e| e.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    export::check_types(&args.types).map_err(anyhow::Error::msg)?;
+    let personal = if args.decrypt_personal {
+        let secret = std::env::var("REG_SECRET").context(
+            "--decrypt-personal needs the data key: set REG_SECRET to the services' secret",
+        )?;
+        eprintln!(
+            "WARNING: personal data will be written in clear{}. Keep it where the law allows, and delete it when done.",
+            args.output
+                .as_ref()
+                .map(|p| format!(" to {}", p.display()))
+                .unwrap_or_default()
+        );
+        Personal::Decrypt(streams::crypto::Keys::from_secret(&secret))
+    } else {
+        Personal::Omit
+    };
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("replay")
+        .connection_timeout(Duration::from_secs(5));
+    if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
+        connect = connect.user_and_password(user.clone(), password.clone());
+    }
+    let client = async_nats::connect_with_options(args.nats_url.as_str(), connect)
+        .await
+        .with_context(|| format!("Failed to connect to NATS at {}", args.nats_url))?;
+    let js = async_nats::jetstream::new(client);
+
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("Failed to create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        // Drawn on standard error only when it is a terminal.
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events, {per_sec}, ETA {eta}",
+        )
+        .expect("a valid template"),
+    );
+    let started = Instant::now();
+    let replay = Replay {
+        stream: args.stream,
+        from: args.from,
+        to: args.to,
+        region: args.region,
+        types: args.types,
+        format: args.format,
+        personal,
+    };
+    let summary = export::replay(&js, &replay, &mut out, &mut |read, total| {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+        }
+        bar.set_position(read);
+    })
+    .await?;
+    drop(out);
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "Read {} events of {} (sequences {}–{}) in {:.1} s ({:.0}/s); wrote {}{}.",
+        summary.read,
+        replay.stream.name(),
+        summary.first_seq.map_or("-".into(), |s| s.to_string()),
+        summary.last_seq.map_or("-".into(), |s| s.to_string()),
+        elapsed,
+        summary.read as f64 / elapsed.max(1e-6),
+        summary.written,
+        args.output
+            .as_ref()
+            .map(|p| format!(" to {}", p.display()))
+            .unwrap_or_default(),
+    );
+    for (event_type, count) in &summary.by_type {
+        eprintln!("  {event_type:<32} {count:>10}");
+    }
+    if summary.undecodable > 0 {
+        eprintln!(
+            "  {:<32} {:>10}  (written with the reason; a newer writer's events?)",
+            "undecodable", summary.undecodable
+        );
+    }
+    Ok(())
+}

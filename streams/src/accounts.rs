@@ -1,0 +1,246 @@
+//! Who may do what on NATS: one identity per service, each with only the subjects it needs.
+//!
+//! This module is the one place the permissions come from, next to the subjects they name;
+//! `deploy/nats-accounts` renders them into a nats-server `authorization` block and writes
+//! each service's credentials. What each identity may publish (everything not listed is
+//! refused by the server, and every identity may subscribe only to its own reply inbox):
+//!
+//! | identity | data it may append | JetStream API on |
+//! | --- | --- | --- |
+//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*` | read `REG_INTAKE` (windows, claims) |
+//! | [`Service::Reservation`] (and the claims releaser) | `reg.decision.*.reservation`, `reg.intake.*.waitlist`, `reg.claim.*`, the lease bucket | read both streams and the leases, ack `REG_DECISIONS` |
+//! | [`Service::Verification`] | `reg.intake.*.verification` | read both streams, ack `REG_DECISIONS` |
+//! | [`Service::Notification`] | `reg.decision.*.notification` | read both streams, ack both |
+//! | [`Service::Projections`] | nothing | read both streams |
+//! | [`Service::Admin`] | nothing | the whole JetStream API: creates and updates streams and buckets |
+//!
+//! "Read" is per stream, not per subject: a reader may create consumers and direct-get
+//! messages of a stream it reads (personal fields in them are sealed, see [`crate::crypto`]).
+//! Only the admin identity may create, update, purge or delete streams and buckets; the
+//! services only bind to them ([`crate::config::bind_streams`]).
+//!
+//! Every identity receives its replies on its own inbox prefix ([`inbox_prefix`]), so no
+//! identity can subscribe to another's replies (acks, fetched messages).
+
+use crate::subjects::{self, IntakeKind, RegionFilter};
+
+/// Prefix of the JetStream API subjects.
+const JS_API: &str = "$JS.API";
+/// Prefix of JetStream consumer acknowledgement subjects.
+const JS_ACK: &str = "$JS.ACK";
+/// Prefix of the subjects of a key-value bucket's keys.
+const KV_PREFIX: &str = "$KV";
+
+/// What nats-server writes in its log for each refused publish or subscription
+/// (`Publish Violation - Subject "…"`): a run that should have been refused nothing is
+/// checked against it.
+pub const VIOLATION_LOG: &str = " Violation - Subject ";
+
+/// A NATS identity of the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Creates and updates streams and buckets (`deploy/nats-accounts streams`), and serves
+    /// operators' tools (replay). No service runs as it.
+    Admin,
+    /// The ingest edge.
+    Ingest,
+    /// The reservation processor and the claims releaser (the processors binary's own
+    /// connection).
+    Reservation,
+    /// The verification processor (its own connection in the processors binary).
+    Verification,
+    /// The notification processor (its own connection in the processors binary).
+    Notification,
+    /// The projection workers and the read API.
+    Projections,
+}
+
+/// What one identity may publish and subscribe to (nats-server `permissions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish to (requests to the JetStream API included).
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+impl Service {
+    /// Every identity, the admin first.
+    pub const ALL: [Service; 6] = [
+        Service::Admin,
+        Service::Ingest,
+        Service::Reservation,
+        Service::Verification,
+        Service::Notification,
+        Service::Projections,
+    ];
+
+    /// The identity's user name (also the name of its credentials file).
+    pub fn user(self) -> &'static str {
+        match self {
+            Service::Admin => "reg-admin",
+            Service::Ingest => "reg-ingest",
+            Service::Reservation => "reg-reservation",
+            Service::Verification => "reg-verification",
+            Service::Notification => "reg-notification",
+            Service::Projections => "reg-projections",
+        }
+    }
+
+    /// What the identity may do.
+    pub fn permissions(self) -> Permissions {
+        let all = RegionFilter::All;
+        let intake = subjects::INTAKE_STREAM;
+        let decisions = subjects::DECISIONS_STREAM;
+        let leases = format!("KV_{}", subjects::LEASES_BUCKET);
+        let mut publish = Vec::new();
+        match self {
+            Service::Admin => publish.push(format!("{JS_API}.>")),
+            Service::Ingest => {
+                for kind in [
+                    IntakeKind::Submitted,
+                    IntakeKind::Cancel,
+                    IntakeKind::Capacity,
+                    IntakeKind::Window,
+                    IntakeKind::Review,
+                    IntakeKind::Redrive,
+                    IntakeKind::Recover,
+                ] {
+                    publish.push(subjects::intake_kind_filter(&all, kind));
+                }
+                publish.push(subjects::claim("*"));
+                publish.extend(read(intake));
+                publish.extend(bind());
+            }
+            Service::Reservation => {
+                publish.push(subjects::reservation_decisions_filter(&all));
+                publish.push(subjects::intake_kind_filter(&all, IntakeKind::Waitlist));
+                publish.push(subjects::claim("*"));
+                publish.push(format!("{KV_PREFIX}.{}.>", subjects::LEASES_BUCKET));
+                publish.extend(read(intake));
+                publish.extend(read(decisions));
+                publish.extend(read(&leases));
+                publish.push(ack(decisions));
+                publish.extend(bind());
+            }
+            Service::Verification => {
+                publish.push(subjects::intake_kind_filter(&all, IntakeKind::Verification));
+                publish.extend(read(intake));
+                publish.extend(read(decisions));
+                publish.push(ack(decisions));
+                publish.extend(bind());
+            }
+            Service::Notification => {
+                publish.push(subjects::notification_decisions_filter(&all));
+                publish.extend(read(intake));
+                publish.extend(read(decisions));
+                publish.push(ack(intake));
+                publish.push(ack(decisions));
+                publish.extend(bind());
+            }
+            Service::Projections => {
+                publish.extend(read(intake));
+                publish.extend(read(decisions));
+                publish.extend(bind());
+            }
+        }
+        publish.sort();
+        publish.dedup();
+        Permissions {
+            publish,
+            subscribe: vec![format!("{}.>", inbox_prefix(self.user()))],
+        }
+    }
+}
+
+/// The inbox prefix of `user`'s replies: the connection uses it (see
+/// [`crate::runtime::connect`]) and the server lets only that user subscribe to it.
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// The JetStream API requests of a reader of `stream`: look it up, create and fetch from its
+/// consumers, get messages directly.
+fn read(stream: &str) -> Vec<String> {
+    vec![
+        format!("{JS_API}.STREAM.INFO.{stream}"),
+        format!("{JS_API}.STREAM.MSG.GET.{stream}"),
+        format!("{JS_API}.CONSUMER.CREATE.{stream}"),
+        format!("{JS_API}.CONSUMER.CREATE.{stream}.>"),
+        format!("{JS_API}.CONSUMER.INFO.{stream}.*"),
+        format!("{JS_API}.CONSUMER.MSG.NEXT.{stream}.*"),
+        format!("{JS_API}.DIRECT.GET.{stream}"),
+        format!("{JS_API}.DIRECT.GET.{stream}.>"),
+    ]
+}
+
+/// Acknowledging messages of `stream`'s durable consumers.
+fn ack(stream: &str) -> String {
+    format!("{JS_ACK}.{stream}.>")
+}
+
+/// What binding to the streams at start-up takes ([`crate::config::bind_streams`]).
+fn bind() -> Vec<String> {
+    [subjects::INTAKE_STREAM, subjects::DECISIONS_STREAM]
+        .map(|stream| format!("{JS_API}.STREAM.INFO.{stream}"))
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn may_publish(service: Service, subject: &str) -> bool {
+        service
+            .permissions()
+            .publish
+            .iter()
+            .any(|pattern| matches(pattern, subject))
+    }
+
+    /// NATS subject matching: `*` one token, `>` the rest.
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let mut p = pattern.split('.');
+        let mut s = subject.split('.');
+        loop {
+            match (p.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn each_identity_appends_only_what_it_writes() {
+        let r = crate::model::Region::parse("slaskie").unwrap();
+        let capacity = subjects::intake(&r, IntakeKind::Capacity);
+        let decision = subjects::reservation_decisions(&r);
+        let verdict = subjects::intake(&r, IntakeKind::Verification);
+        assert!(may_publish(Service::Ingest, &capacity));
+        assert!(!may_publish(Service::Ingest, &decision));
+        assert!(!may_publish(Service::Ingest, &verdict));
+        assert!(may_publish(Service::Verification, &verdict));
+        assert!(!may_publish(Service::Verification, &capacity));
+        assert!(!may_publish(Service::Verification, &decision));
+        assert!(may_publish(Service::Reservation, &decision));
+        assert!(may_publish(
+            Service::Notification,
+            &subjects::notification_decisions(&r)
+        ));
+        assert!(!may_publish(Service::Notification, &decision));
+        for subject in [&capacity, &decision, &verdict, &subjects::claim("ab")] {
+            assert!(!may_publish(Service::Projections, subject), "{subject}");
+        }
+        for service in Service::ALL {
+            let stream_admin = format!("{JS_API}.STREAM.UPDATE.{}", subjects::INTAKE_STREAM);
+            assert_eq!(
+                may_publish(service, &stream_admin),
+                service == Service::Admin,
+                "{service:?}"
+            );
+        }
+    }
+}
