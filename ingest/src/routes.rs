@@ -677,7 +677,17 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
     streams::http::metrics(&edge.metrics.registry)
 }
 
+/// The edge's OpenAPI document (`docs/openapi/ingest.json`), served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi/ingest.json");
+
+/// `GET /openapi.json`
+pub async fn openapi() -> HttpResponse {
+    streams::http::openapi(OPENAPI)
+}
+
 /// The routes of the edge.
+/// Each is described in `docs/openapi/ingest.json`: change the two together (the
+/// `openapi` test checks every documented route exists; it cannot list these).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     crate::page::configure(cfg);
     cfg.route("/v1/registrations", web::post().to(submit))
@@ -692,7 +702,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi));
+    // Last: another method on a documented path is a 405 with Allow.
+    streams::http::method_not_allowed(cfg, OPENAPI);
 }
 
 #[cfg(test)]

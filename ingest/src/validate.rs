@@ -134,6 +134,21 @@ fn reject_unknown(map: &Map<String, Value>, known: &[&str]) -> Result<(), FieldE
     }
 }
 
+/// A whole number from 0 up to `max`. JSON does not tell `3` from `3.0`, so a number with a
+/// zero fraction counts (exactly, up to 2^53, where every whole f64 is exact).
+fn whole_number(value: &Value, max: u64) -> Option<u64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    value
+        .as_u64()
+        .or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=EXACT).contains(f))
+                .map(|f| f as u64)
+        })
+        .filter(|n| *n <= max)
+}
+
 fn opt_str<'a>(map: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, FieldError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
@@ -366,7 +381,7 @@ pub fn parse_capacity(body: &[u8]) -> Result<CapacityRequest, FieldError> {
     let slot = slot(&map)?;
     let capacity = match map.get("capacity") {
         None | Some(Value::Null) => return Err(FieldError::missing("capacity")),
-        Some(v) => v.as_u64().filter(|c| *c <= MAX_CAPACITY).ok_or_else(|| {
+        Some(v) => whole_number(v, MAX_CAPACITY).ok_or_else(|| {
             FieldError::invalid(
                 "capacity",
                 format!("capacity must be a whole number from 0 to {MAX_CAPACITY}"),
@@ -429,12 +444,14 @@ pub fn parse_redrive(body: &[u8]) -> Result<RedriveRequest, FieldError> {
         .map_err(|e| FieldError::invalid("registration_id", e.0))?;
     let decision_seq = match map.get("decision_seq") {
         None | Some(Value::Null) => return Err(FieldError::missing("decision_seq")),
-        Some(v) => v.as_u64().filter(|s| *s > 0).ok_or_else(|| {
-            FieldError::invalid(
-                "decision_seq",
-                "decision_seq must be a positive whole number",
-            )
-        })?,
+        Some(v) => whole_number(v, u64::MAX)
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                FieldError::invalid(
+                    "decision_seq",
+                    "decision_seq must be a positive whole number",
+                )
+            })?,
     };
     let channel = match req_str(&map, "channel")? {
         "email" => "email",
@@ -807,6 +824,11 @@ mod tests {
             parse_capacity(br#"{"region":"r","location":"l","date":"2027-03-01","capacity":5}"#)
                 .unwrap();
         assert_eq!(c.capacity, 5);
+        // JSON does not tell 61 from 61.0 (nor does the OpenAPI document's `integer`).
+        let c =
+            parse_capacity(br#"{"region":"r","location":"l","date":"2027-03-01","capacity":61.0}"#)
+                .unwrap();
+        assert_eq!(c.capacity, 61);
         for (body, field) in [
             (
                 r#"{"region":"r","location":"l","date":"2027-03-01","capacity":-1}"#,

@@ -15,6 +15,7 @@ use streams::http::{error, json as json_response};
 use streams::model::{Location, Region, RegistrationId};
 
 use crate::metrics::Metrics;
+use crate::smart::{self, Publication};
 use crate::store::Store;
 
 /// An availability query, normalised: the cache key. Only parsed values go in, so random
@@ -61,6 +62,18 @@ impl SlotTable {
     }
 }
 
+/// The SMART Scheduling Links publication as served: the three files and the manifest, each
+/// with its entity tag.
+#[derive(Debug)]
+pub struct Published {
+    files: smart::Files,
+    file_etags: [String; 3],
+    manifest: Rendered,
+}
+
+/// When the current publication's content was first seen: (fingerprint, transaction time).
+type Since = Arc<std::sync::Mutex<Option<(String, String)>>>;
+
 /// Shared by every worker thread of the read API.
 #[derive(Clone)]
 pub struct Reader {
@@ -84,6 +97,12 @@ pub struct Reader {
     pub rebuilds: crate::rebuild::Rebuilds,
     /// Origins whose pages may read availability and status (CORS, see [`crate::cors`]).
     pub cors_origins: Arc<Vec<String>>,
+    /// Where the SMART Scheduling Links publication points.
+    pub publication: Publication,
+    /// The publication, as old as an availability answer at most (one entry).
+    pub published: Cache<(), Arc<Published>>,
+    /// When the publication's content last changed.
+    published_since: Since,
 }
 
 /// What the read API is configured with, besides its connections.
@@ -95,6 +114,8 @@ pub struct ReaderSettings {
     pub admin_token: String,
     /// Origins whose pages may read availability and status.
     pub cors_origins: Vec<String>,
+    /// Where the SMART Scheduling Links publication points.
+    pub publication: Publication,
 }
 
 impl Reader {
@@ -111,6 +132,7 @@ impl Reader {
             ttl,
             admin_token,
             cors_origins,
+            publication,
         } = settings;
         Reader {
             store,
@@ -126,6 +148,9 @@ impl Reader {
             admin_token,
             rebuilds,
             cors_origins: Arc::new(cors_origins),
+            publication,
+            published: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
+            published_since: Since::default(),
         }
     }
 }
@@ -159,7 +184,13 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
             .transpose()
             .map_err(|e| bad("location", e.0))?,
         date: nonempty("date")
-            .map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d"))
+            // Exactly YYYY-MM-DD, as the edge takes dates: chrono alone also reads `2027-3-1`.
+            .map(|d| {
+                NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .ok()
+                    .filter(|_| d.len() == 10)
+                    .ok_or(())
+            })
             .transpose()
             .map_err(|_| bad("date", "date must be YYYY-MM-DD".into()))?,
     })
@@ -193,29 +224,44 @@ async fn availability_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpRe
             return response;
         }
     };
+    cacheable(
+        req,
+        &rendered.body,
+        &rendered.etag,
+        "application/json",
+        "public, max-age=1",
+    )
+}
+
+/// A cacheable answer: `304` when `If-None-Match` names `etag` (or is `*`), the body
+/// otherwise; `ETag` and `Cache-Control` on both.
+fn cacheable(
+    req: &HttpRequest,
+    body: &str,
+    etag: &str,
+    content_type: &str,
+    cache_control: &'static str,
+) -> HttpResponse {
     let matches = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == rendered.etag || t.trim() == "*")
-        });
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let mut response = if matches {
         HttpResponse::NotModified().finish()
     } else {
         HttpResponse::Ok()
-            .content_type("application/json")
-            .body(rendered.body.clone())
+            .content_type(content_type)
+            .body(body.to_owned())
     };
     let headers = response.headers_mut();
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=1"),
+        HeaderValue::from_static(cache_control),
     );
     headers.insert(
         header::ETAG,
-        HeaderValue::from_str(&rendered.etag).expect("hex is a valid header"),
+        HeaderValue::from_str(etag).expect("hex is a valid header"),
     );
     response
 }
@@ -227,7 +273,21 @@ async fn rendered_availability(
     reader: &Reader,
     key: AvailabilityKey,
 ) -> Result<Arc<Rendered>, Arc<anyhow::Error>> {
-    let table = reader
+    let table = slot_table(reader).await?;
+    reader
+        .cache
+        .try_get_with((key.clone(), table.generation), async {
+            let body = serde_json::to_string(&table.filter(&key))?;
+            let etag = entity_tag(&body);
+            anyhow::Ok(Arc::new(Rendered { body, etag }))
+        })
+        .await
+}
+
+/// The slot table, read from SurrealDB at most once per cache period (one load however
+/// many readers ask at once). Availability answers and the SMART publication come from it.
+async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error>> {
+    reader
         .slots
         .try_get_with((), async {
             reader.metrics.availability_loads.inc();
@@ -237,15 +297,113 @@ async fn rendered_availability(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             anyhow::Ok(Arc::new(SlotTable { generation, rows }))
         })
-        .await?;
-    reader
-        .cache
-        .try_get_with((key.clone(), table.generation), async {
-            let body = serde_json::to_string(&table.filter(&key))?;
-            let etag = format!("\"{}\"", &sha256_hex(body.as_bytes())[..32]);
-            anyhow::Ok(Arc::new(Rendered { body, etag }))
-        })
         .await
+}
+
+fn entity_tag(body: &str) -> String {
+    format!("\"{}\"", &sha256_hex(body.as_bytes())[..32])
+}
+
+/// How long a vaccine finder should wait before polling again (the spec's hint; the data
+/// itself is about a second old).
+const SMART_CACHE_CONTROL: &str = "public, max-age=60";
+
+/// The publication, from the cache (one load however many pollers ask at once).
+async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
+    let loader = {
+        let reader = reader.clone();
+        async move {
+            let table = slot_table(&reader)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let rows: Vec<smart::Row> = table
+                .rows
+                .iter()
+                .filter_map(|row| serde_json::from_value(row.clone()).ok())
+                .collect();
+            let files = smart::render(&rows, &reader.publication);
+            let since = {
+                let mut since = reader.published_since.lock().expect("lock");
+                match &*since {
+                    Some((fingerprint, time)) if *fingerprint == files.fingerprint => time.clone(),
+                    _ => {
+                        let time = smart::now();
+                        *since = Some((files.fingerprint.clone(), time.clone()));
+                        time
+                    }
+                }
+            };
+            let manifest = serde_json::to_string(&smart::manifest(&reader.publication, &since))?;
+            let file_etags = smart::FILES.map(|(kind, _)| entity_tag(files.get(kind)));
+            anyhow::Ok(Arc::new(Published {
+                manifest: Rendered {
+                    etag: entity_tag(&manifest),
+                    body: manifest,
+                },
+                file_etags,
+                files,
+            }))
+        }
+    };
+    reader
+        .published
+        .try_get_with((), loader)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "The SMART publication could not be loaded.");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the publication is temporarily unavailable",
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        })
+}
+
+/// `GET /$bulk-publish`: the SMART Scheduling Links manifest.
+pub async fn bulk_publish(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    match published(&reader).await {
+        Ok(p) => cacheable(
+            &req,
+            &p.manifest.body,
+            &p.manifest.etag,
+            "application/json",
+            SMART_CACHE_CONTROL,
+        ),
+        Err(response) => response,
+    }
+}
+
+async fn smart_file(req: &HttpRequest, reader: &Reader, index: usize) -> HttpResponse {
+    match published(reader).await {
+        Ok(p) => cacheable(
+            req,
+            p.files.get(smart::FILES[index].0),
+            &p.file_etags[index],
+            "application/fhir+ndjson",
+            SMART_CACHE_CONTROL,
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `GET /smart/locations.ndjson`: FHIR `Location`s, one per line.
+pub async fn smart_locations(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    smart_file(&req, &reader, 0).await
+}
+
+/// `GET /smart/schedules.ndjson`: FHIR `Schedule`s, one per line.
+pub async fn smart_schedules(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    smart_file(&req, &reader, 1).await
+}
+
+/// `GET /smart/slots.ndjson`: FHIR `Slot`s, one per line.
+pub async fn smart_slots(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
+    smart_file(&req, &reader, 2).await
 }
 
 fn not_found() -> HttpResponse {
@@ -426,7 +584,18 @@ pub async fn metrics(reader: State<Reader>) -> HttpResponse {
     streams::http::metrics(&reader.metrics.registry)
 }
 
+/// The read API's OpenAPI document (`docs/openapi/read.json`), served at
+/// `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi/read.json");
+
+/// `GET /openapi.json`
+pub async fn openapi() -> HttpResponse {
+    streams::http::openapi(OPENAPI)
+}
+
 /// The routes of the read API.
+/// Each is described in `docs/openapi/read.json`: change the two together (the
+/// `openapi` test checks every documented route exists; it cannot list these).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/availability", web::get().to(availability))
         .route("/v1/registrations/{id}", web::get().to(registration))
@@ -447,5 +616,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .route(smart::MANIFEST, web::get().to(bulk_publish))
+        .route(smart::FILES[0].1, web::get().to(smart_locations))
+        .route(smart::FILES[1].1, web::get().to(smart_schedules))
+        .route(smart::FILES[2].1, web::get().to(smart_slots));
+    // Last: another method on a documented path is a 405 with Allow.
+    streams::http::method_not_allowed(cfg, OPENAPI);
 }

@@ -49,6 +49,16 @@ pub struct Args {
     /// origin of `REG_CITIZEN_PAGE_URL`, else of `http://<REG_INGEST_LISTEN>` (127.0.0.1:8080).
     #[arg(long, env = "REG_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// The read API's public base URL, in the SMART Scheduling Links manifest's absolute
+    /// links [default: REG_STATUS_BASE_URL, else http://<listen>].
+    #[arg(long, env = "REG_READ_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Where citizens book: each free SMART slot links there (with region, location, date).
+    #[arg(long, env = "REG_BOOKING_URL")]
+    pub booking_url: Option<String>,
+    /// A phone number that books, on each free SMART slot and location.
+    #[arg(long, env = "REG_BOOKING_PHONE")]
+    pub booking_phone: Option<String>,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -80,6 +90,15 @@ pub async fn run_cli(
         cors_origins = crate::cors::default_origins(page.as_deref(), &edge);
     }
     let listener = streams::runtime::bind(&args.listen)?;
+    let public_url = args
+        .public_url
+        .or_else(|| std::env::var("REG_STATUS_BASE_URL").ok())
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let publication = crate::smart::Publication {
+        public_url: public_url.trim_end_matches('/').to_owned(),
+        booking_url: args.booking_url.filter(|u| !u.is_empty()),
+        booking_phone: args.booking_phone.filter(|p| !p.is_empty()),
+    };
     tracing::info!(listen = %args.listen, surreal = %args.surreal, cors = ?cors_origins, "Projections starting.");
     run(
         Settings {
@@ -98,6 +117,7 @@ pub async fn run_cli(
             workers: args.workers,
             replicas: args.replicas,
             cors_origins,
+            publication,
         },
         listener,
         shutdown,

@@ -22,5 +22,6 @@ pub mod export;
 pub mod metrics;
 pub mod rebuild;
 pub mod service;
+pub mod smart;
 pub mod store;
 pub mod worker;

@@ -35,6 +35,8 @@ pub struct Settings {
     pub replicas: usize,
     /// Origins whose pages may read availability and status (CORS): the citizens' page.
     pub cors_origins: Vec<String>,
+    /// Where the SMART Scheduling Links publication points.
+    pub publication: crate::smart::Publication,
 }
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
@@ -85,6 +87,7 @@ pub async fn run(
             ttl: settings.cache_ttl,
             admin_token: settings.admin_token.clone(),
             cors_origins: settings.cors_origins.clone(),
+            publication: settings.publication.clone(),
         },
     );
     let served = streams::http::serve(

@@ -53,6 +53,8 @@ pub enum Service {
     Notification,
     /// The projection workers and the read API.
     Projections,
+    /// Analysts' replays (`deploy/replay`): reads both streams, publishes nothing.
+    Analyst,
 }
 
 /// What one identity may publish and subscribe to (nats-server `permissions`).
@@ -66,13 +68,14 @@ pub struct Permissions {
 
 impl Service {
     /// Every identity, the admin first.
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Admin,
         Service::Ingest,
         Service::Reservation,
         Service::Verification,
         Service::Notification,
         Service::Projections,
+        Service::Analyst,
     ];
 
     /// The identity's user name (also the name of its credentials file).
@@ -84,6 +87,7 @@ impl Service {
             Service::Verification => "reg-verification",
             Service::Notification => "reg-notification",
             Service::Projections => "reg-projections",
+            Service::Analyst => "reg-analyst",
         }
     }
 
@@ -138,7 +142,7 @@ impl Service {
                 publish.push(ack(decisions));
                 publish.extend(bind());
             }
-            Service::Projections => {
+            Service::Projections | Service::Analyst => {
                 publish.extend(read(intake));
                 publish.extend(read(decisions));
                 publish.extend(bind());

@@ -149,7 +149,69 @@ pub fn readiness<S: AsRef<str>>(checks: &[(S, bool)]) -> HttpResponse {
 
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().body("ok")
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ok")
+}
+
+/// The `GET /openapi.json` answer: the service's OpenAPI document, committed under
+/// `docs/openapi/` and compiled in.
+pub fn openapi(document: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document)
+}
+
+/// The methods each path of an OpenAPI document has, upper case and comma-separated as an
+/// `Allow` header lists them (`[("/v1/registrations", "POST"), ...]`), in document order.
+pub fn documented_methods(document: &str) -> Vec<(String, String)> {
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    let document: serde_json::Value =
+        serde_json::from_str(document).expect("the committed OpenAPI document is JSON");
+    let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    paths
+        .iter()
+        .map(|(path, item)| {
+            let allow = METHODS
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| m.to_ascii_uppercase())
+                .collect::<Vec<_>>()
+                .join(", ");
+            (path.clone(), allow)
+        })
+        .collect()
+}
+
+/// Answers every method a documented path does not have with `405` and an `Allow` header
+/// listing those it has (rather than the `404` of an unknown route). Registered after the
+/// service's own routes, so those match first; the methods come from the service's OpenAPI
+/// document, which a test keeps equal to the routes.
+pub fn method_not_allowed(cfg: &mut web::ServiceConfig, document: &str) {
+    for (path, allow) in documented_methods(document) {
+        cfg.route(
+            &path,
+            web::route().to(move || {
+                let allow = allow.clone();
+                async move {
+                    let mut response = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        &format!("this path answers only {allow}"),
+                        None,
+                    );
+                    if let Ok(value) = ntex::http::header::HeaderValue::from_str(&allow) {
+                        response
+                            .headers_mut()
+                            .insert(ntex::http::header::ALLOW, value);
+                    }
+                    response
+                }
+            }),
+        );
+    }
 }
 
 /// Answers every unknown route with the contract's JSON error.

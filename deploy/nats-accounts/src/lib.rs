@@ -135,6 +135,7 @@ impl Accounts {
                 .concat(),
             ),
             ("projections.env", line("", Service::Projections)),
+            ("analyst.env", line("", Service::Analyst)),
         ]
     }
 

@@ -59,7 +59,8 @@ struct Args {
     /// NATS server URL(s).
     #[arg(long, env = "REG_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
-    /// NATS user (when the server requires one).
+    /// NATS user (when the server requires one; deploy/replay uses the analyst identity
+    /// deploy/up generated).
     #[arg(long, env = "REG_NATS_USER")]
     nats_user: Option<String>,
     /// NATS password.
@@ -90,15 +91,24 @@ async fn main() -> anyhow::Result<()> {
     } else {
         Personal::Omit
     };
-    let mut connect = async_nats::ConnectOptions::new()
-        .name("replay")
-        .connection_timeout(Duration::from_secs(5));
+    // The services' connection settings (TLS included, REG_NATS_TLS_*), the flags over them.
+    let mut options = streams::runtime::NatsOptions::from_env("replay")?;
+    options.url = args.nats_url.clone();
     if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
-        connect = connect.user_and_password(user.clone(), password.clone());
+        options.credentials = Some((user.clone(), password.clone()));
     }
-    let client = async_nats::connect_with_options(args.nats_url.as_str(), connect)
+    let give_up = tokio_util::sync::CancellationToken::new();
+    let timer = {
+        let give_up = give_up.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            give_up.cancel();
+        })
+    };
+    let client = streams::runtime::connect(&options, &give_up)
         .await
-        .with_context(|| format!("Failed to connect to NATS at {}", args.nats_url))?;
+        .with_context(|| format!("Failed to connect to NATS at {} within 15 s", args.nats_url))?;
+    timer.abort();
     let js = async_nats::jetstream::new(client);
 
     let mut out: Box<dyn Write> = match &args.output {

@@ -4,10 +4,12 @@
 //!   removed on drop;
 //! - [`NatsCluster`]: a JetStream cluster (one nats-server per node, each on free ports with
 //!   its own temporary store), nodes killed and restarted one by one;
-//! - [`eventually`]: poll a condition with a deadline instead of sleeping.
+//! - [`eventually`]: poll a condition with a deadline instead of sleeping;
+//! - [`openapi::check_routes`]: a service's routes against its committed OpenAPI document.
 #![forbid(unsafe_code)]
 
 mod cluster;
+pub mod openapi;
 pub use cluster::NatsCluster;
 
 use std::path::{Path, PathBuf};

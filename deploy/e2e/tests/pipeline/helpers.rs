@@ -242,6 +242,11 @@ impl Pipeline {
                 workers: 1,
                 replicas: 1,
                 cors_origins: vec![ingest.clone()],
+                publication: projections::smart::Publication {
+                    public_url: read.clone(),
+                    booking_url: Some(format!("{ingest}/")),
+                    booking_phone: None,
+                },
             },
             read_listener,
             shutdown.clone(),

@@ -436,6 +436,139 @@ async fn availability_is_cacheable_with_an_etag() {
     assert_error(&body, "invalid_field", Some("date"));
 }
 
+/// A body the helper could not read as one JSON value is NDJSON text; one line alone parses.
+fn ndjson_lines(body: Value) -> Vec<Value> {
+    let text = match body {
+        Value::String(text) => text,
+        Value::Null => String::new(),
+        one => format!("{one}\n"),
+    };
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[ntex::test]
+async fn vaccine_finders_poll_a_smart_scheduling_links_publication() {
+    let p = Pipeline::start().await;
+    p.set_capacity("smart", 3).await;
+    p.wait_remaining("smart", 3).await;
+    let manifest_url = format!("{}/$bulk-publish", p.read);
+    let (status, headers, manifest) = p.send(p.http.get(&manifest_url), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(headers.get("cache-control").unwrap(), "public, max-age=60");
+    assert_eq!(manifest["request"], manifest_url.as_str());
+    assert_eq!(manifest["error"], json!([]));
+    let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
+    let (status, _, body) = p
+        .send(
+            p.http
+                .get(&manifest_url)
+                .header("If-None-Match", etag.as_str()),
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (304, Value::Null));
+
+    let mut files = std::collections::HashMap::new();
+    for output in manifest["output"].as_array().unwrap() {
+        let url = output["url"].as_str().unwrap();
+        let (status, headers, body) = p
+            .send(
+                p.http.get(url).header("Accept", "application/fhir+ndjson"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{url}");
+        assert_eq!(
+            headers.get("content-type").unwrap(),
+            "application/fhir+ndjson"
+        );
+        let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
+        let (status, _, _) = p
+            .send(p.http.get(url).header("If-None-Match", etag.as_str()), None)
+            .await;
+        assert_eq!(status, 304, "{url}");
+        files.insert(
+            output["type"].as_str().unwrap().to_owned(),
+            ndjson_lines(body),
+        );
+    }
+    let site = "mazowieckie.smart";
+    assert!(files["Location"].iter().any(|l| l["id"] == site));
+    assert!(
+        files["Schedule"]
+            .iter()
+            .any(|s| s["id"] == site && s["actor"][0]["reference"] == format!("Location/{site}"))
+    );
+    let free: Vec<&Value> = files["Slot"]
+        .iter()
+        .filter(|s| s["schedule"]["reference"] == format!("Schedule/{site}"))
+        .collect();
+    assert_eq!(
+        free.len(),
+        1,
+        "all three seats are free: one aggregated slot"
+    );
+    assert_eq!(free[0]["status"], "free");
+    let extension = free[0]["extension"].as_array().unwrap();
+    assert!(extension.contains(&json!({
+        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/slot-capacity",
+        "valueInteger": 3
+    })));
+    assert!(extension.iter().any(|e| {
+        e["valueUrl"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/?region=mazowieckie&location=smart&date=2027-03-01"))
+    }));
+
+    // One seat taken: the publication changes (a new tag, the old one no longer 304s) and
+    // shows two free seats and one busy.
+    let (status, _) = p.submit(&citizen(41, "smart"), None).await;
+    assert_eq!(status, 202);
+    p.wait_remaining("smart", 2).await;
+    let slots_url = format!("{}/smart/slots.ndjson", p.read);
+    let slots = testkit::eventually(
+        "the publication to follow",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (status, _, body) = p
+                .send(
+                    p.http
+                        .get(&slots_url)
+                        .header("If-None-Match", etag.as_str()),
+                    None,
+                )
+                .await;
+            let slots = ndjson_lines(body);
+            (status == 200 && slots.iter().any(|s| s["status"] == "busy")).then_some(slots)
+        },
+    )
+    .await;
+    let mine: Vec<(String, i64)> = slots
+        .iter()
+        .filter(|s| s["schedule"]["reference"] == format!("Schedule/{site}"))
+        .map(|s| {
+            let capacity = s["extension"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|e| e["valueInteger"].as_i64())
+                .unwrap();
+            (s["status"].as_str().unwrap().to_owned(), capacity)
+        })
+        .collect();
+    assert_eq!(mine, [("free".to_owned(), 2), ("busy".to_owned(), 1)]);
+}
+
 #[ntex::test]
 async fn when_jetstream_is_down_the_edge_answers_503_and_never_a_false_202() {
     let mut p = Pipeline::start().await;
