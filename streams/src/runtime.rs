@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 /// How a service reaches NATS.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
-    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222` or, for a cluster,
+    /// `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` ([`server_addrs`]).
     pub url: String,
     /// Connection name shown by `nats-server` monitoring.
     pub name: String,
@@ -98,12 +99,31 @@ impl NatsOptions {
     }
 }
 
+/// The servers of a comma-separated URL list, in order. async-nats reads a `&str` as one
+/// address (`"a,b"` would be a single, invalid one), so a cluster's list is split here and
+/// handed over as a list: the client then connects to any of them and, when that server
+/// goes away, reconnects to another (and to the ones the cluster advertises).
+pub fn server_addrs(urls: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .with_context(|| format!("Failed to read the NATS server address {url:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!addrs.is_empty(), "no NATS server address in {urls:?}");
+    Ok(addrs)
+}
+
 /// Connects to NATS, retrying until it answers or `shutdown` fires. Services start in any
 /// order; a missing server is waited for, not a crash.
 pub async fn connect(
     options: &NatsOptions,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<async_nats::Client> {
+    let servers = server_addrs(&options.url)?;
     let mut delay = Duration::from_millis(100);
     loop {
         let mut connect = async_nats::ConnectOptions::new()
@@ -128,7 +148,7 @@ pub async fn connect(
                 connect = connect.add_client_certificate(cert.clone(), key.clone());
             }
         }
-        let attempt = async_nats::connect_with_options(options.url.as_str(), connect);
+        let attempt = async_nats::connect_with_options(servers.as_slice(), connect);
         tokio::select! {
             _ = shutdown.cancelled() => anyhow::bail!("Shut down before NATS answered"),
             result = attempt => match result {
@@ -152,7 +172,11 @@ pub async fn connect(
 }
 
 /// Connects to NATS and creates or updates every stream and bucket, or (without
-/// [`NatsOptions::manage_streams`]) waits until they exist: how each service starts.
+/// [`NatsOptions::manage_streams`]) waits until they exist: how each service starts. A
+/// creation that times out is tried again until `shutdown` fires (on a cluster just formed,
+/// an R3 stream answers only once its first leader is elected, which can take longer than
+/// one request's timeout); any other refusal (say, another replication than the streams
+/// have) stops the start.
 pub async fn start_jetstream(
     options: &NatsOptions,
     replication: crate::config::Replication,
@@ -160,25 +184,54 @@ pub async fn start_jetstream(
 ) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
     let client = connect(options, shutdown).await?;
     let js = async_nats::jetstream::new(client.clone());
-    if options.manage_streams {
-        crate::config::ensure_streams(&js, replication).await?;
-        return Ok((client, js));
-    }
     let mut delay = Duration::from_millis(100);
     loop {
-        match crate::config::bind_streams(&js, replication).await {
-            Ok(()) => return Ok((client, js)),
-            Err(err) => tracing::warn!(
-                error = %format!("{err:#}"),
-                "The streams are not there yet; waiting for the admin identity to create them."
-            ),
+        if options.manage_streams {
+            match crate::config::ensure_streams(&js, replication).await {
+                Ok(()) => return Ok((client, js)),
+                Err(err) if is_transient(&err) => tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "JetStream did not answer in time (a cluster still electing leaders?); trying again."
+                ),
+                Err(err) => return Err(err),
+            }
+        } else {
+            match crate::config::bind_streams(&js, replication).await {
+                Ok(()) => return Ok((client, js)),
+                Err(err) => tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "The streams are not there yet; waiting for the admin identity to create them."
+                ),
+            }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => anyhow::bail!("Shut down before the streams existed"),
+            _ = shutdown.cancelled() => anyhow::bail!("Shut down before the streams were in place"),
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Whether creating the streams failed only for want of a timely answer (worth trying again)
+/// rather than because JetStream refused.
+fn is_transient(err: &anyhow::Error) -> bool {
+    use async_nats::jetstream::context::{
+        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        GetStreamError, GetStreamErrorKind,
+    };
+    err.chain().any(|cause| {
+        cause.downcast_ref::<CreateStreamError>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable
+            )
+        }) || cause
+            .downcast_ref::<GetStreamError>()
+            .is_some_and(|e| matches!(e.kind(), GetStreamErrorKind::Request))
+            || cause
+                .downcast_ref::<CreateKeyValueError>()
+                .is_some_and(|e| matches!(e.kind(), CreateKeyValueErrorKind::TimedOut))
+    })
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), `REG_LOG_FORMAT=json`
@@ -340,6 +393,34 @@ fn development_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_late_answer_makes_the_stream_creation_worth_trying_again() {
+        use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+        let timed_out = anyhow::Error::new(CreateStreamError::new(CreateStreamErrorKind::TimedOut))
+            .context("Failed to create or update stream REG_INTAKE");
+        assert!(is_transient(&timed_out));
+        let refused = anyhow::Error::new(CreateStreamError::new(
+            CreateStreamErrorKind::InvalidStreamName,
+        ))
+        .context("Failed to create or update stream REG_INTAKE");
+        assert!(!is_transient(&refused));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "stream REG_INTAKE has 1 replica(s) but this service was started with REG_REPLICAS=3"
+        )));
+    }
+
+    #[test]
+    fn a_comma_separated_url_is_every_server_of_a_cluster() {
+        let addrs =
+            server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://10.0.0.3:4224")
+                .unwrap();
+        let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(addrs[2].host(), "10.0.0.3");
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert!(server_addrs(" , ").is_err());
+    }
 
     #[test]
     fn development_credentials_start_only_in_development_mode() {

@@ -75,7 +75,16 @@ const SUBJECT: &str = "bench.ceiling.records";
 async fn fresh_stream(
     server: &testkit::NatsServer,
 ) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let client = async_nats::connect(server.url())
+    fresh_stream_at(&server.url(), 1).await
+}
+
+/// The ceiling stream with `replicas` copies, on the server(s) at `url` (a comma-separated
+/// list for a cluster).
+async fn fresh_stream_at(
+    url: &str,
+    replicas: usize,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let client = async_nats::connect(streams::runtime::server_addrs(url)?)
         .await
         .context("Failed to connect to nats-server")?;
     let js = jetstream::new(client.clone());
@@ -86,6 +95,7 @@ async fn fresh_stream(
         allow_atomic_publish: true,
         allow_batch_publish: true,
         max_message_size: 2 * 1024 * 1024,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -136,6 +146,23 @@ const WINDOW: usize = 256;
 async fn atomic(size: usize, records: u64) -> anyhow::Result<Ceiling> {
     let server = testkit::NatsServer::start();
     let (client, js) = fresh_stream(&server).await?;
+    let (written, elapsed) = atomic_batches(&client, &js, size, records).await?;
+    Ok(Ceiling::new(
+        format!("atomic batch of {size}"),
+        true,
+        written,
+        elapsed,
+    ))
+}
+
+/// Writes `records` in atomic batches of `size`, one batch after the other; returns the
+/// records written and the time taken.
+async fn atomic_batches(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    size: usize,
+    records: u64,
+) -> anyhow::Result<(u64, Duration)> {
     let batches = records.div_ceil(size as u64);
     let start = Instant::now();
     for b in 0..batches {
@@ -146,16 +173,106 @@ async fn atomic(size: usize, records: u64) -> anyhow::Result<Ceiling> {
                 payload: record(b * size as u64 + i),
             })
             .collect();
-        publish_atomic(&js, &client, batch)
+        publish_atomic(js, client, batch)
             .await
             .map_err(|e| anyhow::anyhow!("atomic batch: {e}"))?;
     }
+    Ok((batches * size as u64, start.elapsed()))
+}
+
+/// Where a cluster ceiling is measured: one node, or a three-node cluster with R3 streams,
+/// with or without an fsync before every acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// One nats-server, `sync_interval: always`: the single-node durable deployment.
+    SingleNode,
+    /// Three nodes, R3, `sync_interval: always` on each: what `deploy/cluster` runs.
+    ClusterSyncAlways,
+    /// Three nodes, R3, nats-server's default fsync (every two minutes).
+    ClusterDefaultFsync,
+}
+
+impl Deployment {
+    /// Every deployment, in report order.
+    pub const ALL: [Deployment; 3] = [
+        Deployment::SingleNode,
+        Deployment::ClusterSyncAlways,
+        Deployment::ClusterDefaultFsync,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Deployment::SingleNode => "single node, sync_interval always",
+            Deployment::ClusterSyncAlways => "3 nodes R3, sync_interval always on each",
+            Deployment::ClusterDefaultFsync => "3 nodes R3, default fsync (2 min)",
+        }
+    }
+
+    /// Whether an acknowledgement survives a power cut of every machine at once.
+    fn durable(self) -> bool {
+        self != Deployment::ClusterDefaultFsync
+    }
+}
+
+/// Atomic batches of `size` 4 KiB records on `deployment`, started fresh for the
+/// measurement and stopped after it.
+async fn atomic_on(deployment: Deployment, size: usize, records: u64) -> anyhow::Result<Ceiling> {
+    // Whichever runs, it stays alive until the measurement is over.
+    let (_single, _cluster, url, replicas) = match deployment {
+        Deployment::SingleNode => {
+            let server = testkit::NatsServer::start();
+            let url = server.url();
+            (Some(server), None, url, 1)
+        }
+        Deployment::ClusterSyncAlways | Deployment::ClusterDefaultFsync => {
+            let sync = deployment == Deployment::ClusterSyncAlways;
+            let cluster = tokio::task::spawn_blocking(move || {
+                if sync {
+                    testkit::NatsCluster::start(3)
+                } else {
+                    testkit::NatsCluster::start_without_fsync(3)
+                }
+            })
+            .await
+            .context("Starting the cluster panicked")?;
+            let url = cluster.url();
+            (None, Some(cluster), url, 3)
+        }
+    };
+    let (client, js) = fresh_stream_at(&url, replicas).await?;
+    let (written, elapsed) = atomic_batches(&client, &js, size, records).await?;
     Ok(Ceiling::new(
-        format!("atomic batch of {size}"),
-        true,
-        batches * size as u64,
-        start.elapsed(),
+        format!("{}: atomic batch of {size}", deployment.label()),
+        deployment.durable(),
+        written,
+        elapsed,
     ))
+}
+
+/// The durable write ceiling of a three-node cluster beside the single node's, same run,
+/// same machine: atomic batches of 256 and 1,000 4 KiB records from one publisher on each
+/// [`Deployment`], `rounds` times over (interleaved, so a slow moment of the machine does not
+/// fall on one deployment only). `scale` multiplies the record counts (1.0: 100,000 records
+/// per measurement).
+pub async fn measure_cluster(scale: f64, rounds: u32) -> anyhow::Result<Vec<Ceiling>> {
+    let records = ((100_000.0 * scale) as u64).max(1_000);
+    let mut out = Vec::new();
+    for round in 0..rounds.max(1) {
+        for size in [256, 1000] {
+            for deployment in Deployment::ALL {
+                let ceiling = atomic_on(deployment, size, records).await?;
+                println!(
+                    "cluster ceilings, round {}: {:<62} {:>9.0} records/s {:>7.0} MB/s",
+                    round + 1,
+                    ceiling.path,
+                    ceiling.records_per_second,
+                    ceiling.megabytes_per_second
+                );
+                out.push(ceiling);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One fast-ingest batch (ADR-50, nats-server 2.14+) of `records` messages: each record is

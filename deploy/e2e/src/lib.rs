@@ -5,6 +5,10 @@
 //! - [`chaos`]: the chaos run (`deploy/chaos`, and a small one in the test suite): the
 //!   services as separate processes, reservation replicas and nats-server killed while a
 //!   load flows, every invariant checked from the log and the projection afterwards.
+//! - [`failover`]: the failover run (`deploy/failover`, and a small one in the test suite):
+//!   the same services and checks on a three-node JetStream cluster, the intake stream's
+//!   leader node SIGKILLed and restarted under load, every `503` set beside the times the
+//!   stream had no leader.
 //! - [`serve`]: how the tools start the services as their own child processes.
 //!
 //! The benchmarks live in `deploy/benchmarks/` (package `bench`), outside the test suite:
@@ -12,4 +16,5 @@
 #![forbid(unsafe_code)]
 
 pub mod chaos;
+pub mod failover;
 pub mod serve;

@@ -1,6 +1,8 @@
-//! The chaos run at CI size: the same binary and checks as `deploy/chaos`, with fewer
-//! citizens and a shorter load, but still replicas SIGKILLed and nats-server restarted while
-//! it flows. The run exits non-zero on any violation of the invariants.
+//! The chaos and failover runs at CI size. The chaos run: the same binary and checks as
+//! `deploy/chaos`, with fewer citizens and a shorter load, but still replicas SIGKILLed and
+//! nats-server restarted while it flows. The failover run: the same load and checks on a
+//! three-node cluster whose intake leader dies (`deploy/failover`). Each run exits non-zero
+//! on any violation of the invariants.
 
 use std::process::Command;
 
@@ -67,4 +69,68 @@ fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
             .unwrap_or(0);
         assert!(count > 0, "{line}");
     }
+}
+
+/// The failover run at CI size (about 35 s here, most of it the load's 30 s): the system on a
+/// three-node cluster with R3 streams, the node leading the intake stream SIGKILLed and
+/// restarted in each of two rounds while citizens submit. Nothing acknowledged is lost or
+/// decided twice, no slot is overbooked, and every 503 the edge answered is timed against the
+/// windows without an intake leader (those outside one are reported: docs/cluster.md).
+#[test]
+fn nothing_accepted_is_lost_when_the_intake_leader_node_dies() {
+    let output = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args([
+            "failover",
+            "--submissions",
+            "1500",
+            "--slots",
+            "100",
+            "--duration",
+            "30s",
+            "--rounds",
+            "2",
+            "--seed",
+            "7",
+        ])
+        .output()
+        .expect("the chaos binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the failover run found violations or failed:\n{stdout}\n{stderr}"
+    );
+    let count = |name: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("the verdict reports {name}:\n{stdout}"));
+        line.split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count in {line}"))
+    };
+    assert_eq!(
+        count("intake leader SIGKILLs (each restarted)"),
+        2,
+        "{stdout}"
+    );
+    assert!(count("202 answers to submissions") > 0, "{stdout}");
+    for must_be_zero in [
+        "accepted (202) but not in the intake log",
+        "registrations without a decision",
+        "registrations with more than one decision",
+        "times a slot went over capacity",
+        "times a citizen held two slots",
+        "decisions differing from the in-order model",
+    ] {
+        assert_eq!(count(must_be_zero), 0, "{must_be_zero}:\n{stdout}");
+    }
+    // Every 503 is timed against the windows without a leader; those outside one are a
+    // known finding (docs/cluster.md), reported rather than failed on.
+    count("503 answers while the intake had a leader");
+    assert!(
+        count("windows without an intake leader or changing it") >= 2,
+        "{stdout}"
+    );
 }

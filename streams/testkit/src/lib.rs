@@ -2,11 +2,15 @@
 //! - [`NatsServer`]: a real `nats-server` with JetStream on a free port and a temporary store
 //!   directory, fsyncing every write (`sync_interval: always`) like production, stopped and
 //!   removed on drop;
+//! - [`NatsCluster`]: a JetStream cluster (one nats-server per node, each on free ports with
+//!   its own temporary store), nodes killed and restarted one by one;
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping;
 //! - [`openapi::check_routes`]: a service's routes against its committed OpenAPI document.
 #![forbid(unsafe_code)]
 
+mod cluster;
 pub mod openapi;
+pub use cluster::NatsCluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -47,6 +47,19 @@ enum Command {
         #[arg(long, default_value = "bench/ceilings.json")]
         out: std::path::PathBuf,
     },
+    /// The durable write ceiling of a three-node R3 cluster (fsync always, and default
+    /// fsync) beside the single node's, atomic batches of 4 KiB records.
+    Cluster {
+        /// Multiplies the record counts (1.0: 100,000 records per measurement).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Times every measurement is repeated (interleaved).
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Where to write the JSON report (the Markdown one goes beside it).
+        #[arg(long, default_value = "bench/cluster.json")]
+        out: std::path::PathBuf,
+    },
     /// The ingest edge end to end against a bare ntex handler, same load generator.
     Edge {
         /// Registrations sent to each target.
@@ -122,6 +135,28 @@ async fn main() -> anyhow::Result<()> {
             let md = format!(
                 "# Durable write ceilings\n\n{}\n\n\
                  Command: `{}`. Records of {} bytes, one publisher.\n\n{}",
+                report.machine.summary(),
+                report.command,
+                bench::ceilings::RECORD_BYTES,
+                bench::ceilings::table(&report.ceilings)
+            );
+            bench::contention::report::write_report(&out, &report, &md)?;
+            println!("\n{md}");
+            Ok(())
+        }
+        Command::Cluster { scale, rounds, out } => {
+            let ceilings =
+                e2e::serve::until_interrupted(bench::ceilings::measure_cluster(scale, rounds))
+                    .await?;
+            let report = Report {
+                machine: bench::contention::report::Machine::describe(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                ceilings,
+            };
+            let md = format!(
+                "# Durable write ceilings: one node and a three-node cluster\n\n{}\n\n\
+                 Command: `{}`. Records of {} bytes, one publisher, atomic batches; every \
+                 node on this machine, on loopback.\n\n{}",
                 report.machine.summary(),
                 report.command,
                 bench::ceilings::RECORD_BYTES,

@@ -1,4 +1,5 @@
-//! `chaos`: runs the chaos scenario (`chaos run`), or one service as a child of it
+//! `chaos`: runs the chaos scenario (`chaos run`), the failover scenario on a three-node
+//! cluster (`chaos failover`), or one service as a child of either
 //! (`chaos serve <service>`, the same code as the service's own binary).
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Runs the scenario and prints the verdict.
     Run(e2e::chaos::Options),
+    /// Runs the failover scenario on a three-node cluster and prints the verdict.
+    Failover(e2e::failover::Options),
     /// Runs one service (started by `run`; not meant to be typed).
     #[command(hide = true)]
     Serve {
@@ -30,6 +33,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(options) => {
             let verdict = e2e::serve::until_interrupted(e2e::chaos::run(options)).await?;
+            verdict.print();
+            if !verdict.violations.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Failover(options) => {
+            let verdict = e2e::serve::until_interrupted(e2e::failover::run(options)).await?;
             verdict.print();
             if !verdict.violations.is_empty() {
                 std::process::exit(1);

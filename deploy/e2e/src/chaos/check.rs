@@ -198,14 +198,14 @@ fn model(intake: &Intake) -> (HashMap<String, bool>, HashSet<String>) {
 /// Waits until the processors have decided everything the intake holds, then checks the
 /// logs and the projection.
 pub async fn settle_and_check(
-    nats: &testkit::NatsServer,
+    nats_url: &str,
     client: &Client,
     pool: &[(SlotKey, u32, bool)],
     outcome: &Outcome,
     chaos: &Chaos,
     options: &Options,
 ) -> anyhow::Result<Verdict> {
-    let nats_client = async_nats::connect(nats.url())
+    let nats_client = async_nats::connect(streams::runtime::server_addrs(nats_url)?)
         .await
         .context("Failed to connect to nats-server for the checks")?;
     let js = async_nats::jetstream::new(nats_client);

@@ -66,6 +66,19 @@ pub struct Outcome {
     pub unexpected: Vec<String>,
 }
 
+/// One `503` the edge answered: when the request left and when the answer came, and its
+/// error code (`unavailable`, `outcome_unknown`, `overloaded`). The failover run sets these
+/// beside the times the log had no leader.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// When the request was sent.
+    pub sent: Instant,
+    /// When the `503` arrived.
+    pub answered: Instant,
+    /// The error's `code`.
+    pub code: String,
+}
+
 /// Counters shown while the load runs.
 #[derive(Debug, Default)]
 struct Counters {
@@ -74,6 +87,10 @@ struct Counters {
     accepted: Cell<u64>,
     unavailable: Cell<u64>,
     retried: Cell<u64>,
+    /// Every `503` of a write, in the order they arrived.
+    refusals: RefCell<Vec<Refusal>>,
+    /// Writes that got no answer at all (connection refused or reset, or no answer in time).
+    unanswered: Cell<u64>,
 }
 
 /// The HTTP side of the load: the edge and the read API.
@@ -104,6 +121,16 @@ impl Client {
     /// Citizens started so far.
     pub fn dispatched(&self) -> u64 {
         self.counters.dispatched.get()
+    }
+
+    /// Every `503` the edge answered to a write so far.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.counters.refusals.borrow().clone()
+    }
+
+    /// Writes that got no answer at all so far.
+    pub fn unanswered(&self) -> u64 {
+        self.counters.unanswered.get()
     }
 
     /// One line of progress.
@@ -145,7 +172,23 @@ impl Client {
         let deadline = Instant::now() + GIVE_UP_AFTER;
         let mut backoff = Duration::from_millis(50);
         loop {
+            let sent = Instant::now();
             let answer = self.send(make(), body).await;
+            match &answer {
+                Some((503, body)) => self.counters.refusals.borrow_mut().push(Refusal {
+                    sent,
+                    answered: Instant::now(),
+                    code: body["error"]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                }),
+                None => self
+                    .counters
+                    .unanswered
+                    .set(self.counters.unanswered.get() + 1),
+                Some(_) => {}
+            }
             let retry = match &answer {
                 None => true,
                 Some((503 | 429, _)) => true,

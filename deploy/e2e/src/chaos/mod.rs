@@ -60,7 +60,7 @@ pub struct Options {
     pub mail_fail_rate: f64,
 }
 
-fn humantime_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn humantime_secs(s: &str) -> Result<Duration, String> {
     let (number, scale) = match s.strip_suffix("ms") {
         Some(n) => (n, 0.001),
         None => (s.strip_suffix('s').unwrap_or(s), 1.0),
@@ -250,16 +250,17 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     );
 
     let crashed = system.check_alive();
-    let mut verdict = check::settle_and_check(&nats, &client, &pool, &outcome, &chaos, &options)
-        .await
-        .map(|mut verdict| {
-            if let Err(crash) = crashed {
+    let mut verdict =
+        check::settle_and_check(&nats.url(), &client, &pool, &outcome, &chaos, &options)
+            .await
+            .map(|mut verdict| {
+                if let Err(crash) = crashed {
+                    verdict
+                        .violations
+                        .push(format!("a service crashed: {crash:#}"));
+                }
                 verdict
-                    .violations
-                    .push(format!("a service crashed: {crash:#}"));
-            }
-            verdict
-        });
+            });
     if let Ok(verdict) = &mut verdict {
         check::check_notifications(verdict, &nats, &receivers).await?;
     }

@@ -71,6 +71,9 @@ pub struct System {
     projections: Process,
     replicas: Vec<Replica>,
     started_replicas: u32,
+    /// Environment every service gets beside the deployment's (a cluster's
+    /// `REG_REPLICAS=3`).
+    service_env: Vec<(String, String)>,
     /// Environment every processor replica gets beside the deployment's (the notification
     /// providers).
     replica_env: Vec<(String, String)>,
@@ -93,16 +96,45 @@ impl System {
         replica_env: Vec<(String, String)>,
         (region_replicas, region): (u32, &str),
     ) -> anyhow::Result<Self> {
+        Self::start_configured(
+            nats_url,
+            log_dir,
+            replicas,
+            Vec::new(),
+            replica_env,
+            (region_replicas, region),
+        )
+        .await
+    }
+
+    /// As [`System::start_with`], every service (the replicas too) with `service_env` added:
+    /// how the failover run starts the system on a cluster (`REG_REPLICAS=3`).
+    pub async fn start_configured(
+        nats_url: &str,
+        log_dir: &Path,
+        replicas: u32,
+        service_env: Vec<(String, String)>,
+        replica_env: Vec<(String, String)>,
+        (region_replicas, region): (u32, &str),
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("Failed to find the chaos binary")?;
         let http = ntex::client::Client::new().await;
         let mut system = System {
-            ingest: spawn(&exe, nats_url, log_dir, "ingest", "ingest")?,
-            projections: spawn(&exe, nats_url, log_dir, "projections", "projections")?,
+            ingest: spawn_with_env(&exe, nats_url, log_dir, "ingest", "ingest", &service_env)?,
+            projections: spawn_with_env(
+                &exe,
+                nats_url,
+                log_dir,
+                "projections",
+                "projections",
+                &service_env,
+            )?,
             exe,
             nats_url: nats_url.to_owned(),
             log_dir: log_dir.to_owned(),
             replicas: Vec::new(),
             started_replicas: 0,
+            service_env,
             replica_env,
             http,
         };
@@ -145,7 +177,12 @@ impl System {
 
     fn start_replica(&mut self, only: Option<String>) -> anyhow::Result<()> {
         self.started_replicas += 1;
-        let mut env = self.replica_env.clone();
+        let mut env: Vec<(String, String)> = self
+            .service_env
+            .iter()
+            .chain(&self.replica_env)
+            .cloned()
+            .collect();
         let name = match &only {
             Some(region) => {
                 env.push(("REG_REGION".to_owned(), region.clone()));
