@@ -30,7 +30,7 @@ use async_nats::header::{
     NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
     NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
 };
-use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMessage};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -449,13 +449,18 @@ async fn drop_broken_fences(
 
 /// The last message on `subject` in `stream`, `None` if it holds none: what a fence on
 /// `subject` compares against.
+///
+/// Read from the stream's leader (`STREAM.MSG.GET`), not with a direct get: in a cluster a
+/// direct get may be answered by a follower still catching up, whose older sequence makes
+/// every retry carry a fence the leader refuses again (the failover run saw the edge answer
+/// `503` with a quorum right after a killed node rejoined).
 pub async fn last_message(
     stream: &Stream<()>,
     subject: &str,
 ) -> Result<Option<StreamMessage>, AppendError> {
-    match stream.direct_get_last_for_subject(subject).await {
+    match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => Ok(Some(message)),
-        Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(err) => Err(AppendError::Unavailable(err.to_string())),
     }
 }

@@ -387,12 +387,13 @@ fn check_quorum(
         unexplained.len(),
     );
     verdict.count("writes the edge never answered", client.unanswered());
-    // Reported, not (yet) a violation: besides the windows without a leader, the edge has
+    // Reported, not (yet) a violation: besides the windows without a leader, the edge once
     // answered 503 right after a node rejoined, when a fenced append kept failing
-    // ("concurrent writers kept changing the log"): most likely the fence's re-read of the
-    // subject's last message is a direct get a just-restarted, still-catching-up replica
-    // may answer with a stale sequence (docs/cluster.md). Nothing is lost or doubled by it
-    // (the checks above), but it is a 503 with a quorum, so every one is printed.
+    // ("concurrent writers kept changing the log"), most likely because the fence's re-read
+    // was a direct get a still-catching-up replica answered with a stale sequence. The
+    // re-read now goes to the stream's leader (`streams::appender::last_message`); until
+    // enough runs show none, every such 503 is printed (docs/cluster.md). Nothing is lost or
+    // doubled by it (the checks above).
     let origin = refusals.first().map(|r| r.sent);
     for refusal in &unexplained {
         let at = |t: Instant| origin.map_or(0.0, |o| t.saturating_duration_since(o).as_secs_f64());
