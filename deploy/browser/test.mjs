@@ -38,7 +38,7 @@ function assert(condition, message) {
   if (!condition) throw new Error("assertion failed: " + message);
 }
 
-// --- PESEL: YYMMDD (month + 20 for 2000-2099), 4 serial digits, check digit (DESIGN.md) ---
+// --- PESEL: YYMMDD (month + 20 for 2000-2099), 4 serial digits, check digit (README, the national id rule) ---
 function pesel(birthDate, serial) {
   const [y, m, d] = birthDate.split("-").map(Number);
   const month = m + (y >= 2000 ? 20 : 0);

@@ -210,16 +210,7 @@ fn schedule(round: u32, rounds: u32) -> (f64, f64) {
 /// code).
 pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     let started = Instant::now();
-    let log_dir = match &options.log_dir {
-        Some(dir) => dir.clone(),
-        None => tempfile::Builder::new()
-            .prefix("failover-logs-")
-            .tempdir()
-            .context("Failed to create a log directory")?
-            .keep(),
-    };
-    std::fs::create_dir_all(&log_dir).context("Failed to create the log directory")?;
-    println!("failover: logs in {}", log_dir.display());
+    let log_dir = crate::chaos::log_dir(options.log_dir.as_deref(), "failover")?;
 
     let mut cluster = tokio::task::spawn_blocking(|| testkit::NatsCluster::start(3))
         .await

@@ -5,10 +5,8 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
-
-use crate::nats_server_binary;
 
 /// How long a node gets to start, and a restarted node to catch up with the others.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -200,25 +198,12 @@ impl NatsCluster {
             ),
         )
         .expect("config file");
-        let binary = nats_server_binary();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(i))
             .expect("log file");
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not start {}: {e}. Install it with `deploy/install-nats` \
-                     (or set NATS_SERVER_BIN to a nats-server >= 2.12)",
-                    binary.display()
-                )
-            });
+        let child = crate::spawn_nats_server(&config, log);
         self.nodes[i].child = Some(child);
     }
 

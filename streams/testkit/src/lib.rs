@@ -30,6 +30,25 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Starts `nats-server -c <config>` with its log going to `log`, panicking with install
+/// instructions when the binary cannot be started.
+pub(crate) fn spawn_nats_server(config: &Path, log: std::fs::File) -> Child {
+    let binary = nats_server_binary();
+    Command::new(&binary)
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not start {}: {e}. Install it with `deploy/install-nats` \
+                 (or set NATS_SERVER_BIN to a nats-server >= 2.12)",
+                binary.display()
+            )
+        })
+}
+
 /// A running `nats-server` owned by one test.
 pub struct NatsServer {
     child: Option<Child>,
@@ -108,21 +127,8 @@ impl NatsServer {
             ),
         )
         .expect("config file");
-        let binary = nats_server_binary();
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
-        let child = Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not start {}: {e}. Install it with `deploy/install-nats` \
-                     (or set NATS_SERVER_BIN to a nats-server >= 2.12)",
-                    binary.display()
-                )
-            });
+        let child = spawn_nats_server(&config, log);
         let pid = child.id();
         self.child = Some(child);
         let ports_file = ports.join(format!("nats-server_{pid}.ports"));

@@ -110,20 +110,27 @@ pub fn pool(slots: u32) -> Vec<(SlotKey, u32, bool)> {
     pool
 }
 
-/// Runs the whole chaos scenario and returns the verdict (its `violations` decide the exit
-/// code).
-pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
-    let started = Instant::now();
-    let log_dir = match &options.log_dir {
-        Some(dir) => dir.clone(),
+/// The directory a run's service logs go to: `given`, or a new one kept after the run (its
+/// path printed, prefixed with the run's `name`).
+pub fn log_dir(given: Option<&std::path::Path>, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir.to_owned(),
         None => tempfile::Builder::new()
-            .prefix("chaos-logs-")
+            .prefix(&format!("{name}-logs-"))
             .tempdir()
             .context("Failed to create a log directory")?
             .keep(),
     };
-    std::fs::create_dir_all(&log_dir).context("Failed to create the log directory")?;
-    println!("chaos: logs in {}", log_dir.display());
+    std::fs::create_dir_all(&dir).context("Failed to create the log directory")?;
+    println!("{name}: logs in {}", dir.display());
+    Ok(dir)
+}
+
+/// Runs the whole chaos scenario and returns the verdict (its `violations` decide the exit
+/// code).
+pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
+    let started = Instant::now();
+    let log_dir = log_dir(options.log_dir.as_deref(), "chaos")?;
 
     let mut nats = testkit::NatsServer::start();
     // The citizens' mail and text messages go to local receivers that refuse a share of the
