@@ -31,6 +31,11 @@ pub struct Args {
     /// SurrealDB root password (remote servers).
     #[arg(long, env = "REG_SURREAL_PASS", hide_env_values = true)]
     pub surreal_pass: Option<String>,
+    /// The SurrealDB database the projections live in (namespace `registration`): switch the
+    /// read API to a rebuilt one (`rebuild_…`, see `POST /v1/admin/rebuilds`) once it compared
+    /// equal; its workers carry on from the rebuild's checkpoints.
+    #[arg(long, env = "REG_SURREAL_DATABASE", default_value = crate::store::LIVE_DATABASE)]
+    pub surreal_database: String,
     /// Availability cache lifetime in milliseconds (the staleness bound).
     #[arg(long, env = "REG_CACHE_TTL_MS", default_value_t = 1000)]
     pub cache_ttl_ms: u64,
@@ -109,6 +114,7 @@ pub async fn run_cli(
             store: StoreOptions {
                 endpoint: args.surreal,
                 credentials: args.surreal_user.zip(args.surreal_pass),
+                database: args.surreal_database,
             },
             secret,
             admin_token,

@@ -29,6 +29,20 @@ pub struct StoreOptions {
     pub endpoint: String,
     /// Root credentials for a remote server.
     pub credentials: Option<(String, String)>,
+    /// The database the projections live in: [`LIVE_DATABASE`] unless an operator switched
+    /// the read API to a rebuilt one (`REG_SURREAL_DATABASE`, see [`crate::rebuild`]).
+    pub database: String,
+}
+
+impl StoreOptions {
+    /// The live database at `endpoint`, without credentials.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        StoreOptions {
+            endpoint: endpoint.into(),
+            credentials: None,
+            database: LIVE_DATABASE.to_owned(),
+        }
+    }
 }
 
 /// The most registrations one manual-review listing returns.
@@ -404,7 +418,7 @@ impl Store {
             .await
             .context("Failed to sign in to SurrealDB")?;
         }
-        Store::in_database(db, LIVE_DATABASE).await
+        Store::in_database(db, &options.database).await
     }
 
     /// The projections in database `name` beside this one, on the same connection (a
@@ -727,12 +741,7 @@ mod tests {
     /// may fail on an empty database (a delete from a table nothing wrote to yet did once).
     #[tokio::test]
     async fn every_event_applies_to_a_fresh_store() {
-        let store = Store::open(&StoreOptions {
-            endpoint: "mem://".into(),
-            credentials: None,
-        })
-        .await
-        .unwrap();
+        let store = Store::open(&StoreOptions::new("mem://")).await.unwrap();
         let batch: Vec<(u64, Envelope)> = streams::events::samples()
             .into_iter()
             .enumerate()
@@ -755,12 +764,7 @@ mod tests {
     /// newer statuses and moved the checkpoint back.
     #[tokio::test]
     async fn a_batch_that_does_not_follow_the_checkpoint_changes_nothing() {
-        let store = Store::open(&StoreOptions {
-            endpoint: "mem://".into(),
-            credentials: None,
-        })
-        .await
-        .unwrap();
+        let store = Store::open(&StoreOptions::new("mem://")).await.unwrap();
         let samples = streams::events::samples();
         let capacity = samples
             .iter()
@@ -787,12 +791,7 @@ mod tests {
     /// connection is separate from the first.
     #[tokio::test]
     async fn a_snapshot_holds_every_table_and_databases_are_separate() {
-        let live = Store::open(&StoreOptions {
-            endpoint: "mem://".into(),
-            credentials: None,
-        })
-        .await
-        .unwrap();
+        let live = Store::open(&StoreOptions::new("mem://")).await.unwrap();
         let other = live.database("rebuild_test").await.unwrap();
         let batch: Vec<(u64, Envelope)> = streams::events::samples()
             .into_iter()
@@ -820,6 +819,28 @@ mod tests {
         assert_eq!(other.snapshot().await.unwrap(), snapshot);
     }
 
+    /// A read API switched to a rebuilt database (`REG_SURREAL_DATABASE`) opens that one,
+    /// with its checkpoints, not the live one.
+    #[tokio::test]
+    async fn a_store_opened_on_a_named_database_writes_and_reads_that_database() {
+        let switched = Store::open(&StoreOptions {
+            database: "rebuild_x".into(),
+            ..StoreOptions::new("mem://")
+        })
+        .await
+        .unwrap();
+        let batch: Vec<(u64, Envelope)> = streams::events::samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect();
+        switched.apply("S", &batch, 0, 7).await.unwrap();
+        let same = switched.database("rebuild_x").await.unwrap();
+        assert_eq!(same.checkpoint("S").await.unwrap(), 7);
+        let live = switched.database(LIVE_DATABASE).await.unwrap();
+        assert_eq!(live.checkpoint("S").await.unwrap(), 0);
+    }
+
     /// The intake and decision workers apply their streams in whatever interleaving their
     /// progress gives; a rebuild applies them in another. The result must be the same: a
     /// slot's capacity set (intake) later than its last decision, applied before or after
@@ -840,12 +861,7 @@ mod tests {
         let reserved = at("SlotReserved", "2027-02-01T09:00:00Z");
         let mut snapshots = Vec::new();
         for intake_first in [true, false] {
-            let store = Store::open(&StoreOptions {
-                endpoint: "mem://".into(),
-                credentials: None,
-            })
-            .await
-            .unwrap();
+            let store = Store::open(&StoreOptions::new("mem://")).await.unwrap();
             let intake = ("INTAKE", [(1, capacity.clone())]);
             let decisions = ("DECISIONS", [(1, reserved.clone())]);
             let order = if intake_first {

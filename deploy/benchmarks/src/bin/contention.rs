@@ -21,7 +21,7 @@ enum Command {
     #[command(hide = true)]
     Serve {
         #[command(subcommand)]
-        service: e2e::serve::Service,
+        service: Box<e2e::serve::Service>,
     },
 }
 
@@ -31,6 +31,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(options) => e2e::serve::until_interrupted(bench::contention::run(options))
             .await
             .map(|_| ()),
-        Command::Serve { service } => e2e::serve::serve(service).await,
+        Command::Serve { service } => e2e::serve::serve(*service).await,
     }
 }

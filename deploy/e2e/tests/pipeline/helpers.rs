@@ -240,6 +240,7 @@ impl Pipeline {
                         None => "mem://".into(),
                     },
                     credentials: None,
+                    database: projections::store::LIVE_DATABASE.into(),
                 },
                 secret: streams::crypto::DEVELOPMENT_SECRET.into(),
                 admin_token: ADMIN.into(),
