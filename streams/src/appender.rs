@@ -30,7 +30,7 @@ use async_nats::header::{
     NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
     NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
 };
-use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::StreamMessage};
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -420,7 +420,7 @@ async fn drop_broken_fences(
         async move {
             match p.unit.fence_subject() {
                 None => Ok(None),
-                Some(subject) => last_message(stream, subject).await.map(Some),
+                Some(subject) => last_message_from_leader(stream, subject).await.map(Some),
             }
         }
     }))
@@ -448,13 +448,25 @@ async fn drop_broken_fences(
 }
 
 /// The last message on `subject` in `stream`, `None` if it holds none: what a fence on
-/// `subject` compares against.
-///
-/// Read from the stream's leader (`STREAM.MSG.GET`), not with a direct get: in a cluster a
-/// direct get may be answered by a follower still catching up, whose older sequence makes
-/// every retry carry a fence the leader refuses again (the failover run saw the edge answer
-/// `503` with a quorum right after a killed node rejoined).
+/// `subject` compares against. A direct get, which any replica may answer: cheap on the
+/// request path, and a stale answer costs only a refused fence (see [`last_message_from_leader`]).
 pub async fn last_message(
+    stream: &Stream<()>,
+    subject: &str,
+) -> Result<Option<StreamMessage>, AppendError> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(err) => Err(AppendError::Unavailable(err.to_string())),
+    }
+}
+
+/// [`last_message`], read from the stream's leader (`STREAM.MSG.GET`): what a fence is
+/// re-read with after the leader refused it. A direct get there may be answered by a
+/// follower still catching up, whose older sequence would make every retry carry a fence
+/// the leader refuses again (the failover run saw the edge answer `503` with a quorum right
+/// after a killed node rejoined).
+pub async fn last_message_from_leader(
     stream: &Stream<()>,
     subject: &str,
 ) -> Result<Option<StreamMessage>, AppendError> {

@@ -382,7 +382,8 @@ fn check_quorum(
     // answered 503 right after a node rejoined, when a fenced append kept failing
     // ("concurrent writers kept changing the log"), most likely because the fence's re-read
     // was a direct get a still-catching-up replica answered with a stale sequence. The
-    // re-read now goes to the stream's leader (`streams::appender::last_message`); until
+    // re-read after a refused fence now goes to the stream's leader
+    // (`streams::appender::last_message_from_leader`); until
     // enough runs show none, every such 503 is printed (docs/cluster.md). Nothing is lost or
     // doubled by it (the checks above).
     let origin = refusals.first().map(|r| r.sent);

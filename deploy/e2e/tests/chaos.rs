@@ -48,26 +48,16 @@ fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
         "messages missing",
         "messages nothing called for",
     ] {
-        let line = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(must_be_zero))
-            .unwrap_or_else(|| panic!("the verdict reports {must_be_zero}:\n{stdout}"));
-        assert!(line.trim_end().ends_with(" 0"), "{line}");
+        assert_eq!(count(&stdout, must_be_zero), 0, "{must_be_zero}:\n{stdout}");
     }
     for must_be_positive in [
         "registrations decided in the one-region replicas' region",
         "registrations decided in the other region",
     ] {
-        let line = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(must_be_positive))
-            .unwrap_or_else(|| panic!("the verdict reports {must_be_positive}:\n{stdout}"));
-        let count: u64 = line
-            .split_whitespace()
-            .last()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        assert!(count > 0, "{line}");
+        assert!(
+            count(&stdout, must_be_positive) > 0,
+            "{must_be_positive}:\n{stdout}"
+        );
     }
 }
 
@@ -100,16 +90,7 @@ fn nothing_accepted_is_lost_when_the_intake_leader_node_dies() {
         output.status.success(),
         "the failover run found violations or failed:\n{stdout}\n{stderr}"
     );
-    let count = |name: &str| -> u64 {
-        let line = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("the verdict reports {name}:\n{stdout}"));
-        line.split_whitespace()
-            .last()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("a count in {line}"))
-    };
+    let count = |name: &str| count(&stdout, name);
     assert_eq!(
         count("intake leader SIGKILLs (each restarted)"),
         2,
@@ -133,4 +114,16 @@ fn nothing_accepted_is_lost_when_the_intake_leader_node_dies() {
         count("windows without an intake leader or changing it") >= 2,
         "{stdout}"
     );
+}
+
+/// The count a verdict prints on the line starting with `name`.
+fn count(stdout: &str, name: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(name))
+        .unwrap_or_else(|| panic!("the verdict reports {name}:\n{stdout}"));
+    line.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line}"))
 }
