@@ -10,8 +10,10 @@
 //!
 //! A batch of events and its checkpoint are written in one transaction, so each stream
 //! sequence is applied exactly once: after a crash the worker resumes at checkpoint + 1 and
-//! re-applies nothing. Writes from the two streams commute: a registration's `received`
-//! (intake) never overwrites a decision that arrived first.
+//! re-applies nothing. Writes from the two streams commute (a slot's capacity from intake, its
+//! counts from decisions). Submissions write nothing: a registration's row starts with its
+//! first decision, and the read API answers `received` until then (see
+//! [`crate::worker::projected_streams`]).
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -135,19 +137,15 @@ struct Op {
 /// and the result must not depend on it.
 ///
 /// One statement per kind of change: the kinds touch different records or tables (a batch
-/// comes from one stream: intake gives `received` and `capacity`, decisions give `status` and
-/// `counts`), so grouping them keeps the result of applying the batch in order. The
-/// registration rows, most of the volume, go in as one bulk `INSERT … ON DUPLICATE KEY
-/// UPDATE` each: a `received` row keeps a status and time a decision wrote first; a status row
-/// sets everything it names.
+/// comes from one stream: intake gives `capacity`, decisions give `status` and `counts`), so
+/// grouping them keeps the result of applying the batch in order. The registration rows, most
+/// of the volume, go in as one bulk `INSERT … ON DUPLICATE KEY UPDATE`: a status row sets
+/// everything it names.
 const APPLY: &str = "
 BEGIN TRANSACTION;
 IF ((SELECT VALUE seq FROM ONLY type::record('checkpoint', $stream)) ?? 0) != $expected {
     THROW 'checkpoint_moved';
 };
-INSERT INTO registration $received ON DUPLICATE KEY UPDATE
-    region = $input.region, location = $input.location, date = $input.date,
-    submitted_seq = $input.submitted_seq;
 INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
     region = $input.region, location = $input.location, date = $input.date,
     status = $input.status, reason = $input.reason, updated_at = $input.updated_at,
@@ -181,10 +179,8 @@ COMMIT TRANSACTION;
 /// - `counts` keeps an existing capacity, else the first change's, and sets each count the
 ///   changes name: so the first's capacity, each count's last value and the last time;
 /// - `capacity` sets the capacity and keeps the count: the last one wins;
-/// - `received` keeps an existing status and time: rare twice in a batch, left as they are.
 #[derive(Debug, Default)]
 struct Grouped {
-    received: Vec<Op>,
     statuses: Vec<Op>,
     capacities: Vec<Op>,
     counts: Vec<Op>,
@@ -248,20 +244,10 @@ fn group(ops: Vec<Op>) -> Grouped {
                 );
             }
             "dead" => grouped.dead.extend(op.row),
-            "delivered" => grouped.delivered.extend(op.id),
-            _ => grouped.received.push(op),
+            _ => grouped.delivered.extend(op.id),
         }
     }
     grouped
-}
-
-/// A `received` change as a registration row (see [`APPLY`]).
-fn received_row(op: &Op) -> Value {
-    let slot = op.slot.clone().unwrap_or_default();
-    json!({
-        "id": op.id, "region": slot[0], "location": slot[1], "date": slot[2],
-        "status": "received", "updated_at": op.at, "submitted_seq": op.seq,
-    })
 }
 
 /// A `status` change as a registration row (see [`APPLY`]); no `reason` field when it has
@@ -329,11 +315,6 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         ..base("status")
     };
     match &envelope.event {
-        Event::RegistrationSubmitted(e) => vec![Op {
-            id: Some(e.registration_id.to_string()),
-            slot: slot_of(&e.slot),
-            ..base("received")
-        }],
         Event::CapacitySet(e) => vec![Op {
             slot: slot_of(&e.slot),
             capacity: Some(e.capacity),
@@ -504,12 +485,10 @@ impl Store {
     ) -> Result<(), ApplyError> {
         let ops: Vec<Op> = events.iter().flat_map(|(seq, e)| ops_of(*seq, e)).collect();
         let grouped = group(ops);
-        let received: Vec<Value> = grouped.received.iter().map(received_row).collect();
         let statuses: Vec<Value> = grouped.statuses.iter().map(status_row).collect();
         self.db
             .query(APPLY)
             .bind(json!({
-                "received": received,
                 "statuses": statuses,
                 "capacities": grouped.capacities,
                 "counts": grouped.counts,
@@ -706,7 +685,7 @@ mod tests {
         );
         assert_eq!(grouped.counts[1].slot.as_ref().unwrap()[1], "y");
         assert_eq!(grouped.counts.len(), 2);
-        assert!(grouped.received.is_empty() && grouped.capacities.is_empty());
+        assert!(grouped.capacities.is_empty());
     }
 
     #[test]
@@ -720,7 +699,6 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "RegistrationSubmitted",
                 "CapacitySet",
                 "SlotReserved",
                 "SlotRejected",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start};
-use streams::subjects::{self, RegionFilter};
+use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -17,17 +17,49 @@ use crate::store::{ApplyError, Store};
 pub const MAX_BATCH: usize = 500;
 
 /// The streams the projections fold, each with the filter its worker reads it with.
+///
+/// From intake only the operators' capacity changes: a registration's status starts with its
+/// first decision, and until then the read API answers `received` for any id with a valid
+/// token (tokens are only handed out with a `202`). So the projections never read the 4 kB
+/// submissions, by far most of the intake stream: nats-server does not deliver them and no
+/// row is written for them (the first step of the rush-hour work measured the intake worker
+/// at about half of the projections' CPU, see `docs/write-path.md`).
 pub fn projected_streams() -> [(&'static str, String); 2] {
     [
         (
             subjects::INTAKE_STREAM,
-            subjects::intake_filter(&RegionFilter::All),
+            subjects::intake_kind_filter(&RegionFilter::All, IntakeKind::Capacity),
         ),
         (
             subjects::DECISIONS_STREAM,
             subjects::decisions_filter(&RegionFilter::All),
         ),
     ]
+}
+
+/// Where each projected stream's worker would stand if it had applied everything there is:
+/// the sequence of the last message its filter matches (0 if none). The workers' checkpoints
+/// (`projection_checkpoint` in `/metrics`) reach these when the projections have caught up.
+pub async fn ends(js: &jetstream::Context) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    let mut ends = Vec::new();
+    for (stream, filter) in projected_streams() {
+        let last = js
+            .get_stream(stream)
+            .await?
+            .get_last_raw_message_by_subject(&filter)
+            .await;
+        let seq = match last {
+            Ok(message) => message.sequence,
+            Err(err)
+                if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                0
+            }
+            Err(err) => return Err(err.into()),
+        };
+        ends.push((stream, seq));
+    }
+    Ok(ends)
 }
 
 /// Projects `stream` (messages matching `filter`) into `store` until `shutdown`, resuming
@@ -96,5 +128,57 @@ impl OrderedStep for Projection {
             .with_label_values(&[self.stream])
             .set(last_seq as i64);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streams::model::Region;
+
+    /// NATS subject matching: `*` is one token, `>` the rest.
+    fn matches(filter: &str, subject: &str) -> bool {
+        let (mut f, mut s) = (filter.split('.'), subject.split('.'));
+        loop {
+            match (f.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some(a), Some(b)) if a == "*" || a == b => continue,
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// The projections read capacity changes from intake and nothing else there: the
+    /// submissions (4 kB each) never reach them.
+    #[test]
+    fn the_intake_worker_reads_capacity_changes_and_no_submissions() {
+        let [(stream, filter), (decisions, decisions_filter)] = projected_streams();
+        assert_eq!(stream, subjects::INTAKE_STREAM);
+        assert_eq!(decisions, subjects::DECISIONS_STREAM);
+        let region = Region::parse("mazowieckie").unwrap();
+        assert!(matches(
+            &filter,
+            &subjects::intake(&region, IntakeKind::Capacity)
+        ));
+        for kind in [
+            IntakeKind::Submitted,
+            IntakeKind::Cancel,
+            IntakeKind::Verification,
+            IntakeKind::Window,
+        ] {
+            assert!(
+                !matches(&filter, &subjects::intake(&region, kind)),
+                "{kind:?}"
+            );
+        }
+        assert!(matches(
+            &decisions_filter,
+            &subjects::reservation_decisions(&region)
+        ));
+        assert!(matches(
+            &decisions_filter,
+            &subjects::notification_decisions(&region)
+        ));
     }
 }

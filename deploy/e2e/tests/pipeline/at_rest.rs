@@ -211,19 +211,7 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
     )
     .await;
     let admin = async_nats::jetstream::new(p.admin_client().await);
-    for stream in [
-        streams::subjects::INTAKE_STREAM,
-        streams::subjects::DECISIONS_STREAM,
-    ] {
-        let last = admin
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .last_sequence;
+    for (stream, last) in projections::worker::ends(&admin).await.unwrap() {
         let metric = format!("projection_checkpoint{{stream=\"{stream}\"}}");
         testkit::eventually(
             &format!("{stream} projected to its end"),
