@@ -11,6 +11,8 @@
 //! - [`replay_speed`]: how fast the intake log reads back, raw and decoded.
 //! - [`takeover`]: takeover time at a million decisions in one region, full fold against
 //!   snapshot plus tail, and one replica's decide rate (`deploy/bench-takeover`).
+//! - [`traffic`]: messages and bytes nats-server stored and moved per registration, from its
+//!   own statistics.
 //! - [`results`]: all of the above in one run, into `bench/results.{json,md}` (`deploy/bench`).
 //!
 //! The services start as child processes through [`e2e::serve`].
@@ -25,3 +27,4 @@ pub mod reads;
 pub mod replay_speed;
 pub mod results;
 pub mod takeover;
+pub mod traffic;

@@ -42,6 +42,8 @@ pub struct Options {
     /// Reservation replicas to pause (SIGSTOP) while submissions arrive and resume after:
     /// the backlog run, which shows memory staying flat and how fast the backlog drains.
     pub pause: Vec<u32>,
+    /// nats-server's monitoring port, for its message counters ([`crate::traffic`]).
+    pub monitor_port: Option<u16>,
 }
 
 /// A latency histogram bucket: samples above the previous bound and at most `upper_ms`.
@@ -113,6 +115,10 @@ pub struct Run {
     pub usage: Usage,
     /// Server CPU seconds per accepted registration (nats-server and every service).
     pub cpu_seconds_per_registration: f64,
+    /// Server CPU microseconds per accepted registration, per process.
+    pub cpu_us_per_registration: BTreeMap<String, f64>,
+    /// Messages and bytes nats-server stored and moved per accepted registration.
+    pub traffic: crate::traffic::Traffic,
     /// Seconds from the last scheduled request until every accepted registration was
     /// decided (the backlog's drain).
     pub drain_seconds: f64,
@@ -153,6 +159,8 @@ struct Shared {
     answers: RefCell<BTreeMap<u16, u64>>,
     transport_errors: Cell<u64>,
     outstanding: Cell<usize>,
+    /// Messages and bytes the decision watcher received (taken off the server's counters).
+    watched: Cell<(u64, u64)>,
 }
 
 /// Sends `signal` (as `kill` spells it: `-STOP`, `-CONT`) to each of `pids`.
@@ -212,6 +220,7 @@ pub async fn run(
         .await
         .context("Failed to connect to nats-server")?;
     let js = async_nats::jetstream::new(client);
+    let traffic_mark = crate::traffic::mark(&js, options.monitor_port).await?;
     let last = decisions_end(&js).await?;
     let (mut decisions, _) = streams::replay::ordered(
         &js,
@@ -227,6 +236,7 @@ pub async fn run(
         answers: RefCell::new(BTreeMap::new()),
         transport_errors: Cell::new(0),
         outstanding: Cell::new(0),
+        watched: Cell::new((0, 0)),
     });
     let stop_watching = tokio_util::sync::CancellationToken::new();
     let watcher = {
@@ -240,6 +250,8 @@ pub async fn run(
                         _ => return,
                     },
                 };
+                let (n, bytes) = shared.watched.get();
+                shared.watched.set((n + 1, bytes + message.length as u64));
                 let id = match Envelope::decode(&message.payload).map(|e| e.event) {
                     Ok(Event::SlotReserved(e)) => e.registration_id,
                     Ok(Event::SlotRejected(e)) => e.registration_id,
@@ -398,6 +410,19 @@ pub async fn run(
     }
     let accept_latency = shared.accept_latency.take();
     let accepted = scheduled.len() as u64;
+    let traffic = crate::traffic::since(
+        &js,
+        options.monitor_port,
+        &traffic_mark,
+        accepted,
+        shared.watched.get(),
+    )
+    .await?;
+    let cpu_us_per_registration = usage
+        .cpu_seconds
+        .iter()
+        .map(|(name, s)| (name.clone(), s * 1e6 / accepted.max(1) as f64))
+        .collect();
     let decided_count = to_decision.len() as u64;
     let run = Run {
         name: options.name.clone(),
@@ -424,6 +449,8 @@ pub async fn run(
             .and_then(|p| last_decision.map(|l| p.saturating_duration_since(l).as_secs_f64())),
         timeline,
         cpu_seconds_per_registration: usage.total_cpu_seconds() / accepted.max(1) as f64,
+        cpu_us_per_registration,
+        traffic,
         usage,
         drain_seconds: last_decision.map_or(0.0, |l| {
             l.saturating_duration_since(arrival_end).as_secs_f64()

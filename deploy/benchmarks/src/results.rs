@@ -72,6 +72,22 @@ pub struct ReadsSection {
 pub struct PipelineSection {
     /// At the target rate, at half the whole pipeline's closed-loop rate, and the backlog.
     pub runs: Vec<Run>,
+    /// The search for the whole pipeline's sustained rate, each rate tried in order.
+    pub sustained_tries: Vec<Run>,
+    /// The highest rate tried at which every stage kept up ([`keeps_up`]), accepted/s.
+    pub sustained_per_second: Option<f64>,
+}
+
+/// Whether every stage kept up with a run's arrivals: the edge accepted (nearly) every
+/// request when it was due, each decision followed its `202` within a second (p99), none was
+/// left undecided, and the projections (the status API) had the last decision within a
+/// second of it.
+pub fn keeps_up(run: &Run) -> bool {
+    run.accepted as f64 >= 0.99 * run.submitted as f64
+        && run.latency_to_accept_ms.p99 <= 1000.0
+        && run.accept_to_decision_ms.p99 <= 1000.0
+        && run.undecided == 0
+        && run.projected_after_seconds.is_some_and(|s| s <= 1.0)
 }
 
 /// Reading the log back.
@@ -240,7 +256,8 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         figures: edge_figures,
     };
 
-    let nats = testkit::NatsServer::start();
+    let monitor_port = crate::traffic::free_port()?;
+    let nats = testkit::NatsServer::start_with_config(&format!("http: 127.0.0.1:{monitor_port}"));
     let mut system = services::System::start(&nats.url(), &log_dir, 1).await?;
     let slots = slots();
     let admin = e2e::chaos::load::Client::new(&system, 1).await;
@@ -304,11 +321,54 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
                 first_citizen: 1_000_000 * (i as u32 + 1),
                 max_outstanding: 20_000,
                 pause,
+                monitor_port: Some(monitor_port),
             },
         )
         .await?;
         system.check_alive()?;
         runs.push(run);
+    }
+    // The sustained rate: from just under what the edge accepts with the pipeline beside it,
+    // down by a fifth while a stage falls behind, up by a fifth while all keep up.
+    let mut rate = ((sustained * 0.9 / 100.0).round() as u32 * 100).max(100);
+    let (mut sustained_tries, mut best, mut went) = (Vec::new(), None::<f64>, None::<bool>);
+    for i in 0..5u32 {
+        let run = pipeline::run(
+            system.ingest_url(),
+            system.read_url(),
+            &nats.url(),
+            &watched,
+            &slots,
+            &pipeline::Options {
+                name: format!("sustained? {rate}/s"),
+                rate,
+                seconds: options.seconds / 2.0,
+                first_citizen: 1_000_000 * (10 + i),
+                max_outstanding: 20_000,
+                pause: Vec::new(),
+                monitor_port: Some(monitor_port),
+            },
+        )
+        .await?;
+        system.check_alive()?;
+        let up = keeps_up(&run);
+        eprintln!("bench: {rate}/s: every stage kept up: {up}");
+        if up {
+            best = Some(best.map_or(run.accepted_per_second, |b| b.max(run.accepted_per_second)));
+        }
+        sustained_tries.push(run);
+        match (went, up) {
+            // Found the edge between a rate that kept up and one that did not.
+            (Some(false), true) | (Some(true), false) => break,
+            (_, true) => {
+                went = Some(true);
+                rate = (rate as f64 * 1.2 / 100.0).round() as u32 * 100;
+            }
+            (_, false) => {
+                went = Some(false);
+                rate = ((rate as f64 * 0.8 / 100.0).round() as u32 * 100).max(100);
+            }
+        }
     }
     system.stop().await;
 
@@ -328,7 +388,11 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         vcpu_hours_for_19_million: vcpu_hours,
         usd_for_19_million: vcpu_hours * options.price_per_vcpu_hour,
     };
-    let pipeline = PipelineSection { runs };
+    let pipeline = PipelineSection {
+        runs,
+        sustained_tries,
+        sustained_per_second: best,
+    };
     let targets = targets(&edge, &reads, &pipeline, &options);
     let results = Results {
         machine: Machine::describe(),
@@ -373,7 +437,64 @@ fn targets(
             .map_or(0.0, |s| s.1)
     };
     let grew = |process: &str| peak(backlog, process) - rss_first(backlog, process);
+    let costed = &pipeline.runs[1];
+    let edge_alone_ratio = edge.ratio_to_bare;
     vec![
+        Target {
+            target: "server CPU per registration, end to end, ≤ 300 µs (aim ≤ 100 µs)".into(),
+            measured: format!(
+                "{:.0} µs at {}/s ({})",
+                costed.cpu_seconds_per_registration * 1e6,
+                costed.rate_per_second,
+                costed
+                    .cpu_us_per_registration
+                    .iter()
+                    .map(|(p, us)| format!("{p} {us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            met: costed.cpu_seconds_per_registration * 1e6 <= 300.0,
+        },
+        Target {
+            target: "whole pipeline sustained, every stage within 1 s of the 202, ≥ 6,000/s".into(),
+            measured: match pipeline.sustained_per_second {
+                Some(rate) => format!(
+                    "{rate:.0}/s (rates tried: {})",
+                    pipeline
+                        .sustained_tries
+                        .iter()
+                        .map(|r| format!(
+                            "{}/s {}",
+                            r.rate_per_second,
+                            if keeps_up(r) {
+                                "kept up"
+                            } else {
+                                "fell behind"
+                            }
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "no rate tried kept up".into(),
+            },
+            met: pipeline.sustained_per_second.is_some_and(|r| r >= 6_000.0),
+        },
+        Target {
+            target: "edge alone ≥ 0.5× a bare ntex handler".into(),
+            measured: format!(
+                "{:.0}/s vs {:.0}/s: {edge_alone_ratio:.2}×",
+                edge_rate, edge.figures[0].accepted_per_second
+            ),
+            met: edge_alone_ratio >= 0.5,
+        },
+        Target {
+            target: "cold availability ≥ 0.5× a bare ntex handler".into(),
+            measured: format!(
+                "{:.0}/s vs {:.0}/s: {:.2}×",
+                reads.figures[2].per_second, reads.figures[0].per_second, reads.cold_ratio_to_bare
+            ),
+            met: reads.cold_ratio_to_bare >= 0.5,
+        },
         Target {
             target: "ingest ≥ 20,000 durable accepted registrations/s".into(),
             measured: format!(
@@ -466,6 +587,73 @@ fn targets(
     ]
 }
 
+/// Per registration, per run: server CPU by process, messages and bytes nats-server stored,
+/// and its own counters of messages in and out.
+fn per_registration_table<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> String {
+    let Some(first) = runs.clone().next() else {
+        return String::new();
+    };
+    let processes: Vec<&String> = first.cpu_us_per_registration.keys().collect();
+    let kinds: Vec<(String, String)> = first
+        .traffic
+        .stored
+        .iter()
+        .map(|s| (s.stream.clone(), s.kind.clone()))
+        .collect();
+    let mut md = String::from(
+        "\n### Per accepted registration\n\nServer CPU µs by process; durable messages stored by kind \
+         and bytes stored (nats-server's stream state); messages into and out of nats-server \
+         (its `/varz` counters, without the benchmark's own decision watcher).\n\n| run | ",
+    );
+    let mut columns: Vec<String> = processes.iter().map(|p| format!("{p} µs")).collect();
+    columns.push("CPU µs, all".into());
+    columns.extend(kinds.iter().map(|(s, k)| format!("{k} ({s})")));
+    columns.extend(
+        [
+            "messages stored",
+            "bytes stored",
+            "msgs in",
+            "msgs out",
+            "bytes out",
+        ]
+        .map(String::from),
+    );
+    md.push_str(&columns.join(" | "));
+    md.push_str(" |\n| --- |");
+    md.push_str(&" ---: |".repeat(columns.len()));
+    md.push('\n');
+    for run in runs {
+        md.push_str(&format!("| {} |", run.name));
+        for p in &processes {
+            let us = run.cpu_us_per_registration.get(*p).copied().unwrap_or(0.0);
+            md.push_str(&format!(" {us:.0} |"));
+        }
+        md.push_str(&format!(" {:.0} |", run.cpu_seconds_per_registration * 1e6));
+        for (stream, kind) in &kinds {
+            let n = run
+                .traffic
+                .stored
+                .iter()
+                .find(|s| &s.stream == stream && &s.kind == kind)
+                .map_or(0.0, |s| s.per_registration);
+            md.push_str(&format!(" {n:.2} |"));
+        }
+        let t = &run.traffic;
+        md.push_str(&format!(
+            " {:.2} | {:.0} |",
+            t.messages_per_registration, t.bytes_per_registration
+        ));
+        match &t.server_per_registration {
+            Some(v) => md.push_str(&format!(
+                " {:.1} | {:.1} | {:.0} |\n",
+                v.in_msgs, v.out_msgs, v.out_bytes
+            )),
+            None => md.push_str(" – | – | – |\n"),
+        }
+    }
+    md
+}
+
 fn markdown(r: &Results) -> String {
     let mut md = format!(
         "# Rush-hour benchmark\n\n{}\n\nCommand: `{}`. Load generator on the same machine. \
@@ -507,7 +695,7 @@ fn markdown(r: &Results) -> String {
         r.reads.hot_ratio_to_bare, r.reads.cold_ratio_to_bare
     ));
     md.push_str("\n## Pipeline (open loop; latency from the scheduled send)\n\n| run | due/s | accepted/s | to 202 p50 / p99 ms | to decision p50 / p90 / p99 / max ms | 202 → decision p50 / p99 ms | undecided | decided/s | projected s after | CPU ms per registration | edge peak MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for run in &r.pipeline.runs {
+    for run in r.pipeline.runs.iter().chain(&r.pipeline.sustained_tries) {
         let d = &run.latency_to_decision_ms;
         md.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} | {} | {:.2} | {:.1} |\n",
@@ -542,7 +730,7 @@ fn markdown(r: &Results) -> String {
     md.push_str(" |\n| --- |");
     md.push_str(&" ---: |".repeat(names.len()));
     md.push('\n');
-    for run in &r.pipeline.runs {
+    for run in r.pipeline.runs.iter().chain(&r.pipeline.sustained_tries) {
         md.push_str(&format!("| {} |", run.name));
         for n in &names {
             md.push_str(&format!(
@@ -552,6 +740,9 @@ fn markdown(r: &Results) -> String {
         }
         md.push('\n');
     }
+    md.push_str(&per_registration_table(
+        r.pipeline.runs.iter().chain(&r.pipeline.sustained_tries),
+    ));
     md.push_str("\n## Replay of the intake log\n\n| reading | records/s | MB/s | records |\n| --- | ---: | ---: | ---: |\n");
     for f in &r.replay.figures {
         md.push_str(&format!(
