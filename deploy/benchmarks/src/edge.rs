@@ -179,7 +179,7 @@ pub async fn measure(
     drop(nats);
 
     let nats = testkit::NatsServer::start();
-    let system = services::System::start(&nats.url(), log_dir, 1).await?;
+    let system = crate::system(&nats.url(), log_dir).await?;
     let ingest = system
         .processes()
         .find(|p| p.name() == "ingest")

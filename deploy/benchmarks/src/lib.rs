@@ -28,3 +28,24 @@ pub mod replay_speed;
 pub mod results;
 pub mod takeover;
 pub mod traffic;
+
+/// The system the benchmarks measure (edge, one reservation replica, projections) against
+/// `nats_url`, as deployed: the harness's frequent snapshots (there so the chaos run's
+/// takeovers load snapshots too) would otherwise re-encode the region's state every 200
+/// decisions and be measured as the reservation processor's cost.
+pub async fn system(
+    nats_url: &str,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<e2e::chaos::services::System> {
+    e2e::chaos::services::System::start_with(
+        nats_url,
+        log_dir,
+        1,
+        vec![(
+            "REG_SNAPSHOT_EVERY".into(),
+            processors::reservation::SNAPSHOT_EVERY.to_string(),
+        )],
+        (0, ""),
+    )
+    .await
+}

@@ -258,7 +258,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
 
     let monitor_port = crate::traffic::free_port()?;
     let nats = testkit::NatsServer::start_with_config(&format!("http: 127.0.0.1:{monitor_port}"));
-    let mut system = services::System::start(&nats.url(), &log_dir, 1).await?;
+    let mut system = crate::system(&nats.url(), &log_dir).await?;
     let slots = slots();
     let admin = e2e::chaos::load::Client::new(&system, 1).await;
     for slot in &slots {

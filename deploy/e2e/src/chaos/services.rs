@@ -310,6 +310,24 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// The command that starts `exe` as the process called `name`: `exe` itself, or `exe` under
+/// the profiler `REG_HARNESS_WRAP` names for it (`<name>:<command and arguments>`, e.g.
+/// `ingest:heaptrack -o /tmp/edge` or `projections:perf record -g -o /tmp/p.data --`), for
+/// tracing what one service of a benchmark or chaos run spends. The process watched is then
+/// the wrapper.
+fn wrapped(name: &str, exe: &Path) -> Command {
+    let wrap = std::env::var("REG_HARNESS_WRAP").unwrap_or_default();
+    match wrap.split_once(':') {
+        Some((target, command)) if target == name && !command.trim().is_empty() => {
+            let mut words = command.split_whitespace();
+            let mut wrapper = Command::new(words.next().unwrap_or_default());
+            wrapper.args(words).arg(exe);
+            wrapper
+        }
+        _ => Command::new(exe),
+    }
+}
+
 /// Starts `<this binary> serve <service>` (see [`crate::serve`]) with the environment a
 /// deployment would give it, logging to `<log_dir>/<name>.log`.
 pub fn spawn(
@@ -338,7 +356,7 @@ pub fn spawn_with_env(
         .append(true)
         .open(log_dir.join(format!("{name}.log")))
         .with_context(|| format!("Failed to open the log of {name}"))?;
-    let mut child = Command::new(exe)
+    let mut child = wrapped(name, exe)
         .args(["serve", service, "--listen", &listen])
         .env("REG_NATS_URL", nats_url)
         .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
