@@ -140,16 +140,15 @@ struct Op {
 /// comes from one stream: intake gives `capacity`, decisions give `status` and `counts`), so
 /// grouping them keeps the result of applying the batch in order. The registration rows, most
 /// of the volume, go in as one bulk `INSERT … ON DUPLICATE KEY UPDATE`: a status row sets
-/// everything it names.
+/// everything it names. It comes last: with the in-memory engine (tests) each statement of a
+/// transaction takes a savepoint that copies what the transaction has written so far (about
+/// 6 % of the projections' CPU in a profile), so the few slot and checkpoint writes go first
+/// and copy almost nothing.
 const APPLY: &str = "
 BEGIN TRANSACTION;
 IF ((SELECT VALUE seq FROM ONLY type::record('checkpoint', $stream)) ?? 0) != $expected {
     THROW 'checkpoint_moved';
 };
-INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
-    region = $input.region, location = $input.location, date = $input.date,
-    status = $input.status, reason = $input.reason, updated_at = $input.updated_at,
-    decision_seq = $input.decision_seq, line_seq = $input.line_seq;
 FOR $e IN $capacities {
     UPSERT type::record('slot', $e.slot) SET
         region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
@@ -170,6 +169,10 @@ FOR $n IN $delivered {
     DELETE type::record('dead_letter', $n);
 };
 UPSERT type::record('checkpoint', $stream) SET seq = $seq;
+INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
+    region = $input.region, location = $input.location, date = $input.date,
+    status = $input.status, reason = $input.reason, updated_at = $input.updated_at,
+    decision_seq = $input.decision_seq, line_seq = $input.line_seq;
 COMMIT TRANSACTION;
 ";
 
