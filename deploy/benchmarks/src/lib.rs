@@ -30,17 +30,22 @@ pub mod takeover;
 pub mod traffic;
 
 /// The system the benchmarks measure (edge, one reservation replica, projections) against
-/// `nats_url`, as deployed: the harness's frequent snapshots (there so the chaos run's
-/// takeovers load snapshots too) would otherwise re-encode the region's state every 200
-/// decisions and be measured as the reservation processor's cost.
+/// `nats_url`, as deployed, where the chaos harness differs:
+/// - the projections on an embedded SurrealKV store on disk (`<log_dir>/surreal`, removed by
+///   [`remove_store`]), not the harness's in-memory one;
+/// - snapshots at the default interval: the harness's frequent ones (there so the chaos
+///   run's takeovers load snapshots too) would re-encode the region's state every 200
+///   decisions and be measured as the reservation processor's cost.
 pub async fn system(
     nats_url: &str,
     log_dir: &std::path::Path,
 ) -> anyhow::Result<e2e::chaos::services::System> {
-    e2e::chaos::services::System::start_with(
+    let store = format!("surrealkv://{}", log_dir.join("surreal").display());
+    e2e::chaos::services::System::start_configured(
         nats_url,
         log_dir,
         1,
+        vec![("REG_SURREAL_ENDPOINT".into(), store)],
         vec![(
             "REG_SNAPSHOT_EVERY".into(),
             processors::reservation::SNAPSHOT_EVERY.to_string(),
@@ -48,4 +53,9 @@ pub async fn system(
         (0, ""),
     )
     .await
+}
+
+/// Removes the projections' store [`system`] left in `log_dir` (hundreds of MB after a run).
+pub fn remove_store(log_dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(log_dir.join("surreal"));
 }
