@@ -30,6 +30,15 @@ pub async fn watched(
     accounts: &Accounts,
     service: Service,
 ) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
+    watched_at(&nats.url(), accounts, service).await
+}
+
+/// [`watched`], to the server(s) at `url`.
+pub async fn watched_at(
+    url: &str,
+    accounts: &Accounts,
+    service: Service,
+) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::new()
         .user_and_password(service.user().into(), accounts.password(service).into())
@@ -43,7 +52,7 @@ pub async fn watched(
                 }
             }
         })
-        .connect(nats.url())
+        .connect(url.split(',').collect::<Vec<_>>().as_slice())
         .await
         .expect("the identity connects");
     (client, rx)
