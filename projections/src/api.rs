@@ -42,24 +42,77 @@ pub struct Rendered {
 pub struct SlotTable {
     generation: u64,
     rows: Vec<Value>,
+    /// Row positions by location and by region, so a query that names either looks only at
+    /// its own rows (a query for a place that does not exist looks at none).
+    by_location: std::collections::HashMap<String, Vec<usize>>,
+    by_region: std::collections::HashMap<String, Vec<usize>>,
 }
 
 impl SlotTable {
+    /// Indexes `rows` (each with `region`, `location` and `date`).
+    fn new(generation: u64, rows: Vec<Value>) -> Self {
+        let (mut by_location, mut by_region) = (
+            std::collections::HashMap::new(),
+            std::collections::HashMap::new(),
+        );
+        for (i, row) in rows.iter().enumerate() {
+            for (index, field) in [(&mut by_location, "location"), (&mut by_region, "region")] {
+                if let Some(value) = row.get(field).and_then(Value::as_str) {
+                    index
+                        .entry(value.to_owned())
+                        .or_insert_with(Vec::new)
+                        .push(i);
+                }
+            }
+        }
+        SlotTable {
+            generation,
+            rows,
+            by_location,
+            by_region,
+        }
+    }
+
     /// The rows matching `key`, in the table's order (region, location, date).
     fn filter(&self, key: &AvailabilityKey) -> Vec<&Value> {
         let is = |row: &Value, field: &str, want: Option<&str>| {
             want.is_none_or(|want| row.get(field).and_then(Value::as_str) == Some(want))
         };
         let date = key.date.map(|d| d.to_string());
-        self.rows
-            .iter()
-            .filter(|row| {
-                is(row, "region", key.region.as_ref().map(Region::as_str))
-                    && is(row, "location", key.location.as_ref().map(Location::as_str))
-                    && is(row, "date", date.as_deref())
+        let matches = |row: &&Value| {
+            is(row, "region", key.region.as_ref().map(Region::as_str))
+                && is(row, "location", key.location.as_ref().map(Location::as_str))
+                && is(row, "date", date.as_deref())
+        };
+        let indexed = match (&key.location, &key.region) {
+            (Some(location), _) => self.by_location.get(location.as_str()),
+            (None, Some(region)) => self.by_region.get(region.as_str()),
+            (None, None) => return self.rows.iter().filter(matches).collect(),
+        };
+        indexed
+            .map(|positions| {
+                positions
+                    .iter()
+                    .map(|&i| &self.rows[i])
+                    .filter(matches)
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default()
     }
+}
+
+/// The answer to a query that matches no slot: the same body (`[]`) and entity tag whatever
+/// the query, so such queries (a mistyped place, a date long past, a scanner's random
+/// filters) take no cache entry and cannot evict the answers readers actually share.
+fn empty_answer() -> Arc<Rendered> {
+    static EMPTY: std::sync::OnceLock<Arc<Rendered>> = std::sync::OnceLock::new();
+    EMPTY
+        .get_or_init(|| {
+            let body = "[]".to_owned();
+            let etag = entity_tag(&body);
+            Arc::new(Rendered { body, etag })
+        })
+        .clone()
 }
 
 /// The SMART Scheduling Links publication as served: the three files and the manifest, each
@@ -274,14 +327,23 @@ async fn rendered_availability(
     key: AvailabilityKey,
 ) -> Result<Arc<Rendered>, Arc<anyhow::Error>> {
     let table = slot_table(reader).await?;
-    reader
+    let cache_key = (key, table.generation);
+    if let Some(rendered) = reader.cache.get(&cache_key).await {
+        return Ok(rendered);
+    }
+    let rows = table.filter(&cache_key.0);
+    if rows.is_empty() {
+        return Ok(empty_answer());
+    }
+    let body = serde_json::to_string(&rows).map_err(|e| Arc::new(e.into()))?;
+    let rendered = reader
         .cache
-        .try_get_with((key.clone(), table.generation), async {
-            let body = serde_json::to_string(&table.filter(&key))?;
+        .get_with(cache_key, async {
             let etag = entity_tag(&body);
-            anyhow::Ok(Arc::new(Rendered { body, etag }))
+            Arc::new(Rendered { body, etag })
         })
-        .await
+        .await;
+    Ok(rendered)
 }
 
 /// The slot table, read from SurrealDB at most once per cache period (one load however
@@ -295,7 +357,7 @@ async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error
             let generation = reader
                 .generations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            anyhow::Ok(Arc::new(SlotTable { generation, rows }))
+            anyhow::Ok(Arc::new(SlotTable::new(generation, rows)))
         })
         .await
 }
@@ -624,4 +686,68 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(smart::FILES[2].1, web::get().to(smart_slots));
     // Last: another method on a documented path is a 405 with Allow.
     streams::http::method_not_allowed(cfg, OPENAPI);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(region: Option<&str>, location: Option<&str>, date: Option<&str>) -> AvailabilityKey {
+        AvailabilityKey {
+            region: region.map(|r| Region::parse(r).unwrap()),
+            location: location.map(|l| Location::parse(l).unwrap()),
+            date: date.map(|d| d.parse().unwrap()),
+        }
+    }
+
+    /// The indexed filter gives exactly what a scan of every row gives, for every
+    /// combination of filters, existing values or not.
+    #[test]
+    fn the_indexed_filter_matches_a_scan_of_every_row() {
+        let mut rows = Vec::new();
+        for region in ["mazowieckie", "slaskie"] {
+            for location in ["narodowy", "torwar", "spodek"] {
+                for date in ["2027-03-01", "2027-03-02"] {
+                    if region == "slaskie" && location == "torwar" {
+                        continue;
+                    }
+                    rows.push(json!({"region": region, "location": location, "date": date}));
+                }
+            }
+        }
+        let table = SlotTable::new(0, rows.clone());
+        let regions = [None, Some("mazowieckie"), Some("slaskie"), Some("lodzkie")];
+        let locations = [None, Some("narodowy"), Some("torwar"), Some("nowhere")];
+        let dates = [None, Some("2027-03-01"), Some("2027-04-01")];
+        let mut non_empty = 0;
+        for region in regions {
+            for location in locations {
+                for date in dates {
+                    let wanted: Vec<&Value> = rows
+                        .iter()
+                        .filter(|row| {
+                            region.is_none_or(|r| row["region"] == r)
+                                && location.is_none_or(|l| row["location"] == l)
+                                && date.is_none_or(|d| row["date"] == d)
+                        })
+                        .collect();
+                    let got = table.filter(&key(region, location, date));
+                    assert_eq!(got, wanted, "{region:?} {location:?} {date:?}");
+                    non_empty += usize::from(!got.is_empty());
+                }
+            }
+        }
+        assert!(non_empty > 10, "the cases exercise matches too");
+    }
+
+    /// A query matching nothing gets the one shared empty answer, the same as rendering an
+    /// empty list would give.
+    #[test]
+    fn the_empty_answer_is_what_rendering_nothing_gives() {
+        let empty = empty_answer();
+        let rendered = serde_json::to_string(&Vec::<Value>::new()).unwrap();
+        assert_eq!(empty.body, rendered);
+        assert_eq!(empty.etag, entity_tag(&rendered));
+        assert!(Arc::ptr_eq(&empty, &empty_answer()));
+    }
 }
