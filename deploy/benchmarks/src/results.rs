@@ -306,27 +306,32 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
             replicas,
         ),
     ];
+    // One open-loop run on this system; `series` keeps each run's citizens fresh.
+    let mut open_loop =
+        async |series: u32, name: String, rate: u32, seconds: f64, pause: Vec<u32>| {
+            let run = pipeline::run(
+                system.ingest_url(),
+                system.read_url(),
+                &nats.url(),
+                &watched,
+                &slots,
+                &pipeline::Options {
+                    name,
+                    rate,
+                    seconds,
+                    first_citizen: 1_000_000 * series,
+                    max_outstanding: 20_000,
+                    pause,
+                    monitor_port: Some(monitor_port),
+                },
+            )
+            .await?;
+            system.check_alive()?;
+            anyhow::Ok(run)
+        };
     let mut runs = Vec::new();
     for (i, (name, rate, seconds, pause)) in plans.into_iter().enumerate() {
-        let run = pipeline::run(
-            system.ingest_url(),
-            system.read_url(),
-            &nats.url(),
-            &watched,
-            &slots,
-            &pipeline::Options {
-                name,
-                rate,
-                seconds,
-                first_citizen: 1_000_000 * (i as u32 + 1),
-                max_outstanding: 20_000,
-                pause,
-                monitor_port: Some(monitor_port),
-            },
-        )
-        .await?;
-        system.check_alive()?;
-        runs.push(run);
+        runs.push(open_loop(i as u32 + 1, name, rate, seconds, pause).await?);
     }
     // The sustained rate: from just under the most the edge accepted with the pipeline beside
     // it (closed loop, or overloaded at the target rate), down by a sixth while a stage falls
@@ -335,24 +340,14 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     let mut rate = ((most * 0.9 / 100.0).round() as u32 * 100).max(100);
     let (mut sustained_tries, mut best, mut went) = (Vec::new(), None::<f64>, None::<bool>);
     for i in 0..6u32 {
-        let run = pipeline::run(
-            system.ingest_url(),
-            system.read_url(),
-            &nats.url(),
-            &watched,
-            &slots,
-            &pipeline::Options {
-                name: format!("sustained? {rate}/s"),
-                rate,
-                seconds: options.seconds / 2.0,
-                first_citizen: 1_000_000 * (10 + i),
-                max_outstanding: 20_000,
-                pause: Vec::new(),
-                monitor_port: Some(monitor_port),
-            },
+        let run = open_loop(
+            10 + i,
+            format!("sustained? {rate}/s"),
+            rate,
+            options.seconds / 2.0,
+            Vec::new(),
         )
         .await?;
-        system.check_alive()?;
         let up = keeps_up(&run);
         eprintln!("bench: {rate}/s: every stage kept up: {up}");
         if up {
