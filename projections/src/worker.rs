@@ -135,19 +135,7 @@ impl OrderedStep for Projection {
 mod tests {
     use super::*;
     use streams::model::Region;
-
-    /// NATS subject matching: `*` is one token, `>` the rest.
-    fn matches(filter: &str, subject: &str) -> bool {
-        let (mut f, mut s) = (filter.split('.'), subject.split('.'));
-        loop {
-            match (f.next(), s.next()) {
-                (Some(">"), Some(_)) => return true,
-                (Some(a), Some(b)) if a == "*" || a == b => continue,
-                (None, None) => return true,
-                _ => return false,
-            }
-        }
-    }
+    use streams::subjects::matches;
 
     /// The projections read capacity changes from intake and nothing else there: the
     /// submissions (4 kB each) never reach them.

@@ -207,22 +207,7 @@ mod tests {
             .permissions()
             .publish
             .iter()
-            .any(|pattern| matches(pattern, subject))
-    }
-
-    /// NATS subject matching: `*` one token, `>` the rest.
-    fn matches(pattern: &str, subject: &str) -> bool {
-        let mut p = pattern.split('.');
-        let mut s = subject.split('.');
-        loop {
-            match (p.next(), s.next()) {
-                (Some(">"), Some(_)) => return true,
-                (Some("*"), Some(_)) => {}
-                (Some(a), Some(b)) if a == b => {}
-                (None, None) => return true,
-                _ => return false,
-            }
-        }
+            .any(|pattern| subjects::matches(pattern, subject))
     }
 
     #[test]

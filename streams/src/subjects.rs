@@ -205,12 +205,44 @@ pub fn projection_consumer(stream: &str) -> String {
     format!("projection_{}", stream.to_ascii_lowercase())
 }
 
+/// Whether `subject` matches the NATS `filter` (`*` one token, `>` one or more at the end), as
+/// nats-server matches subscriptions, consumer filters and permissions.
+pub fn matches(filter: &str, subject: &str) -> bool {
+    let (mut f, mut s) = (filter.split('.'), subject.split('.'));
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some(a), Some(b)) if a == "*" || a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Header carrying the event type, so consumers can skip events without decoding payloads.
 pub const EVENT_TYPE_HEADER: &str = "Reg-Event-Type";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_match_as_nats_server_matches_them() {
+        assert!(matches(
+            "reg.intake.*.capacity",
+            "reg.intake.slaskie.capacity"
+        ));
+        assert!(!matches(
+            "reg.intake.*.capacity",
+            "reg.intake.slaskie.submitted"
+        ));
+        assert!(!matches("reg.intake.*.capacity", "reg.intake.capacity"));
+        assert!(matches("reg.intake.>", "reg.intake.slaskie.capacity"));
+        assert!(!matches("reg.intake.>", "reg.intake"));
+        assert!(!matches("reg.claim.*", "reg.claim.a.b"));
+        assert!(matches("reg.claim.abc", "reg.claim.abc"));
+        assert!(!matches("reg.claim.abc", "reg.claim.abd"));
+    }
 
     #[test]
     fn subjects_carry_the_region_and_filters_match_them() {

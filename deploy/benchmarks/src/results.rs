@@ -256,7 +256,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         figures: edge_figures,
     };
 
-    let monitor_port = crate::traffic::free_port()?;
+    let monitor_port = services::free_port()?;
     let nats = testkit::NatsServer::start_with_config(&format!("http: 127.0.0.1:{monitor_port}"));
     let mut system = crate::system(&nats.url(), &log_dir).await?;
     let slots = slots();

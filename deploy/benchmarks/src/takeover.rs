@@ -206,17 +206,7 @@ pub async fn measure(options: &Options) -> anyhow::Result<TakeoverReport> {
 
     // Setup: capacities on intake, then the rule's decisions written as the decider would.
     let setup = Instant::now();
-    let capacities = (0..options.slots)
-        .map(|i| {
-            (
-                IntakeKind::Capacity,
-                Event::CapacitySet(CapacitySet {
-                    slot: slot(i),
-                    capacity: options.capacity,
-                }),
-            )
-        })
-        .collect();
+    let capacities = capacities(options);
     let mut seq = append_intake(&js, &client, capacities).await?;
     let mut state = State::new(policy);
     for i in 0..options.slots {
@@ -353,12 +343,9 @@ pub async fn measure(options: &Options) -> anyhow::Result<TakeoverReport> {
     })
 }
 
-/// A real replica, with fsync'd writes, catching up on `options.backlog` submissions already
-/// in intake: decisions per second from its start to the last decision.
-async fn replica_rate(options: &Options) -> anyhow::Result<f64> {
-    let nats = testkit::NatsServer::start();
-    let (client, js) = connect(&nats.url()).await?;
-    let mut events: Vec<(IntakeKind, Event)> = (0..options.slots)
+/// Every slot's capacity, as the intake events that set it.
+fn capacities(options: &Options) -> Vec<(IntakeKind, Event)> {
+    (0..options.slots)
         .map(|i| {
             (
                 IntakeKind::Capacity,
@@ -368,7 +355,15 @@ async fn replica_rate(options: &Options) -> anyhow::Result<f64> {
                 }),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A real replica, with fsync'd writes, catching up on `options.backlog` submissions already
+/// in intake: decisions per second from its start to the last decision.
+async fn replica_rate(options: &Options) -> anyhow::Result<f64> {
+    let nats = testkit::NatsServer::start();
+    let (client, js) = connect(&nats.url()).await?;
+    let mut events = capacities(options);
     let mut traffic = Traffic {
         rng: rand::rngs::StdRng::seed_from_u64(25),
         slots: options.slots,

@@ -208,10 +208,3 @@ pub async fn since(
         server_per_registration,
     })
 }
-
-/// A free loopback port for nats-server's monitoring endpoint.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}

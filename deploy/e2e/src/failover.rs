@@ -307,28 +307,22 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
             client.progress()
         );
     }
-    let outcome = load
-        .await
-        .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
-    println!(
-        "failover: load done after {:.1}s: {}",
-        t0.elapsed().as_secs_f64(),
-        client.progress()
-    );
+    let verdict = chaos::finish_and_check(
+        "failover",
+        t0,
+        load,
+        &mut system,
+        (&url, &client, &pool),
+        &done,
+        &load_options,
+    )
+    .await;
+    // The leader polls went on through the settling, when no node was killed.
     let polls = watcher.finish();
-
-    let crashed = system.check_alive();
-    let verdict = check::settle_and_check(&url, &client, &pool, &outcome, &done, &load_options)
-        .await
-        .map(|mut verdict| {
-            if let Err(crash) = crashed {
-                verdict
-                    .violations
-                    .push(format!("a service crashed: {crash:#}"));
-            }
-            check_quorum(&mut verdict, leader_kills, polls, &client);
-            verdict
-        });
+    let verdict = verdict.map(|mut verdict| {
+        check_quorum(&mut verdict, leader_kills, polls, &client);
+        verdict
+    });
     system.stop().await;
     drop(cluster);
     let verdict = verdict?;

@@ -8,36 +8,27 @@ use std::process::Command;
 
 #[test]
 fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
-    let output = Command::new(env!("CARGO_BIN_EXE_chaos"))
-        .args([
-            "run",
-            "--submissions",
-            "1500",
-            "--slots",
-            "100",
-            "--duration",
-            "12s",
-            "--kills",
-            "6",
-            "--nats-restarts",
-            "2",
-            // Two replicas for every region and one for the first region only, beside them:
-            // the operator's README example, under a two-region load.
-            "--replicas",
-            "2",
-            "--region-replicas",
-            "1",
-            "--seed",
-            "7",
-        ])
-        .output()
-        .expect("the chaos binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the chaos run found violations or failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_chaos(&[
+        "run",
+        "--submissions",
+        "1500",
+        "--slots",
+        "100",
+        "--duration",
+        "12s",
+        "--kills",
+        "6",
+        "--nats-restarts",
+        "2",
+        // Two replicas for every region and one for the first region only, beside them:
+        // the operator's README example, under a two-region load.
+        "--replicas",
+        "2",
+        "--region-replicas",
+        "1",
+        "--seed",
+        "7",
+    ]);
     assert!(stdout.contains("chaos verdict"), "{stdout}");
     for must_be_zero in [
         "registrations without a decision",
@@ -68,28 +59,19 @@ fn the_invariants_hold_while_replicas_and_nats_server_are_killed() {
 /// windows without an intake leader: none may fall outside one.
 #[test]
 fn nothing_accepted_is_lost_when_the_intake_leader_node_dies() {
-    let output = Command::new(env!("CARGO_BIN_EXE_chaos"))
-        .args([
-            "failover",
-            "--submissions",
-            "1500",
-            "--slots",
-            "100",
-            "--duration",
-            "30s",
-            "--rounds",
-            "2",
-            "--seed",
-            "7",
-        ])
-        .output()
-        .expect("the chaos binary runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the failover run found violations or failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_chaos(&[
+        "failover",
+        "--submissions",
+        "1500",
+        "--slots",
+        "100",
+        "--duration",
+        "30s",
+        "--rounds",
+        "2",
+        "--seed",
+        "7",
+    ]);
     let count = |name: &str| count(&stdout, name);
     assert_eq!(
         count("intake leader SIGKILLs (each restarted)"),
@@ -118,6 +100,23 @@ fn nothing_accepted_is_lost_when_the_intake_leader_node_dies() {
         count("windows without an intake leader or changing it") >= 2,
         "{stdout}"
     );
+}
+
+/// Runs the chaos binary with `args`; its standard output, once it exited cleanly (any
+/// violation of the invariants makes it exit non-zero).
+fn run_chaos(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_chaos"))
+        .args(args)
+        .output()
+        .expect("the chaos binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the {} run found violations or failed:\n{stdout}\n{stderr}",
+        args[0]
+    );
+    stdout
 }
 
 /// The count a verdict prints on the line starting with `name`.

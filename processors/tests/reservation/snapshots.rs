@@ -21,18 +21,25 @@ async fn traffic(world: &World, n: usize) {
     }
 }
 
+/// Slots `snap-a` and `snap-b` with `capacities`, a replica, `n` citizens' traffic, all
+/// decided and a snapshot stored: the replica.
+async fn snapshotted(world: &World, (a, b): (u32, u32), n: usize) -> Replica {
+    world.set_capacity(&slot("snap-a"), a).await;
+    world.set_capacity(&slot("snap-b"), b).await;
+    let replica = world.replica();
+    traffic(world, n).await;
+    world.wait_all_decided().await;
+    testkit::eventually("a snapshot stored", Duration::from_secs(30), || async {
+        (replica.metrics.snapshots.get() >= 1).then_some(())
+    })
+    .await;
+    replica
+}
+
 #[tokio::test]
 async fn a_replica_takes_over_from_a_snapshot_and_decides_as_one_run_of_the_rule() {
     let world = World::start().await;
-    world.set_capacity(&slot("snap-a"), 6).await;
-    world.set_capacity(&slot("snap-b"), 3).await;
-    let first = world.replica();
-    traffic(&world, 40).await;
-    world.wait_all_decided().await;
-    testkit::eventually("a snapshot stored", Duration::from_secs(30), || async {
-        (first.metrics.snapshots.get() >= 1).then_some(())
-    })
-    .await;
+    let first = snapshotted(&world, (6, 3), 40).await;
     // A capacity raised after the snapshot and a tail of decisions after it.
     world.set_capacity(&slot("snap-b"), 5).await;
     traffic(&world, 5).await;
@@ -73,15 +80,7 @@ async fn a_replica_takes_over_from_a_snapshot_and_decides_as_one_run_of_the_rule
 #[tokio::test]
 async fn a_snapshot_that_does_not_match_the_log_is_ignored_for_a_full_fold() {
     let world = World::start().await;
-    world.set_capacity(&slot("snap-a"), 4).await;
-    world.set_capacity(&slot("snap-b"), 2).await;
-    let first = world.replica();
-    traffic(&world, 24).await;
-    world.wait_all_decided().await;
-    testkit::eventually("a snapshot stored", Duration::from_secs(30), || async {
-        (first.metrics.snapshots.get() >= 1).then_some(())
-    })
-    .await;
+    let first = snapshotted(&world, (4, 2), 24).await;
     first.stop().await;
     let full = world.rebuild(false).await;
 

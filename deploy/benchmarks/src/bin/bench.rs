@@ -96,6 +96,31 @@ struct Report {
     ceilings: Vec<bench::ceilings::Ceiling>,
 }
 
+/// Writes `ceilings` to `out` (JSON, and Markdown beside it) under `title`, saying how they
+/// were written (`how`), and prints the Markdown.
+fn ceilings_report(
+    ceilings: Vec<bench::ceilings::Ceiling>,
+    title: &str,
+    how: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let report = Report {
+        machine: bench::contention::report::Machine::describe(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ceilings,
+    };
+    let md = format!(
+        "# {title}\n\n{}\n\nCommand: `{}`. Records of {} bytes, {how}.\n\n{}",
+        report.machine.summary(),
+        report.command,
+        bench::ceilings::RECORD_BYTES,
+        bench::ceilings::table(&report.ceilings)
+    );
+    bench::contention::report::write_report(out, &report, &md)?;
+    println!("\n{md}");
+    Ok(())
+}
+
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -127,44 +152,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Ceilings { scale, out } => {
             let ceilings = e2e::serve::until_interrupted(bench::ceilings::measure(scale)).await?;
-            let report = Report {
-                machine: bench::contention::report::Machine::describe(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
-                ceilings,
-            };
-            let md = format!(
-                "# Durable write ceilings\n\n{}\n\n\
-                 Command: `{}`. Records of {} bytes, one publisher.\n\n{}",
-                report.machine.summary(),
-                report.command,
-                bench::ceilings::RECORD_BYTES,
-                bench::ceilings::table(&report.ceilings)
-            );
-            bench::contention::report::write_report(&out, &report, &md)?;
-            println!("\n{md}");
-            Ok(())
+            ceilings_report(ceilings, "Durable write ceilings", "one publisher", &out)
         }
         Command::Cluster { scale, rounds, out } => {
             let ceilings =
                 e2e::serve::until_interrupted(bench::ceilings::measure_cluster(scale, rounds))
                     .await?;
-            let report = Report {
-                machine: bench::contention::report::Machine::describe(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+            ceilings_report(
                 ceilings,
-            };
-            let md = format!(
-                "# Durable write ceilings: one node and a three-node cluster\n\n{}\n\n\
-                 Command: `{}`. Records of {} bytes, one publisher, atomic batches; every \
-                 node on this machine, on loopback.\n\n{}",
-                report.machine.summary(),
-                report.command,
-                bench::ceilings::RECORD_BYTES,
-                bench::ceilings::table(&report.ceilings)
-            );
-            bench::contention::report::write_report(&out, &report, &md)?;
-            println!("\n{md}");
-            Ok(())
+                "Durable write ceilings: one node and a three-node cluster",
+                "one publisher, atomic batches; every node on this machine, on loopback",
+                &out,
+            )
         }
         Command::Serve { service } => e2e::serve::serve(*service).await,
         Command::Edge {

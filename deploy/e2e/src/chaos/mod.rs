@@ -247,27 +247,16 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
             client.progress()
         );
     }
-    let outcome = load
-        .await
-        .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
-    println!(
-        "chaos: load done after {:.1}s: {}",
-        t0.elapsed().as_secs_f64(),
-        client.progress()
-    );
-
-    let crashed = system.check_alive();
-    let mut verdict =
-        check::settle_and_check(&nats.url(), &client, &pool, &outcome, &chaos, &options)
-            .await
-            .map(|mut verdict| {
-                if let Err(crash) = crashed {
-                    verdict
-                        .violations
-                        .push(format!("a service crashed: {crash:#}"));
-                }
-                verdict
-            });
+    let mut verdict = finish_and_check(
+        "chaos",
+        t0,
+        load,
+        &mut system,
+        (&nats.url(), &client, &pool),
+        &chaos,
+        &options,
+    )
+    .await;
     if let Ok(verdict) = &mut verdict {
         check::check_notifications(verdict, &nats, &receivers).await?;
     }
@@ -276,6 +265,38 @@ pub async fn run(options: Options) -> anyhow::Result<check::Verdict> {
     drop(nats);
     let verdict = verdict?;
     println!("chaos: finished in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(verdict)
+}
+
+/// The end of a run, shared by the chaos and failover runs: waits for the load generator and
+/// says how it ended (as `tool`, `t0` its start), then lets the checker settle and check the
+/// logs and the projection through `nats_url`; a service that crashed meanwhile is one more
+/// violation. The error is the run's (the load failed); the inner result is the checker's.
+pub async fn finish_and_check<E>(
+    tool: &str,
+    t0: Instant,
+    load: impl std::future::Future<Output = Result<anyhow::Result<load::Outcome>, E>>,
+    system: &mut services::System,
+    (nats_url, client, pool): (&str, &load::Client, &[(SlotKey, u32, bool)]),
+    chaos: &Chaos,
+    options: &Options,
+) -> anyhow::Result<check::Verdict> {
+    let outcome = load
+        .await
+        .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+    println!(
+        "{tool}: load done after {:.1}s: {}",
+        t0.elapsed().as_secs_f64(),
+        client.progress()
+    );
+    let crashed = system.check_alive();
+    let mut verdict =
+        check::settle_and_check(nats_url, client, pool, &outcome, chaos, options).await?;
+    if let Err(crash) = crashed {
+        verdict
+            .violations
+            .push(format!("a service crashed: {crash:#}"));
+    }
     Ok(verdict)
 }
 

@@ -304,7 +304,8 @@ pub async fn scrape(http: &ntex::client::Client, base: &str) -> HashMap<String, 
         .collect()
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free loopback port (bound, read and released).
+pub fn free_port() -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("Failed to find a free port")?;
     Ok(listener.local_addr()?.port())

@@ -174,14 +174,7 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
     // A cancellation releases the slot and the citizen's claim (the claims releaser, as
     // the reservation identity): the citizen may then register again.
     let (id, token) = registrations.pop().unwrap();
-    let (status, _, _) = p
-        .send(
-            p.http
-                .delete(format!("{}/v1/registrations/{id}", p.ingest))
-                .bearer_auth(&token),
-            None,
-        )
-        .await;
+    let (status, _) = p.cancel(&id, &token).await;
     assert_eq!(status, 202);
     p.wait_status(&id, &token, "cancelled").await;
     let again = testkit::eventually(

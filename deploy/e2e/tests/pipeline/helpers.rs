@@ -327,6 +327,19 @@ impl Pipeline {
         (status, json)
     }
 
+    /// `DELETE /v1/registrations/{id}` with the registration's token: the status and body.
+    pub async fn cancel(&self, id: &str, token: &str) -> (u16, Value) {
+        let (status, _, json) = self
+            .send(
+                self.http
+                    .delete(format!("{}/v1/registrations/{id}", self.ingest))
+                    .bearer_auth(token),
+                None,
+            )
+            .await;
+        (status, json)
+    }
+
     pub async fn admin_put(&self, path: &str, body: &Value) -> (u16, Value) {
         let request = self
             .http

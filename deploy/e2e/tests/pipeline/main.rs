@@ -118,14 +118,7 @@ async fn sixty_concurrent_submissions_for_ten_slots_grant_ten_queue_ten_and_refu
 
     // A cancellation gives the place to the first in line; everyone behind moves up one.
     let (id, token) = reserved[0];
-    let (status, _, body) = p
-        .send(
-            p.http
-                .delete(format!("{}/v1/registrations/{id}", p.ingest))
-                .bearer_auth(token),
-            None,
-        )
-        .await;
+    let (status, body) = p.cancel(id, token).await;
     assert_eq!(status, 202, "{body}");
     let (_, first_id, first_token) = positions[0];
     p.wait_status(first_id, first_token, "reserved").await;

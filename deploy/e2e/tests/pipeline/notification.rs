@@ -37,14 +37,7 @@ async fn each_decision_reaches_the_citizen_once_per_channel_through_failing_prov
         b["token"].as_str().unwrap(),
     );
     p.wait_status(b, b_token, "waitlisted").await;
-    let (status, _, _) = p
-        .send(
-            p.http
-                .delete(format!("{}/v1/registrations/{a}", p.ingest))
-                .bearer_auth(a_token),
-            None,
-        )
-        .await;
+    let (status, _) = p.cancel(a, a_token).await;
     assert_eq!(status, 202);
     p.wait_status(b, b_token, "confirmed").await;
 

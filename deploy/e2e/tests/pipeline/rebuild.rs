@@ -36,14 +36,7 @@ async fn a_rebuild_during_ingestion_equals_the_live_projections() {
     let mut cancelled = 0;
     for (n, id, token) in &registrations {
         if records[n]["status"] == "confirmed" && cancelled < 3 {
-            let (status, _, body) = p
-                .send(
-                    p.http
-                        .delete(format!("{}/v1/registrations/{id}", p.ingest))
-                        .bearer_auth(token),
-                    None,
-                )
-                .await;
+            let (status, body) = p.cancel(id, token).await;
             assert_eq!(status, 202, "{body}");
             p.wait_status(id, token, "cancelled").await;
             cancelled += 1;
