@@ -26,3 +26,14 @@ request = function()
     pesel(70, month, day, serial), counter, 70, month, day, counter, attributes)
   return wrk.format("POST", "/v1/registrations", {["Content-Type"]="application/json"}, body)
 end
+-- One machine-readable line at the end (deploy/bench reads it): requests answered, those with
+-- a status other than 2xx/3xx, socket errors, the run's microseconds, latency percentiles in
+-- microseconds.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_SUMMARY {"requests":%d,"non_2xx":%d,"socket_errors":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d}\n',
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, summary.duration,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max))
+end

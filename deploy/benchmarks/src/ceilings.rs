@@ -34,19 +34,26 @@ pub struct Ceiling {
     pub records_per_second: f64,
     /// Megabytes (10^6) of records per second.
     pub megabytes_per_second: f64,
+    /// nats-server's CPU (user + system) per record written, µs, on a single node: what a
+    /// durable 4 KiB record costs the server alone, the floor under any hop that writes one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_record: Option<f64>,
 }
 
 /// The ceilings as a Markdown table (for `bench/results.md` and `bench ceilings`).
 pub fn table(ceilings: &[Ceiling]) -> String {
-    let mut md =
-        String::from("| write path | durable | records/s | MB/s |\n| --- | --- | ---: | ---: |\n");
+    let mut md = String::from(
+        "| write path | durable | records/s | MB/s | nats-server CPU µs per record |\n| --- | --- | ---: | ---: | ---: |\n",
+    );
     for c in ceilings {
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} |\n",
+            "| {} | {} | {:.0} | {:.0} | {} |\n",
             c.path,
             if c.durable { "yes" } else { "no" },
             c.records_per_second,
-            c.megabytes_per_second
+            c.megabytes_per_second,
+            c.server_cpu_us_per_record
+                .map_or_else(|| "–".to_owned(), |us| format!("{us:.1}"))
         ));
     }
     md
@@ -62,8 +69,24 @@ impl Ceiling {
             seconds,
             records_per_second: records as f64 / seconds,
             megabytes_per_second: records as f64 * RECORD_BYTES as f64 / seconds / 1e6,
+            server_cpu_us_per_record: None,
         }
     }
+
+    /// Adds `server`'s CPU since `before` (from [`server_cpu`]) per record.
+    fn with_server_cpu(mut self, server: &testkit::NatsServer, before: f64) -> Self {
+        self.server_cpu_us_per_record =
+            Some((server_cpu(server) - before) * 1e6 / self.records.max(1) as f64);
+        self
+    }
+}
+
+/// `server`'s CPU seconds so far (0 if `/proc` cannot say).
+fn server_cpu(server: &testkit::NatsServer) -> f64 {
+    server
+        .pid()
+        .and_then(crate::procstat::sample)
+        .map_or(0.0, |s| s.cpu_seconds)
 }
 
 /// The stream the ceilings are measured on: the benchmark's own, no service's (so it is not
@@ -118,6 +141,7 @@ async fn one_by_one(durable: bool, records: u64) -> anyhow::Result<Ceiling> {
         testkit::NatsServer::start_without_fsync()
     };
     let (_, js) = fresh_stream(&server).await?;
+    let before = server_cpu(&server);
     let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
     let start = Instant::now();
     for i in 0..records {
@@ -136,7 +160,7 @@ async fn one_by_one(durable: bool, records: u64) -> anyhow::Result<Ceiling> {
     } else {
         format!("one publish per record, {WINDOW} in flight, default fsync (NOT durable)")
     };
-    Ok(Ceiling::new(label, durable, records, start.elapsed()))
+    Ok(Ceiling::new(label, durable, records, start.elapsed()).with_server_cpu(&server, before))
 }
 
 /// Acknowledgements a single publisher keeps outstanding.
@@ -146,13 +170,12 @@ const WINDOW: usize = 256;
 async fn atomic(size: usize, records: u64) -> anyhow::Result<Ceiling> {
     let server = testkit::NatsServer::start();
     let (client, js) = fresh_stream(&server).await?;
+    let before = server_cpu(&server);
     let (written, elapsed) = atomic_batches(&client, &js, size, records).await?;
-    Ok(Ceiling::new(
-        format!("atomic batch of {size}"),
-        true,
-        written,
-        elapsed,
-    ))
+    Ok(
+        Ceiling::new(format!("atomic batch of {size}"), true, written, elapsed)
+            .with_server_cpu(&server, before),
+    )
 }
 
 /// Writes `records` in atomic batches of `size`, one batch after the other; returns the
@@ -287,6 +310,7 @@ async fn fast(records: u64) -> anyhow::Result<Ceiling> {
     const FLOW: u64 = 500;
     let server = testkit::NatsServer::start();
     let (client, _) = fresh_stream(&server).await?;
+    let before = server_cpu(&server);
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(format!("{inbox}.>"))
@@ -340,13 +364,15 @@ async fn fast(records: u64) -> anyhow::Result<Ceiling> {
         true,
         records,
         start.elapsed(),
-    ))
+    )
+    .with_server_cpu(&server, before))
 }
 
 /// `per_message` records packed into each message, one message after the other.
 async fn packed(per_message: usize, records: u64) -> anyhow::Result<Ceiling> {
     let server = testkit::NatsServer::start();
     let (_, js) = fresh_stream(&server).await?;
+    let before = server_cpu(&server);
     let messages = records.div_ceil(per_message as u64);
     let payload: bytes::Bytes = vec![b'p'; per_message * RECORD_BYTES].into();
     let start = Instant::now();
@@ -365,7 +391,8 @@ async fn packed(per_message: usize, records: u64) -> anyhow::Result<Ceiling> {
         true,
         messages * per_message as u64,
         start.elapsed(),
-    ))
+    )
+    .with_server_cpu(&server, before))
 }
 
 /// `dd` writing 1 MiB blocks with `oflag=dsync` where nats-server keeps its store: the

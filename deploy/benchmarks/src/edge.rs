@@ -4,6 +4,7 @@
 //! answers on this machine.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ pub struct EdgeFigure {
     pub latency_ms: Percentiles,
     /// Highest resident memory of the process that answered, MiB, during the run.
     pub peak_rss_mib: f64,
+    /// Server CPU per answered request, µs, by process (the target and, for the edge, its
+    /// nats-server); measured for the wrk runs only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 /// The figures as a Markdown table (for `bench/results.md` and `bench edge`).
@@ -157,8 +162,191 @@ async fn drive_load(
         accepted_per_second: accepted.get() as f64 / seconds,
         latency_ms: Percentiles::of(latencies.take()),
         peak_rss_mib: 0.0,
+        cpu_us_per_request: BTreeMap::new(),
     };
     Ok(figure)
+}
+
+/// The wrk script that sends valid ~3.8 kB registrations, a new citizen each request.
+const WRK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../wrk/registrations.lua");
+
+/// What the script's `done` hook prints on its last line.
+#[derive(Debug, serde::Deserialize)]
+struct WrkSummary {
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: u64,
+    duration_us: u64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+/// Whether wrk can be started here (`deploy/bench` installs it).
+pub fn wrk_available() -> bool {
+    std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+/// Drives `process` with wrk (one thread, `connections` connections, `seconds`) and the
+/// registrations script, watching the CPU and memory of `process` and of `also` (its
+/// nats-server).
+async fn drive_wrk(
+    target: &str,
+    short: &str,
+    process: &services::Process,
+    also: Option<crate::procstat::Watched>,
+    connections: usize,
+    seconds: u32,
+) -> anyhow::Result<EdgeFigure> {
+    let mut watched = vec![crate::procstat::Watched {
+        name: short.to_owned(),
+        pid: process.pid(),
+    }];
+    watched.extend(also);
+    let run = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["-s", WRK_SCRIPT, &process.base])
+        .kill_on_drop(true)
+        .output();
+    let (output, usage) = crate::procstat::watch(&watched, Duration::from_millis(100), run).await;
+    let output = output.context("Failed to run wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: WrkSummary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_SUMMARY "))
+        .with_context(|| {
+            format!(
+                "wrk printed no summary: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        .and_then(|json| serde_json::from_str(json).context("Failed to read wrk's summary"))?;
+    let seconds = summary.duration_us as f64 / 1e6;
+    let accepted = summary.requests.saturating_sub(summary.non_2xx);
+    let ms = |us: u64| us as f64 / 1000.0;
+    let figure = EdgeFigure {
+        target: target.to_owned(),
+        requests: summary.requests,
+        accepted,
+        seconds,
+        accepted_per_second: accepted as f64 / seconds,
+        latency_ms: Percentiles {
+            p50: ms(summary.p50_us),
+            p90: ms(summary.p90_us),
+            p99: ms(summary.p99_us),
+            p999: ms(summary.p999_us),
+            max: ms(summary.max_us),
+        },
+        peak_rss_mib: usage.peak_rss_mib.get(short).copied().unwrap_or(0.0),
+        cpu_us_per_request: usage
+            .cpu_seconds
+            .iter()
+            .map(|(name, cpu)| (name.clone(), cpu * 1e6 / summary.requests.max(1) as f64))
+            .collect(),
+    };
+    println!(
+        "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted, {} socket errors), CPU µs per request {:?}",
+        figure.target,
+        figure.accepted_per_second,
+        figure.latency_ms.p50,
+        figure.latency_ms.p99,
+        figure.accepted,
+        figure.requests,
+        summary.socket_errors,
+        figure.cpu_us_per_request
+    );
+    Ok(figure)
+}
+
+/// The bare handler and the edge alone, each driven by wrk for `seconds` with 256
+/// connections: the generator that is not the bare handler's limit (the harness's own
+/// ntex-client generator tops out near a third of what wrk gets from the bare handler).
+pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<EdgeFigure>> {
+    let exe = std::env::current_exe()?;
+    let http = ntex::client::Client::new().await;
+    let mut bare = services::spawn(&exe, "nats://127.0.0.1:1", log_dir, "bare-wrk", "bare")?;
+    services::wait_ready(&http, &mut bare).await?;
+    let bare_figure =
+        drive_wrk("bare ntex handler, wrk", "bare", &bare, None, 256, seconds).await?;
+    drop(bare);
+    let nats = testkit::NatsServer::start();
+    let mut edge = services::spawn(&exe, &nats.url(), log_dir, "ingest-wrk", "ingest")?;
+    services::wait_ready(&http, &mut edge).await?;
+    let nats_watched = nats.pid().map(|pid| crate::procstat::Watched {
+        name: "nats-server".into(),
+        pid,
+    });
+    let edge_figure = drive_wrk(
+        "ingest edge alone, wrk",
+        "edge",
+        &edge,
+        nats_watched,
+        256,
+        seconds,
+    )
+    .await?;
+    drop(edge);
+    drop(nats);
+    Ok(vec![bare_figure, edge_figure])
+}
+
+/// [`measure_wrk`] when wrk is installed; otherwise nothing, with a note on stderr.
+pub async fn measure_wrk_if_installed(
+    seconds: u32,
+    log_dir: &Path,
+) -> anyhow::Result<Vec<EdgeFigure>> {
+    if wrk_available() {
+        measure_wrk(seconds, log_dir).await
+    } else {
+        eprintln!(
+            "bench: wrk is not installed (deploy/bench installs it); the edge is compared with the harness's generator only"
+        );
+        Ok(Vec::new())
+    }
+}
+
+/// The edge alone over the bare handler in [`measure_wrk`]'s figures, if it ran.
+pub fn wrk_ratio(wrk: &[EdgeFigure]) -> Option<f64> {
+    match wrk {
+        [bare, edge] => Some(edge.accepted_per_second / bare.accepted_per_second),
+        _ => None,
+    }
+}
+
+/// [`measure_wrk`]'s figures as a Markdown section (empty if it did not run).
+pub fn wrk_markdown(wrk: &[EdgeFigure]) -> String {
+    let Some(ratio) = wrk_ratio(wrk) else {
+        return String::new();
+    };
+    let mut md = String::from(
+        "\n### The same, driven by wrk (one thread, 256 connections, `deploy/wrk/registrations.lua`)\n\n\
+         | target | accepted/s | p50 ms | p99 ms | peak RSS MiB | server CPU µs per request |\n\
+         | --- | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for f in wrk {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} |\n",
+            f.target,
+            f.accepted_per_second,
+            f.latency_ms.p50,
+            f.latency_ms.p99,
+            f.peak_rss_mib,
+            f.cpu_us_per_request
+                .iter()
+                .map(|(p, us)| format!("{p} {us:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    md.push_str(&format!(
+        "\nEdge alone ÷ bare handler, both driven by wrk: **{ratio:.3}×**.\n"
+    ));
+    md
 }
 
 /// Measures the bare handler, then the edge alone (nats-server with fsync always and the

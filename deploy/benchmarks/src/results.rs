@@ -48,7 +48,13 @@ pub struct Options {
 pub struct EdgeSection {
     /// Bare handler, the edge alone, the edge with the whole pipeline beside it.
     pub figures: Vec<EdgeFigure>,
-    /// The edge's (alone) accepted/s over the bare handler's.
+    /// The bare handler and the edge alone driven by wrk (empty when wrk is not installed):
+    /// the comparison the edge's target is judged on, since the harness's generator is the
+    /// bare handler's limit.
+    pub wrk: Vec<EdgeFigure>,
+    /// The edge's (alone) accepted/s over the bare handler's, both driven by wrk.
+    pub wrk_ratio_to_bare: Option<f64>,
+    /// The edge's (alone) accepted/s over the bare handler's, harness generator.
     pub ratio_to_bare: f64,
     /// The edge's accepted/s with the whole pipeline running over the bare handler's.
     pub ratio_with_pipeline_to_bare: f64,
@@ -248,7 +254,11 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     let registrations = ((20_000.0 * options.scale) as u32).max(1_000);
     let edge_figures = crate::edge::measure(registrations, 256, &log_dir).await?;
     let edge_rate = edge_figures[1].accepted_per_second;
+    let wrk =
+        crate::edge::measure_wrk_if_installed(options.read_seconds.ceil() as u32, &log_dir).await?;
     let edge = EdgeSection {
+        wrk_ratio_to_bare: crate::edge::wrk_ratio(&wrk),
+        wrk,
         ratio_to_bare: edge_rate / edge_figures[0].accepted_per_second,
         ratio_with_pipeline_to_bare: edge_figures[2].accepted_per_second
             / edge_figures[0].accepted_per_second,
@@ -447,7 +457,21 @@ fn targets(
     };
     let grew = |process: &str| peak(backlog, process) - rss_first(backlog, process);
     let costed = costed_run(&pipeline.runs, &pipeline.sustained_tries);
-    let edge_alone_ratio = edge.ratio_to_bare;
+    // Judged with wrk when it ran: the harness's generator is the bare handler's limit.
+    let (edge_alone_ratio, edge_alone, bare, generator) = match edge.wrk_ratio_to_bare {
+        Some(ratio) => (
+            ratio,
+            edge.wrk[1].accepted_per_second,
+            edge.wrk[0].accepted_per_second,
+            "wrk",
+        ),
+        None => (
+            edge.ratio_to_bare,
+            edge_rate,
+            edge.figures[0].accepted_per_second,
+            "the harness's generator; wrk not installed",
+        ),
+    };
     vec![
         Target {
             target: "server CPU per registration, end to end, ≤ 300 µs (aim ≤ 100 µs)".into(),
@@ -491,8 +515,7 @@ fn targets(
         Target {
             target: "edge alone ≥ 0.5× a bare ntex handler".into(),
             measured: format!(
-                "{:.0}/s vs {:.0}/s: {edge_alone_ratio:.2}×",
-                edge_rate, edge.figures[0].accepted_per_second
+                "{edge_alone:.0}/s vs {bare:.0}/s: {edge_alone_ratio:.2}× ({generator})"
             ),
             met: edge_alone_ratio >= 0.5,
         },
@@ -688,6 +711,7 @@ fn markdown(r: &Results) -> String {
         "\nEdge alone ÷ bare handler: {:.3}×; with the pipeline beside it: {:.3}×; edge alone ÷ atomic batches of 256: {:.2}×.\n",
         r.edge.ratio_to_bare, r.edge.ratio_with_pipeline_to_bare, r.edge.ratio_to_atomic_ceiling
     ));
+    md.push_str(&crate::edge::wrk_markdown(&r.edge.wrk));
     md.push_str("\n## Read API (closed loop, 64 in flight)\n\n| target | reads/s | p50 ms | p99 ms | SurrealDB reads |\n| --- | ---: | ---: | ---: | ---: |\n");
     for f in &r.reads.figures {
         md.push_str(&format!(

@@ -68,6 +68,9 @@ enum Command {
         /// Requests in flight (closed loop).
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Seconds of each wrk run (bare handler, edge alone), if wrk is installed.
+        #[arg(long, default_value_t = 10)]
+        wrk_seconds: u32,
         /// Where to write the JSON report (the Markdown one goes beside it).
         #[arg(long, default_value = "bench/edge.json")]
         out: std::path::PathBuf,
@@ -87,6 +90,10 @@ struct EdgeReport {
     figures: Vec<bench::edge::EdgeFigure>,
     /// The edge's accepted/s over the bare handler's.
     ratio_to_bare: f64,
+    /// The bare handler and the edge alone driven by wrk (empty without wrk).
+    wrk: Vec<bench::edge::EdgeFigure>,
+    /// The edge's accepted/s over the bare handler's, both driven by wrk.
+    wrk_ratio_to_bare: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -169,17 +176,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Edge {
             registrations,
             concurrency,
+            wrk_seconds,
             out,
         } => {
             let log_dir = tempfile::Builder::new()
                 .prefix("bench-logs-")
                 .tempdir()?
                 .keep();
-            let figures = e2e::serve::until_interrupted(bench::edge::measure(
-                registrations,
-                concurrency,
-                &log_dir,
-            ))
+            let (figures, wrk) = e2e::serve::until_interrupted(async {
+                let figures = bench::edge::measure(registrations, concurrency, &log_dir).await?;
+                let wrk = bench::edge::measure_wrk_if_installed(wrk_seconds, &log_dir).await?;
+                anyhow::Ok((figures, wrk))
+            })
             .await?;
             let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
             let report = EdgeReport {
@@ -187,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 figures,
                 ratio_to_bare,
+                wrk_ratio_to_bare: bench::edge::wrk_ratio(&wrk),
+                wrk,
             };
             let mut md = format!(
                 "# Ingest edge against a bare ntex handler\n\n{}\n\n\
@@ -199,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
                 "\nEdge alone ÷ bare handler: {:.3}×\n",
                 report.ratio_to_bare
             ));
+            md.push_str(&bench::edge::wrk_markdown(&report.wrk));
             bench::contention::report::write_report(&out, &report, &md)?;
             println!("\n{md}");
             Ok(())
