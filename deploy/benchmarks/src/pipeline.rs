@@ -468,6 +468,114 @@ pub async fn run(
     Ok(run)
 }
 
+/// The slots every pipeline run spreads its citizens over ([`slot_of`]): two hot locations
+/// and ten others, one region, one date.
+pub fn slots() -> Vec<SlotKey> {
+    let date = chrono::NaiveDate::from_ymd_opt(2027, 3, 1).expect("a valid date");
+    ["hot-narodowy", "hot-torwar"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((0..10).map(|i| format!("site-{i:02}")))
+        .map(|location| SlotKey {
+            region: e2e::chaos::region(),
+            location: streams::model::Location::parse(&location).expect("a valid location"),
+            date,
+        })
+        .collect()
+}
+
+/// The measured system (nats-server with its monitoring port, [`crate::system`]) with
+/// [`slots`] open, and what every open-loop run on it watches.
+pub struct Rig {
+    /// nats-server, `sync_interval: always`.
+    pub nats: testkit::NatsServer,
+    /// The services.
+    pub system: e2e::chaos::services::System,
+    /// The slots, each with a capacity no run fills.
+    pub slots: Vec<SlotKey>,
+    /// nats-server and every service, for CPU and memory.
+    pub watched: Vec<Watched>,
+    /// nats-server's monitoring port ([`crate::traffic`]).
+    pub monitor_port: u16,
+}
+
+impl Rig {
+    /// Starts nats-server and the system, logs under `log_dir`, and opens the slots.
+    pub async fn start(log_dir: &std::path::Path) -> anyhow::Result<Rig> {
+        let monitor_port = e2e::chaos::services::free_port()?;
+        let nats =
+            testkit::NatsServer::start_with_config(&format!("http: 127.0.0.1:{monitor_port}"));
+        let system = crate::system(&nats.url(), log_dir).await?;
+        let slots = slots();
+        let admin = load::Client::new(&system, 1).await;
+        for slot in &slots {
+            admin.set_capacity(slot, 1_000_000).await?;
+        }
+        let mut watched = vec![Watched {
+            name: "nats-server".into(),
+            pid: nats.pid().context("nats-server is running")?,
+        }];
+        watched.extend(system.processes().map(|p| Watched {
+            name: p.name().to_owned(),
+            pid: p.pid(),
+        }));
+        Ok(Rig {
+            nats,
+            system,
+            slots,
+            watched,
+            monitor_port,
+        })
+    }
+
+    /// The reservation replicas' process ids (to pause for a backlog).
+    pub fn replicas(&self) -> Vec<u32> {
+        self.system
+            .processes()
+            .filter(|p| p.name().starts_with("reservation"))
+            .map(|p| p.pid())
+            .collect()
+    }
+
+    /// One open-loop run; `series` keeps each run's citizens fresh (use each once).
+    pub async fn open_loop(
+        &mut self,
+        series: u32,
+        name: String,
+        rate: u32,
+        seconds: f64,
+        pause: Vec<u32>,
+    ) -> anyhow::Result<Run> {
+        let run = run(
+            self.system.ingest_url(),
+            self.system.read_url(),
+            &self.nats.url(),
+            &self.watched,
+            &self.slots,
+            &Options {
+                name,
+                rate,
+                seconds,
+                first_citizen: 1_000_000 * series,
+                max_outstanding: 20_000,
+                pause,
+                monitor_port: Some(self.monitor_port),
+            },
+        )
+        .await?;
+        self.system.check_alive()?;
+        Ok(run)
+    }
+
+    /// Stops the services and removes the projections' store; nats-server, with the log the
+    /// runs left, stays up for whoever reads it next.
+    pub async fn stop(self, log_dir: &std::path::Path) -> testkit::NatsServer {
+        self.system.stop().await;
+        crate::remove_store(log_dir);
+        self.nats
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

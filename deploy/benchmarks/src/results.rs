@@ -13,15 +13,13 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::Context as _;
-use chrono::NaiveDate;
 use serde::Serialize;
-use streams::model::{Location, SlotKey};
+use streams::model::SlotKey;
 
 use crate::ceilings::Ceiling;
 use crate::contention::report::{Machine, write_report};
 use crate::edge::EdgeFigure;
 use crate::pipeline::{self, Run};
-use crate::procstat::Watched;
 use crate::reads::{self, ReadFigure};
 use crate::replay_speed::{self, ReplayFigure};
 use e2e::chaos::services;
@@ -156,20 +154,6 @@ pub struct Results {
 
 /// The slots of the pipeline runs: two hot locations and ten others, capacity to spare, so
 /// every registration is reserved and the latency is the path's, not a full slot's.
-fn slots() -> Vec<SlotKey> {
-    let date = NaiveDate::from_ymd_opt(2027, 3, 1).expect("a valid date");
-    ["hot-narodowy", "hot-torwar"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain((0..10).map(|i| format!("site-{i:02}")))
-        .map(|location| SlotKey {
-            region: e2e::chaos::region(),
-            location: Location::parse(&location).expect("a valid location"),
-            date,
-        })
-        .collect()
-}
-
 async fn measure_reads(
     exe: &Path,
     log_dir: &Path,
@@ -266,32 +250,13 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         figures: edge_figures,
     };
 
-    let monitor_port = services::free_port()?;
-    let nats = testkit::NatsServer::start_with_config(&format!("http: 127.0.0.1:{monitor_port}"));
-    let mut system = crate::system(&nats.url(), &log_dir).await?;
-    let slots = slots();
-    let admin = e2e::chaos::load::Client::new(&system, 1).await;
-    for slot in &slots {
-        admin.set_capacity(slot, 1_000_000).await?;
-    }
+    let mut rig = pipeline::Rig::start(&log_dir).await?;
 
     eprintln!("bench: 3/5 the read API against a bare ntex handler");
-    let reads = measure_reads(&exe, &log_dir, system.read_url(), &slots, &options).await?;
+    let reads = measure_reads(&exe, &log_dir, rig.system.read_url(), &rig.slots, &options).await?;
 
     eprintln!("bench: 4/5 the pipeline at fixed arrival rates (open loop)");
-    let mut watched = vec![Watched {
-        name: "nats-server".into(),
-        pid: nats.pid().context("nats-server is running")?,
-    }];
-    watched.extend(system.processes().map(|p| Watched {
-        name: p.name().to_owned(),
-        pid: p.pid(),
-    }));
-    let replicas: Vec<u32> = system
-        .processes()
-        .filter(|p| p.name().starts_with("reservation"))
-        .map(|p| p.pid())
-        .collect();
+    let replicas = rig.replicas();
     // Half of what the edge accepts with the whole pipeline beside it on this machine: a load
     // the machine sustains, so the latency is the path's, not a queue's.
     let sustained = edge.figures[2].accepted_per_second;
@@ -316,29 +281,9 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
             replicas,
         ),
     ];
-    // One open-loop run on this system; `series` keeps each run's citizens fresh.
-    let mut open_loop =
-        async |series: u32, name: String, rate: u32, seconds: f64, pause: Vec<u32>| {
-            let run = pipeline::run(
-                system.ingest_url(),
-                system.read_url(),
-                &nats.url(),
-                &watched,
-                &slots,
-                &pipeline::Options {
-                    name,
-                    rate,
-                    seconds,
-                    first_citizen: 1_000_000 * series,
-                    max_outstanding: 20_000,
-                    pause,
-                    monitor_port: Some(monitor_port),
-                },
-            )
-            .await?;
-            system.check_alive()?;
-            anyhow::Ok(run)
-        };
+    let mut open_loop = async |series: u32, name: String, rate: u32, seconds: f64, pause| {
+        rig.open_loop(series, name, rate, seconds, pause).await
+    };
     let mut runs = Vec::new();
     for (i, (name, rate, seconds, pause)) in plans.into_iter().enumerate() {
         runs.push(open_loop(i as u32 + 1, name, rate, seconds, pause).await?);
@@ -377,8 +322,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
             }
         }
     }
-    system.stop().await;
-    crate::remove_store(&log_dir);
+    let nats = rig.stop(&log_dir).await;
 
     eprintln!("bench: 5/5 replay of the intake log");
     let replay_figures = replay_speed::measure(&nats.url()).await?;
@@ -686,6 +630,63 @@ fn per_registration_table<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> St
     md
 }
 
+/// Open-loop runs as Markdown: latency and rates, CPU seconds by process, and per accepted
+/// registration (CPU by process, messages and bytes).
+pub fn runs_markdown(runs: &[&Run]) -> String {
+    let mut md = String::new();
+    md.push_str("\n## Pipeline (open loop; latency from the scheduled send)\n\n| run | due/s | accepted/s | to 202 p50 / p99 ms | to decision p50 / p90 / p99 / max ms | 202 → decision p50 / p99 ms | undecided | decided/s | projected s after | CPU ms per registration | edge peak MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for run in runs {
+        let d = &run.latency_to_decision_ms;
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} | {} | {:.2} | {:.1} |\n",
+            run.name,
+            run.rate_per_second,
+            run.accepted_per_second,
+            run.latency_to_accept_ms.p50,
+            run.latency_to_accept_ms.p99,
+            d.p50,
+            d.p90,
+            d.p99,
+            d.max,
+            run.accept_to_decision_ms.p50,
+            run.accept_to_decision_ms.p99,
+            run.undecided,
+            run.decided_per_second,
+            run.projected_after_seconds
+                .map_or("not within 30 s".to_owned(), |s| format!("{s:.2}")),
+            run.cpu_seconds_per_registration * 1000.0,
+            peak(run, "ingest")
+        ));
+    }
+    md.push_str("\nCPU seconds by process (all runs):\n\n| run | ");
+    let names: Vec<&String> = runs
+        .first()
+        .map(|r| r.usage.cpu_seconds.keys().collect())
+        .unwrap_or_default();
+    md.push_str(
+        &names
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    md.push_str(" |\n| --- |");
+    md.push_str(&" ---: |".repeat(names.len()));
+    md.push('\n');
+    for run in runs {
+        md.push_str(&format!("| {} |", run.name));
+        for n in &names {
+            md.push_str(&format!(
+                " {:.1} |",
+                run.usage.cpu_seconds.get(*n).copied().unwrap_or(0.0)
+            ));
+        }
+        md.push('\n');
+    }
+    md.push_str(&per_registration_table(runs.iter().copied()));
+    md
+}
+
 fn markdown(r: &Results) -> String {
     let mut md = format!(
         "# Rush-hour benchmark\n\n{}\n\nCommand: `{}`. Load generator on the same machine. \
@@ -727,54 +728,12 @@ fn markdown(r: &Results) -> String {
         "\nHot ÷ bare: {:.2}×; cold ÷ bare: {:.2}×.\n",
         r.reads.hot_ratio_to_bare, r.reads.cold_ratio_to_bare
     ));
-    md.push_str("\n## Pipeline (open loop; latency from the scheduled send)\n\n| run | due/s | accepted/s | to 202 p50 / p99 ms | to decision p50 / p90 / p99 / max ms | 202 → decision p50 / p99 ms | undecided | decided/s | projected s after | CPU ms per registration | edge peak MiB |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for run in r.pipeline.runs.iter().chain(&r.pipeline.sustained_tries) {
-        let d = &run.latency_to_decision_ms;
-        md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} | {:.0} | {} | {:.2} | {:.1} |\n",
-            run.name,
-            run.rate_per_second,
-            run.accepted_per_second,
-            run.latency_to_accept_ms.p50,
-            run.latency_to_accept_ms.p99,
-            d.p50,
-            d.p90,
-            d.p99,
-            d.max,
-            run.accept_to_decision_ms.p50,
-            run.accept_to_decision_ms.p99,
-            run.undecided,
-            run.decided_per_second,
-            run.projected_after_seconds
-                .map_or("not within 30 s".to_owned(), |s| format!("{s:.2}")),
-            run.cpu_seconds_per_registration * 1000.0,
-            peak(run, "ingest")
-        ));
-    }
-    md.push_str("\nCPU seconds by process (all runs):\n\n| run | ");
-    let names: Vec<&String> = r.pipeline.runs[0].usage.cpu_seconds.keys().collect();
-    md.push_str(
-        &names
+    md.push_str(&runs_markdown(
+        &r.pipeline
+            .runs
             .iter()
-            .map(|n| n.as_str())
-            .collect::<Vec<_>>()
-            .join(" | "),
-    );
-    md.push_str(" |\n| --- |");
-    md.push_str(&" ---: |".repeat(names.len()));
-    md.push('\n');
-    for run in r.pipeline.runs.iter().chain(&r.pipeline.sustained_tries) {
-        md.push_str(&format!("| {} |", run.name));
-        for n in &names {
-            md.push_str(&format!(
-                " {:.1} |",
-                run.usage.cpu_seconds.get(*n).copied().unwrap_or(0.0)
-            ));
-        }
-        md.push('\n');
-    }
-    md.push_str(&per_registration_table(
-        r.pipeline.runs.iter().chain(&r.pipeline.sustained_tries),
+            .chain(&r.pipeline.sustained_tries)
+            .collect::<Vec<_>>(),
     ));
     md.push_str("\n## Replay of the intake log\n\n| reading | records/s | MB/s | records |\n| --- | ---: | ---: | ---: |\n");
     for f in &r.replay.figures {

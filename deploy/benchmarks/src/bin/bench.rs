@@ -75,6 +75,24 @@ enum Command {
         #[arg(long, default_value = "bench/edge.json")]
         out: std::path::PathBuf,
     },
+    /// The whole pipeline (edge, reservation, projections, nats-server) at one arrival rate,
+    /// open loop, `runs` times on one system: CPU per registration by process, messages and
+    /// bytes per registration, latency. For comparing one change's cost quickly (a full
+    /// `all` takes six minutes).
+    Pipeline {
+        /// Submissions per second.
+        #[arg(long, default_value_t = 4_300)]
+        rate: u32,
+        /// Seconds of arrivals in each run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Runs, one after the other.
+        #[arg(long, default_value_t = 2)]
+        runs: u32,
+        /// Where to write the JSON report (the Markdown one goes beside it).
+        #[arg(long, default_value = "bench/pipeline.json")]
+        out: std::path::PathBuf,
+    },
     /// Runs one service (started by the benchmark; not meant to be typed).
     #[command(hide = true)]
     Serve {
@@ -94,6 +112,13 @@ struct EdgeReport {
     wrk: Vec<bench::edge::EdgeFigure>,
     /// The edge's accepted/s over the bare handler's, both driven by wrk.
     wrk_ratio_to_bare: Option<f64>,
+}
+
+#[derive(serde::Serialize)]
+struct PipelineReport {
+    machine: bench::contention::report::Machine,
+    command: String,
+    runs: Vec<bench::pipeline::Run>,
 }
 
 #[derive(serde::Serialize)]
@@ -173,6 +198,46 @@ async fn main() -> anyhow::Result<()> {
             )
         }
         Command::Serve { service } => e2e::serve::serve(*service).await,
+        Command::Pipeline {
+            rate,
+            seconds,
+            runs,
+            out,
+        } => {
+            let log_dir = tempfile::Builder::new()
+                .prefix("bench-logs-")
+                .tempdir()?
+                .keep();
+            eprintln!("bench: service logs in {}", log_dir.display());
+            let runs = e2e::serve::until_interrupted(async {
+                let mut rig = bench::pipeline::Rig::start(&log_dir).await?;
+                let mut done = Vec::new();
+                for i in 0..runs {
+                    let name = format!("open loop at {rate}/s, run {}", i + 1);
+                    done.push(
+                        rig.open_loop(i + 1, name, rate, seconds, Vec::new())
+                            .await?,
+                    );
+                }
+                rig.stop(&log_dir).await;
+                anyhow::Ok(done)
+            })
+            .await?;
+            let report = PipelineReport {
+                machine: bench::contention::report::Machine::describe(),
+                command: std::env::args().collect::<Vec<_>>().join(" "),
+                runs,
+            };
+            let md = format!(
+                "# The whole pipeline at {rate}/s\n\n{}\n\nCommand: `{}`.\n{}",
+                report.machine.summary(),
+                report.command,
+                bench::results::runs_markdown(&report.runs.iter().collect::<Vec<_>>())
+            );
+            bench::contention::report::write_report(&out, &report, &md)?;
+            println!("\n{md}");
+            Ok(())
+        }
         Command::Edge {
             registrations,
             concurrency,
