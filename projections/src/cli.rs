@@ -40,8 +40,10 @@ pub struct Args {
     #[arg(long, env = "REG_CACHE_TTL_MS", default_value_t = 1000)]
     pub cache_ttl_ms: u64,
     /// How long a projection batch waits for more events after its first, in milliseconds:
-    /// fewer, larger SurrealDB transactions under light load, the status API that much later.
-    #[arg(long, env = "REG_PROJECTION_LINGER_MS", default_value_t = 0)]
+    /// fewer, larger SurrealDB transactions, the status API that much later. The default
+    /// took a sixth off the projections' CPU per registration at 4,300/s
+    /// (docs/write-path.md) for 50 ms on a status whose reads may be a second stale anyway.
+    #[arg(long, env = "REG_PROJECTION_LINGER_MS", default_value_t = 50)]
     pub linger_ms: u64,
     /// HTTP worker threads.
     #[arg(long, env = "REG_READ_WORKERS", default_value_t = 2)]
