@@ -274,7 +274,7 @@ pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<Edg
     let bare_figure =
         drive_wrk("bare ntex handler, wrk", "bare", &bare, None, 256, seconds).await?;
     drop(bare);
-    let nats = testkit::NatsServer::start();
+    let nats = testkit::NatsServer::start_beside_services("");
     let mut edge = services::spawn(&exe, &nats.url(), log_dir, "ingest-wrk", "ingest")?;
     services::wait_ready(&http, &mut edge).await?;
     let nats_watched = nats.pid().map(|pid| crate::procstat::Watched {
@@ -373,7 +373,7 @@ pub async fn measure(
         "bare ntex handler (reads the body, 202)",
     )
     .await?;
-    let nats = testkit::NatsServer::start();
+    let nats = testkit::NatsServer::start_beside_services("");
     let alone_figure = alone(
         &nats.url(),
         "ingest-alone",
@@ -383,7 +383,7 @@ pub async fn measure(
     .await?;
     drop(nats);
 
-    let nats = testkit::NatsServer::start();
+    let nats = testkit::NatsServer::start_beside_services("");
     let system = crate::system(&nats.url(), log_dir).await?;
     let ingest = system
         .processes()

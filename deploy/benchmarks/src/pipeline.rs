@@ -504,7 +504,7 @@ impl Rig {
     pub async fn start(log_dir: &std::path::Path) -> anyhow::Result<Rig> {
         let monitor_port = e2e::chaos::services::free_port()?;
         let nats =
-            testkit::NatsServer::start_with_config(&format!("http: 127.0.0.1:{monitor_port}"));
+            testkit::NatsServer::start_beside_services(&format!("http: 127.0.0.1:{monitor_port}"));
         let system = crate::system(&nats.url(), log_dir).await?;
         let slots = slots();
         let admin = load::Client::new(&system, 1).await;

@@ -203,7 +203,7 @@ impl NatsCluster {
             .append(true)
             .open(self.log_path(i))
             .expect("log file");
-        let child = crate::spawn_nats_server(&config, log);
+        let child = crate::spawn_nats_server(&config, log, None);
         self.nodes[i].child = Some(child);
     }
 
