@@ -289,12 +289,13 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         runs.push(open_loop(i as u32 + 1, name, rate, seconds, pause).await?);
     }
     // The sustained rate: from just under the most the edge accepted with the pipeline beside
-    // it (closed loop, or overloaded at the target rate), down by a sixth while a stage falls
-    // behind, up by a sixth while all keep up, until the edge is bracketed.
+    // it (closed loop, or overloaded at the target rate), see [`next_rate`].
     let most = sustained.max(runs[0].accepted_per_second);
-    let mut rate = ((most * 0.9 / 100.0).round() as u32 * 100).max(100);
-    let (mut sustained_tries, mut best, mut went) = (Vec::new(), None::<f64>, None::<bool>);
-    for i in 0..6u32 {
+    let mut next = Some(((most * 0.9 / 100.0).round() as u32 * 100).max(100));
+    let (mut sustained_tries, mut best) = (Vec::new(), None::<f64>);
+    let (mut kept, mut fell) = (None::<u32>, None::<u32>);
+    for i in 0..8u32 {
+        let Some(rate) = next else { break };
         let run = open_loop(
             10 + i,
             format!("sustained? {rate}/s"),
@@ -309,18 +310,12 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
             best = Some(best.map_or(run.accepted_per_second, |b| b.max(run.accepted_per_second)));
         }
         sustained_tries.push(run);
-        match (went, up) {
-            // Found the edge between a rate that kept up and one that did not.
-            (Some(false), true) | (Some(true), false) => break,
-            (_, true) => {
-                went = Some(true);
-                rate = (rate as f64 * 1.15 / 100.0).round() as u32 * 100;
-            }
-            (_, false) => {
-                went = Some(false);
-                rate = ((rate as f64 * 0.85 / 100.0).round() as u32 * 100).max(100);
-            }
+        if up {
+            kept = kept.max(Some(rate));
+        } else {
+            fell = Some(fell.map_or(rate, |f| f.min(rate)));
         }
+        next = next_rate(kept, fell);
     }
     let nats = rig.stop(&log_dir).await;
 
@@ -359,6 +354,21 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     };
     write_report(&options.out, &results, &markdown(&results))?;
     Ok(results)
+}
+
+/// The next rate the sustained-rate search tries, given the highest rate that kept up so far
+/// and the lowest that fell behind: up or down by about a sixth until both are known, then
+/// halfway between them, in steps of 100/s; `None` once they are 200/s apart or less.
+pub fn next_rate(kept: Option<u32>, fell: Option<u32>) -> Option<u32> {
+    let hundreds = |r: f64| ((r / 100.0).round() as u32 * 100).max(100);
+    match (kept, fell) {
+        (Some(k), Some(f)) if f <= k + 200 => None,
+        (Some(k), Some(f)) => Some(hundreds(f64::from(k + f) / 2.0)),
+        (Some(k), None) => Some(hundreds(f64::from(k) * 1.15)),
+        (None, Some(f)) if f <= 100 => None,
+        (None, Some(f)) => Some(hundreds(f64::from(f) * 0.85)),
+        (None, None) => None,
+    }
 }
 
 /// The run whose CPU per registration is the headline and the cost line: the fastest one at
@@ -752,4 +762,46 @@ fn markdown(r: &Results) -> String {
         r.cost.price_per_vcpu_hour
     ));
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the search against a machine that keeps up exactly at rates ≤ `limit`.
+    fn search(start: u32, limit: u32) -> (Vec<u32>, Option<u32>) {
+        let (mut kept, mut fell, mut tried) = (None, None, Vec::new());
+        let mut rate = Some(start);
+        for _ in 0..8 {
+            let Some(r) = rate else { break };
+            tried.push(r);
+            if r <= limit {
+                kept = kept.max(Some(r));
+            } else {
+                fell = Some(fell.map_or(r, |f: u32| f.min(r)));
+            }
+            rate = next_rate(kept, fell);
+        }
+        (tried, kept)
+    }
+
+    #[test]
+    fn the_sustained_search_finds_the_limit_within_two_hundred_a_second() {
+        assert_eq!(
+            search(5_300, 4_950),
+            (vec![5_300, 4_500, 4_900, 5_100], Some(4_900))
+        );
+        for (start, limit) in [(5_300, 2_000), (3_000, 4_800), (5_000, 5_000), (900, 120)] {
+            let (tried, kept) = search(start, limit);
+            let kept = kept.unwrap_or(0);
+            assert!(kept <= limit, "{start} {limit}: {tried:?}");
+            assert!(limit - kept < 200, "{start} {limit}: {tried:?}");
+            assert!(tried.len() <= 8, "{start} {limit}: {tried:?}");
+        }
+        // Nothing keeps up: the search gives up after eight tries, each lower.
+        let (tried, kept) = search(1_000, 0);
+        assert_eq!(kept, None);
+        assert_eq!(tried.len(), 8);
+        assert!(tried.windows(2).all(|w| w[1] < w[0]), "{tried:?}");
+    }
 }
