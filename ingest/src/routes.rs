@@ -298,10 +298,9 @@ fn parse_submission(req: &HttpRequest, body: &[u8], edge: &Edge) -> Result<Submi
     let citizen_key = edge.keys.citizen_key(&registration.national_id);
     let wanted = Claim {
         registration_id: RegistrationId::generate(&registration.slot.region),
-        request_hash: edge.keys.digest(
-            "request",
-            &serde_json::to_vec(&registration).expect("serializes"),
-        ),
+        request_hash: streams::scratch::json(&registration, |json| {
+            edge.keys.digest("request", json)
+        }),
         idempotency_key_hash: key.map(|k| {
             edge.keys
                 .digest("idempotency-key", format!("{citizen_key}:{k}").as_bytes())

@@ -665,7 +665,7 @@ impl Envelope {
 
     /// Serializes to JSON bytes.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("events always serialize")
+        crate::scratch::json(self, <[u8]>::to_vec)
     }
 
     /// Deserializes, refusing versions newer than this code.

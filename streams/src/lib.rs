@@ -36,4 +36,5 @@ pub mod national_id;
 pub mod regions;
 pub mod replay;
 pub mod runtime;
+pub mod scratch;
 pub mod subjects;

@@ -19,7 +19,7 @@ type Needle = (String, Vec<u8>);
 /// first 16 bytes (32 hex digits) also catch a truncated one, as citizen keys are.
 fn forms(label: &str, value: &[u8]) -> Vec<Needle> {
     let digest = Sha256::digest(value);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = streams::crypto::to_hex(&digest);
     let mut needles = vec![
         (format!("{label} in clear"), value.to_vec()),
         (
