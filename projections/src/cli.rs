@@ -42,7 +42,7 @@ pub struct Args {
     /// How long a projection batch waits for more events after its first, in milliseconds:
     /// fewer, larger SurrealDB transactions, the status API that much later. The default
     /// took a sixth off the projections' CPU per registration at 4,300/s
-    /// (docs/write-path.md) for 50 ms on a status whose reads may be a second stale anyway.
+    /// (docs/write-path.md), for a decision shown on the status page up to 50 ms later.
     #[arg(long, env = "REG_PROJECTION_LINGER_MS", default_value_t = 50)]
     pub linger_ms: u64,
     /// HTTP worker threads.

@@ -85,11 +85,16 @@ DEFINE INDEX IF NOT EXISTS line_kind ON line FIELDS kind, region, location, date
 ";
 
 /// Stores written before the `line` table listed the waiting registrations through an index
-/// on every registration's status: once per store, the waiting ones get their `line` rows
-/// and the index goes (`meta:line` records that it was done).
+/// on every registration's status: the waiting ones get their `line` rows (the table is
+/// refilled from the registrations, so running it again changes nothing) and the index goes.
+/// It runs once per store (`meta:line`), and again whenever the old index is back: an older
+/// version still running beside this one, or rolled back to, defines it and writes statuses
+/// without keeping `line` up to date.
 const MIGRATE_TO_LINE: &str = "
 BEGIN TRANSACTION;
-IF (SELECT VALUE done FROM ONLY meta:line) != true {
+LET $old_index = (INFO FOR TABLE registration).indexes.registration_status != NONE;
+IF $old_index OR (SELECT VALUE done FROM ONLY meta:line) != true {
+    DELETE line;
     INSERT INTO line (
         SELECT record::id(id) AS id, status AS kind, region, location, date, line_seq, updated_at
         FROM registration WHERE status IN ['waitlisted', 'manual_review']
@@ -99,6 +104,10 @@ IF (SELECT VALUE done FROM ONLY meta:line) != true {
 };
 COMMIT TRANSACTION;
 ";
+
+/// Attempts at [`MIGRATE_TO_LINE`]: two read-API replicas opening one SurrealDB server at
+/// once both run it, and one transaction loses the conflict; its retry finds the work done.
+const MIGRATE_ATTEMPTS: usize = 3;
 
 /// The namespace every projection database lives in.
 const NAMESPACE: &str = "registration";
@@ -250,11 +259,24 @@ fn group(ops: Vec<Op>) -> Grouped {
     let mut grouped = Grouped::default();
     let (mut status_of, mut capacity_of, mut counts_of) = Default::default();
     let last_wins: fn(&mut Op, Op) = |earlier, later| *earlier = later;
+    // The last status wins, but a registration that may have waited at any point of the
+    // batch (or before it) may still hold a line row to remove.
+    let last_status_wins: fn(&mut Op, Op) = |earlier, later| {
+        let waited = earlier.may_leave_line || matches!(line_change(earlier), Some(Some(_)));
+        *earlier = later;
+        earlier.may_leave_line |= waited;
+    };
     for op in ops {
         match op.op {
             "status" => {
                 let id = op.id.clone().unwrap_or_default();
-                fold(&mut grouped.statuses, &mut status_of, id, op, last_wins);
+                fold(
+                    &mut grouped.statuses,
+                    &mut status_of,
+                    id,
+                    op,
+                    last_status_wins,
+                );
             }
             "capacity" => {
                 let slot = op.slot.clone().unwrap_or_default();
@@ -483,10 +505,20 @@ impl Store {
             .await
             .and_then(|r| r.check())
             .context("Failed to define the projection schema")?;
-        db.query(MIGRATE_TO_LINE)
-            .await
-            .and_then(|r| r.check())
-            .context("Failed to move the waiting registrations to the line table")?;
+        let mut attempt = 1;
+        loop {
+            match db.query(MIGRATE_TO_LINE).await.and_then(|r| r.check()) {
+                Ok(_) => break,
+                Err(err) if attempt < MIGRATE_ATTEMPTS => {
+                    tracing::warn!(error = %err, attempt, "Moving the waiting registrations to the line table failed; trying again.");
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context("Failed to move the waiting registrations to the line table"));
+                }
+            }
+        }
         Ok(Store { db })
     }
 
@@ -851,6 +883,44 @@ mod tests {
         upgraded.db.query("DELETE line").await.unwrap();
         let again = live.database("before_line").await.unwrap();
         assert!(again.snapshot().await.unwrap().tables["line"].is_empty());
+
+        // An older version opening the store meanwhile brings its index back (and writes
+        // statuses without line rows): the next open of this version moves them again.
+        again
+            .db
+            .query(
+                "DEFINE INDEX registration_status ON registration FIELDS status, region, location, date;",
+            )
+            .await
+            .and_then(|r| r.check())
+            .unwrap();
+        let repaired = live.database("before_line").await.unwrap();
+        assert_eq!(repaired.snapshot().await.unwrap(), expected);
+    }
+
+    #[test]
+    fn a_registration_that_waited_earlier_in_a_batch_leaves_the_line_whatever_ends_it() {
+        let waitlisted = Op {
+            status: Some(Status::Waitlisted.as_str()),
+            line_seq: Some(7),
+            may_leave_line: false,
+            ..op("status", "a", "x", 0, 1)
+        };
+        // A first decision that leaves nothing behind, as a later status in the same batch.
+        let reserved = Op {
+            may_leave_line: false,
+            ..op("status", "a", "x", 0, 2)
+        };
+        let grouped = group(vec![waitlisted, reserved]);
+        assert_eq!(grouped.statuses.len(), 1);
+        assert_eq!(grouped.statuses[0].status, Some("reserved"));
+        assert_eq!(line_change(&grouped.statuses[0]), Some(None));
+        // Reserved at once, alone: no line change at all.
+        let alone = group(vec![Op {
+            may_leave_line: false,
+            ..op("status", "b", "x", 0, 3)
+        }]);
+        assert_eq!(line_change(&alone.statuses[0]), None);
     }
 
     #[test]

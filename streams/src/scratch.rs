@@ -14,20 +14,26 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(8 * 1024));
 }
 
-/// Calls `f` with this thread's scratch buffer, empty. A nested call (`f` calling `with`)
-/// gets a buffer of its own.
+/// Calls `f` with this thread's scratch buffer, empty. A nested call (`f` calling `with`), or
+/// one while the thread is ending, gets a buffer of its own. What `f` wrote is zeroed after
+/// it returns: the buffer lives as long as the thread, and a registration's JSON holds
+/// personal data.
 pub fn with<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => {
-            buffer.clear();
-            let result = f(&mut buffer);
-            if buffer.capacity() > KEPT {
-                *buffer = Vec::with_capacity(8 * 1024);
-            }
-            result
+    let mut f = Some(f);
+    let shared = SCRATCH.try_with(|cell| {
+        let mut buffer = cell.try_borrow_mut().ok()?;
+        buffer.clear();
+        let result = (f.take().expect("called once"))(&mut buffer);
+        buffer.fill(0);
+        if buffer.capacity() > KEPT {
+            *buffer = Vec::with_capacity(8 * 1024);
         }
-        Err(_) => f(&mut Vec::new()),
-    })
+        Some(result)
+    });
+    match shared {
+        Ok(Some(result)) => result,
+        _ => (f.take().expect("not called yet"))(&mut Vec::new()),
+    }
 }
 
 /// Serialises `value` as JSON into the scratch buffer and calls `f` with the bytes.
@@ -58,5 +64,13 @@ mod tests {
         let large = "x".repeat(KEPT * 2);
         assert_eq!(json(&large, |b| b.len()), large.len() + 2);
         SCRATCH.with(|cell| assert!(cell.borrow().capacity() <= KEPT));
+        // Nothing written stays readable in the buffer after its use: its bytes are zeroed
+        // (kept, not truncated, until the next use clears them).
+        json(&"personal", |_| ());
+        SCRATCH.with(|cell| {
+            let written = cell.borrow();
+            assert_eq!(written.len(), r#""personal""#.len());
+            assert!(written.iter().all(|b| *b == 0), "{written:?}");
+        });
     }
 }
