@@ -117,6 +117,11 @@ pub struct Run {
     pub cpu_seconds_per_registration: f64,
     /// Server CPU microseconds per accepted registration, per process.
     pub cpu_us_per_registration: BTreeMap<String, f64>,
+    /// CPU seconds of the benchmark's own process over the same interval: the load
+    /// generator, its decision watcher and its projection checks, on the same cores.
+    pub generator_cpu_seconds: f64,
+    /// Wall seconds of the interval the CPU figures cover (arrivals and drain).
+    pub watched_seconds: f64,
     /// Messages and bytes nats-server stored and moved per accepted registration.
     pub traffic: crate::traffic::Traffic,
     /// Seconds from the last scheduled request until every accepted registration was
@@ -369,8 +374,15 @@ pub async fn run(
         }
         (start, arrival_end, not_sent)
     };
+    let generator_before = procstat::sample(std::process::id()).unwrap_or_default();
+    let watch_start = Instant::now();
     let ((start, arrival_end, not_sent), usage) =
         procstat::watch(watched, Duration::from_millis(250), load).await;
+    let watched_seconds = watch_start.elapsed().as_secs_f64();
+    let generator_cpu_seconds = procstat::sample(std::process::id())
+        .unwrap_or_default()
+        .cpu_seconds
+        - generator_before.cpu_seconds;
     let projected = projected(&js, &http, read_url).await?;
     stop_watching.cancel();
     let _ = watcher.await;
@@ -450,6 +462,8 @@ pub async fn run(
         timeline,
         cpu_seconds_per_registration: usage.total_cpu_seconds() / accepted.max(1) as f64,
         cpu_us_per_registration,
+        generator_cpu_seconds,
+        watched_seconds,
         traffic,
         usage,
         drain_seconds: last_decision.map_or(0.0, |l| {

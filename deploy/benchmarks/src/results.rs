@@ -587,12 +587,16 @@ fn per_registration_table<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> St
         .map(|s| (s.stream.clone(), s.kind.clone()))
         .collect();
     let mut md = String::from(
-        "\n### Per accepted registration\n\nServer CPU µs by process; durable messages stored by kind \
-         and bytes stored (nats-server's stream state); messages into and out of nats-server \
-         (its `/varz` counters, without the benchmark's own decision watcher).\n\n| run | ",
+        "\n### Per accepted registration\n\nServer CPU µs by process; the load generator's (the \
+         benchmark's own process, on the same cores); the cores busy over the run, servers and \
+         generator together, of the machine's; durable messages stored by kind and bytes stored \
+         (nats-server's stream state); messages into and out of nats-server (its `/varz` \
+         counters, without the benchmark's own decision watcher).\n\n| run | ",
     );
     let mut columns: Vec<String> = processes.iter().map(|p| format!("{p} µs")).collect();
     columns.push("CPU µs, all".into());
+    columns.push("generator µs".into());
+    columns.push("cores busy".into());
     columns.extend(kinds.iter().map(|(s, k)| format!("{k} ({s})")));
     columns.extend(
         [
@@ -615,6 +619,13 @@ fn per_registration_table<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> St
             md.push_str(&format!(" {us:.0} |"));
         }
         md.push_str(&format!(" {:.0} |", run.cpu_seconds_per_registration * 1e6));
+        md.push_str(&format!(
+            " {:.0} | {:.2} of {} |",
+            run.generator_cpu_seconds * 1e6 / run.accepted.max(1) as f64,
+            (run.usage.total_cpu_seconds() + run.generator_cpu_seconds)
+                / run.watched_seconds.max(f64::EPSILON),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ));
         for (stream, kind) in &kinds {
             let n = run
                 .traffic
