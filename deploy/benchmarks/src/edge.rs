@@ -38,6 +38,21 @@ pub struct EdgeFigure {
     pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
+impl EdgeFigure {
+    /// One line on stdout as the figure is known, `detail` at its end.
+    fn print(&self, detail: &str) {
+        println!(
+            "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted), {detail}",
+            self.target,
+            self.accepted_per_second,
+            self.latency_ms.p50,
+            self.latency_ms.p99,
+            self.accepted,
+            self.requests,
+        );
+    }
+}
+
 /// The figures as a Markdown table (for `bench/results.md` and `bench edge`).
 pub fn table(figures: &[EdgeFigure]) -> String {
     let mut md = String::from(
@@ -72,16 +87,7 @@ async fn drive(
     .await;
     let mut figure = figure?;
     figure.peak_rss_mib = usage.peak_rss_mib.get(target).copied().unwrap_or(0.0);
-    println!(
-        "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted), peak RSS {:.1} MiB",
-        figure.target,
-        figure.accepted_per_second,
-        figure.latency_ms.p50,
-        figure.latency_ms.p99,
-        figure.accepted,
-        figure.requests,
-        figure.peak_rss_mib
-    );
+    figure.print(&format!("peak RSS {:.1} MiB", figure.peak_rss_mib));
     Ok(figure)
 }
 
@@ -249,17 +255,10 @@ async fn drive_wrk(
             .map(|(name, cpu)| (name.clone(), cpu * 1e6 / summary.requests.max(1) as f64))
             .collect(),
     };
-    println!(
-        "edge: {:<44} {:>8.0} accepted/s, p50 {:.1} ms, p99 {:.1} ms ({} of {} accepted, {} socket errors), CPU µs per request {:?}",
-        figure.target,
-        figure.accepted_per_second,
-        figure.latency_ms.p50,
-        figure.latency_ms.p99,
-        figure.accepted,
-        figure.requests,
-        summary.socket_errors,
-        figure.cpu_us_per_request
-    );
+    figure.print(&format!(
+        "{} socket errors, CPU µs per request {:?}",
+        summary.socket_errors, figure.cpu_us_per_request
+    ));
     Ok(figure)
 }
 

@@ -55,6 +55,29 @@ pub async fn system(
     .await
 }
 
+/// A directory for the services' logs, kept after the run (its path is printed).
+pub fn log_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = tempfile::Builder::new()
+        .prefix("bench-logs-")
+        .tempdir()?
+        .keep();
+    eprintln!("bench: service logs in {}", dir.display());
+    Ok(dir)
+}
+
+/// The command line this process was started with, as reports quote it.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// A report's Markdown head: its title, the machine and the command line.
+pub fn heading(title: &str, machine: &contention::report::Machine, command: &str) -> String {
+    format!(
+        "# {title}\n\n{}\n\nCommand: `{command}`.",
+        machine.summary()
+    )
+}
+
 /// Removes the projections' store [`system`] left in `log_dir` (hundreds of MB after a run).
 pub fn remove_store(log_dir: &std::path::Path) {
     let _ = std::fs::remove_dir_all(log_dir.join("surreal"));

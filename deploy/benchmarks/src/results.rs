@@ -220,11 +220,7 @@ async fn measure_reads(
 
 /// Runs everything and writes the report.
 pub async fn run(options: Options) -> anyhow::Result<Results> {
-    let log_dir = tempfile::Builder::new()
-        .prefix("bench-logs-")
-        .tempdir()?
-        .keep();
-    eprintln!("bench: service logs in {}", log_dir.display());
+    let log_dir = crate::log_dir()?;
     let exe = std::env::current_exe().context("Failed to find the bench binary")?;
 
     eprintln!("bench: 1/5 durable write ceilings");
@@ -343,7 +339,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     let targets = targets(&edge, &reads, &pipeline, &options);
     let results = Results {
         machine: Machine::describe(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: crate::command_line(),
         ceilings,
         edge,
         reads,
@@ -710,12 +706,11 @@ pub fn runs_markdown(runs: &[&Run]) -> String {
 
 fn markdown(r: &Results) -> String {
     let mut md = format!(
-        "# Rush-hour benchmark\n\n{}\n\nCommand: `{}`. Load generator on the same machine. \
+        "{} Load generator on the same machine. \
          Figures, not gates: see `results.json` for every number and `results.png` for the \
          latency distribution and throughput over time.\n\n## Targets\n\n\
          | target | measured | met |\n| --- | --- | --- |\n",
-        r.machine.summary(),
-        r.command
+        crate::heading("Rush-hour benchmark", &r.machine, &r.command)
     );
     for t in &r.targets {
         md.push_str(&format!(

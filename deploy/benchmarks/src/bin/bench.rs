@@ -138,13 +138,12 @@ fn ceilings_report(
 ) -> anyhow::Result<()> {
     let report = Report {
         machine: bench::contention::report::Machine::describe(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: bench::command_line(),
         ceilings,
     };
     let md = format!(
-        "# {title}\n\n{}\n\nCommand: `{}`. Records of {} bytes, {how}.\n\n{}",
-        report.machine.summary(),
-        report.command,
+        "{} Records of {} bytes, {how}.\n\n{}",
+        bench::heading(title, &report.machine, &report.command),
         bench::ceilings::RECORD_BYTES,
         bench::ceilings::table(&report.ceilings)
     );
@@ -204,11 +203,7 @@ async fn main() -> anyhow::Result<()> {
             runs,
             out,
         } => {
-            let log_dir = tempfile::Builder::new()
-                .prefix("bench-logs-")
-                .tempdir()?
-                .keep();
-            eprintln!("bench: service logs in {}", log_dir.display());
+            let log_dir = bench::log_dir()?;
             let runs = e2e::serve::until_interrupted(async {
                 let mut rig = bench::pipeline::Rig::start(&log_dir).await?;
                 let mut done = Vec::new();
@@ -225,13 +220,16 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let report = PipelineReport {
                 machine: bench::contention::report::Machine::describe(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: bench::command_line(),
                 runs,
             };
             let md = format!(
-                "# The whole pipeline at {rate}/s\n\n{}\n\nCommand: `{}`.\n{}",
-                report.machine.summary(),
-                report.command,
+                "{}\n{}",
+                bench::heading(
+                    &format!("The whole pipeline at {rate}/s"),
+                    &report.machine,
+                    &report.command
+                ),
                 bench::results::runs_markdown(&report.runs.iter().collect::<Vec<_>>())
             );
             bench::contention::report::write_report(&out, &report, &md)?;
@@ -244,10 +242,7 @@ async fn main() -> anyhow::Result<()> {
             wrk_seconds,
             out,
         } => {
-            let log_dir = tempfile::Builder::new()
-                .prefix("bench-logs-")
-                .tempdir()?
-                .keep();
+            let log_dir = bench::log_dir()?;
             let (figures, wrk) = e2e::serve::until_interrupted(async {
                 let figures = bench::edge::measure(registrations, concurrency, &log_dir).await?;
                 let wrk = bench::edge::measure_wrk_if_installed(wrk_seconds, &log_dir).await?;
@@ -257,17 +252,19 @@ async fn main() -> anyhow::Result<()> {
             let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
             let report = EdgeReport {
                 machine: bench::contention::report::Machine::describe(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: bench::command_line(),
                 figures,
                 ratio_to_bare,
                 wrk_ratio_to_bare: bench::edge::wrk_ratio(&wrk),
                 wrk,
             };
             let mut md = format!(
-                "# Ingest edge against a bare ntex handler\n\n{}\n\n\
-                 Command: `{}`. Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}",
-                report.machine.summary(),
-                report.command,
+                "{} Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}",
+                bench::heading(
+                    "Ingest edge against a bare ntex handler",
+                    &report.machine,
+                    &report.command
+                ),
                 bench::edge::table(&report.figures)
             );
             md.push_str(&format!(
