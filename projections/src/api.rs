@@ -335,10 +335,11 @@ async fn rendered_availability(
     if rows.is_empty() {
         return Ok(empty_answer());
     }
-    let body = serde_json::to_string(&rows).map_err(|e| Arc::new(e.into()))?;
+    // Rendered inside the cache's load: concurrent misses of one key render it once.
     let rendered = reader
         .cache
         .get_with(cache_key, async {
+            let body = serde_json::to_string(&rows).expect("JSON values serialize");
             let etag = entity_tag(&body);
             Arc::new(Rendered { body, etag })
         })

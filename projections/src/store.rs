@@ -768,15 +768,29 @@ mod tests {
         }
     }
 
-    /// The sample event of type `kind` for registration `id` (`mazowieckie.<n>`), at
+    /// Registration number `n`'s id.
+    fn id(n: u32) -> String {
+        format!("mazowieckie.{n:032x}")
+    }
+
+    /// Registration number `n`'s row in the line table, as a snapshot names it.
+    fn line_row(n: u32) -> String {
+        format!("line:`{}`", id(n))
+    }
+
+    /// The index an older version defines on every registration's status.
+    const OLD_INDEX: &str =
+        "DEFINE INDEX registration_status ON registration FIELDS status, region, location, date;";
+
+    /// The sample event of type `kind` for registration number `n` ([`id`]), at
     /// `intake_seq`.
-    fn event(kind: &str, id: u32, intake_seq: u64) -> Envelope {
+    fn event(kind: &str, n: u32, intake_seq: u64) -> Envelope {
         let sample = streams::events::samples()
             .into_iter()
             .find(|e| e.event.event_type() == kind)
             .expect("a sample of every type");
         let mut value = serde_json::to_value(&sample).unwrap();
-        value["data"]["registration_id"] = json!(format!("mazowieckie.{id:032x}"));
+        value["data"]["registration_id"] = json!(id(n));
         value["data"]["intake_seq"] = json!(intake_seq);
         serde_json::from_value(value).unwrap()
     }
@@ -802,16 +816,9 @@ mod tests {
         ];
         store.apply("S", &batch, 0, 5).await.unwrap();
         // Registration 1 was reserved at once: it never waited, so it has no line row.
-        assert_eq!(
-            line_ids(&store).await,
-            [2, 3, 4, 5].map(|n| format!("line:`mazowieckie.{n:032x}`"))
-        );
+        assert_eq!(line_ids(&store).await, [2, 3, 4, 5].map(line_row));
         let position = async |n: u32| {
-            let row = store
-                .registration(&format!("mazowieckie.{n:032x}"))
-                .await
-                .unwrap()
-                .unwrap();
+            let row = store.registration(&id(n)).await.unwrap().unwrap();
             row.get("position").and_then(Value::as_u64)
         };
         assert_eq!(
@@ -820,10 +827,7 @@ mod tests {
         );
         let reviews = store.reviews(None).await.unwrap();
         assert_eq!(reviews.len(), 1, "{reviews:?}");
-        assert_eq!(
-            reviews[0]["registration_id"],
-            format!("mazowieckie.{:032x}", 4)
-        );
+        assert_eq!(reviews[0]["registration_id"], id(4));
 
         // The first in line is promoted, the review confirmed, the last cancelled: each
         // leaves the line, and the one left moves up.
@@ -833,10 +837,7 @@ mod tests {
             (8, event("RegistrationCancelled", 5, 50)),
         ];
         store.apply("S", &batch, 5, 8).await.unwrap();
-        assert_eq!(
-            line_ids(&store).await,
-            [format!("line:`mazowieckie.{:032x}`", 3)]
-        );
+        assert_eq!(line_ids(&store).await, [line_row(3)]);
         assert_eq!((position(2).await, position(3).await), (None, Some(1)));
         assert!(store.reviews(None).await.unwrap().is_empty());
     }
@@ -857,10 +858,7 @@ mod tests {
         let old = live.database("before_line").await.unwrap();
         old.apply("S", &batch, 0, 4).await.unwrap();
         old.db
-            .query(
-                "DELETE line; DELETE meta:line; \
-                 DEFINE INDEX registration_status ON registration FIELDS status, region, location, date;",
-            )
+            .query(format!("DELETE line; DELETE meta:line; {OLD_INDEX}"))
             .await
             .and_then(|r| r.check())
             .unwrap();
@@ -888,9 +886,7 @@ mod tests {
         // statuses without line rows): the next open of this version moves them again.
         again
             .db
-            .query(
-                "DEFINE INDEX registration_status ON registration FIELDS status, region, location, date;",
-            )
+            .query(OLD_INDEX)
             .await
             .and_then(|r| r.check())
             .unwrap();

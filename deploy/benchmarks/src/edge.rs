@@ -266,16 +266,12 @@ async fn drive_wrk(
 /// connections: the generator that is not the bare handler's limit (the harness's own
 /// ntex-client generator tops out near a third of what wrk gets from the bare handler).
 pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<EdgeFigure>> {
-    let exe = std::env::current_exe()?;
-    let http = ntex::client::Client::new().await;
-    let mut bare = services::spawn(&exe, "nats://127.0.0.1:1", log_dir, "bare-wrk", "bare")?;
-    services::wait_ready(&http, &mut bare).await?;
+    let bare = crate::started(crate::NO_NATS, log_dir, "bare-wrk", "bare").await?;
     let bare_figure =
         drive_wrk("bare ntex handler, wrk", "bare", &bare, None, 256, seconds).await?;
     drop(bare);
     let nats = testkit::NatsServer::start_beside_services("");
-    let mut edge = services::spawn(&exe, &nats.url(), log_dir, "ingest-wrk", "ingest")?;
-    services::wait_ready(&http, &mut edge).await?;
+    let edge = crate::started(&nats.url(), log_dir, "ingest-wrk", "ingest").await?;
     let nats_watched = nats.pid().map(|pid| crate::procstat::Watched {
         name: "nats-server".into(),
         pid,
@@ -357,16 +353,13 @@ pub async fn measure(
     concurrency: usize,
     log_dir: &Path,
 ) -> anyhow::Result<Vec<EdgeFigure>> {
-    let exe = std::env::current_exe()?;
     // One service on its own: started, driven, stopped.
     let alone = async |nats_url: &str, name: &str, service: &str, target: &str| {
-        let http = ntex::client::Client::new().await;
-        let mut process = services::spawn(&exe, nats_url, log_dir, name, service)?;
-        services::wait_ready(&http, &mut process).await?;
+        let process = crate::started(nats_url, log_dir, name, service).await?;
         drive(target, &process, registrations, concurrency).await
     };
     let bare_figure = alone(
-        "nats://127.0.0.1:1",
+        crate::NO_NATS,
         "bare",
         "bare",
         "bare ntex handler (reads the body, 202)",

@@ -55,6 +55,24 @@ pub async fn system(
     .await
 }
 
+/// A NATS URL nothing listens on, for the bare handlers (they need none).
+pub const NO_NATS: &str = "nats://127.0.0.1:1";
+
+/// `service` of this binary (`bench serve <service>`) against `nats_url`, logging to
+/// `<log_dir>/<name>.log`, once it answers `/readyz`.
+pub async fn started(
+    nats_url: &str,
+    log_dir: &std::path::Path,
+    name: &str,
+    service: &str,
+) -> anyhow::Result<e2e::chaos::services::Process> {
+    let exe = std::env::current_exe()?;
+    let http = ntex::client::Client::new().await;
+    let mut process = e2e::chaos::services::spawn(&exe, nats_url, log_dir, name, service)?;
+    e2e::chaos::services::wait_ready(&http, &mut process).await?;
+    Ok(process)
+}
+
 /// A directory for the services' logs, kept after the run (its path is printed).
 pub fn log_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = tempfile::Builder::new()

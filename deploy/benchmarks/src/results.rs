@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use anyhow::Context as _;
 use serde::Serialize;
 use streams::model::SlotKey;
 
@@ -22,7 +21,6 @@ use crate::edge::EdgeFigure;
 use crate::pipeline::{self, Run};
 use crate::reads::{self, ReadFigure};
 use crate::replay_speed::{self, ReplayFigure};
-use e2e::chaos::services;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -152,19 +150,16 @@ pub struct Results {
     pub targets: Vec<Target>,
 }
 
-/// The slots of the pipeline runs: two hot locations and ten others, capacity to spare, so
-/// every registration is reserved and the latency is the path's, not a full slot's.
+/// The read API at `read_url` hot (the slots' keys) and cold (a new key each request)
+/// against a bare ntex handler answering a static body, each for `options.read_seconds`.
 async fn measure_reads(
-    exe: &Path,
     log_dir: &Path,
     read_url: &str,
     slots: &[SlotKey],
     options: &Options,
 ) -> anyhow::Result<ReadsSection> {
     let concurrency = 64;
-    let http = ntex::client::Client::new().await;
-    let mut bare = services::spawn(exe, "nats://127.0.0.1:1", log_dir, "bare-reads", "bare")?;
-    services::wait_ready(&http, &mut bare).await?;
+    let mut bare = crate::started(crate::NO_NATS, log_dir, "bare-reads", "bare").await?;
     let base = bare.base.clone();
     let bare_figure = reads::drive(
         "bare ntex handler (static JSON)",
@@ -221,7 +216,6 @@ async fn measure_reads(
 /// Runs everything and writes the report.
 pub async fn run(options: Options) -> anyhow::Result<Results> {
     let log_dir = crate::log_dir()?;
-    let exe = std::env::current_exe().context("Failed to find the bench binary")?;
 
     eprintln!("bench: 1/5 durable write ceilings");
     let ceilings = crate::ceilings::measure(options.scale).await?;
@@ -249,7 +243,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     let mut rig = pipeline::Rig::start(&log_dir).await?;
 
     eprintln!("bench: 3/5 the read API against a bare ntex handler");
-    let reads = measure_reads(&exe, &log_dir, rig.system.read_url(), &rig.slots, &options).await?;
+    let reads = measure_reads(&log_dir, rig.system.read_url(), &rig.slots, &options).await?;
 
     eprintln!("bench: 4/5 the pipeline at fixed arrival rates (open loop)");
     let replicas = rig.replicas();
@@ -288,7 +282,7 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
     // it (closed loop, or overloaded at the target rate), see [`next_rate`].
     let most = sustained.max(runs[0].accepted_per_second);
     let mut next = Some(((most * 0.9 / 100.0).round() as u32 * 100).max(100));
-    let (mut sustained_tries, mut best) = (Vec::new(), None::<f64>);
+    let mut sustained_tries = Vec::new();
     let (mut kept, mut fell) = (None::<u32>, None::<u32>);
     for i in 0..8u32 {
         let Some(rate) = next else { break };
@@ -302,9 +296,6 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         .await?;
         let up = keeps_up(&run);
         eprintln!("bench: {rate}/s: every stage kept up: {up}");
-        if up {
-            best = Some(best.map_or(run.accepted_per_second, |b| b.max(run.accepted_per_second)));
-        }
         sustained_tries.push(run);
         if up {
             kept = kept.max(Some(rate));
@@ -331,10 +322,11 @@ pub async fn run(options: Options) -> anyhow::Result<Results> {
         vcpu_hours_for_19_million: vcpu_hours,
         usd_for_19_million: vcpu_hours * options.price_per_vcpu_hour,
     };
+    let sustained_per_second = fastest_kept_up(&sustained_tries).map(|r| r.accepted_per_second);
     let pipeline = PipelineSection {
         runs,
         sustained_tries,
-        sustained_per_second: best,
+        sustained_per_second,
     };
     let targets = targets(&edge, &reads, &pipeline, &options);
     let results = Results {
@@ -371,11 +363,16 @@ pub fn next_rate(kept: Option<u32>, fell: Option<u32>) -> Option<u32> {
 /// which every stage kept up (CPU per registration falls as the rate rises and batches
 /// fill), else the one at half the closed-loop rate.
 fn costed_run<'a>(runs: &'a [Run], sustained_tries: &'a [Run]) -> &'a Run {
-    sustained_tries
+    fastest_kept_up(sustained_tries).unwrap_or(&runs[1])
+}
+
+/// The run among `tries` at which every stage kept up ([`keeps_up`]) with the most accepted
+/// per second.
+fn fastest_kept_up(tries: &[Run]) -> Option<&Run> {
+    tries
         .iter()
         .filter(|r| keeps_up(r))
         .max_by(|a, b| a.accepted_per_second.total_cmp(&b.accepted_per_second))
-        .unwrap_or(&runs[1])
 }
 
 fn peak(run: &Run, process: &str) -> f64 {

@@ -30,8 +30,6 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
-/// Starts `nats-server -c <config>` with its log going to `log`, panicking with install
-/// instructions when the binary cannot be started.
 /// The Go scheduler threads (`GOMAXPROCS`) `deploy/up` gives nats-server on a machine it
 /// shares with the services: half the cores, at least one. With one per core (Go's default)
 /// its idle threads spin looking for work on the cores the services need; on the two-core
@@ -43,6 +41,8 @@ pub fn gomaxprocs_beside_services() -> usize {
         .max(1)
 }
 
+/// Starts `nats-server -c <config>` with its log going to `log` (and `GOMAXPROCS` if given),
+/// panicking with install instructions when the binary cannot be started.
 pub(crate) fn spawn_nats_server(
     config: &Path,
     log: std::fs::File,

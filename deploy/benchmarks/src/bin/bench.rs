@@ -101,10 +101,40 @@ enum Command {
     },
 }
 
+/// A report as written: the machine and the command line, then `figures`' own fields.
 #[derive(serde::Serialize)]
-struct EdgeReport {
+struct Report<T: serde::Serialize> {
     machine: bench::contention::report::Machine,
     command: String,
+    #[serde(flatten)]
+    figures: T,
+}
+
+/// Writes `figures` to `out` (JSON, and Markdown beside it) under `title`, `markdown` giving
+/// what follows the heading, and prints the Markdown.
+fn publish<T: serde::Serialize>(
+    out: &std::path::Path,
+    title: &str,
+    figures: T,
+    markdown: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    let report = Report {
+        machine: bench::contention::report::Machine::describe(),
+        command: bench::command_line(),
+        figures,
+    };
+    let md = format!(
+        "{}{}",
+        bench::heading(title, &report.machine, &report.command),
+        markdown(&report.figures)
+    );
+    bench::contention::report::write_report(out, &report, &md)?;
+    println!("\n{md}");
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct EdgeFigures {
     figures: Vec<bench::edge::EdgeFigure>,
     /// The edge's accepted/s over the bare handler's.
     ratio_to_bare: f64,
@@ -115,41 +145,29 @@ struct EdgeReport {
 }
 
 #[derive(serde::Serialize)]
-struct PipelineReport {
-    machine: bench::contention::report::Machine,
-    command: String,
+struct PipelineRuns {
     runs: Vec<bench::pipeline::Run>,
 }
 
 #[derive(serde::Serialize)]
-struct Report {
-    machine: bench::contention::report::Machine,
-    command: String,
+struct Ceilings {
     ceilings: Vec<bench::ceilings::Ceiling>,
 }
 
-/// Writes `ceilings` to `out` (JSON, and Markdown beside it) under `title`, saying how they
-/// were written (`how`), and prints the Markdown.
+/// Writes `ceilings` to `out` under `title`, saying how they were written (`how`).
 fn ceilings_report(
     ceilings: Vec<bench::ceilings::Ceiling>,
     title: &str,
     how: &str,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let report = Report {
-        machine: bench::contention::report::Machine::describe(),
-        command: bench::command_line(),
-        ceilings,
-    };
-    let md = format!(
-        "{} Records of {} bytes, {how}.\n\n{}",
-        bench::heading(title, &report.machine, &report.command),
-        bench::ceilings::RECORD_BYTES,
-        bench::ceilings::table(&report.ceilings)
-    );
-    bench::contention::report::write_report(out, &report, &md)?;
-    println!("\n{md}");
-    Ok(())
+    publish(out, title, Ceilings { ceilings }, |c| {
+        format!(
+            " Records of {} bytes, {how}.\n\n{}",
+            bench::ceilings::RECORD_BYTES,
+            bench::ceilings::table(&c.ceilings)
+        )
+    })
 }
 
 #[ntex::main]
@@ -218,23 +236,17 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::Ok(done)
             })
             .await?;
-            let report = PipelineReport {
-                machine: bench::contention::report::Machine::describe(),
-                command: bench::command_line(),
-                runs,
-            };
-            let md = format!(
-                "{}\n{}",
-                bench::heading(
-                    &format!("The whole pipeline at {rate}/s"),
-                    &report.machine,
-                    &report.command
-                ),
-                bench::results::runs_markdown(&report.runs.iter().collect::<Vec<_>>())
-            );
-            bench::contention::report::write_report(&out, &report, &md)?;
-            println!("\n{md}");
-            Ok(())
+            publish(
+                &out,
+                &format!("The whole pipeline at {rate}/s"),
+                PipelineRuns { runs },
+                |p| {
+                    format!(
+                        "\n{}",
+                        bench::results::runs_markdown(&p.runs.iter().collect::<Vec<_>>())
+                    )
+                },
+            )
         }
         Command::Edge {
             registrations,
@@ -250,31 +262,25 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
             let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
-            let report = EdgeReport {
-                machine: bench::contention::report::Machine::describe(),
-                command: bench::command_line(),
+            let figures = EdgeFigures {
                 figures,
                 ratio_to_bare,
                 wrk_ratio_to_bare: bench::edge::wrk_ratio(&wrk),
                 wrk,
             };
-            let mut md = format!(
-                "{} Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}",
-                bench::heading(
-                    "Ingest edge against a bare ntex handler",
-                    &report.machine,
-                    &report.command
-                ),
-                bench::edge::table(&report.figures)
-            );
-            md.push_str(&format!(
-                "\nEdge alone ÷ bare handler: {:.3}×\n",
-                report.ratio_to_bare
-            ));
-            md.push_str(&bench::edge::wrk_markdown(&report.wrk));
-            bench::contention::report::write_report(&out, &report, &md)?;
-            println!("\n{md}");
-            Ok(())
+            publish(
+                &out,
+                "Ingest edge against a bare ntex handler",
+                figures,
+                |f| {
+                    format!(
+                        " Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}\nEdge alone ÷ bare handler: {:.3}×\n{}",
+                        bench::edge::table(&f.figures),
+                        f.ratio_to_bare,
+                        bench::edge::wrk_markdown(&f.wrk)
+                    )
+                },
+            )
         }
     }
 }

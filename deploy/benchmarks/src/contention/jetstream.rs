@@ -65,14 +65,13 @@ pub async fn measure(
             .context("Failed to set a capacity")?;
     }
     let http = ntex::client::Client::new().await;
-    let mut processor = services::spawn(
-        &std::env::current_exe()?,
+    let mut processor = crate::started(
         &nats.url(),
         log_dir,
         &format!("reservation-{}", workload.name),
         "processors",
-    )?;
-    services::wait_ready(&http, &mut processor).await?;
+    )
+    .await?;
 
     // Decisions, once stored: read from the stream with an ordered consumer. (A core
     // subscription would also see the staged messages of an atomic batch before its commit,
