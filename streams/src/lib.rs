@@ -6,6 +6,7 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | [`model`] | domain values: [`model::Region`], [`model::SlotKey`], [`model::RegistrationId`], [`model::Status`] |
+//! | [`calendar`] | each region's time zone: when a slot's day is over |
 //! | [`national_id`] | national id rules (PESEL) used by the edge and by the load generator |
 //! | [`events`] | the event envelope and the past-tense events, with type and version |
 //! | [`subjects`] | every subject, stream, bucket and consumer name |
@@ -24,6 +25,7 @@
 
 pub mod accounts;
 pub mod appender;
+pub mod calendar;
 pub mod claims;
 pub mod config;
 pub mod consume;
