@@ -57,6 +57,11 @@ pub enum EdgeError {
     /// No registration with this id and token (the two are indistinguishable on purpose).
     #[error("no registration with this id and token")]
     NotFound,
+    /// An operator's review decision for a registration that is not in manual review.
+    #[error(
+        "this registration is not in manual review; an operator decides only registrations the registry could not verify"
+    )]
+    NotInReview,
     /// No operator token.
     #[error("an operator bearer token is required")]
     Unauthorized,
@@ -88,7 +93,9 @@ impl EdgeError {
             EdgeError::Overloaded | EdgeError::Unavailable(_) | EdgeError::OutcomeUnknown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            EdgeError::InFlight | EdgeError::AlreadyRegistered => StatusCode::CONFLICT,
+            EdgeError::InFlight | EdgeError::AlreadyRegistered | EdgeError::NotInReview => {
+                StatusCode::CONFLICT
+            }
             EdgeError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             EdgeError::NotFound => StatusCode::NOT_FOUND,
             EdgeError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -109,6 +116,7 @@ impl EdgeError {
             EdgeError::InFlight => "request_in_flight",
             EdgeError::KeyReused => "idempotency_key_reused",
             EdgeError::AlreadyRegistered => "already_registered",
+            EdgeError::NotInReview => "not_in_review",
             EdgeError::Unavailable(_) => "unavailable",
             EdgeError::OutcomeUnknown => "outcome_unknown",
             EdgeError::NotFound => "not_found",

@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use chrono::Utc;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -29,7 +30,7 @@ use crate::claims::{self, Claim, Claimed};
 use crate::error::EdgeError;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::validate::{self, Registration};
+use crate::validate::{self, FieldError, Registration};
 use crate::windows::Windows;
 
 /// Everything a handler needs, shared by every worker thread.
@@ -291,6 +292,16 @@ fn parse_submission(req: &HttpRequest, body: &[u8], edge: &Edge) -> Result<Submi
     if !edge.windows.known() {
         return Err(EdgeError::Unavailable("the list of registration windows"));
     }
+    let slot = &registration.slot;
+    if !edge.windows.is_configured(&slot.region) {
+        return Err(EdgeError::Invalid(FieldError::unknown_region(&slot.region)));
+    }
+    if edge.settings.calendar.slot_is_over(slot, now) {
+        return Err(EdgeError::Invalid(FieldError::day_over(
+            slot.date,
+            edge.settings.calendar.zone(&slot.region),
+        )));
+    }
     if !edge.windows.is_open(&registration.slot.region, now) {
         return Err(EdgeError::WindowClosed(registration.slot.region));
     }
@@ -449,6 +460,13 @@ pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>)
             return Err(EdgeError::NotJson);
         }
         let request = validate::parse_capacity(&body).map_err(EdgeError::Invalid)?;
+        let slot = &request.slot;
+        if edge.settings.calendar.slot_is_over(slot, Utc::now()) {
+            return Err(EdgeError::Invalid(FieldError::day_over(
+                slot.date,
+                edge.settings.calendar.zone(&slot.region),
+            )));
+        }
         let event = Event::CapacitySet(CapacitySet {
             slot: request.slot.clone(),
             capacity: request.capacity,
@@ -456,6 +474,8 @@ pub async fn put_capacity(req: HttpRequest, payload: Payload, edge: State<Edge>)
         let envelope = Envelope::new(format!("admin-{}", uuid::Uuid::now_v7()), event);
         let subject = subjects::intake(&request.slot.region, IntakeKind::Capacity);
         append(&edge, Outgoing::event(subject, &envelope)).await?;
+        // Read-your-writes on this replica; others follow the log within milliseconds.
+        edge.windows.configure(&request.slot.region);
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -507,8 +527,10 @@ pub async fn put_window(req: HttpRequest, payload: Payload, edge: State<Edge>) -
 
 /// `POST /v1/admin/reviews/{id}`: an operator's decision on a registration in manual review
 /// (approve, reject with a reason, or requeue for the registry), recorded with who and why.
-/// `202`: the decision is in the log; it takes effect only if the registration is still in
-/// manual review when the reservation processor reads it (the status shows the result).
+/// `409 not_in_review`, with nothing appended, unless the reviews bucket lists the
+/// registration as in review. `202`: the decision is in the log; it takes effect only if the
+/// registration is still in manual review when the reservation processor reads it (the
+/// registry's late answer may have come first; the status shows the result).
 pub async fn post_review(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
     let result = async {
         let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
@@ -519,6 +541,9 @@ pub async fn post_review(req: HttpRequest, payload: Payload, edge: State<Edge>) 
         let id = RegistrationId::parse(req.match_info().get("id").unwrap_or_default())
             .map_err(|_| EdgeError::NotFound)?;
         let review = validate::parse_review(&body).map_err(EdgeError::Invalid)?;
+        if !in_review(&edge, &id).await? {
+            return Err(EdgeError::NotInReview);
+        }
         let registration_id = id.clone();
         let (event, decision) = match review.decision {
             validate::ReviewDecision::Approve => (
@@ -558,6 +583,26 @@ pub async fn post_review(req: HttpRequest, payload: Payload, edge: State<Edge>) 
     }
     .await;
     count(&edge, "review", result)
+}
+
+/// Whether the reservation processor lists `id` as in manual review.
+async fn in_review(edge: &Edge, id: &RegistrationId) -> Result<bool, EdgeError> {
+    let listed = async {
+        let store = edge
+            .js
+            .get_key_value(subjects::REVIEWS_BUCKET)
+            .await
+            .context("Failed to open the reviews bucket")?;
+        let entry = store
+            .get(subjects::review_key(id))
+            .await
+            .context("Failed to read the reviews bucket")?;
+        anyhow::Ok(entry.is_some())
+    };
+    listed.await.map_err(|err| {
+        tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "Cannot tell whether a registration is in review; answering 503.");
+        EdgeError::Unavailable("the list of registrations in review")
+    })
 }
 
 /// `POST /v1/admin/notifications/redrive`: deliver a dead-lettered message again (on its

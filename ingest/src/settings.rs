@@ -31,6 +31,8 @@ pub struct Settings {
     pub recoveries_per_hour: u32,
     /// The national id rule.
     pub national_id_rule: NationalIdRule,
+    /// Each region's time zone: a slot's day is over at midnight there (`REG_TIME_ZONES`).
+    pub calendar: streams::calendar::Calendar,
     /// Field limits.
     pub limits: Limits,
     /// Group commit: most messages per durable write (a submission is two: claim and event).
@@ -98,6 +100,7 @@ impl Settings {
             recoveries_per_hour: 3,
             national_id_rule: NationalIdRule::default(),
             limits: Limits::default(),
+            calendar: Default::default(),
             append_max_batch: streams::appender::MAX_ATOMIC_BATCH,
             append_in_flight: 1,
             append_timeout: Duration::from_secs(5),
@@ -135,6 +138,9 @@ impl Settings {
         }
         if let Some(v) = env_parse("REG_NATIONAL_ID_RULE")? {
             s.national_id_rule = v;
+        }
+        if let Some(v) = env_parse("REG_TIME_ZONES")? {
+            s.calendar = v;
         }
         if let Some(v) = env_parse("REG_APPEND_MAX_BATCH")? {
             s.append_max_batch = v;

@@ -30,6 +30,24 @@ impl FieldError {
         }
     }
 
+    /// A submission for a region no operator configured (no capacity, no window).
+    pub fn unknown_region(region: &Region) -> Self {
+        FieldError::invalid(
+            "region",
+            format!(
+                "region {region} does not take registrations: no place or date is configured for it"
+            ),
+        )
+    }
+
+    /// A slot date whose day is over in its region's time zone.
+    pub fn day_over(date: NaiveDate, zone: impl std::fmt::Display) -> Self {
+        FieldError::invalid(
+            "date",
+            format!("{date} is over (days end at midnight, {zone}); choose today or a later date"),
+        )
+    }
+
     fn missing(field: &str) -> Self {
         FieldError {
             field: Some(field.to_owned()),

@@ -37,6 +37,10 @@ pub struct Args {
     /// takeover folds at most about this many (0: never; every takeover folds the whole log).
     #[arg(long, env = "REG_SNAPSHOT_EVERY", default_value_t = crate::reservation::SNAPSHOT_EVERY)]
     pub snapshot_every: u64,
+    /// Each region's time zone, where a slot's day ends: IANA names, comma-separated, bare
+    /// for every region or `region=Zone` for one.
+    #[arg(long, env = "REG_TIME_ZONES", default_value = "Europe/Warsaw")]
+    pub time_zones: streams::calendar::Calendar,
     /// Verify every registration that holds a place against the government registry
     /// (`false`: registrations stay `reserved`, e.g. while the registry is not connected).
     #[arg(long, env = "REG_VERIFICATION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -181,6 +185,7 @@ pub async fn run_cli(
                 waitlist_per_slot: args.waitlist_per_slot,
             },
             snapshot_every: args.snapshot_every,
+            calendar: args.time_zones,
             verification,
             notification,
             keys: streams::crypto::Keys::from_secret(&secret),

@@ -27,6 +27,8 @@ pub struct Settings {
     pub policy: Policy,
     /// Decisions between two snapshots of a region's state (0: none).
     pub snapshot_every: u64,
+    /// Each region's time zone.
+    pub calendar: streams::calendar::Calendar,
     /// The verification processor, if this replica runs one (with the registry to ask).
     pub verification: Option<VerificationConfig>,
     /// The notification processor, if this replica runs one (with the providers to use).
@@ -99,6 +101,7 @@ pub async fn run(
             regions: settings.regions,
             policy: settings.policy,
             snapshot_every: settings.snapshot_every,
+            calendar: settings.calendar,
         },
         metrics,
         shutdown.clone(),

@@ -7,8 +7,8 @@
 //!
 //! | identity | data it may append | JetStream API on |
 //! | --- | --- | --- |
-//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*` | read `REG_INTAKE` (windows, claims) |
-//! | [`Service::Reservation`] (and the claims releaser) | `reg.decision.*.reservation`, `reg.intake.*.waitlist`, `reg.claim.*`, the lease bucket | read both streams and the leases, ack `REG_DECISIONS` |
+//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*` | read `REG_INTAKE` (windows, claims) and the reviews bucket |
+//! | [`Service::Reservation`] (and the claims releaser) | `reg.decision.*.reservation`, `reg.intake.*.waitlist`, `reg.claim.*`, the lease and reviews buckets | read both streams and both buckets, ack `REG_DECISIONS` |
 //! | [`Service::Verification`] | `reg.intake.*.verification` | read both streams, ack `REG_DECISIONS` |
 //! | [`Service::Notification`] | `reg.decision.*.notification` | read both streams, ack both |
 //! | [`Service::Projections`] | nothing | read both streams |
@@ -99,6 +99,7 @@ impl Service {
         let intake = subjects::INTAKE_STREAM;
         let decisions = subjects::DECISIONS_STREAM;
         let leases = format!("KV_{}", subjects::LEASES_BUCKET);
+        let reviews = format!("KV_{}", subjects::REVIEWS_BUCKET);
         let mut publish = Vec::new();
         match self {
             Service::Admin => publish.push(format!("{JS_API}.>")),
@@ -116,6 +117,7 @@ impl Service {
                 }
                 publish.push(subjects::claim("*"));
                 publish.extend(read(intake));
+                publish.extend(read(&reviews));
                 publish.extend(bind());
             }
             Service::Reservation => {
@@ -123,6 +125,8 @@ impl Service {
                 publish.push(subjects::intake_kind_filter(&all, IntakeKind::Waitlist));
                 publish.push(subjects::claim("*"));
                 publish.push(format!("{KV_PREFIX}.{}.>", subjects::LEASES_BUCKET));
+                publish.push(format!("{KV_PREFIX}.{}.>", subjects::REVIEWS_BUCKET));
+                publish.extend(read(&reviews));
                 // Snapshots of the decision state: written, replaced (the old chunks purged)
                 // and read back on takeover.
                 let snapshots = format!("OBJ_{}", subjects::SNAPSHOTS_BUCKET);

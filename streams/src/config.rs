@@ -70,6 +70,22 @@ pub fn snapshots_bucket(replicas: Replication) -> jetstream::object_store::Confi
     }
 }
 
+/// The reviews bucket's configuration ([`subjects::REVIEWS_BUCKET`]): a key per registration
+/// in manual review, deleted when it leaves review. Only a view of the decision log, which
+/// the reservation processor rewrites from its state when it takes a region over.
+pub fn reviews_bucket(replicas: Replication) -> jetstream::kv::Config {
+    jetstream::kv::Config {
+        bucket: subjects::REVIEWS_BUCKET.to_owned(),
+        description:
+            "the registrations in manual review, for the edge's check of an operator's decision"
+                .into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.0,
+        ..Default::default()
+    }
+}
+
 /// Creates every stream and bucket, or updates them to this code's configuration. This
 /// module is the one place stream configuration comes from; a service never changes an
 /// existing stream's replication: started with a `REG_REPLICAS` other than the stream's
@@ -108,6 +124,9 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
     js.create_or_update_key_value(crate::lease::leases_bucket(replicas))
         .await
         .context("Failed to create or update the leases bucket")?;
+    js.create_or_update_key_value(reviews_bucket(replicas))
+        .await
+        .context("Failed to create or update the reviews bucket")?;
     // Creating a stream that exists with the same configuration succeeds, so every service
     // may do it; a racing creator's error is fine if the bucket is there afterwards.
     if let Err(err) = js.create_object_store(snapshots_bucket(replicas)).await {

@@ -333,6 +333,11 @@ pub struct WaitlistClosed {
     pub slot: SlotKey,
     /// Why.
     pub reason: CloseReason,
+    /// For a closed window: when the window the closer saw closed. The reservation rule
+    /// ignores the closing if, in log order, an operator's window closing later came before
+    /// it (the closer was behind an extension). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_closes_at: Option<DateTime<Utc>>,
 }
 
 /// Why a registration got no slot.
@@ -747,6 +752,7 @@ pub fn samples() -> Vec<Envelope> {
         Event::WaitlistClosed(WaitlistClosed {
             slot: slot.clone(),
             reason: CloseReason::DatePassed,
+            window_closes_at: None,
         }),
         Event::RecoveryRequested(RecoveryRequested {
             registration_id: id.clone(),

@@ -1,6 +1,7 @@
 //! Serving regions: a service started for one region serves it; one started for `*` finds
-//! the regions present in the intake stream (every [`DISCOVERY_INTERVAL`]) and serves each as
-//! if started for it alone. The reservation and verification processors share this, so any
+//! the regions operators configured (a capacity or a window in the intake stream, every
+//! [`DISCOVERY_INTERVAL`]) and serves each as if started for it alone. A region only named by
+//! requests creates no consumer and no task. The reservation and verification processors share this, so any
 //! mix of `REG_REGION` values across their replicas splits the work region by region.
 
 use std::collections::{BTreeSet, HashSet};
@@ -13,27 +14,30 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::Region;
-use crate::subjects::{self, RegionFilter};
+use crate::subjects::{self, IntakeKind, RegionFilter};
 
 /// How often a replica started for `*` looks for regions it does not serve yet. A region's
 /// first submission waits at most this long for a replica to start serving it.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The regions that have anything in the intake stream.
+/// The regions operators configured: those with a capacity or a window in the intake stream
+/// (one subject each per region, so the listing stays as short as the list of regions).
 pub async fn discover(js: &jetstream::Context) -> anyhow::Result<BTreeSet<Region>> {
     let stream = js
         .get_stream_no_info(subjects::INTAKE_STREAM)
         .await
         .context("Failed to open the intake stream")?;
-    let mut found = stream
-        .info_with_subjects(subjects::intake_filter(&RegionFilter::All))
-        .await
-        .context("Failed to list the intake subjects")?;
     let mut regions = BTreeSet::new();
-    while let Some(subject) = found.next().await {
-        let (subject, _) = subject.context("Failed to list the intake subjects")?;
-        if let Some(region) = subjects::intake_region(&subject) {
-            regions.insert(region);
+    for kind in [IntakeKind::Capacity, IntakeKind::Window] {
+        let mut found = stream
+            .info_with_subjects(subjects::intake_kind_filter(&RegionFilter::All, kind))
+            .await
+            .context("Failed to list the intake subjects")?;
+        while let Some(subject) = found.next().await {
+            let (subject, _) = subject.context("Failed to list the intake subjects")?;
+            if let Some(region) = subjects::intake_region(&subject) {
+                regions.insert(region);
+            }
         }
     }
     Ok(regions)

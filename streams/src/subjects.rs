@@ -36,6 +36,17 @@ pub const LEASES_BUCKET: &str = "reg_leases";
 /// region: a replica that takes a region over loads it and folds only the decisions after it.
 pub const SNAPSHOTS_BUCKET: &str = "reg_snapshots";
 
+/// Key-value bucket of the registrations in manual review, one key each
+/// ([`review_key`]), kept by the reservation processor that decides their region: the edge
+/// reads it to refuse an operator's decision on a registration that is not in review.
+pub const REVIEWS_BUCKET: &str = "reg_reviews";
+
+/// The key of a registration in [`REVIEWS_BUCKET`]: its id (`<region>.<id>`), so one
+/// region's keys are `<region>.*`.
+pub fn review_key(id: &crate::model::RegistrationId) -> String {
+    id.to_string()
+}
+
 /// The lease key of the reservation processor for `region`. Every replica that serves the
 /// region (started for it alone, or for `*`) competes for this one key, so exactly one decides
 /// the region at a time whatever mix of `REG_REGION` values the replicas were started with.

@@ -394,6 +394,7 @@ async fn replica_rate(options: &Options) -> anyhow::Result<f64> {
             regions: RegionFilter::One(region()),
             policy: Policy::default(),
             snapshot_every: processors::reservation::SNAPSHOT_EVERY,
+            calendar: Default::default(),
         },
         metrics.clone(),
         shutdown.clone(),

@@ -5,12 +5,14 @@
 //! rule then rejects those still waiting (`waitlist_closed`) when it reads the event back,
 //! in log order like everything else, so a rebuild decides the same.
 //!
-//! A slot's date has passed once its day is over in UTC. A waiting list, once closed, stays
+//! A slot's date has passed once its day is over in its region's time zone
+//! ([`streams::calendar`]), not in UTC. A waiting list, once closed, stays
 //! closed even if an operator opens a new window later.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use streams::calendar::Calendar;
 use streams::events::{CloseReason, WaitlistClosed, WindowSet};
 use streams::model::SlotKey;
 
@@ -27,13 +29,13 @@ pub struct Closing {
 }
 
 /// The waiting lists due to close at `now`, with why (a passed date first).
-pub fn due(closing: &Closing, now: DateTime<Utc>) -> Vec<WaitlistClosed> {
+pub fn due(closing: &Closing, now: DateTime<Utc>, calendar: &Calendar) -> Vec<WaitlistClosed> {
     let window_closed = closing.window.as_ref().is_some_and(|w| w.closes_at <= now);
     closing
         .open
         .iter()
         .filter_map(|slot| {
-            let reason = if slot.date < now.date_naive() {
+            let reason = if calendar.slot_is_over(slot, now) {
                 CloseReason::DatePassed
             } else if window_closed {
                 CloseReason::WindowClosed
@@ -43,6 +45,10 @@ pub fn due(closing: &Closing, now: DateTime<Utc>) -> Vec<WaitlistClosed> {
             Some(WaitlistClosed {
                 slot: slot.clone(),
                 reason,
+                window_closes_at: match reason {
+                    CloseReason::WindowClosed => closing.window.as_ref().map(|w| w.closes_at),
+                    CloseReason::DatePassed => None,
+                },
             })
         })
         .collect()
@@ -50,6 +56,8 @@ pub fn due(closing: &Closing, now: DateTime<Utc>) -> Vec<WaitlistClosed> {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr as _;
+
     use super::*;
     use chrono::NaiveDate;
     use streams::model::{Location, Region};
@@ -62,6 +70,10 @@ mod tests {
         }
     }
 
+    fn utc() -> Calendar {
+        Calendar::from_str("UTC").unwrap()
+    }
+
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
@@ -72,8 +84,8 @@ mod tests {
             open: vec![slot("2027-03-01"), slot("2027-03-05")],
             window: None,
         };
-        assert!(due(&closing, at("2027-03-01T23:59:59Z")).is_empty());
-        let closed = due(&closing, at("2027-03-02T00:00:00Z"));
+        assert!(due(&closing, at("2027-03-01T23:59:59Z"), &utc()).is_empty());
+        let closed = due(&closing, at("2027-03-02T00:00:00Z"), &utc());
         assert_eq!(closed.len(), 1);
         assert_eq!(
             (closed[0].slot.date.to_string(), closed[0].reason),
@@ -84,8 +96,21 @@ mod tests {
             opens_at: at("2027-02-01T08:00:00Z"),
             closes_at: at("2027-02-20T20:00:00Z"),
         });
-        assert!(due(&closing, at("2027-02-20T19:59:59Z")).is_empty());
-        let closed = due(&closing, at("2027-02-20T20:00:00Z"));
+        assert!(due(&closing, at("2027-02-20T19:59:59Z"), &utc()).is_empty());
+        let closed = due(&closing, at("2027-02-20T20:00:00Z"), &utc());
         assert!(closed.iter().all(|c| c.reason == CloseReason::WindowClosed) && closed.len() == 2);
+    }
+
+    #[test]
+    fn a_date_passes_at_midnight_in_the_regions_zone() {
+        let closing = Closing {
+            open: vec![slot("2027-03-01")],
+            window: None,
+        };
+        let warsaw = Calendar::default();
+        // 23:00 UTC is midnight in Warsaw (CET): the 1st is over there, not yet in UTC.
+        assert!(due(&closing, at("2027-03-01T22:59:59Z"), &warsaw).is_empty());
+        assert_eq!(due(&closing, at("2027-03-01T23:00:00Z"), &warsaw).len(), 1);
+        assert!(due(&closing, at("2027-03-01T23:00:00Z"), &utc()).is_empty());
     }
 }

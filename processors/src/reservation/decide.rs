@@ -15,11 +15,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
+
 use streams::events::{
-    CancellationRequested, CapacitySet, Event, RecoveryLinkIssued, RegistrationCancelled,
-    RegistrationConfirmed, RegistrationWaitlisted, RejectReason, ReleaseReason, ReviewRequired,
-    SlotRejected, SlotReleased, SlotReserved, VerificationRequeued, WaitlistClosed,
-    WaitlistPromoted,
+    CancellationRequested, CapacitySet, CloseReason, Event, RecoveryLinkIssued,
+    RegistrationCancelled, RegistrationConfirmed, RegistrationWaitlisted, RejectReason,
+    ReleaseReason, ReviewRequired, SlotRejected, SlotReleased, SlotReserved, VerificationRequeued,
+    WaitlistClosed, WaitlistPromoted,
 };
 use streams::model::{RegistrationId, SlotKey};
 
@@ -123,6 +125,9 @@ pub struct State {
     pub registrations: HashMap<RegistrationId, Known>,
     /// The highest intake sequence any decision answered: where to resume reading intake.
     pub checkpoint: u64,
+    /// When the region's window closes, as of the last operator's window read (in log
+    /// order): a closing based on an earlier window is stale ([`WaitlistClosed`]).
+    pub window_closes_at: Option<DateTime<Utc>>,
 }
 
 /// An intake event at its stream sequence.
@@ -247,9 +252,49 @@ impl State {
         self.slot(slot).capacity = Some(capacity);
     }
 
+    /// Whether `closed` still holds in log order: a closing for a closed window counts only
+    /// if no operator's window read before it closes later than the one the closer saw (an
+    /// extension the closer was behind). A passed date always counts.
+    pub fn closing_is_current(&self, closed: &WaitlistClosed) -> bool {
+        match (
+            closed.reason,
+            closed.window_closes_at,
+            self.window_closes_at,
+        ) {
+            (CloseReason::WindowClosed, Some(seen), Some(known)) => known <= seen,
+            _ => true,
+        }
+    }
+
     /// Applies a closed waiting list read back from intake during recovery.
     pub fn close_waitlist(&mut self, slot: &SlotKey) {
         self.slot(slot).closed = true;
+    }
+
+    /// Whether `id` is in manual review (an operator's verdict counts only then).
+    pub fn in_review(&self, id: &RegistrationId) -> bool {
+        matches!(self.standing(id), Some(Standing::Review { .. }))
+    }
+
+    /// The registrations in manual review.
+    pub fn in_review_ids(&self) -> impl Iterator<Item = &RegistrationId> {
+        self.registrations
+            .iter()
+            .filter(|(_, k)| matches!(k.standing, Standing::Review { .. }))
+            .map(|(id, _)| id)
+    }
+
+    /// Whether the last step was cut short: some slot has a free place while someone waits
+    /// for one, or someone still waits in a closed line. Every whole step leaves neither
+    /// (releases and raised capacities promote, closings reject, in the step that makes them
+    /// due), so this holds only after a crash between two of the atomic batches of one step
+    /// too large for one (a capacity raised over a long line, a long line closed). All of a
+    /// step's decisions answer the same intake event, the checkpoint: deciding it again
+    /// finishes the step (see `super::run`).
+    pub fn unfinished_step(&self) -> bool {
+        self.slots
+            .values()
+            .any(|s| !s.waiting.is_empty() && (s.closed || s.active() < s.capacity.unwrap_or(0)))
     }
 
     /// The slots whose waiting list is open and not empty: what a clock may have to close.
@@ -436,9 +481,10 @@ impl Decisions<'_> {
                 if let Some(Known {
                     slot,
                     submission_seq,
-                    standing: Standing::Reserved { .. } | Standing::Review { .. },
+                    standing,
                     ..
                 }) = self.state.registrations.get(&v.registration_id)
+                    && awaits_verdict(*standing, v.reviewer.is_some())
                 {
                     let (slot, submission_seq) = (slot.clone(), *submission_seq);
                     self.take(Event::RegistrationConfirmed(RegistrationConfirmed {
@@ -450,12 +496,8 @@ impl Decisions<'_> {
                 }
             }
             Event::VerificationFailed(v) => {
-                if let Some(
-                    known @ Known {
-                        standing: Standing::Reserved { .. } | Standing::Review { .. },
-                        ..
-                    },
-                ) = self.state.registrations.get(&v.registration_id).cloned()
+                if let Some(known) = self.state.registrations.get(&v.registration_id).cloned()
+                    && awaits_verdict(known.standing, v.reviewer.is_some())
                 {
                     let id = &v.registration_id;
                     self.release(id, &known.slot, seq, ReleaseReason::VerificationFailed);
@@ -524,6 +566,8 @@ impl Decisions<'_> {
                 self.state.set_capacity(slot, *capacity);
                 self.promote(slot, seq);
             }
+            Event::WindowSet(window) => self.state.window_closes_at = Some(window.closes_at),
+            Event::WaitlistClosed(closed) if !self.state.closing_is_current(closed) => {}
             Event::WaitlistClosed(WaitlistClosed { slot, .. }) => {
                 self.state.close_waitlist(slot);
                 let waiting: Vec<RegistrationId> = self
@@ -592,6 +636,17 @@ impl Decisions<'_> {
             });
             self.take(decision);
         }
+    }
+}
+
+/// Whether a registration standing so takes a verdict: the registry's while it holds a
+/// place unconfirmed (reserved, or in review when the answer comes late), an operator's only
+/// while it is in manual review (an operator never overrides a pending registry check).
+fn awaits_verdict(standing: Standing, from_an_operator: bool) -> bool {
+    match standing {
+        Standing::Review { .. } => true,
+        Standing::Reserved { .. } => !from_an_operator,
+        _ => false,
     }
 }
 

@@ -16,7 +16,12 @@
 //!   [`snapshot`]); a replica taking a region over starts from the newest good one and folds
 //!   only the decisions after it ([`rebuild`]).
 //! - **Group commit.** Everything the consumer has buffered (up to [`MAX_INPUTS_PER_BATCH`]
-//!   events) is decided and written in one durable write.
+//!   events) is decided and written in one durable write, or in as many atomic batches as
+//!   its decisions need (at most 1,000 messages each), each fenced on the one before. A
+//!   batch ends between two events' decisions; only one event's step larger than a batch (a
+//!   capacity raised over a long line, a long line closed) is split, and a replica resuming
+//!   after a crash between its batches decides that event again to finish it
+//!   ([`decide::State::unfinished_step`]).
 
 pub mod closing;
 pub mod decide;
@@ -26,8 +31,9 @@ pub mod snapshot;
 
 pub use run::{ReservationConfig, SNAPSHOT_EVERY, run};
 
-/// Most intake events decided per write: each yields at most two decisions, and an atomic
-/// batch holds at most 1,000 messages.
+/// Most intake events decided per group. Most yield one to three decisions, so a group
+/// usually fits one atomic batch (at most 1,000 messages); a larger group is written in
+/// several.
 pub const MAX_INPUTS_PER_BATCH: usize = 400;
 
 #[cfg(test)]

@@ -176,6 +176,35 @@ pub async fn rebuild(
     .await
     .context("Failed to read back the decisions log")?;
     let checkpoint = state.checkpoint;
+    // The operators' windows (a few per region), in log order: the rule judges a closing by
+    // the window in force before it, and decides on from the one at the checkpoint.
+    let mut windows = Vec::new();
+    replay::read_to_end(
+        js,
+        subjects::INTAKE_STREAM,
+        subjects::intake_kind_filter(&filter, IntakeKind::Window),
+        1,
+        |record: Record| match &record.envelope {
+            Ok(Envelope {
+                event: Event::WindowSet(w),
+                ..
+            }) if record.seq <= checkpoint => windows.push((record.seq, w.closes_at)),
+            Ok(_) => {}
+            Err(err) if record.seq <= checkpoint => {
+                note_bad(subjects::INTAKE_STREAM, &record, err.to_string())
+            }
+            Err(_) => {} // after the checkpoint: the live reader stops at it
+        },
+    )
+    .await
+    .context("Failed to read back the region's windows")?;
+    let window_before = |seq: u64| {
+        windows
+            .iter()
+            .take_while(|(at, _)| *at < seq)
+            .last()
+            .map(|(_, closes_at)| *closes_at)
+    };
     if checkpoint > settings_after {
         for kind in [IntakeKind::Capacity, IntakeKind::Waitlist] {
             replay::read_to_end(
@@ -195,7 +224,12 @@ pub async fn rebuild(
                         Ok(Envelope {
                             event: Event::WaitlistClosed(closed),
                             ..
-                        }) => state.close_waitlist(&closed.slot),
+                        }) => {
+                            state.window_closes_at = window_before(record.seq);
+                            if state.closing_is_current(closed) {
+                                state.close_waitlist(&closed.slot);
+                            }
+                        }
                         Ok(_) => {}
                         Err(err) => note_bad(subjects::INTAKE_STREAM, &record, err.to_string()),
                     }
@@ -205,6 +239,7 @@ pub async fn rebuild(
             .context("Failed to read back the slots' settings")?;
         }
     }
+    state.window_closes_at = window_before(checkpoint + 1);
     if let Some(why) = bad {
         return Err(Halt::Undecodable(why));
     }

@@ -9,14 +9,19 @@
 //! decided by exactly one of the replicas that serve it, and a region-specific replica
 //! stopping hands its region to a `*` one (and the other way round).
 
+use std::ops::Range;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use streams::appender::{AppendError, Outgoing, publish_atomic};
+use std::collections::HashSet;
+use streams::appender::{AppendError, MAX_ATOMIC_BATCH, Outgoing, publish_atomic};
+use streams::calendar::Calendar;
 use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start, Undecodable};
 use streams::events::{Envelope, Event};
-use streams::model::Region;
+
+use futures::StreamExt as _;
+use streams::model::{Region, RegistrationId};
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use streams::{lease, regions};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +41,8 @@ pub struct ReservationConfig {
     pub regions: RegionFilter,
     /// The reservation rule's settings (the waiting list's bound).
     pub policy: Policy,
+    /// Each region's time zone: a waiting list closes when its slot's day is over there.
+    pub calendar: Calendar,
     /// Write a snapshot of a region's state after this many decisions since the last one
     /// (0: never). A takeover then folds at most about this many decisions after loading it.
     pub snapshot_every: u64,
@@ -69,8 +76,16 @@ pub async fn run(
             }
         }
     };
+    let reviews = match js.get_key_value(subjects::REVIEWS_BUCKET).await {
+        Ok(store) => Some(store),
+        Err(err) => {
+            tracing::warn!(error = %err, "The reviews bucket cannot be opened; the edge cannot tell which registrations are in manual review.");
+            None
+        }
+    };
     let worker = Worker {
         leases,
+        reviews,
         snapshots,
         snapshot_every: config.snapshot_every,
         js: js.clone(),
@@ -78,6 +93,7 @@ pub async fn run(
         holder: format!("reservation-{}", uuid::Uuid::now_v7()),
         metrics,
         policy: config.policy,
+        calendar: config.calendar,
     };
     regions::serve_each(&js, config.regions, &shutdown, |region| {
         worker.clone().serve(region, shutdown.clone())
@@ -92,6 +108,8 @@ struct Worker {
     js: jetstream::Context,
     client: async_nats::Client,
     leases: async_nats::jetstream::kv::Store,
+    /// The registrations in manual review, kept for the edge (`None`: not available).
+    reviews: Option<async_nats::jetstream::kv::Store>,
     /// Where snapshots of the regions' states are (`None`: not used).
     snapshots: Option<async_nats::jetstream::object_store::ObjectStore>,
     /// Decisions between two snapshots of a region.
@@ -100,6 +118,7 @@ struct Worker {
     holder: String,
     metrics: Metrics,
     policy: Policy,
+    calendar: Calendar,
 }
 
 impl Worker {
@@ -126,6 +145,7 @@ impl Worker {
                 self.js.clone(),
                 region.clone(),
                 watching,
+                self.calendar.clone(),
                 lease.active().clone(),
             ));
             let mut step = RegionStep {
@@ -156,6 +176,68 @@ impl Worker {
             closer.abort();
             lease.release().await;
         }
+    }
+}
+
+impl Worker {
+    /// Records in the reviews bucket the registrations that entered (`true`) or left manual
+    /// review, after their decisions are in the log. A failure halts the region: its resume
+    /// rewrites the bucket from the state ([`Worker::reconcile_reviews`]).
+    async fn show_reviews(&self, changes: &[(RegistrationId, bool)]) -> Result<(), Halt> {
+        let Some(store) = &self.reviews else {
+            return Ok(());
+        };
+        for (id, in_review) in changes {
+            let key = subjects::review_key(id);
+            let written = if *in_review {
+                store
+                    .put(&key, "manual_review".into())
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::from)
+            } else {
+                store.delete(&key).await.map_err(anyhow::Error::from)
+            };
+            written.with_context(|| {
+                format!("Failed to record in the reviews bucket that {id} changed")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes the reviews bucket's keys of `region` those `state` has in review: what a
+    /// replica that died between a decision and its record there left out of date.
+    async fn reconcile_reviews(&self, region: &Region, state: &State) -> Result<(), Halt> {
+        let Some(store) = &self.reviews else {
+            return Ok(());
+        };
+        let prefix = format!("{region}.");
+        let mut listed = HashSet::new();
+        let mut keys = store
+            .keys()
+            .await
+            .context("Failed to list the reviews bucket")?;
+        while let Some(key) = keys.next().await {
+            let key = key.context("Failed to list the reviews bucket")?;
+            if key.starts_with(&prefix) {
+                listed.insert(key);
+            }
+        }
+        let wanted: HashSet<String> = state.in_review_ids().map(subjects::review_key).collect();
+        let mut changes = Vec::new();
+        for key in listed.difference(&wanted) {
+            changes.push((
+                RegistrationId::parse(key).context("A foreign key in the reviews bucket")?,
+                false,
+            ));
+        }
+        for key in wanted.difference(&listed) {
+            changes.push((
+                RegistrationId::parse(key).context("A foreign key in the reviews bucket")?,
+                true,
+            ));
+        }
+        self.show_reviews(&changes).await
     }
 }
 
@@ -260,7 +342,17 @@ impl OrderedStep for RegionStep<'_> {
         self.maybe_snapshot();
         self.window = last_window(&self.worker.js, self.region).await?;
         self.show_closing();
-        Ok(Start::At(self.state.checkpoint + 1))
+        self.worker
+            .reconcile_reviews(self.region, &self.state)
+            .await?;
+        // A step cut short between two of its batches is finished by deciding its intake
+        // event, the checkpoint, again; every other step was written whole.
+        if self.state.unfinished_step() {
+            tracing::info!(region = %self.region, checkpoint = self.state.checkpoint, "The last step was cut short between two of its batches; deciding its event again.");
+            Ok(Start::At(self.state.checkpoint))
+        } else {
+            Ok(Start::At(self.state.checkpoint + 1))
+        }
     }
 
     async fn handle(&mut self, group: Vec<Decoded>) -> Result<(), Halt> {
@@ -273,8 +365,12 @@ impl OrderedStep for RegionStep<'_> {
                 .read(processor::RESERVATION, self.region.as_str(), last);
         }
         let mut outgoing = Vec::new();
+        // Where each input's decisions end in `outgoing`: a batch is cut between two steps.
+        let mut step_ends = Vec::new();
         let subject = subjects::reservation_decisions(self.region);
         let mut lines_changed = false;
+        // Registrations entering (true) or leaving (false) manual review in this group.
+        let mut reviews = Vec::new();
         let last_seq = group.last().map_or(0, |r| r.seq);
         for record in group {
             if let Event::WindowSet(window) = &record.envelope.event {
@@ -285,8 +381,16 @@ impl OrderedStep for RegionStep<'_> {
                 seq: record.seq,
                 event: record.envelope.event,
             };
+            let leaving = input
+                .event
+                .registration_id()
+                .filter(|id| self.state.in_review(id))
+                .cloned();
             for decision in self.state.handle(&input) {
                 lines_changed |= touches_a_line(&decision);
+                if let Event::ReviewRequired(r) = &decision {
+                    reviews.push((r.registration_id.clone(), true));
+                }
                 metrics
                     .decisions
                     .with_label_values(&[decision.event_type()])
@@ -296,8 +400,14 @@ impl OrderedStep for RegionStep<'_> {
                     &Envelope::new(record.envelope.correlation_id.clone(), decision),
                 ));
             }
+            if step_ends.last() != Some(&outgoing.len()) && !outgoing.is_empty() {
+                step_ends.push(outgoing.len());
+            }
+            if let Some(id) = leaving.filter(|id| !self.state.in_review(id)) {
+                reviews.push((id, false));
+            }
         }
-        let Some(first) = outgoing.first_mut() else {
+        if outgoing.is_empty() {
             if lines_changed {
                 self.show_closing(); // a window changed
             }
@@ -305,43 +415,77 @@ impl OrderedStep for RegionStep<'_> {
                 .flow
                 .handled(processor::RESERVATION, self.region.as_str(), read);
             return Ok(());
-        };
-        // One subject per region: "nobody wrote since my last decision" is one check.
-        first.headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            self.fence.to_string().as_str(),
-        );
-        let timer = metrics.batch_seconds.start_timer();
-        let written = outgoing.len() as u64;
-        let result = publish_atomic(&self.worker.js, &self.worker.client, outgoing).await;
-        timer.observe_duration();
-        match result {
-            Ok(seqs) => {
-                metrics.batches.inc();
-                self.fence = *seqs.last().expect("a batch is never empty");
-                if lines_changed {
-                    self.show_closing();
-                }
-                metrics
-                    .flow
-                    .handled(processor::RESERVATION, self.region.as_str(), read);
-                self.since_snapshot += written;
-                // The state is the fold of the log up to the fence only when the last event
-                // read was decided: otherwise it may hold a capacity set after the state's
-                // checkpoint, which a fold would not (the next snapshot will do).
-                if self.state.checkpoint == last_seq {
-                    self.maybe_snapshot();
-                }
-                Ok(())
-            }
-            Err(AppendError::Fenced(_)) => {
-                metrics.fenced.inc();
-                Err(Halt::Rebuild)
-            }
-            // The outcome is unknown (or refused): the log is the truth, so rebuild from it.
-            Err(err) => Err(Halt::Transient(anyhow::Error::new(err))),
         }
+        let written = outgoing.len() as u64;
+        let mut outgoing = outgoing.into_iter();
+        for batch in batches(&step_ends, MAX_ATOMIC_BATCH) {
+            let mut batch: Vec<Outgoing> = outgoing.by_ref().take(batch.len()).collect();
+            // One subject per region: "nobody wrote since my last decision" is one check,
+            // and each batch of a group expects the one before it.
+            batch[0].headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                self.fence.to_string().as_str(),
+            );
+            let timer = metrics.batch_seconds.start_timer();
+            let result = publish_atomic(&self.worker.js, &self.worker.client, batch).await;
+            timer.observe_duration();
+            match result {
+                Ok(seqs) => {
+                    metrics.batches.inc();
+                    self.fence = *seqs.last().expect("a batch is never empty");
+                }
+                Err(AppendError::Fenced(_)) => {
+                    metrics.fenced.inc();
+                    return Err(Halt::Rebuild);
+                }
+                // The outcome is unknown (or refused): the log is the truth, so rebuild from
+                // it (a step cut short is finished then: see `resume`).
+                Err(err) => return Err(Halt::Transient(anyhow::Error::new(err))),
+            }
+        }
+        self.worker.show_reviews(&reviews).await?;
+        if lines_changed {
+            self.show_closing();
+        }
+        metrics
+            .flow
+            .handled(processor::RESERVATION, self.region.as_str(), read);
+        self.since_snapshot += written;
+        // The state is the fold of the log up to the fence only when the last event read was
+        // decided: otherwise it may hold a capacity set after the state's checkpoint, which a
+        // fold would not (the next snapshot will do).
+        if self.state.checkpoint == last_seq {
+            self.maybe_snapshot();
+        }
+        Ok(())
     }
+}
+
+/// Cuts a group's decisions into atomic batches of at most `max` messages. `step_ends` holds
+/// where each input's decisions end (increasing). A batch ends between two inputs' decisions
+/// whenever it can, so a crash between two batches leaves whole steps behind; only a step
+/// larger than a batch on its own (a capacity raised over a long line, a long line closed)
+/// is cut inside, which [`State::unfinished_step`] recognises after a crash.
+fn batches(step_ends: &[usize], max: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut cut) = (0, 0);
+    for &end in step_ends {
+        if end - start > max {
+            if cut > start {
+                out.push(start..cut);
+                start = cut;
+            }
+            while end - start > max {
+                out.push(start..start + max);
+                start += max;
+            }
+        }
+        cut = end;
+    }
+    if cut > start {
+        out.push(start..cut);
+    }
+    out
 }
 
 /// The region's current registration window: the last one an operator set.
@@ -379,6 +523,7 @@ async fn close_waitlists(
     js: jetstream::Context,
     region: Region,
     mut closing: watch::Receiver<Closing>,
+    calendar: Calendar,
     stop: CancellationToken,
 ) {
     let mut sent = std::collections::HashSet::new();
@@ -387,7 +532,7 @@ async fn close_waitlists(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(closing::CHECK_INTERVAL) => {}
         }
-        let due = closing::due(&closing.borrow_and_update(), chrono::Utc::now());
+        let due = closing::due(&closing.borrow_and_update(), chrono::Utc::now(), &calendar);
         for closed in due {
             if sent.contains(&closed.slot) {
                 continue;
@@ -419,5 +564,28 @@ async fn close_waitlists(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_end_between_steps_and_cut_only_a_step_larger_than_one() {
+        assert!(batches(&[], 1000).is_empty());
+        assert_eq!(batches(&[2, 5, 800], 1000), vec![0..800]);
+        // A step that does not fit starts the next batch.
+        assert_eq!(batches(&[3, 6, 1006], 1000), vec![0..6, 6..1006]);
+        assert_eq!(
+            batches(&[600, 1200, 1800], 1000),
+            vec![0..600, 600..1200, 1200..1800]
+        );
+        // One step of 2,500 decisions: three batches, the steps around it whole.
+        assert_eq!(
+            batches(&[3, 2503, 2506], 1000),
+            vec![0..3, 3..1003, 1003..2003, 2003..2506]
+        );
+        assert_eq!(batches(&[10_000], 1000).len(), 10);
     }
 }

@@ -79,6 +79,7 @@ fn close(slot: &SlotKey) -> Event {
     Event::WaitlistClosed(WaitlistClosed {
         slot: slot.clone(),
         reason: CloseReason::DatePassed,
+        window_closes_at: None,
     })
 }
 
@@ -733,4 +734,169 @@ fn a_corrupt_or_newer_snapshot_is_refused_never_misread() {
         flipped[i] ^= 0x55;
         let _ = decode(&flipped);
     }
+}
+
+fn approved(n: u32) -> Event {
+    Event::VerificationPassed(VerificationPassed {
+        registration_id: id(n),
+        reviewer: Some(Reviewer {
+            operator: "op".into(),
+            note: "checked by phone".into(),
+        }),
+    })
+}
+
+fn refused_by_operator(n: u32) -> Event {
+    Event::VerificationFailed(VerificationFailed {
+        registration_id: id(n),
+        reason: RegistryRefusal::DataMismatch,
+        reviewer: Some(Reviewer {
+            operator: "op".into(),
+            note: "papers do not match".into(),
+        }),
+    })
+}
+
+#[test]
+fn an_operators_verdict_counts_only_while_the_registration_is_in_review() {
+    let a = slot("a");
+    let mut s = given(vec![capacity(&a, 1), submitted(1, &a), submitted(2, &a)]);
+    // 1 holds a place and waits for the registry; 2 waits in line.
+    assert_eq!(s.when(approved(1)), vec![], "reserved, not in review");
+    assert_eq!(
+        s.when(refused_by_operator(1)),
+        vec![],
+        "reserved, not in review"
+    );
+    assert_eq!(s.when(approved(2)), vec![], "waiting, not in review");
+    assert!(matches!(
+        s.state.registrations[&id(1)].standing,
+        super::decide::Standing::Reserved { .. }
+    ));
+    // In review, the operator decides.
+    assert!(matches!(
+        &s.when(inconclusive(1))[..],
+        [Event::ReviewRequired(_)]
+    ));
+    assert!(matches!(
+        &s.when(approved(1))[..],
+        [Event::RegistrationConfirmed(_)]
+    ));
+    // Confirmed: neither an operator nor the registry changes it any more.
+    assert_eq!(s.when(refused_by_operator(1)), vec![]);
+    // The registry's own verdict still counts while reserved.
+    let mut s = given(vec![capacity(&a, 1), submitted(1, &a)]);
+    assert!(matches!(
+        &s.when(passed(1))[..],
+        [Event::RegistrationConfirmed(_)]
+    ));
+}
+
+#[test]
+fn a_step_cut_between_its_batches_is_recognised_and_finished_by_deciding_its_event_again() {
+    let (a, b) = (slot("a"), slot("b"));
+    let policy = Policy {
+        waitlist_per_slot: Some(3_000),
+    };
+    let mut events = vec![capacity(&a, 0), capacity(&b, 0)];
+    events.extend((1..=2_500).map(|n| submitted(n, &a)));
+    events.extend((2_501..=5_000).map(|n| submitted(n, &b)));
+    let mut s = given_with(policy, events);
+    assert!(!s.state.unfinished_step());
+    let before = s.state.clone();
+    let raise = capacity(&a, 2_500);
+    let promotions = s.when(raise.clone());
+    assert_eq!(promotions.len(), 2_500);
+    assert!(!s.state.unfinished_step(), "a whole step is finished");
+    // A crash after the first batch of 1,000: the log holds those, and the capacity.
+    let mut cut = before.clone();
+    promotions[..1_000].iter().for_each(|d| cut.apply(d));
+    cut.set_capacity(&a, 2_500);
+    assert!(cut.unfinished_step());
+    let seq = cut.checkpoint;
+    assert_eq!(seq, s.seq, "the step's decisions all answer its event");
+    let rest = cut.handle(&Input { seq, event: raise });
+    assert_eq!(rest, promotions[1_000..].to_vec(), "the rest, none twice");
+    assert!(!cut.unfinished_step());
+    assert_eq!(cut, s.state);
+
+    // The same for a long line closed.
+    let closing = s.when(close(&b));
+    assert_eq!(closing.len(), 2_500);
+    let mut cut = s.state.clone();
+    cut.slots.insert(b.clone(), before.slots[&b].clone());
+    for n in 2_501..=5_000 {
+        cut.registrations
+            .insert(id(n), before.registrations[&id(n)].clone());
+    }
+    closing[..1_000].iter().for_each(|d| cut.apply(d));
+    cut.close_waitlist(&b);
+    assert!(cut.unfinished_step());
+    let rest = cut.handle(&Input {
+        seq: s.seq,
+        event: close(&b),
+    });
+    assert_eq!(rest.len(), 1_500);
+    assert!(!cut.unfinished_step());
+    assert_eq!(cut.slots[&b], s.state.slots[&b]);
+}
+
+fn window(closes_at: &str) -> Event {
+    let closes_at = chrono::DateTime::parse_from_rfc3339(closes_at)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    Event::WindowSet(WindowSet {
+        region: Region::parse("mazowieckie").unwrap(),
+        opens_at: closes_at - chrono::Duration::days(30),
+        closes_at,
+    })
+}
+
+fn window_closed(slot: &SlotKey, seen: &str) -> Event {
+    Event::WaitlistClosed(WaitlistClosed {
+        slot: slot.clone(),
+        reason: CloseReason::WindowClosed,
+        window_closes_at: Some(
+            chrono::DateTime::parse_from_rfc3339(seen)
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        ),
+    })
+}
+
+#[test]
+fn a_closing_judged_on_a_window_an_operator_had_extended_is_ignored() {
+    let a = slot("a");
+    let given_line = || {
+        let policy = Policy {
+            waitlist_per_slot: Some(5),
+        };
+        given_with(
+            policy,
+            vec![
+                capacity(&a, 1),
+                window("2027-02-20T20:00:00Z"),
+                submitted(1, &a),
+                submitted(2, &a),
+            ],
+        )
+    };
+    // The operator extended the window before the closer's closing reached the log.
+    let mut s = given_line();
+    assert_eq!(s.when(window("2027-02-27T20:00:00Z")), vec![]);
+    assert_eq!(s.when(window_closed(&a, "2027-02-20T20:00:00Z")), vec![]);
+    assert!(!s.state.slots[&a].closed, "the line stays open");
+    assert!(matches!(
+        &s.when(submitted(3, &a))[..],
+        [Event::RegistrationWaitlisted(_)]
+    ));
+    // The same closing with no extension before it closes the line.
+    let mut s = given_line();
+    assert!(matches!(
+        &s.when(window_closed(&a, "2027-02-20T20:00:00Z"))[..],
+        [Event::SlotRejected(r)] if r.reason == RejectReason::WaitlistClosed
+    ));
+    // An extension after the closing opens nothing again.
+    assert_eq!(s.when(window("2027-02-27T20:00:00Z")), vec![]);
+    assert!(s.state.slots[&a].closed);
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use processors::metrics::Metrics;
+use processors::reservation::decide::Policy;
 use processors::reservation::{ReservationConfig, run};
 use streams::appender::{Appender, AppenderOptions, Outgoing};
 use streams::config::{Replication, ensure_streams};
@@ -118,14 +119,25 @@ impl World {
     /// Starts one reservation replica for `regions`, snapshotting every `snapshot_every`
     /// decisions (0: never).
     pub fn replica_with(&self, regions: RegionFilter, snapshot_every: u64) -> Replica {
+        self.replica_deciding(regions, snapshot_every, Policy::default())
+    }
+
+    /// Starts one reservation replica for `regions` deciding with `policy`.
+    pub fn replica_deciding(
+        &self,
+        regions: RegionFilter,
+        snapshot_every: u64,
+        policy: Policy,
+    ) -> Replica {
         let shutdown = CancellationToken::new();
         let metrics = Metrics::new();
         let task = tokio::spawn(run(
             self.client.clone(),
             ReservationConfig {
                 regions,
-                policy: Default::default(),
+                policy,
                 snapshot_every,
+                calendar: Default::default(),
             },
             metrics.clone(),
             shutdown.clone(),
@@ -182,6 +194,42 @@ impl World {
             },
         )
         .await
+    }
+
+    /// Appends many submissions for `slot` at once (the appender groups them, as it does
+    /// the edge's); returns their ids in acceptance order.
+    pub async fn submit_many(&self, slot: &SlotKey, n: usize) -> Vec<RegistrationId> {
+        let ids: Vec<RegistrationId> = (0..n)
+            .map(|_| RegistrationId::generate(&slot.region))
+            .collect();
+        let mut appended = Vec::with_capacity(n);
+        for chunk in ids.chunks(500) {
+            let seqs =
+                futures::future::join_all(chunk.iter().map(|id| {
+                    self.append(IntakeKind::Submitted, &slot.region, submitted(id, slot))
+                }))
+                .await;
+            appended.extend(seqs.into_iter().zip(chunk.iter().cloned()));
+        }
+        appended.sort();
+        appended.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Waits until the decisions stream holds `n` messages (cheaper than reading it back
+    /// while many thousands are written); returns the reservation decisions then.
+    pub async fn wait_for_decision_count(&self, n: u64) -> Vec<(u64, Event)> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        testkit::eventually(
+            &format!("{n} decisions"),
+            Duration::from_secs(120),
+            || async {
+                let mut stream = js.get_stream(subjects::DECISIONS_STREAM).await.ok()?;
+                let info = stream.info().await.ok()?;
+                (info.state.messages >= n).then_some(())
+            },
+        )
+        .await;
+        self.decisions().await
     }
 
     /// Waits until `n` registrations have a first decision.
@@ -305,10 +353,10 @@ impl World {
 
     /// The decisions one sequential run of the rule takes over the test region's intake, in
     /// order: what the log must hold whatever replicas took over, from snapshots or not.
-    pub async fn one_run_of_the_rule(&self) -> Vec<Event> {
+    pub async fn one_run_of_the_rule_with(&self, policy: Policy) -> Vec<Event> {
         use processors::reservation::decide::{Input, State};
         let js = async_nats::jetstream::new(self.client.clone());
-        let mut state = State::new(Default::default());
+        let mut state = State::new(policy);
         let mut out = Vec::new();
         read_to_end(
             &js,
@@ -328,11 +376,16 @@ impl World {
     /// Waits until the log holds every decision one run of the rule takes over intake, and
     /// returns both.
     pub async fn wait_all_decided(&self) -> (Vec<Event>, Vec<Event>) {
+        self.wait_all_decided_with(Policy::default()).await
+    }
+
+    /// [`World::wait_all_decided`] for replicas deciding with `policy`.
+    pub async fn wait_all_decided_with(&self, policy: Policy) -> (Vec<Event>, Vec<Event>) {
         testkit::eventually(
             "every intake event decided",
             Duration::from_secs(30),
             || async {
-                let expected = self.one_run_of_the_rule().await;
+                let expected = self.one_run_of_the_rule_with(policy).await;
                 let log: Vec<Event> = self.decisions().await.into_iter().map(|(_, e)| e).collect();
                 (log.len() >= expected.len()).then_some((expected, log))
             },

@@ -2,6 +2,7 @@
 //! fencing, restarts.
 
 mod helpers;
+mod national;
 mod snapshots;
 
 use futures::future::join_all;

@@ -23,7 +23,7 @@ enum Command {
     #[command(hide = true)]
     Serve {
         #[command(subcommand)]
-        service: e2e::serve::Service,
+        service: Box<e2e::serve::Service>,
     },
 }
 
@@ -47,6 +47,6 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve { service } => e2e::serve::serve(service).await,
+        Command::Serve { service } => e2e::serve::serve(*service).await,
     }
 }

@@ -183,6 +183,7 @@ impl Pipeline {
                 waitlist_per_slot: options.waitlist_per_slot,
             },
             snapshot_every: options.snapshot_every.unwrap_or(25),
+            calendar: Default::default(),
             verification: registry.as_ref().map(|(_, url)| {
                 let mut config = processors::verification::VerificationConfig::new(
                     RegionFilter::All,

@@ -296,6 +296,97 @@ async fn bad_input_gets_a_structured_error_and_appends_nothing() {
     assert_eq!(p.intake_messages().await, before);
 }
 
+/// Contract 1.2: a region exists once an operator set a capacity or a window for it. 10,000
+/// submissions naming made-up regions are each `400` on `region`, append nothing, and leave
+/// the server's consumers and the processors' regions as they were.
+#[ntex::test]
+async fn submissions_for_regions_nobody_configured_create_nothing() {
+    let p = Pipeline::start_with(Options {
+        rate_per_address: 0,
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("real", 1).await;
+    // The processors serve the configured region (its consumers exist) before counting.
+    let (status, body) = p.submit(&citizen(1, "real"), None).await;
+    assert_eq!(status, 202, "{body}");
+    p.wait_remaining("real", 0).await;
+    let js = async_nats::jetstream::new(p.admin_client().await);
+    let consumers = || {
+        let js = js.clone();
+        async move { js.query_account().await.unwrap().consumers }
+    };
+    let (consumers_before, intake_before) = (consumers().await, p.intake_messages().await);
+    let regions_before = streams::regions::discover(&js).await.unwrap();
+
+    use futures::StreamExt;
+    let refused = futures::stream::iter(0..10_000u32)
+        .map(|n| {
+            let mut body = citizen(n + 2, "real");
+            body["region"] = json!(format!("made-up-{}", n % 60));
+            let p = &p;
+            async move { p.submit(&body, None).await }
+        })
+        .buffer_unordered(32)
+        .filter(|(status, body)| {
+            let ok = *status == 400 && body["error"]["field"] == "region";
+            async move { ok }
+        })
+        .count()
+        .await;
+    assert_eq!(refused, 10_000, "every one 400 on region");
+    assert_eq!(p.intake_messages().await, intake_before, "nothing appended");
+    // The processors started for every region serve what `discover` finds, and nothing else
+    // makes them start a region: it finds what it found before.
+    assert_eq!(
+        streams::regions::discover(&js).await.unwrap(),
+        regions_before
+    );
+    let consumers_after = consumers().await;
+    println!("consumers before {consumers_before}, after 10,000 made-up regions {consumers_after}");
+    assert_eq!(consumers_after, consumers_before);
+}
+
+/// Contract 1.2: a slot's day ends at midnight in its region's time zone (Europe/Warsaw by
+/// default). A day that is over takes no registration and no capacity change (`400` on
+/// `date`), and nothing is appended.
+#[ntex::test]
+async fn a_day_that_is_over_takes_no_registration_and_no_capacity() {
+    let p = Pipeline::start().await;
+    p.set_capacity("open", 1).await;
+    let zone = streams::calendar::Calendar::default();
+    let region = streams::model::Region::parse("mazowieckie").unwrap();
+    let today = zone.today(&region, chrono::Utc::now());
+    let yesterday = today - chrono::Duration::days(1);
+    let before = p.intake_messages().await;
+    let (status, body) = p
+        .admin_put(
+            "/v1/admin/capacity",
+            &json!({"region": "mazowieckie", "location": "open", "date": yesterday.to_string(), "capacity": 5}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_field", Some("date"));
+    let mut late = citizen(1, "open");
+    late["date"] = json!(yesterday.to_string());
+    let (status, body) = p.submit(&late, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_error(&body, "invalid_field", Some("date"));
+    assert_eq!(p.intake_messages().await, before, "nothing appended");
+    // Today is still open, in the region's time.
+    let (status, body) = p
+        .admin_put(
+            "/v1/admin/capacity",
+            &json!({"region": "mazowieckie", "location": "open", "date": today.to_string(), "capacity": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut now = citizen(1, "open");
+    now["date"] = json!(today.to_string());
+    let (status, body) = p.submit(&now, None).await;
+    assert_eq!(status, 202, "{body}");
+}
+
 #[ntex::test]
 async fn a_cancelled_registration_returns_its_slot() {
     // No waiting list: the freed place goes to the next newcomer.

@@ -188,14 +188,49 @@ async fn operators_list_approve_reject_and_requeue_what_the_registry_could_not_a
     let (status, _, _) = decide(c, serde_json::json!({"decision": "requeue", "operator": "a.nowak", "note": "the registry is back"})).await;
     assert_eq!(status, 202);
     p.wait_status(c, c_token, "confirmed").await;
-    // A decision on a registration no longer in review changes nothing.
-    let (status, _, _) = decide(a, serde_json::json!({"decision": "reject", "reason": "not_found", "operator": "b.kowal", "note": "late"})).await;
-    assert_eq!(status, 202);
+    // A decision on a registration no longer in review is refused, and changes nothing.
+    let before = p.intake_messages().await;
+    let (status, _, body) = decide(a, serde_json::json!({"decision": "reject", "reason": "not_found", "operator": "b.kowal", "note": "late"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_in_review");
+    assert_eq!(p.intake_messages().await, before, "nothing appended");
     p.wait_availability("review", 8, 0).await; // b's place came back; a and c hold theirs
     let (_, record) = p.status(a, Some(a_token)).await;
     assert_eq!(record["status"], "confirmed", "{record}");
     let (_, _, listed) = p.send(p.http.get(&list_url).bearer_auth(ADMIN), None).await;
     assert_eq!(listed, serde_json::json!([]));
+}
+
+/// An operator's approve or reject for a registration that still waits for the registry (it
+/// holds a place, `reserved`) is `409 not_in_review`, appends nothing and changes nothing:
+/// only the registry, or an operator once the registration is in manual review, decides.
+#[ntex::test]
+async fn an_operators_decision_on_a_registration_not_in_review_is_refused() {
+    // No verification runs: registrations stay `reserved`, as with the registry down.
+    let p = Pipeline::start().await;
+    p.set_capacity("pending", 1).await;
+    let [(_, id, token)] = &submit_all(&p, &[3101], "pending").await[..] else {
+        unreachable!()
+    };
+    p.wait_status(id, token, "reserved").await;
+    let before = p.intake_messages().await;
+    for body in [
+        serde_json::json!({"decision": "approve", "operator": "a.nowak", "note": "looks fine"}),
+        serde_json::json!({"decision": "reject", "reason": "deceased", "operator": "a.nowak", "note": "x"}),
+        serde_json::json!({"decision": "requeue", "operator": "a.nowak", "note": "again"}),
+    ] {
+        let request = p
+            .http
+            .post(format!("{}/v1/admin/reviews/{id}", p.ingest))
+            .bearer_auth(ADMIN)
+            .content_type("application/json");
+        let (status, _, answer) = p.send(request, Some(body.to_string().into_bytes())).await;
+        assert_eq!(status, 409, "{body} got {answer}");
+        assert_eq!(answer["error"]["code"], "not_in_review");
+    }
+    assert_eq!(p.intake_messages().await, before, "nothing appended");
+    let (_, record) = p.status(id, Some(token)).await;
+    assert_eq!(record["status"], "reserved", "{record}");
 }
 
 /// Submits `citizens` (at most 64 at a time) across the `slots` locations; returns each
