@@ -120,7 +120,12 @@ impl Webhook {
     /// A webhook to `url`, signed with `secret`.
     pub fn new(url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Webhook {
-            http: reqwest::Client::builder().timeout(timeout).build()?,
+            http: reqwest::Client::builder()
+                // A redirect would send the phone number and the message on to wherever it
+                // points: a redirect is the gateway's failure, never followed.
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(timeout)
+                .build()?,
             url: url.to_owned(),
             secret: secret.as_bytes().to_vec(),
         })
@@ -190,4 +195,33 @@ mod tests {
     }
 
     const EXPECTED: &str = "85a8297cf9fae53850953fb4e8e09924ba64293bdfaac2ecfd7d0ad5067cb957";
+
+    /// A gateway that redirects elsewhere does not get the phone number and the message sent
+    /// on: the redirect's target never sees a request, and the delivery failed.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_message_in_the_body() {
+        let trap = testkit::redirect::RedirectTrap::start().await;
+        let webhook = Webhook::new(
+            &format!("{}/webhook", trap.url),
+            "secret",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let message = Message {
+            subject: "Your registration".into(),
+            text: "Your place is reserved.".into(),
+            html: "<p>Your place is reserved.</p>".into(),
+        };
+        let sent = webhook
+            .send("+48600100200", &message, "n-1", "mazowieckie.r-1")
+            .await;
+        let reached = trap.reached();
+        assert!(
+            reached.is_empty(),
+            "the redirect was followed: {}",
+            String::from_utf8_lossy(&reached.concat())
+        );
+        let failed = sent.expect_err("a redirect is not a delivery");
+        assert!(!failed.retryable, "{failed:?}");
+    }
 }

@@ -87,6 +87,9 @@ impl RegistryClient {
     /// up after `timeout`.
     pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // A redirect would send the citizen's data on to wherever it points: a redirect
+            // is the registry's failure, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(64)
@@ -182,5 +185,36 @@ fn without_url(err: reqwest::Error) -> String {
         format!("timed out: {text}")
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry that redirects elsewhere does not get the citizen's data sent on: the
+    /// redirect's target never sees a request, and the call is the registry's failure.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_citizen_in_the_body() {
+        let trap = testkit::redirect::RedirectTrap::start().await;
+        let client = RegistryClient::new(&trap.url, Duration::from_secs(5)).unwrap();
+        let person = Person {
+            national_id: "44051401359",
+            full_name: "Jan Kowalski",
+            birth_date: NaiveDate::from_ymd_opt(1944, 5, 14).unwrap(),
+        };
+        let answer = client.verify(&person, "request-1").await;
+        let reached = trap.reached();
+        assert!(
+            reached.is_empty(),
+            "the redirect was followed: {}",
+            String::from_utf8_lossy(&reached.concat())
+        );
+        match answer {
+            Err(RegistryError::Status(status)) => {
+                assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+            }
+            other => panic!("a redirect is the registry's failure, got {other:?}"),
+        }
     }
 }
