@@ -98,7 +98,8 @@ impl Mailer {
 
 /// A signed webhook to a text-message gateway: `POST` a JSON body with
 /// `X-Signature-Timestamp` (unix seconds) and `X-Signature` =
-/// `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+/// `sha256=<hex HMAC-SHA256(secret, "<timestamp>\n<notification id>\n<registration id>\n<body>")>`,
+/// so neither the body nor the ids can be changed in transit.
 #[derive(Clone)]
 pub struct Webhook {
     http: reqwest::Client,
@@ -106,11 +107,25 @@ pub struct Webhook {
     secret: Vec<u8>,
 }
 
-/// `sha256=<hex of HMAC-SHA256(secret, "<timestamp>.<body>")>`: the webhook signature.
-pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+/// `sha256=<hex of HMAC-SHA256(secret, "<timestamp>\n<notification id>\n<registration
+/// id>\n<body>")>`: the webhook signature. A line feed cannot occur in a header value, so no
+/// two deliveries sign the same text (a `.` could: registration ids hold one).
+pub fn sign(
+    secret: &[u8],
+    timestamp: i64,
+    notification_id: &str,
+    registration_id: &str,
+    body: &[u8],
+) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
+    for part in [
+        timestamp.to_string().as_bytes(),
+        notification_id.as_bytes(),
+        registration_id.as_bytes(),
+    ] {
+        mac.update(part);
+        mac.update(b"\n");
+    }
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     format!("sha256={}", streams::crypto::to_hex(&digest))
@@ -153,7 +168,16 @@ impl Webhook {
             .header(NOTIFICATION_ID_HEADER, notification_id)
             .header(REGISTRATION_ID_HEADER, registration_id)
             .header("X-Signature-Timestamp", timestamp.to_string())
-            .header("X-Signature", sign(&self.secret, timestamp, &body))
+            .header(
+                "X-Signature",
+                sign(
+                    &self.secret,
+                    timestamp,
+                    notification_id,
+                    registration_id,
+                    &body,
+                ),
+            )
             .body(body)
             .send()
             .await
@@ -185,16 +209,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+    fn the_signature_is_hmac_sha256_of_timestamp_ids_and_body() {
         // Computed independently: python3 -c 'import hmac,hashlib;
-        // print(hmac.new(b"dev-webhook-secret", b"1700000000.{\"a\":1}", hashlib.sha256).hexdigest())'
+        // print(hmac.new(b"dev-webhook-secret", b"1700000000\nn-1\nmazowieckie.r-1\n{\"a\":1}",
+        // hashlib.sha256).hexdigest())'
         assert_eq!(
-            sign(b"dev-webhook-secret", 1_700_000_000, br#"{"a":1}"#),
+            sign(
+                b"dev-webhook-secret",
+                1_700_000_000,
+                "n-1",
+                "mazowieckie.r-1",
+                br#"{"a":1}"#
+            ),
             format!("sha256={}", EXPECTED)
         );
     }
 
-    const EXPECTED: &str = "85a8297cf9fae53850953fb4e8e09924ba64293bdfaac2ecfd7d0ad5067cb957";
+    const EXPECTED: &str = "4279d73c80f08054f9a546340fe4f227027c6bc8ab4c1ed52f9ab1c792c9f30f";
 
     /// A gateway that redirects elsewhere does not get the phone number and the message sent
     /// on: the redirect's target never sees a request, and the delivery failed.
