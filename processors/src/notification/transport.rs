@@ -71,6 +71,7 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .subject(message.subject.clone())
+            .message_id(Some(message_id(notification_id, &self.from)))
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str(NOTIFICATION_ID_HEADER),
                 notification_id.to_owned(),
@@ -94,6 +95,13 @@ impl Mailer {
                 message: format!("the mail server refused or failed: {e}"),
             })
     }
+}
+
+/// The e-mail's `Message-ID` (RFC 5322 §3.6.4): `<notification id@sender's domain>`. The
+/// same for every delivery of one notification, so a provider's de-duplication can use it
+/// and a retry carries the same one.
+fn message_id(notification_id: &str, from: &Mailbox) -> String {
+    format!("<{notification_id}@{}>", from.email.domain())
 }
 
 /// A signed webhook to a text-message gateway: `POST` a JSON body with
