@@ -126,6 +126,51 @@ pub fn after_failure(
     Next::Retry(delay.max(failure.at_least.unwrap_or_default()))
 }
 
+/// Why no call went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The circuit breaker is open (or its one probe is in flight).
+    Breaker,
+    /// This replica's rate limit is spent.
+    RateLimit,
+}
+
+impl Held {
+    /// Why the last attempt never reached the registry, for the operator.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Held::Breaker => "the registry's circuit breaker was open after repeated failures",
+            Held::RateLimit => "this replica's rate limit for the registry held the call back",
+        }
+    }
+}
+
+/// No call went out (`held`), and one may go out after `wait`: put the verification back
+/// until then, but no later than the moment it reaches `max_age`; once it has, hand it to an
+/// operator. The age bound holds in every state of the breaker, not only when a call fails:
+/// an open breaker may stay open for longer than `max_age`.
+pub fn while_held(
+    id: &RegistrationId,
+    attempts: u32,
+    age: Duration,
+    held: Held,
+    wait: Duration,
+    limits: &Limits,
+) -> Next {
+    match limits
+        .max_age
+        .checked_sub(age)
+        .filter(|left| !left.is_zero())
+    {
+        Some(left) => Next::Retry(wait.min(left)),
+        None => Next::Review(VerificationInconclusive {
+            registration_id: id.clone(),
+            attempts,
+            last_error: held.reason().into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +240,53 @@ mod tests {
         assert_eq!(
             after_failure(&id, 1, Duration::ZERO, &slow_down, &limits, 0.5),
             Next::Retry(Duration::from_secs(5))
+        );
+    }
+
+    /// The age bound holds in every state of the breaker: given a registry that has been
+    /// failing, when the breaker (open, or half-open with another probe in flight) or the
+    /// rate limit holds a verification back, then it goes to an operator once it is
+    /// `max_age` old, and before that it is put back no later than when it will be.
+    #[test]
+    fn a_verification_held_back_by_the_breaker_still_goes_to_review_at_its_age() {
+        let limits = Limits {
+            max_attempts: 100,
+            max_age: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let id = id();
+        let long_cooldown = Duration::from_secs(600);
+        for held in [Held::Breaker, Held::RateLimit] {
+            match while_held(&id, 3, limits.max_age, held, long_cooldown, &limits) {
+                Next::Review(r) => {
+                    assert_eq!((r.attempts, &r.registration_id), (3, &id), "{held:?}");
+                }
+                other => panic!("{held:?}: a verification past its age was put back: {other:?}"),
+            }
+        }
+        assert_eq!(
+            while_held(
+                &id,
+                3,
+                Duration::from_secs(50),
+                Held::Breaker,
+                long_cooldown,
+                &limits
+            ),
+            Next::Retry(Duration::from_secs(10)),
+            "put back until its age is reached, not until the breaker's cool-down ends"
+        );
+        assert_eq!(
+            while_held(
+                &id,
+                0,
+                Duration::ZERO,
+                Held::RateLimit,
+                Duration::from_millis(200),
+                &limits
+            ),
+            Next::Retry(Duration::from_millis(200)),
+            "a short wait is kept"
         );
     }
 

@@ -198,6 +198,35 @@ async fn operators_list_approve_reject_and_requeue_what_the_registry_could_not_a
     assert_eq!(listed, serde_json::json!([]));
 }
 
+/// The age bound holds while the breaker is open: a registry in an outage opens the breaker
+/// for far longer than `REG_VERIFY_MAX_AGE_S`, and with calls to spare every registration
+/// still reaches manual review at its age instead of waiting for the breaker's next probe.
+#[ntex::test]
+async fn an_open_breaker_does_not_keep_registrations_from_manual_review() {
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs {
+            outage: true,
+            ..registry_sim::Knobs::default()
+        }),
+        verify_max_attempts: Some(1000),
+        verify_max_age: Some(Duration::from_secs(3)),
+        breaker_cooldown: Some(Duration::from_secs(600)),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("breaker", 20).await;
+    // More registrations than the failures that open the breaker (5).
+    let registrations = submit_all(&p, &(8001..8013).collect::<Vec<_>>(), "breaker").await;
+    for (_, id, token) in &registrations {
+        p.wait_status(id, token, "manual_review").await;
+    }
+    let counts = p.registry.as_ref().unwrap().counts();
+    assert!(
+        counts.total < registrations.len() as u64 * 3,
+        "the breaker was open, so few calls went out: {counts:?}"
+    );
+}
+
 /// Submits `citizens` (at most 64 at a time) across the `slots` locations; returns each
 /// accepted registration and every answer's latency.
 async fn load(
