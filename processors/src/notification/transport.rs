@@ -9,20 +9,44 @@ use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use sha2::Sha256;
+use streams::outside::OutsideError;
 
 use super::decide::Message;
 
 /// Why a delivery failed, and whether trying again may help.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{error}")]
 pub struct SendError {
     /// A later attempt may succeed (a 4xx SMTP reply, a 5xx or 429 from the gateway, a
     /// network failure).
     pub retryable: bool,
     /// The least the provider asked us to wait.
     pub at_least: Option<Duration>,
-    /// For the operator (no personal data).
-    pub message: String,
+    /// What failed, as the dead letter records it: a code and a fixed sentence, none of the
+    /// provider's own words (a reply may echo the address, at any length).
+    pub error: OutsideError,
+}
+
+/// The failure of an exchange with the mail server.
+fn smtp_error(err: &lettre::transport::smtp::Error) -> OutsideError {
+    match err.status() {
+        Some(code) if err.is_permanent() => OutsideError::new(
+            format!("smtp_{code}"),
+            "the mail server refused the message for good",
+        ),
+        Some(code) => OutsideError::new(
+            format!("smtp_{code}"),
+            "the mail server refused the message for now",
+        ),
+        None if err.is_timeout() => {
+            OutsideError::new("smtp_timeout", "the mail server did not answer in time")
+        }
+        None if err.is_response() => OutsideError::new(
+            "smtp_bad_reply",
+            "the mail server's reply could not be read (malformed or too long)",
+        ),
+        None => OutsideError::new("smtp_unreachable", "the mail server could not be reached"),
+    }
 }
 
 /// Header carrying the notification id (the provider's idempotency key).
@@ -59,14 +83,17 @@ impl Mailer {
         notification_id: &str,
         registration_id: &str,
     ) -> Result<(), SendError> {
-        let permanent = |message: String| SendError {
+        let permanent = |code: &str, reason: &'static str| SendError {
             retryable: false,
             at_least: None,
-            message,
+            error: OutsideError::new(code, reason),
         };
-        let to: Mailbox = to
-            .parse()
-            .map_err(|_| permanent("the citizen's e-mail address is not usable".into()))?;
+        let to: Mailbox = to.parse().map_err(|_| {
+            permanent(
+                "email_address_unusable",
+                "the citizen's e-mail address is not usable",
+            )
+        })?;
         let email = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -84,7 +111,12 @@ impl Mailer {
                 message.text.clone(),
                 message.html.clone(),
             ))
-            .map_err(|e| permanent(format!("the message could not be built: {e}")))?;
+            .map_err(|_| {
+                permanent(
+                    "email_unbuildable",
+                    "the message could not be built from its parts",
+                )
+            })?;
         self.transport
             .send(email)
             .await
@@ -92,7 +124,7 @@ impl Mailer {
             .map_err(|e| SendError {
                 retryable: !e.is_permanent(),
                 at_least: None,
-                message: format!("the mail server refused or failed: {e}"),
+                error: smtp_error(&e),
             })
     }
 }
@@ -192,7 +224,11 @@ impl Webhook {
             .map_err(|e| SendError {
                 retryable: true,
                 at_least: None,
-                message: format!("the gateway could not be reached: {}", e.without_url()),
+                error: if e.is_timeout() {
+                    OutsideError::new("webhook_timeout", "the gateway did not answer in time")
+                } else {
+                    OutsideError::new("webhook_unreachable", "the gateway could not be reached")
+                },
             })?;
         let status = response.status();
         if status.is_success() {
@@ -207,7 +243,14 @@ impl Webhook {
         Err(SendError {
             retryable: status.is_server_error() || status.as_u16() == 429,
             at_least,
-            message: format!("the gateway answered {status}"),
+            error: OutsideError::new(
+                format!("webhook_http_{}", status.as_u16()),
+                if status.is_redirection() {
+                    "the gateway answered a redirect, which is not followed"
+                } else {
+                    "the gateway answered an HTTP error status"
+                },
+            ),
         })
     }
 }
@@ -234,6 +277,85 @@ mod tests {
     }
 
     const EXPECTED: &str = "4279d73c80f08054f9a546340fe4f227027c6bc8ab4c1ed52f9ab1c792c9f30f";
+
+    /// A one-connection SMTP server that takes a message and refuses it with a permanent
+    /// `550` echoing `echo` on line after line (as some providers echo the recipient), about
+    /// 97 KB in all: under lettre's 100,000-byte cap on a reply, over JetStream's 64 KiB
+    /// message limit. Returns its port.
+    async fn refusing_smtp_server(echo: String) -> u16 {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write
+                .write_all(b"220 refusing.test ESMTP\r\n")
+                .await
+                .unwrap();
+            let mut in_data = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = if in_data {
+                    if line != "." {
+                        continue;
+                    }
+                    in_data = false;
+                    let text = format!("5.1.1 <{echo}> unknown here, {}", "x".repeat(400));
+                    let mut refusal = String::new();
+                    while refusal.len() < 96_000 {
+                        refusal.push_str(&format!("550-{text}\r\n"));
+                    }
+                    refusal.push_str(&format!("550 {text}\r\n"));
+                    refusal
+                } else if line.starts_with("DATA") {
+                    in_data = true;
+                    "354 go ahead\r\n".to_owned()
+                } else if line.starts_with("QUIT") {
+                    "221 bye\r\n".to_owned()
+                } else {
+                    "250 OK\r\n".to_owned()
+                };
+                if write.write_all(reply.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        port
+    }
+
+    /// Given a mail server whose refusal echoes the citizen's address and is about 100 KiB
+    /// long, when a message is refused, then the failure kept for the dead letter is short
+    /// and holds no trace of the echo, so its record fits in one JetStream message and the
+    /// decision is dead-lettered instead of retried forever.
+    #[tokio::test]
+    async fn an_smtp_refusal_echoing_the_address_is_kept_as_a_short_code() {
+        let address = "jan.kowalski@example.pl";
+        let port = refusing_smtp_server(address.to_owned()).await;
+        let mailer = Mailer::new(
+            "127.0.0.1",
+            port,
+            "Rejestracja <no-reply@rejestracja.example>",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let message = Message {
+            subject: "Your registration".into(),
+            text: "Your place is reserved.".into(),
+            html: "<p>Your place is reserved.</p>".into(),
+        };
+        let failed = mailer
+            .send(address, &message, "n-1", "mazowieckie.r-1")
+            .await
+            .expect_err("the server refuses every message");
+        assert!(!failed.retryable, "a 550 is permanent: {failed:?}");
+        assert_eq!(failed.error.code(), "smtp_550");
+        let kept = failed.to_string();
+        assert!(kept.len() <= 200, "{} bytes kept", kept.len());
+        for echoed in [address, "xxxx"] {
+            assert!(!kept.contains(echoed), "{echoed} in {kept}");
+        }
+    }
 
     /// A gateway that redirects elsewhere does not get the phone number and the message sent
     /// on: the redirect's target never sees a request, and the delivery failed.
@@ -262,5 +384,6 @@ mod tests {
         );
         let failed = sent.expect_err("a redirect is not a delivery");
         assert!(!failed.retryable, "{failed:?}");
+        assert_eq!(failed.error.code(), "webhook_http_307");
     }
 }

@@ -8,7 +8,9 @@ use streams::events::{
     Event, RegistryRefusal, VerificationFailed, VerificationInconclusive, VerificationPassed,
 };
 use streams::model::{RegistrationId, SlotKey};
+use streams::outside::OutsideError;
 
+use super::registry::RegistryError;
 use super::xml::Verdict;
 
 /// A registration that needs a verification, from the decision that asked for it.
@@ -100,8 +102,22 @@ pub struct Failure {
     pub retryable: bool,
     /// The least the registry asked us to wait (a `429`'s `Retry-After`).
     pub at_least: Option<Duration>,
-    /// For the operator (no personal data).
-    pub message: String,
+    /// What failed, as the event records it: a code and a fixed sentence.
+    pub error: OutsideError,
+}
+
+impl Failure {
+    /// A failed registry call, as the rule sees it.
+    pub fn of(err: &RegistryError) -> Failure {
+        Failure {
+            retryable: err.retryable(),
+            at_least: match err {
+                RegistryError::RateLimited(wait) => Some(*wait),
+                _ => None,
+            },
+            error: err.outside(),
+        }
+    }
 }
 
 /// After `attempts` failed calls, the last one `failure`, `age` after the decision: try again
@@ -116,11 +132,7 @@ pub fn after_failure(
     jitter: f64,
 ) -> Next {
     if !failure.retryable || attempts >= limits.max_attempts || age >= limits.max_age {
-        return Next::Review(VerificationInconclusive {
-            registration_id: id.clone(),
-            attempts,
-            last_error: failure.message.clone(),
-        });
+        return Next::Review(inconclusive(id, attempts, &failure.error));
     }
     let delay = crate::retry::backoff(attempts, limits.base_delay, limits.max_delay, jitter);
     Next::Retry(delay.max(failure.at_least.unwrap_or_default()))
@@ -136,12 +148,33 @@ pub enum Held {
 }
 
 impl Held {
-    /// Why the last attempt never reached the registry, for the operator.
-    pub fn reason(self) -> &'static str {
+    /// Why the last attempt never reached the registry, as the event records it.
+    pub fn error(self) -> OutsideError {
         match self {
-            Held::Breaker => "the registry's circuit breaker was open after repeated failures",
-            Held::RateLimit => "this replica's rate limit for the registry held the call back",
+            Held::Breaker => OutsideError::new(
+                "registry_circuit_open",
+                "the registry's circuit breaker was open after repeated failures",
+            ),
+            Held::RateLimit => OutsideError::new(
+                "registry_rate_limited_here",
+                "this replica's rate limit for the registry held the call back",
+            ),
         }
+    }
+}
+
+/// The registration goes to an operator after `attempts` calls, the last failing with
+/// `error`.
+fn inconclusive(
+    id: &RegistrationId,
+    attempts: u32,
+    error: &OutsideError,
+) -> VerificationInconclusive {
+    VerificationInconclusive {
+        registration_id: id.clone(),
+        attempts,
+        last_error: error.reason().into(),
+        error_code: error.code().into(),
     }
 }
 
@@ -163,11 +196,7 @@ pub fn while_held(
         .filter(|left| !left.is_zero())
     {
         Some(left) => Next::Retry(wait.min(left)),
-        None => Next::Review(VerificationInconclusive {
-            registration_id: id.clone(),
-            attempts,
-            last_error: held.reason().into(),
-        }),
+        None => Next::Review(inconclusive(id, attempts, &held.error())),
     }
 }
 
@@ -181,11 +210,11 @@ mod tests {
     }
 
     fn failure(retryable: bool) -> Failure {
-        Failure {
-            retryable,
-            at_least: None,
-            message: "the registry answered 503".into(),
-        }
+        Failure::of(&if retryable {
+            RegistryError::Status(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+        } else {
+            RegistryError::ClientFault("bad request".into())
+        })
     }
 
     #[test]
@@ -260,6 +289,7 @@ mod tests {
             match while_held(&id, 3, limits.max_age, held, long_cooldown, &limits) {
                 Next::Review(r) => {
                     assert_eq!((r.attempts, &r.registration_id), (3, &id), "{held:?}");
+                    assert_eq!(r.error_code, held.error().code());
                 }
                 other => panic!("{held:?}: a verification past its age was put back: {other:?}"),
             }
@@ -288,6 +318,51 @@ mod tests {
             Next::Retry(Duration::from_millis(200)),
             "a short wait is kept"
         );
+    }
+
+    /// Given a registry whose fault echoes the citizen's data (an e-mail address here) and is
+    /// 100 KiB long, when the registration goes to manual review, then its event is short,
+    /// holds no trace of the echo, and fits in one JetStream message with room to spare, so
+    /// it is stored and the registration reaches its outcome.
+    #[test]
+    fn a_registry_fault_echoing_personal_data_is_recorded_as_a_short_code() {
+        let address = "jan.kowalski@example.pl";
+        let echo = format!(
+            "no record for {address}, Jan Kowalski, 44051401359: {}",
+            "x".repeat(100 * 1024)
+        );
+        for err in [
+            RegistryError::ServerFault(echo.clone()),
+            RegistryError::ClientFault(echo.clone()),
+            RegistryError::BadAnswer(echo.clone()),
+            RegistryError::Timeout(echo.clone()),
+            RegistryError::Transport(echo.clone()),
+        ] {
+            let Next::Review(review) = after_failure(
+                &id(),
+                8,
+                Duration::ZERO,
+                &Failure::of(&err),
+                &Limits::default(),
+                0.5,
+            ) else {
+                panic!("the attempts are spent: {err:?}")
+            };
+            let json = String::from_utf8(
+                streams::events::Envelope::new(
+                    review.registration_id.to_string(),
+                    Event::VerificationInconclusive(review.clone()),
+                )
+                .encode(),
+            )
+            .unwrap();
+            assert!(json.len() < 1024, "{} bytes: {err:?}", json.len());
+            assert_eq!(review.error_code, err.outside().code());
+            assert_eq!(review.last_error, err.outside().reason());
+            for personal in [address, "Kowalski", "44051401359", "xxxx"] {
+                assert!(!json.contains(personal), "{personal} in {json}");
+            }
+        }
     }
 
     #[test]

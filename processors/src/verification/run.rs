@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Breaker, BreakerConfig};
 use super::decide::{self, Failure, Held, Limits, Next, Target};
-use super::registry::{Person, RegistryClient, RegistryError};
+use super::registry::{Person, RegistryClient};
 use crate::metrics::{Metrics, VerificationMetrics, processor};
 
 /// What a verification replica does and how hard it may push the registry.
@@ -184,7 +184,10 @@ impl Verifier {
                 let failure = Failure {
                     retryable: true,
                     at_least: Some(Duration::from_secs(30)),
-                    message: "the personal data could not be opened with the configured key".into(),
+                    error: streams::outside::OutsideError::new(
+                        "key_unavailable",
+                        "the personal data could not be opened with this replica's key",
+                    ),
                 };
                 return self.after_failure(target, round, 0, age, &failure).await;
             }
@@ -245,7 +248,7 @@ impl Verifier {
                     self.show_breaker(now);
                 }
                 tracing::debug!(registration_id = %id, attempts, error = %err, "A registry call failed.");
-                let failure = failure_of(&err);
+                let failure = Failure::of(&err);
                 self.after_failure(target, round, attempts, age, &failure)
                     .await
             }
@@ -360,17 +363,6 @@ impl Verifier {
 /// The deduplication id of the verdict of one verification round.
 fn verdict_message_id(id: &RegistrationId, round: u64) -> String {
     format!("verdict.{id}.{round}")
-}
-
-fn failure_of(err: &RegistryError) -> Failure {
-    Failure {
-        retryable: err.retryable(),
-        at_least: match err {
-            RegistryError::RateLimited(wait) => Some(*wait),
-            _ => None,
-        },
-        message: err.to_string(),
-    }
 }
 
 fn verdict_label(event: &Event) -> &'static str {

@@ -219,6 +219,15 @@ async fn an_undeliverable_message_is_dead_lettered_listed_and_redriven_once() {
         (dead["channel"].as_str(), dead["attempts"].as_u64()),
         (Some("email"), Some(3))
     );
+    // A code and its fixed sentence, not the mail server's words.
+    assert_eq!(
+        (dead["error_code"].as_str(), dead["last_error"].as_str()),
+        (
+            Some("smtp_451"),
+            Some("the mail server refused the message for now")
+        ),
+        "{dead}"
+    );
     let (receivers, _) = p.receivers.as_ref().unwrap();
     assert_eq!(receivers.counts().smtp.accepted, 0);
 
