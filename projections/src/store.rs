@@ -449,14 +449,19 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
         Event::RegistrationConfirmed(e) => {
             vec![status(&e.registration_id, &e.slot, Status::Confirmed, None)]
         }
-        Event::NotificationFailed(e) => vec![Op {
-            row: Some(json!({
-                "notification_id": e.notification_id, "registration_id": e.registration_id,
-                "channel": e.channel, "template": e.template, "decision_seq": e.decision_seq,
-                "attempts": e.attempts, "last_error": e.last_error, "at": at,
-            })),
-            ..base("dead")
-        }],
+        Event::NotificationFailed(e) => {
+            // A dead letter written before codes existed holds the provider's own words.
+            let (error_code, last_error) = streams::outside::shown(&e.error_code, &e.last_error);
+            vec![Op {
+                row: Some(json!({
+                    "notification_id": e.notification_id, "registration_id": e.registration_id,
+                    "channel": e.channel, "template": e.template, "decision_seq": e.decision_seq,
+                    "attempts": e.attempts, "error_code": error_code, "last_error": last_error,
+                    "at": at,
+                })),
+                ..base("dead")
+            }]
+        }
         Event::NotificationSent(e) => vec![Op {
             id: Some(e.notification_id.clone()),
             ..base("delivered")
@@ -707,7 +712,8 @@ impl Store {
             .db
             .query(format!(
                 "SELECT notification_id, registration_id, channel, template, decision_seq, \
-                 attempts, last_error, at FROM dead_letter ORDER BY at LIMIT {MAX_REVIEWS_LISTED}"
+                 attempts, error_code, last_error, at FROM dead_letter ORDER BY at \
+                 LIMIT {MAX_REVIEWS_LISTED}"
             ))
             .await
             .context("Failed to list the dead letters")?;

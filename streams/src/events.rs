@@ -303,8 +303,14 @@ pub struct VerificationInconclusive {
     pub registration_id: RegistrationId,
     /// How many times the registry was asked.
     pub attempts: u32,
-    /// The last failure, in words for the operator (no personal data).
+    /// The last failure's fixed sentence (see [`crate::outside`]). Events written before
+    /// `error_code` existed hold the registry's own words here: show them through
+    /// [`crate::outside::shown`], never as they are.
     pub last_error: String,
+    /// The last failure's code (`registry_timeout`, `registry_http_503`, …); empty in events
+    /// written before it existed.
+    #[serde(default)]
+    pub error_code: String,
 }
 
 /// An operator sent a registration in manual review back to the verification queue.
@@ -530,8 +536,11 @@ pub struct ReviewRequired {
     pub intake_seq: u64,
     /// How many times the registry was asked.
     pub attempts: u32,
-    /// The last failure, for the operator.
+    /// As in [`VerificationInconclusive::last_error`].
     pub last_error: String,
+    /// As in [`VerificationInconclusive::error_code`].
+    #[serde(default)]
+    pub error_code: String,
     /// The intake sequence of the registration's submission (where its sealed personal data
     /// is, for the processors that need it). 0 in events written before it existed.
     #[serde(default)]
@@ -619,8 +628,14 @@ pub struct NotificationFailed {
     pub decision_seq: u64,
     /// Attempts made.
     pub attempts: u32,
-    /// The last failure, for the operator (no personal data).
+    /// The last failure's fixed sentence (see [`crate::outside`]). Events written before
+    /// `error_code` existed hold the provider's own words here: show them through
+    /// [`crate::outside::shown`], never as they are.
     pub last_error: String,
+    /// The last failure's code (`smtp_550`, `webhook_http_503`, …); empty in events written
+    /// before it existed.
+    #[serde(default)]
+    pub error_code: String,
 }
 
 /// The envelope every event travels in.
@@ -740,7 +755,8 @@ pub fn samples() -> Vec<Envelope> {
         Event::VerificationInconclusive(VerificationInconclusive {
             registration_id: id.clone(),
             attempts: 8,
-            last_error: "the registry answered 503 Service Unavailable".into(),
+            last_error: "the registry answered an HTTP error status without a usable fault".into(),
+            error_code: "registry_http_503".into(),
         }),
         Event::ReviewRequeued(ReviewRequeued {
             registration_id: id.clone(),
@@ -813,7 +829,8 @@ pub fn samples() -> Vec<Envelope> {
             slot: slot.clone(),
             intake_seq: 61,
             attempts: 8,
-            last_error: "the registry answered 503 Service Unavailable".into(),
+            last_error: "the registry answered an HTTP error status without a usable fault".into(),
+            error_code: "registry_http_503".into(),
             submission_seq: 42,
         }),
         Event::VerificationRequeued(VerificationRequeued {
@@ -856,7 +873,8 @@ pub fn samples() -> Vec<Envelope> {
             template: "confirmed".into(),
             decision_seq: 18,
             attempts: 10,
-            last_error: "the gateway answered 503 Service Unavailable".into(),
+            last_error: "the gateway answered an HTTP error status".into(),
+            error_code: "webhook_http_503".into(),
         }),
     ];
     events

@@ -58,3 +58,35 @@ fn the_event_catalogue_lists_every_type() {
         );
     }
 }
+
+/// Failures recorded before they had codes (`last_error` held the outside system's own words,
+/// as in `tests/golden/legacy/`) still decode, with no code, and are shown as unclassified,
+/// their words withheld.
+#[test]
+fn failures_recorded_before_codes_still_decode_and_their_words_are_not_shown() {
+    use streams::events::Event;
+    use streams::outside::{UNCLASSIFIED, UNCLASSIFIED_REASON, shown};
+    for name in [
+        "VerificationInconclusive.v1.json",
+        "ReviewRequired.v1.json",
+        "NotificationFailed.v1.json",
+    ] {
+        let old = std::fs::read(golden_dir().join("legacy").join(name)).unwrap();
+        let (code, words) = match Envelope::decode(&old).unwrap().event {
+            Event::VerificationInconclusive(e) => (e.error_code, e.last_error),
+            Event::ReviewRequired(e) => (e.error_code, e.last_error),
+            Event::NotificationFailed(e) => (e.error_code, e.last_error),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(code, "", "{name}");
+        assert!(
+            words.contains("503"),
+            "{name}: the old words are still in the log: {words}"
+        );
+        assert_eq!(
+            shown(&code, &words),
+            (UNCLASSIFIED.to_owned(), UNCLASSIFIED_REASON.to_owned()),
+            "{name}"
+        );
+    }
+}

@@ -86,17 +86,27 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-/// Checks the signature headers against the raw body: the timestamp is unix seconds, the
-/// signature is right, and the timestamp is at most [`MAX_CLOCK_SKEW_S`] from now.
+/// Checks the signature headers against the id headers as sent (empty when absent) and the
+/// raw body: the timestamp is unix seconds, the signature is right, and the timestamp is at
+/// most [`MAX_CLOCK_SKEW_S`] from now.
 fn check_signature(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
     let timestamp = header(headers, SIGNATURE_TIMESTAMP_HEADER)
         .and_then(|value| value.trim().parse::<i64>().ok())
         .ok_or_else(|| format!("{SIGNATURE_TIMESTAMP_HEADER} is missing or not unix seconds"))?;
     let signature = header(headers, SIGNATURE_HEADER)
         .ok_or_else(|| format!("{SIGNATURE_HEADER} is missing"))?;
-    if !verify(secret, timestamp, body, signature.trim()) {
+    let notification_id = header(headers, NOTIFICATION_ID_HEADER).unwrap_or_default();
+    let registration_id = header(headers, REGISTRATION_ID_HEADER).unwrap_or_default();
+    if !verify(
+        secret,
+        timestamp,
+        notification_id,
+        registration_id,
+        body,
+        signature.trim(),
+    ) {
         return Err(format!(
-            "{SIGNATURE_HEADER} does not match: expected sha256=<hex of HMAC-SHA256(secret, \"<timestamp>.<raw body>\")>"
+            "{SIGNATURE_HEADER} does not match: expected sha256=<hex of HMAC-SHA256(secret, \"<timestamp>\\n<{NOTIFICATION_ID_HEADER}>\\n<{REGISTRATION_ID_HEADER}>\\n<raw body>\")>"
         ));
     }
     let skew = Utc::now().timestamp().saturating_sub(timestamp);

@@ -25,16 +25,33 @@ pub const MAX_ID_LEN: usize = 128;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The `X-Signature` value of a webhook delivery: `sha256=` and the lowercase hex of
-/// HMAC-SHA256 keyed with `secret` over `"<timestamp>.<body>"`, where `timestamp` is the
-/// decimal `X-Signature-Timestamp` (unix seconds) and `body` the raw request body.
+/// HMAC-SHA256 keyed with `secret` over
+/// `"<timestamp>\n<notification id>\n<registration id>\n<body>"`, where `timestamp` is the
+/// decimal `X-Signature-Timestamp` (unix seconds), the ids are the `X-Notification-Id` and
+/// `X-Registration-Id` values (a line feed cannot occur in a header value, so no two
+/// deliveries sign the same text) and `body` is the raw request body.
 ///
 /// ```
-/// let signature = receivers::sign(b"dev-webhook-secret", 1_700_000_000, br#"{"ok":true}"#);
+/// let signature = receivers::sign(
+///     b"dev-webhook-secret",
+///     1_700_000_000,
+///     "n-1",
+///     "r-1",
+///     br#"{"ok":true}"#,
+/// );
 /// assert!(signature.starts_with("sha256="));
 /// assert_eq!(signature.len(), 7 + 64);
 /// ```
-pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let digest = mac(secret, timestamp, body).finalize().into_bytes();
+pub fn sign(
+    secret: &[u8],
+    timestamp: i64,
+    notification_id: &str,
+    registration_id: &str,
+    body: &[u8],
+) -> String {
+    let digest = mac(secret, timestamp, notification_id, registration_id, body)
+        .finalize()
+        .into_bytes();
     let mut signature = String::with_capacity(SIGNATURE_PREFIX.len() + 2 * digest.len());
     signature.push_str(SIGNATURE_PREFIX);
     for byte in digest {
@@ -44,16 +61,26 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     signature
 }
 
-/// Whether `signature` (an `X-Signature` value) is [`sign`]`(secret, timestamp, body)`. The
-/// digests are compared in constant time; hex digits may be of either case.
-pub fn verify(secret: &[u8], timestamp: i64, body: &[u8], signature: &str) -> bool {
+/// Whether `signature` (an `X-Signature` value) is
+/// [`sign`]`(secret, timestamp, notification_id, registration_id, body)`. The digests are
+/// compared in constant time; hex digits may be of either case.
+pub fn verify(
+    secret: &[u8],
+    timestamp: i64,
+    notification_id: &str,
+    registration_id: &str,
+    body: &[u8],
+    signature: &str,
+) -> bool {
     let Some(digest) = signature
         .strip_prefix(SIGNATURE_PREFIX)
         .and_then(decode_hex)
     else {
         return false;
     };
-    mac(secret, timestamp, body).verify_slice(&digest).is_ok()
+    mac(secret, timestamp, notification_id, registration_id, body)
+        .verify_slice(&digest)
+        .is_ok()
 }
 
 /// Whether `id` may name a notification or a registration: 1 to [`MAX_ID_LEN`] ASCII
@@ -70,10 +97,22 @@ pub fn is_valid_id(id: &str) -> bool {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
+fn mac(
+    secret: &[u8],
+    timestamp: i64,
+    notification_id: &str,
+    registration_id: &str,
+    body: &[u8],
+) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
+    for part in [
+        timestamp.to_string().as_bytes(),
+        notification_id.as_bytes(),
+        registration_id.as_bytes(),
+    ] {
+        mac.update(part);
+        mac.update(b"\n");
+    }
     mac.update(body);
     mac
 }
@@ -101,18 +140,21 @@ mod tests {
     use super::*;
 
     /// Computed once with Python:
-    /// `hmac.new(b"dev-webhook-secret", b'1700000000.{"notification_id":"n-1"}',
+    /// `hmac.new(b"dev-webhook-secret", b'1700000000\nn-1\nr-1\n{"notification_id":"n-1"}',
     /// hashlib.sha256).hexdigest()`.
-    const VECTOR: &str = "sha256=e1806ee9df1e72f0fdbd1e5ad1051af0453c9b804098bf3817d198fb97b6b8a3";
+    const VECTOR: &str = "sha256=5b1b2d48ab9060befb797f136b5c4816e25b58721b801a6fd1c45a1a7bd5f804";
 
     #[test]
     fn sign_matches_a_vector_computed_elsewhere() {
         let body = br#"{"notification_id":"n-1"}"#;
-        assert_eq!(sign(b"dev-webhook-secret", 1_700_000_000, body), VECTOR);
-        // Another key and an empty body: Python's hmac.new(b"key", b"0.", sha256).
         assert_eq!(
-            sign(b"key", 0, b""),
-            "sha256=85841b4efc3cd7776c3c8f9b7cca9e281c550e5d19889d78e9e669c6337f000d"
+            sign(b"dev-webhook-secret", 1_700_000_000, "n-1", "r-1", body),
+            VECTOR
+        );
+        // Another key and an empty body: Python's hmac.new(b"key", b"0\na\nb\n", sha256).
+        assert_eq!(
+            sign(b"key", 0, "a", "b", b""),
+            "sha256=42929b7d0494922ea5b9703a460a6561a5c7e15c552c54bb7b44212bc8748acb"
         );
     }
 
@@ -120,31 +162,50 @@ mod tests {
     fn verify_accepts_only_the_right_signature() {
         let body = br#"{"notification_id":"n-1"}"#;
         let secret = b"dev-webhook-secret";
-        assert!(verify(secret, 1_700_000_000, body, VECTOR));
-        assert!(verify(
+        let check = |secret: &[u8], ts, nid, rid, body: &[u8], signature: &str| {
+            verify(secret, ts, nid, rid, body, signature)
+        };
+        assert!(check(secret, 1_700_000_000, "n-1", "r-1", body, VECTOR));
+        assert!(check(
             secret,
             1_700_000_000,
+            "n-1",
+            "r-1",
             body,
             &VECTOR.to_uppercase().replace("SHA256=", "sha256=")
         ));
-        assert!(!verify(b"other", 1_700_000_000, body, VECTOR));
-        assert!(!verify(secret, 1_700_000_001, body, VECTOR));
-        assert!(!verify(secret, 1_700_000_000, b"{}", VECTOR));
-        assert!(!verify(secret, 1_700_000_000, body, &VECTOR[7..]));
-        assert!(!verify(
+        assert!(!check(b"other", 1_700_000_000, "n-1", "r-1", body, VECTOR));
+        assert!(!check(secret, 1_700_000_001, "n-1", "r-1", body, VECTOR));
+        assert!(!check(secret, 1_700_000_000, "n-2", "r-1", body, VECTOR));
+        assert!(!check(secret, 1_700_000_000, "n-1", "r-2", body, VECTOR));
+        assert!(!check(secret, 1_700_000_000, "n-1.r", "1", body, VECTOR));
+        assert!(!check(secret, 1_700_000_000, "n-1", "r-1", b"{}", VECTOR));
+        assert!(!check(
             secret,
             1_700_000_000,
+            "n-1",
+            "r-1",
+            body,
+            &VECTOR[7..]
+        ));
+        assert!(!check(
+            secret,
+            1_700_000_000,
+            "n-1",
+            "r-1",
             body,
             &VECTOR[..VECTOR.len() - 2]
         ));
-        assert!(!verify(
+        assert!(!check(
             secret,
             1_700_000_000,
+            "n-1",
+            "r-1",
             body,
             &VECTOR.replace('e', "g")
         ));
-        assert!(!verify(secret, 1_700_000_000, body, "sha256="));
-        assert!(!verify(secret, 1_700_000_000, body, ""));
+        assert!(!check(secret, 1_700_000_000, "n-1", "r-1", body, "sha256="));
+        assert!(!check(secret, 1_700_000_000, "n-1", "r-1", body, ""));
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct Knobs {
     pub rate_limit_per_s: u32,
     /// Every request gets `503` with `Retry-After: 5`.
     pub outage: bool,
+    /// Every error of `error_rate` is a `soap:Server` fault that echoes the request's personal
+    /// data (name, national id, birth date), repeated to fill a 64 KiB answer, as a careless
+    /// registry's diagnostics might: a client must keep none of it.
+    pub fault_echo: bool,
     /// Probability (0..=1) of a hostile answer (HTTP 200), of a kind drawn from `hostile`.
     pub hostile_rate: f64,
     /// The hostile kinds to draw from (all by default).
@@ -44,6 +48,7 @@ impl Default for Knobs {
             error_rate: 0.0,
             rate_limit_per_s: 0,
             outage: false,
+            fault_echo: false,
             hostile_rate: 0.0,
             hostile: HostileKind::ALL.to_vec(),
         }
@@ -149,6 +154,7 @@ mod tests {
         assert_eq!(knobs.error_rate, 0.0);
         assert_eq!(knobs.rate_limit_per_s, 0);
         assert!(!knobs.outage);
+        assert!(!knobs.fault_echo);
         assert_eq!(knobs.hostile_rate, 0.0);
         assert_eq!(knobs.hostile, HostileKind::ALL);
     }

@@ -22,8 +22,8 @@ use crate::counts::{Counts, IdCounts};
 use crate::knobs::{Knobs, KnobsError};
 use crate::wire::{
     FaultCode, HostileKind, MAX_REQUEST_BYTES, RegistryResult, SERVER_FAULT_MESSAGE, SOAP_ACTION,
-    VERIFY_PATH, VerifyRequest, answer_xml, fault_xml, hostile_xml, huge_body_parts, outcome_for,
-    parse_request,
+    VERIFY_PATH, VerifyRequest, answer_xml, echo_fault_xml, fault_xml, hostile_xml,
+    huge_body_parts, outcome_for, parse_request,
 };
 
 const XML: &str = "text/xml; charset=utf-8";
@@ -400,14 +400,22 @@ async fn verify(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let (outcome, response) = answer(&request, misbehaviour);
+    let (outcome, response) = answer(&request, misbehaviour, knobs.fault_echo);
     tracing::debug!(request_id = %request.request_id, ?outcome, ?delay, "answered");
     call.settle(outcome, response)
 }
 
-fn answer(request: &VerifyRequest, misbehaviour: Misbehaviour) -> (Outcome, Response) {
+fn answer(
+    request: &VerifyRequest,
+    misbehaviour: Misbehaviour,
+    fault_echo: bool,
+) -> (Outcome, Response) {
     let result = outcome_for(&request.national_id);
     match misbehaviour {
+        Misbehaviour::Fault | Misbehaviour::BareError if fault_echo => (
+            Outcome::Fault,
+            xml(StatusCode::INTERNAL_SERVER_ERROR, echo_fault_xml(request)),
+        ),
         Misbehaviour::Fault => (
             Outcome::Fault,
             xml(

@@ -253,6 +253,31 @@ pub fn fault_xml(code: FaultCode, message: &str) -> String {
 /// The text of the fault the registry answers when it fails (`error_rate`).
 pub const SERVER_FAULT_MESSAGE: &str = "Registry temporarily unavailable";
 
+/// The size of a fault answer that echoes the request (the `fault_echo` knob): 64 KiB, the
+/// most a careful client reads.
+pub const ECHO_FAULT_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A server fault whose text echoes `request`'s personal data, repeated until the answer is
+/// [`ECHO_FAULT_ANSWER_BYTES`] long.
+pub fn echo_fault_xml(request: &VerifyRequest) -> String {
+    let echo = format!(
+        "{SERVER_FAULT_MESSAGE}: no record matches {}, {}, born {}. ",
+        request.full_name, request.national_id, request.birth_date
+    );
+    let room = ECHO_FAULT_ANSWER_BYTES - fault_xml(FaultCode::Server, "").len();
+    let mut message = String::with_capacity(room);
+    while message.len() + echo.len() <= room {
+        message.push_str(&echo);
+    }
+    // Fill the rest, so the answer is exactly the size (escaping could change it: no
+    // character of the filler needs escaping).
+    while fault_xml(FaultCode::Server, &message).len() < ECHO_FAULT_ANSWER_BYTES {
+        message.push('x');
+    }
+    message.truncate(message.trim_end().len());
+    fault_xml(FaultCode::Server, &message)
+}
+
 fn billion_laughs_doctype() -> String {
     let mut doctype = String::from("<!DOCTYPE soap:Envelope [\n  <!ENTITY lol \"lol\">\n");
     for level in 1..=9 {

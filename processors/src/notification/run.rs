@@ -422,7 +422,8 @@ impl Notifier {
                 template: notice.kind.template().into(),
                 decision_seq: round.decision_seq,
                 attempts,
-                last_error: err.message.clone(),
+                last_error: err.error.reason().into(),
+                error_code: err.error.code().into(),
             });
             if let Err(err) = self.record(notice, &round.dead_id(&nid), failed).await {
                 tracing::warn!(error = %format!("{err:#}"), "A dead letter could not be recorded; trying again.");

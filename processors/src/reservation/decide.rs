@@ -522,12 +522,16 @@ impl Decisions<'_> {
                 }) = self.state.registrations.get(&v.registration_id)
                 {
                     let (slot, submission_seq) = (slot.clone(), *submission_seq);
+                    // An old verdict's words came from the registry: not carried on.
+                    let (error_code, last_error) =
+                        streams::outside::shown(&v.error_code, &v.last_error);
                     self.take(Event::ReviewRequired(ReviewRequired {
                         registration_id: v.registration_id.clone(),
                         slot,
                         intake_seq: seq,
                         attempts: v.attempts,
-                        last_error: v.last_error.clone(),
+                        last_error,
+                        error_code,
                         submission_seq,
                     }));
                 }

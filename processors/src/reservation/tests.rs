@@ -61,7 +61,8 @@ fn inconclusive(n: u32) -> Event {
     Event::VerificationInconclusive(VerificationInconclusive {
         registration_id: id(n),
         attempts: 8,
-        last_error: "503".into(),
+        last_error: "the registry could not be reached".into(),
+        error_code: "registry_unreachable".into(),
     })
 }
 

@@ -8,7 +8,9 @@ use streams::events::{
     Event, RegistryRefusal, VerificationFailed, VerificationInconclusive, VerificationPassed,
 };
 use streams::model::{RegistrationId, SlotKey};
+use streams::outside::OutsideError;
 
+use super::registry::RegistryError;
 use super::xml::Verdict;
 
 /// A registration that needs a verification, from the decision that asked for it.
@@ -100,8 +102,22 @@ pub struct Failure {
     pub retryable: bool,
     /// The least the registry asked us to wait (a `429`'s `Retry-After`).
     pub at_least: Option<Duration>,
-    /// For the operator (no personal data).
-    pub message: String,
+    /// What failed, as the event records it: a code and a fixed sentence.
+    pub error: OutsideError,
+}
+
+impl Failure {
+    /// A failed registry call, as the rule sees it.
+    pub fn of(err: &RegistryError) -> Failure {
+        Failure {
+            retryable: err.retryable(),
+            at_least: match err {
+                RegistryError::RateLimited(wait) => Some(*wait),
+                _ => None,
+            },
+            error: err.outside(),
+        }
+    }
 }
 
 /// After `attempts` failed calls, the last one `failure`, `age` after the decision: try again
@@ -116,14 +132,72 @@ pub fn after_failure(
     jitter: f64,
 ) -> Next {
     if !failure.retryable || attempts >= limits.max_attempts || age >= limits.max_age {
-        return Next::Review(VerificationInconclusive {
-            registration_id: id.clone(),
-            attempts,
-            last_error: failure.message.clone(),
-        });
+        return Next::Review(inconclusive(id, attempts, &failure.error));
     }
     let delay = crate::retry::backoff(attempts, limits.base_delay, limits.max_delay, jitter);
     Next::Retry(delay.max(failure.at_least.unwrap_or_default()))
+}
+
+/// Why no call went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The circuit breaker is open (or its one probe is in flight).
+    Breaker,
+    /// This replica's rate limit is spent.
+    RateLimit,
+}
+
+impl Held {
+    /// Why the last attempt never reached the registry, as the event records it.
+    pub fn error(self) -> OutsideError {
+        match self {
+            Held::Breaker => OutsideError::new(
+                "registry_circuit_open",
+                "the registry's circuit breaker was open after repeated failures",
+            ),
+            Held::RateLimit => OutsideError::new(
+                "registry_rate_limited_here",
+                "this replica's rate limit for the registry held the call back",
+            ),
+        }
+    }
+}
+
+/// The registration goes to an operator after `attempts` calls, the last failing with
+/// `error`.
+fn inconclusive(
+    id: &RegistrationId,
+    attempts: u32,
+    error: &OutsideError,
+) -> VerificationInconclusive {
+    VerificationInconclusive {
+        registration_id: id.clone(),
+        attempts,
+        last_error: error.reason().into(),
+        error_code: error.code().into(),
+    }
+}
+
+/// No call went out (`held`), and one may go out after `wait`: put the verification back
+/// until then, but no later than the moment it reaches `max_age`; once it has, hand it to an
+/// operator. The age bound holds in every state of the breaker, not only when a call fails:
+/// an open breaker may stay open for longer than `max_age`.
+pub fn while_held(
+    id: &RegistrationId,
+    attempts: u32,
+    age: Duration,
+    held: Held,
+    wait: Duration,
+    limits: &Limits,
+) -> Next {
+    match limits
+        .max_age
+        .checked_sub(age)
+        .filter(|left| !left.is_zero())
+    {
+        Some(left) => Next::Retry(wait.min(left)),
+        None => Next::Review(inconclusive(id, attempts, &held.error())),
+    }
 }
 
 #[cfg(test)]
@@ -136,11 +210,11 @@ mod tests {
     }
 
     fn failure(retryable: bool) -> Failure {
-        Failure {
-            retryable,
-            at_least: None,
-            message: "the registry answered 503".into(),
-        }
+        Failure::of(&if retryable {
+            RegistryError::Status(reqwest::StatusCode::SERVICE_UNAVAILABLE)
+        } else {
+            RegistryError::ClientFault("bad request".into())
+        })
     }
 
     #[test]
@@ -196,6 +270,99 @@ mod tests {
             after_failure(&id, 1, Duration::ZERO, &slow_down, &limits, 0.5),
             Next::Retry(Duration::from_secs(5))
         );
+    }
+
+    /// The age bound holds in every state of the breaker: given a registry that has been
+    /// failing, when the breaker (open, or half-open with another probe in flight) or the
+    /// rate limit holds a verification back, then it goes to an operator once it is
+    /// `max_age` old, and before that it is put back no later than when it will be.
+    #[test]
+    fn a_verification_held_back_by_the_breaker_still_goes_to_review_at_its_age() {
+        let limits = Limits {
+            max_attempts: 100,
+            max_age: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let id = id();
+        let long_cooldown = Duration::from_secs(600);
+        for held in [Held::Breaker, Held::RateLimit] {
+            match while_held(&id, 3, limits.max_age, held, long_cooldown, &limits) {
+                Next::Review(r) => {
+                    assert_eq!((r.attempts, &r.registration_id), (3, &id), "{held:?}");
+                    assert_eq!(r.error_code, held.error().code());
+                }
+                other => panic!("{held:?}: a verification past its age was put back: {other:?}"),
+            }
+        }
+        assert_eq!(
+            while_held(
+                &id,
+                3,
+                Duration::from_secs(50),
+                Held::Breaker,
+                long_cooldown,
+                &limits
+            ),
+            Next::Retry(Duration::from_secs(10)),
+            "put back until its age is reached, not until the breaker's cool-down ends"
+        );
+        assert_eq!(
+            while_held(
+                &id,
+                0,
+                Duration::ZERO,
+                Held::RateLimit,
+                Duration::from_millis(200),
+                &limits
+            ),
+            Next::Retry(Duration::from_millis(200)),
+            "a short wait is kept"
+        );
+    }
+
+    /// Given a registry whose fault echoes the citizen's data (an e-mail address here) and is
+    /// 100 KiB long, when the registration goes to manual review, then its event is short,
+    /// holds no trace of the echo, and fits in one JetStream message with room to spare, so
+    /// it is stored and the registration reaches its outcome.
+    #[test]
+    fn a_registry_fault_echoing_personal_data_is_recorded_as_a_short_code() {
+        let address = "jan.kowalski@example.pl";
+        let echo = format!(
+            "no record for {address}, Jan Kowalski, 44051401359: {}",
+            "x".repeat(100 * 1024)
+        );
+        for err in [
+            RegistryError::ServerFault(echo.clone()),
+            RegistryError::ClientFault(echo.clone()),
+            RegistryError::BadAnswer(echo.clone()),
+            RegistryError::Timeout(echo.clone()),
+            RegistryError::Transport(echo.clone()),
+        ] {
+            let Next::Review(review) = after_failure(
+                &id(),
+                8,
+                Duration::ZERO,
+                &Failure::of(&err),
+                &Limits::default(),
+                0.5,
+            ) else {
+                panic!("the attempts are spent: {err:?}")
+            };
+            let json = String::from_utf8(
+                streams::events::Envelope::new(
+                    review.registration_id.to_string(),
+                    Event::VerificationInconclusive(review.clone()),
+                )
+                .encode(),
+            )
+            .unwrap();
+            assert!(json.len() < 1024, "{} bytes: {err:?}", json.len());
+            assert_eq!(review.error_code, err.outside().code());
+            assert_eq!(review.last_error, err.outside().reason());
+            for personal in [address, "Kowalski", "44051401359", "xxxx"] {
+                assert!(!json.contains(personal), "{personal} in {json}");
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use reqwest::StatusCode;
 
+use streams::outside::OutsideError;
+
 use super::xml::{self, FaultCode, Reply, Verdict, VerifyRequest};
 
 /// Why the registry gave no verdict.
@@ -24,11 +26,19 @@ pub enum RegistryError {
     /// The registry refused the request as malformed: trying again sends the same bytes.
     #[error("the registry refused the request: {0}")]
     ClientFault(String),
-    /// The answer could not be trusted: malformed, hostile, too large, or about another
-    /// request.
+    /// The answer could not be trusted: malformed or hostile XML.
     #[error("the registry's answer was refused: {0}")]
     BadAnswer(String),
-    /// No answer in time, or no connection.
+    /// The answer was larger than [`xml::MAX_REPLY_BYTES`]; it was not read further.
+    #[error("the registry's answer is larger than {} bytes", xml::MAX_REPLY_BYTES)]
+    TooLarge,
+    /// A well-formed answer about another request.
+    #[error("the registry's answer is about another request")]
+    WrongRequest,
+    /// No answer in time.
+    #[error("the registry did not answer in time: {0}")]
+    Timeout(String),
+    /// No connection, or the connection broke.
     #[error("the registry could not be reached: {0}")]
     Transport(String),
 }
@@ -55,8 +65,50 @@ impl RegistryError {
             RegistryError::Status(_) => "http_error",
             RegistryError::ServerFault(_) => "server_fault",
             RegistryError::ClientFault(_) => "client_fault",
-            RegistryError::BadAnswer(_) => "bad_answer",
-            RegistryError::Transport(_) => "unreachable",
+            RegistryError::BadAnswer(_) | RegistryError::TooLarge | RegistryError::WrongRequest => {
+                "bad_answer"
+            }
+            RegistryError::Timeout(_) | RegistryError::Transport(_) => "unreachable",
+        }
+    }
+
+    /// The failure as events record it: a code and a fixed sentence, none of the registry's
+    /// own words (a fault may echo the citizen's data, at any length).
+    pub fn outside(&self) -> OutsideError {
+        match self {
+            RegistryError::RateLimited(_) => {
+                OutsideError::new("registry_http_429", "the registry asked us to slow down")
+            }
+            RegistryError::Status(status) => OutsideError::new(
+                format!("registry_http_{}", status.as_u16()),
+                "the registry answered an HTTP error status without a usable fault",
+            ),
+            RegistryError::ServerFault(_) => OutsideError::new(
+                "registry_fault_server",
+                "the registry answered with a fault on its side",
+            ),
+            RegistryError::ClientFault(_) => OutsideError::new(
+                "registry_fault_client",
+                "the registry refused the request as malformed",
+            ),
+            RegistryError::BadAnswer(_) => OutsideError::new(
+                "registry_malformed_xml",
+                "the registry's answer was not XML of the agreed shape",
+            ),
+            RegistryError::TooLarge => OutsideError::new(
+                "registry_answer_too_large",
+                "the registry's answer was larger than the limit",
+            ),
+            RegistryError::WrongRequest => OutsideError::new(
+                "registry_wrong_request_id",
+                "the registry's answer was about another request",
+            ),
+            RegistryError::Timeout(_) => {
+                OutsideError::new("registry_timeout", "the registry did not answer in time")
+            }
+            RegistryError::Transport(_) => {
+                OutsideError::new("registry_unreachable", "the registry could not be reached")
+            }
         }
     }
 }
@@ -87,6 +139,9 @@ impl RegistryClient {
     /// up after `timeout`.
     pub fn new(base_url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // A redirect would send the citizen's data on to wherever it points: a redirect
+            // is the registry's failure, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(64)
@@ -117,7 +172,7 @@ impl RegistryClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| RegistryError::Transport(without_url(e)))?;
+            .map_err(transport)?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             let wait = response
@@ -130,16 +185,9 @@ impl RegistryClient {
         }
         // Read under the cap: a huge answer is refused, never buffered whole.
         let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| RegistryError::Transport(without_url(e)))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if bytes.len() + chunk.len() > xml::MAX_REPLY_BYTES {
-                return Err(RegistryError::BadAnswer(format!(
-                    "the answer is larger than {} bytes",
-                    xml::MAX_REPLY_BYTES
-                )));
+                return Err(RegistryError::TooLarge);
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -155,9 +203,7 @@ impl RegistryClient {
                 if echoed == request_id {
                     Ok(verdict)
                 } else {
-                    Err(RegistryError::BadAnswer(
-                        "the answer is about another request".into(),
-                    ))
+                    Err(RegistryError::WrongRequest)
                 }
             }
             (
@@ -174,13 +220,44 @@ impl RegistryClient {
     }
 }
 
-/// The error without the URL reqwest puts in it (it may carry credentials).
-fn without_url(err: reqwest::Error) -> String {
+/// A failed exchange, without the URL reqwest puts in the error (it may carry credentials).
+fn transport(err: reqwest::Error) -> RegistryError {
     let timeout = err.is_timeout();
     let text = err.without_url().to_string();
     if timeout {
-        format!("timed out: {text}")
+        RegistryError::Timeout(text)
     } else {
-        text
+        RegistryError::Transport(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry that redirects elsewhere does not get the citizen's data sent on: the
+    /// redirect's target never sees a request, and the call is the registry's failure.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_citizen_in_the_body() {
+        let trap = testkit::redirect::RedirectTrap::start().await;
+        let client = RegistryClient::new(&trap.url, Duration::from_secs(5)).unwrap();
+        let person = Person {
+            national_id: "44051401359",
+            full_name: "Jan Kowalski",
+            birth_date: NaiveDate::from_ymd_opt(1944, 5, 14).unwrap(),
+        };
+        let answer = client.verify(&person, "request-1").await;
+        let reached = trap.reached();
+        assert!(
+            reached.is_empty(),
+            "the redirect was followed: {}",
+            String::from_utf8_lossy(&reached.concat())
+        );
+        match answer {
+            Err(RegistryError::Status(status)) => {
+                assert_eq!(status, StatusCode::TEMPORARY_REDIRECT);
+            }
+            other => panic!("a redirect is the registry's failure, got {other:?}"),
+        }
     }
 }

@@ -29,8 +29,8 @@ use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Breaker, BreakerConfig};
-use super::decide::{self, Failure, Limits, Next, Target};
-use super::registry::{Person, RegistryClient, RegistryError};
+use super::decide::{self, Failure, Held, Limits, Next, Target};
+use super::registry::{Person, RegistryClient};
 use crate::metrics::{Metrics, VerificationMetrics, processor};
 
 /// What a verification replica does and how hard it may push the registry.
@@ -184,13 +184,21 @@ impl Verifier {
                 let failure = Failure {
                     retryable: true,
                     at_least: Some(Duration::from_secs(30)),
-                    message: "the personal data could not be opened with the configured key".into(),
+                    error: streams::outside::OutsideError::new(
+                        "key_unavailable",
+                        "the personal data could not be opened with this replica's key",
+                    ),
                 };
                 return self.after_failure(target, round, 0, age, &failure).await;
             }
         };
-        if let Some(wait) = self.defer() {
-            return Outcome::Retry(wait);
+        if let Some((held, wait)) = self.defer() {
+            let attempts = self.attempts(round);
+            // Held back, not failed: a put-back is not counted as a retry.
+            return match decide::while_held(id, attempts, age, held, wait, &self.limits) {
+                Next::Retry(wait) => Outcome::Retry(wait),
+                review => self.next(target, round, attempts, review).await,
+            };
         }
         let attempts = {
             let mut attempts = self.attempts.lock().expect("lock");
@@ -240,7 +248,7 @@ impl Verifier {
                     self.show_breaker(now);
                 }
                 tracing::debug!(registration_id = %id, attempts, error = %err, "A registry call failed.");
-                let failure = failure_of(&err);
+                let failure = Failure::of(&err);
                 self.after_failure(target, round, attempts, age, &failure)
                     .await
             }
@@ -249,13 +257,16 @@ impl Verifier {
 
     /// Whether to put the verification back without calling: the breaker is open, or the
     /// rate limit is spent. The delay carries jitter so the retries spread out.
-    fn defer(&self) -> Option<Duration> {
+    fn defer(&self) -> Option<(Held, Duration)> {
         let now = Instant::now();
         let refused = self.breaker.lock().expect("lock").allow(now);
         self.show_breaker(now);
         if let Err(wait) = refused {
             self.metrics.deferred.with_label_values(&["breaker"]).inc();
-            return Some(wait + jitter(wait.max(Duration::from_millis(500))));
+            return Some((
+                Held::Breaker,
+                wait + jitter(wait.max(Duration::from_millis(500))),
+            ));
         }
         if let Some(limiter) = &self.limiter
             && let Err(not_until) = limiter.check()
@@ -265,7 +276,7 @@ impl Verifier {
                 .with_label_values(&["rate_limit"])
                 .inc();
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Some(wait + jitter(Duration::from_millis(200)));
+            return Some((Held::RateLimit, wait + jitter(Duration::from_millis(200))));
         }
         None
     }
@@ -278,21 +289,27 @@ impl Verifier {
         age: Duration,
         failure: &Failure,
     ) -> Outcome {
-        let id = &target.registration_id;
-        match decide::after_failure(
-            id,
+        let next = decide::after_failure(
+            &target.registration_id,
             attempts,
             age,
             failure,
             &self.limits,
             rand::random::<f64>(),
-        ) {
+        );
+        self.next(target, round, attempts, next).await
+    }
+
+    /// Carries out what the rules decided after a failed or held-back call.
+    async fn next(&self, target: &Target, round: u64, attempts: u32, next: Next) -> Outcome {
+        let id = &target.registration_id;
+        match next {
             Next::Retry(delay) => {
                 self.metrics.retries.inc();
                 Outcome::Retry(delay)
             }
             Next::Review(inconclusive) => {
-                tracing::info!(registration_id = %id, attempts, last_error = %failure.message, "The registry gave no answer in time; the registration goes to manual review.");
+                tracing::info!(registration_id = %id, attempts, last_error = %inconclusive.last_error, "The registry gave no answer in time; the registration goes to manual review.");
                 match self
                     .append(target, round, Event::VerificationInconclusive(inconclusive))
                     .await
@@ -308,6 +325,12 @@ impl Verifier {
                 }
             }
         }
+    }
+
+    /// Registry calls made so far for one verification round.
+    fn attempts(&self, round: u64) -> u32 {
+        let attempts = self.attempts.lock().expect("lock");
+        attempts.get(&round).copied().unwrap_or_default()
     }
 
     /// Appends a verdict for one verification round, stored once however often it is sent.
@@ -340,17 +363,6 @@ impl Verifier {
 /// The deduplication id of the verdict of one verification round.
 fn verdict_message_id(id: &RegistrationId, round: u64) -> String {
     format!("verdict.{id}.{round}")
-}
-
-fn failure_of(err: &RegistryError) -> Failure {
-    Failure {
-        retryable: err.retryable(),
-        at_least: match err {
-            RegistryError::RateLimited(wait) => Some(*wait),
-            _ => None,
-        },
-        message: err.to_string(),
-    }
 }
 
 fn verdict_label(event: &Event) -> &'static str {

@@ -5,11 +5,13 @@
 //! - [`NatsCluster`]: a JetStream cluster (one nats-server per node, each on free ports with
 //!   its own temporary store), nodes killed and restarted one by one;
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping;
-//! - [`openapi::check_routes`]: a service's routes against its committed OpenAPI document.
+//! - [`openapi::check_routes`]: a service's routes against its committed OpenAPI document;
+//! - [`redirect::RedirectTrap`]: a server redirecting to another, for outbound HTTP clients.
 #![forbid(unsafe_code)]
 
 mod cluster;
 pub mod openapi;
+pub mod redirect;
 pub use cluster::NatsCluster;
 
 use std::path::{Path, PathBuf};

@@ -56,6 +56,10 @@ pub struct Options {
     pub registry: Option<registry_sim::Knobs>,
     /// Registry calls before manual review (8 unless set).
     pub verify_max_attempts: Option<u32>,
+    /// Age of a verification at which it goes to manual review (15 minutes unless set).
+    pub verify_max_age: Option<Duration>,
+    /// The registry breaker's cool-down, first and longest (0.5 s and 2 s unless set).
+    pub breaker_cooldown: Option<Duration>,
     /// Before any service starts, a window record this code cannot decode (as a newer
     /// writer would leave) is in the log; the edge is then not waited for to be ready.
     pub undecodable_window: bool,
@@ -200,6 +204,13 @@ impl Pipeline {
                     .then(|| nats_options(Service::Verification, "verification"));
                 if let Some(attempts) = options.verify_max_attempts {
                     config.limits.max_attempts = attempts;
+                }
+                if let Some(age) = options.verify_max_age {
+                    config.limits.max_age = age;
+                }
+                if let Some(cooldown) = options.breaker_cooldown {
+                    config.breaker.cooldown = cooldown;
+                    config.breaker.max_cooldown = cooldown;
                 }
                 config
             }),

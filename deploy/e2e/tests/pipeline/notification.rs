@@ -219,6 +219,15 @@ async fn an_undeliverable_message_is_dead_lettered_listed_and_redriven_once() {
         (dead["channel"].as_str(), dead["attempts"].as_u64()),
         (Some("email"), Some(3))
     );
+    // A code and its fixed sentence, not the mail server's words.
+    assert_eq!(
+        (dead["error_code"].as_str(), dead["last_error"].as_str()),
+        (
+            Some("smtp_451"),
+            Some("the mail server refused the message for now")
+        ),
+        "{dead}"
+    );
     let (receivers, _) = p.receivers.as_ref().unwrap();
     assert_eq!(receivers.counts().smtp.accepted, 0);
 
@@ -333,4 +342,81 @@ async fn each_processor_reports_its_lag_rate_and_redeliveries_per_region() {
             .then_some(())
     })
     .await;
+}
+
+/// Every e-mail carries a `Message-ID` (RFC 5322 §3.6.4) derived from its notification id
+/// and the sender's domain, so a provider's de-duplication can use it and a retry carries
+/// the same one: the notification processor's mailer sends one notification to two SMTP
+/// sinks (as a retry after a crash may reach another relay), and an e-mail parser we did not
+/// write (`mail-parser`) reads the same id from both stored messages.
+#[tokio::test]
+async fn every_email_carries_a_message_id_derived_from_its_notification_id() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut stored = Vec::new();
+    let notification_id = "3f1c0e5a9b7d4c2e8f6a1b3c5d7e9f01";
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = receivers::Receivers::new(
+            dir.path().to_owned(),
+            receivers::Knobs::default(),
+            "unused".into(),
+        )
+        .unwrap();
+        let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = smtp.local_addr().unwrap().port();
+        tokio::spawn(sink.clone().serve(smtp, http, shutdown.clone()));
+        let mailer = processors::notification::transport::Mailer::new(
+            "127.0.0.1",
+            port,
+            "Rejestracja <no-reply@rejestracja.example>",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let message = processors::notification::decide::Message {
+            subject: "Twoja rejestracja".into(),
+            text: "Miejsce jest zarezerwowane.".into(),
+            html: "<p>Miejsce jest zarezerwowane.</p>".into(),
+        };
+        mailer
+            .send(
+                "citizen1@example.pl",
+                &message,
+                notification_id,
+                "mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f",
+            )
+            .await
+            .expect("the sink stores it");
+        let files: Vec<_> = std::fs::read_dir(sink.mail_dir())
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(files.len(), 1);
+        stored.push((dir, files.into_iter().next().unwrap()));
+    }
+    shutdown.cancel();
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|(_, raw)| {
+            let parsed = mail_parser::MessageParser::default()
+                .parse(raw)
+                .expect("a parsable message");
+            assert_eq!(
+                parsed.header_values("Message-ID").count(),
+                1,
+                "exactly one Message-ID: {}",
+                String::from_utf8_lossy(raw)
+            );
+            parsed
+                .message_id()
+                .unwrap_or_else(|| panic!("no Message-ID in {}", String::from_utf8_lossy(raw)))
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        ids[0],
+        format!("{notification_id}@rejestracja.example"),
+        "derived from the notification id and the sender's domain"
+    );
+    assert_eq!(ids[0], ids[1], "a retry carries the same Message-ID");
 }

@@ -233,6 +233,88 @@ async fn an_operators_decision_on_a_registration_not_in_review_is_refused() {
     assert_eq!(record["status"], "reserved", "{record}");
 }
 
+/// The age bound holds while the breaker is open: a registry in an outage opens the breaker
+/// for far longer than `REG_VERIFY_MAX_AGE_S`, and with calls to spare every registration
+/// still reaches manual review at its age instead of waiting for the breaker's next probe.
+#[ntex::test]
+async fn an_open_breaker_does_not_keep_registrations_from_manual_review() {
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs {
+            outage: true,
+            ..registry_sim::Knobs::default()
+        }),
+        verify_max_attempts: Some(1000),
+        verify_max_age: Some(Duration::from_secs(3)),
+        breaker_cooldown: Some(Duration::from_secs(600)),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("breaker", 20).await;
+    // More registrations than the failures that open the breaker (5).
+    let registrations = submit_all(&p, &(8001..8013).collect::<Vec<_>>(), "breaker").await;
+    for (_, id, token) in &registrations {
+        p.wait_status(id, token, "manual_review").await;
+    }
+    let counts = p.registry.as_ref().unwrap().counts();
+    assert!(
+        counts.total < registrations.len() as u64 * 3,
+        "the breaker was open, so few calls went out: {counts:?}"
+    );
+}
+
+/// A registry whose faults echo the citizen's data, 64 KiB of it: every registration still
+/// reaches manual review, and what the decision log keeps of the failure is a short code
+/// without a trace of the echo.
+#[ntex::test]
+async fn a_registry_fault_echoing_personal_data_leaves_none_of_it_in_the_log() {
+    let p = Pipeline::start_with(Options {
+        registry: Some(registry_sim::Knobs {
+            error_rate: 1.0,
+            fault_echo: true,
+            ..registry_sim::Knobs::default()
+        }),
+        verify_max_attempts: Some(1),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("echo", 20).await;
+    let citizens: Vec<u32> = (8101..8111).collect();
+    let registrations = submit_all(&p, &citizens, "echo").await;
+    for (_, id, token) in &registrations {
+        p.wait_status(id, token, "manual_review").await;
+    }
+    let counts = p.registry.as_ref().unwrap().counts();
+    assert!(counts.faults > 0, "some faults echoed: {counts:?}");
+    let js = async_nats::jetstream::new(p.nats.connect().await);
+    let mut reviews = Vec::new();
+    streams::replay::read_to_end(
+        &js,
+        streams::subjects::DECISIONS_STREAM,
+        streams::subjects::reservation_decisions_filter(&streams::subjects::RegionFilter::All),
+        1,
+        |record: streams::replay::Record| {
+            if let streams::events::Event::ReviewRequired(e) = record.envelope.unwrap().event {
+                reviews.push(e);
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(reviews.len(), citizens.len());
+    for review in &reviews {
+        let json = serde_json::to_string(review).unwrap();
+        assert!(json.len() < 1024, "{} bytes kept", json.len());
+        for n in &citizens {
+            let person = citizen(*n, "echo");
+            for personal in [&person["national_id"], &person["full_name"]] {
+                let personal = personal.as_str().unwrap();
+                assert!(!json.contains(personal), "{personal} in {json}");
+            }
+        }
+        assert!(review.error_code == "registry_fault_server", "{json}");
+    }
+}
+
 /// Submits `citizens` (at most 64 at a time) across the `slots` locations; returns each
 /// accepted registration and every answer's latency.
 async fn load(

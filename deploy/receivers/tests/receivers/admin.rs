@@ -128,7 +128,7 @@ async fn counts_are_exact_after_a_known_sequence_over_both_transports() {
         ("X-Signature-Timestamp", ts.to_string()),
         (
             "X-Signature",
-            receivers::sign(crate::SECRET.as_bytes(), ts, b"{}"),
+            receivers::sign(crate::SECRET.as_bytes(), ts, "", "r-3", b"{}"),
         ),
     ];
     assert_eq!(sim.post_webhook(&unnamed, "{}").await.status, 400);

@@ -183,7 +183,13 @@ impl Sim {
         timestamp: i64,
         body: &str,
     ) -> Reply {
-        let signature = receivers::sign(SECRET.as_bytes(), timestamp, body.as_bytes());
+        let signature = receivers::sign(
+            SECRET.as_bytes(),
+            timestamp,
+            notification_id,
+            registration_id,
+            body.as_bytes(),
+        );
         let headers = [
             ("X-Notification-Id", notification_id.to_owned()),
             ("X-Registration-Id", registration_id.to_owned()),

@@ -69,7 +69,7 @@ async fn bad_signatures_and_stale_timestamps_get_401_and_nothing_is_stored() {
     let sim = start(dir.path(), Knobs::default()).await;
     let ts = now();
     let signed = |secret: &str, timestamp: i64, body: &str| {
-        receivers::sign(secret.as_bytes(), timestamp, body.as_bytes())
+        receivers::sign(secret.as_bytes(), timestamp, "w-1", "r-1", body.as_bytes())
     };
     let ids = || {
         vec![
@@ -183,16 +183,25 @@ async fn missing_ids_and_bodies_that_are_not_json_get_400() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start(dir.path(), Knobs::default()).await;
     let ts = now();
-    let signature = receivers::sign(SECRET.as_bytes(), ts, BODY.as_bytes());
-    let signing = vec![
-        ("X-Signature-Timestamp", ts.to_string()),
-        ("X-Signature", signature),
-    ];
-    let mut no_notification = signing.clone();
+    // Each signed over its ids as sent (empty when absent), so only the ids are wrong.
+    let signing = |notification_id: &str, registration_id: &str| {
+        let signature = receivers::sign(
+            SECRET.as_bytes(),
+            ts,
+            notification_id,
+            registration_id,
+            BODY.as_bytes(),
+        );
+        vec![
+            ("X-Signature-Timestamp", ts.to_string()),
+            ("X-Signature", signature),
+        ]
+    };
+    let mut no_notification = signing("", "r-1");
     no_notification.push(("X-Registration-Id", "r-1".to_owned()));
-    let mut no_registration = signing.clone();
+    let mut no_registration = signing("w-1", "");
     no_registration.push(("X-Notification-Id", "w-1".to_owned()));
-    let mut path_id = signing.clone();
+    let mut path_id = signing("../w-1", "r-1");
     path_id.push(("X-Notification-Id", "../w-1".to_owned()));
     path_id.push(("X-Registration-Id", "r-1".to_owned()));
     for (case, headers, mentions) in [
@@ -280,5 +289,63 @@ async fn webhook_fail_rate_one_answers_503_with_retry_after_until_set_to_zero() 
     );
     assert_eq!(counts.webhook.for_id("w-1").attempts, 4);
     assert_eq!(counts.smtp.accepted, 1);
+    sim.stop().await;
+}
+
+/// The signature as `docs/notifications-receivers.md` defines it, computed here without the
+/// crate's own `sign`: HMAC-SHA256 over the timestamp, the notification id, the registration
+/// id and the raw body, each followed by a line feed but the body.
+fn documented_signature(
+    timestamp: i64,
+    notification_id: &str,
+    registration_id: &str,
+    body: &str,
+) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}\n{notification_id}\n{registration_id}\n{body}").as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// The ids are signed with the body: a delivery whose notification id or registration id was
+/// changed in transit (to pass it off as another notification, or as another registration's)
+/// is refused with `401` and nothing is stored.
+#[tokio::test]
+async fn a_delivery_whose_ids_were_changed_in_transit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(dir.path(), Knobs::default()).await;
+    let ts = now();
+    let signature = documented_signature(ts, "w-1", "r-1", BODY);
+    let headers = |notification_id: &str, registration_id: &str| {
+        vec![
+            ("X-Notification-Id", notification_id.to_owned()),
+            ("X-Registration-Id", registration_id.to_owned()),
+            ("X-Signature-Timestamp", ts.to_string()),
+            ("X-Signature", signature.clone()),
+        ]
+    };
+    for (case, notification_id, registration_id) in [
+        ("another notification id", "w-2", "r-1"),
+        ("another registration id", "w-1", "r-2"),
+        // The ids may hold dots: moving one from one id to the other changes the signed text.
+        ("a dot moved between the ids", "w-1.r", "1"),
+    ] {
+        let reply = sim
+            .post_webhook(&headers(notification_id, registration_id), BODY)
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{case}: {}",
+            reply.body
+        );
+        assert!(reply.is_json_error(), "{case}: {}", reply.body);
+    }
+    assert!(sim.deliveries().is_empty());
+    let reply = sim.post_webhook(&headers("w-1", "r-1"), BODY).await;
+    assert_eq!(reply.status, StatusCode::OK, "as signed: {}", reply.body);
+    assert_eq!(sim.deliveries().len(), 1);
     sim.stop().await;
 }
