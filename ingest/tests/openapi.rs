@@ -54,7 +54,8 @@ fn the_email_pattern_accepts_what_the_edge_accepts() {
         "jan@example",
         "no-at-sign",
     ];
-    let today = chrono::Utc::now().date_naive();
+    // A fixed day before the slot, so the test does not expire.
+    let today = chrono::NaiveDate::from_ymd_opt(2027, 2, 1).unwrap();
     for email in samples {
         let body = serde_json::json!({
             "national_id": "44051401359", "full_name": "Jan Kowalski",
