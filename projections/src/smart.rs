@@ -582,6 +582,19 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_sites_deploy_up_describes_are_a_valid_directory() {
+        let up = include_str!("../../deploy/up");
+        let start = up
+            .find("<<'SITES'\n")
+            .expect("deploy/up writes the demo sites")
+            + 10;
+        let end = start + up[start..].find("\nSITES\n").expect("the end of the list");
+        let sites = parse_sites(&up[start..end]).unwrap();
+        assert_eq!(sites.len(), 4, "the four seeded sites");
+        assert!(sites.values().all(|s| s.phone.is_some()));
+    }
+
+    #[test]
     fn the_manifest_has_the_bulk_publish_shape() {
         let m = manifest(&publication(false, &[]), "2027-02-01T08:00:00.000Z");
         assert!(is_timestamp(m["transactionTime"].as_str().unwrap()));
