@@ -98,9 +98,69 @@ fn secure(response: &mut HttpResponse, edge: &Edge) {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
+/// The page's fields that hold personal data. The forms send them only in a `POST` body.
+pub const PERSONAL_FIELDS: [&str; 5] = ["national_id", "full_name", "birth_date", "email", "phone"];
+
+/// The first personal field named in a query string (`a=1&national_id=…`), its name
+/// percent-decoded, or `None`. Values are never looked at.
+pub fn personal_field(query: &str) -> Option<&'static str> {
+    query.split(['&', ';']).find_map(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let name = percent_decode(name);
+        PERSONAL_FIELDS.into_iter().find(|f| *f == name)
+    })
+}
+
+/// `+` as a space and `%XX` as its byte; anything malformed is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `GET` that carries personal data in its address (a form sent without the page's script,
+/// a link someone built): refused with `400` naming the field, never the value, and not to be
+/// stored by a cache. The address has already reached the edge; nothing here logs it.
+fn refuse_personal_query(req: &HttpRequest, edge: &Edge) -> Option<HttpResponse> {
+    let field = personal_field(req.query_string())?;
+    let mut response = streams::http::error(
+        StatusCode::BAD_REQUEST,
+        "personal_data_in_url",
+        "personal data must not be sent in a web address, where browsers, histories and logs \
+         keep it; the page sends it in the body of a POST and needs JavaScript to do so",
+        Some(field),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    secure(&mut response, edge);
+    Some(response)
+}
+
 /// `GET /`, `/page.css`, `/page.js`, `/i18n.js`: the page's files, `304` on a matching
-/// `If-None-Match`.
+/// `If-None-Match`; `400` when the query names a personal field.
 pub async fn asset(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
+    if let Some(refusal) = refuse_personal_query(&req, &edge) {
+        return refusal;
+    }
     let Some(i) = ASSETS.iter().position(|a| a.path == req.path()) else {
         return HttpResponse::NotFound().finish();
     };
@@ -130,8 +190,12 @@ pub async fn asset(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
     response
 }
 
-/// `GET /config.json`: where the page finds the read API (`REG_READ_API_URL`).
-pub async fn config(edge: State<Edge>) -> HttpResponse {
+/// `GET /config.json`: where the page finds the read API (`REG_READ_API_URL`); `400` when
+/// the query names a personal field.
+pub async fn config(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
+    if let Some(refusal) = refuse_personal_query(&req, &edge) {
+        return refusal;
+    }
     let mut response = streams::http::json(
         StatusCode::OK,
         &json!({"read_api_url": edge.settings.read_api_url}),
@@ -167,6 +231,36 @@ mod tests {
         );
         assert_eq!(origin("ftp://x"), None);
         assert_eq!(origin("http:///x"), None);
+    }
+
+    #[test]
+    fn a_query_with_a_personal_field_is_found_by_the_fields_name_alone() {
+        assert_eq!(
+            personal_field("national_id=44051401359"),
+            Some("national_id")
+        );
+        assert_eq!(
+            personal_field("region=mazowieckie&birth_date=1944-05-14"),
+            Some("birth_date")
+        );
+        assert_eq!(personal_field("national%5Fid=1"), Some("national_id"));
+        assert_eq!(
+            personal_field("email"),
+            Some("email"),
+            "a name without a value"
+        );
+        assert_eq!(personal_field("phone=&x=1"), Some("phone"));
+        assert_eq!(
+            personal_field("region=mazowieckie&location=x&date=2027-03-01"),
+            None
+        );
+        assert_eq!(
+            personal_field("x=national_id"),
+            None,
+            "values are not names"
+        );
+        assert_eq!(personal_field(""), None);
+        assert_eq!(personal_field("%zz=1&%"), None);
     }
 
     #[test]

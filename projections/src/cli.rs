@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::service::{Settings, run};
 use crate::store::StoreOptions;
+use anyhow::Context;
 use clap::Parser;
 use streams::runtime::NatsOptions;
 
@@ -66,6 +67,11 @@ pub struct Args {
     /// A phone number that books, on each free SMART slot and location.
     #[arg(long, env = "REG_BOOKING_PHONE")]
     pub booking_phone: Option<String>,
+    /// The site directory (a JSON file): each vaccination site's name, street address with
+    /// postal code, and phone, which SMART `Location`s require. Sites it does not list are
+    /// not published to vaccine finders [default: none, so none are].
+    #[arg(long, env = "REG_SITES_FILE")]
+    pub sites_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -105,8 +111,19 @@ pub async fn run_cli(
         public_url: public_url.trim_end_matches('/').to_owned(),
         booking_url: args.booking_url.filter(|u| !u.is_empty()),
         booking_phone: args.booking_phone.filter(|p| !p.is_empty()),
+        sites: match &args.sites_file {
+            None => crate::smart::Sites::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("Failed to read the site directory {}", path.display())
+                })?;
+                crate::smart::parse_sites(&text).map_err(|e| {
+                    anyhow::anyhow!("The site directory {} is invalid: {e}", path.display())
+                })?
+            }
+        },
     };
-    tracing::info!(listen = %args.listen, surreal = %args.surreal, cors = ?cors_origins, "Projections starting.");
+    tracing::info!(listen = %args.listen, surreal = %args.surreal, cors = ?cors_origins, sites = publication.sites.len(), "Projections starting.");
     run(
         Settings {
             nats: NatsOptions {

@@ -3,7 +3,12 @@
 //! one `Schedule` per vaccination site, and per slot (region, location, date) up to two
 //! aggregated `Slot`s, `free` with the remaining capacity and `busy` with the reserved part
 //! (the spec's `slot-capacity` extension). Rendered from the same availability rows as
-//! `GET /v1/availability`, from a cache about one second old.
+//! `GET /v1/availability`, from a cache about one second old. What the spec requires of a
+//! `Location` beyond what the events know (a name, a street address with its postal code,
+//! a phone) comes from a site directory in configuration ([`parse_sites`]); a site missing
+//! from it is not published.
+
+use std::collections::BTreeMap;
 
 use chrono::{NaiveDate, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -38,6 +43,84 @@ pub struct Publication {
     pub booking_url: Option<String>,
     /// A phone number that books, on each free slot and each location. None when unset.
     pub booking_phone: Option<String>,
+    /// What the spec requires of each published site and the events do not say, by
+    /// (region, location). Sites missing from it are left out of the publication.
+    pub sites: Sites,
+}
+
+/// The site directory: each vaccination site's description, by (region, location).
+pub type Sites = BTreeMap<(String, String), Site>;
+
+/// One vaccination site as finders show it (one entry of the `REG_SITES_FILE` directory).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// The region token, as in slots.
+    pub region: String,
+    /// The location token, as in slots.
+    pub location: String,
+    /// The name people know the site by.
+    pub name: String,
+    /// Its street address.
+    pub address: SiteAddress,
+    /// A phone number of the site (the `Location`'s `phone` contact point), if it has one.
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+/// A site's postal address, as the spec's `Location.address` needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteAddress {
+    /// Street and number, one or more lines.
+    pub line: Vec<String>,
+    /// Town or city.
+    pub city: String,
+    /// The state or province; the region token when absent.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The postal code (`postalCode`, required by the spec).
+    pub postal_code: String,
+}
+
+/// Parses a site directory: a JSON array of [`Site`]s, every required text non-blank, the
+/// region and location valid tokens, each (region, location) once. The message says which
+/// entry is wrong.
+pub fn parse_sites(json: &str) -> Result<Sites, String> {
+    let list: Vec<Site> =
+        serde_json::from_str(json).map_err(|e| format!("not a list of sites: {e}"))?;
+    let mut sites = Sites::new();
+    for (i, site) in list.into_iter().enumerate() {
+        let at = format!("site {} ({}/{})", i + 1, site.region, site.location);
+        streams::model::Region::parse(&site.region).map_err(|e| format!("{at}: {}", e.0))?;
+        streams::model::Location::parse(&site.location).map_err(|e| format!("{at}: {}", e.0))?;
+        let blank = |s: &str| s.trim().is_empty();
+        let address = &site.address;
+        for (field, value) in [
+            ("name", site.name.as_str()),
+            ("address.city", &address.city),
+            ("address.postal_code", &address.postal_code),
+        ] {
+            if blank(value) {
+                return Err(format!("{at}: {field} is empty"));
+            }
+        }
+        if address.line.is_empty() || address.line.iter().any(|l| blank(l)) {
+            return Err(format!(
+                "{at}: address.line needs at least one non-empty line"
+            ));
+        }
+        if address.state.as_deref().is_some_and(blank) || site.phone.as_deref().is_some_and(blank) {
+            return Err(format!(
+                "{at}: address.state and phone are left out, not empty"
+            ));
+        }
+        let key = (site.region.clone(), site.location.clone());
+        if sites.insert(key, site).is_some() {
+            return Err(format!("{at}: listed twice"));
+        }
+    }
+    Ok(sites)
 }
 
 /// One availability row, as the store lists them.
@@ -103,7 +186,8 @@ fn line(out: &mut String, value: &Value) {
 }
 
 /// Renders the three files from availability rows (ordered by region, location, date, as the
-/// store returns them). Rows with a date that does not parse are skipped.
+/// store returns them). Rows with a date that does not parse, and rows of a site missing from
+/// the directory (the spec requires its address), are skipped.
 pub fn render(rows: &[Row], publication: &Publication) -> Files {
     let mut locations = String::new();
     let mut schedules = String::new();
@@ -111,6 +195,12 @@ pub fn render(rows: &[Row], publication: &Publication) -> Files {
     let mut last_site: Option<(&str, &str)> = None;
     for row in rows {
         let Ok(date) = NaiveDate::parse_from_str(&row.date, "%Y-%m-%d") else {
+            continue;
+        };
+        let Some(described) = publication
+            .sites
+            .get(&(row.region.clone(), row.location.clone()))
+        else {
             continue;
         };
         let site = fhir_id(&[&row.region, &row.location]);
@@ -121,9 +211,16 @@ pub fn render(rows: &[Row], publication: &Publication) -> Files {
                 &[("region", &row.region), ("location", &row.location)],
             );
             let mut telecom = vec![json!({"system": "url", "value": availability})];
-            if let Some(phone) = &publication.booking_phone {
-                telecom.push(json!({"system": "phone", "value": phone}));
+            for phone in [&described.phone, &publication.booking_phone]
+                .into_iter()
+                .flatten()
+            {
+                let contact = json!({"system": "phone", "value": phone});
+                if !telecom.contains(&contact) {
+                    telecom.push(contact);
+                }
             }
+            let address = &described.address;
             line(
                 &mut locations,
                 &json!({
@@ -133,10 +230,15 @@ pub fn render(rows: &[Row], publication: &Publication) -> Files {
                         "system": format!("{}/v1/availability", publication.public_url),
                         "value": format!("{}/{}", row.region, row.location),
                     }],
-                    "name": format!("{} ({})", row.location, row.region),
+                    "name": described.name,
                     "description": format!("Vaccination site {} in region {}", row.location, row.region),
                     "telecom": telecom,
-                    "address": {"line": [row.location], "city": row.location, "state": row.region},
+                    "address": {
+                        "line": address.line,
+                        "city": address.city,
+                        "state": address.state.as_deref().unwrap_or(&row.region),
+                        "postalCode": address.postal_code,
+                    },
                 }),
             );
             line(
@@ -238,11 +340,35 @@ mod tests {
         }
     }
 
-    fn publication(booking: bool) -> Publication {
+    /// A directory entry for a site, with a phone.
+    fn site(region: &str, location: &str) -> Site {
+        Site {
+            region: region.into(),
+            location: location.into(),
+            name: format!("Punkt szczepień {location}"),
+            address: SiteAddress {
+                line: vec!["ul. Długa 1".into()],
+                city: "Warszawa".into(),
+                state: None,
+                postal_code: "00-001".into(),
+            },
+            phone: Some("+48 22 111 11 11".into()),
+        }
+    }
+
+    /// A publication whose directory describes every site of `rows`.
+    fn publication(booking: bool, rows: &[Row]) -> Publication {
         Publication {
             public_url: "https://read.example.org".into(),
             booking_url: booking.then(|| "https://book.example.org/".into()),
             booking_phone: booking.then(|| "+48 22 000 00 00".into()),
+            sites: rows
+                .iter()
+                .map(|r| {
+                    let key = (r.region.clone(), r.location.clone());
+                    (key, site(&r.region, &r.location))
+                })
+                .collect(),
         }
     }
 
@@ -276,7 +402,7 @@ mod tests {
             row("mazowieckie", "warszawa-narodowy", "2027-03-01", 5, 0),
             row("slaskie", "katowice-spodek", "2027-12-31", 0, 0),
         ];
-        let files = render(&rows, &publication(true));
+        let files = render(&rows, &publication(true, &rows));
         let locations = parse(&files.locations);
         let schedules = parse(&files.schedules);
         let slots = parse(&files.slots);
@@ -297,6 +423,7 @@ mod tests {
             }
             assert!(l["address"]["line"].is_array());
             assert!(l["address"]["city"].is_string() && l["address"]["state"].is_string());
+            assert!(l["address"]["postalCode"].is_string());
             let identifier = l["identifier"].as_array().unwrap();
             assert!(!identifier.is_empty());
             assert!(identifier[0]["system"].is_string() && identifier[0]["value"].is_string());
@@ -366,13 +493,110 @@ mod tests {
         );
         assert_eq!(slots[0]["end"], "2027-03-02T00:00:00.000Z");
         // Without a booking portal configured: no link, no phone, the capacity still there.
-        let plain = parse(&render(&rows, &publication(false)).slots);
+        let plain = parse(&render(&rows, &publication(false, &rows)).slots);
         assert_eq!(plain[0]["extension"].as_array().unwrap().len(), 1);
     }
 
     #[test]
+    fn a_location_has_what_the_spec_requires_and_an_undescribed_site_is_not_published() {
+        let rows = [
+            row("mazowieckie", "warszawa-narodowy", "2027-03-01", 5, 5),
+            row("mazowieckie", "nowhere", "2027-03-01", 5, 5),
+        ];
+        let mut publication = publication(true, &rows[..1]);
+        let files = render(&rows, &publication);
+        let locations = parse(&files.locations);
+        assert_eq!(
+            locations.len(),
+            1,
+            "the site without an address is left out"
+        );
+        assert_eq!(parse(&files.schedules).len(), 1);
+        assert!(
+            parse(&files.slots)
+                .iter()
+                .all(|s| s["schedule"]["reference"] == "Schedule/mazowieckie.warszawa-narodowy")
+        );
+        let l = &locations[0];
+        assert_eq!(l["name"], "Punkt szczepień warszawa-narodowy");
+        assert_eq!(
+            l["address"],
+            json!({"line": ["ul. Długa 1"], "city": "Warszawa", "state": "mazowieckie",
+                   "postalCode": "00-001"})
+        );
+        let phones: Vec<&Value> = l["telecom"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["system"] == "phone")
+            .map(|t| &t["value"])
+            .collect();
+        assert_eq!(
+            phones,
+            [&json!("+48 22 111 11 11"), &json!("+48 22 000 00 00")]
+        );
+        // The same phone twice is one contact point; a configured state wins over the region.
+        publication.booking_phone = Some("+48 22 111 11 11".into());
+        let described = publication.sites.values_mut().next().unwrap();
+        described.address.state = Some("Mazowieckie".into());
+        let l = &parse(&render(&rows, &publication).locations)[0];
+        assert_eq!(l["telecom"].as_array().unwrap().len(), 2, "{l}");
+        assert_eq!(l["address"]["state"], "Mazowieckie");
+    }
+
+    #[test]
+    fn a_site_directory_is_strict() {
+        let good = r#"[{"region": "mazowieckie", "location": "warszawa-narodowy",
+            "name": "PGE Narodowy", "phone": "+48 22 000 00 01",
+            "address": {"line": ["al. Poniatowskiego 1"], "city": "Warszawa",
+                        "postal_code": "03-901"}}]"#;
+        let sites = parse_sites(good).unwrap();
+        let site = &sites[&("mazowieckie".to_owned(), "warszawa-narodowy".to_owned())];
+        assert_eq!(site.address.postal_code, "03-901");
+        let twice = good.replace("}}]", "}}, ") + &good[1..];
+        for (bad, says) in [
+            (
+                good.replace(r#""postal_code": "03-901""#, r#""postal_code": " ""#),
+                "postal_code",
+            ),
+            (
+                good.replace(r#""postal_code": "03-901""#, r#""state": "mazowieckie""#),
+                "postal_code",
+            ),
+            (
+                good.replace(r#"["al. Poniatowskiego 1"]"#, "[]"),
+                "address.line",
+            ),
+            (
+                good.replace("warszawa-narodowy", "Warszawa Narodowy"),
+                "site 1",
+            ),
+            (good.replace(r#""name""#, r#""nazwa""#), "nazwa"),
+            (good.replace(r#""+48 22 000 00 01""#, r#""""#), "phone"),
+            (twice, "listed twice"),
+            ("{}".to_owned(), "not a list"),
+        ] {
+            let error = parse_sites(&bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_demo_sites_deploy_up_describes_are_a_valid_directory() {
+        let up = include_str!("../../deploy/up");
+        let start = up
+            .find("<<'SITES'\n")
+            .expect("deploy/up writes the demo sites")
+            + 10;
+        let end = start + up[start..].find("\nSITES\n").expect("the end of the list");
+        let sites = parse_sites(&up[start..end]).unwrap();
+        assert_eq!(sites.len(), 4, "the four seeded sites");
+        assert!(sites.values().all(|s| s.phone.is_some()));
+    }
+
+    #[test]
     fn the_manifest_has_the_bulk_publish_shape() {
-        let m = manifest(&publication(false), "2027-02-01T08:00:00.000Z");
+        let m = manifest(&publication(false, &[]), "2027-02-01T08:00:00.000Z");
         assert!(is_timestamp(m["transactionTime"].as_str().unwrap()));
         assert_eq!(m["request"], "https://read.example.org/$bulk-publish");
         let output = m["output"].as_array().unwrap();
@@ -398,7 +622,7 @@ mod tests {
             row(&long, &long, "2027-03-01", 1, 1),
             row(&long, &other, "2027-03-01", 1, 1),
         ];
-        let files = render(&rows, &publication(false));
+        let files = render(&rows, &publication(false, &rows));
         let ids: HashSet<String> = parse(&files.locations)
             .iter()
             .chain(parse(&files.slots).iter())
@@ -409,11 +633,11 @@ mod tests {
         // The same content, the same fingerprint; another, another.
         assert_eq!(
             files.fingerprint,
-            render(&rows, &publication(false)).fingerprint
+            render(&rows, &publication(false, &rows)).fingerprint
         );
         assert_ne!(
             files.fingerprint,
-            render(&rows[..1], &publication(false)).fingerprint
+            render(&rows[..1], &publication(false, &rows)).fingerprint
         );
     }
 }

@@ -84,3 +84,110 @@ pub async fn check_routes(configure: fn(&mut web::ServiceConfig), committed: &Pa
         }
     }
 }
+
+/// A validator for the schema at `pointer` (a JSON pointer into `document`, e.g.
+/// `/components/schemas/Region`), its `#/components/...` references resolved within the
+/// document, under JSON Schema 2020-12 (OpenAPI 3.1's dialect) with the patterns read as
+/// ECMA-262 regular expressions, as OpenAPI tools read them.
+pub fn schema_validator(document: &serde_json::Value, pointer: &str) -> jsonschema::Validator {
+    let schema = document
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no schema at {pointer}"));
+    let mut root = match schema {
+        serde_json::Value::Object(map) => map.clone(),
+        other => panic!("{pointer}: a schema object, not {other}"),
+    };
+    root.insert("components".into(), document["components"].clone());
+    jsonschema::draft202012::options()
+        .build(&serde_json::Value::Object(root))
+        .unwrap_or_else(|e| panic!("{pointer}: not a valid schema: {e}"))
+}
+
+/// Every `example` and `examples` in the document, with the pointer of the schema it
+/// illustrates: a schema's own (`examples`, an array; `example`, one value) or, in a media
+/// type, parameter or header, its `schema` (`example`, one value; `examples`, a map of
+/// Example objects whose `value` counts).
+pub fn examples(document: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
+    fn walk(
+        value: &serde_json::Value,
+        pointer: &str,
+        out: &mut Vec<(String, String, serde_json::Value)>,
+    ) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let (schema, own) = if map.contains_key("schema") {
+                    (format!("{pointer}/schema"), false)
+                } else {
+                    (pointer.to_owned(), true)
+                };
+                if let Some(one) = map.get("example") {
+                    out.push((format!("{pointer}/example"), schema.clone(), one.clone()));
+                }
+                match map.get("examples") {
+                    Some(serde_json::Value::Array(list)) if own => {
+                        for (i, one) in list.iter().enumerate() {
+                            out.push((
+                                format!("{pointer}/examples/{i}"),
+                                schema.clone(),
+                                one.clone(),
+                            ));
+                        }
+                    }
+                    Some(serde_json::Value::Object(named)) if !own => {
+                        for (name, example) in named {
+                            let value = example
+                                .get("value")
+                                .unwrap_or_else(|| panic!("{pointer}/examples/{name}: no value"));
+                            out.push((
+                                format!("{pointer}/examples/{name}"),
+                                schema.clone(),
+                                value.clone(),
+                            ));
+                        }
+                    }
+                    Some(_) => {
+                        panic!("{pointer}/examples: not the shape OpenAPI 3.1 gives it here")
+                    }
+                    None => {}
+                }
+                for (key, child) in map {
+                    if key != "example" && key != "examples" {
+                        let escaped = key.replace('~', "~0").replace('/', "~1");
+                        walk(child, &format!("{pointer}/{escaped}"), out);
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => {
+                for (i, child) in list.iter().enumerate() {
+                    walk(child, &format!("{pointer}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(document, "", &mut out);
+    out
+}
+
+/// Asserts that every example in the document at `committed` validates against the schema it
+/// illustrates (what Redocly and Spectral check too), and that there are some.
+pub fn check_examples(committed: &Path) {
+    let file = std::fs::read_to_string(committed).expect("the committed document is readable");
+    let document: serde_json::Value = serde_json::from_str(&file).expect("the document is JSON");
+    let examples = examples(&document);
+    assert!(!examples.is_empty(), "{}: no examples", committed.display());
+    let mut wrong = Vec::new();
+    for (at, schema, example) in &examples {
+        let validator = schema_validator(&document, schema);
+        for error in validator.iter_errors(example) {
+            wrong.push(format!("{at}: {error} (at {})", error.instance_path()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{}: examples that contradict their schema:\n{}",
+        committed.display(),
+        wrong.join("\n")
+    );
+}

@@ -22,6 +22,7 @@ enum Command {
     /// Runs one service (started by `run`; not meant to be typed).
     #[command(hide = true)]
     Serve {
+        // Boxed: a service's whole command line is far larger than the other variants.
         #[command(subcommand)]
         service: Box<e2e::serve::Service>,
     },

@@ -265,6 +265,14 @@ impl Pipeline {
                     public_url: read.clone(),
                     booking_url: Some(format!("{ingest}/")),
                     booking_phone: None,
+                    // The site the SMART test publishes; the others stay unpublished.
+                    sites: projections::smart::parse_sites(
+                        r#"[{"region": "mazowieckie", "location": "smart",
+                             "name": "Punkt szczepień SMART", "phone": "+48 22 000 00 01",
+                             "address": {"line": ["ul. Testowa 1"], "city": "Warszawa",
+                                         "postal_code": "00-950"}}]"#,
+                    )
+                    .expect("a valid site directory"),
                 },
             },
             read_listener,

@@ -532,6 +532,33 @@ fn ndjson_lines(body: Value) -> Vec<Value> {
         .collect()
 }
 
+/// What the SMART Scheduling Links specification requires of a `Location`: `resourceType`,
+/// `id`, `name`, `telecom` (a phone or a URL, each with a value) and an `address` with
+/// `line`, `city`, `state` and `postalCode`.
+fn assert_smart_location(location: &Value) {
+    let filled = |v: &Value| v.as_str().is_some_and(|s| !s.trim().is_empty());
+    assert_eq!(location["resourceType"], "Location", "{location}");
+    assert!(filled(&location["id"]), "id: {location}");
+    assert!(filled(&location["name"]), "name: {location}");
+    let telecom = location["telecom"].as_array();
+    assert!(
+        telecom.is_some_and(|t| !t.is_empty()
+            && t.iter().all(|c| ["phone", "url"]
+                .contains(&c["system"].as_str().unwrap_or_default())
+                && filled(&c["value"]))),
+        "telecom: {location}"
+    );
+    let address = &location["address"];
+    let lines = address["line"].as_array();
+    assert!(
+        lines.is_some_and(|l| !l.is_empty() && l.iter().all(filled)),
+        "address.line: {location}"
+    );
+    for field in ["city", "state", "postalCode"] {
+        assert!(filled(&address[field]), "address.{field}: {location}");
+    }
+}
+
 #[ntex::test]
 async fn vaccine_finders_poll_a_smart_scheduling_links_publication() {
     let p = Pipeline::start().await;
@@ -588,6 +615,9 @@ async fn vaccine_finders_poll_a_smart_scheduling_links_publication() {
     }
     let site = "mazowieckie.smart";
     assert!(files["Location"].iter().any(|l| l["id"] == site));
+    for location in &files["Location"] {
+        assert_smart_location(location);
+    }
     assert!(
         files["Schedule"]
             .iter()

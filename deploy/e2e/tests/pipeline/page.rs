@@ -3,6 +3,7 @@
 
 use ntex::http::HeaderMap;
 
+use crate::assert_error;
 use crate::helpers::*;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -172,4 +173,86 @@ async fn the_read_api_answers_the_pages_origin_and_no_other() {
         headers.get("access-control-allow-origin").is_none(),
         "operators' lists are not for pages"
     );
+}
+
+/// The value of `name="…"` in one tag, if present.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
+
+/// Without JavaScript the page's forms still never put personal data in an address: each
+/// is a `POST` to an edge route, which refuses the form encoding with the contract's JSON
+/// error and without echoing a value; a `<noscript>` says the page needs JavaScript; and a
+/// `GET` carrying personal fields in its query is refused (`400`, the field named, the value
+/// not repeated) rather than served, while other queries still get the page.
+#[ntex::test]
+async fn without_javascript_no_form_puts_personal_data_in_the_address() {
+    let p = Pipeline::start().await;
+    let pesel = "44051401359";
+    let (status, _, html) = p.send(p.http.get(format!("{}/", p.ingest)), None).await;
+    assert_eq!(status, 200);
+    let html = html.as_str().expect("HTML").to_owned();
+    assert!(
+        html.contains("<noscript>"),
+        "a message for browsers without JavaScript"
+    );
+    let forms: Vec<&str> = html
+        .match_indices("<form")
+        .map(|(i, _)| &html[i..i + html[i..].find('>').unwrap()])
+        .collect();
+    assert_eq!(forms.len(), 2, "the registration and the recovery form");
+    for form in forms {
+        assert_eq!(attribute(form, "method"), Some("post"), "{form}");
+        let action = attribute(form, "action").unwrap_or_else(|| panic!("{form}: an action"));
+        assert!(action.starts_with("/v1/"), "{form}: an edge route");
+        let body = format!("national_id={pesel}&full_name=Jan+Kowalski&birth_date=1944-05-14");
+        let (status, _, error) = p
+            .send(
+                p.http
+                    .post(format!("{}{action}", p.ingest))
+                    .content_type("application/x-www-form-urlencoded"),
+                Some(body.into_bytes()),
+            )
+            .await;
+        assert_eq!(status, 415, "{action}: {error}");
+        assert_error(&error, "unsupported_media_type", None);
+        assert!(!error.to_string().contains(pesel), "{error}");
+    }
+
+    for query in [
+        format!("national_id={pesel}&birth_date=1944-05-14"),
+        format!("region=mazowieckie&national_id={pesel}"),
+        "email=jan%40example.pl".to_owned(),
+        "full_name=Jan+Kowalski".to_owned(),
+    ] {
+        for path in ["/", "/page.js", "/config.json"] {
+            let (status, headers, error) = p
+                .send(p.http.get(format!("{}{path}?{query}", p.ingest)), None)
+                .await;
+            assert_eq!(status, 400, "{path}?{query}: {error}");
+            assert_error(
+                &error,
+                "personal_data_in_url",
+                error["error"]["field"].as_str(),
+            );
+            let field = error["error"]["field"].as_str().unwrap();
+            assert!(query.contains(&format!("{field}=")), "{query}: {error}");
+            for value in [pesel, "1944-05-14", "jan", "Kowalski"] {
+                assert!(!error.to_string().contains(value), "{error}");
+            }
+            assert_eq!(header(&headers, "cache-control"), "no-store");
+        }
+    }
+    let (status, _, _) = p
+        .send(
+            p.http.get(format!(
+                "{}/?region=mazowieckie&location=x&date=2027-03-01",
+                p.ingest
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "a booking link's query is not personal");
 }
