@@ -315,7 +315,8 @@ fn parse_submission(req: &HttpRequest, body: &[u8], edge: &Edge) -> Result<Submi
 
 /// The per-citizen limit. A citizen over it may still replay a request already recorded (a
 /// client retrying after a lost answer gets its answer), so before refusing, the citizen's
-/// claim is read: a replay is answered from it (`Some`), anything else is `429`.
+/// claim (and, for a key it does not remember, the key's own record) is read: a replay is
+/// answered from it (`Some`), anything else is `429`.
 async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Claim>, EdgeError> {
     let Some(limiter) = &edge.per_citizen else {
         return Ok(None);
@@ -331,7 +332,15 @@ async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Cl
     let record = last
         .as_ref()
         .and_then(|m| ClaimRecord::decode(&m.payload).ok());
-    match claims::relate(&submission.wanted, record.as_ref()) {
+    let answer = match claims::relate(&submission.wanted, record.as_ref()) {
+        Some(Claimed::AlreadyRegistered) | None => {
+            claims::answer_from_key(&edge.js, &submission.wanted)
+                .await
+                .map_err(|_| refused())?
+        }
+        answer => answer,
+    };
+    match answer {
         Some(Claimed::Replay(claim)) => Ok(Some(claim)),
         _ => Err(refused()),
     }
@@ -368,6 +377,7 @@ async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError
         edge,
         claims::claim_and_append(
             &edge.appender,
+            &edge.js,
             &citizen_key,
             wanted,
             Outgoing::event(subject, &envelope),
