@@ -27,9 +27,10 @@ pub struct Edge {
     shutdown: CancellationToken,
 }
 
-/// A response: status and the body as sent.
+/// A response: status, headers and the body as sent.
 pub struct Answer {
     pub status: u16,
+    pub headers: ntex::http::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -54,6 +55,7 @@ impl Edge {
         settings.rate_per_address = 0;
         settings.rate_per_citizen = 0;
         settings.recoveries_per_hour = 0;
+        settings.recoveries_per_address_per_minute = 0;
         settings.workers = 1;
         tune(&mut settings);
         let shutdown = CancellationToken::new();
@@ -88,6 +90,7 @@ impl Edge {
         let body = response.body().limit(1 << 20).await.expect("a body");
         Answer {
             status: response.status().as_u16(),
+            headers: response.headers().clone(),
             body: body.to_vec(),
         }
     }
@@ -105,6 +108,30 @@ impl Edge {
             .send(request, Some(serde_json::to_vec(body).unwrap()))
             .await;
         (answer.status, answer.json())
+    }
+
+    /// `POST /v1/registrations/recover` for the citizen of `body`.
+    pub async fn recover(&self, body: &Value) -> Answer {
+        let request = self
+            .http
+            .post(format!("{}/v1/registrations/recover", self.url))
+            .content_type("application/json");
+        let ask = json!({"national_id": body["national_id"], "birth_date": body["birth_date"]});
+        self.send(request, Some(ask.to_string().into_bytes())).await
+    }
+
+    /// The edge's public `/metrics`, one sample a line.
+    pub async fn metrics(&self) -> Vec<String> {
+        let answer = self
+            .send(self.http.get(format!("{}/metrics", self.url)), None)
+            .await;
+        assert_eq!(answer.status, 200);
+        String::from_utf8(answer.body)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The citizen key of the citizen of `body`.
