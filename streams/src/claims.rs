@@ -212,6 +212,20 @@ pub async fn last(
     crate::appender::last_message(&intake, &crate::subjects::claim(citizen_key)).await
 }
 
+/// [`last`], answered by the stream's leader: what a writer reads before it acts on "there
+/// is nothing to do", which a fence cannot check (a direct get may be answered by a replica
+/// still catching up).
+pub async fn last_from_leader(
+    js: &async_nats::jetstream::Context,
+    citizen_key: &str,
+) -> Result<Option<StreamMessage>, AppendError> {
+    let intake = js
+        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
+        .await
+        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    crate::appender::last_message_from_leader(&intake, &crate::subjects::claim(citizen_key)).await
+}
+
 /// What a claim update does once it knows the subject's last record.
 #[derive(Debug)]
 pub enum Step<T> {
