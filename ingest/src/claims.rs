@@ -51,7 +51,7 @@ pub async fn answer_from_key(
 
 /// Whether `wanted` carries a key that `record` (a returning citizen's claim) does not
 /// remember: only its own record can tell whether it created a registration.
-fn remembers_not(wanted: &Claim, record: Option<&ClaimRecord>) -> bool {
+pub fn remembers_not(wanted: &Claim, record: Option<&ClaimRecord>) -> bool {
     match (&wanted.idempotency_key_hash, record) {
         (Some(key), Some(record)) => !record
             .history()
@@ -125,17 +125,19 @@ pub async fn claim_and_append(
     wanted: Claim,
     event: Outgoing,
 ) -> Result<Claimed, AppendError> {
-    let first = streams::claims::update(appender, None, |record| match relate(&wanted, record) {
+    let first = streams::claims::update(appender, None, |record| {
         // A returning citizen's key their claim does not remember: it may be older than the
         // claim's history, so its own record answers before the claim does.
-        Some(Claimed::AlreadyRegistered) | None if remembers_not(&wanted, record) => {
-            Step::Answer(None)
+        if remembers_not(&wanted, record) {
+            return Step::Answer(None);
         }
-        Some(answer) => Step::Answer(Some(answer)),
-        None => Step::Append(
-            claim_messages(&wanted, record, citizen_key, &event),
-            Some(Claimed::New(wanted.clone())),
-        ),
+        match relate(&wanted, record) {
+            Some(answer) => Step::Answer(Some(answer)),
+            None => Step::Append(
+                claim_messages(&wanted, record, citizen_key, &event),
+                Some(Claimed::New(wanted.clone())),
+            ),
+        }
     })
     .await?;
     if let Some(answer) = first {

@@ -351,14 +351,14 @@ async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Cl
     let record = last
         .as_ref()
         .and_then(|m| ClaimRecord::decode(&m.payload).ok());
-    let answer = match claims::relate(&submission.wanted, record.as_ref()) {
-        Some(Claimed::AlreadyRegistered) | None => {
-            claims::answer_from_key(&edge.js, &submission.wanted)
-                .await
-                .map_err(|_| refused())?
-        }
-        answer => answer,
+    let from_key = if claims::remembers_not(&submission.wanted, record.as_ref()) {
+        claims::answer_from_key(&edge.js, &submission.wanted)
+            .await
+            .map_err(|_| refused())?
+    } else {
+        None
     };
+    let answer = from_key.or_else(|| claims::relate(&submission.wanted, record.as_ref()));
     match answer {
         Some(Claimed::Replay(claim)) => Ok(Some(claim)),
         _ => Err(refused()),

@@ -43,6 +43,10 @@ async fn an_idempotency_key_answers_its_registration_after_forty_later_ones() {
     assert_eq!(status, 422, "{reused}");
     assert_eq!(reused["error"]["code"], "idempotency_key_reused");
     assert_eq!(reused["error"]["field"], "Idempotency-Key");
+    // The body of the registration the citizen holds now, under the first key: still
+    // another body for that key.
+    let (status, reused) = edge.submit(&citizen(7001, "place-39"), Some("key-0")).await;
+    assert_eq!(status, 422, "{reused}");
     assert_eq!(edge.held(&submitted).await, before);
 }
 
