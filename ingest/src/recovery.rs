@@ -113,3 +113,22 @@ async fn recover(js: &async_nats::jetstream::Context, appender: &Appender, citiz
         tracing::warn!(registration_id = %id, error = %err, "A recovery could not be appended.");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_the_request_without_waiting() {
+        let (recoveries, mut queue) = Recoveries::bounded(1);
+        assert!(recoveries.request("a".into()));
+        assert!(!recoveries.request("b".into()), "full: dropped");
+        assert_eq!(queue.try_recv().unwrap(), "a");
+        assert!(recoveries.request("c".into()), "room again");
+        drop(queue);
+        assert!(
+            !recoveries.request("d".into()),
+            "the worker stopped: dropped"
+        );
+    }
+}
