@@ -12,6 +12,7 @@
 //! | [`error`] | the one error type, which maps itself to status, code, field and `Retry-After` |
 //! | [`validate`] | request bodies parsed into valid values, or a field error |
 //! | [`claims`] | one registration per citizen, idempotency |
+//! | [`recovery`] | lost-link recovery: answered at once, looked up and appended by a worker |
 //! | [`windows`] | registration windows folded from the log |
 //! | [`settings`] | configuration from `REG_*` variables |
 //! | [`metrics`] | Prometheus metrics |
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod error;
 pub mod metrics;
 pub mod page;
+pub mod recovery;
 pub mod routes;
 pub mod service;
 pub mod settings;

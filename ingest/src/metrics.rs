@@ -15,6 +15,9 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     /// Submissions answered from an existing claim (the same request again).
     pub replays: IntCounter,
+    /// Recovery requests dropped because the recovery queue was full (answered `202` like
+    /// every other: the count is the same whether or not the citizen is registered).
+    pub recoveries_dropped: IntCounter,
     /// Submissions being worked on (admitted, not yet answered), set when scraped.
     pub open_submissions: IntGauge,
     /// The windows follower's stalls and restarts (`/readyz` reads it).
@@ -54,6 +57,14 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let recoveries_dropped = register(
+            &registry,
+            IntCounter::new(
+                "ingest_recoveries_dropped_total",
+                "Lost-link recovery requests dropped because the recovery queue was full.",
+            )
+            .expect("valid metric"),
+        );
         let open_submissions = register(
             &registry,
             IntGauge::new(
@@ -69,6 +80,7 @@ impl Metrics {
             responses,
             append_seconds,
             replays,
+            recoveries_dropped,
             open_submissions,
         }
     }

@@ -19,8 +19,8 @@ use streams::claims::ClaimRecord;
 use streams::crypto::Keys;
 use streams::events::{
     CancellationRequested, CapacitySet, Envelope, Event, NotificationRedriveRequested,
-    PersonalData, RecoveryRequested, RegistrationSubmitted, ReviewRequeued, VerificationFailed,
-    VerificationPassed, WindowSet,
+    PersonalData, RegistrationSubmitted, ReviewRequeued, VerificationFailed, VerificationPassed,
+    WindowSet,
 };
 use streams::http::{json as json_response, read_body};
 use streams::model::RegistrationId;
@@ -58,6 +58,10 @@ pub struct Edge {
     pub per_citizen: Option<Limiter<String>>,
     /// Per citizen limiter of lost-link recoveries (None when disabled).
     pub per_recovery: Option<Limiter<String>>,
+    /// Per client address limiter of lost-link recoveries (None when disabled).
+    pub per_recovery_address: Option<Limiter<IpAddr>>,
+    /// The queue of lost-link recoveries, looked up and appended after the answer.
+    pub recoveries: crate::recovery::Recoveries,
     /// Admission: one permit per submission being worked on (None when unbounded).
     pub open_submissions: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -82,6 +86,12 @@ impl Edge {
     pub fn recovery_limiter(settings: &Settings) -> Option<Limiter<String>> {
         NonZeroU32::new(settings.recoveries_per_hour)
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_hour(n))))
+    }
+
+    /// The per-address limiter of lost-link recoveries.
+    pub fn recovery_address_limiter(settings: &Settings) -> Option<Limiter<IpAddr>> {
+        NonZeroU32::new(settings.recoveries_per_address_per_minute)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))))
     }
 }
 
@@ -179,7 +189,16 @@ pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAd
 }
 
 fn check_address(edge: &Edge, req: &HttpRequest) -> Result<(), EdgeError> {
-    if let (Some(limiter), Some(peer)) = (&edge.per_address, req.peer_addr()) {
+    check_address_with(edge, req, edge.per_address.as_ref())
+}
+
+/// Checks the client's address against `limiter` (none: unlimited).
+fn check_address_with(
+    edge: &Edge,
+    req: &HttpRequest,
+    limiter: Option<&Limiter<IpAddr>>,
+) -> Result<(), EdgeError> {
+    if let (Some(limiter), Some(peer)) = (limiter, req.peer_addr()) {
         let forwarded = req
             .headers()
             .get("x-forwarded-for")
@@ -326,7 +345,8 @@ fn parse_submission(req: &HttpRequest, body: &[u8], edge: &Edge) -> Result<Submi
 
 /// The per-citizen limit. A citizen over it may still replay a request already recorded (a
 /// client retrying after a lost answer gets its answer), so before refusing, the citizen's
-/// claim is read: a replay is answered from it (`Some`), anything else is `429`.
+/// claim (and, for a key it does not remember, the key's own record) is read: a replay is
+/// answered from it (`Some`), anything else is `429`.
 async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Claim>, EdgeError> {
     let Some(limiter) = &edge.per_citizen else {
         return Ok(None);
@@ -342,7 +362,15 @@ async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Cl
     let record = last
         .as_ref()
         .and_then(|m| ClaimRecord::decode(&m.payload).ok());
-    match claims::relate(&submission.wanted, record.as_ref()) {
+    let from_key = if claims::remembers_not(&submission.wanted, record.as_ref()) {
+        claims::answer_from_key(&edge.js, &submission.wanted)
+            .await
+            .map_err(|_| refused())?
+    } else {
+        None
+    };
+    let answer = from_key.or_else(|| claims::relate(&submission.wanted, record.as_ref()));
+    match answer {
         Some(Claimed::Replay(claim)) => Ok(Some(claim)),
         _ => Err(refused()),
     }
@@ -379,6 +407,7 @@ async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError
         edge,
         claims::claim_and_append(
             &edge.appender,
+            &edge.js,
             &citizen_key,
             wanted,
             Outgoing::event(subject, &envelope),
@@ -646,11 +675,15 @@ const RECOVERY_ANSWER: &str =
 
 /// `POST /v1/registrations/recover` with `{"national_id", "birth_date"}`: a citizen who lost
 /// their link gets a fresh one, sent only to the contact on record. The answer is the same
-/// `202` whether or not such a registration exists, so it tells nobody who is registered;
-/// limited per citizen (`REG_RECOVERIES_PER_HOUR`).
+/// `202`, and comes after the same work, whether or not such a registration exists: the claim
+/// is looked up (and the request appended) by the recovery worker after the answer
+/// ([`crate::recovery`]), so neither the answer nor its timing tells anybody who is
+/// registered. Limited per client address (`REG_RECOVERIES_PER_ADDRESS_PER_MINUTE`) and per
+/// citizen (`REG_RECOVERIES_PER_HOUR`).
 pub async fn recover(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
     let result = async {
         let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        check_address_with(&edge, &req, edge.per_recovery_address.as_ref())?;
         if !is_json(&req) {
             return Err(EdgeError::NotJson);
         }
@@ -664,22 +697,9 @@ pub async fn recover(req: HttpRequest, payload: Payload, edge: State<Edge>) -> H
                 not_until.wait_time_from(DefaultClock::default().now()),
             ));
         }
-        let last = streams::claims::last(&edge.js, &citizen_key)
-            .await
-            .map_err(|e| EdgeError::from_append(&e))?;
-        let record = last
-            .as_ref()
-            .and_then(|m| ClaimRecord::decode(&m.payload).ok());
-        if let Some(record) = record {
-            let id = record.latest().clone();
-            let envelope = Envelope::new(
-                id.to_string(),
-                Event::RecoveryRequested(RecoveryRequested {
-                    registration_id: id.clone(),
-                }),
-            );
-            let subject = subjects::intake(&id.region(), IntakeKind::Recover);
-            append(&edge, Outgoing::event(subject, &envelope)).await?;
+        if !edge.recoveries.request(citizen_key) {
+            edge.metrics.recoveries_dropped.inc();
+            tracing::warn!("The recovery queue is full; a recovery request was dropped.");
         }
         Ok(json_response(
             StatusCode::ACCEPTED,

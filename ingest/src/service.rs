@@ -12,6 +12,7 @@ use streams::subjects;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::recovery::Recoveries;
 use crate::routes::{self, Edge};
 use crate::settings::Settings;
 use crate::windows::Windows;
@@ -47,9 +48,17 @@ pub async fn run(
     );
     let (per_address, per_citizen) = Edge::limiters(&settings);
     let per_recovery = Edge::recovery_limiter(&settings);
+    let per_recovery_address = Edge::recovery_address_limiter(&settings);
     tokio::spawn(prune_limiters(
-        per_address.clone(),
+        [per_address.clone(), per_recovery_address.clone()],
         [per_citizen.clone(), per_recovery.clone()],
+        shutdown.clone(),
+    ));
+    let (recoveries, queue) = Recoveries::bounded(crate::recovery::QUEUE);
+    tokio::spawn(crate::recovery::run(
+        queue,
+        js.clone(),
+        appender.clone(),
         shutdown.clone(),
     ));
     let workers = settings.workers.max(1);
@@ -71,6 +80,8 @@ pub async fn run(
         per_address,
         per_citizen,
         per_recovery,
+        per_recovery_address,
+        recoveries,
         open_submissions,
     };
     streams::http::serve(listener, workers, edge, routes::configure, shutdown).await
@@ -80,7 +91,7 @@ pub async fn run(
 /// limits) whose bucket is full again (they would
 /// be allowed anyway): the limiters hold the recently active, not everyone ever seen.
 async fn prune_limiters(
-    per_address: Option<routes::Limiter<std::net::IpAddr>>,
+    per_address: [Option<routes::Limiter<std::net::IpAddr>>; 2],
     per_citizen: [Option<routes::Limiter<String>>; 2],
     shutdown: CancellationToken,
 ) {
@@ -89,7 +100,7 @@ async fn prune_limiters(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
         }
-        if let Some(limiter) = &per_address {
+        for limiter in per_address.iter().flatten() {
             prune(limiter);
         }
         for limiter in per_citizen.iter().flatten() {

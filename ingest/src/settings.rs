@@ -29,6 +29,9 @@ pub struct Settings {
     pub rate_per_citizen: u32,
     /// Lost-link recoveries per hour allowed per citizen (0 = unlimited).
     pub recoveries_per_hour: u32,
+    /// Lost-link recoveries per minute allowed per client address (0 = unlimited), whichever
+    /// citizens they name: tight, so nobody walks through national ids (a citizen needs one).
+    pub recoveries_per_address_per_minute: u32,
     /// The national id rule.
     pub national_id_rule: NationalIdRule,
     /// Each region's time zone: a slot's day is over at midnight there (`REG_TIME_ZONES`).
@@ -75,6 +78,10 @@ impl std::fmt::Debug for Settings {
             .field("rate_per_address", &self.rate_per_address)
             .field("rate_per_citizen", &self.rate_per_citizen)
             .field("recoveries_per_hour", &self.recoveries_per_hour)
+            .field(
+                "recoveries_per_address_per_minute",
+                &self.recoveries_per_address_per_minute,
+            )
             .field("national_id_rule", &self.national_id_rule)
             .field("append_max_batch", &self.append_max_batch)
             .field("append_in_flight", &self.append_in_flight)
@@ -98,6 +105,7 @@ impl Settings {
             rate_per_address: 1000,
             rate_per_citizen: 10,
             recoveries_per_hour: 3,
+            recoveries_per_address_per_minute: 5,
             national_id_rule: NationalIdRule::default(),
             limits: Limits::default(),
             calendar: Default::default(),
@@ -135,6 +143,9 @@ impl Settings {
         }
         if let Some(v) = env_parse("REG_RECOVERIES_PER_HOUR")? {
             s.recoveries_per_hour = v;
+        }
+        if let Some(v) = env_parse("REG_RECOVERIES_PER_ADDRESS_PER_MINUTE")? {
+            s.recoveries_per_address_per_minute = v;
         }
         if let Some(v) = env_parse("REG_NATIONAL_ID_RULE")? {
             s.national_id_rule = v;

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull, message::StreamMessage};
 use streams::appender::{Appender, AppenderOptions};
 use streams::claims::{self, Step};
 use streams::consume::{self, Decoded, DurableSpec, Health, Outcome};
@@ -80,18 +80,46 @@ pub async fn release(
     citizen_key: &str,
     id: &RegistrationId,
 ) -> anyhow::Result<()> {
-    let last = claims::last(js, citizen_key)
+    let seen = claims::last(js, citizen_key)
         .await
         .context("Failed to read a claim")?;
-    claims::update(appender, last, |record| {
-        match record.and_then(|r| r.release(id)) {
-            Some(released) => Step::Append(vec![released.message(citizen_key)], ()),
-            // Released already, or held by a newer registration: nothing to do.
-            None => Step::Answer(()),
-        }
-    })
-    .await
-    .context("Failed to release a claim")?;
-    tracing::debug!(registration_id = %id, "Claim released.");
+    release_seen(js, appender, citizen_key, id, seen).await
+}
+
+/// [`release`], given what a read of the claim subject returned (`seen`), which any replica
+/// of the stream may have answered.
+///
+/// A release that is appended is fenced on the record it was decided on, so a stale `seen`
+/// costs only a refused fence and a decision on the leader's record. But "nothing to release"
+/// appends nothing and no fence checks it: decided on a replica still catching up (an older
+/// record, or none), it would skip the release, the decision would be acknowledged, and the
+/// citizen would stay locked out (`409 already_registered`) for good. So before skipping, the
+/// releaser asks the stream's leader and decides again on its answer.
+pub async fn release_seen(
+    js: &jetstream::Context,
+    appender: &Appender,
+    citizen_key: &str,
+    id: &RegistrationId,
+    seen: Option<StreamMessage>,
+) -> anyhow::Result<()> {
+    let decide = |record: Option<&claims::ClaimRecord>| match record.and_then(|r| r.release(id)) {
+        Some(released) => Step::Append(vec![released.message(citizen_key)], true),
+        // Released already, or held by a newer registration: nothing to do.
+        None => Step::Answer(false),
+    };
+    let mut released = claims::update(appender, seen, decide)
+        .await
+        .context("Failed to release a claim")?;
+    if !released {
+        let leader = claims::last_from_leader(js, citizen_key)
+            .await
+            .context("Failed to read a claim from the stream leader")?;
+        released = claims::update(appender, leader, decide)
+            .await
+            .context("Failed to release a claim")?;
+    }
+    if released {
+        tracing::debug!(registration_id = %id, "Claim released.");
+    }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //!
 //! | identity | data it may append | JetStream API on |
 //! | --- | --- | --- |
-//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*` | read `REG_INTAKE` (windows, claims) and the reviews bucket |
+//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*`, `reg.key.*` | read `REG_INTAKE` (windows, claims, key records) and the reviews bucket |
 //! | [`Service::Reservation`] (and the claims releaser) | `reg.decision.*.reservation`, `reg.intake.*.waitlist`, `reg.claim.*`, the lease and reviews buckets | read both streams and both buckets, ack `REG_DECISIONS` |
 //! | [`Service::Verification`] | `reg.intake.*.verification` | read both streams, ack `REG_DECISIONS` |
 //! | [`Service::Notification`] | `reg.decision.*.notification` | read both streams, ack both |
@@ -116,6 +116,7 @@ impl Service {
                     publish.push(subjects::intake_kind_filter(&all, kind));
                 }
                 publish.push(subjects::claim("*"));
+                publish.push(subjects::idempotency_key("*"));
                 publish.extend(read(intake));
                 publish.extend(read(&reviews));
                 publish.extend(bind());
@@ -221,6 +222,14 @@ mod tests {
         let decision = subjects::reservation_decisions(&r);
         let verdict = subjects::intake(&r, IntakeKind::Verification);
         assert!(may_publish(Service::Ingest, &capacity));
+        assert!(may_publish(
+            Service::Ingest,
+            &subjects::idempotency_key("ab")
+        ));
+        assert!(!may_publish(
+            Service::Reservation,
+            &subjects::idempotency_key("ab")
+        ));
         assert!(!may_publish(Service::Ingest, &decision));
         assert!(!may_publish(Service::Ingest, &verdict));
         assert!(may_publish(Service::Verification, &verdict));

@@ -11,9 +11,15 @@
 //! release never overwrites a newer claim.
 //!
 //! Each record carries the citizen's earlier registrations of the campaign (at most
-//! [`MAX_HISTORY`]), so the last record alone answers a retried request: the same
+//! [`MAX_HISTORY`]), so the last record alone answers most retried requests: the same
 //! `Idempotency-Key` keeps answering its original registration after that registration was
 //! rejected or cancelled, and after the citizen registered again.
+//!
+//! The history is capped, so it is not what makes a key last the campaign: a key's answer is
+//! also written, once, on a subject of its own ([`crate::subjects::idempotency_key`], named by
+//! the key's digest), in the same atomic batch as the claim and the registration
+//! ([`Claim::key_message`]). Nothing the citizen does later pushes it out; [`key_record`] reads
+//! it back.
 
 use async_nats::jetstream::message::StreamMessage;
 use serde::{Deserialize, Serialize};
@@ -32,8 +38,54 @@ pub struct Claim {
     pub idempotency_key_hash: Option<String>,
 }
 
-/// How many of a citizen's registrations a claim remembers (oldest forgotten first): far
-/// more than the per-citizen rate limit lets one citizen make in a campaign's opening hours.
+/// Header value of [`CLAIM_STATE_HEADER`] on a key's record.
+const KEY_STATE: &str = "key";
+
+impl Claim {
+    /// The message that records, on the key's own subject, which registration this request's
+    /// `Idempotency-Key` created (`None` without a key). Appended in the same unit as the
+    /// claim that holds it, after it: the unit's fence is the claim's.
+    pub fn key_message(&self) -> Option<Outgoing> {
+        let key = self.idempotency_key_hash.as_deref()?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(CLAIM_STATE_HEADER, KEY_STATE);
+        Some(Outgoing {
+            subject: crate::subjects::idempotency_key(key),
+            headers,
+            payload: serde_json::to_vec(self).expect("claims serialize").into(),
+        })
+    }
+}
+
+/// The registration the key digested as `key_hash` created, read from the stream's leader
+/// (`None`: the key never created one). A key's record is written with the claim that
+/// followed it, so a replica still catching up could miss it; a request that reads it is a
+/// returning citizen's, rare enough to pay for the leader's answer.
+pub async fn key_record(
+    js: &async_nats::jetstream::Context,
+    key_hash: &str,
+) -> Result<Option<Claim>, AppendError> {
+    let intake = js
+        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
+        .await
+        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    let subject = crate::subjects::idempotency_key(key_hash);
+    match crate::appender::last_message_from_leader(&intake, &subject).await? {
+        None => Ok(None),
+        Some(message) => serde_json::from_slice(&message.payload)
+            .map(Some)
+            .map_err(|err| {
+                AppendError::Refused(format!(
+                    "the key record at {} is unreadable: {err}",
+                    message.sequence
+                ))
+            }),
+    }
+}
+
+/// How many of a citizen's registrations a claim remembers (oldest forgotten first): enough to
+/// answer most retries from the claim alone; an older key is answered from its own record
+/// ([`key_record`]).
 pub const MAX_HISTORY: usize = 32;
 
 /// One record on a claim subject.
@@ -160,6 +212,20 @@ pub async fn last(
     crate::appender::last_message(&intake, &crate::subjects::claim(citizen_key)).await
 }
 
+/// [`last`], answered by the stream's leader: what a writer reads before it acts on "there
+/// is nothing to do", which a fence cannot check (a direct get may be answered by a replica
+/// still catching up).
+pub async fn last_from_leader(
+    js: &async_nats::jetstream::Context,
+    citizen_key: &str,
+) -> Result<Option<StreamMessage>, AppendError> {
+    let intake = js
+        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
+        .await
+        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    crate::appender::last_message_from_leader(&intake, &crate::subjects::claim(citizen_key)).await
+}
+
 /// What a claim update does once it knows the subject's last record.
 #[derive(Debug)]
 pub enum Step<T> {
@@ -245,6 +311,19 @@ mod tests {
             let state = msg.headers.get(CLAIM_STATE_HEADER).unwrap().as_str();
             assert_eq!(state == "held", matches!(record, ClaimRecord::Held { .. }));
         }
+    }
+
+    #[test]
+    fn a_key_record_names_its_key_and_round_trips() {
+        let c = claim(1);
+        let msg = c.key_message().expect("a claim with a key");
+        assert_eq!(msg.subject, "reg.key.key-1");
+        assert_eq!(serde_json::from_slice::<Claim>(&msg.payload).unwrap(), c);
+        let keyless = Claim {
+            idempotency_key_hash: None,
+            ..c
+        };
+        assert!(keyless.key_message().is_none());
     }
 
     #[test]

@@ -18,11 +18,13 @@
 //! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled`, `RecoveryLinkIssued` |
 //! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent`, `NotificationFailed` (dead letters) |
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
+//! | `reg.key.<key digest>` | [`INTAKE_STREAM`] | ingest | the [`crate::claims::Claim`] an `Idempotency-Key` created (one message, never replaced) |
 //!
 //! The intake stream is the order of acceptance: everything that may change a reservation is
 //! appended there, so the reservation processor's decisions are a function of one ordered log.
-//! A citizen's claim lives in the same stream so the edge appends it and the registration in
-//! one atomic batch; consumers of `reg.intake.>` never see claims.
+//! A citizen's claim (and the answer of each `Idempotency-Key`) lives in the same stream so the
+//! edge appends it and the registration in one atomic batch; consumers of `reg.intake.>` never
+//! see claims or keys.
 
 use crate::model::Region;
 
@@ -63,11 +65,20 @@ pub fn reservation_snapshot(region: &Region) -> String {
 const INTAKE_PREFIX: &str = "reg.intake";
 const DECISION_PREFIX: &str = "reg.decision";
 const CLAIM_PREFIX: &str = "reg.claim";
+const KEY_PREFIX: &str = "reg.key";
 
 /// Subject of a citizen's claim records (keyed by citizen key, never by national id). Its last
 /// message says whether the citizen holds a registration; writers fence on its sequence.
 pub fn claim(citizen_key: &str) -> String {
     format!("{CLAIM_PREFIX}.{citizen_key}")
+}
+
+/// Subject of the registration an `Idempotency-Key` created, named by `key_digest`: the
+/// keyed hash of the citizen key and the key ([`crate::claims::Claim::idempotency_key_hash`]),
+/// so neither the citizen nor the key can be read from it. Written once, with the claim and the
+/// registration, and never pushed out by what the citizen does later.
+pub fn idempotency_key(key_digest: &str) -> String {
+    format!("{KEY_PREFIX}.{key_digest}")
 }
 
 /// Which region(s) a service handles: one region, or all of them.
@@ -188,7 +199,11 @@ pub fn decisions_filter(filter: &RegionFilter) -> String {
 
 /// Subjects captured by the intake stream.
 pub fn intake_stream_subjects() -> Vec<String> {
-    vec![format!("{INTAKE_PREFIX}.>"), format!("{CLAIM_PREFIX}.>")]
+    vec![
+        format!("{INTAKE_PREFIX}.>"),
+        format!("{CLAIM_PREFIX}.>"),
+        format!("{KEY_PREFIX}.>"),
+    ]
 }
 
 /// Subjects captured by the decisions stream.
@@ -281,6 +296,11 @@ mod tests {
             Some(r.clone())
         );
         assert_eq!(intake_region("reg.claim.c0ffee"), None);
+        assert_eq!(idempotency_key("c0ffee"), "reg.key.c0ffee");
+        assert!(!matches(
+            &intake_filter(&RegionFilter::All),
+            "reg.key.c0ffee"
+        ));
         assert_eq!(intake_region("reg.intake.BAD.submitted"), None);
         assert_eq!(reservation_lease(&r), "reservation.region.slaskie");
         assert!(RegionFilter::parse("a.b").is_err());

@@ -28,6 +28,11 @@ fn kinds() -> Vec<(&'static str, &'static str, String)> {
             subjects::claim("*"),
         ),
         (
+            subjects::INTAKE_STREAM,
+            "idempotency key records",
+            subjects::idempotency_key("*"),
+        ),
+        (
             subjects::DECISIONS_STREAM,
             "reservation decisions",
             subjects::reservation_decisions_filter(&RegionFilter::All),

@@ -1,6 +1,7 @@
-//! The reservation processor against a real nats-server: concurrency, competing replicas,
-//! fencing, restarts.
+//! The reservation processor (and the claims releaser beside it) against a real nats-server:
+//! concurrency, competing replicas, fencing, restarts.
 
+mod claims;
 mod helpers;
 mod national;
 mod snapshots;

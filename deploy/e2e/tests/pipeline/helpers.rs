@@ -168,6 +168,7 @@ impl Pipeline {
         settings.admin_token = ADMIN.into();
         settings.rate_per_address = options.rate_per_address;
         settings.rate_per_citizen = options.rate_per_citizen;
+        settings.recoveries_per_address_per_minute = 0;
         settings.max_open_submissions = options.max_open_submissions;
         settings.append_timeout = options.append_timeout.unwrap_or(Duration::from_secs(2));
         settings.workers = 1;

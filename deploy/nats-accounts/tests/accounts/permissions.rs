@@ -45,6 +45,7 @@ async fn the_edge_appends_submissions_and_claims_but_no_decision() {
 
     append(&edge, subjects::intake(&r, IntakeKind::Submitted)).await;
     append(&edge, subjects::claim("c0ffee")).await;
+    append(&edge, subjects::idempotency_key("c0ffee")).await;
     for forbidden in [
         subjects::reservation_decisions(&r),
         subjects::notification_decisions(&r),
