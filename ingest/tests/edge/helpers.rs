@@ -73,6 +73,18 @@ impl Edge {
             (r.status() == 200).then_some(())
         })
         .await;
+        // A region takes registrations once an operator configured it (here: a window open
+        // from long ago to far ahead).
+        let window = json!({"region": region(), "opens_at": "2020-01-01T00:00:00Z", "closes_at": "2100-01-01T00:00:00Z"});
+        let request = edge
+            .http
+            .put(format!("{}/v1/admin/windows", edge.url))
+            .bearer_auth(ingest::settings::DEVELOPMENT_ADMIN_TOKEN)
+            .content_type("application/json");
+        let answer = edge
+            .send(request, Some(window.to_string().into_bytes()))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.json());
         edge
     }
 
