@@ -87,12 +87,22 @@ pub async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
 /// Opens the lease bucket, waiting through a NATS outage (a replica started while
 /// nats-server restarts must not exit); `None` when `shutdown` fires first.
 pub async fn open(js: &jetstream::Context, shutdown: &CancellationToken) -> Option<kv::Store> {
+    open_bucket(js, subjects::LEASES_BUCKET, shutdown).await
+}
+
+/// Opens the key-value bucket `name`, waiting through a NATS outage or a bucket the admin
+/// identity has not created yet; `None` when `shutdown` fires first.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Option<kv::Store> {
     let mut pause = std::time::Duration::from_millis(50);
     loop {
-        match bucket(js).await {
+        match js.get_key_value(name).await {
             Ok(store) => return Some(store),
             Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "The leases bucket cannot be opened yet; trying again.")
+                tracing::warn!(bucket = name, error = %err, "A key-value bucket cannot be opened yet; trying again.")
             }
         }
         tokio::select! {

@@ -54,6 +54,26 @@ pub fn due(closing: &Closing, now: DateTime<Utc>, calendar: &Calendar) -> Vec<Wa
         .collect()
 }
 
+/// The message id of a closing (`Nats-Msg-Id`, and the closer's memory of what it sent): one
+/// per slot and reason, and per window for a closed window, so a closing the rule ignored
+/// (judged on a window an operator had extended) does not stop the next one.
+pub fn closing_id(closed: &WaitlistClosed) -> String {
+    let slot = &closed.slot;
+    match closed.window_closes_at {
+        Some(at) => format!(
+            "waitlist-closed.{}.{}.{}.window-{}",
+            slot.region,
+            slot.location,
+            slot.date,
+            at.timestamp_millis()
+        ),
+        None => format!(
+            "waitlist-closed.{}.{}.{}",
+            slot.region, slot.location, slot.date
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::str::FromStr as _;
@@ -112,5 +132,26 @@ mod tests {
         assert!(due(&closing, at("2027-03-01T22:59:59Z"), &warsaw).is_empty());
         assert_eq!(due(&closing, at("2027-03-01T23:00:00Z"), &warsaw).len(), 1);
         assert!(due(&closing, at("2027-03-01T23:00:00Z"), &utc()).is_empty());
+    }
+
+    #[test]
+    fn a_closing_on_an_extended_window_has_an_id_of_its_own() {
+        let window = |closes_at| WindowSet {
+            region: Region::parse("mazowieckie").unwrap(),
+            opens_at: at("2027-02-01T08:00:00Z"),
+            closes_at: at(closes_at),
+        };
+        let mut closing = Closing {
+            open: vec![slot("2027-03-05")],
+            window: Some(window("2027-02-20T20:00:00Z")),
+        };
+        let first = due(&closing, at("2027-02-27T20:00:00Z"), &utc());
+        closing.window = Some(window("2027-02-27T20:00:00Z"));
+        let after_extension = due(&closing, at("2027-02-27T20:00:00Z"), &utc());
+        assert_eq!((first.len(), after_extension.len()), (1, 1));
+        assert_ne!(closing_id(&first[0]), closing_id(&after_extension[0]));
+        let date_passed = due(&closing, at("2027-03-06T00:00:00Z"), &utc());
+        assert_eq!(date_passed[0].reason, CloseReason::DatePassed);
+        assert_ne!(closing_id(&date_passed[0]), closing_id(&after_extension[0]));
     }
 }

@@ -26,6 +26,7 @@
 pub mod closing;
 pub mod decide;
 pub mod rebuild;
+pub mod reviews;
 mod run;
 pub mod snapshot;
 

@@ -3,7 +3,7 @@
 //! writing fenced batches.
 //!
 //! A replica started for one region serves that region; one started for `*` discovers the
-//! regions present in the intake stream ([`streams::regions`]) and serves each as if started
+//! regions operators configured ([`streams::regions`]) and serves each as if started
 //! for it alone. The lease and the resume point are the region's own, so replicas
 //! started with any mix of `REG_REGION` values share the work region by region: a region is
 //! decided by exactly one of the replicas that serve it, and a region-specific replica
@@ -14,14 +14,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use std::collections::HashSet;
 use streams::appender::{AppendError, MAX_ATOMIC_BATCH, Outgoing, publish_atomic};
 use streams::calendar::Calendar;
 use streams::consume::{self, Decoded, Halt, OrderedSpec, OrderedStep, Start, Undecodable};
 use streams::events::{Envelope, Event};
 
-use futures::StreamExt as _;
-use streams::model::{Region, RegistrationId};
+use streams::model::Region;
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use streams::{lease, regions};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +28,7 @@ use super::MAX_INPUTS_PER_BATCH;
 use super::closing::{self, Closing};
 use super::decide::{Input, Policy, State};
 use super::rebuild::{self, Pending};
+use super::reviews::Reviews;
 use crate::metrics::{Metrics, processor};
 use streams::events::WindowSet;
 use tokio::sync::watch;
@@ -76,12 +75,8 @@ pub async fn run(
             }
         }
     };
-    let reviews = match js.get_key_value(subjects::REVIEWS_BUCKET).await {
-        Ok(store) => Some(store),
-        Err(err) => {
-            tracing::warn!(error = %err, "The reviews bucket cannot be opened; the edge cannot tell which registrations are in manual review.");
-            None
-        }
+    let Some(reviews) = Reviews::open(&js, &shutdown).await else {
+        return Ok(());
     };
     let worker = Worker {
         leases,
@@ -108,8 +103,8 @@ struct Worker {
     js: jetstream::Context,
     client: async_nats::Client,
     leases: async_nats::jetstream::kv::Store,
-    /// The registrations in manual review, kept for the edge (`None`: not available).
-    reviews: Option<async_nats::jetstream::kv::Store>,
+    /// The registrations in manual review, kept for the edge.
+    reviews: Reviews,
     /// Where snapshots of the regions' states are (`None`: not used).
     snapshots: Option<async_nats::jetstream::object_store::ObjectStore>,
     /// Decisions between two snapshots of a region.
@@ -157,6 +152,7 @@ impl Worker {
                 window: None,
                 since_snapshot: 0,
                 snapshotting: None,
+                reviews_stale: false,
             };
             consume::run_ordered(
                 &self.js,
@@ -179,68 +175,6 @@ impl Worker {
     }
 }
 
-impl Worker {
-    /// Records in the reviews bucket the registrations that entered (`true`) or left manual
-    /// review, after their decisions are in the log. A failure halts the region: its resume
-    /// rewrites the bucket from the state ([`Worker::reconcile_reviews`]).
-    async fn show_reviews(&self, changes: &[(RegistrationId, bool)]) -> Result<(), Halt> {
-        let Some(store) = &self.reviews else {
-            return Ok(());
-        };
-        for (id, in_review) in changes {
-            let key = subjects::review_key(id);
-            let written = if *in_review {
-                store
-                    .put(&key, "manual_review".into())
-                    .await
-                    .map(drop)
-                    .map_err(anyhow::Error::from)
-            } else {
-                store.delete(&key).await.map_err(anyhow::Error::from)
-            };
-            written.with_context(|| {
-                format!("Failed to record in the reviews bucket that {id} changed")
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Makes the reviews bucket's keys of `region` those `state` has in review: what a
-    /// replica that died between a decision and its record there left out of date.
-    async fn reconcile_reviews(&self, region: &Region, state: &State) -> Result<(), Halt> {
-        let Some(store) = &self.reviews else {
-            return Ok(());
-        };
-        let prefix = format!("{region}.");
-        let mut listed = HashSet::new();
-        let mut keys = store
-            .keys()
-            .await
-            .context("Failed to list the reviews bucket")?;
-        while let Some(key) = keys.next().await {
-            let key = key.context("Failed to list the reviews bucket")?;
-            if key.starts_with(&prefix) {
-                listed.insert(key);
-            }
-        }
-        let wanted: HashSet<String> = state.in_review_ids().map(subjects::review_key).collect();
-        let mut changes = Vec::new();
-        for key in listed.difference(&wanted) {
-            changes.push((
-                RegistrationId::parse(key).context("A foreign key in the reviews bucket")?,
-                false,
-            ));
-        }
-        for key in wanted.difference(&listed) {
-            changes.push((
-                RegistrationId::parse(key).context("A foreign key in the reviews bucket")?,
-                true,
-            ));
-        }
-        self.show_reviews(&changes).await
-    }
-}
-
 /// One region's decider: its state folded from the region's decisions, and the sequence of
 /// the region's last decision, which the next write's fence expects.
 struct RegionStep<'a> {
@@ -255,6 +189,8 @@ struct RegionStep<'a> {
     since_snapshot: u64,
     /// The snapshot being stored, if one is.
     snapshotting: Option<tokio::task::JoinHandle<()>>,
+    /// The reviews bucket missed a change: rewrite the region's keys from the state.
+    reviews_stale: bool,
 }
 
 /// Whether `decision` changes a waiting list: only then does the closer need a new list (it
@@ -307,6 +243,21 @@ impl RegionStep<'_> {
         }));
     }
 
+    /// Rewrites the region's keys in the reviews bucket from the state; on failure, tries
+    /// again after the next batch (the bucket is a view for the edge, never a reason to stop
+    /// deciding).
+    async fn reconcile_reviews(&mut self) {
+        let result = self
+            .worker
+            .reviews
+            .reconcile(self.region, self.state.in_review_ids())
+            .await;
+        self.reviews_stale = result.is_err();
+        if let Err(err) = result {
+            tracing::warn!(region = %self.region, error = %format!("{err:#}"), "The reviews bucket could not be rewritten; trying again after the next batch.");
+        }
+    }
+
     /// Tells the closer what is open now.
     fn show_closing(&self) {
         self.closing.send_replace(Closing {
@@ -342,16 +293,15 @@ impl OrderedStep for RegionStep<'_> {
         self.maybe_snapshot();
         self.window = last_window(&self.worker.js, self.region).await?;
         self.show_closing();
-        self.worker
-            .reconcile_reviews(self.region, &self.state)
-            .await?;
+        self.reconcile_reviews().await;
         // A step cut short between two of its batches is finished by deciding its intake
         // event, the checkpoint, again; every other step was written whole.
-        if self.state.unfinished_step() {
-            tracing::info!(region = %self.region, checkpoint = self.state.checkpoint, "The last step was cut short between two of its batches; deciding its event again.");
-            Ok(Start::At(self.state.checkpoint))
+        let checkpoint = self.state.checkpoint;
+        if self.state.unfinished_step() && splits(&self.worker.js, checkpoint).await? {
+            tracing::info!(region = %self.region, checkpoint, "The last step was cut short between two of its batches; deciding its event again.");
+            Ok(Start::At(checkpoint))
         } else {
-            Ok(Start::At(self.state.checkpoint + 1))
+            Ok(Start::At(checkpoint + 1))
         }
     }
 
@@ -443,7 +393,12 @@ impl OrderedStep for RegionStep<'_> {
                 Err(err) => return Err(Halt::Transient(anyhow::Error::new(err))),
             }
         }
-        self.worker.show_reviews(&reviews).await?;
+        if self.reviews_stale {
+            self.reconcile_reviews().await;
+        } else if let Err(err) = self.worker.reviews.record(&reviews).await {
+            tracing::warn!(region = %self.region, error = %format!("{err:#}"), "The reviews bucket could not be updated; it is rewritten after the next batch.");
+            self.reviews_stale = true;
+        }
         if lines_changed {
             self.show_closing();
         }
@@ -488,6 +443,31 @@ fn batches(step_ends: &[usize], max: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// Whether the intake event at `seq` is one whose step can be larger than a batch (a capacity
+/// or a closed waiting list): only such a step is ever cut, and only such an event decides
+/// nothing twice when read again (a recovery request, say, would send a second link).
+async fn splits(js: &jetstream::Context, seq: u64) -> Result<bool, Halt> {
+    let stream = js
+        .get_stream_no_info(subjects::INTAKE_STREAM)
+        .await
+        .context("Failed to open the intake stream")?;
+    let message = stream
+        .get_raw_message(seq)
+        .await
+        .with_context(|| format!("Failed to read intake record {seq}"))?;
+    let splits = matches!(
+        Envelope::decode(&message.payload).map(|e| e.event),
+        Ok(Event::CapacitySet(_) | Event::WaitlistClosed(_))
+    );
+    if !splits {
+        tracing::warn!(
+            seq,
+            "The state looks cut short, but its checkpoint's event cannot be: resuming after it."
+        );
+    }
+    Ok(splits)
+}
+
 /// The region's current registration window: the last one an operator set.
 async fn last_window(js: &jetstream::Context, region: &Region) -> Result<Option<WindowSet>, Halt> {
     let stream = js
@@ -526,6 +506,8 @@ async fn close_waitlists(
     calendar: Calendar,
     stop: CancellationToken,
 ) {
+    // Each closing once: a closing the rule ignored (judged on a window an operator had
+    // extended) differs from the next one for the same slot by its reason or window.
     let mut sent = std::collections::HashSet::new();
     loop {
         tokio::select! {
@@ -534,14 +516,11 @@ async fn close_waitlists(
         }
         let due = closing::due(&closing.borrow_and_update(), chrono::Utc::now(), &calendar);
         for closed in due {
-            if sent.contains(&closed.slot) {
+            let id = closing::closing_id(&closed);
+            if sent.contains(&id) {
                 continue;
             }
             let slot = closed.slot.clone();
-            let id = format!(
-                "waitlist-closed.{}.{}.{}",
-                slot.region, slot.location, slot.date
-            );
             let outgoing = Outgoing::event(
                 subjects::intake(&region, IntakeKind::Waitlist),
                 &Envelope::new(id.clone(), Event::WaitlistClosed(closed)),
@@ -557,7 +536,7 @@ async fn close_waitlists(
             match stored.await {
                 Ok(_) => {
                     tracing::info!(%slot, "A waiting list closed.");
-                    sent.insert(slot);
+                    sent.insert(id);
                 }
                 Err(err) => {
                     tracing::warn!(%slot, error = %format!("{err:#}"), "A waiting list could not be closed yet; trying again.")

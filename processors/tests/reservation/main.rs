@@ -4,6 +4,7 @@
 mod claims;
 mod helpers;
 mod national;
+mod reviews;
 mod snapshots;
 
 use futures::future::join_all;
