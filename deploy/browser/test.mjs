@@ -23,7 +23,10 @@ const REGISTRY = need("REG_TEST_REGISTRY_URL");
 const SHOTS = path.resolve(process.env.REG_BROWSER_SHOTS || path.join(root, "target/browser-test"));
 const CHROMIUM = process.env.REG_CHROMIUM || "/usr/bin/chromium";
 const DEADLINE = 60_000; // every wait on the system: generous, it is a deadline not a pace
-const SLOT = "warszawa-narodowy|2027-03-01";
+// deploy/up seeds its demo slots 60 to 62 days ahead in Warsaw's time zone.
+const dayAhead = (days) =>
+  new Intl.DateTimeFormat("sv-SE", { timeZone: "Europe/Warsaw" }).format(new Date(Date.now() + days * 864e5));
+const SLOT = `warszawa-narodowy|${dayAhead(60)}`;
 
 function need(name) {
   const v = process.env[name];
@@ -235,7 +238,7 @@ async function main() {
 
   // 8. A status link from a message, on a phone, in a browser that prefers Polish and has
   // never seen the registration: opened from the fragment, kept, the fragment taken away.
-  const ewa = { ...citizen("2003-11-30"), full_name: "Ewa Zielińska", email: "ewa@example.pl", region: "mazowieckie", location: "warszawa-narodowy", date: "2027-03-02", language: "pl" };
+  const ewa = { ...citizen("2003-11-30"), full_name: "Ewa Zielińska", email: "ewa@example.pl", region: "mazowieckie", location: "warszawa-narodowy", date: dayAhead(61), language: "pl" };
   const accepted = await fetch(`${INGEST}/v1/registrations`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(ewa) });
   assert(accepted.status === 202, `the edge accepts Ewa (${accepted.status})`);
   const { registration_id: id, token } = await accepted.json();

@@ -51,6 +51,12 @@ impl Calendar {
         date < self.today(region, now)
     }
 
+    /// The date `days` after today in `region`: a day that stays ahead, for demo slots, load
+    /// tools and tests that must not expire with a fixed date.
+    pub fn days_ahead(&self, region: &Region, days: i64) -> NaiveDate {
+        self.today(region, Utc::now()) + chrono::Duration::days(days)
+    }
+
     /// Whether `slot`'s day is over at `now`.
     pub fn slot_is_over(&self, slot: &SlotKey, now: DateTime<Utc>) -> bool {
         self.is_over(&slot.region, slot.date, now)

@@ -213,7 +213,7 @@ pub fn citizen(n: u32, location: &str) -> Value {
         "email": format!("citizen{n}@example.pl"),
         "region": "mazowieckie",
         "location": location,
-        "date": "2027-03-01",
+        "date": streams::calendar::Calendar::default().days_ahead(&region(), 60).to_string(),
         "language": "pl",
     })
 }

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use chrono::NaiveDate;
 use streams::model::{Location, Region, SlotKey};
 
 /// What one chaos run does. The defaults are the size; CI runs a small one.
@@ -87,7 +86,8 @@ pub fn other_region() -> Region {
 /// region), and cold ones sharing the rest at 20 slots apiece (at least one), alternating
 /// between the regions. Returns (slot, capacity, is_hot).
 pub fn pool(slots: u32) -> Vec<(SlotKey, u32, bool)> {
-    let date = NaiveDate::from_ymd_opt(2027, 3, 1).expect("a valid date");
+    // Ahead of today wherever the region is: a slot whose day is over takes no registration.
+    let date = streams::calendar::Calendar::default().days_ahead(&region(), 60);
     let slot = |region: Region, location: String| SlotKey {
         region,
         location: Location::parse(&location).expect("a valid location"),

@@ -377,7 +377,7 @@ impl Pipeline {
         let (status, body) = self
             .admin_put(
                 "/v1/admin/capacity",
-                &json!({"region": "mazowieckie", "location": location, "date": "2027-03-01", "capacity": capacity}),
+                &json!({"region": "mazowieckie", "location": location, "date": slot_date(), "capacity": capacity}),
             )
             .await;
         assert_eq!(status, 200, "{body}");
@@ -416,8 +416,9 @@ impl Pipeline {
         let (status, _, body) = self
             .send(
                 self.http.get(format!(
-                    "{}/v1/availability?region=mazowieckie&location={location}&date=2027-03-01",
-                    self.read
+                    "{}/v1/availability?region=mazowieckie&location={location}&date={}",
+                    self.read,
+                    slot_date()
                 )),
                 None,
             )
@@ -499,6 +500,14 @@ impl Drop for Pipeline {
     }
 }
 
+/// The date of the tests' slots: 60 days ahead in the region's time zone, so it never passes
+/// (a slot whose day is over takes no registration).
+pub fn slot_date() -> String {
+    streams::calendar::Calendar::default()
+        .days_ahead(&streams::model::Region::parse("mazowieckie").unwrap(), 60)
+        .to_string()
+}
+
 /// A valid registration body for citizen number `n` at `location`.
 pub fn citizen(n: u32, location: &str) -> Value {
     let birth =
@@ -510,7 +519,7 @@ pub fn citizen(n: u32, location: &str) -> Value {
         "email": format!("citizen{n}@example.pl"),
         "region": "mazowieckie",
         "location": location,
-        "date": "2027-03-01",
+        "date": slot_date(),
         "attributes": {"priority_group": "60+", "chronic_conditions": false, "doses_taken": 0},
         "language": "pl",
     })

@@ -46,7 +46,7 @@ async fn a_submission_becomes_reserved_and_availability_drops() {
     assert_eq!(record["registration_id"], id);
     assert_eq!(record["region"], "mazowieckie");
     assert_eq!(record["location"], "warszawa-narodowy");
-    assert_eq!(record["date"], "2027-03-01");
+    assert_eq!(record["date"], slot_date());
     assert!(record["updated_at"].is_string());
     for personal in [
         "national_id",
@@ -259,7 +259,7 @@ async fn bad_input_gets_a_structured_error_and_appends_nothing() {
     assert_error(&err, "window_closed", Some("region"));
     // Operators: 401 without a token, 403 with a wrong one, 400 on a bad body.
     let capacity =
-        json!({"region": "mazowieckie", "location": "x", "date": "2027-03-01", "capacity": 1});
+        json!({"region": "mazowieckie", "location": "x", "date": slot_date(), "capacity": 1});
     let cap_url = format!("{}/v1/admin/capacity", p.ingest);
     let (status, _, body) = p
         .send(
@@ -281,7 +281,10 @@ async fn bad_input_gets_a_structured_error_and_appends_nothing() {
     assert_eq!(status, 403);
     assert_error(&body, "forbidden", None);
     let (status, body) = p
-        .admin_put("/v1/admin/capacity", &json!({"region": "mazowieckie", "location": "x", "date": "2027-03-01", "capacity": -1}))
+        .admin_put(
+            "/v1/admin/capacity",
+            &json!({"region": "mazowieckie", "location": "x", "date": slot_date(), "capacity": -1}),
+        )
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["field"], "capacity");
@@ -499,7 +502,7 @@ async fn availability_is_cacheable_with_an_etag() {
     let etag = headers.get("etag").unwrap().to_str().unwrap().to_owned();
     assert_eq!(
         body[0],
-        json!({"region": "mazowieckie", "location": "cache", "date": "2027-03-01", "capacity": 3, "remaining": 3, "waiting": 0})
+        json!({"region": "mazowieckie", "location": "cache", "date": slot_date(), "capacity": 3, "remaining": 3, "waiting": 0})
     );
     let (status, _, body) = p
         .send(
@@ -639,9 +642,12 @@ async fn vaccine_finders_poll_a_smart_scheduling_links_publication() {
         "valueInteger": 3
     })));
     assert!(extension.iter().any(|e| {
-        e["valueUrl"]
-            .as_str()
-            .is_some_and(|u| u.ends_with("/?region=mazowieckie&location=smart&date=2027-03-01"))
+        e["valueUrl"].as_str().is_some_and(|u| {
+            u.ends_with(&format!(
+                "/?region=mazowieckie&location=smart&date={}",
+                slot_date()
+            ))
+        })
     }));
 
     // One seat taken: the publication changes (a new tag, the old one no longer 304s) and
