@@ -65,10 +65,7 @@ pub async fn key_record(
     js: &async_nats::jetstream::Context,
     key_hash: &str,
 ) -> Result<Option<Claim>, AppendError> {
-    let intake = js
-        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
-        .await
-        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    let intake = intake(js).await?;
     let subject = crate::subjects::idempotency_key(key_hash);
     match crate::appender::last_message_from_leader(&intake, &subject).await? {
         None => Ok(None),
@@ -205,10 +202,7 @@ pub async fn last(
     js: &async_nats::jetstream::Context,
     citizen_key: &str,
 ) -> Result<Option<StreamMessage>, AppendError> {
-    let intake = js
-        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
-        .await
-        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    let intake = intake(js).await?;
     crate::appender::last_message(&intake, &crate::subjects::claim(citizen_key)).await
 }
 
@@ -219,11 +213,17 @@ pub async fn last_from_leader(
     js: &async_nats::jetstream::Context,
     citizen_key: &str,
 ) -> Result<Option<StreamMessage>, AppendError> {
-    let intake = js
-        .get_stream_no_info(crate::subjects::INTAKE_STREAM)
-        .await
-        .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    let intake = intake(js).await?;
     crate::appender::last_message_from_leader(&intake, &crate::subjects::claim(citizen_key)).await
+}
+
+/// The intake stream, where claims are.
+async fn intake(
+    js: &async_nats::jetstream::Context,
+) -> Result<async_nats::jetstream::stream::Stream<()>, AppendError> {
+    js.get_stream_no_info(crate::subjects::INTAKE_STREAM)
+        .await
+        .map_err(|e| AppendError::Unavailable(e.to_string()))
 }
 
 /// What a claim update does once it knows the subject's last record.
