@@ -368,6 +368,60 @@ async fn an_undecodable_submission_stops_the_region_at_that_record() {
     replica.stop().await;
 }
 
+/// A subject carries only the event types its writer owns: a cancellation on the
+/// verification subject (what the verification processor's identity may append to) stops
+/// the region's reader there as a record it cannot decode would, and the confirmed citizen
+/// is not cancelled; nothing after it is decided either. Before the fix, the citizen was
+/// cancelled and the place released.
+#[tokio::test]
+async fn a_cancellation_on_the_verification_subject_stops_the_region_and_cancels_nobody() {
+    let world = World::start().await;
+    let s = slot("owned");
+    world.set_capacity(&s, 10).await;
+    let (confirmed, _) = world.submit(&s).await;
+    world
+        .append(
+            streams::subjects::IntakeKind::Verification,
+            &region(),
+            Event::VerificationPassed(streams::events::VerificationPassed {
+                registration_id: confirmed.clone(),
+                reviewer: None,
+            }),
+        )
+        .await;
+    let foreign = world
+        .append(
+            streams::subjects::IntakeKind::Verification,
+            &region(),
+            Event::CancellationRequested(streams::events::CancellationRequested {
+                registration_id: confirmed.clone(),
+            }),
+        )
+        .await;
+    let (after, _) = world.submit(&s).await;
+    let replica = world.replica();
+    let stall = replica.wait_for_stall().await;
+    assert_eq!(stall.seq, foreign, "stopped at the foreign record: {stall}");
+    let log = world.decisions().await;
+    let decided = first_decisions(&log);
+    assert!(
+        log.iter().any(
+            |(_, e)| matches!(e, Event::RegistrationConfirmed(c) if c.registration_id == confirmed)
+        ),
+        "what came before it was decided: {log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|(_, e)| matches!(e, Event::RegistrationCancelled(_) | Event::SlotReleased(_))),
+        "nobody cancelled: {log:?}"
+    );
+    assert!(
+        !decided.contains_key(&after),
+        "nothing after it was decided"
+    );
+    replica.stop().await;
+}
+
 /// A decision the replica cannot decode stops its recovery: a state that skipped a
 /// reservation could overbook. Before the fix, the record was skipped and the replica went
 /// on deciding from a state that did not count it.
