@@ -24,7 +24,7 @@ pub async fn read(
         .direct_get(seq)
         .await
         .with_context(|| format!("Failed to read intake sequence {seq}"))?;
-    match Envelope::decode(&message.payload) {
+    match Envelope::decode_from(&message.subject, &message.payload) {
         Ok(Envelope {
             event: Event::RegistrationSubmitted(submission),
             occurred_at,

@@ -231,7 +231,7 @@ pub async fn replay(
         summary.read += 1;
         summary.first_seq.get_or_insert(seq);
         summary.last_seq = Some(seq);
-        let record = match Envelope::decode(&message.payload) {
+        let record = match Envelope::decode_from(&message.subject, &message.payload) {
             Ok(envelope) => {
                 if !replay.types.is_empty()
                     && !replay

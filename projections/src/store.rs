@@ -227,14 +227,20 @@ COMMIT TRANSACTION;
 /// - `counts` keeps an existing capacity, else the first change's, and sets each count the
 ///   changes name: so the first's capacity, each count's last value and the last time;
 /// - `capacity` sets the capacity and keeps the count: the last one wins;
+/// - a dead letter is written by `NotificationFailed` and removed by a `NotificationSent` of
+///   the same notification id: the last one wins, so the batch's dead letters and its
+///   deliveries name different ids and the order [`APPLY`] writes them in does not matter
+///   (the same records in other batches, as a rebuild reads them, give the same table).
 #[derive(Debug, Default)]
 struct Grouped {
     statuses: Vec<Op>,
     capacities: Vec<Op>,
     counts: Vec<Op>,
-    /// Dead letters (undeliverable messages), then the notifications delivered since (a
-    /// re-drive), whose dead letters go.
+    /// Dead letters (undeliverable messages) whose last record in the batch is a failure.
     dead: Vec<Value>,
+    /// Notification ids whose last record in the batch is a delivery (a re-drive, or a
+    /// failure that a later decision's message under the same id made good): their dead
+    /// letters go.
     delivered: Vec<String>,
 }
 
@@ -266,6 +272,9 @@ fn group(ops: Vec<Op>) -> Grouped {
         *earlier = later;
         earlier.may_leave_line |= waited;
     };
+    // Per notification id, its last record in the batch: a dead letter's row, or none (sent).
+    let mut notifications: Vec<(String, Option<Value>)> = Vec::new();
+    let mut notification_of: std::collections::HashMap<String, usize> = Default::default();
     for op in ops {
         match op.op {
             "status" => {
@@ -304,8 +313,25 @@ fn group(ops: Vec<Op>) -> Grouped {
                     },
                 );
             }
-            "dead" => grouped.dead.extend(op.row),
-            _ => grouped.delivered.extend(op.id),
+            "dead" | "delivered" => {
+                let Some(id) = op.id else { continue };
+                match notification_of.entry(id.clone()) {
+                    std::collections::hash_map::Entry::Occupied(at) => {
+                        notifications[*at.get()].1 = op.row;
+                    }
+                    std::collections::hash_map::Entry::Vacant(at) => {
+                        at.insert(notifications.len());
+                        notifications.push((id, op.row));
+                    }
+                }
+            }
+            other => unreachable!("no change of kind {other}"),
+        }
+    }
+    for (id, row) in notifications {
+        match row {
+            Some(row) => grouped.dead.push(row),
+            None => grouped.delivered.push(id),
         }
     }
     grouped
@@ -453,6 +479,7 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
             // A dead letter written before codes existed holds the provider's own words.
             let (error_code, last_error) = streams::outside::shown(&e.error_code, &e.last_error);
             vec![Op {
+                id: Some(e.notification_id.clone()),
                 row: Some(json!({
                     "notification_id": e.notification_id, "registration_id": e.registration_id,
                     "channel": e.channel, "template": e.template, "decision_seq": e.decision_seq,
@@ -1050,8 +1077,8 @@ mod tests {
 
         let snapshot = live.snapshot().await.unwrap();
         assert_eq!(snapshot.checkpoint("S"), last);
-        // (The samples' dead letter is re-delivered later in the batch: none is left.)
-        for table in ["registration", "slot"] {
+        // (The samples' notification is sent, then dead-lettered under the same id: it stays.)
+        for table in ["registration", "slot", "dead_letter"] {
             assert!(!snapshot.tables[table].is_empty(), "{table}: {snapshot:?}");
         }
         let empty = other.snapshot().await.unwrap();
@@ -1124,5 +1151,54 @@ mod tests {
         assert_eq!(snapshots[0], snapshots[1]);
         let slot = snapshots[0].tables["slot"].values().next().unwrap();
         assert_eq!(slot["updated_at"], "2027-02-01T10:00:00.000Z");
+    }
+
+    /// A live worker applies the log in whatever groups it happens to read; a rebuild reads
+    /// it in others. A notification's records must give the same dead letters either way:
+    /// one sent and then dead-lettered (a later decision's message failing under the same
+    /// id) stays a dead letter; one dead-lettered, re-driven and then sent goes. Before the
+    /// fix, a batch applied every dead letter before every delivery, so in one batch the
+    /// first was lost, and one record per batch kept it.
+    #[tokio::test]
+    async fn dead_letters_are_the_same_in_one_batch_and_one_record_per_batch() {
+        let notification = |event_type: &str, notification_id: &str| {
+            let mut value = serde_json::to_value(
+                streams::events::samples()
+                    .into_iter()
+                    .find(|e| e.event.event_type() == event_type)
+                    .unwrap(),
+            )
+            .unwrap();
+            value["data"]["notification_id"] = json!(notification_id);
+            serde_json::from_value::<Envelope>(value).unwrap()
+        };
+        let log = vec![
+            (1, notification("NotificationSent", "sent-then-failed")),
+            (2, notification("NotificationFailed", "failed-then-sent")),
+            (3, notification("NotificationFailed", "sent-then-failed")),
+            (4, notification("NotificationSent", "failed-then-sent")),
+        ];
+        let one_batch = Store::open(&StoreOptions::new("mem://")).await.unwrap();
+        one_batch.apply("S", &log, 0, 4).await.unwrap();
+        let one_per_batch = Store::open(&StoreOptions::new("mem://")).await.unwrap();
+        for (seq, event) in &log {
+            one_per_batch
+                .apply("S", &[(*seq, event.clone())], seq - 1, *seq)
+                .await
+                .unwrap();
+        }
+        let comparison = crate::rebuild::compare(
+            &one_batch.snapshot().await.unwrap(),
+            &one_per_batch.snapshot().await.unwrap(),
+        );
+        assert!(comparison.equal, "{comparison:#?}");
+        let dead: Vec<Value> = one_batch
+            .dead_letters()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row["notification_id"].clone())
+            .collect();
+        assert_eq!(dead, [json!("sent-then-failed")]);
     }
 }

@@ -10,7 +10,9 @@
 //!
 //! The rules both keep:
 //! - **Never past what was not understood.** A record this code cannot decode (a newer event
-//!   version during a rolling upgrade, corruption) stops the reader at that record: the
+//!   version during a rolling upgrade, corruption), or an event type its subject's writer
+//!   does not own ([`crate::subjects::SubjectKind::event_types`]: another identity allowed to
+//!   append there appended it), stops the reader at that record: the
 //!   records before it are handled, nothing after it is, the reader is reported stalled in
 //!   its log, in [`Health::checks`] (so `/readyz` answers 503) and in the
 //!   `consumer_stalled{consumer}` gauge, and it tries again every [`STALL_RETRY`] (a reader
@@ -57,9 +59,10 @@ pub struct Decoded {
     pub envelope: Envelope,
 }
 
-/// A record the reader could not decode: where it is and why.
+/// A record the reader could not decode, or whose event type does not belong on its
+/// subject: where it is and why.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{stream} sequence {seq} ({subject}) cannot be decoded by this version: {reason}")]
+#[error("{stream} sequence {seq} ({subject}) cannot be read by this version: {reason}")]
 pub struct Undecodable {
     /// The stream.
     pub stream: String,
@@ -94,13 +97,14 @@ impl From<Undecodable> for Halt {
     }
 }
 
-/// Decodes a JetStream message of `stream`, or says why it cannot be.
+/// Decodes a JetStream message of `stream`, or says why it cannot be: it cannot be decoded,
+/// or its event type does not belong on its subject ([`Envelope::decode_from`]).
 pub fn decode(stream: &str, message: &jetstream::Message) -> Result<Decoded, Halt> {
     let info = message
         .info()
         .map_err(|e| anyhow::anyhow!("a message has no JetStream metadata: {e}"))?;
     let seq = info.stream_sequence;
-    match Envelope::decode(&message.payload) {
+    match Envelope::decode_from(&message.subject, &message.payload) {
         Ok(envelope) => Ok(Decoded {
             seq,
             subject: message.subject.to_string(),
@@ -194,7 +198,7 @@ impl Health {
             .is_none();
         if first {
             tracing::error!(consumer, stream = %why.stream, seq = why.seq, subject = %why.subject, reason = %why.reason,
-                "A reader met a record this version cannot decode and stopped there; upgrade it (readers before writers). Nothing after the record is handled until then.");
+                "A reader met a record it cannot accept and stopped there: a version newer than this code (upgrade it, readers before writers), or an event type its subject's writer does not own (remove the record). Nothing after the record is handled until then.");
         }
     }
 

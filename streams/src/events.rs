@@ -669,6 +669,16 @@ pub enum DecodeError {
         /// The version found.
         version: u16,
     },
+    /// An event type the subject's writer does not own (see
+    /// [`crate::subjects::SubjectKind::event_types`]): an identity allowed to append there
+    /// appended what only another may. Refused like an undecodable record.
+    #[error("event {event_type} does not belong on {subject}: only the types its writer owns do")]
+    Foreign {
+        /// The type found.
+        event_type: String,
+        /// The subject it was appended to.
+        subject: String,
+    },
 }
 
 impl Envelope {
@@ -688,7 +698,23 @@ impl Envelope {
         crate::scratch::json(self, <[u8]>::to_vec)
     }
 
-    /// Deserializes, refusing versions newer than this code.
+    /// Deserializes a record read from the log on `subject`, refusing versions newer than
+    /// this code and event types the subject's writer does not own
+    /// ([`crate::subjects::accepts`]). Every reader of the logs decodes through this.
+    pub fn decode_from(subject: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let envelope = Envelope::decode(bytes)?;
+        let event_type = envelope.event.event_type();
+        if !crate::subjects::accepts(subject, event_type) {
+            return Err(DecodeError::Foreign {
+                event_type: event_type.to_owned(),
+                subject: subject.to_owned(),
+            });
+        }
+        Ok(envelope)
+    }
+
+    /// Deserializes, refusing versions newer than this code. The bytes alone say nothing of
+    /// who wrote them: a record read from the log goes through [`Envelope::decode_from`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let envelope: Envelope = serde_json::from_slice(bytes)?;
         if envelope.version > envelope.event.event_version() {

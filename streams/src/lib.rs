@@ -9,7 +9,7 @@
 //! | [`calendar`] | each region's time zone: when a slot's day is over |
 //! | [`national_id`] | national id rules (PESEL) used by the edge and by the load generator |
 //! | [`events`] | the event envelope and the past-tense events, with type and version |
-//! | [`subjects`] | every subject, stream, bucket and consumer name |
+//! | [`subjects`] | every subject, stream, bucket and consumer name, and the event types each subject carries |
 //! | [`claims`] | the per-citizen claim record (one active registration per citizen) |
 //! | [`accounts`] | one NATS identity per service and the permissions each needs |
 //! | [`config`] | stream configurations and [`config::ensure_streams`] |

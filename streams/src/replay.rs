@@ -14,7 +14,7 @@ pub struct Record {
     pub seq: u64,
     /// Its subject.
     pub subject: String,
-    /// Its decoded event (or why it could not be decoded).
+    /// Its decoded event, or why it could not be decoded (or does not belong on its subject).
     pub envelope: Result<Envelope, DecodeError>,
     /// Messages left in the filter after this one when it was delivered.
     pub pending: u64,
@@ -29,7 +29,7 @@ impl Record {
         Ok(Record {
             seq: info.stream_sequence,
             subject: message.subject.to_string(),
-            envelope: Envelope::decode(&message.payload),
+            envelope: Envelope::decode_from(&message.subject, &message.payload),
             pending: info.pending,
         })
     }

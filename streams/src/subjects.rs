@@ -20,6 +20,14 @@
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //! | `reg.key.<key digest>` | [`INTAKE_STREAM`] | ingest | the [`crate::claims::Claim`] an `Idempotency-Key` created (one message, never replaced) |
 //!
+//! A subject carries only the event types its writer owns (the "holds" column, defined once
+//! in [`SubjectKind::event_types`]). Another identity's permissions stop it from appending to
+//! a subject it does not write; this table stops a writer from appending, on its own subject,
+//! an event another writer owns (the verification processor's identity appending a
+//! `CancellationRequested` on `…verification`): every reader decodes through
+//! [`crate::events::Envelope::decode_from`], which refuses such a record exactly as it refuses
+//! one it cannot decode, and the reader stops there (see [`crate::consume`]).
+//!
 //! The intake stream is the order of acceptance: everything that may change a reservation is
 //! appended there, so the reservation processor's decisions are a function of one ordered log.
 //! A citizen's claim (and the answer of each `Idempotency-Key`) lives in the same stream so the
@@ -148,6 +156,129 @@ impl IntakeKind {
     }
 }
 
+impl IntakeKind {
+    /// Every kind of intake message.
+    pub const ALL: [IntakeKind; 9] = [
+        IntakeKind::Submitted,
+        IntakeKind::Cancel,
+        IntakeKind::Capacity,
+        IntakeKind::Window,
+        IntakeKind::Verification,
+        IntakeKind::Review,
+        IntakeKind::Waitlist,
+        IntakeKind::Recover,
+        IntakeKind::Redrive,
+    ];
+
+    /// The kind named by a subject token.
+    pub fn from_token(token: &str) -> Option<Self> {
+        IntakeKind::ALL
+            .into_iter()
+            .find(|kind| kind.token() == token)
+    }
+}
+
+/// The subjects events travel on, by what they are for: each has one writer, and carries
+/// only the event types that writer owns ([`SubjectKind::event_types`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// `reg.intake.<region>.<kind>`.
+    Intake(IntakeKind),
+    /// `reg.decision.<region>.reservation`: the reservation processor's decisions.
+    ReservationDecisions,
+    /// `reg.decision.<region>.notification`: the notification processor's records.
+    NotificationDecisions,
+}
+
+impl SubjectKind {
+    /// Every subject kind that carries events (claims carry claim records, not events).
+    pub const ALL: [SubjectKind; 11] = [
+        SubjectKind::Intake(IntakeKind::Submitted),
+        SubjectKind::Intake(IntakeKind::Cancel),
+        SubjectKind::Intake(IntakeKind::Capacity),
+        SubjectKind::Intake(IntakeKind::Window),
+        SubjectKind::Intake(IntakeKind::Verification),
+        SubjectKind::Intake(IntakeKind::Review),
+        SubjectKind::Intake(IntakeKind::Waitlist),
+        SubjectKind::Intake(IntakeKind::Recover),
+        SubjectKind::Intake(IntakeKind::Redrive),
+        SubjectKind::ReservationDecisions,
+        SubjectKind::NotificationDecisions,
+    ];
+
+    /// The kind of an event subject (`reg.intake.<region>.<kind>`,
+    /// `reg.decision.<region>.{reservation,notification}`); `None` for anything else (a
+    /// claim's subject, a subject no writer of this version appends to).
+    pub fn of(subject: &str) -> Option<Self> {
+        // `<prefix>.<region>.<kind>`: the kind, when the region is one.
+        let kind_after = |prefix: &str| {
+            let (region, kind) = subject
+                .strip_prefix(prefix)?
+                .strip_prefix('.')?
+                .split_once('.')?;
+            Region::parse(region).ok().map(|_| kind)
+        };
+        if let Some(kind) = kind_after(INTAKE_PREFIX) {
+            return IntakeKind::from_token(kind).map(SubjectKind::Intake);
+        }
+        match kind_after(DECISION_PREFIX)? {
+            "reservation" => Some(SubjectKind::ReservationDecisions),
+            "notification" => Some(SubjectKind::NotificationDecisions),
+            _ => None,
+        }
+    }
+
+    /// The subject of this kind for `region`.
+    pub fn subject(self, region: &Region) -> String {
+        match self {
+            SubjectKind::Intake(kind) => intake(region, kind),
+            SubjectKind::ReservationDecisions => reservation_decisions(region),
+            SubjectKind::NotificationDecisions => notification_decisions(region),
+        }
+    }
+
+    /// The event types ([`crate::events::Event::event_type`]) this subject's writer owns:
+    /// the only ones it carries. The one table of ownership (the module's table shows it).
+    pub fn event_types(self) -> &'static [&'static str] {
+        match self {
+            SubjectKind::Intake(IntakeKind::Submitted) => &["RegistrationSubmitted"],
+            SubjectKind::Intake(IntakeKind::Cancel) => &["CancellationRequested"],
+            SubjectKind::Intake(IntakeKind::Capacity) => &["CapacitySet"],
+            SubjectKind::Intake(IntakeKind::Window) => &["WindowSet"],
+            SubjectKind::Intake(IntakeKind::Verification) => &[
+                "VerificationPassed",
+                "VerificationFailed",
+                "VerificationInconclusive",
+            ],
+            SubjectKind::Intake(IntakeKind::Review) => {
+                &["VerificationPassed", "VerificationFailed", "ReviewRequeued"]
+            }
+            SubjectKind::Intake(IntakeKind::Waitlist) => &["WaitlistClosed"],
+            SubjectKind::Intake(IntakeKind::Recover) => &["RecoveryRequested"],
+            SubjectKind::Intake(IntakeKind::Redrive) => &["NotificationRedriveRequested"],
+            SubjectKind::ReservationDecisions => &[
+                "SlotReserved",
+                "RegistrationWaitlisted",
+                "WaitlistPromoted",
+                "SlotRejected",
+                "SlotReleased",
+                "ReviewRequired",
+                "VerificationRequeued",
+                "RegistrationConfirmed",
+                "RegistrationCancelled",
+                "RecoveryLinkIssued",
+            ],
+            SubjectKind::NotificationDecisions => &["NotificationSent", "NotificationFailed"],
+        }
+    }
+}
+
+/// Whether `subject` may carry an event of `event_type`: only an event subject, and only a
+/// type its writer owns ([`SubjectKind::event_types`]).
+pub fn accepts(subject: &str, event_type: &str) -> bool {
+    SubjectKind::of(subject).is_some_and(|kind| kind.event_types().contains(&event_type))
+}
+
 /// Subject of an intake message of `kind` for `region`.
 pub fn intake(region: &Region, kind: IntakeKind) -> String {
     format!("{INTAKE_PREFIX}.{region}.{}", kind.token())
@@ -268,6 +399,46 @@ mod tests {
         assert!(!matches("reg.claim.*", "reg.claim.a.b"));
         assert!(matches("reg.claim.abc", "reg.claim.abc"));
         assert!(!matches("reg.claim.abc", "reg.claim.abd"));
+    }
+
+    #[test]
+    fn every_event_type_has_a_subject_and_every_subject_names_real_types() {
+        for event_type in crate::events::EVENT_TYPES {
+            assert!(
+                SubjectKind::ALL
+                    .iter()
+                    .any(|kind| kind.event_types().contains(&event_type)),
+                "{event_type} has no subject"
+            );
+        }
+        let r = Region::parse("slaskie").unwrap();
+        for kind in SubjectKind::ALL {
+            assert_eq!(SubjectKind::of(&kind.subject(&r)), Some(kind));
+            for event_type in kind.event_types() {
+                assert!(
+                    crate::events::EVENT_TYPES.contains(event_type),
+                    "{kind:?} names {event_type}"
+                );
+            }
+        }
+        let verdict = intake(&r, IntakeKind::Verification);
+        assert!(accepts(&verdict, "VerificationPassed"));
+        assert!(!accepts(&verdict, "CancellationRequested"));
+        assert!(!accepts(&verdict, "RegistrationConfirmed"));
+        assert!(!accepts(&claim("c0ffee"), "RegistrationSubmitted"));
+        assert!(!accepts(
+            "reg.intake.slaskie.verification.x",
+            "VerificationPassed"
+        ));
+        assert!(!accepts(
+            "reg.intake.BAD.verification",
+            "VerificationPassed"
+        ));
+        assert!(!accepts("reg.decision.slaskie.other", "SlotReserved"));
+        assert!(!accepts(
+            "other.intake.slaskie.submitted",
+            "RegistrationSubmitted"
+        ));
     }
 
     #[test]

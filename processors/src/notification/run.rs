@@ -294,7 +294,8 @@ impl Notifier {
             .direct_get(seq)
             .await
             .with_context(|| format!("Failed to read decision {seq}"))?;
-        Envelope::decode(&message.payload).context("Failed to decode a decision")
+        Envelope::decode_from(&message.subject, &message.payload)
+            .context("Failed to decode a decision")
     }
 
     async fn notify(&self, notice: &Notice, round: &Round) -> Outcome {

@@ -481,7 +481,7 @@ async fn last_window(js: &jetstream::Context, region: &Region) -> Result<Option<
     else {
         return Ok(None);
     };
-    match Envelope::decode(&message.payload) {
+    match Envelope::decode_from(&message.subject, &message.payload) {
         Ok(Envelope {
             event: Event::WindowSet(window),
             ..

@@ -371,6 +371,134 @@ async fn an_undecodable_submission_stops_the_region_at_that_record() {
     replica.stop().await;
 }
 
+/// A subject carries only the event types its writer owns: a cancellation on the
+/// verification subject (what the verification processor's identity may append to) stops
+/// the region's reader there as a record it cannot decode would, and the confirmed citizen
+/// is not cancelled; nothing after it is decided either. Before the fix, the citizen was
+/// cancelled and the place released.
+#[tokio::test]
+async fn a_cancellation_on_the_verification_subject_stops_the_region_and_cancels_nobody() {
+    let world = World::start().await;
+    let s = slot("owned");
+    world.set_capacity(&s, 10).await;
+    let (confirmed, _) = world.submit(&s).await;
+    world
+        .append(
+            streams::subjects::IntakeKind::Verification,
+            &region(),
+            Event::VerificationPassed(streams::events::VerificationPassed {
+                registration_id: confirmed.clone(),
+                reviewer: None,
+            }),
+        )
+        .await;
+    let foreign = world
+        .append(
+            streams::subjects::IntakeKind::Verification,
+            &region(),
+            Event::CancellationRequested(streams::events::CancellationRequested {
+                registration_id: confirmed.clone(),
+            }),
+        )
+        .await;
+    let (after, _) = world.submit(&s).await;
+    let replica = world.replica();
+    let stall = replica.wait_for_stall().await;
+    assert_eq!(stall.seq, foreign, "stopped at the foreign record: {stall}");
+    let log = world.decisions().await;
+    let decided = first_decisions(&log);
+    assert!(
+        log.iter().any(
+            |(_, e)| matches!(e, Event::RegistrationConfirmed(c) if c.registration_id == confirmed)
+        ),
+        "what came before it was decided: {log:?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|(_, e)| matches!(e, Event::RegistrationCancelled(_) | Event::SlotReleased(_))),
+        "nobody cancelled: {log:?}"
+    );
+    assert!(
+        !decided.contains_key(&after),
+        "nothing after it was decided"
+    );
+    replica.stop().await;
+}
+
+/// Every event type that does not belong on an intake subject, on each one the reservation
+/// processor reads, in a region of its own between two submissions: one `*` replica stops
+/// every region at its foreign record, decides the submission before it (unless the record
+/// is on the window subject, read before anything is decided) and nothing after it, and the
+/// foreign record itself decides nothing. Before the fix, the regions never
+/// stopped (the later submissions were decided).
+#[tokio::test]
+async fn every_foreign_type_on_every_intake_subject_stops_its_region_there() {
+    use streams::subjects::{IntakeKind, SubjectKind};
+    let world = World::start().await;
+    let js = async_nats::jetstream::new(world.client.clone());
+    let samples = streams::events::samples();
+    // (region, the foreign record's sequence, the submissions before and after it)
+    let mut cases = Vec::new();
+    for (k, kind) in IntakeKind::ALL.into_iter().enumerate() {
+        let owned = SubjectKind::Intake(kind).event_types();
+        for (n, sample) in samples.iter().enumerate() {
+            if owned.contains(&sample.event.event_type()) {
+                continue;
+            }
+            let r = streams::model::Region::parse(&format!("foreign-{k}-{n}")).unwrap();
+            let s = slot_in(&r, "x");
+            world.set_capacity(&s, 10).await;
+            let (before, _) = world.submit(&s).await;
+            let foreign = js
+                .publish(streams::subjects::intake(&r, kind), sample.encode().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence;
+            let (after, _) = world.submit(&s).await;
+            cases.push((r, foreign, before, after, kind, sample.event.event_type()));
+        }
+    }
+    assert!(cases.len() > 150, "{} cases", cases.len());
+    let replica = world.replica_for(streams::subjects::RegionFilter::All);
+    testkit::eventually(
+        "every region to stop at its foreign record",
+        std::time::Duration::from_secs(60),
+        || async {
+            cases
+                .iter()
+                .all(|(r, foreign, ..)| {
+                    replica
+                        .metrics
+                        .health
+                        .stall_of(&format!("reservation.{r}"))
+                        .is_some_and(|stall| stall.seq == *foreign)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let log = world.decisions().await;
+    let firsts = first_decisions(&log);
+    let mut decided = 0;
+    for (r, _, before, after, kind, event_type) in &cases {
+        // A region's last window is read before anything is decided (it says whether the
+        // region is open): a foreign record there stops the region before its first decision.
+        if *kind == IntakeKind::Window {
+            assert!(!firsts.contains_key(before), "{r}: {event_type}");
+        } else {
+            assert!(firsts.contains_key(before), "{r}: {event_type}");
+            decided += 1;
+        }
+        assert!(!firsts.contains_key(after), "{r}: {event_type}");
+    }
+    // One decision per region that went that far (the first submission's): the foreign
+    // records decided nothing.
+    assert_eq!(log.len(), decided, "{log:?}");
+    replica.stop().await;
+}
+
 /// A decision the replica cannot decode stops its recovery: a state that skipped a
 /// reservation could overbook. Before the fix, the record was skipped and the replica went
 /// on deciding from a state that did not count it.

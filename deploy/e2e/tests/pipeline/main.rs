@@ -3,6 +3,7 @@
 mod at_rest;
 mod helpers;
 mod notification;
+mod ownership;
 mod page;
 mod rebuild;
 mod verification;

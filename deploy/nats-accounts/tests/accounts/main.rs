@@ -3,5 +3,6 @@
 
 mod cluster;
 mod helpers;
+mod ownership;
 mod permissions;
 mod tls;
