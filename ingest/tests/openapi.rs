@@ -8,16 +8,10 @@ async fn the_served_document_is_the_committed_one_and_matches_the_routes() {
     testkit::openapi::check_routes(ingest::routes::configure, &committed).await;
 }
 
-#[test]
-fn every_example_in_the_document_fits_its_schema() {
-    testkit::openapi::check_examples(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi/ingest.json"),
-    );
-}
-
-/// The document's `email` pattern says exactly what the edge accepts: for each address,
-/// a body the edge takes (a phone given, so an empty e-mail is fine) fits the
-/// `RegistrationRequest` schema, and one it refuses does not.
+/// The document's `email` pattern says exactly what the edge accepts: for each address, the
+/// pattern matches it exactly when the edge takes a body with it (a phone given, so an empty
+/// e-mail is fine). That every example in the documents fits its schema is checked by an
+/// independent linter, Redocly (`deploy/redocly/run`, part of `deploy/test`).
 #[test]
 fn the_email_pattern_accepts_what_the_edge_accepts() {
     let file = std::fs::read_to_string(
@@ -25,8 +19,11 @@ fn the_email_pattern_accepts_what_the_edge_accepts() {
     )
     .unwrap();
     let document: serde_json::Value = serde_json::from_str(&file).unwrap();
-    let schema =
-        testkit::openapi::schema_validator(&document, "/components/schemas/RegistrationRequest");
+    let pattern = document
+        .pointer("/components/schemas/RegistrationRequest/properties/email/pattern")
+        .and_then(|p| p.as_str())
+        .expect("the e-mail has a pattern");
+    let schema = regex::Regex::new(pattern).expect("the pattern is a regular expression");
     let samples = [
         "jan@example.pl",
         "a@b.c",
@@ -69,7 +66,7 @@ fn the_email_pattern_accepts_what_the_edge_accepts() {
             today,
         );
         assert_eq!(
-            schema.is_valid(&body),
+            schema.is_match(email),
             edge.is_ok(),
             "{email:?}: the edge says {edge:?}"
         );
