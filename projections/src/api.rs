@@ -156,6 +156,8 @@ pub struct Reader {
     pub published: Cache<(), Arc<Published>>,
     /// When the publication's content last changed.
     published_since: Since,
+    /// Each region's time zone: no slot whose day is over is listed.
+    pub calendar: streams::calendar::Calendar,
 }
 
 /// What the read API is configured with, besides its connections.
@@ -169,6 +171,8 @@ pub struct ReaderSettings {
     pub cors_origins: Vec<String>,
     /// Where the SMART Scheduling Links publication points.
     pub publication: Publication,
+    /// Each region's time zone (no slot whose day is over is listed).
+    pub calendar: streams::calendar::Calendar,
 }
 
 impl Reader {
@@ -186,6 +190,7 @@ impl Reader {
             admin_token,
             cors_origins,
             publication,
+            calendar,
         } = settings;
         Reader {
             store,
@@ -202,6 +207,7 @@ impl Reader {
             rebuilds,
             cors_origins: Arc::new(cors_origins),
             publication,
+            calendar,
             published: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
             published_since: Since::default(),
         }
@@ -354,13 +360,39 @@ async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error
         .slots
         .try_get_with((), async {
             reader.metrics.availability_loads.inc();
-            let rows = reader.store.availability(None, None, None).await?;
+            let mut rows = reader.store.availability(None, None, None).await?;
+            drop_days_over(&mut rows, &reader.calendar, chrono::Utc::now());
             let generation = reader
                 .generations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             anyhow::Ok(Arc::new(SlotTable::new(generation, rows)))
         })
         .await
+}
+
+/// Drops the rows of slots whose day is over in their region's time zone: they take no
+/// registration (the edge refuses them), so neither the citizens' page nor a vaccine finder
+/// should offer them. The table is loaded at least once a cache period, so a day leaves the
+/// answers within about a second of its midnight.
+fn drop_days_over(
+    rows: &mut Vec<Value>,
+    calendar: &streams::calendar::Calendar,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    rows.retain(|row| {
+        let region = row
+            .get("region")
+            .and_then(Value::as_str)
+            .and_then(|r| streams::model::Region::parse(r).ok());
+        let date = row
+            .get("date")
+            .and_then(Value::as_str)
+            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
+        match (region, date) {
+            (Some(region), Some(date)) => !calendar.is_over(&region, date, now),
+            _ => true,
+        }
+    });
 }
 
 fn entity_tag(body: &str) -> String {
@@ -750,5 +782,28 @@ mod tests {
         assert_eq!(empty.body, rendered);
         assert_eq!(empty.etag, entity_tag(&rendered));
         assert!(Arc::ptr_eq(&empty, &empty_answer()));
+    }
+
+    /// A slot leaves the answers at midnight in its region's zone, not in UTC: at 23:30 UTC on
+    /// 1 March (00:30 on the 2nd in Warsaw) the 1st is gone from a Warsaw region and still
+    /// listed for a region on London's time.
+    #[test]
+    fn a_slot_whose_day_is_over_in_its_region_is_not_listed() {
+        let calendar: streams::calendar::Calendar =
+            "Europe/Warsaw,west=Europe/London".parse().unwrap();
+        let row = |region: &str, date: &str| serde_json::json!({"region": region, "location": "a", "date": date, "capacity": 1, "remaining": 1, "waiting": 0});
+        let mut rows = vec![
+            row("mazowieckie", "2027-03-01"),
+            row("mazowieckie", "2027-03-02"),
+            row("west", "2027-03-01"),
+        ];
+        let now = chrono::DateTime::parse_from_rfc3339("2027-03-01T23:30:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        drop_days_over(&mut rows, &calendar, now);
+        assert_eq!(
+            rows,
+            vec![row("mazowieckie", "2027-03-02"), row("west", "2027-03-01")]
+        );
     }
 }

@@ -64,6 +64,11 @@ pub struct Args {
     /// Where citizens book: each free SMART slot links there (with region, location, date).
     #[arg(long, env = "REG_BOOKING_URL")]
     pub booking_url: Option<String>,
+    /// Each region's time zone, where a slot's day ends (availability and the SMART files
+    /// list no slot whose day is over): IANA names, comma-separated, bare for every region or
+    /// `region=Zone` for one.
+    #[arg(long, env = "REG_TIME_ZONES", default_value = "Europe/Warsaw")]
+    pub time_zones: streams::calendar::Calendar,
     /// A phone number that books, on each free SMART slot and location.
     #[arg(long, env = "REG_BOOKING_PHONE")]
     pub booking_phone: Option<String>,
@@ -143,6 +148,7 @@ pub async fn run_cli(
             replicas: args.replicas,
             cors_origins,
             publication,
+            calendar: args.time_zones,
         },
         listener,
         shutdown,

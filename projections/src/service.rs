@@ -37,6 +37,8 @@ pub struct Settings {
     pub cors_origins: Vec<String>,
     /// Where the SMART Scheduling Links publication points.
     pub publication: crate::smart::Publication,
+    /// Each region's time zone: availability lists no slot whose day is over there.
+    pub calendar: streams::calendar::Calendar,
 }
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
@@ -88,6 +90,7 @@ pub async fn run(
             admin_token: settings.admin_token.clone(),
             cors_origins: settings.cors_origins.clone(),
             publication: settings.publication.clone(),
+            calendar: settings.calendar.clone(),
         },
     );
     let served = streams::http::serve(

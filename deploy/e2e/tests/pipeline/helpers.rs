@@ -258,6 +258,7 @@ impl Pipeline {
                 secret: streams::crypto::DEVELOPMENT_SECRET.into(),
                 admin_token: ADMIN.into(),
                 cache_ttl: Duration::from_millis(1000),
+                calendar: Default::default(),
                 linger: Duration::ZERO,
                 workers: 1,
                 replicas: 1,
