@@ -4,7 +4,6 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use chrono::NaiveDate;
 use ingest::settings::Settings;
 use ntex::client::Client;
 use serde_json::{Value, json};
@@ -197,25 +196,11 @@ impl Drop for Edge {
     }
 }
 
+pub use testkit::citizen;
+
 /// The region every test registers in.
 pub fn region() -> Region {
-    Region::parse("mazowieckie").unwrap()
-}
-
-/// A valid registration body for citizen number `n` at `location`.
-pub fn citizen(n: u32, location: &str) -> Value {
-    let birth =
-        NaiveDate::from_ymd_opt(1960, 1, 1).unwrap() + chrono::Duration::days(n as i64 % 15000);
-    json!({
-        "national_id": streams::national_id::generate_pesel(birth, n),
-        "full_name": format!("Obywatel Numer {n}"),
-        "birth_date": birth.to_string(),
-        "email": format!("citizen{n}@example.pl"),
-        "region": "mazowieckie",
-        "location": location,
-        "date": streams::calendar::Calendar::default().days_ahead(&region(), 60).to_string(),
-        "language": "pl",
-    })
+    Region::parse(testkit::REGION).unwrap()
 }
 
 /// The registration id of a `202`.

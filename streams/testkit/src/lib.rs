@@ -6,12 +6,15 @@
 //!   its own temporary store), nodes killed and restarted one by one;
 //! - [`eventually`]: poll a condition with a deadline instead of sleeping;
 //! - [`openapi::check_routes`]: a service's routes against its committed OpenAPI document;
-//! - [`redirect::RedirectTrap`]: a server redirecting to another, for outbound HTTP clients.
+//! - [`redirect::RedirectTrap`]: a server redirecting to another, for outbound HTTP clients;
+//! - [`citizen`] and [`slot_date`]: a valid registration body on a date that never passes.
 #![forbid(unsafe_code)]
 
+mod bodies;
 mod cluster;
 pub mod openapi;
 pub mod redirect;
+pub use bodies::{REGION, citizen, slot_date};
 pub use cluster::NatsCluster;
 
 use std::path::{Path, PathBuf};

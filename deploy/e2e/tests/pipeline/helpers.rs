@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use chrono::NaiveDate;
 use futures::future::join_all;
 use nats_accounts::Service;
 use ntex::client::Client;
@@ -501,30 +500,7 @@ impl Drop for Pipeline {
     }
 }
 
-/// The date of the tests' slots: 60 days ahead in the region's time zone, so it never passes
-/// (a slot whose day is over takes no registration).
-pub fn slot_date() -> String {
-    streams::calendar::Calendar::default()
-        .days_ahead(&streams::model::Region::parse("mazowieckie").unwrap(), 60)
-        .to_string()
-}
-
-/// A valid registration body for citizen number `n` at `location`.
-pub fn citizen(n: u32, location: &str) -> Value {
-    let birth =
-        NaiveDate::from_ymd_opt(1960, 1, 1).unwrap() + chrono::Duration::days(n as i64 % 15000);
-    json!({
-        "national_id": streams::national_id::generate_pesel(birth, n),
-        "full_name": format!("Obywatel Numer {n}"),
-        "birth_date": birth.to_string(),
-        "email": format!("citizen{n}@example.pl"),
-        "region": "mazowieckie",
-        "location": location,
-        "date": slot_date(),
-        "attributes": {"priority_group": "60+", "chronic_conditions": false, "doses_taken": 0},
-        "language": "pl",
-    })
-}
+pub use testkit::{citizen, slot_date};
 
 /// The outcome the simulator's population rule gives a citizen of the `citizen(n, _)`
 /// helper (its PESEL serial is `n`): `None` when the registry confirms them.
