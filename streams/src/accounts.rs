@@ -93,6 +93,15 @@ impl Service {
         }
     }
 
+    /// Whether the identity may publish on `subject` (its publish permissions, read as
+    /// nats-server reads them).
+    pub fn may_publish(self, subject: &str) -> bool {
+        self.permissions()
+            .publish
+            .iter()
+            .any(|pattern| subjects::matches(pattern, subject))
+    }
+
     /// What the identity may do.
     pub fn permissions(self) -> Permissions {
         let all = RegionFilter::All;
@@ -207,47 +216,30 @@ fn bind() -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn may_publish(service: Service, subject: &str) -> bool {
-        service
-            .permissions()
-            .publish
-            .iter()
-            .any(|pattern| subjects::matches(pattern, subject))
-    }
-
     #[test]
     fn each_identity_appends_only_what_it_writes() {
         let r = crate::model::Region::parse("slaskie").unwrap();
         let capacity = subjects::intake(&r, IntakeKind::Capacity);
         let decision = subjects::reservation_decisions(&r);
         let verdict = subjects::intake(&r, IntakeKind::Verification);
-        assert!(may_publish(Service::Ingest, &capacity));
-        assert!(may_publish(
-            Service::Ingest,
-            &subjects::idempotency_key("ab")
-        ));
-        assert!(!may_publish(
-            Service::Reservation,
-            &subjects::idempotency_key("ab")
-        ));
-        assert!(!may_publish(Service::Ingest, &decision));
-        assert!(!may_publish(Service::Ingest, &verdict));
-        assert!(may_publish(Service::Verification, &verdict));
-        assert!(!may_publish(Service::Verification, &capacity));
-        assert!(!may_publish(Service::Verification, &decision));
-        assert!(may_publish(Service::Reservation, &decision));
-        assert!(may_publish(
-            Service::Notification,
-            &subjects::notification_decisions(&r)
-        ));
-        assert!(!may_publish(Service::Notification, &decision));
+        assert!(Service::Ingest.may_publish(&capacity));
+        assert!(Service::Ingest.may_publish(&subjects::idempotency_key("ab")));
+        assert!(!Service::Reservation.may_publish(&subjects::idempotency_key("ab")));
+        assert!(!Service::Ingest.may_publish(&decision));
+        assert!(!Service::Ingest.may_publish(&verdict));
+        assert!(Service::Verification.may_publish(&verdict));
+        assert!(!Service::Verification.may_publish(&capacity));
+        assert!(!Service::Verification.may_publish(&decision));
+        assert!(Service::Reservation.may_publish(&decision));
+        assert!(Service::Notification.may_publish(&subjects::notification_decisions(&r)));
+        assert!(!Service::Notification.may_publish(&decision));
         for subject in [&capacity, &decision, &verdict, &subjects::claim("ab")] {
-            assert!(!may_publish(Service::Projections, subject), "{subject}");
+            assert!(!Service::Projections.may_publish(subject), "{subject}");
         }
         for service in Service::ALL {
             let stream_admin = format!("{JS_API}.STREAM.UPDATE.{}", subjects::INTAKE_STREAM);
             assert_eq!(
-                may_publish(service, &stream_admin),
+                service.may_publish(&stream_admin),
                 service == Service::Admin,
                 "{service:?}"
             );

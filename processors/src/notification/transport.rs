@@ -259,6 +259,15 @@ impl Webhook {
 mod tests {
     use super::*;
 
+    /// A message to send.
+    fn reserved() -> Message {
+        Message {
+            subject: "Your registration".into(),
+            text: "Your place is reserved.".into(),
+            html: "<p>Your place is reserved.</p>".into(),
+        }
+    }
+
     #[test]
     fn the_signature_is_hmac_sha256_of_timestamp_ids_and_body() {
         // Computed independently: python3 -c 'import hmac,hashlib;
@@ -339,11 +348,7 @@ mod tests {
             Duration::from_secs(10),
         )
         .unwrap();
-        let message = Message {
-            subject: "Your registration".into(),
-            text: "Your place is reserved.".into(),
-            html: "<p>Your place is reserved.</p>".into(),
-        };
+        let message = reserved();
         let failed = mailer
             .send(address, &message, "n-1", "mazowieckie.r-1")
             .await
@@ -368,11 +373,7 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap();
-        let message = Message {
-            subject: "Your registration".into(),
-            text: "Your place is reserved.".into(),
-            html: "<p>Your place is reserved.</p>".into(),
-        };
+        let message = reserved();
         let sent = webhook
             .send("+48600100200", &message, "n-1", "mazowieckie.r-1")
             .await;

@@ -456,7 +456,7 @@ async fn splits(js: &jetstream::Context, seq: u64) -> Result<bool, Halt> {
         .await
         .with_context(|| format!("Failed to read intake record {seq}"))?;
     let splits = matches!(
-        Envelope::decode(&message.payload).map(|e| e.event),
+        Envelope::decode_from(&message.subject, &message.payload).map(|e| e.event),
         Ok(Event::CapacitySet(_) | Event::WaitlistClosed(_))
     );
     if !splits {

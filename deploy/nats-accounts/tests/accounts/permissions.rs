@@ -104,17 +104,7 @@ async fn the_read_api_publishes_nothing_but_reads_both_streams() {
         format!("$JS.API.STREAM.PURGE.{}", subjects::INTAKE_STREAM),
         format!("$JS.API.STREAM.MSG.DELETE.{}", subjects::INTAKE_STREAM),
     ];
-    for kind in [
-        IntakeKind::Submitted,
-        IntakeKind::Cancel,
-        IntakeKind::Capacity,
-        IntakeKind::Window,
-        IntakeKind::Verification,
-        IntakeKind::Review,
-        IntakeKind::Waitlist,
-        IntakeKind::Recover,
-        IntakeKind::Redrive,
-    ] {
+    for kind in IntakeKind::ALL {
         forbidden.push(subjects::intake(&r, kind));
     }
     for subject in &forbidden {

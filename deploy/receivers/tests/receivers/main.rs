@@ -50,6 +50,17 @@ impl Reply {
             .is_some_and(|value| value == "application/json")
             && self.json()["error"].is_string()
     }
+
+    /// Asserts the delivery was refused as unsigned (`401`, a JSON error); `case` says which.
+    fn assert_unauthorized(&self, case: &str) {
+        assert_eq!(
+            self.status,
+            StatusCode::UNAUTHORIZED,
+            "{case}: {}",
+            self.body
+        );
+        assert!(self.is_json_error(), "{case}: {}", self.body);
+    }
 }
 
 async fn start(dir: &Path, knobs: Knobs) -> Sim {
