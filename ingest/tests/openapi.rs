@@ -11,7 +11,7 @@ async fn the_served_document_is_the_committed_one_and_matches_the_routes() {
 /// The document's `email` pattern says exactly what the edge accepts: for each address, the
 /// pattern matches it exactly when the edge takes a body with it (a phone given, so an empty
 /// e-mail is fine). That every example in the documents fits its schema is checked by an
-/// independent linter, Redocly (`deploy/redocly/run`, part of `deploy/test`).
+/// independent linter, Redocly (`deploy/tests/redocly/run`, part of `deploy/test`).
 #[test]
 fn the_email_pattern_accepts_what_the_edge_accepts() {
     let file = std::fs::read_to_string(

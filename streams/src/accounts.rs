@@ -1,7 +1,7 @@
 //! Who may do what on NATS: one identity per service, each with only the subjects it needs.
 //!
 //! This module is the one place the permissions come from, next to the subjects they name;
-//! `deploy/nats-accounts` renders them into a nats-server `authorization` block and writes
+//! `deploy/admin/nats-accounts` renders them into a nats-server `authorization` block and writes
 //! each service's credentials. What each identity may publish (everything not listed is
 //! refused by the server, and every identity may subscribe only to its own reply inbox):
 //!
@@ -41,7 +41,7 @@ pub const VIOLATION_LOG: &str = " Violation - Subject ";
 /// A NATS identity of the system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
-    /// Creates and updates streams and buckets (`deploy/nats-accounts streams`), and serves
+    /// Creates and updates streams and buckets (`deploy/admin/nats-accounts streams`), and serves
     /// operators' tools (replay). No service runs as it.
     Admin,
     /// The ingest edge.

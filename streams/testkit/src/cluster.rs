@@ -1,6 +1,6 @@
 //! [`NatsCluster`]: a JetStream cluster of real `nats-server` processes on this machine, one
 //! per node on free loopback ports, each with its own temporary store, for tests of R3
-//! streams and of what happens when a node dies (the failover run in `deploy/e2e`).
+//! streams and of what happens when a node dies (the failover run in `deploy/tests/e2e`).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;

@@ -100,7 +100,7 @@ impl NatsServer {
     }
 
     /// Starts a server whose configuration ends with `extra`: an `authorization` block of
-    /// per-service users (`deploy/nats-accounts` renders them), a `tls` block. Such a server
+    /// per-service users (`deploy/admin/nats-accounts` renders them), a `tls` block. Such a server
     /// may refuse [`NatsServer::connect`]; connect with the credentials the test chose.
     pub fn start_with_config(extra: &str) -> Self {
         Self::start_configured(true, extra.to_owned())

@@ -1,0 +1,141 @@
+//! `deploy/cluster --auth` (what `deploy/up --cluster` runs): three nodes on loopback, each
+//! requiring the same per-service identities.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nats_accounts::{Accounts, PasswordStorage, Service};
+use streams::subjects::{self, IntakeKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{refusal, watched_at};
+
+/// The cluster the script started, stopped (`deploy/cluster down`) when dropped.
+struct ScriptCluster {
+    data_dir: PathBuf,
+    ports: [u16; 3],
+}
+
+impl ScriptCluster {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster");
+        Command::new(script)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env("REG_CLUSTER_PORT", self.ports[0].to_string())
+            .env("REG_CLUSTER_ROUTE_PORT", self.ports[1].to_string())
+            .env("REG_CLUSTER_MONITOR_PORT", self.ports[2].to_string())
+            .env("NATS_SERVER_BIN", testkit::nats_server_binary())
+            .output()
+            .expect("deploy/cluster runs")
+    }
+
+    fn url(&self) -> String {
+        (0..3)
+            .map(|i| format!("nats://127.0.0.1:{}", self.ports[0] + i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        self.run(&["down"]);
+    }
+}
+
+/// Three runs of three consecutive free loopback ports (client, route, monitoring).
+fn free_port_runs() -> [u16; 3] {
+    let mut runs = Vec::new();
+    let mut base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    while runs.len() < 3 {
+        let free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            runs.push(base);
+        }
+        base += 3;
+    }
+    [runs[0], runs[1], runs[2]]
+}
+
+/// Every node requires an identity: the admin creates the streams with three replicas, the
+/// edge appends a submission, the read API is refused a publish, and a wrong password is
+/// refused a connection.
+#[tokio::test]
+async fn every_node_of_the_scripted_cluster_requires_the_per_service_identities() {
+    testkit::init_test_log();
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = Accounts::generate();
+    let auth = dir.path().join("auth.conf");
+    std::fs::write(
+        &auth,
+        accounts.authorization(PasswordStorage::Plain).unwrap(),
+    )
+    .unwrap();
+    let cluster = ScriptCluster {
+        data_dir: dir.path().join("cluster"),
+        ports: free_port_runs(),
+    };
+    let up = cluster.run(&["--auth", auth.to_str().unwrap(), "up"]);
+    assert!(
+        up.status.success(),
+        "deploy/cluster up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    for node in 1..=3 {
+        let config =
+            std::fs::read_to_string(cluster.data_dir.join(format!("n{node}/nats.conf"))).unwrap();
+        assert!(config.contains("include ./auth.conf"), "{config}");
+    }
+    let url = cluster.url();
+    let connect = async |service: Service| {
+        streams::runtime::connect(
+            &accounts.nats_options(service, &url, service.user()),
+            &CancellationToken::new(),
+        )
+        .await
+    };
+
+    let admin = connect(Service::Admin).await.expect("the admin connects");
+    let js = async_nats::jetstream::new(admin);
+    streams::config::ensure_streams(&js, streams::config::Replication(3))
+        .await
+        .expect("the admin creates the R3 streams");
+    let intake = js
+        .get_stream(subjects::INTAKE_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(intake.config.num_replicas, 3);
+
+    let region = streams::model::Region::parse("mazowieckie").unwrap();
+    let submitted = subjects::intake(&region, IntakeKind::Submitted);
+    let edge = async_nats::jetstream::new(connect(Service::Ingest).await.unwrap());
+    edge.publish(submitted.clone(), "{}".into())
+        .await
+        .expect("the edge may publish a submission")
+        .await
+        .expect("and it is stored");
+
+    let (read_api, mut errors) = watched_at(&url, &accounts, Service::Projections).await;
+    read_api
+        .publish(submitted.clone(), "{}".into())
+        .await
+        .unwrap();
+    read_api.flush().await.unwrap();
+    refusal(&mut errors, "publish", &submitted).await;
+
+    let servers: Vec<&str> = url.split(',').collect();
+    let wrong = async_nats::ConnectOptions::new()
+        .user_and_password(Service::Ingest.user().into(), "not-the-password".into())
+        .connect(servers.as_slice());
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), wrong).await;
+    assert!(
+        matches!(refused, Ok(Err(_))),
+        "a wrong password is refused a connection"
+    );
+}
