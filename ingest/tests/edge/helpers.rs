@@ -44,10 +44,27 @@ impl Answer {
 }
 
 impl Edge {
-    /// Starts the edge with the development settings, every limit off, changed by `tune`.
+    /// Starts the edge with the development settings, every limit off, changed by `tune`,
+    /// and waits until it is ready, its region configured.
     pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> Edge {
+        let edge = Self::start_on(NatsServer::start(), tune).await;
+        let ready = format!("{}/readyz", edge.url);
+        testkit::eventually("the edge to be ready", Duration::from_secs(60), || async {
+            let r = edge.http.get(&ready).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        // A region takes registrations once an operator configured it (here: a window open
+        // from long ago to far ahead).
+        let window = json!({"region": region(), "opens_at": "2020-01-01T00:00:00Z", "closes_at": "2100-01-01T00:00:00Z"});
+        let (status, body) = edge.admin_put("/v1/admin/windows", &window).await;
+        assert_eq!(status, 200, "{body}");
+        edge
+    }
+
+    /// Starts the edge on a nats-server a test prepared, without waiting for it to be ready.
+    pub async fn start_on(nats: NatsServer, tune: impl FnOnce(&mut Settings)) -> Edge {
         testkit::init_test_log();
-        let nats = NatsServer::start();
         let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mut settings = Settings::development(&nats.url());
@@ -59,32 +76,33 @@ impl Edge {
         tune(&mut settings);
         let shutdown = CancellationToken::new();
         ntex::rt::spawn(ingest::service::run(settings, listener, shutdown.clone()));
-        let edge = Edge {
+        Edge {
             nats,
             url,
             http: Client::new().await,
             keys: Keys::from_secret(DEVELOPMENT_SECRET),
             shutdown,
-        };
-        let ready = format!("{}/readyz", edge.url);
-        testkit::eventually("the edge to be ready", Duration::from_secs(60), || async {
-            let r = edge.http.get(&ready).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
-        // A region takes registrations once an operator configured it (here: a window open
-        // from long ago to far ahead).
-        let window = json!({"region": region(), "opens_at": "2020-01-01T00:00:00Z", "closes_at": "2100-01-01T00:00:00Z"});
-        let request = edge
+        }
+    }
+
+    /// An operator's `PUT` of `body` to `path`, with the development token.
+    pub async fn admin_put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let request = self
             .http
-            .put(format!("{}/v1/admin/windows", edge.url))
+            .put(format!("{}{path}", self.url))
             .bearer_auth(ingest::settings::DEVELOPMENT_ADMIN_TOKEN)
             .content_type("application/json");
-        let answer = edge
-            .send(request, Some(window.to_string().into_bytes()))
+        let answer = self
+            .send(request, Some(body.to_string().into_bytes()))
             .await;
-        assert_eq!(answer.status, 200, "{}", answer.json());
-        edge
+        (answer.status, answer.json())
+    }
+
+    /// Sets the capacity of `location` on the test slot date in the test region.
+    pub async fn set_capacity(&self, location: &str, capacity: u32) {
+        let slot = json!({"region": region(), "location": location, "date": testkit::slot_date(), "capacity": capacity});
+        let (status, body) = self.admin_put("/v1/admin/capacity", &slot).await;
+        assert_eq!(status, 200, "{body}");
     }
 
     /// Sends a request and returns what came back.
@@ -145,6 +163,18 @@ impl Edge {
             .collect()
     }
 
+    /// One sample of the edge's `/metrics` (`name` with its labels, if any), 0 when absent.
+    pub async fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .await
+            .iter()
+            .find_map(|line| {
+                let (sample, value) = line.rsplit_once(' ')?;
+                (sample == name).then(|| value.parse::<f64>().ok())?
+            })
+            .map_or(0, |value| value as u64)
+    }
+
     /// The citizen key of the citizen of `body`.
     pub fn citizen_key(&self, body: &Value) -> String {
         self.keys.citizen_key(body["national_id"].as_str().unwrap())
@@ -176,6 +206,13 @@ impl Edge {
         )
     }
 
+    /// How many messages the intake stream holds, on every subject.
+    pub async fn intake_messages(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.connect().await);
+        let mut stream = js.get_stream(subjects::INTAKE_STREAM).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
     /// How many messages the intake stream holds on `subject` (a filter).
     pub async fn held(&self, filter: &str) -> u64 {
         let js = async_nats::jetstream::new(self.nats.connect().await);
@@ -201,6 +238,16 @@ pub use testkit::citizen;
 /// The region every test registers in.
 pub fn region() -> Region {
     Region::parse(testkit::REGION).unwrap()
+}
+
+/// Asserts the contract's error shape: `code`, a message, and `field` when one is named.
+pub fn assert_error(body: &Value, code: &str, field: Option<&str>) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    match field {
+        Some(f) => assert_eq!(body["error"]["field"], f, "{body}"),
+        None => assert!(body["error"].get("field").is_none(), "{body}"),
+    }
 }
 
 /// The registration id of a `202`.

@@ -1,6 +1,7 @@
 //! The edge against a real nats-server: what a citizen's claims and lost-link recoveries
 //! answer over HTTP, and what they leave in the log.
 
+mod contract;
 mod helpers;
 
 use helpers::*;

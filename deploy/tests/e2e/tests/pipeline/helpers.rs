@@ -16,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 pub const ADMIN: &str = "test-admin-token";
 
 /// A window event of a version this code does not know.
-pub const UNDECODABLE_WINDOW: &[u8] = br#"{"event_id":"0190f3c2-a1b2-7c3e-8d4f-000000000000","occurred_at":"2027-02-01T08:00:00Z","correlation_id":"x","version":9,"type":"WindowSet","data":{"region":"mazowieckie","opens_at":"2027-02-01T08:00:00Z","closes_at":"2027-02-02T08:00:00Z","shape":"new"}}"#;
-
 pub struct Pipeline {
     pub nats: NatsServer,
     /// The per-service identities the services run under, when the test asked for them.
@@ -59,9 +57,6 @@ pub struct Options {
     pub verify_max_age: Option<Duration>,
     /// The registry breaker's cool-down, first and longest (0.5 s and 2 s unless set).
     pub breaker_cooldown: Option<Duration>,
-    /// Before any service starts, a window record this code cannot decode (as a newer
-    /// writer would leave) is in the log; the edge is then not waited for to be ready.
-    pub undecodable_window: bool,
     /// Processor replicas (reservation, verification, claims releaser) beside the first.
     pub processor_replicas: usize,
     /// Notify citizens through local receivers started with these knobs (no notifications
@@ -112,24 +107,6 @@ impl Pipeline {
             Some(accounts) => accounts.nats_options(service, &nats.url(), name),
             None => streams::runtime::NatsOptions::new(nats.url(), name),
         };
-        if options.undecodable_window {
-            let client = async_nats::connect(nats.url()).await.unwrap();
-            let js = async_nats::jetstream::new(client);
-            streams::config::ensure_streams(&js, streams::config::Replication(1))
-                .await
-                .unwrap();
-            js.publish(
-                streams::subjects::intake(
-                    &streams::model::Region::parse("mazowieckie").unwrap(),
-                    streams::subjects::IntakeKind::Window,
-                ),
-                UNDECODABLE_WINDOW.into(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        }
         let (ingest_listener, ingest) = listener();
         let (read_listener, read) = listener();
         let (processor_listener, processors) = listener();
@@ -290,15 +267,7 @@ impl Pipeline {
             receivers: receivers.map(|(r, _, _)| r),
             shutdown,
         };
-        // An undecodable record stops the readers of its stream (the edge's windows reader,
-        // the projections' intake worker), and each says so on /readyz: neither is waited for.
-        let services = [&pipeline.ingest, &pipeline.read];
-        let waited = if options.undecodable_window {
-            &services[..0]
-        } else {
-            &services[..]
-        };
-        for base in waited {
+        for base in [&pipeline.ingest, &pipeline.read] {
             let url = format!("{base}/readyz");
             testkit::eventually(
                 &format!("{url} to answer 200"),
