@@ -586,21 +586,14 @@ fn figures(
         &scheduled,
         &shared.decided.take(),
     );
-    let Latencies {
-        to_decision,
-        behind_edge,
-        timeline,
-        first_decision,
-        last_decision,
-        last_accept,
-    } = latencies;
+    let (first_decision, last_decision) = (latencies.first_decision, latencies.last_decision);
     let accepted = scheduled.len() as u64;
     let cpu_us_per_registration = usage
         .cpu_seconds
         .iter()
         .map(|(name, s)| (name.clone(), s * 1e6 / accepted.max(1) as f64))
         .collect();
-    let decided_count = to_decision.len() as u64;
+    let decided_count = latencies.to_decision.len() as u64;
     Run {
         name: options.name.clone(),
         rate_per_second: options.rate,
@@ -613,7 +606,8 @@ fn figures(
         decided: decided_count,
         undecided: accepted - decided_count,
         accepted_per_second: accepted as f64
-            / last_accept
+            / latencies
+                .last_accept
                 .saturating_duration_since(schedule.start)
                 .as_secs_f64(),
         decided_per_second: match (first_decision, last_decision) {
@@ -621,12 +615,12 @@ fn figures(
             _ => 0.0,
         },
         latency_to_accept_ms: Percentiles::of(shared.accept_latency.take()),
-        latency_histogram: histogram(&to_decision),
-        latency_to_decision_ms: Percentiles::of(to_decision),
-        accept_to_decision_ms: Percentiles::of(behind_edge),
+        latency_histogram: histogram(&latencies.to_decision),
+        latency_to_decision_ms: Percentiles::of(latencies.to_decision),
+        accept_to_decision_ms: Percentiles::of(latencies.behind_edge),
         projected_after_seconds: projected
             .and_then(|p| last_decision.map(|l| p.saturating_duration_since(l).as_secs_f64())),
-        timeline,
+        timeline: latencies.timeline,
         cpu_seconds_per_registration: usage.total_cpu_seconds() / accepted.max(1) as f64,
         cpu_us_per_registration,
         generator_cpu_seconds,

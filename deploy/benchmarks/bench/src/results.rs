@@ -22,20 +22,27 @@ use crate::pipeline::{self, Run};
 use crate::reads::{self, ReadFigure};
 use crate::replay_speed::{self, ReplayFigure};
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (`bench all`'s options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Multiplies the ceilings' record counts and the edge's registrations.
+    #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
-    /// Seconds of arrivals in each pipeline run (the backlog run is half as long).
+    /// Seconds of arrivals in each pipeline run.
+    #[arg(long, default_value_t = 20.0)]
     pub seconds: f64,
-    /// The latency target's arrival rate.
+    /// Arrival rate of the latency target, per second.
+    #[arg(long, default_value_t = 10_000)]
     pub target_rate: u32,
     /// Seconds of each read measurement.
+    #[arg(long, default_value_t = 10.0)]
     pub read_seconds: f64,
-    /// Price of one vCPU-hour, USD, for the cost line.
+    /// USD per vCPU-hour for the cost line (default: an on-demand x86 vCPU, e.g. AWS
+    /// c7i.large in us-east-1 at 0.08925 USD/h for 2 vCPU).
+    #[arg(long, default_value_t = 0.0446)]
     pub price_per_vcpu_hour: f64,
-    /// Where `results.json` goes (`results.md` beside it).
+    /// Where to write the JSON report (the Markdown one goes beside it).
+    #[arg(long, default_value = "deploy/benchmarks/reports/results.json")]
     pub out: PathBuf,
 }
 
@@ -429,15 +436,22 @@ fn targets(
     pipeline: &PipelineSection,
     options: &Options,
 ) -> Vec<Target> {
+    let (bare, hot) = (&reads.figures[0], &reads.figures[1]);
     vec![
         cpu_target(costed_run(&pipeline.runs, &pipeline.sustained_tries)),
         sustained_target(pipeline),
         edge_alone_target(edge),
-        cold_reads_target(reads),
+        reads_target(
+            "cold",
+            &reads.figures[2],
+            bare,
+            reads.cold_ratio_to_bare,
+            0.5,
+        ),
         durable_ingest_target(edge),
         latency_target(&pipeline.runs[0], options.target_rate),
-        cached_reads_target(reads),
-        cache_loads_target(&reads.figures[1]),
+        reads_target("cached", hot, bare, reads.hot_ratio_to_bare, 0.8),
+        cache_loads_target(hot),
         edge_memory_target(&pipeline.runs),
         flat_memory_target(&pipeline.runs[2]),
         downstream_target(edge, &pipeline.runs[0], &pipeline.runs[2]),
@@ -512,14 +526,22 @@ fn edge_alone_target(edge: &EdgeSection) -> Target {
     }
 }
 
-fn cold_reads_target(reads: &ReadsSection) -> Target {
+/// `what` availability reads (`read`) against the bare handler's (`bare`): their `ratio` at
+/// least `at_least`.
+fn reads_target(
+    what: &str,
+    read: &ReadFigure,
+    bare: &ReadFigure,
+    ratio: f64,
+    at_least: f64,
+) -> Target {
     Target {
-        target: "cold availability ≥ 0.5× a bare ntex handler".into(),
+        target: format!("{what} availability ≥ {at_least}× a bare ntex handler"),
         measured: format!(
-            "{:.0}/s vs {:.0}/s: {:.2}×",
-            reads.figures[2].per_second, reads.figures[0].per_second, reads.cold_ratio_to_bare
+            "{:.0}/s vs {:.0}/s: {ratio:.2}×",
+            read.per_second, bare.per_second
         ),
-        met: reads.cold_ratio_to_bare >= 0.5,
+        met: ratio >= at_least,
     }
 }
 
@@ -548,17 +570,6 @@ fn latency_target(at_target: &Run, target_rate: u32) -> Target {
         met: at_target.latency_to_decision_ms.p99 <= 50.0
             && at_target.accepted_per_second >= 0.99 * f64::from(at_target.rate_per_second)
             && at_target.undecided == 0,
-    }
-}
-
-fn cached_reads_target(reads: &ReadsSection) -> Target {
-    Target {
-        target: "cached availability ≥ 0.8× a bare ntex handler".into(),
-        measured: format!(
-            "{:.0}/s vs {:.0}/s: {:.2}×",
-            reads.figures[1].per_second, reads.figures[0].per_second, reads.hot_ratio_to_bare
-        ),
-        met: reads.hot_ratio_to_bare >= 0.8,
     }
 }
 

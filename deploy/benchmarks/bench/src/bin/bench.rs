@@ -17,27 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Everything, in one run, into deploy/benchmarks/reports/results.{json,md} (about six minutes here).
-    All {
-        /// Multiplies the ceilings' record counts and the edge's registrations.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Seconds of arrivals in each pipeline run.
-        #[arg(long, default_value_t = 20.0)]
-        seconds: f64,
-        /// Arrival rate of the latency target, per second.
-        #[arg(long, default_value_t = 10_000)]
-        target_rate: u32,
-        /// Seconds of each read measurement.
-        #[arg(long, default_value_t = 10.0)]
-        read_seconds: f64,
-        /// USD per vCPU-hour for the cost line (default: an on-demand x86 vCPU, e.g. AWS
-        /// c7i.large in us-east-1 at 0.08925 USD/h for 2 vCPU).
-        #[arg(long, default_value_t = 0.0446)]
-        price_per_vcpu_hour: f64,
-        /// Where to write the JSON report (the Markdown one goes beside it).
-        #[arg(long, default_value = "deploy/benchmarks/reports/results.json")]
-        out: std::path::PathBuf,
-    },
+    All(bench::results::Options),
     /// JetStream's and the disk's durable write ceilings.
     Ceilings {
         /// Multiplies every record count (1.0: about a minute here).
@@ -173,24 +153,7 @@ fn ceilings_report(
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::All {
-            scale,
-            seconds,
-            target_rate,
-            read_seconds,
-            price_per_vcpu_hour,
-            out,
-        } => {
-            all(bench::results::Options {
-                scale,
-                seconds,
-                target_rate,
-                read_seconds,
-                price_per_vcpu_hour,
-                out,
-            })
-            .await
-        }
+        Command::All(options) => all(options).await,
         Command::Ceilings { scale, out } => {
             let ceilings = e2e::serve::until_interrupted(bench::ceilings::measure(scale)).await?;
             ceilings_report(ceilings, "Durable write ceilings", "one publisher", &out)
