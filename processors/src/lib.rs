@@ -10,7 +10,9 @@
 //! | [`claims`] | releases a citizen's claim when their registration ends | reservation decisions | claim records (`reg.claim.<citizen key>`, intake stream) |
 //!
 //! [`submission`] reads a sealed submission by sequence, [`retry`] is the back-off of the two
-//! processors that call outside systems.
+//! processors that call outside systems, [`metrics`] names every metric they export;
+//! [`service`] is the process that runs them all and serves health and metrics, [`cli`] its
+//! command line.
 #![forbid(unsafe_code)]
 
 pub mod claims;

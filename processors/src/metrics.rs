@@ -60,45 +60,28 @@ pub struct NotificationMetrics {
 impl NotificationMetrics {
     fn new(registry: &Registry) -> Self {
         NotificationMetrics {
-            sent: register(
+            sent: counter_vec(
                 registry,
-                IntCounterVec::new(
-                    Opts::new("notification_sent_total", "Messages delivered, by channel."),
-                    &["channel"],
-                )
-                .expect("valid metric"),
+                "notification_sent_total",
+                "Messages delivered, by channel.",
+                "channel",
             ),
-            retries: register(
+            retries: counter(
                 registry,
-                IntCounter::new(
-                    "notification_retries_total",
-                    "Decisions put back for another delivery attempt.",
-                )
-                .expect("valid metric"),
+                "notification_retries_total",
+                "Decisions put back for another delivery attempt.",
             ),
-            dead_letters: register(
+            dead_letters: counter_vec(
                 registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "notification_dead_letters_total",
-                        "Messages given up on after the attempts were spent, by channel.",
-                    ),
-                    &["channel"],
-                )
-                .expect("valid metric"),
+                "notification_dead_letters_total",
+                "Messages given up on after the attempts were spent, by channel.",
+                "channel",
             ),
-            decision_to_delivery_seconds: register(
+            decision_to_delivery_seconds: histogram(
                 registry,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "notification_decision_to_delivery_seconds",
-                        "Time from a decision to its message's delivery.",
-                    )
-                    .buckets(vec![
-                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0,
-                    ]),
-                )
-                .expect("valid metric"),
+                "notification_decision_to_delivery_seconds",
+                "Time from a decision to its message's delivery.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0],
             ),
         }
     }
@@ -130,126 +113,79 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| {
-            register(
-                &registry,
-                IntCounter::new(name, help).expect("valid metric"),
-            )
-        };
-        let inputs = counter("reservation_inputs_total", "Intake events read.");
-        let batches = counter(
-            "reservation_batches_total",
-            "Atomic decision batches written.",
-        );
-        let fenced = counter(
-            "reservation_fenced_total",
-            "Rebuilds because another writer extended the decisions log first.",
-        );
-        let leases = counter(
-            "reservation_leases_acquired_total",
-            "Times this replica became the active one.",
-        );
-        let active = register(
-            &registry,
-            IntGauge::new(
+        let r = &registry;
+        Metrics {
+            // What the decider reads and writes.
+            inputs: counter(r, "reservation_inputs_total", "Intake events read."),
+            decisions: counter_vec(
+                r,
+                "reservation_decisions_total",
+                "Decisions written, by type.",
+                "type",
+            ),
+            batches: counter(
+                r,
+                "reservation_batches_total",
+                "Atomic decision batches written.",
+            ),
+            batch_seconds: histogram(
+                r,
+                "reservation_batch_write_seconds",
+                "Time to durably write one batch of decisions.",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0],
+            ),
+            // Who decides: the fence and the region's lease.
+            fenced: counter(
+                r,
+                "reservation_fenced_total",
+                "Rebuilds because another writer extended the decisions log first.",
+            ),
+            active: gauge(
+                r,
                 "reservation_active",
                 "Regions this replica holds the lease of and decides for (0: standing by).",
-            )
-            .expect("valid metric"),
-        );
-        let decisions = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new("reservation_decisions_total", "Decisions written, by type."),
-                &["type"],
-            )
-            .expect("valid metric"),
-        );
-        let batch_seconds = register(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "reservation_batch_write_seconds",
-                    "Time to durably write one batch of decisions.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
-                ]),
-            )
-            .expect("valid metric"),
-        );
-        let snapshots = counter(
-            "reservation_snapshots_total",
-            "Snapshots of a region's state stored.",
-        );
-        let snapshot_encode_seconds = register(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "reservation_snapshot_encode_seconds",
-                    "Time the decider spent encoding a snapshot of a region's state.",
-                )
-                .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            )
-            .expect("valid metric"),
-        );
-        let snapshot_loads = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "reservation_snapshot_loads_total",
-                    "Snapshots looked for when rebuilding a region's state, by outcome: used, absent, ignored (then the whole log is folded).",
-                ),
-                &["outcome"],
-            )
-            .expect("valid metric"),
-        );
-        let rebuild_seconds = register(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "reservation_rebuild_seconds",
-                    "Time to rebuild a region's state from its snapshot and the log.",
-                )
-                .buckets(vec![
-                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ]),
-            )
-            .expect("valid metric"),
-        );
-        let rebuild_folded = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "reservation_rebuild_folded",
-                    "Decisions read from the log by the region's last rebuild (after its snapshot).",
-                ),
+            ),
+            leases: counter(
+                r,
+                "reservation_leases_acquired_total",
+                "Times this replica became the active one.",
+            ),
+            // Snapshots and the rebuilds that start from them.
+            snapshots: counter(
+                r,
+                "reservation_snapshots_total",
+                "Snapshots of a region's state stored.",
+            ),
+            snapshot_encode_seconds: histogram(
+                r,
+                "reservation_snapshot_encode_seconds",
+                "Time the decider spent encoding a snapshot of a region's state.",
+                vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            ),
+            snapshot_loads: counter_vec(
+                r,
+                "reservation_snapshot_loads_total",
+                "Snapshots looked for when rebuilding a region's state, by outcome: used, absent, ignored (then the whole log is folded).",
+                "outcome",
+            ),
+            rebuild_seconds: histogram(
+                r,
+                "reservation_rebuild_seconds",
+                "Time to rebuild a region's state from its snapshot and the log.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            rebuild_folded: gauge_vec(
+                r,
+                "reservation_rebuild_folded",
+                "Decisions read from the log by the region's last rebuild (after its snapshot).",
                 &["region"],
-            )
-            .expect("valid metric"),
-        );
-        let flow = Flow::new(&registry);
-        let health = streams::consume::Health::new(&registry);
-        let verification = VerificationMetrics::new(&registry);
-        let notification = NotificationMetrics::new(&registry);
-        Metrics {
+            ),
+            // Every processor's.
+            flow: Flow::new(r),
+            health: streams::consume::Health::new(r),
+            verification: VerificationMetrics::new(r),
+            notification: NotificationMetrics::new(r),
             registry,
-            inputs,
-            decisions,
-            batches,
-            batch_seconds,
-            fenced,
-            active,
-            leases,
-            snapshots,
-            snapshot_encode_seconds,
-            snapshot_loads,
-            rebuild_seconds,
-            rebuild_folded,
-            flow,
-            health,
-            verification,
-            notification,
         }
     }
 }
@@ -283,38 +219,23 @@ impl Flow {
     fn new(registry: &Registry) -> Self {
         let labels = &["processor", "region"];
         Flow {
-            pending: register(
+            pending: gauge_vec(
                 registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "processor_pending",
-                        "Input records not yet handled (the consumer's pending count at the last record read), by processor and region.",
-                    ),
-                    labels,
-                )
-                .expect("valid metric"),
+                "processor_pending",
+                "Input records not yet handled (the consumer's pending count at the last record read), by processor and region.",
+                labels,
             ),
-            handled: register(
+            handled: counter_vec_of(
                 registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "processor_handled_total",
-                        "Input records handled (decided, or put back for later), by processor and region.",
-                    ),
-                    labels,
-                )
-                .expect("valid metric"),
+                "processor_handled_total",
+                "Input records handled (decided, or put back for later), by processor and region.",
+                labels,
             ),
-            redeliveries: register(
+            redeliveries: counter_vec_of(
                 registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "processor_redeliveries_total",
-                        "Input records delivered more than once, by processor and region.",
-                    ),
-                    labels,
-                )
-                .expect("valid metric"),
+                "processor_redeliveries_total",
+                "Input records delivered more than once, by processor and region.",
+                labels,
             ),
         }
     }
@@ -348,55 +269,42 @@ impl Flow {
 
 impl VerificationMetrics {
     fn new(registry: &Registry) -> Self {
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            register(
-                registry,
-                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                    .expect("valid metric"),
-            )
-        };
-        let counter_vec = |name: &str, help: &str, label: &str| {
-            register(
-                registry,
-                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
-            )
-        };
-        let counter = |name: &str, help: &str| {
-            register(registry, IntCounter::new(name, help).expect("valid metric"))
-        };
         VerificationMetrics {
             registry_seconds: histogram(
+                registry,
                 "verification_registry_seconds",
                 "Time per call to the government registry.",
                 vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             ),
             calls: counter_vec(
+                registry,
                 "verification_registry_calls_total",
                 "Calls to the government registry, by outcome.",
                 "outcome",
             ),
-            breaker: register(
+            breaker: gauge(
                 registry,
-                IntGauge::new(
-                    "verification_breaker_state",
-                    "The registry circuit breaker: 0 closed, 1 half-open, 2 open.",
-                )
-                .expect("valid metric"),
+                "verification_breaker_state",
+                "The registry circuit breaker: 0 closed, 1 half-open, 2 open.",
             ),
             retries: counter(
+                registry,
                 "verification_retries_total",
                 "Verifications put back for another attempt after a failed call.",
             ),
             deferred: counter_vec(
+                registry,
                 "verification_deferred_total",
                 "Verifications put back without calling the registry, by why.",
                 "why",
             ),
             manual_reviews: counter(
+                registry,
                 "verification_manual_reviews_total",
                 "Verifications handed to an operator because the registry gave no answer.",
             ),
             submission_to_verdict_seconds: histogram(
+                registry,
                 "verification_submission_to_verdict_seconds",
                 "Time from a citizen's submission to the registry's verdict being recorded.",
                 vec![
@@ -411,4 +319,41 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+// One registered metric of each kind. Names and help texts are literals: a malformed one is a
+// bug the first start reports.
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    counter_vec_of(registry, name, help, &[label])
+}
+
+fn counter_vec_of(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric"),
+    )
 }

@@ -1,7 +1,8 @@
 //! Durable appends, many per write.
 //!
 //! With `sync_interval: always` every JetStream write costs an fsync, so one message per
-//! write stops near 4,000/s on the development machine (docs/write-path.md). An *atomic batch* (ADR-50: `Nats-Batch-Id`,
+//! write is held to the disk's fsync rate (the ceilings: docs/write-path.md,
+//! `deploy/benchmarks/reports/`). An *atomic batch* (ADR-50: `Nats-Batch-Id`,
 //! `Nats-Batch-Sequence`, `Nats-Batch-Commit`) is staged by the server and stored with one
 //! fsync, all or nothing, at contiguous sequences. Two layers use it:
 //!
@@ -215,11 +216,11 @@ pub struct AppenderOptions {
 }
 
 impl Default for AppenderOptions {
-    /// Measured on the development machine (`deploy/bench`, docs/write-path.md): nats-server
-    /// stores one stream's atomic batches one after another, so a second batch in flight only
-    /// splits the queue into smaller, costlier batches (edge alone, 256 requests in flight:
-    /// 6,200/s with one, 5,100/s with two, 3,800–4,000/s with four); and a batch's fixed cost
-    /// (≈ 7 ms) favours the largest batch the queue can fill.
+    /// One batch in flight, as large as the queue fills: nats-server stores one stream's
+    /// atomic batches one after another, so a second batch in flight only splits the queue
+    /// into smaller, costlier batches, and a batch's fixed cost favours the largest batch the
+    /// queue can fill. The measurements behind it (`deploy/bench edge`, batches in flight
+    /// against accepted/s) are in docs/write-path.md, "Group commit".
     fn default() -> Self {
         AppenderOptions {
             max_batch: MAX_ATOMIC_BATCH,

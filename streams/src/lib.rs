@@ -22,6 +22,7 @@
 //! | [`http`] | the JSON error body, capped body reads, health and metrics responses |
 //! | [`replay`] | reading a stream in order: recovery, projections, replays |
 //! | [`runtime`] | connecting, telemetry, shutdown and metrics plumbing shared by every binary |
+//! | [`scratch`] | a per-thread buffer for what is serialised only to be hashed, sealed or copied once |
 #![forbid(unsafe_code)]
 
 pub mod accounts;

@@ -1,9 +1,9 @@
 //! A per-thread scratch buffer for what is serialised only to be hashed, encrypted or copied
 //! once: the edge serialises each 4 kB registration three times (its request hash, its
-//! sealed personal block, the event), and `serde_json::to_vec` grew a fresh vector for each
-//! from 128 bytes by doubling, freeing the smaller ones on the way. In a profile of the edge
-//! at 4,500 registrations/s, `malloc`/`free` and glibc's chunk consolidation after those
-//! large frees were a fifth of its CPU (docs/write-path.md).
+//! sealed personal block, the event), and `serde_json::to_vec` would grow a fresh vector for
+//! each from 128 bytes by doubling, freeing the smaller ones on the way; `malloc`/`free` and
+//! glibc's consolidation of those large freed chunks then show up as a large share of the
+//! edge's CPU (the profile: docs/write-path.md).
 
 use std::cell::RefCell;
 

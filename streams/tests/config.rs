@@ -6,8 +6,8 @@ use streams::subjects;
 use testkit::NatsServer;
 
 /// A service started with another `REG_REPLICAS` than the streams have refuses to start,
-/// naming what to set, and leaves the streams as they are. Before the fix, it updated them
-/// to its own value (a cluster's R3 streams shrank to R1 when one service lacked the setting).
+/// naming what to set, and leaves the streams as they are: updating them to its own value
+/// would shrink a cluster's R3 streams to R1 when one service lacked the setting.
 #[tokio::test]
 async fn a_service_with_another_replication_refuses_to_start_and_changes_nothing() {
     testkit::init_test_log();

@@ -94,8 +94,8 @@ async fn recovery_timing() {
 }
 
 /// Lost-link recovery is limited per client address, whichever citizens it names: a
-/// stranger cannot walk through national ids. Before the fix 2,000 different national ids
-/// from one address were all answered `202`.
+/// stranger cannot walk through national ids, since the per-citizen limit alone lets every
+/// new national id through.
 #[ntex::test]
 async fn recoveries_are_limited_per_client_address() {
     // The defaults of both recovery limits.
@@ -122,8 +122,8 @@ async fn recoveries_are_limited_per_client_address() {
 /// the request is held back) while both are answered. Once NATS is back, the registered
 /// citizen's request reaches the log (`RecoveryRequested` with their registration, for the
 /// notification processor to send the link to the contact on record) and the stranger's
-/// leaves nothing. Before the fix the edge looked the claim up (and appended) before
-/// answering, so with NATS frozen neither was answered.
+/// leaves nothing. An edge that looked the claim up (or appended) before answering would
+/// answer neither while NATS is frozen.
 #[ntex::test]
 async fn a_recovery_is_answered_alike_before_any_lookup() {
     let edge = Edge::start_with(|_| {}).await;
@@ -175,8 +175,8 @@ async fn a_recovery_is_answered_alike_before_any_lookup() {
 
 /// The public `/metrics` tells nobody whether a recovery found a registration: after a
 /// stranger's and a registered citizen's recovery (the latter appended), the only samples
-/// that moved are the two `202` responses both got. Before the fix the append histogram
-/// counted the registered citizen's append.
+/// that moved are the two `202` responses both got: the append histogram in particular must
+/// not count the registered citizen's append.
 #[ntex::test]
 async fn the_public_metrics_do_not_tell_a_found_recovery_from_another() {
     let edge = Edge::start_with(|_| {}).await;

@@ -18,10 +18,11 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 
 use streams::events::{
-    CancellationRequested, CapacitySet, CloseReason, Event, RecoveryLinkIssued,
-    RegistrationCancelled, RegistrationConfirmed, RegistrationWaitlisted, RejectReason,
-    ReleaseReason, ReviewRequired, SlotRejected, SlotReleased, SlotReserved, VerificationRequeued,
-    WaitlistClosed, WaitlistPromoted,
+    CancellationRequested, CapacitySet, CloseReason, Event, RecoveryLinkIssued, RecoveryRequested,
+    RegistrationCancelled, RegistrationConfirmed, RegistrationSubmitted, RegistrationWaitlisted,
+    RejectReason, ReleaseReason, ReviewRequeued, ReviewRequired, SlotRejected, SlotReleased,
+    SlotReserved, VerificationFailed, VerificationInconclusive, VerificationPassed,
+    VerificationRequeued, WaitlistClosed, WaitlistPromoted,
 };
 use streams::model::{RegistrationId, SlotKey};
 
@@ -410,195 +411,220 @@ impl Decisions<'_> {
         self.events.push(decision);
     }
 
+    /// Sends the intake event to the step that answers its kind.
     fn decide(&mut self, input: &Input) {
         let seq = input.seq;
         match &input.event {
-            Event::RegistrationSubmitted(sub) => {
-                if self.state.registrations.contains_key(&sub.registration_id) {
-                    return; // a redelivery or a retried append: decided already
-                }
-                let reject = |reason| {
-                    Event::SlotRejected(SlotRejected {
-                        registration_id: sub.registration_id.clone(),
-                        citizen_key: sub.citizen_key.clone(),
-                        slot: sub.slot.clone(),
-                        intake_seq: seq,
-                        reason,
-                        waiting: None,
-                        submission_seq: seq,
-                    })
-                };
-                let slot = self.state.slots.get(&sub.slot);
-                let decision = match slot.and_then(|s| s.capacity.map(|c| (s, c))) {
-                    None => reject(RejectReason::UnknownSlot),
-                    // Nobody waits (a place is never free while someone does), so the
-                    // newcomer is next in line.
-                    Some((s, capacity)) if s.active() < capacity => {
-                        Event::SlotReserved(SlotReserved {
-                            registration_id: sub.registration_id.clone(),
-                            citizen_key: sub.citizen_key.clone(),
-                            slot: sub.slot.clone(),
-                            intake_seq: seq,
-                            reserved: s.active() + 1,
-                            capacity,
-                        })
-                    }
-                    Some((s, _)) if s.closed => reject(RejectReason::WaitlistClosed),
-                    Some((s, _)) if s.waiting() < self.state.waitlist_bound(s) => {
-                        Event::RegistrationWaitlisted(RegistrationWaitlisted {
-                            registration_id: sub.registration_id.clone(),
-                            citizen_key: sub.citizen_key.clone(),
-                            slot: sub.slot.clone(),
-                            intake_seq: seq,
-                            position: s.waiting() + 1,
-                            waiting: s.waiting() + 1,
-                        })
-                    }
-                    Some(_) => reject(RejectReason::SlotFull),
-                };
-                self.take(decision);
-            }
+            Event::RegistrationSubmitted(sub) => self.place_newcomer(sub, seq),
             Event::CancellationRequested(CancellationRequested { registration_id }) => {
-                let Some(known) = self.state.registrations.get(registration_id).cloned() else {
-                    return;
-                };
-                match known.standing {
-                    Standing::Waiting { .. } => {
-                        let waiting = self.state.slots[&known.slot].waiting() - 1;
-                        self.take(cancelled(registration_id, &known, seq, Some(waiting)));
-                    }
-                    Standing::Reserved { .. }
-                    | Standing::Review { .. }
-                    | Standing::Confirmed { .. } => {
-                        self.release(registration_id, &known.slot, seq, ReleaseReason::Cancelled);
-                        self.take(cancelled(registration_id, &known, seq, None));
-                        self.promote(&known.slot, seq);
-                    }
-                    Standing::Rejected | Standing::Cancelled => {}
-                }
+                self.cancel(registration_id, seq)
             }
-            Event::VerificationPassed(v) => {
-                if let Some(Known {
-                    slot,
-                    submission_seq,
-                    standing,
-                    ..
-                }) = self.state.registrations.get(&v.registration_id)
-                    && awaits_verdict(*standing, v.reviewer.is_some())
-                {
-                    let (slot, submission_seq) = (slot.clone(), *submission_seq);
-                    self.take(Event::RegistrationConfirmed(RegistrationConfirmed {
-                        registration_id: v.registration_id.clone(),
-                        slot,
-                        intake_seq: seq,
-                        submission_seq,
-                    }));
-                }
-            }
-            Event::VerificationFailed(v) => {
-                if let Some(known) = self.state.registrations.get(&v.registration_id).cloned()
-                    && awaits_verdict(known.standing, v.reviewer.is_some())
-                {
-                    let id = &v.registration_id;
-                    self.release(id, &known.slot, seq, ReleaseReason::VerificationFailed);
-                    self.take(Event::SlotRejected(SlotRejected {
-                        registration_id: id.clone(),
-                        citizen_key: known.citizen_key.clone(),
-                        slot: known.slot.clone(),
-                        intake_seq: seq,
-                        reason: v.reason.into(),
-                        waiting: None,
-                        submission_seq: known.submission_seq,
-                    }));
-                    self.promote(&known.slot, seq);
-                }
-            }
-            Event::VerificationInconclusive(v) => {
-                if let Some(Known {
-                    slot,
-                    submission_seq,
-                    standing: Standing::Reserved { .. },
-                    ..
-                }) = self.state.registrations.get(&v.registration_id)
-                {
-                    let (slot, submission_seq) = (slot.clone(), *submission_seq);
-                    // An old verdict's words came from the registry: not carried on.
-                    let (error_code, last_error) =
-                        streams::outside::shown(&v.error_code, &v.last_error);
-                    self.take(Event::ReviewRequired(ReviewRequired {
-                        registration_id: v.registration_id.clone(),
-                        slot,
-                        intake_seq: seq,
-                        attempts: v.attempts,
-                        last_error,
-                        error_code,
-                        submission_seq,
-                    }));
-                }
-            }
-            Event::RecoveryRequested(r) => {
-                if let Some(known) = self.state.registrations.get(&r.registration_id) {
-                    let (slot, submission_seq) = (known.slot.clone(), known.submission_seq);
-                    self.take(Event::RecoveryLinkIssued(RecoveryLinkIssued {
-                        registration_id: r.registration_id.clone(),
-                        slot,
-                        intake_seq: seq,
-                        submission_seq,
-                    }));
-                }
-            }
-            Event::ReviewRequeued(r) => {
-                if let Some(Known {
-                    slot,
-                    standing:
-                        Standing::Review {
-                            seq: submission_seq,
-                        },
-                    ..
-                }) = self.state.registrations.get(&r.registration_id)
-                {
-                    let (slot, submission_seq) = (slot.clone(), *submission_seq);
-                    self.take(Event::VerificationRequeued(VerificationRequeued {
-                        registration_id: r.registration_id.clone(),
-                        slot,
-                        intake_seq: seq,
-                        submission_seq,
-                    }));
-                }
-            }
+            Event::VerificationPassed(v) => self.confirm(v, seq),
+            Event::VerificationFailed(v) => self.refuse_after_verification(v, seq),
+            Event::VerificationInconclusive(v) => self.send_to_review(v, seq),
+            Event::RecoveryRequested(r) => self.issue_recovery_link(r, seq),
+            Event::ReviewRequeued(r) => self.requeue_for_verification(r, seq),
             Event::CapacitySet(CapacitySet { slot, capacity }) => {
                 self.state.set_capacity(slot, *capacity);
                 self.promote(slot, seq);
             }
             Event::WindowSet(window) => self.state.window_closes_at = Some(window.closes_at),
             Event::WaitlistClosed(closed) if !self.state.closing_is_current(closed) => {}
-            Event::WaitlistClosed(WaitlistClosed { slot, .. }) => {
-                self.state.close_waitlist(slot);
-                let waiting: Vec<RegistrationId> = self
-                    .state
-                    .slots
-                    .get(slot)
-                    .map(|s| s.waiting.values().cloned().collect())
-                    .unwrap_or_default();
-                let n = waiting.len();
-                for (i, id) in waiting.iter().enumerate() {
-                    let known = &self.state.registrations[id];
-                    let (citizen_key, submission_seq) =
-                        (known.citizen_key.clone(), known.submission_seq);
-                    self.take(Event::SlotRejected(SlotRejected {
-                        registration_id: id.clone(),
-                        citizen_key,
-                        slot: slot.clone(),
-                        intake_seq: seq,
-                        reason: RejectReason::WaitlistClosed,
-                        waiting: Some((n - 1 - i) as u32),
-                        submission_seq,
-                    }));
-                }
-            }
+            Event::WaitlistClosed(WaitlistClosed { slot, .. }) => self.close_line(slot, seq),
             // Windows concern the edge only; decisions never arrive on intake (ignore rather
             // than crash on a stray message).
             _ => {}
+        }
+    }
+
+    /// A submission's first decision: a place while one is free, else a place in line while
+    /// the line is open and short enough, else a rejection saying why.
+    fn place_newcomer(&mut self, sub: &RegistrationSubmitted, seq: u64) {
+        if self.state.registrations.contains_key(&sub.registration_id) {
+            return; // a redelivery or a retried append: decided already
+        }
+        let reject = |reason| {
+            Event::SlotRejected(SlotRejected {
+                registration_id: sub.registration_id.clone(),
+                citizen_key: sub.citizen_key.clone(),
+                slot: sub.slot.clone(),
+                intake_seq: seq,
+                reason,
+                waiting: None,
+                submission_seq: seq,
+            })
+        };
+        let slot = self.state.slots.get(&sub.slot);
+        let decision = match slot.and_then(|s| s.capacity.map(|c| (s, c))) {
+            None => reject(RejectReason::UnknownSlot),
+            // Nobody waits (a place is never free while someone does), so the
+            // newcomer is next in line.
+            Some((s, capacity)) if s.active() < capacity => Event::SlotReserved(SlotReserved {
+                registration_id: sub.registration_id.clone(),
+                citizen_key: sub.citizen_key.clone(),
+                slot: sub.slot.clone(),
+                intake_seq: seq,
+                reserved: s.active() + 1,
+                capacity,
+            }),
+            Some((s, _)) if s.closed => reject(RejectReason::WaitlistClosed),
+            Some((s, _)) if s.waiting() < self.state.waitlist_bound(s) => {
+                Event::RegistrationWaitlisted(RegistrationWaitlisted {
+                    registration_id: sub.registration_id.clone(),
+                    citizen_key: sub.citizen_key.clone(),
+                    slot: sub.slot.clone(),
+                    intake_seq: seq,
+                    position: s.waiting() + 1,
+                    waiting: s.waiting() + 1,
+                })
+            }
+            Some(_) => reject(RejectReason::SlotFull),
+        };
+        self.take(decision);
+    }
+
+    /// A citizen's cancellation: out of the line, or the place released and given to the
+    /// next in line. A registration already ended takes none.
+    fn cancel(&mut self, registration_id: &RegistrationId, seq: u64) {
+        let Some(known) = self.state.registrations.get(registration_id).cloned() else {
+            return;
+        };
+        match known.standing {
+            Standing::Waiting { .. } => {
+                let waiting = self.state.slots[&known.slot].waiting() - 1;
+                self.take(cancelled(registration_id, &known, seq, Some(waiting)));
+            }
+            Standing::Reserved { .. } | Standing::Review { .. } | Standing::Confirmed { .. } => {
+                self.release(registration_id, &known.slot, seq, ReleaseReason::Cancelled);
+                self.take(cancelled(registration_id, &known, seq, None));
+                self.promote(&known.slot, seq);
+            }
+            Standing::Rejected | Standing::Cancelled => {}
+        }
+    }
+
+    /// A passed verification confirms a registration that awaits its verdict.
+    fn confirm(&mut self, v: &VerificationPassed, seq: u64) {
+        if let Some(Known {
+            slot,
+            submission_seq,
+            standing,
+            ..
+        }) = self.state.registrations.get(&v.registration_id)
+            && awaits_verdict(*standing, v.reviewer.is_some())
+        {
+            let (slot, submission_seq) = (slot.clone(), *submission_seq);
+            self.take(Event::RegistrationConfirmed(RegistrationConfirmed {
+                registration_id: v.registration_id.clone(),
+                slot,
+                intake_seq: seq,
+                submission_seq,
+            }));
+        }
+    }
+
+    /// A failed verification releases the place, rejects with the registry's (or the
+    /// operator's) reason and gives the place to the next in line.
+    fn refuse_after_verification(&mut self, v: &VerificationFailed, seq: u64) {
+        if let Some(known) = self.state.registrations.get(&v.registration_id).cloned()
+            && awaits_verdict(known.standing, v.reviewer.is_some())
+        {
+            let id = &v.registration_id;
+            self.release(id, &known.slot, seq, ReleaseReason::VerificationFailed);
+            self.take(Event::SlotRejected(SlotRejected {
+                registration_id: id.clone(),
+                citizen_key: known.citizen_key.clone(),
+                slot: known.slot.clone(),
+                intake_seq: seq,
+                reason: v.reason.into(),
+                waiting: None,
+                submission_seq: known.submission_seq,
+            }));
+            self.promote(&known.slot, seq);
+        }
+    }
+
+    /// An inconclusive verification puts a reserved registration in manual review; it keeps
+    /// its place.
+    fn send_to_review(&mut self, v: &VerificationInconclusive, seq: u64) {
+        if let Some(Known {
+            slot,
+            submission_seq,
+            standing: Standing::Reserved { .. },
+            ..
+        }) = self.state.registrations.get(&v.registration_id)
+        {
+            let (slot, submission_seq) = (slot.clone(), *submission_seq);
+            // An old verdict's words came from the registry: not carried on.
+            let (error_code, last_error) = streams::outside::shown(&v.error_code, &v.last_error);
+            self.take(Event::ReviewRequired(ReviewRequired {
+                registration_id: v.registration_id.clone(),
+                slot,
+                intake_seq: seq,
+                attempts: v.attempts,
+                last_error,
+                error_code,
+                submission_seq,
+            }));
+        }
+    }
+
+    /// A lost-link recovery for a known registration: a decision the notifier turns into a
+    /// fresh status link.
+    fn issue_recovery_link(&mut self, r: &RecoveryRequested, seq: u64) {
+        if let Some(known) = self.state.registrations.get(&r.registration_id) {
+            let (slot, submission_seq) = (known.slot.clone(), known.submission_seq);
+            self.take(Event::RecoveryLinkIssued(RecoveryLinkIssued {
+                registration_id: r.registration_id.clone(),
+                slot,
+                intake_seq: seq,
+                submission_seq,
+            }));
+        }
+    }
+
+    /// An operator's requeue sends a registration in manual review back to the registry.
+    fn requeue_for_verification(&mut self, r: &ReviewRequeued, seq: u64) {
+        if let Some(Known {
+            slot,
+            standing: Standing::Review {
+                seq: submission_seq,
+            },
+            ..
+        }) = self.state.registrations.get(&r.registration_id)
+        {
+            let (slot, submission_seq) = (slot.clone(), *submission_seq);
+            self.take(Event::VerificationRequeued(VerificationRequeued {
+                registration_id: r.registration_id.clone(),
+                slot,
+                intake_seq: seq,
+                submission_seq,
+            }));
+        }
+    }
+
+    /// Closes a slot's line and rejects everyone still in it, earliest first.
+    fn close_line(&mut self, slot: &SlotKey, seq: u64) {
+        self.state.close_waitlist(slot);
+        let waiting: Vec<RegistrationId> = self
+            .state
+            .slots
+            .get(slot)
+            .map(|s| s.waiting.values().cloned().collect())
+            .unwrap_or_default();
+        let n = waiting.len();
+        for (i, id) in waiting.iter().enumerate() {
+            let known = &self.state.registrations[id];
+            let (citizen_key, submission_seq) = (known.citizen_key.clone(), known.submission_seq);
+            self.take(Event::SlotRejected(SlotRejected {
+                registration_id: id.clone(),
+                citizen_key,
+                slot: slot.clone(),
+                intake_seq: seq,
+                reason: RejectReason::WaitlistClosed,
+                waiting: Some((n - 1 - i) as u32),
+                submission_seq,
+            }));
         }
     }
 

@@ -22,6 +22,15 @@
 //!   capacity raised over a long line, a long line closed) is split, and a replica resuming
 //!   after a crash between its batches decides that event again to finish it
 //!   ([`decide::State::unfinished_step`]).
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`decide`] | the rule, pure: given the state folded from past decisions, when an intake event arrives, then these decisions |
+//! | [`run`](mod@run) | the consumer wiring: a worker per region, holding its lease, rebuilding, writing fenced batches |
+//! | [`rebuild`] | a region's state from the log, from the newest good snapshot; writing snapshots |
+//! | [`snapshot`] | the snapshot's format and its checks against the log |
+//! | [`closing`] | time as an event: closing waiting lists whose date passed or whose window closed |
+//! | [`reviews`] | the bucket of registrations in manual review, a view the edge reads |
 
 pub mod closing;
 pub mod decide;

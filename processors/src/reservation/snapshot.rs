@@ -8,9 +8,8 @@
 //! the log (the decision at `decision_seq` must be on the region's decision subject and its
 //! payload must hash to [`Header::decision_digest`]), then folds only the decisions after it
 //! and the settings after its checkpoint. A snapshot that is missing, of a newer format,
-//! corrupt or not matching the log is ignored (and logged): the replica folds the whole log,
-//! as it did before snapshots existed. A snapshot is therefore only ever a shortcut; the log
-//! stays the truth.
+//! corrupt or not matching the log is ignored (and logged): the replica folds the whole log.
+//! A snapshot is therefore only ever a shortcut; the log stays the truth.
 //!
 //! Who writes one does not matter: the decider writes it right after a successful fenced
 //! write, when its state is exactly the fold of the log up to that write. Even a stale

@@ -31,8 +31,8 @@ fn claim() -> Claim {
 /// an older record than the leader holds: here the release of the citizen's previous
 /// registration, while the leader already holds their new one, which just ended. The release
 /// must not be skipped on that stale answer: the claim would stay held and the citizen be
-/// refused `409 already_registered` for good. Before the fix the releaser trusted the read,
-/// decided there was nothing to release, and the decision was acknowledged.
+/// refused `409 already_registered` for good. A releaser that trusted the read would decide
+/// there was nothing to release and acknowledge the decision.
 #[tokio::test]
 async fn a_stale_read_of_the_claim_does_not_skip_its_release() {
     let world = World::start().await;

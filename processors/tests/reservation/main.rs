@@ -278,8 +278,8 @@ async fn a_replica_whose_lease_moved_on_steps_down() {
 
 /// An operator adds a one-region replica beside the default `*` one (as the README says) while
 /// both regions take submissions: every registration of both regions is decided exactly once.
-/// Before the fix, the `*` replica resumed every region after the highest submission any
-/// region had decided, and never decided the other region's submissions before it.
+/// A `*` replica that resumed every region after the highest submission any region had
+/// decided would never decide the other region's submissions before it.
 #[tokio::test]
 async fn a_one_region_replica_beside_a_star_one_loses_nothing_in_either_region() {
     let world = World::start().await;
@@ -340,7 +340,7 @@ async fn a_one_region_replica_beside_a_star_one_loses_nothing_in_either_region()
 
 /// A submission written by newer code (a version this code does not know) stops the region's
 /// reader at that record: what came before is decided, nothing after it is, and the stall is
-/// reported. Before the fix, the record was skipped and the later submissions decided.
+/// reported, rather than the record skipped and the later submissions decided.
 #[tokio::test]
 async fn an_undecodable_submission_stops_the_region_at_that_record() {
     let world = World::start().await;
@@ -374,8 +374,7 @@ async fn an_undecodable_submission_stops_the_region_at_that_record() {
 /// A subject carries only the event types its writer owns: a cancellation on the
 /// verification subject (what the verification processor's identity may append to) stops
 /// the region's reader there as a record it cannot decode would, and the confirmed citizen
-/// is not cancelled; nothing after it is decided either. Before the fix, the citizen was
-/// cancelled and the place released.
+/// is not cancelled (nor the place released); nothing after it is decided either.
 #[tokio::test]
 async fn a_cancellation_on_the_verification_subject_stops_the_region_and_cancels_nobody() {
     let world = World::start().await;
@@ -429,8 +428,8 @@ async fn a_cancellation_on_the_verification_subject_stops_the_region_and_cancels
 /// processor reads, in a region of its own between two submissions: one `*` replica stops
 /// every region at its foreign record, decides the submission before it (unless the record
 /// is on the window subject, read before anything is decided) and nothing after it, and the
-/// foreign record itself decides nothing. Before the fix, the regions never
-/// stopped (the later submissions were decided).
+/// foreign record itself decides nothing: no region goes on to decide the later
+/// submissions.
 #[tokio::test]
 async fn every_foreign_type_on_every_intake_subject_stops_its_region_there() {
     use streams::subjects::{IntakeKind, SubjectKind};
@@ -500,8 +499,8 @@ async fn every_foreign_type_on_every_intake_subject_stops_its_region_there() {
 }
 
 /// A decision the replica cannot decode stops its recovery: a state that skipped a
-/// reservation could overbook. Before the fix, the record was skipped and the replica went
-/// on deciding from a state that did not count it.
+/// reservation could overbook, so the record is never skipped to go on deciding from a state
+/// that does not count it.
 #[tokio::test]
 async fn an_undecodable_decision_stops_recovery_instead_of_overbooking() {
     let world = World::start().await;

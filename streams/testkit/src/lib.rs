@@ -37,9 +37,9 @@ pub fn nats_server_binary() -> PathBuf {
 
 /// The Go scheduler threads (`GOMAXPROCS`) `deploy/up` gives nats-server on a machine it
 /// shares with the services: half the cores, at least one. With one per core (Go's default)
-/// its idle threads spin looking for work on the cores the services need; on the two-core
-/// development machine this cut nats-server's CPU per registration by a fifth at 5,200/s and
-/// the edge's p99 answer time from 0.8–1.4 s to 0.1 s (docs/write-path.md).
+/// its idle threads spin looking for work on the cores the services need, which costs
+/// nats-server CPU per registration and the edge its tail latency (the measurements:
+/// docs/write-path.md).
 pub fn gomaxprocs_beside_services() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get() / 2)

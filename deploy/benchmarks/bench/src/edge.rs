@@ -103,9 +103,9 @@ async fn drive_load(
     let accepted = Rc::new(Cell::new(0u64));
     let latencies = Rc::new(RefCell::new(Vec::with_capacity(registrations as usize)));
     let url: Rc<str> = format!("{base}/v1/registrations").into();
-    // Connections first, untimed: `concurrency` new connections at once stalled the first
-    // requests about a second (seen in every target, bare handler included: the load
-    // generator's cost, not the target's), up to a fifth of a short run.
+    // Connections first, untimed: `concurrency` new connections at once stall the first
+    // requests (in every target, bare handler included: the load generator's cost, not the
+    // target's), a large share of a short run (docs/write-path.md).
     let warm: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
             let (http, url) = (http.clone(), format!("{base}/readyz"));

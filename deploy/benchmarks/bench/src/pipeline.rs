@@ -156,6 +156,7 @@ pub fn slot_of(citizen: u32, slots: &[SlotKey]) -> &SlotKey {
     }
 }
 
+#[derive(Default)]
 struct Shared {
     /// Accepted registrations: when each was due and when its `202` arrived.
     scheduled: RefCell<HashMap<String, (Instant, Instant)>>,
@@ -166,6 +167,38 @@ struct Shared {
     outstanding: Cell<usize>,
     /// Messages and bytes the decision watcher received (taken off the server's counters).
     watched: Cell<(u64, u64)>,
+}
+
+/// When each request of a run is due: request `i` at `start + i * interval`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    /// When the first request is due.
+    start: Instant,
+    /// Between two due requests.
+    interval: Duration,
+    /// Requests due in all.
+    total: u32,
+}
+
+impl Schedule {
+    /// The schedule of `options`, starting shortly after now.
+    fn of(options: &Options) -> Self {
+        Schedule {
+            start: Instant::now() + Duration::from_millis(50),
+            interval: Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1))),
+            total: (f64::from(options.rate) * options.seconds) as u32,
+        }
+    }
+
+    /// When request `i` is due.
+    fn due(&self, i: u32) -> Instant {
+        self.start + self.interval * i
+    }
+
+    /// When the last request was due: the arrivals' end.
+    fn end(&self) -> Instant {
+        self.due(self.total)
+    }
 }
 
 /// Sends `signal` (as `kill` spells it: `-STOP`, `-CONT`) to each of `pids`.
@@ -226,30 +259,90 @@ pub async fn run(
         .context("Failed to connect to nats-server")?;
     let js = async_nats::jetstream::new(client);
     let traffic_mark = crate::traffic::mark(&js, options.monitor_port).await?;
-    let last = decisions_end(&js).await?;
-    let (mut decisions, _) = streams::replay::ordered(
+    let shared = Rc::new(Shared::default());
+    let watcher = DecisionWatcher::start(&js, shared.clone()).await?;
+    let http = load::http_client(options.max_outstanding.min(512)).await?;
+
+    let load = async {
+        signal(&options.pause, "-STOP");
+        let schedule = Schedule::of(options);
+        let not_sent = arrive(&http, ingest_url, slots, options, schedule, &shared).await;
+        signal(&options.pause, "-CONT");
+        drain(&shared, &options.name).await;
+        (schedule, not_sent)
+    };
+    let generator_before = procstat::sample(std::process::id()).unwrap_or_default();
+    let watch_start = Instant::now();
+    let ((schedule, not_sent), usage) =
+        procstat::watch(watched, Duration::from_millis(250), load).await;
+    let watched_seconds = watch_start.elapsed().as_secs_f64();
+    let generator_cpu_seconds = procstat::sample(std::process::id())
+        .unwrap_or_default()
+        .cpu_seconds
+        - generator_before.cpu_seconds;
+    let projected = projected(&js, &http, read_url).await?;
+    watcher.stop().await;
+
+    let accepted = shared.scheduled.borrow().len() as u64;
+    let traffic = crate::traffic::since(
         &js,
-        subjects::DECISIONS_STREAM,
-        subjects::reservation_decisions_filter(&RegionFilter::All),
-        last + 1,
+        options.monitor_port,
+        &traffic_mark,
+        accepted,
+        shared.watched.get(),
     )
     .await?;
-    let shared = Rc::new(Shared {
-        scheduled: RefCell::new(HashMap::new()),
-        decided: RefCell::new(HashMap::new()),
-        accept_latency: RefCell::new(Vec::new()),
-        answers: RefCell::new(BTreeMap::new()),
-        transport_errors: Cell::new(0),
-        outstanding: Cell::new(0),
-        watched: Cell::new((0, 0)),
-    });
-    let stop_watching = tokio_util::sync::CancellationToken::new();
-    let watcher = {
-        let (shared, stop) = (shared.clone(), stop_watching.clone());
-        ntex::rt::spawn(async move {
+    let run = figures(
+        options,
+        schedule,
+        not_sent,
+        &shared,
+        Measured {
+            projected,
+            usage,
+            generator_cpu_seconds,
+            watched_seconds,
+            traffic,
+        },
+    );
+    eprintln!(
+        "pipeline: {}: {} accepted/s, to decision p50 {:.1} ms p99 {:.1} ms, {} undecided, {:.2} ms CPU per registration",
+        run.name,
+        run.accepted_per_second as u64,
+        run.latency_to_decision_ms.p50,
+        run.latency_to_decision_ms.p99,
+        run.undecided,
+        run.cpu_seconds_per_registration * 1000.0
+    );
+    Ok(run)
+}
+
+/// An ordered consumer of the decisions stream from its current end, noting when each
+/// registration's first decision (reserved or rejected) was stored.
+struct DecisionWatcher {
+    stop: tokio_util::sync::CancellationToken,
+    task: ntex::rt::JoinHandle<()>,
+}
+
+impl DecisionWatcher {
+    async fn start(
+        js: &async_nats::jetstream::Context,
+        shared: Rc<Shared>,
+    ) -> anyhow::Result<DecisionWatcher> {
+        let last = decisions_end(js).await?;
+        let (mut decisions, _) = streams::replay::ordered(
+            js,
+            subjects::DECISIONS_STREAM,
+            subjects::reservation_decisions_filter(&RegionFilter::All),
+            last + 1,
+        )
+        .await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
+        let task = ntex::rt::spawn(async move {
             loop {
                 let message = tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stopped.cancelled() => return,
                     next = decisions.next() => match next {
                         Some(Ok(message)) => message,
                         _ => return,
@@ -267,180 +360,245 @@ pub async fn run(
                     .borrow_mut()
                     .insert(id.to_string(), Instant::now());
             }
-        })
-    };
+        });
+        Ok(DecisionWatcher { stop, task })
+    }
 
-    let http = load::http_client(options.max_outstanding.min(512)).await?;
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The open loop: sends each request when it is due, whatever happened to the earlier ones
+/// (counting it as not sent while `max_outstanding` are open), then waits for every answer.
+/// Returns how many were not sent.
+async fn arrive(
+    http: &ntex::client::Client,
+    ingest_url: &str,
+    slots: &[SlotKey],
+    options: &Options,
+    schedule: Schedule,
+    shared: &Rc<Shared>,
+) -> u64 {
     let url: Rc<str> = format!("{ingest_url}/v1/registrations").into();
-    let total = (f64::from(options.rate) * options.seconds) as u32;
-    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
-    let paused: Vec<u32> = options.pause.clone();
+    let total = schedule.total;
+    let mut not_sent = 0u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let mut i = 0u32;
+    let mut shown = Instant::now();
+    while i < total {
+        ticker.tick().await;
+        let due = ((Instant::now().saturating_duration_since(schedule.start)).as_secs_f64()
+            * f64::from(options.rate)) as u32;
+        while i < due.min(total) {
+            let scheduled = schedule.due(i);
+            let citizen = options.first_citizen + i;
+            i += 1;
+            if shared.outstanding.get() >= options.max_outstanding {
+                not_sent += 1;
+                continue;
+            }
+            shared.outstanding.set(shared.outstanding.get() + 1);
+            let body = load::registration(citizen, slot_of(citizen, slots));
+            tasks.push(ntex::rt::spawn(submit(
+                http.clone(),
+                url.clone(),
+                body,
+                scheduled,
+                shared.clone(),
+            )));
+        }
+        if shown.elapsed() >= Duration::from_secs(2) {
+            shown = Instant::now();
+            eprintln!(
+                "pipeline: {}: {i} of {total} due, {} open, {} accepted, {} decided",
+                options.name,
+                shared.outstanding.get(),
+                shared.scheduled.borrow().len(),
+                shared.decided.borrow().len()
+            );
+        }
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    not_sent
+}
 
-    let load = async {
-        signal(&paused, "-STOP");
-        let start = Instant::now() + Duration::from_millis(50);
-        let mut not_sent = 0u64;
-        let mut tasks = Vec::with_capacity(total as usize);
-        let mut ticker = tokio::time::interval(Duration::from_millis(1));
-        let mut i = 0u32;
-        let mut shown = Instant::now();
-        while i < total {
-            ticker.tick().await;
-            let due = ((Instant::now().saturating_duration_since(start)).as_secs_f64()
-                * f64::from(options.rate)) as u32;
-            while i < due.min(total) {
-                let scheduled = start + interval * i;
-                let citizen = options.first_citizen + i;
-                i += 1;
-                if shared.outstanding.get() >= options.max_outstanding {
-                    not_sent += 1;
-                    continue;
+/// Sends one submission due at `scheduled` and notes its answer.
+async fn submit(
+    http: ntex::client::Client,
+    url: Rc<str>,
+    body: serde_json::Value,
+    scheduled: Instant,
+    shared: Rc<Shared>,
+) {
+    let response = http
+        .post(&*url)
+        .timeout(Duration::from_secs(60))
+        .send_json(&body)
+        .await;
+    match response {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            *shared.answers.borrow_mut().entry(status).or_default() += 1;
+            let body = response.body().limit(1 << 16).await.unwrap_or_default();
+            if status == 202 {
+                shared.accept_latency.borrow_mut().push(scheduled.elapsed());
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+                    && let Some(id) = v["registration_id"].as_str()
+                {
+                    shared
+                        .scheduled
+                        .borrow_mut()
+                        .insert(id.to_owned(), (scheduled, Instant::now()));
                 }
-                shared.outstanding.set(shared.outstanding.get() + 1);
-                let body = load::registration(citizen, slot_of(citizen, slots));
-                let (http, url, shared) = (http.clone(), url.clone(), shared.clone());
-                tasks.push(ntex::rt::spawn(async move {
-                    let response = http
-                        .post(&*url)
-                        .timeout(Duration::from_secs(60))
-                        .send_json(&body)
-                        .await;
-                    match response {
-                        Ok(response) => {
-                            let status = response.status().as_u16();
-                            *shared.answers.borrow_mut().entry(status).or_default() += 1;
-                            let body = response.body().limit(1 << 16).await.unwrap_or_default();
-                            if status == 202 {
-                                shared.accept_latency.borrow_mut().push(scheduled.elapsed());
-                                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
-                                    && let Some(id) = v["registration_id"].as_str()
-                                {
-                                    shared
-                                        .scheduled
-                                        .borrow_mut()
-                                        .insert(id.to_owned(), (scheduled, Instant::now()));
-                                }
-                            }
-                        }
-                        Err(_) => shared
-                            .transport_errors
-                            .set(shared.transport_errors.get() + 1),
-                    }
-                    shared.outstanding.set(shared.outstanding.get() - 1);
-                }));
-            }
-            if shown.elapsed() >= Duration::from_secs(2) {
-                shown = Instant::now();
-                eprintln!(
-                    "pipeline: {}: {i} of {total} due, {} open, {} accepted, {} decided",
-                    options.name,
-                    shared.outstanding.get(),
-                    shared.scheduled.borrow().len(),
-                    shared.decided.borrow().len()
-                );
             }
         }
-        for task in tasks {
-            let _ = task.await;
-        }
-        let arrival_end = start + interval * total;
-        signal(&paused, "-CONT");
-        // Drain: every accepted registration decided, or no progress for 30 s.
-        let mut progress = (0usize, Instant::now());
-        loop {
-            let (accepted, decided) = {
-                let scheduled = shared.scheduled.borrow();
-                let decided = shared.decided.borrow();
-                let done = scheduled
-                    .keys()
-                    .filter(|id| decided.contains_key(*id))
-                    .count();
-                (scheduled.len(), done)
-            };
-            if decided == accepted || progress.1.elapsed() > Duration::from_secs(30) {
-                break;
-            }
-            if decided != progress.0 {
-                progress = (decided, Instant::now());
-            }
-            if shown.elapsed() >= Duration::from_secs(2) {
-                shown = Instant::now();
-                eprintln!(
-                    "pipeline: {}: draining, {decided} of {accepted} decided",
-                    options.name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (start, arrival_end, not_sent)
-    };
-    let generator_before = procstat::sample(std::process::id()).unwrap_or_default();
-    let watch_start = Instant::now();
-    let ((start, arrival_end, not_sent), usage) =
-        procstat::watch(watched, Duration::from_millis(250), load).await;
-    let watched_seconds = watch_start.elapsed().as_secs_f64();
-    let generator_cpu_seconds = procstat::sample(std::process::id())
-        .unwrap_or_default()
-        .cpu_seconds
-        - generator_before.cpu_seconds;
-    let projected = projected(&js, &http, read_url).await?;
-    stop_watching.cancel();
-    let _ = watcher.await;
+        Err(_) => shared
+            .transport_errors
+            .set(shared.transport_errors.get() + 1),
+    }
+    shared.outstanding.set(shared.outstanding.get() - 1);
+}
 
+/// Waits until every accepted registration is decided, or no decision came for 30 s.
+async fn drain(shared: &Shared, name: &str) {
+    let mut progress = (0usize, Instant::now());
+    let mut shown = Instant::now();
+    loop {
+        let (accepted, decided) = {
+            let scheduled = shared.scheduled.borrow();
+            let decided = shared.decided.borrow();
+            let done = scheduled
+                .keys()
+                .filter(|id| decided.contains_key(*id))
+                .count();
+            (scheduled.len(), done)
+        };
+        if decided == accepted || progress.1.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        if decided != progress.0 {
+            progress = (decided, Instant::now());
+        }
+        if shown.elapsed() >= Duration::from_secs(2) {
+            shown = Instant::now();
+            eprintln!("pipeline: {name}: draining, {decided} of {accepted} decided");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What was measured beside the requests and decisions: the projections' catch-up, the
+/// processes' CPU and memory, and nats-server's traffic.
+struct Measured {
+    projected: Option<Instant>,
+    usage: Usage,
+    generator_cpu_seconds: f64,
+    watched_seconds: f64,
+    traffic: crate::traffic::Traffic,
+}
+
+/// Each accepted registration's latencies and the per-second counts, from when each request
+/// was due, answered and decided.
+struct Latencies {
+    to_decision: Vec<Duration>,
+    behind_edge: Vec<Duration>,
+    timeline: Vec<Second>,
+    first_decision: Option<Instant>,
+    last_decision: Option<Instant>,
+    last_accept: Instant,
+}
+
+impl Latencies {
+    fn of(
+        schedule: Schedule,
+        seconds: f64,
+        scheduled: &HashMap<String, (Instant, Instant)>,
+        decided: &HashMap<String, Instant>,
+    ) -> Self {
+        let seconds_of =
+            |t: Instant| t.saturating_duration_since(schedule.start).as_secs() as usize;
+        let mut timeline: Vec<Second> = Vec::new();
+        let mut bump = |t: Instant, f: fn(&mut Second)| {
+            let s = seconds_of(t);
+            while timeline.len() <= s {
+                let second = timeline.len() as u32;
+                timeline.push(Second {
+                    second,
+                    ..Second::default()
+                });
+            }
+            f(&mut timeline[s]);
+        };
+        for i in 0..schedule.total {
+            bump(schedule.due(i), |s| s.submitted += 1);
+        }
+        let mut to_decision = Vec::with_capacity(scheduled.len());
+        let mut behind_edge = Vec::with_capacity(scheduled.len());
+        let (mut first_decision, mut last_decision) = (None::<Instant>, None::<Instant>);
+        let mut last_accept = schedule.start + Duration::from_secs_f64(seconds);
+        for (id, (at, answered)) in scheduled {
+            bump(*answered, |s| s.accepted += 1);
+            last_accept = last_accept.max(*answered);
+            if let Some(done) = decided.get(id) {
+                to_decision.push(done.saturating_duration_since(*at));
+                behind_edge.push(done.saturating_duration_since(*answered));
+                bump(*done, |s| s.decided += 1);
+                first_decision = Some(first_decision.map_or(*done, |f| f.min(*done)));
+                last_decision = Some(last_decision.map_or(*done, |l| l.max(*done)));
+            }
+        }
+        Latencies {
+            to_decision,
+            behind_edge,
+            timeline,
+            first_decision,
+            last_decision,
+            last_accept,
+        }
+    }
+}
+
+/// The figures of one run, from what its requests, its decision watcher and the process
+/// watcher observed.
+fn figures(
+    options: &Options,
+    schedule: Schedule,
+    not_sent: u64,
+    shared: &Shared,
+    measured: Measured,
+) -> Run {
+    let Measured {
+        projected,
+        usage,
+        generator_cpu_seconds,
+        watched_seconds,
+        traffic,
+    } = measured;
     let scheduled = shared.scheduled.take();
-    let decided = shared.decided.take();
-    let seconds_of = |t: Instant| t.saturating_duration_since(start).as_secs() as usize;
-    let mut timeline: Vec<Second> = Vec::new();
-    let mut bump = |t: Instant, f: fn(&mut Second)| {
-        let s = seconds_of(t);
-        while timeline.len() <= s {
-            let second = timeline.len() as u32;
-            timeline.push(Second {
-                second,
-                ..Second::default()
-            });
-        }
-        f(&mut timeline[s]);
-    };
-    for i in 0..total {
-        bump(start + interval * i, |s| s.submitted += 1);
-    }
-    let mut to_decision = Vec::with_capacity(scheduled.len());
-    let mut behind_edge = Vec::with_capacity(scheduled.len());
-    let (mut first_decision, mut last_decision) = (None::<Instant>, None::<Instant>);
-    let mut last_accept = start + Duration::from_secs_f64(options.seconds);
-    for (id, (at, answered)) in &scheduled {
-        bump(*answered, |s| s.accepted += 1);
-        last_accept = last_accept.max(*answered);
-        if let Some(done) = decided.get(id) {
-            to_decision.push(done.saturating_duration_since(*at));
-            behind_edge.push(done.saturating_duration_since(*answered));
-            bump(*done, |s| s.decided += 1);
-            first_decision = Some(first_decision.map_or(*done, |f| f.min(*done)));
-            last_decision = Some(last_decision.map_or(*done, |l| l.max(*done)));
-        }
-    }
-    let accept_latency = shared.accept_latency.take();
+    let latencies = Latencies::of(
+        schedule,
+        options.seconds,
+        &scheduled,
+        &shared.decided.take(),
+    );
+    let (first_decision, last_decision) = (latencies.first_decision, latencies.last_decision);
     let accepted = scheduled.len() as u64;
-    let traffic = crate::traffic::since(
-        &js,
-        options.monitor_port,
-        &traffic_mark,
-        accepted,
-        shared.watched.get(),
-    )
-    .await?;
     let cpu_us_per_registration = usage
         .cpu_seconds
         .iter()
         .map(|(name, s)| (name.clone(), s * 1e6 / accepted.max(1) as f64))
         .collect();
-    let decided_count = to_decision.len() as u64;
-    let run = Run {
+    let decided_count = latencies.to_decision.len() as u64;
+    Run {
         name: options.name.clone(),
         rate_per_second: options.rate,
         seconds: options.seconds,
-        submitted: u64::from(total),
+        submitted: u64::from(schedule.total),
         not_sent,
         accepted,
         answers: shared.answers.take(),
@@ -448,18 +606,21 @@ pub async fn run(
         decided: decided_count,
         undecided: accepted - decided_count,
         accepted_per_second: accepted as f64
-            / last_accept.saturating_duration_since(start).as_secs_f64(),
+            / latencies
+                .last_accept
+                .saturating_duration_since(schedule.start)
+                .as_secs_f64(),
         decided_per_second: match (first_decision, last_decision) {
             (Some(f), Some(l)) if l > f => decided_count as f64 / (l - f).as_secs_f64(),
             _ => 0.0,
         },
-        latency_to_accept_ms: Percentiles::of(accept_latency),
-        latency_histogram: histogram(&to_decision),
-        latency_to_decision_ms: Percentiles::of(to_decision),
-        accept_to_decision_ms: Percentiles::of(behind_edge),
+        latency_to_accept_ms: Percentiles::of(shared.accept_latency.take()),
+        latency_histogram: histogram(&latencies.to_decision),
+        latency_to_decision_ms: Percentiles::of(latencies.to_decision),
+        accept_to_decision_ms: Percentiles::of(latencies.behind_edge),
         projected_after_seconds: projected
             .and_then(|p| last_decision.map(|l| p.saturating_duration_since(l).as_secs_f64())),
-        timeline,
+        timeline: latencies.timeline,
         cpu_seconds_per_registration: usage.total_cpu_seconds() / accepted.max(1) as f64,
         cpu_us_per_registration,
         generator_cpu_seconds,
@@ -467,19 +628,9 @@ pub async fn run(
         traffic,
         usage,
         drain_seconds: last_decision.map_or(0.0, |l| {
-            l.saturating_duration_since(arrival_end).as_secs_f64()
+            l.saturating_duration_since(schedule.end()).as_secs_f64()
         }),
-    };
-    eprintln!(
-        "pipeline: {}: {} accepted/s, to decision p50 {:.1} ms p99 {:.1} ms, {} undecided, {:.2} ms CPU per registration",
-        run.name,
-        run.accepted_per_second as u64,
-        run.latency_to_decision_ms.p50,
-        run.latency_to_decision_ms.p99,
-        run.undecided,
-        run.cpu_seconds_per_registration * 1000.0
-    );
-    Ok(run)
+    }
 }
 
 /// The slots every pipeline run spreads its citizens over ([`slot_of`]): two hot locations

@@ -130,6 +130,17 @@ struct Traffic {
 }
 
 impl Traffic {
+    fn new(seed: u64, slots: u32) -> Self {
+        Traffic {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            slots,
+            next: 0,
+            reserved: Vec::new(),
+        }
+    }
+
+    /// The next intake event: a verdict or a cancellation for a quarter of the inputs while
+    /// someone holds a place, else a submission.
     fn next_event(&mut self) -> Event {
         let roll: f64 = self.rng.random();
         if roll < 0.25 && !self.reserved.is_empty() {
@@ -147,6 +158,11 @@ impl Traffic {
                 })
             };
         }
+        self.submission()
+    }
+
+    /// The next citizen's submission: half of them for the hot tenth of the slots.
+    fn submission(&mut self) -> Event {
         self.next += 1;
         let hot = self.rng.random_bool(0.5);
         let s = if hot {
@@ -204,24 +220,89 @@ pub async fn measure(options: &Options) -> anyhow::Result<TakeoverReport> {
         .context("Failed to open the snapshots bucket")?;
     let policy = Policy::default();
 
-    // Setup: capacities on intake, then the rule's decisions written as the decider would.
+    let mut log = write_log(&js, &client, options, policy).await?;
+    let (pending, snapshot_encode_seconds) = log
+        .snapshot
+        .take()
+        .context("no batch ended on a decided input")?;
+    let started = Instant::now();
+    let snapshot_bytes = rebuild::write(&js, &store, pending).await?;
+    let snapshot_store_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "takeover: snapshot of {snapshot_bytes} bytes, encoded in {snapshot_encode_seconds:.2} s, stored in {snapshot_store_seconds:.2} s"
+    );
+
+    let mut rebuilds = Vec::new();
+    for (what, with_snapshot) in [("full fold", false), ("snapshot + tail", true)] {
+        let store = with_snapshot.then_some(&store);
+        rebuilds.push(time_rebuilds(&js, store, what, &log, options.runs).await?);
+    }
+    let registrations = log.state.registrations.len();
+    drop(log.state);
+    drop(nats);
+
+    let replica_decisions_per_second = if options.backlog > 0 {
+        Some(replica_rate(options).await?)
+    } else {
+        None
+    };
+    Ok(TakeoverReport {
+        machine,
+        decisions: log.decisions,
+        registrations,
+        slots: options.slots,
+        snapshot_every: options.snapshot_every,
+        snapshot_bytes,
+        snapshot_encode_seconds,
+        snapshot_store_seconds,
+        setup_seconds: log.setup_seconds,
+        rebuilds,
+        rule_inputs_per_second: log.rule_inputs_per_second,
+        rule_decisions_per_second: log.rule_decisions_per_second,
+        replica_decisions_per_second,
+        backlog: options.backlog,
+    })
+}
+
+/// The region's log as the setup wrote it, and the live state that wrote it.
+struct Log {
+    /// The rule's state after the last decision.
+    state: State,
+    /// Decisions written.
+    decisions: u64,
+    /// The last decision's stream sequence: the fence a rebuild must find.
+    last_decision: u64,
+    /// The snapshot the decider would have taken `snapshot_every` decisions before the end,
+    /// not yet stored, and the seconds it took to encode.
+    snapshot: Option<(Pending, f64)>,
+    /// Seconds the whole setup took.
+    setup_seconds: f64,
+    /// The pure rule's rate: inputs per second of its own time.
+    rule_inputs_per_second: f64,
+    /// The same in decisions.
+    rule_decisions_per_second: f64,
+}
+
+/// Setup: capacities on intake, then the rule's decisions written as the decider would, in
+/// atomic batches of up to 1,000, each ending on a decided input.
+async fn write_log(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    options: &Options,
+    policy: Policy,
+) -> anyhow::Result<Log> {
     let setup = Instant::now();
     let capacities = capacities(options);
-    let mut seq = append_intake(&js, &client, capacities).await?;
+    let mut seq = append_intake(js, client, capacities).await?;
     let mut state = State::new(policy);
     for i in 0..options.slots {
         state.set_capacity(&slot(i), options.capacity);
     }
-    let mut traffic = Traffic {
-        rng: rand::rngs::StdRng::seed_from_u64(19),
-        slots: options.slots,
-        next: 0,
-        reserved: Vec::new(),
-    };
+    let mut traffic = Traffic::new(19, options.slots);
     let decisions_subject = subjects::reservation_decisions(&region());
     let snapshot_at = options.decisions.saturating_sub(options.snapshot_every);
     let (mut written, mut inputs, mut rule_time) = (0u64, 0u64, Duration::ZERO);
-    let mut pending_snapshot: Option<(Pending, f64)> = None;
+    let mut snapshot: Option<(Pending, f64)> = None;
     let mut last_decision = 0;
     while written < options.decisions {
         let mut batch = Vec::with_capacity(1000);
@@ -248,98 +329,80 @@ pub async fn measure(options: &Options) -> anyhow::Result<TakeoverReport> {
             continue;
         }
         written += batch.len() as u64;
-        last_decision = *publish_atomic(&js, &client, batch)
+        last_decision = *publish_atomic(js, client, batch)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .last()
             .expect("a batch");
-        if pending_snapshot.is_none() && written >= snapshot_at && state.checkpoint == seq {
+        if snapshot.is_none() && written >= snapshot_at && state.checkpoint == seq {
             let started = Instant::now();
             let pending = Pending::of(&region(), last_decision, &state);
-            pending_snapshot = Some((pending, started.elapsed().as_secs_f64()));
+            snapshot = Some((pending, started.elapsed().as_secs_f64()));
         }
         if written % 100_000 < 990 {
             eprintln!("takeover: {written} decisions written");
         }
     }
-    let setup_seconds = setup.elapsed().as_secs_f64();
-    let decisions = written;
-    let rule_inputs_per_second = inputs as f64 / rule_time.as_secs_f64();
-    let rule_decisions_per_second = decisions as f64 / rule_time.as_secs_f64();
-    eprintln!(
-        "takeover: {decisions} decisions ({} registrations) written in {setup_seconds:.1} s; the rule alone: {rule_inputs_per_second:.0} inputs/s, {rule_decisions_per_second:.0} decisions/s",
-        state.registrations.len()
-    );
-
-    let (pending, snapshot_encode_seconds) =
-        pending_snapshot.context("no batch ended on a decided input")?;
-    let started = Instant::now();
-    let snapshot_bytes = rebuild::write(&js, &store, pending).await?;
-    let snapshot_store_seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "takeover: snapshot of {snapshot_bytes} bytes, encoded in {snapshot_encode_seconds:.2} s, stored in {snapshot_store_seconds:.2} s"
-    );
-
-    let mut rebuilds = Vec::new();
-    for (what, with_snapshot) in [("full fold", false), ("snapshot + tail", true)] {
-        let mut runs = Vec::new();
-        let mut folded = 0;
-        for _ in 0..options.runs.max(1) {
-            let started = Instant::now();
-            let rebuilt: Rebuilt =
-                rebuild::rebuild(&js, &region(), policy, with_snapshot.then_some(&store))
-                    .await
-                    .map_err(|halt| anyhow::anyhow!("the rebuild halted: {halt:?}"))?;
-            runs.push(started.elapsed().as_secs_f64());
-            anyhow::ensure!(
-                rebuilt.state == state,
-                "{what}: the rebuilt state differs from the live one"
-            );
-            anyhow::ensure!(rebuilt.fence == last_decision, "{what}: wrong fence");
-            anyhow::ensure!(
-                rebuilt.from_snapshot.is_some() == with_snapshot,
-                "{what}: the snapshot was {:?}",
-                rebuilt.snapshot
-            );
-            folded = rebuilt.folded;
-            eprintln!(
-                "takeover: {what}: {:.2} s ({folded} decisions folded)",
-                runs.last().expect("a run")
-            );
-        }
-        let mut sorted = runs.clone();
-        sorted.sort_by(f64::total_cmp);
-        rebuilds.push(RebuildFigure {
-            what: what.into(),
-            seconds: sorted[sorted.len() / 2],
-            runs,
-            folded,
-        });
-    }
-    let registrations = state.registrations.len();
-    drop(state);
-    drop(nats);
-
-    let replica_decisions_per_second = if options.backlog > 0 {
-        Some(replica_rate(options).await?)
-    } else {
-        None
+    let log = Log {
+        decisions: written,
+        last_decision,
+        snapshot,
+        setup_seconds: setup.elapsed().as_secs_f64(),
+        rule_inputs_per_second: inputs as f64 / rule_time.as_secs_f64(),
+        rule_decisions_per_second: written as f64 / rule_time.as_secs_f64(),
+        state,
     };
-    Ok(TakeoverReport {
-        machine,
-        decisions,
-        registrations,
-        slots: options.slots,
-        snapshot_every: options.snapshot_every,
-        snapshot_bytes,
-        snapshot_encode_seconds,
-        snapshot_store_seconds,
-        setup_seconds,
-        rebuilds,
-        rule_inputs_per_second,
-        rule_decisions_per_second,
-        replica_decisions_per_second,
-        backlog: options.backlog,
+    eprintln!(
+        "takeover: {} decisions ({} registrations) written in {:.1} s; the rule alone: {:.0} inputs/s, {:.0} decisions/s",
+        log.decisions,
+        log.state.registrations.len(),
+        log.setup_seconds,
+        log.rule_inputs_per_second,
+        log.rule_decisions_per_second
+    );
+    Ok(log)
+}
+
+/// `runs` rebuilds of the region, from the snapshot in `store` when one is given, each
+/// checked against the live state of `log`.
+async fn time_rebuilds(
+    js: &jetstream::Context,
+    store: Option<&jetstream::object_store::ObjectStore>,
+    what: &str,
+    log: &Log,
+    runs: usize,
+) -> anyhow::Result<RebuildFigure> {
+    let mut times = Vec::new();
+    let mut folded = 0;
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        let rebuilt: Rebuilt = rebuild::rebuild(js, &region(), log.state.policy, store)
+            .await
+            .map_err(|halt| anyhow::anyhow!("the rebuild halted: {halt:?}"))?;
+        times.push(started.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            rebuilt.state == log.state,
+            "{what}: the rebuilt state differs from the live one"
+        );
+        anyhow::ensure!(rebuilt.fence == log.last_decision, "{what}: wrong fence");
+        anyhow::ensure!(
+            rebuilt.from_snapshot.is_some() == store.is_some(),
+            "{what}: the snapshot was {:?}",
+            rebuilt.snapshot
+        );
+        folded = rebuilt.folded;
+        eprintln!(
+            "takeover: {what}: {:.2} s ({folded} decisions folded)",
+            times.last().expect("a run")
+        );
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(RebuildFigure {
+        what: what.into(),
+        seconds: sorted[sorted.len() / 2],
+        runs: times,
+        folded,
     })
 }
 
@@ -364,21 +427,9 @@ async fn replica_rate(options: &Options) -> anyhow::Result<f64> {
     let nats = testkit::NatsServer::start();
     let (client, js) = connect(&nats.url()).await?;
     let mut events = capacities(options);
-    let mut traffic = Traffic {
-        rng: rand::rngs::StdRng::seed_from_u64(25),
-        slots: options.slots,
-        next: 0,
-        reserved: Vec::new(),
-    };
+    let mut traffic = Traffic::new(25, options.slots);
     for _ in 0..options.backlog {
-        let n = traffic.next + 1;
-        traffic.next = n;
-        let s = if traffic.rng.random_bool(0.5) {
-            traffic.rng.random_range(0..options.slots.div_ceil(10))
-        } else {
-            traffic.rng.random_range(0..options.slots)
-        };
-        events.push((IntakeKind::Submitted, submitted(n, slot(s))));
+        events.push((IntakeKind::Submitted, traffic.submission()));
     }
     append_intake(&js, &client, events).await?;
     eprintln!(

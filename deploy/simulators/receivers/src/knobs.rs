@@ -15,71 +15,28 @@ pub struct Knobs {
     pub webhook_fail_rate: f64,
 }
 
+/// Why knobs were refused: the only rule beside the patch's own is that every knob is a
+/// probability.
+pub type KnobsError = simkit::Refused;
+
 impl simkit::Knobs for Knobs {
     type Error = KnobsError;
+    const EXAMPLE: &'static str = r#"{"smtp_fail_rate": 0.1}"#;
 
-    fn validate(&self) -> Result<(), KnobsError> {
-        Knobs::validate(self)
-    }
-}
-
-impl From<simkit::PatchError> for KnobsError {
-    fn from(err: simkit::PatchError) -> Self {
-        match err {
-            simkit::PatchError::NotAnObject => KnobsError::NotAnObject,
-            simkit::PatchError::Json(err) => KnobsError::Json(err),
-        }
-    }
-}
-
-/// Why knobs were refused.
-#[derive(Debug, thiserror::Error)]
-pub enum KnobsError {
-    /// The knobs given are not a JSON object.
-    #[error("knobs must be a JSON object, e.g. {{\"smtp_fail_rate\": 0.1}}")]
-    NotAnObject,
-    /// Not JSON, an unknown field, or a value of the wrong type.
-    #[error("invalid knobs: {0}")]
-    Json(#[from] serde_json::Error),
-    /// A probability outside 0..=1 (or not a number).
-    #[error("{name} is a probability: it must be between 0 and 1, got {value}")]
-    RateOutOfRange {
-        /// The knob.
-        name: &'static str,
-        /// Its value.
-        value: f64,
-    },
-}
-
-impl Knobs {
     /// Checks every knob's range.
-    pub fn validate(&self) -> Result<(), KnobsError> {
-        for (name, value) in [
+    fn validate(&self) -> Result<(), KnobsError> {
+        simkit::probabilities([
             ("smtp_fail_rate", self.smtp_fail_rate),
             ("webhook_fail_rate", self.webhook_fail_rate),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(KnobsError::RateOutOfRange { name, value });
-            }
-        }
+        ])?;
         Ok(())
-    }
-
-    /// These knobs with the fields of `patch` (a JSON object, possibly partial) put in,
-    /// validated. Unknown fields and bad values are refused.
-    pub fn patched(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        simkit::patched(self, patch)
-    }
-
-    /// [`Knobs::patched`] from JSON text.
-    pub fn patched_from_str(&self, json: &str) -> Result<Knobs, KnobsError> {
-        self.patched(&serde_json::from_str(json)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use simkit::Knobs as _;
 
     #[test]
     fn defaults_fail_nothing() {

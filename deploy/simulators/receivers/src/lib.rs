@@ -35,5 +35,9 @@ pub use receivers::Receivers;
 pub use webhook::MAX_WEBHOOK_BODY_BYTES;
 pub use wire::{sign, verify};
 
+/// The knob accessors (`knobs`, `set_knobs`, `patch_knobs`) of [`Receivers`]: bring it into
+/// scope to use them.
+pub use simkit::Simulator;
+
 /// The webhook secret for development and tests (`REG_WEBHOOK_SECRET` overrides it).
 pub const DEVELOPMENT_WEBHOOK_SECRET: &str = "dev-webhook-secret";

@@ -2,13 +2,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use receivers::{DEVELOPMENT_WEBHOOK_SECRET, Knobs, Receivers};
-use tracing_subscriber::EnvFilter;
+use receivers::{DEVELOPMENT_WEBHOOK_SECRET, Knobs, Receivers, Simulator as _};
+use simkit::Knobs as _;
 
 /// Local receivers for notifications: an SMTP sink (plain SMTP, no TLS, no AUTH) storing each
 /// message as <data-dir>/mail/<X-Notification-Id>.eml, and a webhook receiver
@@ -17,7 +16,8 @@ use tracing_subscriber::EnvFilter;
 ///
 /// Knobs start from the defaults (nothing fails), then --knobs; they change at runtime with
 /// `PUT /_sim/knobs` on the webhook listener (a partial JSON object). Admin: GET/PUT
-/// /_sim/knobs, GET /_sim/counts, GET /healthz. Logs follow RUST_LOG (default: info).
+/// /_sim/knobs, GET /_sim/counts, GET /healthz. Logs follow RUST_LOG (default: info;
+/// REG_LOG_FORMAT=json for JSON lines).
 #[derive(Debug, Parser)]
 #[command(name = "receivers", version, about, long_about)]
 struct Cli {
@@ -46,20 +46,10 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    streams::runtime::init_telemetry();
     let cli = Cli::parse();
-    let knobs = match &cli.knobs {
-        Some(json) => Knobs::default()
-            .patched_from_str(json)
-            .context("--knobs / REG_RECEIVERS_KNOBS")?,
-        None => Knobs::default(),
-    };
+    let knobs =
+        Knobs::over_defaults(cli.knobs.as_deref()).context("--knobs / REG_RECEIVERS_KNOBS")?;
     let secret = match cli.webhook_secret {
         Some(secret) if secret.is_empty() => {
             anyhow::bail!(
@@ -90,16 +80,7 @@ async fn main() -> anyhow::Result<()> {
         %knobs,
         "receivers listening"
     );
-    let shutdown = streams::runtime::shutdown_on_signals();
-    streams::runtime::serve_with_grace(
-        receivers.serve(smtp, http, shutdown.clone()),
-        &shutdown,
-        SHUTDOWN_GRACE,
-    )
-    .await?;
+    simkit::serve_until_signalled(|shutdown| receivers.serve(smtp, http, shutdown)).await?;
     tracing::info!("receivers stopped");
     Ok(())
 }
-
-/// How long deliveries in flight may take to finish once a stop is asked for.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

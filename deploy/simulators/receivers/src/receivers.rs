@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context as _;
 use rand::Rng as _;
+use simkit::Simulator as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,14 @@ impl fmt::Debug for Receivers {
             .field("webhook_secret", &"<redacted>")
             .field("knobs", &self.knobs())
             .finish_non_exhaustive()
+    }
+}
+
+impl simkit::Simulator for Receivers {
+    type Knobs = Knobs;
+
+    fn knob_cell(&self) -> &simkit::KnobCell<Knobs> {
+        &self.inner.knobs
     }
 }
 
@@ -81,22 +90,6 @@ impl Receivers {
     /// Where the webhook receiver appends deliveries: `<dir>/webhook/deliveries.ndjson`.
     pub fn webhook_file(&self) -> PathBuf {
         store::webhook_file(&self.inner.dir)
-    }
-
-    /// The knobs in force.
-    pub fn knobs(&self) -> Knobs {
-        self.inner.knobs.get()
-    }
-
-    /// Replaces the knobs (validated first; refused knobs change nothing).
-    pub fn set_knobs(&self, knobs: Knobs) -> Result<(), KnobsError> {
-        self.inner.knobs.set(knobs)
-    }
-
-    /// Puts the fields of `patch` (a JSON object, possibly partial) into the knobs in one
-    /// step, and returns the knobs now in force. Refused patches change nothing.
-    pub fn patch_knobs(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        self.inner.knobs.patch(patch)
     }
 
     /// A snapshot of the counters.

@@ -5,15 +5,15 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
+use simkit::http::{error, json};
 
 use crate::counts::Outcome;
-use crate::knobs::KnobsError;
 use crate::receivers::{Receivers, Transport};
 use crate::store;
 use crate::wire::{
@@ -24,8 +24,6 @@ use crate::wire::{
 /// The largest webhook body accepted, in bytes: a larger one gets `413`.
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 1 << 20;
 
-const JSON: &str = "application/json";
-
 /// The routes: `POST /webhook`, the admin endpoints under `/_sim/` and `GET /healthz`.
 pub(crate) fn router(receivers: &Receivers) -> Router {
     Router::new()
@@ -33,38 +31,9 @@ pub(crate) fn router(receivers: &Receivers) -> Router {
             WEBHOOK_PATH,
             post(receive).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES)),
         )
-        .route("/_sim/knobs", get(get_knobs).put(put_knobs))
         .route("/_sim/counts", get(get_counts))
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(simkit::http::knob_routes())
         .with_state(receivers.clone())
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (status, [(CONTENT_TYPE, JSON)], body).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "serializing an answer");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot serialize the answer",
-            )
-                .into_response()
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    json(
-        status,
-        &ErrorBody {
-            error: message.into(),
-        },
-    )
 }
 
 #[derive(Serialize)]
@@ -226,23 +195,6 @@ async fn receive(
                 "cannot store the delivery",
             )
         }
-    }
-}
-
-async fn get_knobs(State(receivers): State<Receivers>) -> Response {
-    json(StatusCode::OK, &receivers.knobs())
-}
-
-async fn put_knobs(State(receivers): State<Receivers>, body: Bytes) -> Response {
-    let patched = serde_json::from_slice(&body)
-        .map_err(KnobsError::from)
-        .and_then(|patch| receivers.patch_knobs(&patch));
-    match patched {
-        Ok(knobs) => {
-            tracing::info!(?knobs, "knobs changed");
-            json(StatusCode::OK, &knobs)
-        }
-        Err(refused) => error(StatusCode::BAD_REQUEST, refused.to_string()),
     }
 }
 

@@ -55,40 +55,13 @@ impl Default for Knobs {
     }
 }
 
-impl simkit::Knobs for Knobs {
-    type Error = KnobsError;
-
-    fn validate(&self) -> Result<(), KnobsError> {
-        Knobs::validate(self)
-    }
-}
-
-impl From<simkit::PatchError> for KnobsError {
-    fn from(err: simkit::PatchError) -> Self {
-        match err {
-            simkit::PatchError::NotAnObject => KnobsError::NotAnObject,
-            simkit::PatchError::Json(err) => KnobsError::Json(err),
-        }
-    }
-}
-
 /// Why knobs were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum KnobsError {
-    /// The knobs given are not a JSON object.
-    #[error("knobs must be a JSON object, e.g. {{\"error_rate\": 0.1}}")]
-    NotAnObject,
-    /// Not JSON, an unknown field, or a value of the wrong type.
-    #[error("invalid knobs: {0}")]
-    Json(#[from] serde_json::Error),
-    /// A probability outside 0..=1.
-    #[error("{name} is a probability: it must be between 0 and 1, got {value}")]
-    RateOutOfRange {
-        /// The knob.
-        name: &'static str,
-        /// Its value.
-        value: f64,
-    },
+    /// Not a JSON object, not JSON, an unknown field, a value of the wrong type, or a
+    /// probability outside 0..=1.
+    #[error(transparent)]
+    Refused(#[from] simkit::Refused),
     /// A delay longer than [`MAX_DELAY_MS`].
     #[error("{name} must be at most {MAX_DELAY_MS} ms, got {value}")]
     DelayTooLong {
@@ -102,18 +75,18 @@ pub enum KnobsError {
     NoHostileKinds(f64),
 }
 
-impl Knobs {
+impl simkit::Knobs for Knobs {
+    type Error = KnobsError;
+    const EXAMPLE: &'static str = r#"{"error_rate": 0.1}"#;
+
     /// Checks every knob's range.
-    pub fn validate(&self) -> Result<(), KnobsError> {
-        for (name, value) in [
+    fn validate(&self) -> Result<(), KnobsError> {
+        simkit::probabilities([
             ("spike_rate", self.spike_rate),
             ("error_rate", self.error_rate),
             ("hostile_rate", self.hostile_rate),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(KnobsError::RateOutOfRange { name, value });
-            }
-        }
+        ])
+        .map_err(simkit::Refused::from)?;
         for (name, value) in [
             ("latency_ms", self.latency_ms),
             ("jitter_ms", self.jitter_ms),
@@ -128,22 +101,12 @@ impl Knobs {
         }
         Ok(())
     }
-
-    /// These knobs with the fields of `patch` (a JSON object, possibly partial) put in,
-    /// validated. Unknown fields and bad values are refused.
-    pub fn patched(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        simkit::patched(self, patch)
-    }
-
-    /// [`Knobs::patched`] from JSON text.
-    pub fn patched_from_str(&self, json: &str) -> Result<Knobs, KnobsError> {
-        self.patched(&serde_json::from_str(json)?)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use simkit::Knobs as _;
 
     #[test]
     fn defaults_are_valid_and_quiet() {

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use registry_sim::{Knobs, Registry};
+//! use registry_sim::{Knobs, Registry, Simulator as _};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! let registry = Registry::new(Knobs::default())?;
@@ -29,3 +29,7 @@ pub use counts::{Answered, Counts, IdCounts};
 pub use knobs::{Knobs, KnobsError, MAX_DELAY_MS};
 pub use server::{BARE_ERROR_BODY, Registry};
 pub use wire::{HostileKind, RegistryResult, outcome_for};
+
+/// The knob accessors (`knobs`, `set_knobs`, `patch_knobs`) of [`Registry`]: bring it into
+/// scope to use them.
+pub use simkit::Simulator;

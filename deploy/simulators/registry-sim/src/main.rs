@@ -2,12 +2,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal as _;
-
 use anyhow::Context as _;
 use clap::Parser;
-use registry_sim::{Knobs, Registry};
-use tracing_subscriber::EnvFilter;
+use registry_sim::{Knobs, Registry, Simulator as _};
+use simkit::Knobs as _;
 
 /// A simulated government registry: answers `POST /registry/v1/verify` (SOAP-style XML) the
 /// way a slow, flaky, rate-limited registry would. The population rule decides the answer
@@ -17,7 +15,8 @@ use tracing_subscriber::EnvFilter;
 /// Knobs start from the defaults (20 ms latency plus up to 30 ms jitter, nothing else), then
 /// --knobs, then the flags below; they change at runtime with `PUT /_sim/knobs` (a partial JSON
 /// object). Admin: GET/PUT /_sim/knobs, GET /_sim/counts, GET /_sim/counts/{national_id},
-/// POST /_sim/reset, GET /healthz. Logs follow RUST_LOG (default: info).
+/// POST /_sim/reset, GET /healthz. Logs follow RUST_LOG (default: info; REG_LOG_FORMAT=json
+/// for JSON lines).
 #[derive(Debug, Parser)]
 #[command(name = "registry-sim", version, about, long_about)]
 struct Cli {
@@ -57,12 +56,8 @@ struct Cli {
 
 impl Cli {
     fn knobs(&self) -> anyhow::Result<Knobs> {
-        let mut knobs = match &self.knobs {
-            Some(json) => Knobs::default()
-                .patched_from_str(json)
-                .context("--knobs / REG_REGISTRY_KNOBS")?,
-            None => Knobs::default(),
-        };
+        let mut knobs =
+            Knobs::over_defaults(self.knobs.as_deref()).context("--knobs / REG_REGISTRY_KNOBS")?;
         if let Some(latency_ms) = self.latency_ms {
             knobs.latency_ms = latency_ms;
         }
@@ -85,13 +80,7 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    streams::runtime::init_telemetry();
     let cli = Cli::parse();
     let registry = Registry::new(cli.knobs()?)?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
@@ -99,16 +88,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", cli.listen))?;
     let knobs = serde_json::to_string(&registry.knobs())?;
     tracing::info!(address = %listener.local_addr()?, %knobs, "registry simulator listening");
-    let shutdown = streams::runtime::shutdown_on_signals();
-    streams::runtime::serve_with_grace(
-        registry.serve(listener, shutdown.clone()),
-        &shutdown,
-        SHUTDOWN_GRACE,
-    )
-    .await?;
+    simkit::serve_until_signalled(|shutdown| registry.serve(listener, shutdown)).await?;
     tracing::info!("registry simulator stopped");
     Ok(())
 }
-
-/// How long requests in flight may take to finish once a stop is asked for.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

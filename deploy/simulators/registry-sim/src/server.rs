@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::Rng;
-use serde::Serialize;
+use simkit::Simulator as _;
+use simkit::http::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,6 @@ use crate::wire::{
 
 const XML: &str = "text/xml; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
-const JSON: &str = "application/json";
 /// The text body of a bare `500`.
 pub const BARE_ERROR_BODY: &str = "Internal Server Error: upstream database connection reset";
 
@@ -147,6 +147,14 @@ impl Drop for Call {
     }
 }
 
+impl simkit::Simulator for Registry {
+    type Knobs = Knobs;
+
+    fn knob_cell(&self) -> &simkit::KnobCell<Knobs> {
+        &self.inner.knobs
+    }
+}
+
 impl Registry {
     /// A registry with these knobs and zeroed counters.
     pub fn new(knobs: Knobs) -> Result<Registry, KnobsError> {
@@ -162,22 +170,6 @@ impl Registry {
                 }),
             }),
         })
-    }
-
-    /// The knobs in force.
-    pub fn knobs(&self) -> Knobs {
-        self.inner.knobs.get()
-    }
-
-    /// Replaces the knobs (validated first; refused knobs change nothing).
-    pub fn set_knobs(&self, knobs: Knobs) -> Result<(), KnobsError> {
-        self.inner.knobs.set(knobs)
-    }
-
-    /// Puts the fields of `patch` (a JSON object, possibly partial) into the knobs in one
-    /// step, and returns the knobs now in force. Refused patches change nothing.
-    pub fn patch_knobs(&self, patch: &serde_json::Value) -> Result<Knobs, KnobsError> {
-        self.inner.knobs.patch(patch)
     }
 
     /// A snapshot of the counters.
@@ -258,11 +250,10 @@ impl Registry {
                 VERIFY_PATH,
                 post(verify).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
             )
-            .route("/_sim/knobs", get(get_knobs).put(put_knobs))
             .route("/_sim/counts", get(get_counts))
             .route("/_sim/counts/{national_id}", get(get_id_counts))
             .route("/_sim/reset", post(reset))
-            .route("/healthz", get(|| async { "ok" }))
+            .merge(simkit::http::knob_routes())
             .with_state(self.clone())
     }
 
@@ -292,22 +283,6 @@ fn text(status: StatusCode, retry_after: Option<&'static str>, body: &'static st
             .insert(RETRY_AFTER, seconds.parse().expect("a valid header value"));
     }
     response
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (status, [(CONTENT_TYPE, JSON)], body).into_response(),
-        Err(error) => text_error(error),
-    }
-}
-
-fn text_error(error: serde_json::Error) -> Response {
-    tracing::error!(%error, "serializing an admin answer");
-    text(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        None,
-        "cannot serialize the answer",
-    )
 }
 
 fn client_fault(status: StatusCode, message: &str) -> Response {
@@ -450,33 +425,6 @@ fn answer(
         Misbehaviour::None => (
             Outcome::Answered(result),
             xml(StatusCode::OK, answer_xml(&request.request_id, result)),
-        ),
-    }
-}
-
-async fn get_knobs(State(registry): State<Registry>) -> Response {
-    json(StatusCode::OK, &registry.knobs())
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: String,
-}
-
-async fn put_knobs(State(registry): State<Registry>, body: Bytes) -> Response {
-    let patched = serde_json::from_slice(&body)
-        .map_err(KnobsError::from)
-        .and_then(|patch| registry.patch_knobs(&patch));
-    match patched {
-        Ok(knobs) => {
-            tracing::info!(?knobs, "knobs changed");
-            json(StatusCode::OK, &knobs)
-        }
-        Err(error) => json(
-            StatusCode::BAD_REQUEST,
-            &ErrorBody {
-                error: error.to_string(),
-            },
         ),
     }
 }

@@ -17,27 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Everything, in one run, into deploy/benchmarks/reports/results.{json,md} (about six minutes here).
-    All {
-        /// Multiplies the ceilings' record counts and the edge's registrations.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Seconds of arrivals in each pipeline run.
-        #[arg(long, default_value_t = 20.0)]
-        seconds: f64,
-        /// Arrival rate of the latency target, per second.
-        #[arg(long, default_value_t = 10_000)]
-        target_rate: u32,
-        /// Seconds of each read measurement.
-        #[arg(long, default_value_t = 10.0)]
-        read_seconds: f64,
-        /// USD per vCPU-hour for the cost line (default: an on-demand x86 vCPU, e.g. AWS
-        /// c7i.large in us-east-1 at 0.08925 USD/h for 2 vCPU).
-        #[arg(long, default_value_t = 0.0446)]
-        price_per_vcpu_hour: f64,
-        /// Where to write the JSON report (the Markdown one goes beside it).
-        #[arg(long, default_value = "deploy/benchmarks/reports/results.json")]
-        out: std::path::PathBuf,
-    },
+    All(bench::results::Options),
     /// JetStream's and the disk's durable write ceilings.
     Ceilings {
         /// Multiplies every record count (1.0: about a minute here).
@@ -173,32 +153,7 @@ fn ceilings_report(
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::All {
-            scale,
-            seconds,
-            target_rate,
-            read_seconds,
-            price_per_vcpu_hour,
-            out,
-        } => {
-            let results =
-                e2e::serve::until_interrupted(bench::results::run(bench::results::Options {
-                    scale,
-                    seconds,
-                    target_rate,
-                    read_seconds,
-                    price_per_vcpu_hour,
-                    out: out.clone(),
-                }))
-                .await?;
-            println!(
-                "\n{}",
-                std::fs::read_to_string(out.with_extension("md")).unwrap_or_default()
-            );
-            let met = results.targets.iter().filter(|t| t.met).count();
-            println!("{met} of {} targets met.", results.targets.len());
-            Ok(())
-        }
+        Command::All(options) => all(options).await,
         Command::Ceilings { scale, out } => {
             let ceilings = e2e::serve::until_interrupted(bench::ceilings::measure(scale)).await?;
             ceilings_report(ceilings, "Durable write ceilings", "one publisher", &out)
@@ -220,67 +175,92 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             runs,
             out,
-        } => {
-            let log_dir = bench::log_dir()?;
-            let runs = e2e::serve::until_interrupted(async {
-                let mut rig = bench::pipeline::Rig::start(&log_dir).await?;
-                let mut done = Vec::new();
-                for i in 0..runs {
-                    let name = format!("open loop at {rate}/s, run {}", i + 1);
-                    done.push(
-                        rig.open_loop(i + 1, name, rate, seconds, Vec::new())
-                            .await?,
-                    );
-                }
-                rig.stop(&log_dir).await;
-                anyhow::Ok(done)
-            })
-            .await?;
-            publish(
-                &out,
-                &format!("The whole pipeline at {rate}/s"),
-                PipelineRuns { runs },
-                |p| {
-                    format!(
-                        "\n{}",
-                        bench::results::runs_markdown(&p.runs.iter().collect::<Vec<_>>())
-                    )
-                },
-            )
-        }
+        } => pipeline(rate, seconds, runs, &out).await,
         Command::Edge {
             registrations,
             concurrency,
             wrk_seconds,
             out,
-        } => {
-            let log_dir = bench::log_dir()?;
-            let (figures, wrk) = e2e::serve::until_interrupted(async {
-                let figures = bench::edge::measure(registrations, concurrency, &log_dir).await?;
-                let wrk = bench::edge::measure_wrk_if_installed(wrk_seconds, &log_dir).await?;
-                anyhow::Ok((figures, wrk))
-            })
-            .await?;
-            let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
-            let figures = EdgeFigures {
-                figures,
-                ratio_to_bare,
-                wrk_ratio_to_bare: bench::edge::wrk_ratio(&wrk),
-                wrk,
-            };
-            publish(
-                &out,
-                "Ingest edge against a bare ntex handler",
-                figures,
-                |f| {
-                    format!(
-                        " Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}\nEdge alone ÷ bare handler: {:.3}×\n{}",
-                        bench::edge::table(&f.figures),
-                        f.ratio_to_bare,
-                        bench::edge::wrk_markdown(&f.wrk)
-                    )
-                },
-            )
-        }
+        } => edge(registrations, concurrency, wrk_seconds, &out).await,
     }
+}
+
+/// `bench all`: everything, then the Markdown report and how many targets were met.
+async fn all(options: bench::results::Options) -> anyhow::Result<()> {
+    let out = options.out.clone();
+    let results = e2e::serve::until_interrupted(bench::results::run(options)).await?;
+    println!(
+        "\n{}",
+        std::fs::read_to_string(out.with_extension("md")).unwrap_or_default()
+    );
+    let met = results.targets.iter().filter(|t| t.met).count();
+    println!("{met} of {} targets met.", results.targets.len());
+    Ok(())
+}
+
+/// `bench pipeline`: `runs` open-loop runs of the whole pipeline at `rate`.
+async fn pipeline(rate: u32, seconds: f64, runs: u32, out: &std::path::Path) -> anyhow::Result<()> {
+    let log_dir = bench::log_dir()?;
+    let runs = e2e::serve::until_interrupted(async {
+        let mut rig = bench::pipeline::Rig::start(&log_dir).await?;
+        let mut done = Vec::new();
+        for i in 0..runs {
+            let name = format!("open loop at {rate}/s, run {}", i + 1);
+            done.push(
+                rig.open_loop(i + 1, name, rate, seconds, Vec::new())
+                    .await?,
+            );
+        }
+        rig.stop(&log_dir).await;
+        anyhow::Ok(done)
+    })
+    .await?;
+    publish(
+        out,
+        &format!("The whole pipeline at {rate}/s"),
+        PipelineRuns { runs },
+        |p| {
+            format!(
+                "\n{}",
+                bench::results::runs_markdown(&p.runs.iter().collect::<Vec<_>>())
+            )
+        },
+    )
+}
+
+/// `bench edge`: the edge against a bare ntex handler, with the harness's generator and with
+/// wrk when installed.
+async fn edge(
+    registrations: u32,
+    concurrency: usize,
+    wrk_seconds: u32,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let log_dir = bench::log_dir()?;
+    let (figures, wrk) = e2e::serve::until_interrupted(async {
+        let figures = bench::edge::measure(registrations, concurrency, &log_dir).await?;
+        let wrk = bench::edge::measure_wrk_if_installed(wrk_seconds, &log_dir).await?;
+        anyhow::Ok((figures, wrk))
+    })
+    .await?;
+    let ratio_to_bare = figures[1].accepted_per_second / figures[0].accepted_per_second;
+    let figures = EdgeFigures {
+        figures,
+        ratio_to_bare,
+        wrk_ratio_to_bare: bench::edge::wrk_ratio(&wrk),
+        wrk,
+    };
+    publish(
+        out,
+        "Ingest edge against a bare ntex handler",
+        figures,
+        |f| {
+            format!(
+                " Valid 4 kB registrations, closed loop, load generator on the same machine.\n\n{}\nEdge alone ÷ bare handler: {:.3}×\n{}",
+                bench::edge::table(&f.figures),
+                f.ratio_to_bare,
+                bench::edge::wrk_markdown(&f.wrk)
+            )
+        },
+    )
 }

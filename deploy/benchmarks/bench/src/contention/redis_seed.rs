@@ -25,7 +25,7 @@ use anyhow::Context as _;
 
 use super::report::Percentiles;
 use super::workload::Workload;
-use super::{DEADLINE, Measured, Options};
+use super::{DEADLINE, Grants, Measured, Options};
 
 /// A `redis-server` on a free port with a temporary directory, killed on drop.
 struct RedisServer {
@@ -139,16 +139,7 @@ pub async fn measure(
     let server = RedisServer::start(log_dir)?;
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port))
         .context("Failed to describe the Redis connection")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut admin = loop {
-        match client.get_multiplexed_async_connection().await {
-            Ok(con) => break con,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => return Err(err).context("redis-server did not answer"),
-        }
-    };
+    let mut admin = first_connection(&client).await?;
     let names: Vec<String> = workload
         .slots
         .iter()
@@ -162,25 +153,84 @@ pub async fn measure(
             .await?;
     }
 
+    let counts = Counts::default();
+    let start = Instant::now();
+    run_workers(&client, workload, &names, options.concurrency, &counts).await?;
+    let seconds = start.elapsed().as_secs_f64();
+
+    let grants = count_holders(&mut admin, workload, &names).await?;
+    let Counts {
+        aborted,
+        execs,
+        latencies,
+    } = counts;
+    Ok(Measured {
+        design: "redis",
+        workload: workload.name,
+        contenders: workload.contenders.len() as u32,
+        capacity: workload.capacity(),
+        seconds,
+        decisions_per_second: workload.contenders.len() as f64 / seconds,
+        latency_ms: Percentiles::of(latencies.take()),
+        aborted: aborted.get(),
+        // An aborted EXEC writes nothing.
+        durable_writes: execs.get() - aborted.get(),
+        reserved: grants.reserved,
+        overbooked: grants.overbooked,
+        out_of_order_winners: grants.out_of_order_winners,
+    })
+}
+
+/// The first connection to a just started `redis-server`: tried until it answers, for 30 s
+/// at the most.
+async fn first_connection(
+    client: &redis::Client,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get_multiplexed_async_connection().await {
+            Ok(con) => return Ok(con),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(err).context("redis-server did not answer"),
+        }
+    }
+}
+
+/// What the workers count: transactions aborted, EXECs sent, and each contender's latency
+/// from being taken off the queue to its transaction's end.
+#[derive(Default)]
+struct Counts {
+    aborted: Rc<Cell<u64>>,
+    execs: Rc<Cell<u64>>,
+    latencies: Rc<RefCell<Vec<Duration>>>,
+}
+
+/// `concurrency` workers, each on its own connection, taking the contenders in arrival order
+/// until none is left.
+async fn run_workers(
+    client: &redis::Client,
+    workload: &Workload,
+    names: &[String],
+    concurrency: usize,
+    counts: &Counts,
+) -> anyhow::Result<()> {
     let queue: Rc<RefCell<VecDeque<usize>>> =
         Rc::new(RefCell::new((0..workload.contenders.len()).collect()));
-    let aborted = Rc::new(Cell::new(0u64));
-    let execs = Rc::new(Cell::new(0u64));
-    let latencies = Rc::new(RefCell::new(Vec::with_capacity(workload.contenders.len())));
-    let start = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..options.concurrency.max(1) {
+    for _ in 0..concurrency.max(1) {
         let mut con = client
             .get_multiplexed_async_connection()
             .await
             .context("Failed to open a worker connection")?;
         let (queue, aborted, execs, latencies) = (
             queue.clone(),
-            aborted.clone(),
-            execs.clone(),
-            latencies.clone(),
+            counts.aborted.clone(),
+            counts.execs.clone(),
+            counts.latencies.clone(),
         );
-        let (names, contenders) = (names.clone(), workload.contenders.clone());
+        let (names, contenders) = (names.to_vec(), workload.contenders.clone());
         workers.push(ntex::rt::spawn(async move {
             loop {
                 let Some(i) = queue.borrow_mut().pop_front() else {
@@ -200,17 +250,23 @@ pub async fn measure(
             .map_err(|_| anyhow::anyhow!("a Redis worker panicked"))?
             .context("A Redis transaction failed")?;
     }
-    let seconds = start.elapsed().as_secs_f64();
+    Ok(())
+}
 
-    // Correctness, from Redis itself: holders never above capacity. Who won is luck, so
-    // "out of order" counts winners that were not among the slot's earliest arrivals.
+/// Correctness, from Redis itself: places granted, beyond capacity (holders never above it),
+/// and to contenders not among their slot's earliest arrivals (who wins is luck here).
+async fn count_holders(
+    admin: &mut redis::aio::MultiplexedConnection,
+    workload: &Workload,
+    names: &[String],
+) -> anyhow::Result<Grants> {
     let (mut reserved, mut overbooked, mut out_of_order) = (0u64, 0u64, 0u64);
-    for (slot, ((_, capacity), name)) in workload.slots.iter().zip(&names).enumerate() {
+    for (slot, ((_, capacity), name)) in workload.slots.iter().zip(names).enumerate() {
         let holders: Vec<String> = redis::cmd("LRANGE")
             .arg(format!("slot:{name}:holders"))
             .arg(0)
             .arg(-1)
-            .query_async(&mut admin)
+            .query_async(admin)
             .await?;
         reserved += holders.len() as u64;
         overbooked += (holders.len() as u64).saturating_sub(u64::from(*capacity));
@@ -224,18 +280,7 @@ pub async fn measure(
             .collect();
         out_of_order += holders.iter().filter(|h| !earliest.contains(*h)).count() as u64;
     }
-    let latencies = latencies.take();
-    Ok(Measured {
-        design: "redis",
-        workload: workload.name,
-        contenders: workload.contenders.len() as u32,
-        capacity: workload.capacity(),
-        seconds,
-        decisions_per_second: workload.contenders.len() as f64 / seconds,
-        latency_ms: Percentiles::of(latencies),
-        aborted: aborted.get(),
-        // An aborted EXEC writes nothing.
-        durable_writes: execs.get() - aborted.get(),
+    Ok(Grants {
         reserved,
         overbooked,
         out_of_order_winners: out_of_order,

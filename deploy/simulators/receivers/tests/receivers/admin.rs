@@ -1,6 +1,6 @@
 //! The admin endpoints: knobs, counts, health.
 
-use receivers::{Counts, Knobs, NotificationCounts, TransportCounts};
+use receivers::{Counts, Knobs, NotificationCounts, Simulator as _, TransportCounts};
 use reqwest::StatusCode;
 
 use crate::{email, start};

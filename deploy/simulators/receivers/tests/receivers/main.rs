@@ -14,70 +14,41 @@ use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use receivers::{Counts, Knobs, Receivers};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
+use simkit::testing::{Reply, Served};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// The secret every test signs with.
 const SECRET: &str = "test-webhook-secret";
 
-/// Receivers served in-process, and clients for them.
+/// Receivers served in-process, and clients for them (HTTP: the [`Served`] it derefs to).
 struct Sim {
+    served: Served,
     receivers: Receivers,
     smtp_port: u16,
-    base: String,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-    server: JoinHandle<anyhow::Result<()>>,
 }
 
-/// What came back over HTTP.
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
+impl std::ops::Deref for Sim {
+    type Target = Served;
 
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("{error}: {}", self.body))
-    }
-
-    fn is_json_error(&self) -> bool {
-        self.headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|value| value == "application/json")
-            && self.json()["error"].is_string()
-    }
-
-    /// Asserts the delivery was refused as unsigned (`401`, a JSON error); `case` says which.
-    fn assert_unauthorized(&self, case: &str) {
-        assert_eq!(
-            self.status,
-            StatusCode::UNAUTHORIZED,
-            "{case}: {}",
-            self.body
-        );
-        assert!(self.is_json_error(), "{case}: {}", self.body);
+    fn deref(&self) -> &Served {
+        &self.served
     }
 }
 
 async fn start(dir: &Path, knobs: Knobs) -> Sim {
     let receivers = Receivers::new(dir.to_owned(), knobs, SECRET.to_owned()).expect("valid knobs");
     let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let smtp_port = smtp.local_addr().unwrap().port();
-    let base = format!("http://{}", http.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(receivers.clone().serve(smtp, http, shutdown.clone()));
+    let served = Served::start({
+        let receivers = receivers.clone();
+        |http, shutdown| receivers.serve(smtp, http, shutdown)
+    })
+    .await;
     Sim {
+        served,
         receivers,
         smtp_port,
-        base,
-        client: reqwest::Client::new(),
-        shutdown,
-        server,
     }
 }
 
@@ -162,17 +133,6 @@ impl Sim {
         }
     }
 
-    async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
     /// Posts `body` to `/webhook` with exactly `headers`.
     async fn post_webhook(&self, headers: &[(&str, String)], body: &str) -> Reply {
         let mut request = self
@@ -183,7 +143,7 @@ impl Sim {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        Self::read(request.send().await.unwrap()).await
+        Reply::read(request.send().await.unwrap()).await
     }
 
     /// Posts a delivery signed with the test secret at `timestamp`.
@@ -216,28 +176,6 @@ impl Sim {
             .await
     }
 
-    async fn put_knobs(&self, json: &str) -> Reply {
-        let response = self
-            .client
-            .put(format!("{}/_sim/knobs", self.base))
-            .header(CONTENT_TYPE, "application/json")
-            .body(json.to_owned())
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
     /// The counters, read over HTTP (and checked against the in-process ones).
     async fn counts(&self) -> Counts {
         let reply = self.get("/_sim/counts").await;
@@ -262,8 +200,7 @@ impl Sim {
 
     /// Stops the receivers and checks they ended cleanly.
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.server.await.unwrap().unwrap();
+        self.served.stop().await;
     }
 }
 

@@ -316,5 +316,5 @@ async fn a_stop_tells_idle_sessions_421_and_ends_cleanly() {
     let (code, lines) = smtp.reply().await;
     assert_eq!(code, 421, "{lines:?}");
     assert!(smtp.closed().await);
-    sim.server.await.unwrap().unwrap();
+    sim.stop().await;
 }

@@ -1,6 +1,6 @@
 //! The webhook receiver: signed deliveries, refusals, the failure knob.
 
-use receivers::{Knobs, NotificationCounts};
+use receivers::{Knobs, NotificationCounts, Simulator as _};
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
 

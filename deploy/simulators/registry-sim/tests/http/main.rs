@@ -2,42 +2,34 @@
 //! talks to it with reqwest.
 
 use registry_sim::wire::{EVIL_NS, OTHER_REQUEST_ID, REGISTRY_NS, SOAP_ACTION, VERIFY_PATH};
-use registry_sim::{BARE_ERROR_BODY, Counts, HostileKind, IdCounts, Knobs, Registry};
+use registry_sim::{
+    BARE_ERROR_BODY, Counts, HostileKind, IdCounts, Knobs, Registry, Simulator as _,
+};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use reqwest::header::CONTENT_TYPE;
+use simkit::testing::{Reply, Served};
 
-/// A registry served in-process, and a client for it.
+/// A registry served in-process, and a client for it (the [`Served`] it derefs to).
 struct Sim {
-    base: String,
+    served: Served,
     registry: Registry,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-    server: JoinHandle<anyhow::Result<()>>,
 }
 
-/// What came back.
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+impl std::ops::Deref for Sim {
+    type Target = Served;
+
+    fn deref(&self) -> &Served {
+        &self.served
+    }
 }
 
-impl Reply {
-    fn content_type(&self) -> &str {
-        self.headers
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
-    }
+/// What only the registry's answers are.
+trait SoapReply {
+    /// Whether the answer is a SOAP `soap:Client` fault.
+    fn is_client_fault(&self) -> bool;
+}
 
-    fn retry_after(&self) -> Option<&str> {
-        self.headers
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-    }
-
+impl SoapReply for Reply {
     fn is_client_fault(&self) -> bool {
         self.content_type().starts_with("text/xml")
             && self.body.contains("<faultcode>soap:Client</faultcode>")
@@ -71,29 +63,17 @@ fn request_xml(request_id: &str, national_id: &str) -> String {
 
 async fn start(knobs: Knobs) -> Sim {
     let registry = Registry::new(knobs).expect("valid knobs");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(registry.clone().serve(listener, shutdown.clone()));
-    Sim {
-        base,
-        registry,
-        client: reqwest::Client::new(),
-        shutdown,
-        server,
-    }
+    let served = Served::start({
+        let registry = registry.clone();
+        |listener, shutdown| registry.serve(listener, shutdown)
+    })
+    .await;
+    Sim { served, registry }
 }
 
 impl Sim {
     async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply::read(response).await
     }
 
     /// Posts `body` to the verify endpoint with the contract's headers.
@@ -114,28 +94,6 @@ impl Sim {
         self.post(request_xml(request_id, national_id)).await
     }
 
-    async fn put_knobs(&self, json: &str) -> Reply {
-        let response = self
-            .client
-            .put(format!("{}/_sim/knobs", self.base))
-            .header(CONTENT_TYPE, "application/json")
-            .body(json.to_owned())
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        Self::read(response).await
-    }
-
     async fn counts(&self) -> Counts {
         let reply = self.get("/_sim/counts").await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -144,8 +102,7 @@ impl Sim {
 
     /// Stops the server and checks it ended cleanly.
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.server.await.unwrap().unwrap();
+        self.served.stop().await;
     }
 }
 

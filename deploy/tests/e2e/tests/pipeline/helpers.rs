@@ -469,6 +469,8 @@ impl Drop for Pipeline {
     }
 }
 
+/// The simulators' knob accessors (`knobs`, `set_knobs`), for the tests that turn them.
+pub use registry_sim::Simulator as _;
 pub use testkit::{citizen, slot_date};
 
 /// The outcome the simulator's population rule gives a citizen of the `citizen(n, _)`
