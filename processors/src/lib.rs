@@ -10,7 +10,8 @@
 //! | [`claims`] | releases a citizen's claim when their registration ends | reservation decisions | claim records (`reg.claim.<citizen key>`, intake stream) |
 //!
 //! [`submission`] reads a sealed submission by sequence, [`retry`] is the back-off of the two
-//! processors that call outside systems.
+//! processors that call outside systems. [`cli`] is the command line, [`settings`] what the
+//! process consumes, built from it, and [`service`] starts everything.
 #![forbid(unsafe_code)]
 
 pub mod claims;
@@ -20,5 +21,6 @@ pub mod notification;
 pub mod reservation;
 pub mod retry;
 pub mod service;
+pub mod settings;
 pub mod submission;
 pub mod verification;

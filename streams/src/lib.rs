@@ -22,6 +22,7 @@
 //! | [`http`] | the JSON error body, capped body reads, health and metrics responses |
 //! | [`replay`] | reading a stream in order: recovery, projections, replays |
 //! | [`runtime`] | connecting, telemetry, shutdown and metrics plumbing shared by every binary |
+//! | [`settings`] | the argument groups every service flattens into its command line (NATS, secrets, addresses, time zones, logs), secrets that never print |
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -41,4 +42,5 @@ pub mod regions;
 pub mod replay;
 pub mod runtime;
 pub mod scratch;
+pub mod settings;
 pub mod subjects;
