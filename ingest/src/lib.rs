@@ -14,7 +14,8 @@
 //! | [`claims`] | one registration per citizen, idempotency |
 //! | [`recovery`] | lost-link recovery: answered at once, looked up and appended by a worker |
 //! | [`windows`] | registration windows folded from the log |
-//! | [`settings`] | configuration from `REG_*` variables |
+//! | [`cli`] | the command line: every flag and its `REG_*` variable |
+//! | [`settings`] | what the service consumes, built from the command line |
 //! | [`metrics`] | Prometheus metrics |
 #![forbid(unsafe_code)]
 

@@ -472,12 +472,12 @@ async fn cancel_inner(req: &HttpRequest, edge: &Edge) -> Result<HttpResponse, Ed
 }
 
 fn check_admin(req: &HttpRequest, edge: &Edge) -> Result<(), EdgeError> {
-    streams::http::check_operator(req, &edge.settings.admin_token).map_err(
-        |refusal| match refusal {
+    streams::http::check_operator(req, edge.settings.admin_token.expose()).map_err(|refusal| {
+        match refusal {
             OperatorRefusal::Missing => EdgeError::Unauthorized,
             OperatorRefusal::Wrong => EdgeError::Forbidden,
-        },
-    )
+        }
+    })
 }
 
 /// `PUT /v1/admin/capacity`

@@ -69,7 +69,7 @@ pub async fn run(
         Arc::new(tokio::sync::Semaphore::new(permits))
     });
     let edge = Edge {
-        keys: Keys::from_secret(&settings.secret),
+        keys: Keys::from_secret(settings.secret.expose()),
         settings: Arc::new(settings),
         appender,
         windows,

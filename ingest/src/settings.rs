@@ -1,25 +1,28 @@
-//! The edge's configuration: safe defaults, overridden by `REG_*` environment variables
-//! (listed by `deploy/up --help`), passed explicitly to [`crate::service::run`].
+//! The edge's configuration: [`Settings`], what the service consumes, built from its
+//! command line and `REG_*` variables ([`crate::cli::Args`], listed by `deploy/up --help`)
+//! and passed explicitly to [`crate::service::run`].
 
 use std::time::Duration;
 
 use streams::national_id::NationalIdRule;
-use streams::runtime::env_parse;
+use streams::settings::Secret;
 
+use crate::cli::Args;
 use crate::validate::Limits;
 
 /// Development operator token used when `REG_ADMIN_TOKEN` is unset.
 pub const DEVELOPMENT_ADMIN_TOKEN: &str = streams::crypto::DEVELOPMENT_ADMIN_TOKEN;
 
-/// Everything the edge needs besides its listener and shutdown signal.
-#[derive(Clone)]
+/// Everything the edge needs besides its listener and shutdown signal. Its `Debug` output
+/// (logged at start) leaves the secrets out.
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// How to reach NATS.
     pub nats: streams::runtime::NatsOptions,
     /// Server secret from which tokens, citizen keys and the data key derive.
-    pub secret: String,
+    pub secret: Secret,
     /// Bearer token of operators.
-    pub admin_token: String,
+    pub admin_token: Secret,
     /// Largest accepted request body (the contract caps it at 16 KiB).
     pub max_body_bytes: usize,
     /// Requests per second allowed per client address (0 = unlimited). Generous by default:
@@ -68,125 +71,161 @@ pub struct Settings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("nats", &self.nats.url)
-            .field("secret", &"<redacted>")
-            .field("admin_token", &"<redacted>")
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("rate_per_address", &self.rate_per_address)
-            .field("rate_per_citizen", &self.rate_per_citizen)
-            .field("recoveries_per_hour", &self.recoveries_per_hour)
-            .field(
-                "recoveries_per_address_per_minute",
-                &self.recoveries_per_address_per_minute,
-            )
-            .field("national_id_rule", &self.national_id_rule)
-            .field("append_max_batch", &self.append_max_batch)
-            .field("append_in_flight", &self.append_in_flight)
-            .field("max_open_submissions", &self.max_open_submissions)
-            .field("workers", &self.workers)
-            .field("status_base_url", &self.status_base_url)
-            .field("read_api_url", &self.read_api_url)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .finish()
+impl Settings {
+    /// The defaults (those of [`Args`], no flag and no variable read), pointing at
+    /// `nats_url`: a development machine, and the tests' starting point.
+    pub fn development(nats_url: &str) -> Self {
+        let mut settings = Settings::from_args(&streams::settings::defaults::<Args>())
+            .expect("the defaults are valid settings");
+        settings.nats.url = nats_url.to_owned();
+        settings
+    }
+
+    /// The settings `args` give.
+    pub fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let status_base_url = args.addresses.status_base_url();
+        Ok(Settings {
+            nats: args.nats.options("ingest")?,
+            secret: args.secret.secret.clone(),
+            admin_token: args.operators.admin_token.clone(),
+            max_body_bytes: args.max_body_bytes,
+            rate_per_address: args.rate_per_address,
+            rate_per_citizen: args.rate_per_citizen,
+            recoveries_per_hour: args.recoveries_per_hour,
+            recoveries_per_address_per_minute: args.recoveries_per_address_per_minute,
+            national_id_rule: args.national_id_rule,
+            calendar: args.calendar.time_zones.clone(),
+            limits: Limits::default(),
+            append_max_batch: args.append_max_batch,
+            append_in_flight: args.append_in_flight,
+            append_timeout: Duration::from_millis(args.append_timeout_ms),
+            max_open_submissions: args.max_open_submissions,
+            workers: args.workers,
+            replicas: args.nats.replicas,
+            read_api_url: args.read_api_url.as_deref().map_or_else(
+                || status_base_url.clone(),
+                |url| url.trim_end_matches('/').to_owned(),
+            ),
+            status_base_url,
+            trusted_proxies: args.trusted_proxies.clone().unwrap_or_default().0,
+        })
     }
 }
 
-impl Settings {
-    /// Defaults for a development machine, pointing at `nats_url`.
-    pub fn development(nats_url: &str) -> Self {
-        Settings {
-            nats: streams::runtime::NatsOptions::new(nats_url, "ingest"),
-            secret: streams::crypto::DEVELOPMENT_SECRET.into(),
-            admin_token: DEVELOPMENT_ADMIN_TOKEN.into(),
-            max_body_bytes: 16 * 1024,
-            rate_per_address: 1000,
-            rate_per_citizen: 10,
-            recoveries_per_hour: 3,
-            recoveries_per_address_per_minute: 5,
-            national_id_rule: NationalIdRule::default(),
-            limits: Limits::default(),
-            calendar: Default::default(),
-            append_max_batch: streams::appender::MAX_ATOMIC_BATCH,
-            append_in_flight: 1,
-            append_timeout: Duration::from_secs(5),
-            max_open_submissions: 512,
-            workers: 2,
-            replicas: 1,
-            trusted_proxies: Vec::new(),
-            status_base_url: "http://127.0.0.1:8081".into(),
-            read_api_url: "http://127.0.0.1:8081".into(),
-        }
+/// The load balancers named by `REG_TRUSTED_PROXIES`: comma-separated IP addresses, blanks
+/// around them and empty entries ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<std::net::IpAddr>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<Self, String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| format!("{a:?} is not an IP address: {e}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        streams::settings::try_parse_without_env(
+            std::iter::once("ingest").chain(argv.iter().copied()),
+        )
+        .unwrap()
     }
 
-    /// Defaults overridden by the `REG_*` environment variables.
-    pub fn from_env() -> anyhow::Result<Self> {
-        let url = std::env::var("REG_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let mut s = Settings::development(&url);
-        s.nats = streams::runtime::NatsOptions::from_env("ingest")?;
-        if let Ok(secret) = std::env::var("REG_SECRET") {
-            s.secret = secret;
+    #[test]
+    fn the_development_settings_are_the_documented_defaults() {
+        let s = Settings::development("nats://127.0.0.1:4999");
+        assert_eq!(s.nats.url, "nats://127.0.0.1:4999");
+        assert!(s.nats.manage_streams && s.nats.credentials.is_none() && s.nats.tls.is_none());
+        assert_eq!(s.secret.expose(), streams::crypto::DEVELOPMENT_SECRET);
+        assert_eq!(s.admin_token.expose(), DEVELOPMENT_ADMIN_TOKEN);
+        assert_eq!(
+            (
+                s.max_body_bytes,
+                s.rate_per_address,
+                s.rate_per_citizen,
+                s.recoveries_per_hour,
+                s.recoveries_per_address_per_minute
+            ),
+            (16 * 1024, 1000, 10, 3, 5)
+        );
+        assert_eq!(
+            (
+                s.append_max_batch,
+                s.append_in_flight,
+                s.append_timeout,
+                s.max_open_submissions,
+                s.workers,
+                s.replicas
+            ),
+            (1000, 1, Duration::from_secs(5), 512, 2, 1)
+        );
+        assert_eq!(s.national_id_rule, NationalIdRule::Pesel);
+        assert_eq!(s.calendar, streams::calendar::Calendar::default());
+        assert_eq!(s.status_base_url, "http://127.0.0.1:8081");
+        assert_eq!(s.read_api_url, s.status_base_url);
+        assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn the_command_line_reaches_the_settings() {
+        let s = Settings::from_args(&args(&[
+            "--read-listen",
+            "10.0.0.1:81",
+            "--trusted-proxies",
+            " 10.0.0.7, ,::1",
+            "--append-timeout-ms",
+            "250",
+            "--read-api-url",
+            "https://read.example/",
+            "--time-zones",
+            "Europe/Lisbon",
+        ]))
+        .unwrap();
+        assert_eq!(s.status_base_url, "http://10.0.0.1:81");
+        assert_eq!(s.read_api_url, "https://read.example");
+        let proxies: Vec<std::net::IpAddr> =
+            vec!["10.0.0.7".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(s.trusted_proxies, proxies);
+        assert_eq!(s.append_timeout, Duration::from_millis(250));
+        assert_eq!(s.calendar, "Europe/Lisbon".parse().unwrap());
+        let s =
+            Settings::from_args(&args(&["--status-base-url", "https://status.example/"])).unwrap();
+        assert_eq!(s.status_base_url, "https://status.example");
+        assert_eq!(s.read_api_url, "https://status.example");
+        assert!("10.0.0.7, bogus".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_what_is_logged() {
+        let args = args(&[
+            "--secret",
+            "s3cret-server",
+            "--admin-token",
+            "s3cret-operator",
+            "--nats-user",
+            "ingest",
+            "--nats-password",
+            "s3cret-nats",
+        ]);
+        let settings = Settings::from_args(&args).unwrap();
+        assert_eq!(settings.admin_token.expose(), "s3cret-operator");
+        for printed in [format!("{settings:?}"), format!("{args:?}")] {
+            for secret in ["s3cret-server", "s3cret-operator", "s3cret-nats"] {
+                assert!(!printed.contains(secret), "{secret} in {printed}");
+            }
         }
-        if let Ok(token) = std::env::var("REG_ADMIN_TOKEN") {
-            s.admin_token = token;
-        }
-        if let Some(v) = env_parse("REG_MAX_BODY_BYTES")? {
-            s.max_body_bytes = v;
-        }
-        if let Some(v) = env_parse("REG_RATE_PER_ADDRESS")? {
-            s.rate_per_address = v;
-        }
-        if let Some(v) = env_parse("REG_RATE_PER_CITIZEN")? {
-            s.rate_per_citizen = v;
-        }
-        if let Some(v) = env_parse("REG_RECOVERIES_PER_HOUR")? {
-            s.recoveries_per_hour = v;
-        }
-        if let Some(v) = env_parse("REG_RECOVERIES_PER_ADDRESS_PER_MINUTE")? {
-            s.recoveries_per_address_per_minute = v;
-        }
-        if let Some(v) = env_parse("REG_NATIONAL_ID_RULE")? {
-            s.national_id_rule = v;
-        }
-        if let Some(v) = env_parse("REG_TIME_ZONES")? {
-            s.calendar = v;
-        }
-        if let Some(v) = env_parse("REG_APPEND_MAX_BATCH")? {
-            s.append_max_batch = v;
-        }
-        if let Some(v) = env_parse("REG_APPEND_IN_FLIGHT")? {
-            s.append_in_flight = v;
-        }
-        if let Some(v) = env_parse::<u64>("REG_APPEND_TIMEOUT_MS")? {
-            s.append_timeout = Duration::from_millis(v);
-        }
-        if let Some(v) = env_parse("REG_MAX_OPEN_SUBMISSIONS")? {
-            s.max_open_submissions = v;
-        }
-        if let Some(v) = env_parse("REG_INGEST_WORKERS")? {
-            s.workers = v;
-        }
-        if let Some(v) = env_parse("REG_REPLICAS")? {
-            s.replicas = v;
-        }
-        if let Ok(list) = std::env::var("REG_TRUSTED_PROXIES") {
-            s.trusted_proxies = list
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(|a| {
-                    a.parse().map_err(|e| {
-                        anyhow::anyhow!("REG_TRUSTED_PROXIES: {a:?} is not an IP address: {e}")
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?;
-        }
-        if let Ok(url) = std::env::var("REG_STATUS_BASE_URL") {
-            s.status_base_url = url.trim_end_matches('/').to_owned();
-            s.read_api_url = s.status_base_url.clone();
-        }
-        Ok(s)
     }
 }

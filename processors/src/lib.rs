@@ -11,8 +11,8 @@
 //!
 //! [`submission`] reads a sealed submission by sequence, [`retry`] is the back-off of the two
 //! processors that call outside systems, [`metrics`] names every metric they export;
-//! [`service`] is the process that runs them all and serves health and metrics, [`cli`] its
-//! command line.
+//! [`cli`] is the command line, [`settings`] what the process consumes, built from it, and
+//! [`service`] starts everything and serves health and metrics.
 #![forbid(unsafe_code)]
 
 pub mod claims;
@@ -22,5 +22,6 @@ pub mod notification;
 pub mod reservation;
 pub mod retry;
 pub mod service;
+pub mod settings;
 pub mod submission;
 pub mod verification;

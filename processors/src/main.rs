@@ -1,10 +1,8 @@
 //! `processors`: runs the reservation processor for one region or all.
 
-use clap::Parser;
-
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
-    streams::runtime::init_telemetry();
-    let args = processors::cli::Args::parse();
+    let args: processors::cli::Args = streams::settings::parse();
+    streams::runtime::init_telemetry(args.telemetry.log_format);
     processors::cli::run_cli(args, streams::runtime::shutdown_on_signals()).await
 }

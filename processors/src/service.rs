@@ -5,37 +5,13 @@
 use std::net::TcpListener;
 
 use ntex::web::{self, HttpResponse};
-use streams::config::Replication;
-use streams::subjects::RegionFilter;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::notification::{self, NotificationConfig};
-use crate::reservation::{self, ReservationConfig, decide::Policy};
-use crate::verification::{self, VerificationConfig};
-
-/// Everything the processor process needs, resolved by `main` from flags and environment.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How to reach NATS.
-    pub nats: streams::runtime::NatsOptions,
-    /// Which regions this replica decides for.
-    pub regions: RegionFilter,
-    /// Stream replication.
-    pub replication: Replication,
-    /// The reservation rule's settings.
-    pub policy: Policy,
-    /// Decisions between two snapshots of a region's state (0: none).
-    pub snapshot_every: u64,
-    /// Each region's time zone.
-    pub calendar: streams::calendar::Calendar,
-    /// The verification processor, if this replica runs one (with the registry to ask).
-    pub verification: Option<VerificationConfig>,
-    /// The notification processor, if this replica runs one (with the providers to use).
-    pub notification: Option<NotificationConfig>,
-    /// The keys that open the citizens' sealed personal data (for the registry's questions).
-    pub keys: streams::crypto::Keys,
-}
+use crate::notification;
+use crate::reservation::{self, ReservationConfig};
+use crate::settings::Settings;
+use crate::verification;
 
 #[derive(Clone)]
 struct HealthState {

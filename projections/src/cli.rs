@@ -1,24 +1,19 @@
-//! The command line of the `projections` binary, in the library so other launchers (the chaos
-//! harness) start the very same service.
+//! The command line of the `projections` binary, in the library so other launchers (the
+//! chaos harness) start the very same service. Every flag has a `REG_*` variable
+//! (`deploy/up --help` lists them all); [`crate::settings::Settings::from_args`] turns them
+//! into what the service consumes.
 
-use std::time::Duration;
-
-use crate::service::{Settings, run};
-use crate::store::StoreOptions;
-use anyhow::Context;
 use clap::Parser;
-use streams::runtime::NatsOptions;
+use streams::settings::{
+    Addresses, CalendarArgs, NatsArgs, OperatorArgs, Secret, SecretArgs, TelemetryArgs,
+};
+
+use crate::settings::Settings;
 
 /// Projection workers (events into SurrealDB) and the read API.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "projections", version, about)]
 pub struct Args {
-    /// Address of the read API.
-    #[arg(long, env = "REG_READ_LISTEN", default_value = "127.0.0.1:8081")]
-    pub listen: String,
-    /// NATS server URL(s).
-    #[arg(long, env = "REG_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
     /// SurrealDB endpoint: `surrealkv://<dir>` (embedded), `mem://`, or `ws://host:port`.
     #[arg(
         long,
@@ -31,7 +26,7 @@ pub struct Args {
     pub surreal_user: Option<String>,
     /// SurrealDB root password (remote servers).
     #[arg(long, env = "REG_SURREAL_PASS", hide_env_values = true)]
-    pub surreal_pass: Option<String>,
+    pub surreal_pass: Option<Secret>,
     /// The SurrealDB database the projections live in (namespace `registration`): switch the
     /// read API to a rebuilt one (`rebuild_…`, see `POST /v1/admin/rebuilds`) once it compared
     /// equal; its workers carry on from the rebuild's checkpoints.
@@ -49,26 +44,18 @@ pub struct Args {
     /// HTTP worker threads.
     #[arg(long, env = "REG_READ_WORKERS", default_value_t = 2)]
     pub workers: usize,
-    /// JetStream replicas per stream.
-    #[arg(long, env = "REG_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
     /// Origins (comma-separated, e.g. `https://rejestracja.example.pl`) whose pages may
     /// read availability and status across origins (CORS). Unset: the citizens' page, the
     /// origin of `REG_CITIZEN_PAGE_URL`, else of `http://<REG_INGEST_LISTEN>` (127.0.0.1:8080).
     #[arg(long, env = "REG_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
     /// The read API's public base URL, in the SMART Scheduling Links manifest's absolute
-    /// links [default: REG_STATUS_BASE_URL, else http://<listen>].
+    /// links [default: REG_STATUS_BASE_URL].
     #[arg(long, env = "REG_READ_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Where citizens book: each free SMART slot links there (with region, location, date).
     #[arg(long, env = "REG_BOOKING_URL")]
     pub booking_url: Option<String>,
-    /// Each region's time zone, where a slot's day ends (availability and the SMART files
-    /// list no slot whose day is over): IANA names, comma-separated, bare for every region or
-    /// `region=Zone` for one.
-    #[arg(long, env = "REG_TIME_ZONES", default_value = "Europe/Warsaw")]
-    pub time_zones: streams::calendar::Calendar,
     /// A phone number that books, on each free SMART slot and location.
     #[arg(long, env = "REG_BOOKING_PHONE")]
     pub booking_phone: Option<String>,
@@ -77,6 +64,26 @@ pub struct Args {
     /// not published to vaccine finders [default: none, so none are].
     #[arg(long, env = "REG_SITES_FILE")]
     pub sites_file: Option<std::path::PathBuf>,
+    /// Where every part of the system listens (the read API binds `--read-listen`; the
+    /// citizens' page is the origin it answers across origins).
+    #[command(flatten)]
+    pub addresses: Addresses,
+    /// How to reach NATS.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The server secret.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The operators' token.
+    #[command(flatten)]
+    pub operators: OperatorArgs,
+    /// Each region's time zone (availability and the SMART files list no slot whose day is
+    /// over).
+    #[command(flatten)]
+    pub calendar: CalendarArgs,
+    /// Log format.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// Runs the service as its binary does, until `shutdown` fires.
@@ -84,74 +91,17 @@ pub async fn run_cli(
     args: Args,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let secret =
-        std::env::var("REG_SECRET").unwrap_or_else(|_| streams::crypto::DEVELOPMENT_SECRET.into());
-    let admin_token = std::env::var("REG_ADMIN_TOKEN")
-        .unwrap_or_else(|_| streams::crypto::DEVELOPMENT_ADMIN_TOKEN.into());
-    streams::runtime::check_credentials(&[
-        ("REG_SECRET", &secret, streams::crypto::DEVELOPMENT_SECRET),
-        (
-            "REG_ADMIN_TOKEN",
-            &admin_token,
-            streams::crypto::DEVELOPMENT_ADMIN_TOKEN,
-        ),
-    ])?;
-    let mut cors_origins: Vec<String> = args
-        .cors_origins
-        .iter()
-        .map(|o| o.trim().trim_end_matches('/').to_owned())
-        .filter(|o| !o.is_empty())
-        .collect();
-    if cors_origins.is_empty() {
-        let page = std::env::var("REG_CITIZEN_PAGE_URL").ok();
-        let edge = std::env::var("REG_INGEST_LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".into());
-        cors_origins = crate::cors::default_origins(page.as_deref(), &edge);
-    }
-    let listener = streams::runtime::bind(&args.listen)?;
-    let public_url = args
-        .public_url
-        .or_else(|| std::env::var("REG_STATUS_BASE_URL").ok())
-        .unwrap_or_else(|| format!("http://{}", args.listen));
-    let publication = crate::smart::Publication {
-        public_url: public_url.trim_end_matches('/').to_owned(),
-        booking_url: args.booking_url.filter(|u| !u.is_empty()),
-        booking_phone: args.booking_phone.filter(|p| !p.is_empty()),
-        sites: match &args.sites_file {
-            None => crate::smart::Sites::new(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("Failed to read the site directory {}", path.display())
-                })?;
-                crate::smart::parse_sites(&text).map_err(|e| {
-                    anyhow::anyhow!("The site directory {} is invalid: {e}", path.display())
-                })?
-            }
-        },
-    };
-    tracing::info!(listen = %args.listen, surreal = %args.surreal, cors = ?cors_origins, sites = publication.sites.len(), "Projections starting.");
-    run(
-        Settings {
-            nats: NatsOptions {
-                url: args.nats_url,
-                ..NatsOptions::from_env("projections")?
-            },
-            store: StoreOptions {
-                endpoint: args.surreal,
-                credentials: args.surreal_user.zip(args.surreal_pass),
-                database: args.surreal_database,
-            },
-            secret,
-            admin_token,
-            cache_ttl: Duration::from_millis(args.cache_ttl_ms),
-            linger: Duration::from_millis(args.linger_ms),
-            workers: args.workers,
-            replicas: args.replicas,
-            cors_origins,
-            publication,
-            calendar: args.time_zones,
-        },
-        listener,
-        shutdown,
-    )
-    .await
+    args.secret
+        .refuse_development_credentials(&[args.operators.credential()])?;
+    let settings = Settings::from_args(&args)?;
+    let listen = &args.addresses.read_listen;
+    let listener = streams::runtime::bind(listen)?;
+    tracing::info!(
+        %listen,
+        surreal = %settings.store.endpoint,
+        cors = ?settings.cors_origins,
+        sites = settings.publication.sites.len(),
+        "Projections starting."
+    );
+    crate::service::run(settings, listener, shutdown).await
 }

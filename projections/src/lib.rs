@@ -6,6 +6,7 @@
 //! | module | what it holds |
 //! | --- | --- |
 //! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
+//! | [`cli`], [`settings`] | the command line (every flag and its `REG_*` variable), and what the service consumes, built from it |
 //! | [`worker`] | one ordered consumer per stream, batches applied with their checkpoint |
 //! | [`store`] | the SurrealDB schema, batched idempotent writes, reads |
 //! | [`export`] | analysts' replay of a stream to NDJSON or CSV (the `replay` binary) |
@@ -22,6 +23,7 @@ pub mod export;
 pub mod metrics;
 pub mod rebuild;
 pub mod service;
+pub mod settings;
 pub mod smart;
 pub mod store;
 pub mod worker;

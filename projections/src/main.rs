@@ -1,10 +1,8 @@
 //! `projections`: projection workers and the read API.
 
-use clap::Parser;
-
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
-    streams::runtime::init_telemetry();
-    let args = projections::cli::Args::parse();
+    let args: projections::cli::Args = streams::settings::parse();
+    streams::runtime::init_telemetry(args.telemetry.log_format);
     projections::cli::run_cli(args, streams::runtime::shutdown_on_signals()).await
 }

@@ -1,7 +1,6 @@
 //! Start-up of the projections process: the workers and the read API.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use streams::config::Replication;
@@ -10,36 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Reader};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::settings::Settings;
+use crate::store::Store;
 use crate::worker;
-
-/// Everything the projections process needs besides its listener and shutdown signal.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How to reach NATS.
-    pub nats: streams::runtime::NatsOptions,
-    /// Where SurrealDB is.
-    pub store: StoreOptions,
-    /// The server secret (tokens).
-    pub secret: String,
-    /// The operators' bearer token.
-    pub admin_token: String,
-    /// Availability cache lifetime (the staleness bound).
-    pub cache_ttl: Duration,
-    /// How long a projection batch waits for more events after its first (see
-    /// [`worker::project`]).
-    pub linger: Duration,
-    /// HTTP worker threads.
-    pub workers: usize,
-    /// Stream replication.
-    pub replicas: usize,
-    /// Origins whose pages may read availability and status (CORS): the citizens' page.
-    pub cors_origins: Vec<String>,
-    /// Where the SMART Scheduling Links publication points.
-    pub publication: crate::smart::Publication,
-    /// Each region's time zone: availability lists no slot whose day is over there.
-    pub calendar: streams::calendar::Calendar,
-}
 
 /// Runs the workers and the read API on `listener` until `shutdown` fires.
 pub async fn run(
@@ -81,13 +53,13 @@ pub async fn run(
     });
     let reader = Reader::new(
         store,
-        Keys::from_secret(&settings.secret),
+        Keys::from_secret(settings.secret.expose()),
         metrics,
         client,
         crate::rebuild::Rebuilds::new(js.clone(), runtime.handle().clone()),
         api::ReaderSettings {
             ttl: settings.cache_ttl,
-            admin_token: settings.admin_token.clone(),
+            admin_token: settings.admin_token.expose().to_owned(),
             cors_origins: settings.cors_origins.clone(),
             publication: settings.publication.clone(),
             calendar: settings.calendar.clone(),

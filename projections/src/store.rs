@@ -35,8 +35,8 @@ use surrealdb::engine::any::Any;
 pub struct StoreOptions {
     /// The endpoint.
     pub endpoint: String,
-    /// Root credentials for a remote server.
-    pub credentials: Option<(String, String)>,
+    /// Root credentials for a remote server (`REG_SURREAL_USER`, `REG_SURREAL_PASS`).
+    pub credentials: Option<(String, streams::settings::Secret)>,
     /// The database the projections live in: [`LIVE_DATABASE`] unless an operator switched
     /// the read API to a rebuilt one (`REG_SURREAL_DATABASE`, see [`crate::rebuild`]).
     pub database: String,
@@ -513,7 +513,7 @@ impl Store {
         if let Some((username, password)) = &options.credentials {
             db.signin(surrealdb::opt::auth::Root {
                 username: username.clone(),
-                password: password.clone(),
+                password: password.expose().to_owned(),
             })
             .await
             .context("Failed to sign in to SurrealDB")?;

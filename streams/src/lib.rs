@@ -23,6 +23,7 @@
 //! | [`replay`] | reading a stream in order: recovery, projections, replays |
 //! | [`runtime`] | connecting, telemetry, shutdown and metrics plumbing shared by every binary |
 //! | [`scratch`] | a per-thread buffer for what is serialised only to be hashed, sealed or copied once |
+//! | [`settings`] | the argument groups every service flattens into its command line (NATS, secrets, addresses, time zones, logs), secrets that never print |
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -42,4 +43,5 @@ pub mod regions;
 pub mod replay;
 pub mod runtime;
 pub mod scratch;
+pub mod settings;
 pub mod subjects;

@@ -5,8 +5,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-/// How a service reaches NATS.
-#[derive(Debug, Clone)]
+/// How a service reaches NATS (read from its flags and `REG_NATS_*` variables by
+/// [`crate::settings::NatsArgs`]). Its `Debug` output leaves the password out.
+#[derive(Clone)]
 pub struct NatsOptions {
     /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222` or, for a cluster,
     /// `nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224` ([`server_addrs`]).
@@ -49,53 +50,47 @@ impl NatsOptions {
         }
     }
 
-    /// Options from the environment: `REG_NATS_URL` (default `nats://127.0.0.1:4222`),
-    /// `REG_NATS_USER` + `REG_NATS_PASSWORD`, `REG_NATS_TLS` (`1`: TLS with the system's
-    /// roots), `REG_NATS_TLS_CA`, `REG_NATS_TLS_CERT` + `REG_NATS_TLS_KEY`, and
-    /// `REG_NATS_MANAGE_STREAMS` (default: `1` without a user, `0` with one).
+    /// Options from the environment alone, as every service reads them
+    /// ([`crate::settings::NatsArgs`]): for tools without NATS flags of their own.
     pub fn from_env(name: &str) -> anyhow::Result<Self> {
-        let url = std::env::var("REG_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let mut options = NatsOptions::new(url, name).with_identity_from_env("")?;
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        let ca = var("REG_NATS_TLS_CA").map(Into::into);
-        let client_cert = match (var("REG_NATS_TLS_CERT"), var("REG_NATS_TLS_KEY")) {
-            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
-            (None, None) => None,
-            _ => anyhow::bail!("REG_NATS_TLS_CERT and REG_NATS_TLS_KEY go together: set both"),
-        };
-        let required = env_parse::<u8>("REG_NATS_TLS")?.unwrap_or(0) == 1;
-        if required || ca.is_some() || client_cert.is_some() {
-            options.tls = Some(TlsOptions { ca, client_cert });
-        }
-        if let Some(manage) = env_parse::<u8>("REG_NATS_MANAGE_STREAMS")? {
-            options.manage_streams = manage == 1;
-        }
-        Ok(options)
+        crate::settings::from_env::<crate::settings::NatsArgs>()?.options(name)
     }
 
-    /// These options under the identity `REG_NATS_<WHO>_USER` / `REG_NATS_<WHO>_PASSWORD`
-    /// (`REG_NATS_USER` / `REG_NATS_PASSWORD` for an empty `who`) when it is set, unchanged
-    /// otherwise: how one binary gives each of its parts its own identity. An identity does
-    /// not manage streams.
-    pub fn with_identity_from_env(mut self, who: &str) -> anyhow::Result<Self> {
-        let infix = if who.is_empty() {
-            String::new()
-        } else {
-            format!("{}_", who.to_ascii_uppercase())
-        };
-        let user = std::env::var(format!("REG_NATS_{infix}USER")).ok();
-        let password = std::env::var(format!("REG_NATS_{infix}PASSWORD")).ok();
+    /// These options under the identity `user` / `password` when a (non-empty) user is
+    /// given, unchanged otherwise: how one binary gives each of its parts its own identity.
+    /// The two variables are named in the error of a user without a password. An identity
+    /// does not manage streams.
+    pub fn with_identity(
+        mut self,
+        user: Option<&str>,
+        password: Option<&crate::settings::Secret>,
+        (user_variable, password_variable): (&str, &str),
+    ) -> anyhow::Result<Self> {
         match (user.filter(|u| !u.is_empty()), password) {
             (Some(user), Some(password)) => {
-                self.credentials = Some((user, password));
+                self.credentials = Some((user.to_owned(), password.expose().to_owned()));
                 self.manage_streams = false;
             }
             (None, _) => {}
-            (Some(_), None) => anyhow::bail!(
-                "REG_NATS_{infix}USER is set without REG_NATS_{infix}PASSWORD: set both"
-            ),
+            (Some(_), None) => {
+                anyhow::bail!("{user_variable} is set without {password_variable}: set both")
+            }
         }
         Ok(self)
+    }
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.credentials.as_ref().map(|(user, _)| user);
+        f.debug_struct("NatsOptions")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("user", &user)
+            .field("password", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("manage_streams", &self.manage_streams)
+            .finish()
     }
 }
 
@@ -234,9 +229,10 @@ fn is_transient(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), `REG_LOG_FORMAT=json`
-/// switches to JSON lines. Safe to call more than once (later calls do nothing).
-pub fn init_telemetry() {
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), lines in `format`
+/// (a service's `REG_LOG_FORMAT`, [`crate::settings::TelemetryArgs`]). Safe to call more
+/// than once (later calls do nothing).
+pub fn init_telemetry(format: crate::settings::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -244,10 +240,9 @@ pub fn init_telemetry() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    let _ = if std::env::var("REG_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        crate::settings::LogFormat::Json => builder.json().try_init(),
+        crate::settings::LogFormat::Text => builder.try_init(),
     };
 }
 
@@ -320,74 +315,10 @@ pub fn render_metrics(registry: &prometheus::Registry) -> String {
     String::from_utf8(buf).expect("prometheus text is UTF-8")
 }
 
-/// Reads an environment variable, parsing it when set.
-pub fn env_parse<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}"))
-            .context("Failed to read configuration"),
-        Err(_) => Ok(None),
-    }
-}
-
 /// Binds a service's listening address, saying which one failed (a port already taken is
 /// the usual start-up error).
 pub fn bind(address: &str) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(address).with_context(|| format!("Failed to bind {address}"))
-}
-
-/// Whether this process runs in development mode (`REG_DEV_MODE=1`, which `deploy/up` and the
-/// test harnesses set): only then may it start with the development secret or operator token.
-pub fn development_mode() -> bool {
-    matches!(
-        std::env::var("REG_DEV_MODE").as_deref(),
-        Ok("1" | "true" | "yes")
-    )
-}
-
-/// Refuses to start with a development credential outside development mode. Each entry is
-/// (variable, value in use, its development value); the error names what to set and never
-/// prints a value.
-pub fn check_credentials(credentials: &[(&str, &str, &str)]) -> anyhow::Result<()> {
-    match development_credentials(credentials, development_mode()) {
-        Ok(None) => Ok(()),
-        Ok(Some(names)) => {
-            tracing::warn!(
-                variables = %names,
-                "Development credentials in use (REG_DEV_MODE=1). Never do this in production."
-            );
-            Ok(())
-        }
-        Err(refusal) => anyhow::bail!(refusal),
-    }
-}
-
-/// The development credentials among `credentials`: none (`Ok(None)`), allowed in
-/// development mode (`Ok(Some(names))`), or the refusal to print.
-fn development_credentials(
-    credentials: &[(&str, &str, &str)],
-    development_mode: bool,
-) -> Result<Option<String>, String> {
-    let names: Vec<&str> = credentials
-        .iter()
-        .filter(|(_, value, dev)| value == dev)
-        .map(|(name, _, _)| *name)
-        .collect();
-    match (names.is_empty(), development_mode) {
-        (true, _) => Ok(None),
-        (false, true) => Ok(Some(names.join(", "))),
-        (false, false) => Err(format!(
-            "{} unset or left at the development value: set {} to a secret of your own, or \
-             REG_DEV_MODE=1 on a development machine",
-            names.join(" and "),
-            if names.len() == 1 { "it" } else { "each" },
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -420,25 +351,5 @@ mod tests {
         assert_eq!(addrs[2].host(), "10.0.0.3");
         assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
         assert!(server_addrs(" , ").is_err());
-    }
-
-    #[test]
-    fn development_credentials_start_only_in_development_mode() {
-        let dev = [
-            ("REG_SECRET", "dev", "dev"),
-            ("REG_ADMIN_TOKEN", "s3cret", "admin"),
-        ];
-        let refusal = development_credentials(&dev, false).unwrap_err();
-        assert!(refusal.contains("REG_SECRET"), "{refusal}");
-        assert!(
-            !refusal.contains("REG_ADMIN_TOKEN") && !refusal.contains("s3cret"),
-            "{refusal}"
-        );
-        assert_eq!(
-            development_credentials(&dev, true),
-            Ok(Some("REG_SECRET".to_owned()))
-        );
-        let own = [("REG_SECRET", "mine", "dev")];
-        assert_eq!(development_credentials(&own, false), Ok(None));
     }
 }

@@ -42,8 +42,8 @@ pub struct NotificationConfig {
     pub mail_from: String,
     /// The text-message gateway's webhook URL.
     pub webhook_url: String,
-    /// The webhook signing secret.
-    pub webhook_secret: String,
+    /// The webhook signing secret (`REG_WEBHOOK_SECRET`).
+    pub webhook_secret: streams::settings::Secret,
     /// The citizen page the status link opens (the token goes in its fragment).
     pub page_url: String,
     /// Decisions handled at once, per region.
@@ -152,8 +152,12 @@ pub async fn run(
             config.timeout,
         )
         .context("Failed to set up the mailer")?,
-        webhook: Webhook::new(&config.webhook_url, &config.webhook_secret, config.timeout)
-            .context("Failed to set up the webhook")?,
+        webhook: Webhook::new(
+            &config.webhook_url,
+            config.webhook_secret.expose(),
+            config.timeout,
+        )
+        .context("Failed to set up the webhook")?,
         config: config.clone(),
         mail_limit: limit(config.mail_rate),
         webhook_limit: limit(config.webhook_rate),

@@ -289,6 +289,6 @@ where
 /// Installs the services' log subscriber when `TEST_LOG` is set; tests are silent otherwise.
 pub fn init_test_log() {
     if std::env::var_os("TEST_LOG").is_some() {
-        streams::runtime::init_telemetry();
+        streams::runtime::init_telemetry(streams::settings::LogFormat::Text);
     }
 }

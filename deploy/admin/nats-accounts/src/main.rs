@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// Log format, as the services'.
+    #[command(flatten)]
+    telemetry: streams::settings::TelemetryArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,8 +44,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    streams::runtime::init_telemetry();
-    match Args::parse().command {
+    let args = Args::parse();
+    streams::runtime::init_telemetry(args.telemetry.log_format);
+    match args.command {
         Command::Generate {
             dir,
             tls_dir,

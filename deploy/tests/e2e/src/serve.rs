@@ -27,7 +27,12 @@ pub enum Service {
 /// Runs `service` until a signal, or until the parent tool dies: the parent holds our stdin
 /// open, so end-of-file means it is gone, and a crashed run must not leave services behind.
 pub async fn serve(service: Service) -> anyhow::Result<()> {
-    streams::runtime::init_telemetry();
+    streams::runtime::init_telemetry(match &service {
+        Service::Ingest(args) => args.telemetry.log_format,
+        Service::Processors(args) => args.telemetry.log_format,
+        Service::Projections(args) => args.telemetry.log_format,
+        Service::Bare { .. } => streams::settings::LogFormat::Text,
+    });
     let shutdown = streams::runtime::shutdown_on_signals();
     let orphaned = shutdown.clone();
     std::thread::spawn(move || {

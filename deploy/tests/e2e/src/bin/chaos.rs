@@ -30,7 +30,8 @@ enum Command {
 
 #[ntex::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // The services' parser: a wrong value from a REG_* variable is reported under its name.
+    let cli: Cli = streams::settings::parse();
     match cli.command {
         Command::Run(options) => {
             let verdict = e2e::serve::until_interrupted(e2e::chaos::run(options)).await?;

@@ -358,7 +358,7 @@ pub fn spawn_with_env(
         .open(log_dir.join(format!("{name}.log")))
         .with_context(|| format!("Failed to open the log of {name}"))?;
     let mut child = wrapped(name, exe)
-        .args(["serve", service, "--listen", &listen])
+        .args(["serve", service, listen_flag(service), &listen])
         .env("REG_NATS_URL", nats_url)
         .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
         // The harness's throwaway secret is the development one.
@@ -409,6 +409,17 @@ pub fn spawn_with_env(
         _lifeline: lifeline,
         base: format!("http://{listen}"),
     })
+}
+
+/// The flag that gives `service` its address: each service binds its own of the system's
+/// addresses (`streams::settings::Addresses`).
+fn listen_flag(service: &str) -> &'static str {
+    match service {
+        "ingest" => "--ingest-listen",
+        "processors" => "--processor-listen",
+        "projections" => "--read-listen",
+        _ => "--listen",
+    }
 }
 
 /// Waits until the process answers `200` on `/readyz`; fails if it exits first.

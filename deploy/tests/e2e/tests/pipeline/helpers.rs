@@ -156,7 +156,7 @@ impl Pipeline {
             shutdown.clone(),
         ));
 
-        let processor = processors::service::Settings {
+        let processor = processors::settings::Settings {
             nats: nats_options(Service::Reservation, "reservation"),
             regions: RegionFilter::All,
             replication: streams::config::Replication(1),
@@ -221,7 +221,7 @@ impl Pipeline {
             ));
         }
         ntex::rt::spawn(projections::service::run(
-            projections::service::Settings {
+            projections::settings::Settings {
                 nats: nats_options(Service::Projections, "projections"),
                 store: projections::store::StoreOptions {
                     endpoint: match &options.store_dir {

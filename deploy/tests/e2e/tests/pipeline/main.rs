@@ -6,6 +6,7 @@ mod notification;
 mod ownership;
 mod page;
 mod rebuild;
+mod settings;
 mod verification;
 
 use std::collections::HashSet;
