@@ -42,12 +42,14 @@ struct Cli {
     /// webhook_fail_rate (probabilities, 0 to 1). Example: '{"smtp_fail_rate":0.1}'
     #[arg(long, env = "REG_RECEIVERS_KNOBS", value_name = "JSON")]
     knobs: Option<String>,
+    #[command(flatten)]
+    telemetry: streams::settings::TelemetryArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    streams::runtime::init_telemetry();
-    let cli = Cli::parse();
+    let cli: Cli = streams::settings::parse();
+    streams::runtime::init_telemetry(cli.telemetry.log_format);
     let knobs =
         Knobs::over_defaults(cli.knobs.as_deref()).context("--knobs / REG_RECEIVERS_KNOBS")?;
     let secret = match cli.webhook_secret {

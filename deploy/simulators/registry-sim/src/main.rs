@@ -52,6 +52,8 @@ struct Cli {
     /// hostile_rate).
     #[arg(long, value_name = "P")]
     hostile_rate: Option<f64>,
+    #[command(flatten)]
+    telemetry: streams::settings::TelemetryArgs,
 }
 
 impl Cli {
@@ -80,8 +82,8 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    streams::runtime::init_telemetry();
-    let cli = Cli::parse();
+    let cli: Cli = streams::settings::parse();
+    streams::runtime::init_telemetry(cli.telemetry.log_format);
     let registry = Registry::new(cli.knobs()?)?;
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
