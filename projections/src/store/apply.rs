@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use streams::events::Envelope;
 
 use super::Store;
-use super::changes::{Op, group, line_change, ops_of, status_row};
+use super::changes::Writes;
 
 /// Why a batch was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,18 @@ INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
 COMMIT TRANSACTION;
 ";
 
+/// What [`APPLY`] binds: a batch's writes, the stream, the checkpoint it follows and the one
+/// it moves to.
+fn bindings(stream: &str, writes: Writes, expected: u64, seq: u64) -> Result<Value, ApplyError> {
+    let mut bindings = serde_json::to_value(writes)
+        .context("Failed to encode a batch's writes")
+        .map_err(ApplyError::Store)?;
+    bindings["stream"] = json!(stream);
+    bindings["expected"] = json!(expected);
+    bindings["seq"] = json!(seq);
+    Ok(bindings)
+}
+
 impl Store {
     /// The last sequence of `stream` applied (0 if none).
     pub async fn checkpoint(&self, stream: &str) -> anyhow::Result<u64> {
@@ -98,31 +110,9 @@ impl Store {
         expected: u64,
         last_seq: u64,
     ) -> Result<(), ApplyError> {
-        let ops: Vec<Op> = events.iter().flat_map(|(seq, e)| ops_of(*seq, e)).collect();
-        let grouped = group(ops);
-        let statuses: Vec<Value> = grouped.statuses.iter().map(status_row).collect();
-        let (mut lined, mut unlined) = (Vec::new(), Vec::new());
-        for op in &grouped.statuses {
-            match line_change(op) {
-                Some(Some(row)) => lined.push(json!({ "id": op.id, "row": row })),
-                Some(None) => unlined.extend(op.id.clone()),
-                None => {}
-            }
-        }
         self.db
             .query(APPLY)
-            .bind(json!({
-                "statuses": statuses,
-                "lined": lined,
-                "unlined": unlined,
-                "capacities": grouped.capacities,
-                "counts": grouped.counts,
-                "dead": grouped.dead,
-                "delivered": grouped.delivered,
-                "stream": stream,
-                "expected": expected,
-                "seq": last_seq,
-            }))
+            .bind(bindings(stream, Writes::of(events), expected, last_seq)?)
             .await
             .and_then(|r| r.check())
             .map_err(|err| {

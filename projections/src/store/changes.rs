@@ -8,35 +8,35 @@ use streams::model::Status;
 
 /// One change to apply, flattened from an event: the shape the batch query reads.
 #[derive(Debug, Serialize, PartialEq)]
-pub(super) struct Op {
-    pub(super) op: &'static str,
+struct Op {
+    op: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) id: Option<String>,
+    id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) slot: Option<[String; 3]>,
+    slot: Option<[String; 3]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) status: Option<&'static str>,
+    status: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) reason: Option<String>,
+    reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) capacity: Option<u32>,
+    capacity: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) reserved: Option<u32>,
+    reserved: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) waiting: Option<u32>,
+    waiting: Option<u32>,
     /// A waiting registration's place in line (its submission's intake sequence).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) line_seq: Option<u64>,
+    line_seq: Option<u64>,
     /// A dead letter's row.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) row: Option<Value>,
+    row: Option<Value>,
     /// Whether the registration may have been waiting before this status (so its `line`
     /// row, if any, goes). Not for a first decision that reserves or waitlists: nothing
     /// waits before those, and most registrations take that path.
     #[serde(skip)]
-    pub(super) may_leave_line: bool,
-    pub(super) at: String,
-    pub(super) seq: u64,
+    may_leave_line: bool,
+    at: String,
+    seq: u64,
 }
 
 /// A batch's changes grouped by kind, in log order within each kind, with every run of
@@ -50,16 +50,16 @@ pub(super) struct Op {
 ///   deliveries name different ids and the order [`APPLY`](super::apply::APPLY) writes them in does not matter
 ///   (the same records in other batches, as a rebuild reads them, give the same table).
 #[derive(Debug, Default)]
-pub(super) struct Grouped {
-    pub(super) statuses: Vec<Op>,
-    pub(super) capacities: Vec<Op>,
-    pub(super) counts: Vec<Op>,
+struct Grouped {
+    statuses: Vec<Op>,
+    capacities: Vec<Op>,
+    counts: Vec<Op>,
     /// Dead letters (undeliverable messages) whose last record in the batch is a failure.
-    pub(super) dead: Vec<Value>,
+    dead: Vec<Value>,
     /// Notification ids whose last record in the batch is a delivery (a re-drive, or a
     /// failure that a later decision's message under the same id made good): their dead
     /// letters go.
-    pub(super) delivered: Vec<String>,
+    delivered: Vec<String>,
 }
 
 /// Appends `op` to `list`, or folds it into the change already there for `key`.
@@ -79,7 +79,7 @@ fn fold<K: std::hash::Hash + Eq>(
     }
 }
 
-pub(super) fn group(ops: Vec<Op>) -> Grouped {
+fn group(ops: Vec<Op>) -> Grouped {
     let mut grouped = Grouped::default();
     let (mut status_of, mut capacity_of, mut counts_of) = Default::default();
     let last_wins: fn(&mut Op, Op) = |earlier, later| *earlier = later;
@@ -155,41 +155,130 @@ pub(super) fn group(ops: Vec<Op>) -> Grouped {
     grouped
 }
 
-/// A `status` change as a registration row (see [`APPLY`](super::apply::APPLY)); no `reason` field when it has
-/// none, so the update removes an earlier one.
-pub(super) fn status_row(op: &Op) -> Value {
-    let slot = op.slot.clone().unwrap_or_default();
-    let mut row = json!({
-        "id": op.id, "region": slot[0], "location": slot[1], "date": slot[2],
-        "status": op.status, "updated_at": op.at, "decision_seq": op.seq,
-    });
-    if let Some(reason) = &op.reason {
-        row["reason"] = json!(reason);
+/// A registration's row as a `status` change writes it (see
+/// [`APPLY`](super::apply::APPLY)): every field it names. No `reason` (or `line_seq`) field
+/// when it has none, so the update removes an earlier one.
+#[derive(Debug, PartialEq, Serialize)]
+struct StatusRow {
+    id: String,
+    region: String,
+    location: String,
+    date: String,
+    status: &'static str,
+    updated_at: String,
+    decision_seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_seq: Option<u64>,
+}
+
+/// A `status` change as a registration row.
+fn status_row(op: &Op) -> StatusRow {
+    let [region, location, date] = op.slot.clone().unwrap_or_default();
+    StatusRow {
+        id: op.id.clone().unwrap_or_default(),
+        region,
+        location,
+        date,
+        status: op.status.unwrap_or_default(),
+        updated_at: op.at.clone(),
+        decision_seq: op.seq,
+        reason: op.reason.clone(),
+        line_seq: op.line_seq,
     }
-    if let Some(line_seq) = op.line_seq {
-        row["line_seq"] = json!(line_seq);
-    }
-    row
+}
+
+/// A registration's row in the `line` table while it waits: what it waits for (`kind`, its
+/// status), where, since when, and for a `waitlisted` one its place in line.
+#[derive(Debug, PartialEq, Serialize)]
+struct LineRow {
+    kind: &'static str,
+    region: String,
+    location: String,
+    date: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_seq: Option<u64>,
 }
 
 /// The `line` change a registration's last status in a batch makes: its row while it waits
 /// (`Some(row)`), its row removed when it may have waited before (`None`), or nothing.
-pub(super) fn line_change(op: &Op) -> Option<Option<Value>> {
+fn line_change(op: &Op) -> Option<Option<LineRow>> {
     let waits = [Status::Waitlisted.as_str(), Status::ManualReview.as_str()];
-    if op.status.is_some_and(|s| waits.contains(&s)) {
-        let slot = op.slot.clone().unwrap_or_default();
-        let mut row = json!({
-            "kind": op.status, "region": slot[0], "location": slot[1], "date": slot[2],
-            "updated_at": op.at,
-        });
-        if let Some(line_seq) = op.line_seq {
-            row["line_seq"] = json!(line_seq);
+    match op.status {
+        Some(kind) if waits.contains(&kind) => {
+            let [region, location, date] = op.slot.clone().unwrap_or_default();
+            Some(Some(LineRow {
+                kind,
+                region,
+                location,
+                date,
+                updated_at: op.at.clone(),
+                line_seq: op.line_seq,
+            }))
         }
-        Some(Some(row))
-    } else if op.may_leave_line {
-        Some(None)
-    } else {
-        None
+        _ if op.may_leave_line => Some(None),
+        _ => None,
+    }
+}
+
+/// A `line` row to write, by registration id.
+#[derive(Debug, PartialEq, Serialize)]
+struct Lined {
+    id: String,
+    row: LineRow,
+}
+
+/// Everything one batch of events writes, named as [`APPLY`](super::apply::APPLY) binds it:
+/// one change per record (see [`Grouped`]), each table's changes in log order.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub(super) struct Writes {
+    /// Registration rows: each registration's last status in the batch.
+    statuses: Vec<StatusRow>,
+    /// `line` rows of the registrations whose last status waits.
+    lined: Vec<Lined>,
+    /// Registrations that may have waited and no longer do: their `line` rows go.
+    unlined: Vec<String>,
+    /// Slots' capacities (from intake).
+    capacities: Vec<Op>,
+    /// Slots' counts (from decisions).
+    counts: Vec<Op>,
+    /// Dead letters written.
+    dead: Vec<Value>,
+    /// Notification ids whose dead letters go.
+    delivered: Vec<String>,
+}
+
+impl Writes {
+    /// The writes a batch of `(sequence, event)` makes: each event's changes ([`ops_of`]),
+    /// folded into one per record ([`group`]), as rows.
+    pub(super) fn of(events: &[(u64, Envelope)]) -> Writes {
+        let ops = events.iter().flat_map(|(seq, e)| ops_of(*seq, e)).collect();
+        let Grouped {
+            statuses,
+            capacities,
+            counts,
+            dead,
+            delivered,
+        } = group(ops);
+        let mut writes = Writes {
+            capacities,
+            counts,
+            dead,
+            delivered,
+            ..Writes::default()
+        };
+        for op in &statuses {
+            writes.statuses.push(status_row(op));
+            let id = op.id.clone().unwrap_or_default();
+            match line_change(op) {
+                Some(Some(row)) => writes.lined.push(Lined { id, row }),
+                Some(None) => writes.unlined.push(id),
+                None => {}
+            }
+        }
+        writes
     }
 }
 
@@ -202,7 +291,7 @@ fn slot_of(slot: &streams::model::SlotKey) -> Option<[String; 3]> {
 }
 
 /// The changes an event makes to the projections (none for events they do not show).
-pub(super) fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
+fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
     let at = envelope
         .occurred_at
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -325,6 +414,7 @@ pub(super) fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::{event, id};
 
     fn op(kind: &'static str, id: &str, slot: &str, value: u32, seq: u64) -> Op {
         Op {
@@ -426,5 +516,147 @@ mod tests {
                 "NotificationFailed"
             ]
         );
+    }
+
+    // Given a batch of events, when it is mapped, then these writes: the rows `APPLY` binds.
+
+    /// The writes of `batch` (events numbered from sequence 1), as `APPLY` receives them.
+    fn when(batch: Vec<Envelope>) -> Value {
+        let batch: Vec<(u64, Envelope)> = (1..).zip(batch).collect();
+        serde_json::to_value(Writes::of(&batch)).unwrap()
+    }
+
+    /// The sample of `kind`, changed by `edit` on its JSON.
+    fn sample(kind: &str, edit: impl FnOnce(&mut Value)) -> Envelope {
+        let sample = streams::events::samples()
+            .into_iter()
+            .find(|e| e.event.event_type() == kind)
+            .unwrap();
+        let mut value = serde_json::to_value(sample).unwrap();
+        edit(&mut value["data"]);
+        serde_json::from_value(value).unwrap()
+    }
+
+    const AT: &str = "2027-02-01T08:00:00.123Z";
+
+    #[test]
+    fn a_reservation_writes_its_status_and_the_slot_counts_and_no_line() {
+        let then = when(vec![event("SlotReserved", 1, 1)]);
+        assert_eq!(
+            then["statuses"],
+            json!([{
+                "id": id(1), "region": "mazowieckie", "location": "warszawa-narodowy",
+                "date": "2027-03-01", "status": "reserved", "updated_at": AT, "decision_seq": 1,
+            }]),
+            "no reason and no line_seq: the update removes earlier ones"
+        );
+        assert_eq!(then["counts"][0]["slot"][1], "warszawa-narodowy");
+        assert_eq!(
+            (
+                &then["counts"][0]["capacity"],
+                &then["counts"][0]["reserved"]
+            ),
+            (&json!(120), &json!(7))
+        );
+        assert_eq!(then["counts"][0].get("waiting"), None, "left as it is");
+        assert_eq!(
+            (then["lined"].clone(), then["unlined"].clone()),
+            (json!([]), json!([]))
+        );
+    }
+
+    #[test]
+    fn a_waitlisted_registration_is_in_line_until_its_next_status() {
+        let then = when(vec![event("RegistrationWaitlisted", 2, 20)]);
+        assert_eq!(then["statuses"][0]["line_seq"], 20);
+        assert_eq!(
+            then["lined"],
+            json!([{ "id": id(2), "row": {
+                "kind": "waitlisted", "region": "mazowieckie", "location": "warszawa-narodowy",
+                "date": "2027-03-01", "updated_at": AT, "line_seq": 20,
+            }}])
+        );
+        assert_eq!(then["counts"][0]["waiting"], 3);
+
+        let then = when(vec![event("WaitlistPromoted", 2, 20)]);
+        assert_eq!(then["statuses"][0]["status"], "reserved");
+        assert_eq!(then["statuses"][0].get("line_seq"), None);
+        assert_eq!(
+            (then["lined"].clone(), then["unlined"].clone()),
+            (json!([]), json!([id(2)]))
+        );
+    }
+
+    #[test]
+    fn a_review_waits_in_line_without_a_place_and_a_rejection_says_why() {
+        let then = when(vec![event("ReviewRequired", 4, 40)]);
+        assert_eq!(then["lined"][0]["row"]["kind"], "manual_review");
+        assert_eq!(then["lined"][0]["row"].get("line_seq"), None);
+
+        let then = when(vec![event("SlotRejected", 5, 50)]);
+        assert_eq!(then["statuses"][0]["status"], "rejected");
+        assert_eq!(then["statuses"][0]["reason"], "slot_full");
+        assert_eq!(then["counts"], json!([]), "no waiting count to change");
+        assert_eq!(then["unlined"], json!([id(5)]), "it may have waited before");
+    }
+
+    #[test]
+    fn capacities_of_one_slot_fold_into_the_last() {
+        let capacity = |n: u32| sample("CapacitySet", |data| data["capacity"] = json!(n));
+        let then = when(vec![capacity(100), capacity(80)]);
+        let capacities = then["capacities"].as_array().unwrap();
+        assert_eq!(capacities.len(), 1, "{then}");
+        assert_eq!(
+            (&capacities[0]["capacity"], &capacities[0]["seq"]),
+            (&json!(80), &json!(2))
+        );
+        assert_eq!(then["statuses"], json!([]));
+    }
+
+    #[test]
+    fn a_failed_message_is_a_dead_letter_until_a_later_delivery_under_its_id() {
+        let notification = |kind: &str, notification_id: &str| {
+            sample(kind, |data| {
+                data["notification_id"] = json!(notification_id)
+            })
+        };
+        let then = when(vec![
+            notification("NotificationFailed", "made-good"),
+            notification("NotificationSent", "failed-last"),
+            notification("NotificationSent", "made-good"),
+            notification("NotificationFailed", "failed-last"),
+        ]);
+        assert_eq!(then["delivered"], json!(["made-good"]));
+        assert_eq!(
+            then["dead"],
+            json!([{
+                "notification_id": "failed-last",
+                "registration_id": "mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f",
+                "channel": "webhook", "template": "confirmed", "decision_seq": 18,
+                "attempts": 10, "error_code": "webhook_http_503",
+                "last_error": "the gateway answered an HTTP error status", "at": AT,
+            }])
+        );
+        // One recorded before codes existed shows a fixed sentence, not the provider's words.
+        let then = when(vec![sample("NotificationFailed", |data| {
+            data["error_code"] = json!("");
+            data["last_error"] = json!("550 mailbox of jan.kowalski@example.pl unavailable");
+        })]);
+        assert_eq!(then["dead"][0]["error_code"], "unclassified");
+        assert!(
+            !then["dead"][0]["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("kowalski")
+        );
+    }
+
+    #[test]
+    fn a_batch_of_events_the_projections_do_not_show_writes_nothing() {
+        let then = when(vec![
+            sample("RegistrationSubmitted", |_| {}),
+            sample("CancellationRequested", |_| {}),
+        ]);
+        assert_eq!(then, serde_json::to_value(Writes::default()).unwrap());
     }
 }

@@ -6,7 +6,7 @@ use streams::events::Envelope;
 use super::*;
 
 /// Registration number `n`'s id.
-fn id(n: u32) -> String {
+pub(super) fn id(n: u32) -> String {
     format!("mazowieckie.{n:032x}")
 }
 
@@ -21,7 +21,7 @@ const OLD_INDEX: &str =
 
 /// The sample event of type `kind` for registration number `n` ([`id`]), at
 /// `intake_seq`.
-fn event(kind: &str, n: u32, intake_seq: u64) -> Envelope {
+pub(super) fn event(kind: &str, n: u32, intake_seq: u64) -> Envelope {
     let sample = streams::events::samples()
         .into_iter()
         .find(|e| e.event.event_type() == kind)
