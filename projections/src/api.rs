@@ -9,14 +9,14 @@ use moka::future::Cache;
 use ntex::http::header::{self, HeaderValue};
 use ntex::http::{Method, StatusCode};
 use ntex::web::{self, HttpRequest, HttpResponse, types::State};
-use serde_json::{Value, json};
+use serde::Serialize;
 use streams::crypto::{Keys, sha256_hex};
 use streams::http::{error, json as json_response};
-use streams::model::{Location, Region, RegistrationId};
+use streams::model::{Location, Region, RegistrationId, Status};
 
 use crate::metrics::Metrics;
 use crate::smart::{self, Publication};
-use crate::store::Store;
+use crate::store::{Availability, Registration, Store};
 
 /// An availability query, normalised: the cache key. Only parsed values go in, so random
 /// query parameters cannot multiply cache entries.
@@ -41,7 +41,7 @@ pub struct Rendered {
 #[derive(Debug)]
 pub struct SlotTable {
     generation: u64,
-    rows: Vec<Value>,
+    rows: Vec<Availability>,
     /// Row positions by location and by region, so a query that names either looks only at
     /// its own rows (a query for a place that does not exist looks at none).
     by_location: std::collections::HashMap<String, Vec<usize>>,
@@ -49,21 +49,15 @@ pub struct SlotTable {
 }
 
 impl SlotTable {
-    /// Indexes `rows` (each with `region`, `location` and `date`).
-    fn new(generation: u64, rows: Vec<Value>) -> Self {
+    /// Indexes `rows` by location and by region.
+    fn new(generation: u64, rows: Vec<Availability>) -> Self {
         let (mut by_location, mut by_region) = (
-            std::collections::HashMap::new(),
-            std::collections::HashMap::new(),
+            std::collections::HashMap::<_, Vec<usize>>::new(),
+            std::collections::HashMap::<_, Vec<usize>>::new(),
         );
         for (i, row) in rows.iter().enumerate() {
-            for (index, field) in [(&mut by_location, "location"), (&mut by_region, "region")] {
-                if let Some(value) = row.get(field).and_then(Value::as_str) {
-                    index
-                        .entry(value.to_owned())
-                        .or_insert_with(Vec::new)
-                        .push(i);
-                }
-            }
+            by_location.entry(row.location.clone()).or_default().push(i);
+            by_region.entry(row.region.clone()).or_default().push(i);
         }
         SlotTable {
             generation,
@@ -74,15 +68,13 @@ impl SlotTable {
     }
 
     /// The rows matching `key`, in the table's order (region, location, date).
-    fn filter(&self, key: &AvailabilityKey) -> Vec<&Value> {
-        let is = |row: &Value, field: &str, want: Option<&str>| {
-            want.is_none_or(|want| row.get(field).and_then(Value::as_str) == Some(want))
-        };
+    fn filter(&self, key: &AvailabilityKey) -> Vec<&Availability> {
+        let is = |field: &str, want: Option<&str>| want.is_none_or(|want| field == want);
         let date = key.date.map(|d| d.to_string());
-        let matches = |row: &&Value| {
-            is(row, "region", key.region.as_ref().map(Region::as_str))
-                && is(row, "location", key.location.as_ref().map(Location::as_str))
-                && is(row, "date", date.as_deref())
+        let matches = |row: &&Availability| {
+            is(&row.region, key.region.as_ref().map(Region::as_str))
+                && is(&row.location, key.location.as_ref().map(Location::as_str))
+                && is(&row.date, date.as_deref())
         };
         let indexed = match (&key.location, &key.region) {
             (Some(location), _) => self.by_location.get(location.as_str()),
@@ -375,19 +367,13 @@ async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error
 /// should offer them. The table is loaded at least once a cache period, so a day leaves the
 /// answers within about a second of its midnight.
 fn drop_days_over(
-    rows: &mut Vec<Value>,
+    rows: &mut Vec<Availability>,
     calendar: &streams::calendar::Calendar,
     now: chrono::DateTime<chrono::Utc>,
 ) {
     rows.retain(|row| {
-        let region = row
-            .get("region")
-            .and_then(Value::as_str)
-            .and_then(|r| streams::model::Region::parse(r).ok());
-        let date = row
-            .get("date")
-            .and_then(Value::as_str)
-            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
+        let region = Region::parse(&row.region).ok();
+        let date = row.date.parse::<NaiveDate>().ok();
         match (region, date) {
             (Some(region), Some(date)) => !calendar.is_over(&region, date, now),
             _ => true,
@@ -411,12 +397,7 @@ async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
             let table = slot_table(&reader)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let rows: Vec<smart::Row> = table
-                .rows
-                .iter()
-                .filter_map(|row| serde_json::from_value(row.clone()).ok())
-                .collect();
-            let files = smart::render(&rows, &reader.publication);
+            let files = smart::render(&table.rows, &reader.publication);
             let since = {
                 let mut since = reader.published_since.lock().expect("lock");
                 match &*since {
@@ -501,6 +482,56 @@ pub async fn smart_slots(req: HttpRequest, reader: State<Reader>) -> HttpRespons
     smart_file(&req, &reader, 2).await
 }
 
+/// `GET /v1/registrations/{id}`'s answer: no personal data.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct StatusAnswer {
+    registration_id: RegistrationId,
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    region: String,
+    /// The slot and the time of the last decision, known from the first decision on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated_at: Option<String>,
+}
+
+impl StatusAnswer {
+    /// A registration the projection has.
+    fn projected(registration_id: RegistrationId, row: Registration) -> Self {
+        StatusAnswer {
+            registration_id,
+            status: row.status,
+            reason: row.reason,
+            position: row.position,
+            region: row.region,
+            location: Some(row.location),
+            date: Some(row.date),
+            updated_at: Some(row.updated_at),
+        }
+    }
+
+    /// A registration the projection does not have yet: a valid token is only ever handed
+    /// out with a 202, so it exists, and until its first decision it is `received`.
+    fn received(registration_id: RegistrationId) -> Self {
+        StatusAnswer {
+            region: registration_id.region().to_string(),
+            registration_id,
+            status: Status::Received,
+            reason: None,
+            position: None,
+            location: None,
+            date: None,
+            updated_at: None,
+        }
+    }
+}
+
 fn not_found() -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,
@@ -542,13 +573,10 @@ async fn registration_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpRe
             );
         }
     };
-    // A valid token is only ever handed out with a 202, so the registration exists even if
-    // the projection has not caught up yet: it is `received`.
-    let mut body = row.unwrap_or_else(|| json!({"status": "received", "region": id.region()}));
-    if let Value::Object(map) = &mut body {
-        map.insert("registration_id".into(), json!(id));
-        map.retain(|_, v| !v.is_null());
-    }
+    let body = match row {
+        Some(row) => StatusAnswer::projected(id, row),
+        None => StatusAnswer::received(id),
+    };
     let mut response = json_response(StatusCode::OK, &body);
     response
         .headers_mut()
@@ -650,7 +678,7 @@ fn no_store(mut response: HttpResponse) -> HttpResponse {
 }
 
 /// An operator's listing: never cached; `503` when the store cannot answer.
-fn listing(rows: anyhow::Result<Vec<Value>>, what: &str) -> HttpResponse {
+fn listing<T: Serialize>(rows: anyhow::Result<Vec<T>>, what: &str) -> HttpResponse {
     match rows {
         Ok(rows) => no_store(json_response(StatusCode::OK, &rows)),
         Err(err) => {
@@ -733,6 +761,46 @@ mod tests {
         }
     }
 
+    fn slot(region: &str, location: &str, date: &str) -> Availability {
+        Availability {
+            region: region.into(),
+            location: location.into(),
+            date: date.into(),
+            capacity: 1,
+            remaining: 1,
+            waiting: 0,
+        }
+    }
+
+    /// The status answer has the contract's shape: until the first decision only the id, the
+    /// status and the region; after it the slot and the time, and what applies of the reason
+    /// and the position.
+    #[test]
+    fn a_status_answer_names_only_what_is_known() {
+        let id = RegistrationId::parse("mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f").unwrap();
+        assert_eq!(
+            serde_json::to_value(StatusAnswer::received(id.clone())).unwrap(),
+            serde_json::json!({"registration_id": id, "status": "received", "region": "mazowieckie"})
+        );
+        let waiting = Registration {
+            status: Status::Waitlisted,
+            reason: None,
+            position: Some(2),
+            region: "mazowieckie".into(),
+            location: "narodowy".into(),
+            date: "2027-03-01".into(),
+            updated_at: "2027-02-01T08:00:00.123Z".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(StatusAnswer::projected(id.clone(), waiting)).unwrap(),
+            serde_json::json!({
+                "registration_id": id, "status": "waitlisted", "position": 2,
+                "region": "mazowieckie", "location": "narodowy", "date": "2027-03-01",
+                "updated_at": "2027-02-01T08:00:00.123Z",
+            })
+        );
+    }
+
     /// The indexed filter gives exactly what a scan of every row gives, for every
     /// combination of filters, existing values or not.
     #[test]
@@ -744,7 +812,7 @@ mod tests {
                     if region == "slaskie" && location == "torwar" {
                         continue;
                     }
-                    rows.push(json!({"region": region, "location": location, "date": date}));
+                    rows.push(slot(region, location, date));
                 }
             }
         }
@@ -756,12 +824,12 @@ mod tests {
         for region in regions {
             for location in locations {
                 for date in dates {
-                    let wanted: Vec<&Value> = rows
+                    let wanted: Vec<&Availability> = rows
                         .iter()
                         .filter(|row| {
-                            region.is_none_or(|r| row["region"] == r)
-                                && location.is_none_or(|l| row["location"] == l)
-                                && date.is_none_or(|d| row["date"] == d)
+                            region.is_none_or(|r| row.region == r)
+                                && location.is_none_or(|l| row.location == l)
+                                && date.is_none_or(|d| row.date == d)
                         })
                         .collect();
                     let got = table.filter(&key(region, location, date));
@@ -778,7 +846,7 @@ mod tests {
     #[test]
     fn the_empty_answer_is_what_rendering_nothing_gives() {
         let empty = empty_answer();
-        let rendered = serde_json::to_string(&Vec::<Value>::new()).unwrap();
+        let rendered = serde_json::to_string(&Vec::<Availability>::new()).unwrap();
         assert_eq!(empty.body, rendered);
         assert_eq!(empty.etag, entity_tag(&rendered));
         assert!(Arc::ptr_eq(&empty, &empty_answer()));
@@ -791,7 +859,7 @@ mod tests {
     fn a_slot_whose_day_is_over_in_its_region_is_not_listed() {
         let calendar: streams::calendar::Calendar =
             "Europe/Warsaw,west=Europe/London".parse().unwrap();
-        let row = |region: &str, date: &str| serde_json::json!({"region": region, "location": "a", "date": date, "capacity": 1, "remaining": 1, "waiting": 0});
+        let row = |region: &str, date: &str| slot(region, "a", date);
         let mut rows = vec![
             row("mazowieckie", "2027-03-01"),
             row("mazowieckie", "2027-03-02"),

@@ -15,6 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use streams::crypto::sha256_hex;
 
+use crate::store::Availability;
+
 /// The three files, in manifest order: (type, path on the read API).
 pub const FILES: [(&str, &str); 3] = [
     ("Location", "/smart/locations.ndjson"),
@@ -123,21 +125,6 @@ pub fn parse_sites(json: &str) -> Result<Sites, String> {
     Ok(sites)
 }
 
-/// One availability row, as the store lists them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Row {
-    /// Region.
-    pub region: String,
-    /// Site.
-    pub location: String,
-    /// Day, `YYYY-MM-DD`.
-    pub date: String,
-    /// Capacity of the slot.
-    pub capacity: u64,
-    /// What is left of it.
-    pub remaining: u64,
-}
-
 /// The three NDJSON files and the fingerprint of their content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Files {
@@ -188,7 +175,7 @@ fn line(out: &mut String, value: &Value) {
 /// Renders the three files from availability rows (ordered by region, location, date, as the
 /// store returns them). Rows with a date that does not parse, and rows of a site missing from
 /// the directory (the spec requires its address), are skipped.
-pub fn render(rows: &[Row], publication: &Publication) -> Files {
+pub fn render(rows: &[Availability], publication: &Publication) -> Files {
     let mut locations = String::new();
     let mut schedules = String::new();
     let mut slots = String::new();
@@ -330,13 +317,20 @@ mod tests {
 
     use super::*;
 
-    fn row(region: &str, location: &str, date: &str, capacity: u64, remaining: u64) -> Row {
-        Row {
+    fn row(
+        region: &str,
+        location: &str,
+        date: &str,
+        capacity: u64,
+        remaining: u64,
+    ) -> Availability {
+        Availability {
             region: region.into(),
             location: location.into(),
             date: date.into(),
             capacity,
             remaining,
+            waiting: 0,
         }
     }
 
@@ -357,7 +351,7 @@ mod tests {
     }
 
     /// A publication whose directory describes every site of `rows`.
-    fn publication(booking: bool, rows: &[Row]) -> Publication {
+    fn publication(booking: bool, rows: &[Availability]) -> Publication {
         Publication {
             public_url: "https://read.example.org".into(),
             booking_url: booking.then(|| "https://book.example.org/".into()),

@@ -2,9 +2,10 @@
 //! a batch's changes grouped and folded into the writes [`super::apply`] makes. No I/O.
 
 use serde::Serialize;
-use serde_json::{Value, json};
 use streams::events::{Envelope, Event};
 use streams::model::Status;
+
+use super::rows::DeadLetter;
 
 /// One change to apply, flattened from an event: the shape the batch query reads.
 #[derive(Debug, Serialize, PartialEq)]
@@ -29,7 +30,7 @@ struct Op {
     line_seq: Option<u64>,
     /// A dead letter's row.
     #[serde(skip_serializing_if = "Option::is_none")]
-    row: Option<Value>,
+    row: Option<DeadLetter>,
     /// Whether the registration may have been waiting before this status (so its `line`
     /// row, if any, goes). Not for a first decision that reserves or waitlists: nothing
     /// waits before those, and most registrations take that path.
@@ -55,7 +56,7 @@ struct Grouped {
     capacities: Vec<Op>,
     counts: Vec<Op>,
     /// Dead letters (undeliverable messages) whose last record in the batch is a failure.
-    dead: Vec<Value>,
+    dead: Vec<DeadLetter>,
     /// Notification ids whose last record in the batch is a delivery (a re-drive, or a
     /// failure that a later decision's message under the same id made good): their dead
     /// letters go.
@@ -91,7 +92,7 @@ fn group(ops: Vec<Op>) -> Grouped {
         earlier.may_leave_line |= waited;
     };
     // Per notification id, its last record in the batch: a dead letter's row, or none (sent).
-    let mut notifications: Vec<(String, Option<Value>)> = Vec::new();
+    let mut notifications: Vec<(String, Option<DeadLetter>)> = Vec::new();
     let mut notification_of: std::collections::HashMap<String, usize> = Default::default();
     for op in ops {
         match op.op {
@@ -245,7 +246,7 @@ pub(super) struct Writes {
     /// Slots' counts (from decisions).
     counts: Vec<Op>,
     /// Dead letters written.
-    dead: Vec<Value>,
+    dead: Vec<DeadLetter>,
     /// Notification ids whose dead letters go.
     delivered: Vec<String>,
 }
@@ -387,12 +388,17 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
             let (error_code, last_error) = streams::outside::shown(&e.error_code, &e.last_error);
             vec![Op {
                 id: Some(e.notification_id.clone()),
-                row: Some(json!({
-                    "notification_id": e.notification_id, "registration_id": e.registration_id,
-                    "channel": e.channel, "template": e.template, "decision_seq": e.decision_seq,
-                    "attempts": e.attempts, "error_code": error_code, "last_error": last_error,
-                    "at": at,
-                })),
+                row: Some(DeadLetter {
+                    notification_id: e.notification_id.clone(),
+                    registration_id: e.registration_id.to_string(),
+                    channel: e.channel.clone(),
+                    template: e.template.clone(),
+                    decision_seq: e.decision_seq,
+                    attempts: e.attempts,
+                    error_code: Some(error_code),
+                    last_error: Some(last_error),
+                    at: at.clone(),
+                }),
                 ..base("dead")
             }]
         }
@@ -413,6 +419,8 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::store::tests::{event, id};
 

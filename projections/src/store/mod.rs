@@ -27,6 +27,7 @@
 //! | `changes` | the pure mapping from events to the writes a batch makes, no I/O |
 //! | `apply` | a batch's writes and its checkpoint, in one transaction |
 //! | `read` | what the read API and a rebuild's comparison read |
+//! | `rows` | the typed rows reads return: availability, a registration, reviews, dead letters |
 
 use anyhow::Context as _;
 use surrealdb::Surreal;
@@ -35,12 +36,14 @@ use surrealdb::engine::any::Any;
 mod apply;
 mod changes;
 mod read;
+mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
 
 pub use apply::ApplyError;
 pub use read::{MAX_REVIEWS_LISTED, SNAPSHOT_TABLES, Snapshot};
+pub use rows::{Availability, DeadLetter, Registration, Review};
 
 /// Where the projections live: `surrealkv://<dir>` (embedded, default), `mem://` (tests) or
 /// `ws://host:port` (a SurrealDB server, with credentials).

@@ -2,10 +2,13 @@
 //! and a snapshot of every table for a rebuild's comparison.
 
 use anyhow::Context as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use streams::model::Status;
 
 use super::Store;
+use super::rows::{Availability, DeadLetter, Registration, Review};
 
 /// The most registrations one manual-review listing returns.
 pub const MAX_REVIEWS_LISTED: usize = 1000;
@@ -74,7 +77,7 @@ impl Store {
         region: Option<&str>,
         location: Option<&str>,
         date: Option<&str>,
-    ) -> anyhow::Result<Vec<Value>> {
+    ) -> anyhow::Result<Vec<Availability>> {
         let mut conditions = Vec::new();
         if region.is_some() {
             conditions.push("region = $region");
@@ -103,12 +106,12 @@ impl Store {
             .await
             .context("Failed to read availability")?;
         let rows: Vec<Value> = response.take(0).context("Failed to read availability")?;
-        Ok(rows)
+        typed(rows).context("Failed to read availability")
     }
 
     /// A registration's projected record, if the projection has it. A waiting registration's
     /// `position` (1 = next in line) is counted from those still waiting ahead of it.
-    pub async fn registration(&self, id: &str) -> anyhow::Result<Option<Value>> {
+    pub async fn registration(&self, id: &str) -> anyhow::Result<Option<Registration>> {
         let mut response = self
             .db
             .query(
@@ -119,34 +122,58 @@ impl Store {
             .await
             .context("Failed to read a registration")?;
         let row: Option<Value> = response.take(0).context("Failed to read a registration")?;
-        let Some(Value::Object(mut row)) = row else {
-            return Ok(row);
+        let Some(row) = row else {
+            return Ok(None);
         };
-        let line_seq = row.remove("line_seq");
-        if row.get("status").and_then(Value::as_str) == Some(Status::Waitlisted.as_str()) {
-            let mut response = self
-                .db
-                .query(
-                    "SELECT count() AS ahead FROM line \
-                     WHERE kind = 'waitlisted' AND region = $region AND location = $location \
-                     AND date = $date AND line_seq < $line_seq GROUP ALL",
-                )
-                .bind(json!({
-                    "region": row.get("region"), "location": row.get("location"),
-                    "date": row.get("date"), "line_seq": line_seq,
-                }))
-                .await
-                .context("Failed to count a registration's place in line")?;
-            let ahead: Option<u64> = response
-                .take((0, "ahead"))
-                .context("Failed to count a registration's place in line")?;
-            row.insert("position".into(), json!(ahead.unwrap_or(0) + 1));
-        }
-        Ok(Some(Value::Object(row)))
+        let row: RegistrationRow =
+            serde_json::from_value(row).context("Failed to read a registration")?;
+        let position = match row.status {
+            Status::Waitlisted => Some(self.place_in_line(&row).await?),
+            _ => None,
+        };
+        let RegistrationRow {
+            status,
+            reason,
+            region,
+            location,
+            date,
+            updated_at,
+            line_seq: _,
+        } = row;
+        Ok(Some(Registration {
+            status,
+            reason,
+            position,
+            region,
+            location,
+            date,
+            updated_at,
+        }))
+    }
+
+    /// A waiting registration's place in line: 1 + those waiting ahead of it for its slot.
+    async fn place_in_line(&self, row: &RegistrationRow) -> anyhow::Result<u64> {
+        let mut response = self
+            .db
+            .query(
+                "SELECT count() AS ahead FROM line \
+                 WHERE kind = 'waitlisted' AND region = $region AND location = $location \
+                 AND date = $date AND line_seq < $line_seq GROUP ALL",
+            )
+            .bind(json!({
+                "region": row.region, "location": row.location,
+                "date": row.date, "line_seq": row.line_seq,
+            }))
+            .await
+            .context("Failed to count a registration's place in line")?;
+        let ahead: Option<u64> = response
+            .take((0, "ahead"))
+            .context("Failed to count a registration's place in line")?;
+        Ok(ahead.unwrap_or(0) + 1)
     }
 
     /// The undeliverable messages (dead letters) not re-driven since, oldest first.
-    pub async fn dead_letters(&self) -> anyhow::Result<Vec<Value>> {
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
         let mut response = self
             .db
             .query(format!(
@@ -159,11 +186,11 @@ impl Store {
         let rows: Vec<Value> = response
             .take(0)
             .context("Failed to list the dead letters")?;
-        Ok(rows)
+        typed(rows).context("Failed to list the dead letters")
     }
 
     /// The registrations in manual review, oldest first, optionally of one region.
-    pub async fn reviews(&self, region: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    pub async fn reviews(&self, region: Option<&str>) -> anyhow::Result<Vec<Review>> {
         let filter = if region.is_some() {
             "AND region = $region"
         } else {
@@ -182,6 +209,25 @@ impl Store {
         let rows: Vec<Value> = response
             .take(0)
             .context("Failed to list the manual reviews")?;
-        Ok(rows)
+        typed(rows).context("Failed to list the manual reviews")
     }
+}
+
+/// A `registration` row as stored: a [`Registration`] with its place in line (the intake
+/// sequence of its submission) instead of its position.
+#[derive(Debug, Deserialize)]
+struct RegistrationRow {
+    status: Status,
+    reason: Option<String>,
+    region: String,
+    location: String,
+    date: String,
+    updated_at: String,
+    line_seq: Option<u64>,
+}
+
+/// Rows as read (JSON objects) as the typed rows they are. A missing field and a `null` are
+/// both `None` in an optional one: stores written by older versions hold either.
+fn typed<T: DeserializeOwned>(rows: Vec<Value>) -> serde_json::Result<Vec<T>> {
+    rows.into_iter().map(serde_json::from_value).collect()
 }
