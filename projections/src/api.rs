@@ -11,9 +11,10 @@ use ntex::http::{Method, StatusCode};
 use ntex::web::{self, HttpRequest, HttpResponse, types::State};
 use serde::Serialize;
 use streams::crypto::{Keys, sha256_hex};
-use streams::http::{error, json as json_response};
+use streams::http::json as json_response;
 use streams::model::{Location, Region, RegistrationId, Status};
 
+use crate::error::ReadError;
 use crate::metrics::Metrics;
 use crate::smart::{self, Publication};
 use crate::store::{Availability, Registration, Store};
@@ -214,26 +215,20 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
+fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, ReadError> {
     let query = req.uri().query().unwrap_or("");
-    let bad = |field: &str, message: String| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            &message,
-            Some(field),
-        )
-    };
+    let invalid =
+        |field: &'static str| move |message: String| ReadError::Invalid { field, message };
     let nonempty = |name| query_param(query, name).filter(|v| !v.is_empty());
     Ok(AvailabilityKey {
         region: nonempty("region")
             .map(Region::parse)
             .transpose()
-            .map_err(|e| bad("region", e.0))?,
+            .map_err(|e| invalid("region")(e.0))?,
         location: nonempty("location")
             .map(Location::parse)
             .transpose()
-            .map_err(|e| bad("location", e.0))?,
+            .map_err(|e| invalid("location")(e.0))?,
         date: nonempty("date")
             // Exactly YYYY-MM-DD, as the edge takes dates: chrono alone also reads `2027-3-1`.
             .map(|d| {
@@ -243,45 +238,38 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
                     .ok_or(())
             })
             .transpose()
-            .map_err(|_| bad("date", "date must be YYYY-MM-DD".into()))?,
+            .map_err(|_| invalid("date")("date must be YYYY-MM-DD".into()))?,
     })
 }
 
 /// `GET /v1/availability`, readable by the citizens' page ([`crate::cors`]).
 pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    let response = availability_inner(&req, &reader).await;
+    let response = answer(availability_inner(&req, &reader).await);
     crate::cors::allow(&req, &reader, response)
 }
 
-async fn availability_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
+async fn availability_inner(
+    req: &HttpRequest,
+    reader: &State<Reader>,
+) -> Result<HttpResponse, ReadError> {
     reader.metrics.availability_requests.inc();
-    let key = match parse_key(req) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
-    let rendered = match rendered_availability(reader, key).await {
-        Ok(rendered) => rendered,
-        Err(err) => {
-            tracing::warn!(error = %err, "Availability could not be loaded.");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "availability is temporarily unavailable",
-                None,
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        }
-    };
-    cacheable(
+    let key = parse_key(req)?;
+    let rendered = rendered_availability(reader, key).await.map_err(|err| {
+        tracing::warn!(error = %err, "Availability could not be loaded.");
+        ReadError::NotLoaded("availability")
+    })?;
+    Ok(cacheable(
         req,
         &rendered.body,
         &rendered.etag,
         "application/json",
         "public, max-age=1",
-    )
+    ))
+}
+
+/// The answer to a request, or its error's.
+fn answer(result: Result<HttpResponse, ReadError>) -> HttpResponse {
+    result.unwrap_or_else(|err| err.response())
 }
 
 /// A cacheable answer: `304` when `If-None-Match` names `etag` (or is `*`), the body
@@ -390,7 +378,7 @@ fn entity_tag(body: &str) -> String {
 const SMART_CACHE_CONTROL: &str = "public, max-age=60";
 
 /// The publication, from the cache (one load however many pollers ask at once).
-async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
+async fn published(reader: &Reader) -> Result<Arc<Published>, ReadError> {
     let loader = {
         let reader = reader.clone();
         async move {
@@ -427,44 +415,33 @@ async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "The SMART publication could not be loaded.");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the publication is temporarily unavailable",
-                None,
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            ReadError::NotLoaded("the publication")
         })
 }
 
 /// `GET /$bulk-publish`: the SMART Scheduling Links manifest.
 pub async fn bulk_publish(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    match published(&reader).await {
-        Ok(p) => cacheable(
+    answer(published(&reader).await.map(|p| {
+        cacheable(
             &req,
             &p.manifest.body,
             &p.manifest.etag,
             "application/json",
             SMART_CACHE_CONTROL,
-        ),
-        Err(response) => response,
-    }
+        )
+    }))
 }
 
 async fn smart_file(req: &HttpRequest, reader: &Reader, index: usize) -> HttpResponse {
-    match published(reader).await {
-        Ok(p) => cacheable(
+    answer(published(reader).await.map(|p| {
+        cacheable(
             req,
             p.files.get(smart::FILES[index].0),
             &p.file_etags[index],
             "application/fhir+ndjson",
             SMART_CACHE_CONTROL,
-        ),
-        Err(response) => response,
-    }
+        )
+    }))
 }
 
 /// `GET /smart/locations.ndjson`: FHIR `Location`s, one per line.
@@ -532,95 +509,73 @@ impl StatusAnswer {
     }
 }
 
-fn not_found() -> HttpResponse {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no registration with this id and token",
-        None,
-    )
-}
-
 /// `GET /v1/registrations/{id}` with `Authorization: Bearer <token>`. Unknown id, wrong or
 /// missing token: the same `404`. Readable by the citizens' page ([`crate::cors`]).
 pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    let response = registration_inner(&req, &reader).await;
+    let response = answer(registration_inner(&req, &reader).await);
     crate::cors::allow(&req, &reader, response)
 }
 
-async fn registration_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
-    let Ok(id) = RegistrationId::parse(req.match_info().get("id").unwrap_or_default()) else {
-        return not_found();
-    };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+async fn registration_inner(
+    req: &HttpRequest,
+    reader: &State<Reader>,
+) -> Result<HttpResponse, ReadError> {
+    let id = RegistrationId::parse(req.match_info().get("id").unwrap_or_default())
+        .map_err(|_| ReadError::NotFound)?;
+    let token = streams::http::bearer(req);
     if !token.is_some_and(|t| reader.keys.verify_token(&id, t)) {
-        return not_found();
+        return Err(ReadError::NotFound);
     }
-    let row = match reader.store.registration(id.as_str()).await {
-        Ok(row) => row,
-        Err(err) => {
+    let row = reader
+        .store
+        .registration(id.as_str())
+        .await
+        .map_err(|err| {
             tracing::warn!(registration_id = %id, error = %err, "Status could not be read.");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "status is temporarily unavailable",
-                None,
-            );
-        }
-    };
+            ReadError::Unavailable("status")
+        })?;
     let body = match row {
         Some(row) => StatusAnswer::projected(id, row),
         None => StatusAnswer::received(id),
     };
-    let mut response = json_response(StatusCode::OK, &body);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(no_store(json_response(StatusCode::OK, &body)))
+}
+
+/// Lets an operator's request through, or refuses it (`401`, `403`).
+fn operator(req: &HttpRequest, reader: &Reader) -> Result<(), ReadError> {
+    Ok(streams::http::check_operator(req, &reader.admin_token)?)
 }
 
 /// `GET /v1/admin/reviews?region=`: the registrations waiting for an operator's decision
 /// (manual review), oldest first, at most [`crate::store::MAX_REVIEWS_LISTED`]. Operators
 /// only.
 pub async fn reviews(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    let region = match query_param(req.query_string(), "region") {
-        None => None,
-        Some(r) => match streams::model::Region::parse(r) {
-            Ok(region) => Some(region),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_field",
-                    &e.0,
-                    Some("region"),
-                );
-            }
-        },
-    };
-    listing(
-        reader
-            .store
-            .reviews(region.as_ref().map(|r| r.as_str()))
-            .await,
-        "manual reviews",
-    )
+    answer(reviews_inner(&req, &reader).await)
+}
+
+async fn reviews_inner(req: &HttpRequest, reader: &Reader) -> Result<HttpResponse, ReadError> {
+    operator(req, reader)?;
+    let region = query_param(req.query_string(), "region")
+        .map(Region::parse)
+        .transpose()
+        .map_err(|e| ReadError::Invalid {
+            field: "region",
+            message: e.0,
+        })?;
+    let rows = reader
+        .store
+        .reviews(region.as_ref().map(Region::as_str))
+        .await;
+    listing(rows, "manual reviews")
 }
 
 /// `GET /v1/admin/notifications/dead-letters`: the messages that could not be delivered and
 /// were not re-driven since, oldest first. Operators only.
 pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    listing(reader.store.dead_letters().await, "dead letters")
+    answer(match operator(&req, &reader) {
+        Ok(()) => listing(reader.store.dead_letters().await, "dead letters"),
+        Err(refused) => Err(refused),
+    })
 }
 
 /// `POST /v1/admin/rebuilds`: rebuilds every projection from the start of the log into a
@@ -628,25 +583,18 @@ pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpRespon
 /// [`crate::rebuild`]). `202` with the rebuild's status; `409` while another runs.
 /// Operators only.
 pub async fn start_rebuild(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    match reader.rebuilds.start(&reader.store) {
-        Ok(status) => {
-            let location = format!("/v1/admin/rebuilds/{}", status.rebuild_id);
-            let mut response = no_store(json_response(StatusCode::ACCEPTED, &status));
-            if let Ok(location) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
+    answer(operator(&req, &reader).and_then(|()| {
+        let status = reader
+            .rebuilds
+            .start(&reader.store)
+            .map_err(ReadError::RebuildRunning)?;
+        let location = format!("/v1/admin/rebuilds/{}", status.rebuild_id);
+        let mut response = no_store(json_response(StatusCode::ACCEPTED, &status));
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, location);
         }
-        Err(running) => error(
-            StatusCode::CONFLICT,
-            "rebuild_running",
-            &format!("rebuild {running} is still running"),
-            None,
-        ),
-    }
+        Ok(response)
+    }))
 }
 
 /// `GET /v1/admin/rebuilds/{id}`: a rebuild's progress and, once done, its comparison with
@@ -656,18 +604,10 @@ pub async fn rebuild_status(
     id: web::types::Path<String>,
     reader: State<Reader>,
 ) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    match reader.rebuilds.get(&id) {
-        Some(status) => no_store(json_response(StatusCode::OK, &status)),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such rebuild (only the last 16 are kept)",
-            None,
-        ),
-    }
+    answer(operator(&req, &reader).and_then(|()| {
+        let status = reader.rebuilds.get(&id).ok_or(ReadError::NoSuchRebuild)?;
+        Ok(no_store(json_response(StatusCode::OK, &status)))
+    }))
 }
 
 fn no_store(mut response: HttpResponse) -> HttpResponse {
@@ -678,19 +618,15 @@ fn no_store(mut response: HttpResponse) -> HttpResponse {
 }
 
 /// An operator's listing: never cached; `503` when the store cannot answer.
-fn listing<T: Serialize>(rows: anyhow::Result<Vec<T>>, what: &str) -> HttpResponse {
-    match rows {
-        Ok(rows) => no_store(json_response(StatusCode::OK, &rows)),
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the list is temporarily unavailable",
-                None,
-            )
-        }
-    }
+fn listing<T: Serialize>(
+    rows: anyhow::Result<Vec<T>>,
+    what: &str,
+) -> Result<HttpResponse, ReadError> {
+    let rows = rows.map_err(|err| {
+        tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
+        ReadError::Unavailable("the list")
+    })?;
+    Ok(no_store(json_response(StatusCode::OK, &rows)))
 }
 
 /// `GET /readyz`: NATS connected, SurrealDB answering and no projection worker stalled.

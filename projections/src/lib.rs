@@ -18,6 +18,7 @@
 pub mod api;
 pub mod cli;
 pub mod cors;
+pub mod error;
 pub mod export;
 pub mod metrics;
 pub mod rebuild;
