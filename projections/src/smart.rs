@@ -193,93 +193,14 @@ pub fn render(rows: &[Availability], publication: &Publication) -> Files {
         let site = fhir_id(&[&row.region, &row.location]);
         if last_site != Some((&row.region, &row.location)) {
             last_site = Some((&row.region, &row.location));
-            let availability = with_query(
-                &format!("{}/v1/availability", publication.public_url),
-                &[("region", &row.region), ("location", &row.location)],
-            );
-            let mut telecom = vec![json!({"system": "url", "value": availability})];
-            for phone in [&described.phone, &publication.booking_phone]
-                .into_iter()
-                .flatten()
-            {
-                let contact = json!({"system": "phone", "value": phone});
-                if !telecom.contains(&contact) {
-                    telecom.push(contact);
-                }
-            }
-            let address = &described.address;
             line(
                 &mut locations,
-                &json!({
-                    "resourceType": "Location",
-                    "id": site,
-                    "identifier": [{
-                        "system": format!("{}/v1/availability", publication.public_url),
-                        "value": format!("{}/{}", row.region, row.location),
-                    }],
-                    "name": described.name,
-                    "description": format!("Vaccination site {} in region {}", row.location, row.region),
-                    "telecom": telecom,
-                    "address": {
-                        "line": address.line,
-                        "city": address.city,
-                        "state": address.state.as_deref().unwrap_or(&row.region),
-                        "postalCode": address.postal_code,
-                    },
-                }),
+                &location(row, described, &site, publication),
             );
-            line(
-                &mut schedules,
-                &json!({
-                    "resourceType": "Schedule",
-                    "id": site,
-                    "serviceType": [{"coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/service-type",
-                        "code": "57",
-                        "display": "Immunization",
-                    }]}],
-                    "actor": [{"reference": format!("Location/{site}")}],
-                }),
-            );
+            line(&mut schedules, &schedule(&site));
         }
-        // Coarse timing: the whole day, in UTC (the system knows dates, not opening hours).
-        let start = format!("{date}T00:00:00.000Z");
-        let end = format!("{}T00:00:00.000Z", date.succ_opt().unwrap_or(date));
-        let remaining = row.remaining.min(row.capacity);
-        for (status, count) in [("free", remaining), ("busy", row.capacity - remaining)] {
-            if count == 0 {
-                continue;
-            }
-            let mut extension = Vec::new();
-            if status == "free" {
-                if let Some(booking) = &publication.booking_url {
-                    let link = with_query(
-                        booking,
-                        &[
-                            ("region", &row.region),
-                            ("location", &row.location),
-                            ("date", &row.date),
-                        ],
-                    );
-                    extension.push(json!({"url": BOOKING_LINK, "valueUrl": link}));
-                }
-                if let Some(phone) = &publication.booking_phone {
-                    extension.push(json!({"url": BOOKING_PHONE, "valueString": phone}));
-                }
-            }
-            extension.push(json!({"url": SLOT_CAPACITY, "valueInteger": count}));
-            line(
-                &mut slots,
-                &json!({
-                    "resourceType": "Slot",
-                    "id": fhir_id(&[&row.region, &row.location, &row.date, status]),
-                    "schedule": {"reference": format!("Schedule/{site}")},
-                    "status": status,
-                    "start": start,
-                    "end": end,
-                    "extension": extension,
-                }),
-            );
+        for slot in slots_of(row, date, &site, publication) {
+            line(&mut slots, &slot);
         }
     }
     let fingerprint = sha256_hex(format!("{locations}\0{schedules}\0{slots}").as_bytes());
@@ -289,6 +210,112 @@ pub fn render(rows: &[Availability], publication: &Publication) -> Files {
         slots,
         fingerprint,
     }
+}
+
+/// The FHIR `Location` of a site: what the directory says of it, where its availability is
+/// read and the phones that book.
+fn location(row: &Availability, described: &Site, site: &str, publication: &Publication) -> Value {
+    let availability = with_query(
+        &format!("{}/v1/availability", publication.public_url),
+        &[("region", &row.region), ("location", &row.location)],
+    );
+    let mut telecom = vec![json!({"system": "url", "value": availability})];
+    for phone in [&described.phone, &publication.booking_phone]
+        .into_iter()
+        .flatten()
+    {
+        let contact = json!({"system": "phone", "value": phone});
+        if !telecom.contains(&contact) {
+            telecom.push(contact);
+        }
+    }
+    let address = &described.address;
+    json!({
+        "resourceType": "Location",
+        "id": site,
+        "identifier": [{
+            "system": format!("{}/v1/availability", publication.public_url),
+            "value": format!("{}/{}", row.region, row.location),
+        }],
+        "name": described.name,
+        "description": format!("Vaccination site {} in region {}", row.location, row.region),
+        "telecom": telecom,
+        "address": {
+            "line": address.line,
+            "city": address.city,
+            "state": address.state.as_deref().unwrap_or(&row.region),
+            "postalCode": address.postal_code,
+        },
+    })
+}
+
+/// The FHIR `Schedule` of a site: immunization, at its `Location`.
+fn schedule(site: &str) -> Value {
+    json!({
+        "resourceType": "Schedule",
+        "id": site,
+        "serviceType": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/service-type",
+            "code": "57",
+            "display": "Immunization",
+        }]}],
+        "actor": [{"reference": format!("Location/{site}")}],
+    })
+}
+
+/// A slot's FHIR `Slot`s: `free` with the remaining places, `busy` with the reserved ones,
+/// each only when it has some.
+fn slots_of(
+    row: &Availability,
+    date: NaiveDate,
+    site: &str,
+    publication: &Publication,
+) -> Vec<Value> {
+    // Coarse timing: the whole day, in UTC (the system knows dates, not opening hours).
+    let start = format!("{date}T00:00:00.000Z");
+    let end = format!("{}T00:00:00.000Z", date.succ_opt().unwrap_or(date));
+    let remaining = row.remaining.min(row.capacity);
+    [("free", remaining), ("busy", row.capacity - remaining)]
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(status, count)| {
+            let mut extension = match status {
+                "free" => booking(row, publication),
+                _ => Vec::new(),
+            };
+            extension.push(json!({"url": SLOT_CAPACITY, "valueInteger": count}));
+            json!({
+                "resourceType": "Slot",
+                "id": fhir_id(&[&row.region, &row.location, &row.date, status]),
+                "schedule": {"reference": format!("Schedule/{site}")},
+                "status": status,
+                "start": start,
+                "end": end,
+                "extension": extension,
+            })
+        })
+        .collect()
+}
+
+/// How a free slot is booked: a link to the booking page for its place and day, and a phone,
+/// when configured.
+fn booking(row: &Availability, publication: &Publication) -> Vec<Value> {
+    let mut extension = Vec::new();
+    if let Some(booking) = &publication.booking_url {
+        let link = with_query(
+            booking,
+            &[
+                ("region", &row.region),
+                ("location", &row.location),
+                ("date", &row.date),
+            ],
+        );
+        extension.push(json!({"url": BOOKING_LINK, "valueUrl": link}));
+    }
+    if let Some(phone) = &publication.booking_phone {
+        extension.push(json!({"url": BOOKING_PHONE, "valueString": phone}));
+    }
+    extension
 }
 
 /// The manifest: `transactionTime` is when this content was first published (so an unchanged

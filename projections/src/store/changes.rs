@@ -2,8 +2,8 @@
 //! a batch's changes grouped and folded into the writes [`super::apply`] makes. No I/O.
 
 use serde::Serialize;
-use streams::events::{Envelope, Event};
-use streams::model::Status;
+use streams::events::{Envelope, Event, NotificationFailed};
+use streams::model::{RegistrationId, SlotKey, Status};
 
 use super::rows::DeadLetter;
 
@@ -283,7 +283,7 @@ impl Writes {
     }
 }
 
-fn slot_of(slot: &streams::model::SlotKey) -> Option<[String; 3]> {
+fn slot_of(slot: &SlotKey) -> Option<[String; 3]> {
     Some([
         slot.region.to_string(),
         slot.location.to_string(),
@@ -296,124 +296,151 @@ fn ops_of(seq: u64, envelope: &Envelope) -> Vec<Op> {
     let at = envelope
         .occurred_at
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let base = |op: &'static str| Op {
-        op,
-        id: None,
-        slot: None,
-        status: None,
-        reason: None,
-        capacity: None,
-        reserved: None,
-        waiting: None,
-        line_seq: None,
-        row: None,
-        may_leave_line: true,
-        at: at.clone(),
-        seq,
-    };
-    let counts = |slot: &streams::model::SlotKey,
-                  capacity: Option<u32>,
-                  reserved: Option<u32>,
-                  waiting: Option<u32>| Op {
-        slot: slot_of(slot),
-        capacity,
-        reserved,
-        waiting,
-        ..base("counts")
-    };
-    let status = |id: &streams::model::RegistrationId,
-                  slot: &streams::model::SlotKey,
-                  status: streams::model::Status,
-                  reason: Option<String>| Op {
-        id: Some(id.to_string()),
-        slot: slot_of(slot),
-        status: Some(status.as_str()),
-        reason,
-        ..base("status")
-    };
+    let from = Origin { at, seq };
     match &envelope.event {
         Event::CapacitySet(e) => vec![Op {
             slot: slot_of(&e.slot),
             capacity: Some(e.capacity),
-            ..base("capacity")
+            ..from.op("capacity")
         }],
         Event::SlotReserved(e) => vec![
             Op {
                 may_leave_line: false,
-                ..status(&e.registration_id, &e.slot, Status::Reserved, None)
+                ..from.status(&e.registration_id, &e.slot, Status::Reserved, None)
             },
-            counts(&e.slot, Some(e.capacity), Some(e.reserved), None),
+            from.counts(&e.slot, Some(e.capacity), Some(e.reserved), None),
         ],
         Event::RegistrationWaitlisted(e) => vec![
             Op {
                 line_seq: Some(e.intake_seq),
                 may_leave_line: false,
-                ..status(&e.registration_id, &e.slot, Status::Waitlisted, None)
+                ..from.status(&e.registration_id, &e.slot, Status::Waitlisted, None)
             },
-            counts(&e.slot, None, None, Some(e.waiting)),
+            from.counts(&e.slot, None, None, Some(e.waiting)),
         ],
         Event::WaitlistPromoted(e) => vec![
-            status(&e.registration_id, &e.slot, Status::Reserved, None),
-            counts(&e.slot, Some(e.capacity), Some(e.reserved), Some(e.waiting)),
+            from.status(&e.registration_id, &e.slot, Status::Reserved, None),
+            from.counts(&e.slot, Some(e.capacity), Some(e.reserved), Some(e.waiting)),
         ],
         Event::SlotRejected(e) => {
-            let mut ops = vec![status(
-                &e.registration_id,
-                &e.slot,
-                Status::Rejected,
-                Some(e.reason.as_str().to_owned()),
-            )];
-            if e.waiting.is_some() {
-                ops.push(counts(&e.slot, None, None, e.waiting));
-            }
-            ops
+            let reason = Some(e.reason.as_str().to_owned());
+            let rejected = from.status(&e.registration_id, &e.slot, Status::Rejected, reason);
+            from.ended(rejected, &e.slot, e.waiting)
         }
-        Event::SlotReleased(e) => vec![counts(&e.slot, Some(e.capacity), Some(e.reserved), None)],
+        Event::SlotReleased(e) => {
+            vec![from.counts(&e.slot, Some(e.capacity), Some(e.reserved), None)]
+        }
         Event::ReviewRequired(e) => {
-            vec![status(
-                &e.registration_id,
-                &e.slot,
-                Status::ManualReview,
-                None,
-            )]
+            vec![from.status(&e.registration_id, &e.slot, Status::ManualReview, None)]
         }
         Event::VerificationRequeued(e) => {
-            vec![status(&e.registration_id, &e.slot, Status::Reserved, None)]
+            vec![from.status(&e.registration_id, &e.slot, Status::Reserved, None)]
         }
         Event::RegistrationConfirmed(e) => {
-            vec![status(&e.registration_id, &e.slot, Status::Confirmed, None)]
+            vec![from.status(&e.registration_id, &e.slot, Status::Confirmed, None)]
         }
-        Event::NotificationFailed(e) => {
-            // A dead letter written before codes existed holds the provider's own words.
-            let (error_code, last_error) = streams::outside::shown(&e.error_code, &e.last_error);
-            vec![Op {
-                id: Some(e.notification_id.clone()),
-                row: Some(DeadLetter {
-                    notification_id: e.notification_id.clone(),
-                    registration_id: e.registration_id.to_string(),
-                    channel: e.channel.clone(),
-                    template: e.template.clone(),
-                    decision_seq: e.decision_seq,
-                    attempts: e.attempts,
-                    error_code: Some(error_code),
-                    last_error: Some(last_error),
-                    at: at.clone(),
-                }),
-                ..base("dead")
-            }]
+        Event::RegistrationCancelled(e) => {
+            let cancelled = from.status(&e.registration_id, &e.slot, Status::Cancelled, None);
+            from.ended(cancelled, &e.slot, e.waiting)
         }
+        Event::NotificationFailed(e) => vec![from.dead_letter(e)],
         Event::NotificationSent(e) => vec![Op {
             id: Some(e.notification_id.clone()),
-            ..base("delivered")
+            ..from.op("delivered")
         }],
-        Event::RegistrationCancelled(e) => {
-            let mut ops = vec![status(&e.registration_id, &e.slot, Status::Cancelled, None)];
-            if e.waiting.is_some() {
-                ops.push(counts(&e.slot, None, None, e.waiting));
-            }
-            ops
-        }
         _ => Vec::new(),
+    }
+}
+
+/// Where in the log the changes of one event come from: its time and stream sequence, which
+/// every change carries.
+struct Origin {
+    at: String,
+    seq: u64,
+}
+
+impl Origin {
+    /// A change of kind `op` that names nothing yet.
+    fn op(&self, op: &'static str) -> Op {
+        Op {
+            op,
+            id: None,
+            slot: None,
+            status: None,
+            reason: None,
+            capacity: None,
+            reserved: None,
+            waiting: None,
+            line_seq: None,
+            row: None,
+            may_leave_line: true,
+            at: self.at.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// A registration's new status.
+    fn status(
+        &self,
+        id: &RegistrationId,
+        slot: &SlotKey,
+        status: Status,
+        reason: Option<String>,
+    ) -> Op {
+        Op {
+            id: Some(id.to_string()),
+            slot: slot_of(slot),
+            status: Some(status.as_str()),
+            reason,
+            ..self.op("status")
+        }
+    }
+
+    /// A slot's counts, each only if the event names it.
+    fn counts(
+        &self,
+        slot: &SlotKey,
+        capacity: Option<u32>,
+        reserved: Option<u32>,
+        waiting: Option<u32>,
+    ) -> Op {
+        Op {
+            slot: slot_of(slot),
+            capacity,
+            reserved,
+            waiting,
+            ..self.op("counts")
+        }
+    }
+
+    /// A registration's final status, and its slot's waiting count when it left the line.
+    fn ended(&self, status: Op, slot: &SlotKey, waiting: Option<u32>) -> Vec<Op> {
+        let mut ops = vec![status];
+        if waiting.is_some() {
+            ops.push(self.counts(slot, None, None, waiting));
+        }
+        ops
+    }
+
+    /// A message that could not be delivered. A failure recorded before codes existed holds
+    /// the provider's own words: its row shows a fixed sentence instead.
+    fn dead_letter(&self, e: &NotificationFailed) -> Op {
+        let (error_code, last_error) = streams::outside::shown(&e.error_code, &e.last_error);
+        Op {
+            id: Some(e.notification_id.clone()),
+            row: Some(DeadLetter {
+                notification_id: e.notification_id.clone(),
+                registration_id: e.registration_id.to_string(),
+                channel: e.channel.clone(),
+                template: e.template.clone(),
+                decision_seq: e.decision_seq,
+                attempts: e.attempts,
+                error_code: Some(error_code),
+                last_error: Some(last_error),
+                at: self.at.clone(),
+            }),
+            ..self.op("dead")
+        }
     }
 }
 
