@@ -9,14 +9,15 @@ use moka::future::Cache;
 use ntex::http::header::{self, HeaderValue};
 use ntex::http::{Method, StatusCode};
 use ntex::web::{self, HttpRequest, HttpResponse, types::State};
-use serde_json::{Value, json};
+use serde::Serialize;
 use streams::crypto::{Keys, sha256_hex};
-use streams::http::{error, json as json_response};
-use streams::model::{Location, Region, RegistrationId};
+use streams::http::json as json_response;
+use streams::model::{Location, Region, RegistrationId, Status};
 
+use crate::error::ReadError;
 use crate::metrics::Metrics;
 use crate::smart::{self, Publication};
-use crate::store::Store;
+use crate::store::{Availability, Registration, Store};
 
 /// An availability query, normalised: the cache key. Only parsed values go in, so random
 /// query parameters cannot multiply cache entries.
@@ -41,7 +42,7 @@ pub struct Rendered {
 #[derive(Debug)]
 pub struct SlotTable {
     generation: u64,
-    rows: Vec<Value>,
+    rows: Vec<Availability>,
     /// Row positions by location and by region, so a query that names either looks only at
     /// its own rows (a query for a place that does not exist looks at none).
     by_location: std::collections::HashMap<String, Vec<usize>>,
@@ -49,21 +50,15 @@ pub struct SlotTable {
 }
 
 impl SlotTable {
-    /// Indexes `rows` (each with `region`, `location` and `date`).
-    fn new(generation: u64, rows: Vec<Value>) -> Self {
+    /// Indexes `rows` by location and by region.
+    fn new(generation: u64, rows: Vec<Availability>) -> Self {
         let (mut by_location, mut by_region) = (
-            std::collections::HashMap::new(),
-            std::collections::HashMap::new(),
+            std::collections::HashMap::<_, Vec<usize>>::new(),
+            std::collections::HashMap::<_, Vec<usize>>::new(),
         );
         for (i, row) in rows.iter().enumerate() {
-            for (index, field) in [(&mut by_location, "location"), (&mut by_region, "region")] {
-                if let Some(value) = row.get(field).and_then(Value::as_str) {
-                    index
-                        .entry(value.to_owned())
-                        .or_insert_with(Vec::new)
-                        .push(i);
-                }
-            }
+            by_location.entry(row.location.clone()).or_default().push(i);
+            by_region.entry(row.region.clone()).or_default().push(i);
         }
         SlotTable {
             generation,
@@ -74,15 +69,13 @@ impl SlotTable {
     }
 
     /// The rows matching `key`, in the table's order (region, location, date).
-    fn filter(&self, key: &AvailabilityKey) -> Vec<&Value> {
-        let is = |row: &Value, field: &str, want: Option<&str>| {
-            want.is_none_or(|want| row.get(field).and_then(Value::as_str) == Some(want))
-        };
+    fn filter(&self, key: &AvailabilityKey) -> Vec<&Availability> {
+        let is = |field: &str, want: Option<&str>| want.is_none_or(|want| field == want);
         let date = key.date.map(|d| d.to_string());
-        let matches = |row: &&Value| {
-            is(row, "region", key.region.as_ref().map(Region::as_str))
-                && is(row, "location", key.location.as_ref().map(Location::as_str))
-                && is(row, "date", date.as_deref())
+        let matches = |row: &&Availability| {
+            is(&row.region, key.region.as_ref().map(Region::as_str))
+                && is(&row.location, key.location.as_ref().map(Location::as_str))
+                && is(&row.date, date.as_deref())
         };
         let indexed = match (&key.location, &key.region) {
             (Some(location), _) => self.by_location.get(location.as_str()),
@@ -222,26 +215,20 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
+fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, ReadError> {
     let query = req.uri().query().unwrap_or("");
-    let bad = |field: &str, message: String| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_field",
-            &message,
-            Some(field),
-        )
-    };
+    let invalid =
+        |field: &'static str| move |message: String| ReadError::Invalid { field, message };
     let nonempty = |name| query_param(query, name).filter(|v| !v.is_empty());
     Ok(AvailabilityKey {
         region: nonempty("region")
             .map(Region::parse)
             .transpose()
-            .map_err(|e| bad("region", e.0))?,
+            .map_err(|e| invalid("region")(e.0))?,
         location: nonempty("location")
             .map(Location::parse)
             .transpose()
-            .map_err(|e| bad("location", e.0))?,
+            .map_err(|e| invalid("location")(e.0))?,
         date: nonempty("date")
             // Exactly YYYY-MM-DD, as the edge takes dates: chrono alone also reads `2027-3-1`.
             .map(|d| {
@@ -251,45 +238,38 @@ fn parse_key(req: &HttpRequest) -> Result<AvailabilityKey, HttpResponse> {
                     .ok_or(())
             })
             .transpose()
-            .map_err(|_| bad("date", "date must be YYYY-MM-DD".into()))?,
+            .map_err(|_| invalid("date")("date must be YYYY-MM-DD".into()))?,
     })
 }
 
 /// `GET /v1/availability`, readable by the citizens' page ([`crate::cors`]).
 pub async fn availability(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    let response = availability_inner(&req, &reader).await;
+    let response = answer(availability_inner(&req, &reader).await);
     crate::cors::allow(&req, &reader, response)
 }
 
-async fn availability_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
+async fn availability_inner(
+    req: &HttpRequest,
+    reader: &State<Reader>,
+) -> Result<HttpResponse, ReadError> {
     reader.metrics.availability_requests.inc();
-    let key = match parse_key(req) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
-    let rendered = match rendered_availability(reader, key).await {
-        Ok(rendered) => rendered,
-        Err(err) => {
-            tracing::warn!(error = %err, "Availability could not be loaded.");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "availability is temporarily unavailable",
-                None,
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        }
-    };
-    cacheable(
+    let key = parse_key(req)?;
+    let rendered = rendered_availability(reader, key).await.map_err(|err| {
+        tracing::warn!(error = %err, "Availability could not be loaded.");
+        ReadError::NotLoaded("availability")
+    })?;
+    Ok(cacheable(
         req,
         &rendered.body,
         &rendered.etag,
         "application/json",
         "public, max-age=1",
-    )
+    ))
+}
+
+/// The answer to a request, or its error's.
+fn answer(result: Result<HttpResponse, ReadError>) -> HttpResponse {
+    result.unwrap_or_else(|err| err.response())
 }
 
 /// A cacheable answer: `304` when `If-None-Match` names `etag` (or is `*`), the body
@@ -375,19 +355,13 @@ async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error
 /// should offer them. The table is loaded at least once a cache period, so a day leaves the
 /// answers within about a second of its midnight.
 fn drop_days_over(
-    rows: &mut Vec<Value>,
+    rows: &mut Vec<Availability>,
     calendar: &streams::calendar::Calendar,
     now: chrono::DateTime<chrono::Utc>,
 ) {
     rows.retain(|row| {
-        let region = row
-            .get("region")
-            .and_then(Value::as_str)
-            .and_then(|r| streams::model::Region::parse(r).ok());
-        let date = row
-            .get("date")
-            .and_then(Value::as_str)
-            .and_then(|d| d.parse::<chrono::NaiveDate>().ok());
+        let region = Region::parse(&row.region).ok();
+        let date = row.date.parse::<NaiveDate>().ok();
         match (region, date) {
             (Some(region), Some(date)) => !calendar.is_over(&region, date, now),
             _ => true,
@@ -404,19 +378,14 @@ fn entity_tag(body: &str) -> String {
 const SMART_CACHE_CONTROL: &str = "public, max-age=60";
 
 /// The publication, from the cache (one load however many pollers ask at once).
-async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
+async fn published(reader: &Reader) -> Result<Arc<Published>, ReadError> {
     let loader = {
         let reader = reader.clone();
         async move {
             let table = slot_table(&reader)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let rows: Vec<smart::Row> = table
-                .rows
-                .iter()
-                .filter_map(|row| serde_json::from_value(row.clone()).ok())
-                .collect();
-            let files = smart::render(&rows, &reader.publication);
+            let files = smart::render(&table.rows, &reader.publication);
             let since = {
                 let mut since = reader.published_since.lock().expect("lock");
                 match &*since {
@@ -446,44 +415,33 @@ async fn published(reader: &Reader) -> Result<Arc<Published>, HttpResponse> {
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "The SMART publication could not be loaded.");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the publication is temporarily unavailable",
-                None,
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            ReadError::NotLoaded("the publication")
         })
 }
 
 /// `GET /$bulk-publish`: the SMART Scheduling Links manifest.
 pub async fn bulk_publish(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    match published(&reader).await {
-        Ok(p) => cacheable(
+    answer(published(&reader).await.map(|p| {
+        cacheable(
             &req,
             &p.manifest.body,
             &p.manifest.etag,
             "application/json",
             SMART_CACHE_CONTROL,
-        ),
-        Err(response) => response,
-    }
+        )
+    }))
 }
 
 async fn smart_file(req: &HttpRequest, reader: &Reader, index: usize) -> HttpResponse {
-    match published(reader).await {
-        Ok(p) => cacheable(
+    answer(published(reader).await.map(|p| {
+        cacheable(
             req,
             p.files.get(smart::FILES[index].0),
             &p.file_etags[index],
             "application/fhir+ndjson",
             SMART_CACHE_CONTROL,
-        ),
-        Err(response) => response,
-    }
+        )
+    }))
 }
 
 /// `GET /smart/locations.ndjson`: FHIR `Location`s, one per line.
@@ -501,98 +459,123 @@ pub async fn smart_slots(req: HttpRequest, reader: State<Reader>) -> HttpRespons
     smart_file(&req, &reader, 2).await
 }
 
-fn not_found() -> HttpResponse {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no registration with this id and token",
-        None,
-    )
+/// `GET /v1/registrations/{id}`'s answer: no personal data.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct StatusAnswer {
+    registration_id: RegistrationId,
+    status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    region: String,
+    /// The slot and the time of the last decision, known from the first decision on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated_at: Option<String>,
+}
+
+impl StatusAnswer {
+    /// A registration the projection has.
+    fn projected(registration_id: RegistrationId, row: Registration) -> Self {
+        StatusAnswer {
+            registration_id,
+            status: row.status,
+            reason: row.reason,
+            position: row.position,
+            region: row.region,
+            location: Some(row.location),
+            date: Some(row.date),
+            updated_at: Some(row.updated_at),
+        }
+    }
+
+    /// A registration the projection does not have yet: a valid token is only ever handed
+    /// out with a 202, so it exists, and until its first decision it is `received`.
+    fn received(registration_id: RegistrationId) -> Self {
+        StatusAnswer {
+            region: registration_id.region().to_string(),
+            registration_id,
+            status: Status::Received,
+            reason: None,
+            position: None,
+            location: None,
+            date: None,
+            updated_at: None,
+        }
+    }
 }
 
 /// `GET /v1/registrations/{id}` with `Authorization: Bearer <token>`. Unknown id, wrong or
 /// missing token: the same `404`. Readable by the citizens' page ([`crate::cors`]).
 pub async fn registration(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    let response = registration_inner(&req, &reader).await;
+    let response = answer(registration_inner(&req, &reader).await);
     crate::cors::allow(&req, &reader, response)
 }
 
-async fn registration_inner(req: &HttpRequest, reader: &State<Reader>) -> HttpResponse {
-    let Ok(id) = RegistrationId::parse(req.match_info().get("id").unwrap_or_default()) else {
-        return not_found();
-    };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+async fn registration_inner(
+    req: &HttpRequest,
+    reader: &State<Reader>,
+) -> Result<HttpResponse, ReadError> {
+    let id = RegistrationId::parse(req.match_info().get("id").unwrap_or_default())
+        .map_err(|_| ReadError::NotFound)?;
+    let token = streams::http::bearer(req);
     if !token.is_some_and(|t| reader.keys.verify_token(&id, t)) {
-        return not_found();
+        return Err(ReadError::NotFound);
     }
-    let row = match reader.store.registration(id.as_str()).await {
-        Ok(row) => row,
-        Err(err) => {
+    let row = reader
+        .store
+        .registration(id.as_str())
+        .await
+        .map_err(|err| {
             tracing::warn!(registration_id = %id, error = %err, "Status could not be read.");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "status is temporarily unavailable",
-                None,
-            );
-        }
+            ReadError::Unavailable("status")
+        })?;
+    let body = match row {
+        Some(row) => StatusAnswer::projected(id, row),
+        None => StatusAnswer::received(id),
     };
-    // A valid token is only ever handed out with a 202, so the registration exists even if
-    // the projection has not caught up yet: it is `received`.
-    let mut body = row.unwrap_or_else(|| json!({"status": "received", "region": id.region()}));
-    if let Value::Object(map) = &mut body {
-        map.insert("registration_id".into(), json!(id));
-        map.retain(|_, v| !v.is_null());
-    }
-    let mut response = json_response(StatusCode::OK, &body);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(no_store(json_response(StatusCode::OK, &body)))
+}
+
+/// Lets an operator's request through, or refuses it (`401`, `403`).
+fn operator(req: &HttpRequest, reader: &Reader) -> Result<(), ReadError> {
+    Ok(streams::http::check_operator(req, &reader.admin_token)?)
 }
 
 /// `GET /v1/admin/reviews?region=`: the registrations waiting for an operator's decision
 /// (manual review), oldest first, at most [`crate::store::MAX_REVIEWS_LISTED`]. Operators
 /// only.
 pub async fn reviews(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    let region = match query_param(req.query_string(), "region") {
-        None => None,
-        Some(r) => match streams::model::Region::parse(r) {
-            Ok(region) => Some(region),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_field",
-                    &e.0,
-                    Some("region"),
-                );
-            }
-        },
-    };
-    listing(
-        reader
-            .store
-            .reviews(region.as_ref().map(|r| r.as_str()))
-            .await,
-        "manual reviews",
-    )
+    answer(reviews_inner(&req, &reader).await)
+}
+
+async fn reviews_inner(req: &HttpRequest, reader: &Reader) -> Result<HttpResponse, ReadError> {
+    operator(req, reader)?;
+    let region = query_param(req.query_string(), "region")
+        .map(Region::parse)
+        .transpose()
+        .map_err(|e| ReadError::Invalid {
+            field: "region",
+            message: e.0,
+        })?;
+    let rows = reader
+        .store
+        .reviews(region.as_ref().map(Region::as_str))
+        .await;
+    listing(rows, "manual reviews")
 }
 
 /// `GET /v1/admin/notifications/dead-letters`: the messages that could not be delivered and
 /// were not re-driven since, oldest first. Operators only.
 pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    listing(reader.store.dead_letters().await, "dead letters")
+    answer(match operator(&req, &reader) {
+        Ok(()) => listing(reader.store.dead_letters().await, "dead letters"),
+        Err(refused) => Err(refused),
+    })
 }
 
 /// `POST /v1/admin/rebuilds`: rebuilds every projection from the start of the log into a
@@ -600,25 +583,18 @@ pub async fn dead_letters(req: HttpRequest, reader: State<Reader>) -> HttpRespon
 /// [`crate::rebuild`]). `202` with the rebuild's status; `409` while another runs.
 /// Operators only.
 pub async fn start_rebuild(req: HttpRequest, reader: State<Reader>) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    match reader.rebuilds.start(&reader.store) {
-        Ok(status) => {
-            let location = format!("/v1/admin/rebuilds/{}", status.rebuild_id);
-            let mut response = no_store(json_response(StatusCode::ACCEPTED, &status));
-            if let Ok(location) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
+    answer(operator(&req, &reader).and_then(|()| {
+        let status = reader
+            .rebuilds
+            .start(&reader.store)
+            .map_err(ReadError::RebuildRunning)?;
+        let location = format!("/v1/admin/rebuilds/{}", status.rebuild_id);
+        let mut response = no_store(json_response(StatusCode::ACCEPTED, &status));
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, location);
         }
-        Err(running) => error(
-            StatusCode::CONFLICT,
-            "rebuild_running",
-            &format!("rebuild {running} is still running"),
-            None,
-        ),
-    }
+        Ok(response)
+    }))
 }
 
 /// `GET /v1/admin/rebuilds/{id}`: a rebuild's progress and, once done, its comparison with
@@ -628,18 +604,10 @@ pub async fn rebuild_status(
     id: web::types::Path<String>,
     reader: State<Reader>,
 ) -> HttpResponse {
-    if let Err(refusal) = streams::http::check_operator(&req, &reader.admin_token) {
-        return streams::http::operator_refused(refusal);
-    }
-    match reader.rebuilds.get(&id) {
-        Some(status) => no_store(json_response(StatusCode::OK, &status)),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such rebuild (only the last 16 are kept)",
-            None,
-        ),
-    }
+    answer(operator(&req, &reader).and_then(|()| {
+        let status = reader.rebuilds.get(&id).ok_or(ReadError::NoSuchRebuild)?;
+        Ok(no_store(json_response(StatusCode::OK, &status)))
+    }))
 }
 
 fn no_store(mut response: HttpResponse) -> HttpResponse {
@@ -650,19 +618,15 @@ fn no_store(mut response: HttpResponse) -> HttpResponse {
 }
 
 /// An operator's listing: never cached; `503` when the store cannot answer.
-fn listing(rows: anyhow::Result<Vec<Value>>, what: &str) -> HttpResponse {
-    match rows {
-        Ok(rows) => no_store(json_response(StatusCode::OK, &rows)),
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the list is temporarily unavailable",
-                None,
-            )
-        }
-    }
+fn listing<T: Serialize>(
+    rows: anyhow::Result<Vec<T>>,
+    what: &str,
+) -> Result<HttpResponse, ReadError> {
+    let rows = rows.map_err(|err| {
+        tracing::warn!(error = %format!("{err:#}"), list = what, "An operator's list could not be read.");
+        ReadError::Unavailable("the list")
+    })?;
+    Ok(no_store(json_response(StatusCode::OK, &rows)))
 }
 
 /// `GET /readyz`: NATS connected, SurrealDB answering and no projection worker stalled.
@@ -733,6 +697,46 @@ mod tests {
         }
     }
 
+    fn slot(region: &str, location: &str, date: &str) -> Availability {
+        Availability {
+            region: region.into(),
+            location: location.into(),
+            date: date.into(),
+            capacity: 1,
+            remaining: 1,
+            waiting: 0,
+        }
+    }
+
+    /// The status answer has the contract's shape: until the first decision only the id, the
+    /// status and the region; after it the slot and the time, and what applies of the reason
+    /// and the position.
+    #[test]
+    fn a_status_answer_names_only_what_is_known() {
+        let id = RegistrationId::parse("mazowieckie.0190f3c2a1b27c3e8d4f5a6b7c8d9e0f").unwrap();
+        assert_eq!(
+            serde_json::to_value(StatusAnswer::received(id.clone())).unwrap(),
+            serde_json::json!({"registration_id": id, "status": "received", "region": "mazowieckie"})
+        );
+        let waiting = Registration {
+            status: Status::Waitlisted,
+            reason: None,
+            position: Some(2),
+            region: "mazowieckie".into(),
+            location: "narodowy".into(),
+            date: "2027-03-01".into(),
+            updated_at: "2027-02-01T08:00:00.123Z".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(StatusAnswer::projected(id.clone(), waiting)).unwrap(),
+            serde_json::json!({
+                "registration_id": id, "status": "waitlisted", "position": 2,
+                "region": "mazowieckie", "location": "narodowy", "date": "2027-03-01",
+                "updated_at": "2027-02-01T08:00:00.123Z",
+            })
+        );
+    }
+
     /// The indexed filter gives exactly what a scan of every row gives, for every
     /// combination of filters, existing values or not.
     #[test]
@@ -744,7 +748,7 @@ mod tests {
                     if region == "slaskie" && location == "torwar" {
                         continue;
                     }
-                    rows.push(json!({"region": region, "location": location, "date": date}));
+                    rows.push(slot(region, location, date));
                 }
             }
         }
@@ -756,12 +760,12 @@ mod tests {
         for region in regions {
             for location in locations {
                 for date in dates {
-                    let wanted: Vec<&Value> = rows
+                    let wanted: Vec<&Availability> = rows
                         .iter()
                         .filter(|row| {
-                            region.is_none_or(|r| row["region"] == r)
-                                && location.is_none_or(|l| row["location"] == l)
-                                && date.is_none_or(|d| row["date"] == d)
+                            region.is_none_or(|r| row.region == r)
+                                && location.is_none_or(|l| row.location == l)
+                                && date.is_none_or(|d| row.date == d)
                         })
                         .collect();
                     let got = table.filter(&key(region, location, date));
@@ -778,7 +782,7 @@ mod tests {
     #[test]
     fn the_empty_answer_is_what_rendering_nothing_gives() {
         let empty = empty_answer();
-        let rendered = serde_json::to_string(&Vec::<Value>::new()).unwrap();
+        let rendered = serde_json::to_string(&Vec::<Availability>::new()).unwrap();
         assert_eq!(empty.body, rendered);
         assert_eq!(empty.etag, entity_tag(&rendered));
         assert!(Arc::ptr_eq(&empty, &empty_answer()));
@@ -791,7 +795,7 @@ mod tests {
     fn a_slot_whose_day_is_over_in_its_region_is_not_listed() {
         let calendar: streams::calendar::Calendar =
             "Europe/Warsaw,west=Europe/London".parse().unwrap();
-        let row = |region: &str, date: &str| serde_json::json!({"region": region, "location": "a", "date": date, "capacity": 1, "remaining": 1, "waiting": 0});
+        let row = |region: &str, date: &str| slot(region, "a", date);
         let mut rows = vec![
             row("mazowieckie", "2027-03-01"),
             row("mazowieckie", "2027-03-02"),

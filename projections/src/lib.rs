@@ -5,20 +5,24 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
+//! | [`cli`] | the command line and its `REG_*` settings; [`cli::run_cli`] is `main` |
 //! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
 //! | [`cli`], [`settings`] | the command line (every flag and its `REG_*` variable), and what the service consumes, built from it |
 //! | [`worker`] | one ordered consumer per stream, batches applied with their checkpoint |
-//! | [`store`] | the SurrealDB schema, batched idempotent writes, reads |
-//! | [`export`] | analysts' replay of a stream to NDJSON or CSV (the `replay` binary) |
+//! | [`store`] | SurrealDB: the schema, the pure mapping from events to writes, a batch and its checkpoint in one transaction, typed reads |
 //! | [`rebuild`] | every projection rebuilt from the log beside the live one, and compared |
-//! | [`api`] | `GET /v1/availability`, `GET /v1/registrations/{id}`, health |
+//! | [`api`] | the read API's routes: availability (cached), status, operators' lists, rebuilds, health |
+//! | [`error`] | [`error::ReadError`]: every error of the read API's own routes, in the contract's shape |
+//! | [`smart`] | SMART Scheduling Links: availability as FHIR files for vaccine finders |
 //! | [`cors`] | cross-origin reads for the citizens' page |
 //! | [`metrics`] | Prometheus metrics |
+//! | [`export`] | analysts' replay of a stream to NDJSON or CSV (the `replay` binary) |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
 pub mod cors;
+pub mod error;
 pub mod export;
 pub mod metrics;
 pub mod rebuild;

@@ -15,6 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use streams::crypto::sha256_hex;
 
+use crate::store::Availability;
+
 /// The three files, in manifest order: (type, path on the read API).
 pub const FILES: [(&str, &str); 3] = [
     ("Location", "/smart/locations.ndjson"),
@@ -123,21 +125,6 @@ pub fn parse_sites(json: &str) -> Result<Sites, String> {
     Ok(sites)
 }
 
-/// One availability row, as the store lists them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Row {
-    /// Region.
-    pub region: String,
-    /// Site.
-    pub location: String,
-    /// Day, `YYYY-MM-DD`.
-    pub date: String,
-    /// Capacity of the slot.
-    pub capacity: u64,
-    /// What is left of it.
-    pub remaining: u64,
-}
-
 /// The three NDJSON files and the fingerprint of their content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Files {
@@ -188,7 +175,7 @@ fn line(out: &mut String, value: &Value) {
 /// Renders the three files from availability rows (ordered by region, location, date, as the
 /// store returns them). Rows with a date that does not parse, and rows of a site missing from
 /// the directory (the spec requires its address), are skipped.
-pub fn render(rows: &[Row], publication: &Publication) -> Files {
+pub fn render(rows: &[Availability], publication: &Publication) -> Files {
     let mut locations = String::new();
     let mut schedules = String::new();
     let mut slots = String::new();
@@ -206,93 +193,14 @@ pub fn render(rows: &[Row], publication: &Publication) -> Files {
         let site = fhir_id(&[&row.region, &row.location]);
         if last_site != Some((&row.region, &row.location)) {
             last_site = Some((&row.region, &row.location));
-            let availability = with_query(
-                &format!("{}/v1/availability", publication.public_url),
-                &[("region", &row.region), ("location", &row.location)],
-            );
-            let mut telecom = vec![json!({"system": "url", "value": availability})];
-            for phone in [&described.phone, &publication.booking_phone]
-                .into_iter()
-                .flatten()
-            {
-                let contact = json!({"system": "phone", "value": phone});
-                if !telecom.contains(&contact) {
-                    telecom.push(contact);
-                }
-            }
-            let address = &described.address;
             line(
                 &mut locations,
-                &json!({
-                    "resourceType": "Location",
-                    "id": site,
-                    "identifier": [{
-                        "system": format!("{}/v1/availability", publication.public_url),
-                        "value": format!("{}/{}", row.region, row.location),
-                    }],
-                    "name": described.name,
-                    "description": format!("Vaccination site {} in region {}", row.location, row.region),
-                    "telecom": telecom,
-                    "address": {
-                        "line": address.line,
-                        "city": address.city,
-                        "state": address.state.as_deref().unwrap_or(&row.region),
-                        "postalCode": address.postal_code,
-                    },
-                }),
+                &location(row, described, &site, publication),
             );
-            line(
-                &mut schedules,
-                &json!({
-                    "resourceType": "Schedule",
-                    "id": site,
-                    "serviceType": [{"coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/service-type",
-                        "code": "57",
-                        "display": "Immunization",
-                    }]}],
-                    "actor": [{"reference": format!("Location/{site}")}],
-                }),
-            );
+            line(&mut schedules, &schedule(&site));
         }
-        // Coarse timing: the whole day, in UTC (the system knows dates, not opening hours).
-        let start = format!("{date}T00:00:00.000Z");
-        let end = format!("{}T00:00:00.000Z", date.succ_opt().unwrap_or(date));
-        let remaining = row.remaining.min(row.capacity);
-        for (status, count) in [("free", remaining), ("busy", row.capacity - remaining)] {
-            if count == 0 {
-                continue;
-            }
-            let mut extension = Vec::new();
-            if status == "free" {
-                if let Some(booking) = &publication.booking_url {
-                    let link = with_query(
-                        booking,
-                        &[
-                            ("region", &row.region),
-                            ("location", &row.location),
-                            ("date", &row.date),
-                        ],
-                    );
-                    extension.push(json!({"url": BOOKING_LINK, "valueUrl": link}));
-                }
-                if let Some(phone) = &publication.booking_phone {
-                    extension.push(json!({"url": BOOKING_PHONE, "valueString": phone}));
-                }
-            }
-            extension.push(json!({"url": SLOT_CAPACITY, "valueInteger": count}));
-            line(
-                &mut slots,
-                &json!({
-                    "resourceType": "Slot",
-                    "id": fhir_id(&[&row.region, &row.location, &row.date, status]),
-                    "schedule": {"reference": format!("Schedule/{site}")},
-                    "status": status,
-                    "start": start,
-                    "end": end,
-                    "extension": extension,
-                }),
-            );
+        for slot in slots_of(row, date, &site, publication) {
+            line(&mut slots, &slot);
         }
     }
     let fingerprint = sha256_hex(format!("{locations}\0{schedules}\0{slots}").as_bytes());
@@ -302,6 +210,112 @@ pub fn render(rows: &[Row], publication: &Publication) -> Files {
         slots,
         fingerprint,
     }
+}
+
+/// The FHIR `Location` of a site: what the directory says of it, where its availability is
+/// read and the phones that book.
+fn location(row: &Availability, described: &Site, site: &str, publication: &Publication) -> Value {
+    let availability = with_query(
+        &format!("{}/v1/availability", publication.public_url),
+        &[("region", &row.region), ("location", &row.location)],
+    );
+    let mut telecom = vec![json!({"system": "url", "value": availability})];
+    for phone in [&described.phone, &publication.booking_phone]
+        .into_iter()
+        .flatten()
+    {
+        let contact = json!({"system": "phone", "value": phone});
+        if !telecom.contains(&contact) {
+            telecom.push(contact);
+        }
+    }
+    let address = &described.address;
+    json!({
+        "resourceType": "Location",
+        "id": site,
+        "identifier": [{
+            "system": format!("{}/v1/availability", publication.public_url),
+            "value": format!("{}/{}", row.region, row.location),
+        }],
+        "name": described.name,
+        "description": format!("Vaccination site {} in region {}", row.location, row.region),
+        "telecom": telecom,
+        "address": {
+            "line": address.line,
+            "city": address.city,
+            "state": address.state.as_deref().unwrap_or(&row.region),
+            "postalCode": address.postal_code,
+        },
+    })
+}
+
+/// The FHIR `Schedule` of a site: immunization, at its `Location`.
+fn schedule(site: &str) -> Value {
+    json!({
+        "resourceType": "Schedule",
+        "id": site,
+        "serviceType": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/service-type",
+            "code": "57",
+            "display": "Immunization",
+        }]}],
+        "actor": [{"reference": format!("Location/{site}")}],
+    })
+}
+
+/// A slot's FHIR `Slot`s: `free` with the remaining places, `busy` with the reserved ones,
+/// each only when it has some.
+fn slots_of(
+    row: &Availability,
+    date: NaiveDate,
+    site: &str,
+    publication: &Publication,
+) -> Vec<Value> {
+    // Coarse timing: the whole day, in UTC (the system knows dates, not opening hours).
+    let start = format!("{date}T00:00:00.000Z");
+    let end = format!("{}T00:00:00.000Z", date.succ_opt().unwrap_or(date));
+    let remaining = row.remaining.min(row.capacity);
+    [("free", remaining), ("busy", row.capacity - remaining)]
+        .into_iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(status, count)| {
+            let mut extension = match status {
+                "free" => booking(row, publication),
+                _ => Vec::new(),
+            };
+            extension.push(json!({"url": SLOT_CAPACITY, "valueInteger": count}));
+            json!({
+                "resourceType": "Slot",
+                "id": fhir_id(&[&row.region, &row.location, &row.date, status]),
+                "schedule": {"reference": format!("Schedule/{site}")},
+                "status": status,
+                "start": start,
+                "end": end,
+                "extension": extension,
+            })
+        })
+        .collect()
+}
+
+/// How a free slot is booked: a link to the booking page for its place and day, and a phone,
+/// when configured.
+fn booking(row: &Availability, publication: &Publication) -> Vec<Value> {
+    let mut extension = Vec::new();
+    if let Some(booking) = &publication.booking_url {
+        let link = with_query(
+            booking,
+            &[
+                ("region", &row.region),
+                ("location", &row.location),
+                ("date", &row.date),
+            ],
+        );
+        extension.push(json!({"url": BOOKING_LINK, "valueUrl": link}));
+    }
+    if let Some(phone) = &publication.booking_phone {
+        extension.push(json!({"url": BOOKING_PHONE, "valueString": phone}));
+    }
+    extension
 }
 
 /// The manifest: `transactionTime` is when this content was first published (so an unchanged
@@ -330,13 +344,20 @@ mod tests {
 
     use super::*;
 
-    fn row(region: &str, location: &str, date: &str, capacity: u64, remaining: u64) -> Row {
-        Row {
+    fn row(
+        region: &str,
+        location: &str,
+        date: &str,
+        capacity: u64,
+        remaining: u64,
+    ) -> Availability {
+        Availability {
             region: region.into(),
             location: location.into(),
             date: date.into(),
             capacity,
             remaining,
+            waiting: 0,
         }
     }
 
@@ -357,7 +378,7 @@ mod tests {
     }
 
     /// A publication whose directory describes every site of `rows`.
-    fn publication(booking: bool, rows: &[Row]) -> Publication {
+    fn publication(booking: bool, rows: &[Availability]) -> Publication {
         Publication {
             public_url: "https://read.example.org".into(),
             booking_url: booking.then(|| "https://book.example.org/".into()),

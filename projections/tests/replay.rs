@@ -328,7 +328,7 @@ async fn a_decision_on_the_notification_subject_is_refused_by_the_projections() 
     assert!(stall.reason.contains("RegistrationConfirmed"), "{stall}");
     assert_eq!(store.checkpoint(stream).await.unwrap(), owned);
     let row = store.registration(&id).await.unwrap().unwrap();
-    assert_eq!(row["status"], "reserved", "{row}");
+    assert_eq!(row.status, streams::model::Status::Reserved, "{row:?}");
     shutdown.cancel();
     worker.await.unwrap();
 
@@ -344,7 +344,8 @@ async fn a_decision_on_the_notification_subject_is_refused_by_the_projections() 
     assert!(rebuilt.checkpoint(stream).await.unwrap() < foreign);
     let row = rebuilt.registration(&id).await.unwrap();
     assert!(
-        row.as_ref().is_none_or(|row| row["status"] != "confirmed"),
+        row.as_ref()
+            .is_none_or(|row| row.status != streams::model::Status::Confirmed),
         "{row:?}"
     );
 

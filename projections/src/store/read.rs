@@ -1,0 +1,233 @@
+//! Reading the projections: availability, a registration's status, the operators' lists,
+//! and a snapshot of every table for a rebuild's comparison.
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use streams::model::Status;
+
+use super::Store;
+use super::rows::{Availability, DeadLetter, Registration, Review};
+
+/// The most registrations one manual-review listing returns.
+pub const MAX_REVIEWS_LISTED: usize = 1000;
+
+/// The tables a snapshot reads: every table the workers write, the checkpoints included.
+pub const SNAPSHOT_TABLES: [&str; 5] =
+    ["checkpoint", "registration", "line", "slot", "dead_letter"];
+
+/// Every row of every projected table, by table and record id, read in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Table name → record id (as SurrealQL prints it) → the row without its id.
+    pub tables: std::collections::BTreeMap<&'static str, std::collections::BTreeMap<String, Value>>,
+}
+
+impl Snapshot {
+    /// The checkpoint of `stream` in this snapshot (0 if none).
+    pub fn checkpoint(&self, stream: &str) -> u64 {
+        self.tables
+            .get("checkpoint")
+            .and_then(|rows| rows.get(&format!("checkpoint:{stream}")))
+            .and_then(|row| row.get("seq"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    }
+}
+
+impl Store {
+    /// Every projected table, row by row, and the checkpoints they were applied up to, all
+    /// read in one transaction: a state the log can reproduce exactly (see
+    /// [`crate::rebuild`]). Holds the whole projection in memory: meant for comparisons, not
+    /// for serving.
+    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let statements: String = SNAPSHOT_TABLES
+            .iter()
+            .map(|table| format!("SELECT <string> id AS key, * OMIT id FROM {table};"))
+            .collect();
+        let mut response = self
+            .db
+            .query(format!(
+                "BEGIN TRANSACTION; {statements} COMMIT TRANSACTION;"
+            ))
+            .await
+            .context("Failed to read a snapshot of the projections")?;
+        let mut tables = std::collections::BTreeMap::new();
+        // Statement 0 is the BEGIN.
+        for (index, table) in SNAPSHOT_TABLES.iter().enumerate() {
+            let rows: Vec<Value> = response
+                .take(index + 1)
+                .with_context(|| format!("Failed to read the {table} table"))?;
+            let rows = rows
+                .into_iter()
+                .filter_map(|mut row| {
+                    let key = row.as_object_mut()?.remove("key")?;
+                    Some((key.as_str()?.to_owned(), row))
+                })
+                .collect();
+            tables.insert(*table, rows);
+        }
+        Ok(Snapshot { tables })
+    }
+
+    /// Availability rows, filtered by any of region, location, date.
+    pub async fn availability(
+        &self,
+        region: Option<&str>,
+        location: Option<&str>,
+        date: Option<&str>,
+    ) -> anyhow::Result<Vec<Availability>> {
+        let mut conditions = Vec::new();
+        if region.is_some() {
+            conditions.push("region = $region");
+        }
+        if location.is_some() {
+            conditions.push("location = $location");
+        }
+        if date.is_some() {
+            conditions.push("date = $date");
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let query = format!(
+            "SELECT region, location, date, capacity ?? 0 AS capacity, \
+             math::max([0, (capacity ?? 0) - (reserved ?? 0)]) AS remaining, \
+             waiting ?? 0 AS waiting \
+             FROM slot {filter} ORDER BY region, location, date"
+        );
+        let mut response = self
+            .db
+            .query(query)
+            .bind(json!({ "region": region, "location": location, "date": date }))
+            .await
+            .context("Failed to read availability")?;
+        let rows: Vec<Value> = response.take(0).context("Failed to read availability")?;
+        typed(rows).context("Failed to read availability")
+    }
+
+    /// A registration's projected record, if the projection has it. A waiting registration's
+    /// `position` (1 = next in line) is counted from those still waiting ahead of it.
+    pub async fn registration(&self, id: &str) -> anyhow::Result<Option<Registration>> {
+        let mut response = self
+            .db
+            .query(
+                "SELECT status, reason, region, location, date, updated_at, line_seq \
+                 FROM ONLY type::record('registration', $id)",
+            )
+            .bind(json!({ "id": id }))
+            .await
+            .context("Failed to read a registration")?;
+        let row: Option<Value> = response.take(0).context("Failed to read a registration")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row: RegistrationRow =
+            serde_json::from_value(row).context("Failed to read a registration")?;
+        let position = match row.status {
+            Status::Waitlisted => Some(self.place_in_line(&row).await?),
+            _ => None,
+        };
+        let RegistrationRow {
+            status,
+            reason,
+            region,
+            location,
+            date,
+            updated_at,
+            line_seq: _,
+        } = row;
+        Ok(Some(Registration {
+            status,
+            reason,
+            position,
+            region,
+            location,
+            date,
+            updated_at,
+        }))
+    }
+
+    /// A waiting registration's place in line: 1 + those waiting ahead of it for its slot.
+    async fn place_in_line(&self, row: &RegistrationRow) -> anyhow::Result<u64> {
+        let mut response = self
+            .db
+            .query(
+                "SELECT count() AS ahead FROM line \
+                 WHERE kind = 'waitlisted' AND region = $region AND location = $location \
+                 AND date = $date AND line_seq < $line_seq GROUP ALL",
+            )
+            .bind(json!({
+                "region": row.region, "location": row.location,
+                "date": row.date, "line_seq": row.line_seq,
+            }))
+            .await
+            .context("Failed to count a registration's place in line")?;
+        let ahead: Option<u64> = response
+            .take((0, "ahead"))
+            .context("Failed to count a registration's place in line")?;
+        Ok(ahead.unwrap_or(0) + 1)
+    }
+
+    /// The undeliverable messages (dead letters) not re-driven since, oldest first.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut response = self
+            .db
+            .query(format!(
+                "SELECT notification_id, registration_id, channel, template, decision_seq, \
+                 attempts, error_code, last_error, at FROM dead_letter ORDER BY at \
+                 LIMIT {MAX_REVIEWS_LISTED}"
+            ))
+            .await
+            .context("Failed to list the dead letters")?;
+        let rows: Vec<Value> = response
+            .take(0)
+            .context("Failed to list the dead letters")?;
+        typed(rows).context("Failed to list the dead letters")
+    }
+
+    /// The registrations in manual review, oldest first, optionally of one region.
+    pub async fn reviews(&self, region: Option<&str>) -> anyhow::Result<Vec<Review>> {
+        let filter = if region.is_some() {
+            "AND region = $region"
+        } else {
+            ""
+        };
+        let mut response = self
+            .db
+            .query(format!(
+                "SELECT record::id(id) AS registration_id, region, location, date, updated_at \
+                 FROM line WHERE kind = 'manual_review' {filter} \
+                 ORDER BY updated_at LIMIT {MAX_REVIEWS_LISTED}"
+            ))
+            .bind(json!({ "region": region }))
+            .await
+            .context("Failed to list the manual reviews")?;
+        let rows: Vec<Value> = response
+            .take(0)
+            .context("Failed to list the manual reviews")?;
+        typed(rows).context("Failed to list the manual reviews")
+    }
+}
+
+/// A `registration` row as stored: a [`Registration`] with its place in line (the intake
+/// sequence of its submission) instead of its position.
+#[derive(Debug, Deserialize)]
+struct RegistrationRow {
+    status: Status,
+    reason: Option<String>,
+    region: String,
+    location: String,
+    date: String,
+    updated_at: String,
+    line_seq: Option<u64>,
+}
+
+/// Rows as read (JSON objects) as the typed rows they are. A missing field and a `null` are
+/// both `None` in an optional one: stores written by older versions hold either.
+fn typed<T: DeserializeOwned>(rows: Vec<Value>) -> serde_json::Result<Vec<T>> {
+    rows.into_iter().map(serde_json::from_value).collect()
+}
