@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use ntex::http::StatusCode;
-use ntex::http::header::{self, HeaderValue};
 use ntex::web::HttpResponse;
 use streams::appender::AppendError;
 use streams::http::BodyError;
@@ -149,15 +148,13 @@ impl EdgeError {
 
     /// The response in the contract's shape: `{"error": {"code", "message", "field"?}}`.
     pub fn response(&self) -> HttpResponse {
-        let mut response =
-            streams::http::error(self.status(), self.code(), &self.to_string(), self.field());
-        if let Some(seconds) = self.retry_after() {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
-            );
-        }
-        response
+        streams::http::error_retry_after(
+            self.status(),
+            self.code(),
+            &self.to_string(),
+            self.field(),
+            self.retry_after(),
+        )
     }
 }
 
@@ -199,11 +196,10 @@ mod tests {
             assert_eq!(err.retry_after(), retry, "{err:?}");
             let response = err.response();
             assert_eq!(
-                response.headers().get(header::RETRY_AFTER).map(|v| v
-                    .to_str()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()),
+                response
+                    .headers()
+                    .get(ntex::http::header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap()),
                 retry
             );
         }

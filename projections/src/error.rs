@@ -4,7 +4,6 @@
 //! shape, `{"error": {"code", "message", "field"?}}`.
 
 use ntex::http::StatusCode;
-use ntex::http::header::{self, HeaderValue};
 use ntex::web::HttpResponse;
 use streams::http::OperatorRefusal;
 
@@ -98,15 +97,13 @@ impl ReadError {
 
     /// The response in the contract's shape: `{"error": {"code", "message", "field"?}}`.
     pub fn response(&self) -> HttpResponse {
-        let mut response =
-            streams::http::error(self.status(), self.code(), &self.to_string(), self.field());
-        if let Some(seconds) = self.retry_after() {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_str(&seconds.to_string()).expect("digits are a valid header"),
-            );
-        }
-        response
+        streams::http::error_retry_after(
+            self.status(),
+            self.code(),
+            &self.to_string(),
+            self.field(),
+            self.retry_after(),
+        )
     }
 }
 
@@ -156,7 +153,7 @@ mod tests {
             assert_eq!(
                 response
                     .headers()
-                    .get(header::RETRY_AFTER)
+                    .get(ntex::http::header::RETRY_AFTER)
                     .map(|v| v.to_str().unwrap()),
                 retry_after,
                 "{err:?}"

@@ -43,6 +43,25 @@ pub fn error(status: StatusCode, code: &str, message: &str, field: Option<&str>)
         .body(serde_json::to_string(&body).expect("error bodies serialize"))
 }
 
+/// [`error`], with `Retry-After` when the client should try again after some seconds: how
+/// every service's typed error answers.
+pub fn error_retry_after(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+    retry_after: Option<u64>,
+) -> HttpResponse {
+    let mut response = error(status, code, message, field);
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(
+            ntex::http::header::RETRY_AFTER,
+            ntex::http::header::HeaderValue::from(seconds),
+        );
+    }
+    response
+}
+
 /// The bearer token of a request's `Authorization` header, if any.
 pub fn bearer(req: &web::HttpRequest) -> Option<&str> {
     req.headers()
