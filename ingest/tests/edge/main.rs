@@ -6,6 +6,18 @@ mod helpers;
 
 use helpers::*;
 
+/// The edge exposes health and Prometheus metrics: once it has appended (the operator's
+/// window its start sets), `/healthz` answers 200 and `/metrics` counts the append.
+#[ntex::test]
+async fn the_edge_exposes_health_and_the_metrics_of_its_appends() {
+    let edge = Edge::start_with(|_| {}).await;
+    let answer = edge
+        .send(edge.http.get(format!("{}/healthz", edge.url)), None)
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(edge.metric("ingest_append_seconds_count").await >= 1);
+}
+
 /// An `Idempotency-Key` answers its registration for the whole campaign, whatever the citizen
 /// did since: forty registrations later (each but the last ended and its claim released, so
 /// the citizen could register again), the first key still answers the first registration. Before the
