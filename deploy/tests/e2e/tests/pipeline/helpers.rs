@@ -241,16 +241,9 @@ impl Pipeline {
                 cors_origins: vec![ingest.clone()],
                 publication: projections::smart::Publication {
                     public_url: read.clone(),
-                    booking_url: Some(format!("{ingest}/")),
+                    booking_url: None,
                     booking_phone: None,
-                    // The site the SMART test publishes; the others stay unpublished.
-                    sites: projections::smart::parse_sites(
-                        r#"[{"region": "mazowieckie", "location": "smart",
-                             "name": "Punkt szczepień SMART", "phone": "+48 22 000 00 01",
-                             "address": {"line": ["ul. Testowa 1"], "city": "Warszawa",
-                                         "postal_code": "00-950"}}]"#,
-                    )
-                    .expect("a valid site directory"),
+                    sites: projections::smart::Sites::new(),
                 },
             },
             read_listener,
