@@ -8,7 +8,6 @@
 //! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
 //! | [`worker`] | one ordered consumer per stream, batches applied with their checkpoint |
 //! | [`store`] | the SurrealDB schema, batched idempotent writes, reads |
-//! | [`export`] | analysts' replay of a stream to NDJSON or CSV (the `replay` binary) |
 //! | [`rebuild`] | every projection rebuilt from the log beside the live one, and compared |
 //! | [`api`] | `GET /v1/availability`, `GET /v1/registrations/{id}`, health |
 //! | [`cors`] | cross-origin reads for the citizens' page |
@@ -18,7 +17,6 @@
 pub mod api;
 pub mod cli;
 pub mod cors;
-pub mod export;
 pub mod metrics;
 pub mod rebuild;
 pub mod service;

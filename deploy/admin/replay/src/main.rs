@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use projections::export::{self, Format, Personal, Point, Replay, Stream};
+use replay::{Format, Personal, Point, Replay, Stream};
 use streams::model::Region;
 
 /// Reads one stream of the registration log, in the order JetStream accepted it, and writes
@@ -75,7 +75,7 @@ fn parse_region(s: &str) -> Result<Region, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    export::check_types(&args.types).map_err(anyhow::Error::msg)?;
+    replay::check_types(&args.types).map_err(anyhow::Error::msg)?;
     let personal = if args.decrypt_personal {
         let secret = std::env::var("REG_SECRET").context(
             "--decrypt-personal needs the data key: set REG_SECRET to the services' secret",
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         format: args.format,
         personal,
     };
-    let summary = export::replay(&js, &replay, &mut out, &mut |read, total| {
+    let summary = replay::replay(&js, &replay, &mut out, &mut |read, total| {
         if bar.length() != Some(total) {
             bar.set_length(total);
         }
