@@ -3,6 +3,7 @@
 //! serves `/healthz`, `/readyz` and `/metrics`.
 
 use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
 
 use ntex::web::{self, HttpResponse};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,9 @@ use crate::verification;
 #[derive(Clone)]
 struct HealthState {
     client: async_nats::Client,
+    /// The verification and notification processors' own connections (their identities),
+    /// by name, each `None` until made: the replica is ready only once each is connected.
+    own: Arc<Mutex<Vec<(&'static str, Option<async_nats::Client>)>>>,
     metrics: Metrics,
 }
 
@@ -29,10 +33,27 @@ pub async fn run(
         streams::runtime::start_jetstream(&settings.nats, settings.replication, &shutdown).await?;
     let metrics = Metrics::new();
 
+    let mut own = Vec::new();
+    if settings
+        .verification
+        .as_ref()
+        .is_some_and(|c| c.nats.is_some())
+    {
+        own.push(("nats.verification", None));
+    }
+    if settings
+        .notification
+        .as_ref()
+        .is_some_and(|c| c.nats.is_some())
+    {
+        own.push(("nats.notification", None));
+    }
     let state = HealthState {
         client: client.clone(),
+        own: Arc::new(Mutex::new(own)),
         metrics: metrics.clone(),
     };
+    let connected = state.own.clone();
     let server = ntex::rt::spawn(streams::http::serve(
         listener,
         1,
@@ -48,6 +69,7 @@ pub async fn run(
     let verifier = match settings.verification {
         Some(config) => {
             let client = own_connection(&client, config.nats.as_ref(), &shutdown).await?;
+            made(&connected, "nats.verification", &client);
             Some(tokio::spawn(verification::run(
                 client,
                 settings.keys.clone(),
@@ -61,6 +83,7 @@ pub async fn run(
     let notifier = match settings.notification {
         Some(config) => {
             let client = own_connection(&client, config.nats.as_ref(), &shutdown).await?;
+            made(&connected, "nats.notification", &client);
             Some(tokio::spawn(notification::run(
                 client,
                 settings.keys.clone(),
@@ -112,6 +135,18 @@ async fn own_connection(
     }
 }
 
+/// Records a processor's own connection for `/readyz` (nothing when it shares the process's).
+fn made(
+    own: &Mutex<Vec<(&'static str, Option<async_nats::Client>)>>,
+    name: &str,
+    client: &async_nats::Client,
+) {
+    let mut own = own.lock().expect("the connections' list is never poisoned");
+    if let Some((_, slot)) = own.iter_mut().find(|(n, _)| *n == name) {
+        *slot = Some(client.clone());
+    }
+}
+
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(streams::http::healthz))
         .route("/readyz", web::get().to(readyz))
@@ -121,6 +156,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
 async fn readyz(state: web::types::State<HealthState>) -> HttpResponse {
     let connected = state.client.connection_state() == async_nats::connection::State::Connected;
     let mut checks = vec![("nats".to_owned(), connected)];
+    for (name, client) in state.own.lock().expect("never poisoned").iter() {
+        let up = client
+            .as_ref()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+        checks.push(((*name).to_owned(), up));
+    }
     checks.extend(state.metrics.health.checks());
     streams::http::readiness(&checks)
 }

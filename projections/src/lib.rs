@@ -5,7 +5,6 @@
 //!
 //! | module | what it holds |
 //! | --- | --- |
-//! | [`cli`] | the command line and its `REG_*` settings; [`cli::run_cli`] is `main` |
 //! | [`service`] | start-up: [`service::run`] takes its listener and shutdown signal |
 //! | [`cli`], [`settings`] | the command line (every flag and its `REG_*` variable), and what the service consumes, built from it |
 //! | [`worker`] | one ordered consumer per stream, batches applied with their checkpoint |
@@ -16,14 +15,12 @@
 //! | [`smart`] | SMART Scheduling Links: availability as FHIR files for vaccine finders |
 //! | [`cors`] | cross-origin reads for the citizens' page |
 //! | [`metrics`] | Prometheus metrics |
-//! | [`export`] | analysts' replay of a stream to NDJSON or CSV (the `replay` binary) |
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
 pub mod cors;
 pub mod error;
-pub mod export;
 pub mod metrics;
 pub mod rebuild;
 pub mod service;

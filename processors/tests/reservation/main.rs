@@ -5,6 +5,7 @@ mod claims;
 mod helpers;
 mod national;
 mod reviews;
+mod service;
 mod snapshots;
 
 use futures::future::join_all;

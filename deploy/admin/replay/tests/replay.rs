@@ -5,7 +5,7 @@ use std::process::Command;
 
 use async_nats::jetstream;
 use chrono::NaiveDate;
-use projections::export::{self, Format, Personal, Point, Replay, Stream};
+use replay::{self as export, Format, Personal, Point, Replay, Stream};
 use serde_json::Value;
 use streams::crypto::{DEVELOPMENT_SECRET, Keys};
 use streams::events::{Envelope, Event, PersonalData};
@@ -272,21 +272,17 @@ async fn the_command_line_writes_a_csv_of_one_regions_decisions() {
 }
 
 /// A subject carries only the event types its writer owns: a confirmation on the notification
-/// subject (which the notification processor's identity may append to) is refused by every
-/// reader of the projections as a record it cannot decode. The live worker stops at it with
-/// its checkpoint before it and the registration is not confirmed; a rebuild fails there; an
-/// analyst's replay writes it as undecodable. Before the fix, all three took it as a
-/// confirmation.
+/// subject (which the notification processor's identity may append to) is written by an
+/// analyst's replay as undecodable, never as a confirmation. The projections' worker and
+/// rebuild refuse it too (`projections/tests/ownership.rs`).
 #[tokio::test]
-async fn a_decision_on_the_notification_subject_is_refused_by_the_projections() {
+async fn a_decision_on_the_notification_subject_is_written_as_undecodable() {
     let nats = NatsServer::start();
     let js = jetstream::new(nats.connect().await);
     streams::config::ensure_streams(&js, streams::config::Replication(1))
         .await
         .unwrap();
     let region = Region::parse("mazowieckie").unwrap();
-    let reserved = sample("SlotReserved");
-    let id = reserved.event.registration_id().unwrap().to_string();
     let append = async |subject: String, envelope: &Envelope| {
         js.publish(subject, envelope.encode().into())
             .await
@@ -295,59 +291,16 @@ async fn a_decision_on_the_notification_subject_is_refused_by_the_projections() 
             .unwrap()
             .sequence
     };
-    let owned = append(subjects::reservation_decisions(&region), &reserved).await;
+    append(
+        subjects::reservation_decisions(&region),
+        &sample("SlotReserved"),
+    )
+    .await;
     let foreign = append(
         subjects::notification_decisions(&region),
         &sample("RegistrationConfirmed"),
     )
     .await;
-
-    let (stream, filter) = projections::worker::projected_streams()[1].clone();
-    assert_eq!(stream, subjects::DECISIONS_STREAM);
-    let store = projections::store::Store::open(&projections::store::StoreOptions::new("mem://"))
-        .await
-        .unwrap();
-    let metrics = projections::metrics::Metrics::new();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(projections::worker::project(
-        js.clone(),
-        store.clone(),
-        stream,
-        filter.clone(),
-        std::time::Duration::ZERO,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let stall = testkit::eventually(
-        "the decisions worker to stop at the foreign record",
-        std::time::Duration::from_secs(30),
-        || async { metrics.health.stall_of("projection.reg_decisions") },
-    )
-    .await;
-    assert_eq!(stall.seq, foreign, "{stall}");
-    assert!(stall.reason.contains("RegistrationConfirmed"), "{stall}");
-    assert_eq!(store.checkpoint(stream).await.unwrap(), owned);
-    let row = store.registration(&id).await.unwrap().unwrap();
-    assert_eq!(row.status, streams::model::Status::Reserved, "{row:?}");
-    shutdown.cancel();
-    worker.await.unwrap();
-
-    let rebuilt = store.database("rebuild_foreign").await.unwrap();
-    let failed =
-        projections::rebuild::project_until(&js, &rebuilt, (stream, filter), foreign, &|_| {})
-            .await
-            .unwrap_err();
-    assert!(
-        failed.to_string().contains(&foreign.to_string()),
-        "{failed:#}"
-    );
-    assert!(rebuilt.checkpoint(stream).await.unwrap() < foreign);
-    let row = rebuilt.registration(&id).await.unwrap();
-    assert!(
-        row.as_ref()
-            .is_none_or(|row| row.status != streams::model::Status::Confirmed),
-        "{row:?}"
-    );
 
     let (out, summary) = run(&js, &all(Stream::Decisions)).await;
     assert_eq!((summary.read, summary.undecodable), (2, 1), "{out}");

@@ -1,12 +1,16 @@
-//! Analysts' replay: any stream, from a sequence or a time, optionally up to another, filtered
-//! by region and event type, in order, to NDJSON or CSV. The `replay` binary is its command
-//! line.
+//! # replay: the analysts' copy of the event log
+//!
+//! Any stream, from a sequence or a time, optionally up to another, filtered by region and
+//! event type, in order, to NDJSON or CSV. The `replay` binary is its command line
+//! (`deploy/replay`). It reads NATS and writes files: it depends on [`streams`] only and links
+//! no database: building it compiles no SurrealDB.
 //!
 //! It reads through an ordered, ephemeral consumer (no durable state on the server, no
 //! acknowledgements), so it never disturbs the processors or the projections. Personal data
 //! is left out unless asked for: the sealed personal fields and the keyed hashes that could
 //! link a citizen's registrations are dropped from every record; with [`Personal::Decrypt`]
 //! the sealed fields are opened with the data key and written in clear.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::Write;

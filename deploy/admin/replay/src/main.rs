@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use projections::export::{self, Format, Personal, Point, Replay, Stream};
+use replay::{Format, Personal, Point, Replay, Stream};
 use streams::model::Region;
+use streams::settings::{NatsArgs, Secret};
 
 /// Reads one stream of the registration log, in the order JetStream accepted it, and writes
 /// each event as a line of NDJSON or a CSV row. It uses an ephemeral ordered consumer: it
@@ -56,16 +57,13 @@ struct Args {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
-    /// NATS server URL(s).
-    #[arg(long, env = "REG_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// NATS user (when the server requires one; deploy/replay uses the analyst identity
-    /// deploy/up generated).
-    #[arg(long, env = "REG_NATS_USER")]
-    nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "REG_NATS_PASSWORD", hide_env_values = true)]
-    nats_password: Option<String>,
+    /// The server secret the data key derives from: --decrypt-personal needs the services'
+    /// own.
+    #[arg(long, env = "REG_SECRET", hide_env_values = true)]
+    secret: Option<Secret>,
+    /// How to reach NATS: deploy/replay passes the analyst identity deploy/up generated.
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 fn parse_region(s: &str) -> Result<Region, String> {
@@ -74,10 +72,10 @@ fn parse_region(s: &str) -> Result<Region, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    export::check_types(&args.types).map_err(anyhow::Error::msg)?;
+    let args: Args = streams::settings::parse();
+    replay::check_types(&args.types).map_err(anyhow::Error::msg)?;
     let personal = if args.decrypt_personal {
-        let secret = std::env::var("REG_SECRET").context(
+        let secret = args.secret.as_ref().context(
             "--decrypt-personal needs the data key: set REG_SECRET to the services' secret",
         )?;
         eprintln!(
@@ -87,16 +85,13 @@ async fn main() -> anyhow::Result<()> {
                 .map(|p| format!(" to {}", p.display()))
                 .unwrap_or_default()
         );
-        Personal::Decrypt(streams::crypto::Keys::from_secret(&secret))
+        Personal::Decrypt(streams::crypto::Keys::from_secret(secret.expose()))
     } else {
         Personal::Omit
     };
-    // The services' connection settings (TLS included, REG_NATS_TLS_*), the flags over them.
-    let mut options = streams::runtime::NatsOptions::from_env("replay")?;
-    options.url = args.nats_url.clone();
-    if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
-        options.credentials = Some((user.clone(), password.clone()));
-    }
+    let mut options = args.nats.options("replay")?;
+    // An analyst reads; the streams are the services' to create.
+    options.manage_streams = false;
     let give_up = tokio_util::sync::CancellationToken::new();
     let timer = {
         let give_up = give_up.clone();
@@ -107,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = streams::runtime::connect(&options, &give_up)
         .await
-        .with_context(|| format!("Failed to connect to NATS at {} within 15 s", args.nats_url))?;
+        .with_context(|| format!("Failed to connect to NATS at {} within 15 s", args.nats.url))?;
     timer.abort();
     let js = async_nats::jetstream::new(client);
 
@@ -140,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
         format: args.format,
         personal,
     };
-    let summary = export::replay(&js, &replay, &mut out, &mut |read, total| {
+    let summary = replay::replay(&js, &replay, &mut out, &mut |read, total| {
         if bar.length() != Some(total) {
             bar.set_length(total);
         }
