@@ -14,12 +14,15 @@ use crate::reservation::{self, ReservationConfig};
 use crate::settings::Settings;
 use crate::verification;
 
+/// The processors' own NATS connections by name, each `None` until made.
+type OwnConnections = Arc<Mutex<Vec<(&'static str, Option<async_nats::Client>)>>>;
+
 #[derive(Clone)]
 struct HealthState {
     client: async_nats::Client,
     /// The verification and notification processors' own connections (their identities),
     /// by name, each `None` until made: the replica is ready only once each is connected.
-    own: Arc<Mutex<Vec<(&'static str, Option<async_nats::Client>)>>>,
+    own: OwnConnections,
     metrics: Metrics,
 }
 

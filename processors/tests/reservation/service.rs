@@ -3,7 +3,8 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use processors::service::{Settings, run};
+use processors::service::run;
+use processors::settings::Settings;
 use processors::verification::VerificationConfig;
 use streams::config::Replication;
 use streams::runtime::NatsOptions;
