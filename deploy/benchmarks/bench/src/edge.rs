@@ -178,9 +178,11 @@ const WRK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../wrk/registrati
 
 /// What the script's `done` hook prints on its last line.
 #[derive(Debug, serde::Deserialize)]
-struct WrkSummary {
-    requests: u64,
-    non_2xx: u64,
+pub(crate) struct WrkSummary {
+    /// Requests answered.
+    pub(crate) requests: u64,
+    /// Answers other than 2xx/3xx.
+    pub(crate) non_2xx: u64,
     socket_errors: u64,
     duration_us: u64,
     p50_us: u64,
@@ -190,12 +192,65 @@ struct WrkSummary {
     max_us: u64,
 }
 
+impl WrkSummary {
+    /// The run's wall seconds.
+    pub(crate) fn seconds(&self) -> f64 {
+        self.duration_us as f64 / 1e6
+    }
+
+    /// Request latency, milliseconds.
+    pub(crate) fn latency_ms(&self) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            p50: ms(self.p50_us),
+            p90: ms(self.p90_us),
+            p99: ms(self.p99_us),
+            p999: ms(self.p999_us),
+            max: ms(self.max_us),
+        }
+    }
+}
+
 /// Whether wrk can be started here (`deploy/bench` installs it).
 pub fn wrk_available() -> bool {
     std::process::Command::new("wrk")
         .arg("--version")
         .output()
         .is_ok()
+}
+
+/// Runs wrk (one thread, `connections` connections, `seconds`) with the registrations script
+/// against `base`, `script_args` after `--` (the script's slot and `phone`), and reads its
+/// summary.
+pub(crate) async fn run_wrk(
+    connections: usize,
+    seconds: u32,
+    base: &str,
+    script_args: &[String],
+) -> anyhow::Result<WrkSummary> {
+    let mut command = tokio::process::Command::new("wrk");
+    command
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["-s", WRK_SCRIPT, base]);
+    if !script_args.is_empty() {
+        command.arg("--").args(script_args);
+    }
+    let output = command
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("Failed to run wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_SUMMARY "))
+        .with_context(|| {
+            format!(
+                "wrk printed no summary: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        .and_then(|json| serde_json::from_str(json).context("Failed to read wrk's summary"))
 }
 
 /// Drives `process` with wrk (one thread, `connections` connections, `seconds`) and the
@@ -214,40 +269,18 @@ async fn drive_wrk(
         pid: process.pid(),
     }];
     watched.extend(also);
-    let run = tokio::process::Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
-        .args(["-s", WRK_SCRIPT, &process.base])
-        .kill_on_drop(true)
-        .output();
-    let (output, usage) = crate::procstat::watch(&watched, Duration::from_millis(100), run).await;
-    let output = output.context("Failed to run wrk")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary: WrkSummary = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("WRK_SUMMARY "))
-        .with_context(|| {
-            format!(
-                "wrk printed no summary: {stdout} {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .and_then(|json| serde_json::from_str(json).context("Failed to read wrk's summary"))?;
-    let seconds = summary.duration_us as f64 / 1e6;
+    let run = run_wrk(connections, seconds, &process.base, &[]);
+    let (summary, usage) = crate::procstat::watch(&watched, Duration::from_millis(100), run).await;
+    let summary = summary?;
+    let seconds = summary.seconds();
     let accepted = summary.requests.saturating_sub(summary.non_2xx);
-    let ms = |us: u64| us as f64 / 1000.0;
     let figure = EdgeFigure {
         target: target.to_owned(),
         requests: summary.requests,
         accepted,
         seconds,
         accepted_per_second: accepted as f64 / seconds,
-        latency_ms: Percentiles {
-            p50: ms(summary.p50_us),
-            p90: ms(summary.p90_us),
-            p99: ms(summary.p99_us),
-            p999: ms(summary.p999_us),
-            max: ms(summary.max_us),
-        },
+        latency_ms: summary.latency_ms(),
         peak_rss_mib: usage.peak_rss_mib.get(short).copied().unwrap_or(0.0),
         cpu_us_per_request: usage
             .cpu_seconds
@@ -382,7 +415,7 @@ pub async fn measure(
         .find(|p| p.name() == "ingest")
         .context("the system runs an edge")?;
     let edge_figure = drive(
-        "ingest edge, whole pipeline running beside it",
+        "ingest edge, partial pipeline (no verification, no notifications) beside it",
         ingest,
         registrations,
         concurrency,
