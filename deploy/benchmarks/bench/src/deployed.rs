@@ -768,8 +768,8 @@ pub fn keeps_up(v: StepVerdict) -> bool {
 
 /// The next open-loop rate to try, given the rates tried so far and whether each kept up:
 /// the ladder's next rate while every step kept up; after the first that did not, up to two
-/// rates halfway between the highest kept and the lowest failed ([`crate::results::next_rate`]),
-/// then none.
+/// rates halfway between the highest kept and the lowest failed ([`crate::results::next_rate`])
+/// or, when none kept up, half the lowest failed, then none.
 pub fn next_rate(ladder: &[u32], tried: &[(u32, bool)]) -> Option<u32> {
     let kept = tried.iter().filter(|t| t.1).map(|t| t.0).max();
     let fell = tried.iter().filter(|t| !t.1).map(|t| t.0).min();
@@ -780,7 +780,12 @@ pub fn next_rate(ladder: &[u32], tried: &[(u32, bool)]) -> Option<u32> {
             if tried.len() >= on_ladder + 2 {
                 return None;
             }
-            crate::results::next_rate(kept, fell).filter(|r| !tried.iter().any(|t| t.0 == *r))
+            let next = match (kept, fell) {
+                // Nothing kept up yet: half the lowest rate that fell behind, down to 50/s.
+                (None, Some(f)) => Some((f / 2 / 50 * 50).max(50)).filter(|r| *r < f),
+                _ => crate::results::next_rate(kept, fell),
+            };
+            next.filter(|r| !tried.iter().any(|t| t.0 == *r))
         }
     }
 }
@@ -822,27 +827,37 @@ const CAPACITY: u32 = 1_000_000;
 /// Opens [`slots`] through the edge's admin API (the operators' bearer token deploy/up
 /// runs with: its development default).
 async fn open_slots(http: &ntex::client::Client, ingest_url: &str) -> anyhow::Result<()> {
-    let token = "dev-admin-token";
     for slot in slots() {
-        let body = serde_json::json!({
-            "region": slot.region, "location": slot.location, "date": slot.date,
-            "capacity": CAPACITY,
-        });
-        let response = http
-            .put(format!("{ingest_url}/v1/admin/capacity"))
-            .bearer_auth(token)
-            .timeout(Duration::from_secs(30))
-            .send_json(&body)
-            .await
-            .map_err(|e| anyhow::anyhow!("PUT /v1/admin/capacity: {e:?}"))?;
-        let answer = response.body().await.unwrap_or_default();
-        anyhow::ensure!(
-            response.status().as_u16() == 200,
-            "setting the capacity of {slot} answered {}: {}",
-            response.status(),
-            String::from_utf8_lossy(&answer)
-        );
+        set_capacity(http, ingest_url, "dev-admin-token", &slot).await?;
     }
+    Ok(())
+}
+
+/// Sets `slot`'s capacity to [`CAPACITY`] through the admin API of the edge at `ingest_url`.
+pub(crate) async fn set_capacity(
+    http: &ntex::client::Client,
+    ingest_url: &str,
+    token: &str,
+    slot: &SlotKey,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "region": slot.region, "location": slot.location, "date": slot.date,
+        "capacity": CAPACITY,
+    });
+    let response = http
+        .put(format!("{ingest_url}/v1/admin/capacity"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(30))
+        .send_json(&body)
+        .await
+        .map_err(|e| anyhow::anyhow!("PUT /v1/admin/capacity: {e:?}"))?;
+    let answer = response.body().await.unwrap_or_default();
+    anyhow::ensure!(
+        response.status().as_u16() == 200,
+        "setting the capacity of {slot} answered {}: {}",
+        response.status(),
+        String::from_utf8_lossy(&answer)
+    );
     Ok(())
 }
 
@@ -1511,7 +1526,7 @@ pub fn ceilings_markdown(
         .find(|c| c.path.contains("atomic") && c.path.contains("256"))
         .map(|c| c.records_per_second);
     if let Some(sustained) = s.sustained_per_second {
-        if let Some(edge) = edge_alone {
+        if let Some(edge) = edge_alone.filter(|e| *e > 0.0) {
             ratios.push(format!(
                 "sustained {sustained}/s ÷ the edge alone under wrk {edge:.0}/s: {:.3}×",
                 f64::from(sustained) / edge
@@ -1524,7 +1539,7 @@ pub fn ceilings_markdown(
             ));
         }
     }
-    if let (Some(c), Some(edge)) = (&s.closed_loop, edge_alone) {
+    if let (Some(c), Some(edge)) = (&s.closed_loop, edge_alone.filter(|e| *e > 0.0)) {
         ratios.push(format!(
             "closed loop {:.0} accepted/s ÷ the edge alone under wrk: {:.3}×",
             c.accepted_per_second,
@@ -1648,10 +1663,13 @@ mod tests {
         let tried = ladder_run(&ladder, 10_000);
         assert_eq!(rates(&tried), ladder);
         assert_eq!(sustained(&tried), (Some(3200), None));
-        // Nothing keeps up: below the ladder's first rate, the search's own steps.
+        // Nothing keeps up: half the ladder's first rate, then half again.
         let tried = ladder_run(&[500, 1000], 0);
-        assert_eq!(rates(&tried), [500, 400, 300]);
-        assert_eq!(sustained(&tried), (None, Some(300)));
+        assert_eq!(rates(&tried), [500, 250, 100]);
+        assert_eq!(sustained(&tried), (None, Some(100)));
+        let tried = ladder_run(&ladder, 120);
+        assert_eq!(rates(&tried), [200, 100]);
+        assert_eq!(sustained(&tried), (Some(100), Some(200)));
         // Failing at a rate 200/s above the last kept: no rate between to try.
         let tried = ladder_run(&[200, 400], 300);
         assert_eq!(rates(&tried), [200, 400]);

@@ -263,13 +263,14 @@ async fn drive_wrk(
     also: Option<crate::procstat::Watched>,
     connections: usize,
     seconds: u32,
+    script_args: &[String],
 ) -> anyhow::Result<EdgeFigure> {
     let mut watched = vec![crate::procstat::Watched {
         name: short.to_owned(),
         pid: process.pid(),
     }];
     watched.extend(also);
-    let run = run_wrk(connections, seconds, &process.base, &[]);
+    let run = run_wrk(connections, seconds, &process.base, script_args);
     let (summary, usage) = crate::procstat::watch(&watched, Duration::from_millis(100), run).await;
     let summary = summary?;
     let seconds = summary.seconds();
@@ -300,11 +301,20 @@ async fn drive_wrk(
 /// ntex-client generator tops out near a third of what wrk gets from the bare handler).
 pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<EdgeFigure>> {
     let bare = crate::started(crate::NO_NATS, log_dir, "bare-wrk", "bare").await?;
-    let bare_figure =
-        drive_wrk("bare ntex handler, wrk", "bare", &bare, None, 256, seconds).await?;
+    let bare_figure = drive_wrk(
+        "bare ntex handler, wrk",
+        "bare",
+        &bare,
+        None,
+        256,
+        seconds,
+        &[],
+    )
+    .await?;
     drop(bare);
     let nats = testkit::NatsServer::start_beside_services("");
     let edge = crate::started(&nats.url(), log_dir, "ingest-wrk", "ingest").await?;
+    let slot = configure(&edge.base).await?;
     let nats_watched = nats.pid().map(|pid| crate::procstat::Watched {
         name: "nats-server".into(),
         pid,
@@ -316,11 +326,49 @@ pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<Edg
         nats_watched,
         256,
         seconds,
+        &slot,
     )
     .await?;
     drop(edge);
     drop(nats);
     Ok(vec![bare_figure, edge_figure])
+}
+
+/// Opens a slot on the edge alone at `base` (the edge refuses regions no operator
+/// configured) and waits until the edge accepts a registration for it (it learns the region
+/// from the log); returns the slot as the wrk script's arguments.
+async fn configure(base: &str) -> anyhow::Result<Vec<String>> {
+    let region = chaos::region();
+    let slot = streams::model::SlotKey {
+        date: streams::calendar::Calendar::default().days_ahead(&region, 60),
+        location: streams::model::Location::parse("narodowy").expect("a valid location"),
+        region,
+    };
+    let http = load::http_client(4).await?;
+    crate::deployed::set_capacity(&http, base, services::ADMIN_TOKEN, &slot).await?;
+    let url = format!("{base}/v1/registrations");
+    let mut last = 0;
+    for probe in 0..600u32 {
+        let body = load::registration(3_900_000 + probe, &slot);
+        if let Ok(response) = http
+            .post(&url)
+            .timeout(Duration::from_secs(5))
+            .send_json(&body)
+            .await
+        {
+            last = response.status().as_u16();
+            let _ = response.body().limit(1 << 16).await;
+            if last == 202 {
+                return Ok(vec![
+                    slot.region.to_string(),
+                    slot.location.to_string(),
+                    slot.date.to_string(),
+                ]);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the edge alone did not accept a registration for {slot} (last answer {last})")
 }
 
 /// [`measure_wrk`] when wrk is installed; otherwise nothing, with a note on stderr.
