@@ -2,6 +2,8 @@
 
     python bench_plot.py results.json out.png
 
+Both panels show the partial pipeline (the chaos harness's services: no verification, no
+notifications); the system as deploy/up starts it is in results.md's first section.
 Left panel: the latency to decision of each pipeline run as a cumulative distribution, built
 from the run's latency histogram (latency in ms on a log axis; percentile on an axis that
 spreads the tail: 50, 90, 99, 99.9 ... are evenly spaced), with the 50 ms p99 target.
@@ -207,7 +209,8 @@ def draw_latency(ax, runs):
     ax.grid(True, which="minor", axis="x", alpha=0.12)
     ax.set_xlabel("latency from submission to decision (ms, log scale)")
     ax.set_ylabel("percentile of requests (tail spread out)")
-    ax.set_title("Latency to decision, cumulative (◆ = p99)")
+    ax.set_title("Partial pipeline (no verification, no notifications):\n"
+                 "latency to decision, cumulative (◆ = p99)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, fontsize=9,
               frameon=False)
 
@@ -245,7 +248,8 @@ def draw_throughput(ax, runs):
     ax.grid(True, alpha=0.35)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("requests per second")
-    ax.set_title("Throughput, per second")
+    ax.set_title("Partial pipeline (no verification, no notifications):\n"
+                 "throughput, per second")
 
     series = [Line2D([], [], color=c, linewidth=2.5, label=label) for _, label, c in SERIES]
     handles = series

@@ -424,8 +424,7 @@ fn disk(megabytes: u64) -> anyhow::Result<Ceiling> {
 /// counts (1.0 is a run of about a minute on the development machine).
 pub async fn measure(scale: f64) -> anyhow::Result<Vec<Ceiling>> {
     let n = |records: f64| ((records * scale) as u64).max(1);
-    let mut out = Vec::new();
-    let steps: Vec<(&str, u64)> = vec![
+    measure_steps(vec![
         ("one", n(10_000.0)),
         ("one-nosync", n(100_000.0)),
         ("atomic-256", n(100_000.0)),
@@ -434,7 +433,21 @@ pub async fn measure(scale: f64) -> anyhow::Result<Vec<Ceiling>> {
         ("packed-64", n(200_000.0)),
         ("packed-256", n(400_000.0)),
         ("disk", n(400.0)),
-    ];
+    ])
+    .await
+}
+
+/// JetStream's raw durable publish ceiling, quickly (a few seconds at `scale` 1.0): one
+/// publish per record and atomic batches of 256, each on a fresh nats-server with fsync
+/// always. What `bench deployed` sets the deployed system's figures beside.
+pub async fn measure_quick(scale: f64) -> anyhow::Result<Vec<Ceiling>> {
+    let n = |records: f64| ((records * scale) as u64).max(1);
+    measure_steps(vec![("one", n(10_000.0)), ("atomic-256", n(50_000.0))]).await
+}
+
+/// Measures each of `steps` (a path's name and its record count) in order.
+async fn measure_steps(steps: Vec<(&str, u64)>) -> anyhow::Result<Vec<Ceiling>> {
+    let mut out = Vec::new();
     for (step, count) in steps {
         let ceiling = match step {
             "one" => one_by_one(true, count).await?,

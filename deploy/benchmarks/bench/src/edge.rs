@@ -178,9 +178,11 @@ const WRK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../wrk/registrati
 
 /// What the script's `done` hook prints on its last line.
 #[derive(Debug, serde::Deserialize)]
-struct WrkSummary {
-    requests: u64,
-    non_2xx: u64,
+pub(crate) struct WrkSummary {
+    /// Requests answered.
+    pub(crate) requests: u64,
+    /// Answers other than 2xx/3xx.
+    pub(crate) non_2xx: u64,
     socket_errors: u64,
     duration_us: u64,
     p50_us: u64,
@@ -190,12 +192,65 @@ struct WrkSummary {
     max_us: u64,
 }
 
+impl WrkSummary {
+    /// The run's wall seconds.
+    pub(crate) fn seconds(&self) -> f64 {
+        self.duration_us as f64 / 1e6
+    }
+
+    /// Request latency, milliseconds.
+    pub(crate) fn latency_ms(&self) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            p50: ms(self.p50_us),
+            p90: ms(self.p90_us),
+            p99: ms(self.p99_us),
+            p999: ms(self.p999_us),
+            max: ms(self.max_us),
+        }
+    }
+}
+
 /// Whether wrk can be started here (`deploy/bench` installs it).
 pub fn wrk_available() -> bool {
     std::process::Command::new("wrk")
         .arg("--version")
         .output()
         .is_ok()
+}
+
+/// Runs wrk (one thread, `connections` connections, `seconds`) with the registrations script
+/// against `base`, `script_args` after `--` (the script's slot and `phone`), and reads its
+/// summary.
+pub(crate) async fn run_wrk(
+    connections: usize,
+    seconds: u32,
+    base: &str,
+    script_args: &[String],
+) -> anyhow::Result<WrkSummary> {
+    let mut command = tokio::process::Command::new("wrk");
+    command
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["-s", WRK_SCRIPT, base]);
+    if !script_args.is_empty() {
+        command.arg("--").args(script_args);
+    }
+    let output = command
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("Failed to run wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_SUMMARY "))
+        .with_context(|| {
+            format!(
+                "wrk printed no summary: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+        .and_then(|json| serde_json::from_str(json).context("Failed to read wrk's summary"))
 }
 
 /// Drives `process` with wrk (one thread, `connections` connections, `seconds`) and the
@@ -208,46 +263,25 @@ async fn drive_wrk(
     also: Option<crate::procstat::Watched>,
     connections: usize,
     seconds: u32,
+    script_args: &[String],
 ) -> anyhow::Result<EdgeFigure> {
     let mut watched = vec![crate::procstat::Watched {
         name: short.to_owned(),
         pid: process.pid(),
     }];
     watched.extend(also);
-    let run = tokio::process::Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
-        .args(["-s", WRK_SCRIPT, &process.base])
-        .kill_on_drop(true)
-        .output();
-    let (output, usage) = crate::procstat::watch(&watched, Duration::from_millis(100), run).await;
-    let output = output.context("Failed to run wrk")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary: WrkSummary = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("WRK_SUMMARY "))
-        .with_context(|| {
-            format!(
-                "wrk printed no summary: {stdout} {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
-        .and_then(|json| serde_json::from_str(json).context("Failed to read wrk's summary"))?;
-    let seconds = summary.duration_us as f64 / 1e6;
+    let run = run_wrk(connections, seconds, &process.base, script_args);
+    let (summary, usage) = crate::procstat::watch(&watched, Duration::from_millis(100), run).await;
+    let summary = summary?;
+    let seconds = summary.seconds();
     let accepted = summary.requests.saturating_sub(summary.non_2xx);
-    let ms = |us: u64| us as f64 / 1000.0;
     let figure = EdgeFigure {
         target: target.to_owned(),
         requests: summary.requests,
         accepted,
         seconds,
         accepted_per_second: accepted as f64 / seconds,
-        latency_ms: Percentiles {
-            p50: ms(summary.p50_us),
-            p90: ms(summary.p90_us),
-            p99: ms(summary.p99_us),
-            p999: ms(summary.p999_us),
-            max: ms(summary.max_us),
-        },
+        latency_ms: summary.latency_ms(),
         peak_rss_mib: usage.peak_rss_mib.get(short).copied().unwrap_or(0.0),
         cpu_us_per_request: usage
             .cpu_seconds
@@ -267,11 +301,20 @@ async fn drive_wrk(
 /// ntex-client generator tops out near a third of what wrk gets from the bare handler).
 pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<EdgeFigure>> {
     let bare = crate::started(crate::NO_NATS, log_dir, "bare-wrk", "bare").await?;
-    let bare_figure =
-        drive_wrk("bare ntex handler, wrk", "bare", &bare, None, 256, seconds).await?;
+    let bare_figure = drive_wrk(
+        "bare ntex handler, wrk",
+        "bare",
+        &bare,
+        None,
+        256,
+        seconds,
+        &[],
+    )
+    .await?;
     drop(bare);
     let nats = testkit::NatsServer::start_beside_services("");
     let edge = crate::started(&nats.url(), log_dir, "ingest-wrk", "ingest").await?;
+    let slot = configure(&edge.base).await?;
     let nats_watched = nats.pid().map(|pid| crate::procstat::Watched {
         name: "nats-server".into(),
         pid,
@@ -283,11 +326,49 @@ pub async fn measure_wrk(seconds: u32, log_dir: &Path) -> anyhow::Result<Vec<Edg
         nats_watched,
         256,
         seconds,
+        &slot,
     )
     .await?;
     drop(edge);
     drop(nats);
     Ok(vec![bare_figure, edge_figure])
+}
+
+/// Opens a slot on the edge alone at `base` (the edge refuses regions no operator
+/// configured) and waits until the edge accepts a registration for it (it learns the region
+/// from the log); returns the slot as the wrk script's arguments.
+async fn configure(base: &str) -> anyhow::Result<Vec<String>> {
+    let region = chaos::region();
+    let slot = streams::model::SlotKey {
+        date: streams::calendar::Calendar::default().days_ahead(&region, 60),
+        location: streams::model::Location::parse("narodowy").expect("a valid location"),
+        region,
+    };
+    let http = load::http_client(4).await?;
+    crate::deployed::set_capacity(&http, base, services::ADMIN_TOKEN, &slot).await?;
+    let url = format!("{base}/v1/registrations");
+    let mut last = 0;
+    for probe in 0..600u32 {
+        let body = load::registration(3_900_000 + probe, &slot);
+        if let Ok(response) = http
+            .post(&url)
+            .timeout(Duration::from_secs(5))
+            .send_json(&body)
+            .await
+        {
+            last = response.status().as_u16();
+            let _ = response.body().limit(1 << 16).await;
+            if last == 202 {
+                return Ok(vec![
+                    slot.region.to_string(),
+                    slot.location.to_string(),
+                    slot.date.to_string(),
+                ]);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the edge alone did not accept a registration for {slot} (last answer {last})")
 }
 
 /// [`measure_wrk`] when wrk is installed; otherwise nothing, with a note on stderr.
@@ -382,7 +463,7 @@ pub async fn measure(
         .find(|p| p.name() == "ingest")
         .context("the system runs an edge")?;
     let edge_figure = drive(
-        "ingest edge, whole pipeline running beside it",
+        "ingest edge, partial pipeline (no verification, no notifications) beside it",
         ingest,
         registrations,
         concurrency,

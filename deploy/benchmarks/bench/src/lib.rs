@@ -2,6 +2,9 @@
 //!
 //! - [`contention`]: the contention benchmark (`deploy/bench-contention`), this project's
 //!   reservation design against the seed's Redis `WATCH`/`MULTI` design.
+//! - [`deployed`]: the system exactly as `deploy/up` starts it (verification, notifications,
+//!   the stand-ins beside it), its sustained rate, CPU per registration by process, messages
+//!   and latency to the citizen's first message (`deploy/bench deployed`), beside its ceilings.
 //! - [`ceilings`]: JetStream's and the disk's durable write ceilings (`deploy/bench`), the
 //!   figures every throughput claim is set beside.
 //! - [`edge`]: the ingest edge end to end against a bare ntex handler (`deploy/bench edge`).
@@ -20,6 +23,7 @@
 
 pub mod ceilings;
 pub mod contention;
+pub mod deployed;
 pub mod edge;
 pub mod pipeline;
 pub mod procstat;

@@ -156,33 +156,39 @@ pub fn slot_of(citizen: u32, slots: &[SlotKey]) -> &SlotKey {
     }
 }
 
+/// What the open-loop generator ([`arrive`]) and a decision watcher note as a run goes.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// Accepted registrations: when each was due and when its `202` arrived.
-    scheduled: RefCell<HashMap<String, (Instant, Instant)>>,
-    decided: RefCell<HashMap<String, Instant>>,
-    accept_latency: RefCell<Vec<Duration>>,
-    answers: RefCell<BTreeMap<u16, u64>>,
-    transport_errors: Cell<u64>,
-    outstanding: Cell<usize>,
+    pub(crate) scheduled: RefCell<HashMap<String, (Instant, Instant)>>,
+    /// When each registration's first decision (reserved or rejected) was stored.
+    pub(crate) decided: RefCell<HashMap<String, Instant>>,
+    /// Scheduled send → `202`, each accepted request.
+    pub(crate) accept_latency: RefCell<Vec<Duration>>,
+    /// Answers by status code.
+    pub(crate) answers: RefCell<BTreeMap<u16, u64>>,
+    /// Requests that got no HTTP answer.
+    pub(crate) transport_errors: Cell<u64>,
+    /// Requests sent and not answered yet.
+    pub(crate) outstanding: Cell<usize>,
     /// Messages and bytes the decision watcher received (taken off the server's counters).
-    watched: Cell<(u64, u64)>,
+    pub(crate) watched: Cell<(u64, u64)>,
 }
 
 /// When each request of a run is due: request `i` at `start + i * interval`.
 #[derive(Debug, Clone, Copy)]
-struct Schedule {
+pub(crate) struct Schedule {
     /// When the first request is due.
-    start: Instant,
+    pub(crate) start: Instant,
     /// Between two due requests.
     interval: Duration,
     /// Requests due in all.
-    total: u32,
+    pub(crate) total: u32,
 }
 
 impl Schedule {
     /// The schedule of `options`, starting shortly after now.
-    fn of(options: &Options) -> Self {
+    pub(crate) fn of(options: &Options) -> Self {
         Schedule {
             start: Instant::now() + Duration::from_millis(50),
             interval: Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1))),
@@ -191,12 +197,12 @@ impl Schedule {
     }
 
     /// When request `i` is due.
-    fn due(&self, i: u32) -> Instant {
+    pub(crate) fn due(&self, i: u32) -> Instant {
         self.start + self.interval * i
     }
 
     /// When the last request was due: the arrivals' end.
-    fn end(&self) -> Instant {
+    pub(crate) fn end(&self) -> Instant {
         self.due(self.total)
     }
 }
@@ -211,7 +217,7 @@ pub fn signal(pids: &[u32], signal: &str) {
 }
 
 /// The decisions stream's last sequence.
-async fn decisions_end(js: &async_nats::jetstream::Context) -> anyhow::Result<u64> {
+pub(crate) async fn decisions_end(js: &async_nats::jetstream::Context) -> anyhow::Result<u64> {
     Ok(js
         .get_stream(subjects::DECISIONS_STREAM)
         .await?
@@ -373,7 +379,7 @@ impl DecisionWatcher {
 /// The open loop: sends each request when it is due, whatever happened to the earlier ones
 /// (counting it as not sent while `max_outstanding` are open), then waits for every answer.
 /// Returns how many were not sent.
-async fn arrive(
+pub(crate) async fn arrive(
     http: &ntex::client::Client,
     ingest_url: &str,
     slots: &[SlotKey],

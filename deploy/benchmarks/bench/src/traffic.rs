@@ -33,9 +33,19 @@ fn kinds() -> Vec<(&'static str, &'static str, String)> {
             subjects::idempotency_key("*"),
         ),
         (
+            subjects::INTAKE_STREAM,
+            "verification verdicts",
+            subjects::intake_kind_filter(&RegionFilter::All, IntakeKind::Verification),
+        ),
+        (
             subjects::DECISIONS_STREAM,
             "reservation decisions",
             subjects::reservation_decisions_filter(&RegionFilter::All),
+        ),
+        (
+            subjects::DECISIONS_STREAM,
+            "notification records",
+            subjects::notification_decisions_filter(&RegionFilter::All),
         ),
     ]
 }

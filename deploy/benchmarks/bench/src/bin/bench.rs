@@ -16,8 +16,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything, in one run, into deploy/benchmarks/reports/results.{json,md} (about six minutes here).
+    /// Everything, in one run, into deploy/benchmarks/reports/results.{json,md}: the system as
+    /// deploy/up starts it first (the headline), then the ceilings, the edge, the read API and
+    /// the partial pipeline (no verification, no notifications).
     All(bench::results::Options),
+    /// The system exactly as deploy/up starts it (started here on free ports, stopped after):
+    /// open-loop steps at increasing rates up to the sustained rate, one closed-loop wrk run,
+    /// CPU per registration by process, messages per registration, latency to the citizen's
+    /// first message; beside the edge alone and JetStream's publish ceiling. Into
+    /// deploy/benchmarks/reports/deployed.{json,md}.
+    Deployed(bench::deployed::Options),
     /// JetStream's and the disk's durable write ceilings.
     Ceilings {
         /// Multiplies every record count (1.0: about a minute here).
@@ -55,7 +63,8 @@ enum Command {
         #[arg(long, default_value = "deploy/benchmarks/reports/edge.json")]
         out: std::path::PathBuf,
     },
-    /// The whole pipeline (edge, reservation, projections, nats-server) at one arrival rate,
+    /// The partial pipeline (edge, reservation, projections, nats-server: no verification,
+    /// no notifications) at one arrival rate,
     /// open loop, `runs` times on one system: CPU per registration by process, messages and
     /// bytes per registration, latency. For comparing one change's cost quickly (a full
     /// `all` takes six minutes).
@@ -154,6 +163,7 @@ fn ceilings_report(
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::All(options) => all(options).await,
+        Command::Deployed(options) => deployed(options).await,
         Command::Ceilings { scale, out } => {
             let ceilings = e2e::serve::until_interrupted(bench::ceilings::measure(scale)).await?;
             ceilings_report(ceilings, "Durable write ceilings", "one publisher", &out)
@@ -198,7 +208,24 @@ async fn all(options: bench::results::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bench pipeline`: `runs` open-loop runs of the whole pipeline at `rate`.
+/// `bench deployed`: the system as deploy/up starts it, beside its ceilings.
+async fn deployed(options: bench::deployed::Options) -> anyhow::Result<()> {
+    let figures = e2e::serve::until_interrupted(bench::deployed::run(&options)).await?;
+    publish(
+        &options.out,
+        "The system as deploy/up starts it",
+        figures,
+        |d| {
+            format!(
+                " Load generator on the same machine. Figures, not gates.\n{}{}",
+                bench::deployed::system_markdown(&d.system),
+                bench::deployed::ceilings_markdown(&d.system, &d.ceilings, &d.edge_wrk)
+            )
+        },
+    )
+}
+
+/// `bench pipeline`: `runs` open-loop runs of the partial pipeline at `rate`.
 async fn pipeline(rate: u32, seconds: f64, runs: u32, out: &std::path::Path) -> anyhow::Result<()> {
     let log_dir = bench::log_dir()?;
     let runs = e2e::serve::until_interrupted(async {
@@ -217,7 +244,7 @@ async fn pipeline(rate: u32, seconds: f64, runs: u32, out: &std::path::Path) -> 
     .await?;
     publish(
         out,
-        &format!("The whole pipeline at {rate}/s"),
+        &format!("The partial pipeline (no verification, no notifications) at {rate}/s"),
         PipelineRuns { runs },
         |p| {
             format!(
