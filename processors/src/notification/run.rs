@@ -150,6 +150,8 @@ pub async fn run(
             config.smtp_port,
             &config.mail_from,
             config.timeout,
+            // One session per decision handled at once: none waits for a connection.
+            u32::try_from(config.concurrency).unwrap_or(u32::MAX),
         )
         .context("Failed to set up the mailer")?,
         webhook: Webhook::new(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use sha2::Sha256;
 use streams::outside::OutsideError;
@@ -63,11 +64,20 @@ pub struct Mailer {
 
 impl Mailer {
     /// A mailer sending through `host:port` (plain SMTP; a local relay or the development
-    /// sink) from `from`.
-    pub fn new(host: &str, port: u16, from: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// sink) from `from`, over at most `connections` SMTP sessions kept open and reused: a
+    /// message then costs its envelope and its data, not a connection, a greeting and a
+    /// `QUIT` each.
+    pub fn new(
+        host: &str,
+        port: u16,
+        from: &str,
+        timeout: Duration,
+        connections: u32,
+    ) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(port)
             .timeout(Some(timeout))
+            .pool_config(PoolConfig::new().max_size(connections.max(1)))
             .build();
         Ok(Mailer {
             transport,
@@ -346,6 +356,7 @@ mod tests {
             port,
             "Rejestracja <no-reply@rejestracja.example>",
             Duration::from_secs(10),
+            1,
         )
         .unwrap();
         let message = reserved();

@@ -32,6 +32,7 @@ pub mod wire;
 pub use counts::{Counts, NotificationCounts, TransportCounts};
 pub use knobs::{Knobs, KnobsError};
 pub use receivers::Receivers;
+pub use store::MailStore;
 pub use webhook::MAX_WEBHOOK_BODY_BYTES;
 pub use wire::{sign, verify};
 

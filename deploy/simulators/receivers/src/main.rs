@@ -42,6 +42,11 @@ struct Cli {
     /// webhook_fail_rate (probabilities, 0 to 1). Example: '{"smtp_fail_rate":0.1}'
     #[arg(long, env = "REG_RECEIVERS_KNOBS", value_name = "JSON")]
     knobs: Option<String>,
+    /// How mail is kept: `files`, one `<notification id>.eml` per message, or `mbox`, every
+    /// message appended to mail/messages.mbox (a write per message instead of a new file:
+    /// what the benchmark uses, so the stand-in does not cost more than the system).
+    #[arg(long, env = "REG_MAIL_STORE", value_enum, default_value = "files")]
+    mail_store: receivers::MailStore,
     #[command(flatten)]
     telemetry: streams::settings::TelemetryArgs,
 }
@@ -66,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
             DEVELOPMENT_WEBHOOK_SECRET.to_owned()
         }
     };
-    let receivers = Receivers::new(cli.data_dir, knobs, secret)?;
+    let receivers = Receivers::keeping_mail(cli.data_dir, knobs, secret, cli.mail_store)?;
     let smtp = tokio::net::TcpListener::bind(&cli.smtp_listen)
         .await
         .with_context(|| format!("listening on {} (SMTP)", cli.smtp_listen))?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counts::{Counts, Outcome};
 use crate::knobs::{Knobs, KnobsError};
-use crate::store::{self, Stored};
+use crate::store::{self, MailStore, Stored};
 
 /// The SMTP sink and the webhook receiver: their knobs (changeable at runtime), counters and
 /// stores under one data directory. Cheap to clone; clones share everything.
@@ -23,6 +23,7 @@ pub struct Receivers {
 
 pub(crate) struct Inner {
     dir: PathBuf,
+    pub(crate) mail_store: MailStore,
     pub(crate) webhook_secret: Vec<u8>,
     knobs: simkit::KnobCell<Knobs>,
     counts: Mutex<Counts>,
@@ -64,10 +65,21 @@ impl Receivers {
         knobs: Knobs,
         webhook_secret: String,
     ) -> Result<Receivers, KnobsError> {
+        Receivers::keeping_mail(dir, knobs, webhook_secret, MailStore::Files)
+    }
+
+    /// As [`Receivers::new`], keeping mail as `mail_store` says.
+    pub fn keeping_mail(
+        dir: PathBuf,
+        knobs: Knobs,
+        webhook_secret: String,
+        mail_store: MailStore,
+    ) -> Result<Receivers, KnobsError> {
         let knobs = simkit::KnobCell::new(knobs)?;
         Ok(Receivers {
             inner: Arc::new(Inner {
                 dir,
+                mail_store,
                 webhook_secret: webhook_secret.into_bytes(),
                 knobs,
                 counts: Mutex::new(Counts::default()),
@@ -82,9 +94,15 @@ impl Receivers {
         &self.inner.dir
     }
 
-    /// Where the SMTP sink stores messages: `<dir>/mail`, one `<notification-id>.eml` each.
+    /// Where the SMTP sink stores messages: `<dir>/mail`, one `<notification-id>.eml` each,
+    /// or all in `messages.mbox` ([`MailStore::Mbox`]).
     pub fn mail_dir(&self) -> PathBuf {
         store::mail_dir(&self.inner.dir)
+    }
+
+    /// The mbox every message is appended to, when mail is kept in one.
+    pub fn mbox_file(&self) -> Option<PathBuf> {
+        (self.inner.mail_store == MailStore::Mbox).then(|| store::mbox_file(&self.mail_dir()))
     }
 
     /// Where the webhook receiver appends deliveries: `<dir>/webhook/deliveries.ndjson`.
@@ -140,7 +158,10 @@ impl Receivers {
         http: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mail = store::load_mail(&self.mail_dir()).await?;
+        let mail = match self.inner.mail_store {
+            MailStore::Files => store::load_mail(&self.mail_dir()).await?,
+            MailStore::Mbox => store::load_mbox(&self.mail_dir()).await?,
+        };
         let webhook = store::load_webhook(&self.webhook_file()).await?;
         self.inner.mail.lock().await.merge(mail);
         self.inner.webhook.lock().await.merge(webhook);

@@ -544,7 +544,12 @@ async fn deliver(receivers: &Receivers, received: Received) -> Reply {
     let mail_dir = receivers.mail_dir();
     let stored = {
         let mut stored = receivers.inner.mail.lock().await;
-        store::store_mail(&mut stored, &mail_dir, id, &received.raw).await
+        match receivers.inner.mail_store {
+            store::MailStore::Files => {
+                store::store_mail(&mut stored, &mail_dir, id, &received.raw).await
+            }
+            store::MailStore::Mbox => store::store_mbox(&mut stored, id, &received.raw),
+        }
     };
     match stored {
         Ok(true) => {

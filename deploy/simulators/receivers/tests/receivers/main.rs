@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
-use receivers::{Counts, Knobs, Receivers};
+use receivers::{Counts, Knobs, MailStore, Receivers};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use simkit::testing::{Reply, Served};
@@ -37,7 +37,12 @@ impl std::ops::Deref for Sim {
 }
 
 async fn start(dir: &Path, knobs: Knobs) -> Sim {
-    let receivers = Receivers::new(dir.to_owned(), knobs, SECRET.to_owned()).expect("valid knobs");
+    start_keeping(dir, knobs, MailStore::Files).await
+}
+
+async fn start_keeping(dir: &Path, knobs: Knobs, mail_store: MailStore) -> Sim {
+    let receivers = Receivers::keeping_mail(dir.to_owned(), knobs, SECRET.to_owned(), mail_store)
+        .expect("valid knobs");
     let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let smtp_port = smtp.local_addr().unwrap().port();
     let served = Served::start({

@@ -5,7 +5,10 @@ use lettre::address::Envelope;
 use receivers::smtp::{MAX_LINE_BYTES, MAX_MESSAGE_BYTES, MAX_RECIPIENTS};
 use receivers::{Knobs, NotificationCounts};
 
-use crate::{email, start};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use receivers::MailStore;
+
+use crate::{email, start, start_keeping};
 
 #[tokio::test]
 async fn lettre_delivers_and_a_resend_of_the_same_notification_is_a_stored_once_duplicate() {
@@ -316,5 +319,54 @@ async fn a_stop_tells_idle_sessions_421_and_ends_cleanly() {
     let (code, lines) = smtp.reply().await;
     assert_eq!(code, 421, "{lines:?}");
     assert!(smtp.closed().await);
+    sim.stop().await;
+}
+
+/// Given the sink keeping mail in one mbox, when lettre sends several messages over one
+/// pooled session (as the notification processor does) and resends one after a restart,
+/// then each is appended once, in full, no `.eml` file is made, and the resend is a
+/// duplicate.
+#[tokio::test]
+async fn an_mbox_sink_stores_each_message_once_over_a_reused_session_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_keeping(dir.path(), Knobs::default(), MailStore::Mbox).await;
+    let pooled = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(sim.smtp_port)
+        .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(1))
+        .build();
+    for n in 1..=3 {
+        let id = format!("n-{n}");
+        pooled
+            .send(email(
+                Some(&id),
+                Some("r-1"),
+                &format!("message {n}\nFrom the sink"),
+            ))
+            .await
+            .unwrap();
+    }
+    drop(pooled);
+    sim.stop().await;
+
+    let sim = start_keeping(dir.path(), Knobs::default(), MailStore::Mbox).await;
+    sim.send(email(Some("n-2"), Some("r-1"), "again"))
+        .await
+        .unwrap();
+    let counts = sim.counts().await;
+    assert_eq!((counts.smtp.accepted, counts.smtp.duplicates), (0, 1));
+    let mbox = std::fs::read_to_string(sim.receivers.mbox_file().unwrap()).unwrap();
+    for n in 1..=3 {
+        assert_eq!(
+            mbox.matches(&format!("X-Notification-Id: n-{n}\n")).count(),
+            1,
+            "{mbox}"
+        );
+        assert!(
+            mbox.contains(&format!("message {n}\n>From the sink\n")),
+            "{mbox}"
+        );
+    }
+    assert!(!mbox.contains("again"));
+    assert_eq!(sim.eml_files(), ["messages.mbox"]);
     sim.stop().await;
 }

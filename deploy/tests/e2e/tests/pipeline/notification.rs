@@ -371,6 +371,7 @@ async fn every_email_carries_a_message_id_derived_from_its_notification_id() {
             port,
             "Rejestracja <no-reply@rejestracja.example>",
             Duration::from_secs(10),
+            1,
         )
         .unwrap();
         let message = processors::notification::decide::Message {
