@@ -91,8 +91,11 @@ pub const PROCESSES: [&str; 6] = [
 
 /// The settings the measured system runs with beyond deploy/up's defaults, as given to it:
 /// every edge limit off, every provider's rate limit off, no failure injected into the
-/// stand-ins. The identities, fsync always, the group commit and the edge's bound on open
-/// submissions (`REG_MAX_OPEN_SUBMISSIONS`) stay as deployed.
+/// stand-ins, and the mail sink appending to one mbox rather than writing a file per message
+/// (`REG_MAIL_STORE=mbox`: a stand-in's storage, which would otherwise cost more CPU than
+/// the system; docs/notifications-receivers.md). The identities, fsync always, the group
+/// commit and the edge's bound on open submissions (`REG_MAX_OPEN_SUBMISSIONS`) stay as
+/// deployed.
 pub fn settings() -> Vec<(&'static str, &'static str)> {
     vec![
         ("REG_RATE_PER_ADDRESS", "0"),
@@ -100,6 +103,7 @@ pub fn settings() -> Vec<(&'static str, &'static str)> {
         ("REG_MAIL_RATE", "0"),
         ("REG_WEBHOOK_RATE", "0"),
         ("REG_REGISTRY_RATE", "0"),
+        ("REG_MAIL_STORE", "mbox"),
         (
             "REG_REGISTRY_KNOBS",
             r#"{"error_rate":0.0,"spike_rate":0.0,"rate_limit_per_s":0,"outage":false,"hostile_rate":0.0}"#,
@@ -1411,7 +1415,8 @@ pub fn system_markdown(s: &SystemFigures) -> String {
          the projections with the read API, the edge; beside them the stand-ins for the outside \
          world, the registry simulator and the mail and text receivers (their CPU in their own \
          columns, out of the system's total). Every edge limit off, **provider rate limits off** \
-         (mail, texts, registry), no failures injected; registrations with an e-mail address \
+         (mail, texts, registry), no failures injected, the mail sink appending to one mbox \
+         (`REG_MAIL_STORE=mbox`) instead of a file per message; registrations with an e-mail address \
          and a phone number (two messages per decision), valid PESELs whose serials the \
          registry simulator answers `MATCH`. CPU from `/proc` over the arrivals **and the \
          catch-up** (until every accepted registration was confirmed or rejected, every message \
