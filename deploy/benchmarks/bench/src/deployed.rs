@@ -26,9 +26,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use serde::Serialize;
-use streams::events::{Envelope, Event};
+use streams::events::{Envelope, Event, SlotRejected, SlotReserved};
 use streams::model::SlotKey;
 use streams::subjects::{self, IntakeKind, RegionFilter};
 
@@ -480,85 +479,55 @@ struct Seen {
     by_type: RefCell<BTreeMap<String, u64>>,
 }
 
-/// An ordered consumer of the whole decisions stream from its current end, noting each
-/// registration's [`Progress`] and, in `shared`, its first decision (the generator's
-/// progress lines).
-struct Watcher {
-    stop: tokio_util::sync::CancellationToken,
-    task: ntex::rt::JoinHandle<()>,
-}
-
-impl Watcher {
-    async fn start(
-        js: &async_nats::jetstream::Context,
-        seen: Rc<Seen>,
-        shared: Rc<Shared>,
-    ) -> anyhow::Result<Watcher> {
-        let last = pipeline::decisions_end(js).await?;
-        let (mut decisions, _) = streams::replay::ordered(
-            js,
-            subjects::DECISIONS_STREAM,
-            subjects::decisions_filter(&RegionFilter::All),
-            last + 1,
-        )
-        .await?;
-        let stop = tokio_util::sync::CancellationToken::new();
-        let stopped = stop.clone();
-        let task = ntex::rt::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = stopped.cancelled() => return,
-                    next = decisions.next() => match next {
-                        Some(Ok(message)) => message,
-                        _ => return,
-                    },
-                };
-                let now = Instant::now();
-                let (n, bytes) = shared.watched.get();
-                shared.watched.set((n + 1, bytes + message.length as u64));
-                let Ok(event) = Envelope::decode(&message.payload).map(|e| e.event) else {
-                    *seen
-                        .by_type
-                        .borrow_mut()
-                        .entry("undecodable".into())
-                        .or_default() += 1;
-                    continue;
-                };
+/// Watches the whole decisions stream, noting each registration's [`Progress`] and, in
+/// `shared`, its first decision (the generator's progress lines).
+async fn watch(
+    js: &async_nats::jetstream::Context,
+    seen: Rc<Seen>,
+    shared: Rc<Shared>,
+) -> anyhow::Result<pipeline::Watcher> {
+    pipeline::Watcher::start(
+        js,
+        subjects::decisions_filter(&RegionFilter::All),
+        move |message, now| {
+            let (n, bytes) = shared.watched.get();
+            shared.watched.set((n + 1, bytes + message.length as u64));
+            let Ok(event) = Envelope::decode(&message.payload).map(|e| e.event) else {
                 *seen
                     .by_type
                     .borrow_mut()
-                    .entry(event.event_type().to_owned())
+                    .entry("undecodable".into())
                     .or_default() += 1;
-                if let Event::SlotReserved(e) = &event {
-                    shared
-                        .decided
-                        .borrow_mut()
-                        .entry(e.registration_id.to_string())
-                        .or_insert(now);
-                }
-                if let Event::SlotRejected(e) = &event {
-                    shared
-                        .decided
-                        .borrow_mut()
-                        .entry(e.registration_id.to_string())
-                        .or_insert(now);
-                }
-                if let Some((id, milestone)) = milestone(&event) {
-                    seen.progress
-                        .borrow_mut()
-                        .entry(id)
-                        .or_default()
-                        .apply(milestone, now);
-                }
+                return;
+            };
+            *seen
+                .by_type
+                .borrow_mut()
+                .entry(event.event_type().to_owned())
+                .or_default() += 1;
+            if let Event::SlotReserved(SlotReserved {
+                registration_id, ..
+            })
+            | Event::SlotRejected(SlotRejected {
+                registration_id, ..
+            }) = &event
+            {
+                shared
+                    .decided
+                    .borrow_mut()
+                    .entry(registration_id.to_string())
+                    .or_insert(now);
             }
-        });
-        Ok(Watcher { stop, task })
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
+            if let Some((id, milestone)) = milestone(&event) {
+                seen.progress
+                    .borrow_mut()
+                    .entry(id)
+                    .or_default()
+                    .apply(milestone, now);
+            }
+        },
+    )
+    .await
 }
 
 /// CPU per accepted registration over a measurement (arrivals and catch-up).
@@ -999,7 +968,7 @@ impl Rig<'_> {
         let traffic_mark = crate::traffic::mark(js, options.monitor_port).await?;
         let shared = Rc::new(Shared::default());
         let seen = Rc::new(Seen::default());
-        let watcher = Watcher::start(js, seen.clone(), shared.clone()).await?;
+        let watcher = watch(js, seen.clone(), shared.clone()).await?;
         let client = e2e::chaos::load::http_client(options.max_outstanding.min(512)).await?;
         let (http, ingest_url, slots) = (&self.http, &self.deployment.ingest_url, &self.slots);
 
@@ -1129,7 +1098,7 @@ impl Rig<'_> {
         let intake_mark = intake_end(js).await?;
         let shared = Rc::new(Shared::default());
         let seen = Rc::new(Seen::default());
-        let watcher = Watcher::start(js, seen.clone(), shared.clone()).await?;
+        let watcher = watch(js, seen.clone(), shared.clone()).await?;
         let slot = &self.slots[0];
         let http = &self.http;
         // Registrations not done of the `stored` accepted, and any partly done beyond them.

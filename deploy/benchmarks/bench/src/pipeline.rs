@@ -266,7 +266,7 @@ pub async fn run(
     let js = async_nats::jetstream::new(client);
     let traffic_mark = crate::traffic::mark(&js, options.monitor_port).await?;
     let shared = Rc::new(Shared::default());
-    let watcher = DecisionWatcher::start(&js, shared.clone()).await?;
+    let watcher = watch_decisions(&js, shared.clone()).await?;
     let http = load::http_client(options.max_outstanding.min(512)).await?;
 
     let load = async {
@@ -323,26 +323,24 @@ pub async fn run(
     Ok(run)
 }
 
-/// An ordered consumer of the decisions stream from its current end, noting when each
-/// registration's first decision (reserved or rejected) was stored.
-struct DecisionWatcher {
+/// An ordered consumer of the decisions stream (the subjects `filter` matches) from its
+/// current end, handing each stored message to a callback with the moment it arrived, until
+/// stopped: how the benchmarks see decisions when they are stored.
+pub struct Watcher {
     stop: tokio_util::sync::CancellationToken,
     task: ntex::rt::JoinHandle<()>,
 }
 
-impl DecisionWatcher {
-    async fn start(
+impl Watcher {
+    /// Starts watching; `each` gets every message from now on.
+    pub async fn start(
         js: &async_nats::jetstream::Context,
-        shared: Rc<Shared>,
-    ) -> anyhow::Result<DecisionWatcher> {
+        filter: String,
+        mut each: impl FnMut(&async_nats::jetstream::Message, Instant) + 'static,
+    ) -> anyhow::Result<Watcher> {
         let last = decisions_end(js).await?;
-        let (mut decisions, _) = streams::replay::ordered(
-            js,
-            subjects::DECISIONS_STREAM,
-            subjects::reservation_decisions_filter(&RegionFilter::All),
-            last + 1,
-        )
-        .await?;
+        let (mut decisions, _) =
+            streams::replay::ordered(js, subjects::DECISIONS_STREAM, filter, last + 1).await?;
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();
         let task = ntex::rt::spawn(async move {
@@ -354,26 +352,40 @@ impl DecisionWatcher {
                         _ => return,
                     },
                 };
-                let (n, bytes) = shared.watched.get();
-                shared.watched.set((n + 1, bytes + message.length as u64));
-                let id = match Envelope::decode(&message.payload).map(|e| e.event) {
-                    Ok(Event::SlotReserved(e)) => e.registration_id,
-                    Ok(Event::SlotRejected(e)) => e.registration_id,
-                    _ => continue,
-                };
-                shared
-                    .decided
-                    .borrow_mut()
-                    .insert(id.to_string(), Instant::now());
+                each(&message, Instant::now());
             }
         });
-        Ok(DecisionWatcher { stop, task })
+        Ok(Watcher { stop, task })
     }
 
-    async fn stop(self) {
+    /// Stops watching.
+    pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// Watches the reservation decisions, noting when each registration's first decision
+/// (reserved or rejected) was stored.
+async fn watch_decisions(
+    js: &async_nats::jetstream::Context,
+    shared: Rc<Shared>,
+) -> anyhow::Result<Watcher> {
+    Watcher::start(
+        js,
+        subjects::reservation_decisions_filter(&RegionFilter::All),
+        move |message, now| {
+            let (n, bytes) = shared.watched.get();
+            shared.watched.set((n + 1, bytes + message.length as u64));
+            let id = match Envelope::decode(&message.payload).map(|e| e.event) {
+                Ok(Event::SlotReserved(e)) => e.registration_id,
+                Ok(Event::SlotRejected(e)) => e.registration_id,
+                _ => return,
+            };
+            shared.decided.borrow_mut().insert(id.to_string(), now);
+        },
+    )
+    .await
 }
 
 /// The open loop: sends each request when it is due, whatever happened to the earlier ones
