@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
-use streams::events::{Envelope, Event, NotificationFailed, NotificationSent};
+use streams::events::{Envelope, Event, NotificationFailed, NotificationSent, PersonalData};
 use streams::regions;
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
@@ -114,6 +114,16 @@ impl Round {
             Some(seq) => format!("dead.{nid}.{seq}"),
         }
     }
+}
+
+/// How one channel's delivery of a decision ended.
+enum Delivery {
+    /// Delivered and recorded.
+    Recorded,
+    /// Delivered, but its record could not be stored.
+    Unrecorded,
+    /// Not delivered: the channel, its notification id and why.
+    Failed(Channel, String, SendError),
 }
 
 struct Notifier {
@@ -321,70 +331,89 @@ impl Notifier {
         };
         let link = decide::status_link(&self.config.page_url, id, &self.keys.token(id));
         let message = decide::render(notice, &submission.language, &link);
-        let template = notice.kind.template();
-        let mut failures = Vec::new();
-        let channels = decide::channels(personal.email.as_deref(), personal.phone.as_deref());
-        for channel in channels
+        // Both channels at once: a decision waits for the slower of its deliveries, not for
+        // their sum, so the same concurrency tells twice as many citizens.
+        let deliveries = decide::channels(personal.email.as_deref(), personal.phone.as_deref())
             .into_iter()
             .filter(|c| round.only.is_none_or(|only| only == *c))
-        {
-            if round.only.is_none() && self.already(round.decision_seq, channel) {
-                continue;
-            }
-            let nid = decide::notification_id(id, round.decision_seq, channel);
-            let limiter = match channel {
-                Channel::Email => &self.mail_limit,
-                Channel::Webhook => &self.webhook_limit,
-            };
-            if let Some(limiter) = limiter {
-                limiter.until_ready().await;
-            }
-            let sent = match channel {
-                Channel::Email => {
-                    let to = personal.email.as_deref().unwrap_or_default();
-                    self.mailer.send(to, &message, &nid, id.as_str()).await
-                }
-                Channel::Webhook => {
-                    let to = personal.phone.as_deref().unwrap_or_default();
-                    self.webhook.send(to, &message, &nid, id.as_str()).await
-                }
-            };
-            match sent {
-                Ok(()) => {
-                    self.metrics
-                        .sent
-                        .with_label_values(&[channel.as_str()])
-                        .inc();
-                    let since = (chrono::Utc::now() - round.decided_at)
-                        .to_std()
-                        .unwrap_or_default();
-                    self.metrics
-                        .decision_to_delivery_seconds
-                        .observe(since.as_secs_f64());
-                    let sent = Event::NotificationSent(NotificationSent {
-                        notification_id: nid.clone(),
-                        registration_id: id.clone(),
-                        channel: channel.as_str().into(),
-                        template: template.into(),
-                        decision_seq: round.decision_seq,
-                    });
-                    if let Err(err) = self.record(notice, &nid, sent).await {
-                        // Delivered, not yet recorded: the retry delivers under the same id,
-                        // which the provider recognises.
-                        tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "A delivery could not be recorded; trying again.");
-                        return Outcome::Retry(Duration::from_secs(1));
-                    }
-                    self.delivered
-                        .lock()
-                        .expect("lock")
-                        .entry(round.decision_seq)
-                        .or_default()
-                        .insert(channel);
-                }
-                Err(err) => failures.push((channel, nid, err)),
+            .filter(|c| round.only.is_some() || !self.already(round.decision_seq, *c))
+            .map(|channel| self.deliver(notice, round, channel, &personal, &message));
+        let mut failures = Vec::new();
+        let mut unrecorded = false;
+        for delivery in futures::future::join_all(deliveries).await {
+            match delivery {
+                Delivery::Recorded => {}
+                Delivery::Unrecorded => unrecorded = true,
+                Delivery::Failed(channel, nid, err) => failures.push((channel, nid, err)),
             }
         }
+        if unrecorded {
+            // Delivered, not yet recorded: the retry delivers under the same id, which the
+            // provider recognises; the channels recorded are not sent again.
+            return Outcome::Retry(Duration::from_secs(1));
+        }
         self.after_failures(notice, round, failures).await
+    }
+
+    /// Delivers `message` on one channel under its notification id and records the delivery.
+    async fn deliver(
+        &self,
+        notice: &Notice,
+        round: &Round,
+        channel: Channel,
+        personal: &PersonalData,
+        message: &decide::Message,
+    ) -> Delivery {
+        let id = &notice.registration_id;
+        let nid = decide::notification_id(id, round.decision_seq, channel);
+        let limiter = match channel {
+            Channel::Email => &self.mail_limit,
+            Channel::Webhook => &self.webhook_limit,
+        };
+        if let Some(limiter) = limiter {
+            limiter.until_ready().await;
+        }
+        let sent = match channel {
+            Channel::Email => {
+                let to = personal.email.as_deref().unwrap_or_default();
+                self.mailer.send(to, message, &nid, id.as_str()).await
+            }
+            Channel::Webhook => {
+                let to = personal.phone.as_deref().unwrap_or_default();
+                self.webhook.send(to, message, &nid, id.as_str()).await
+            }
+        };
+        if let Err(err) = sent {
+            return Delivery::Failed(channel, nid, err);
+        }
+        self.metrics
+            .sent
+            .with_label_values(&[channel.as_str()])
+            .inc();
+        let since = (chrono::Utc::now() - round.decided_at)
+            .to_std()
+            .unwrap_or_default();
+        self.metrics
+            .decision_to_delivery_seconds
+            .observe(since.as_secs_f64());
+        let sent = Event::NotificationSent(NotificationSent {
+            notification_id: nid.clone(),
+            registration_id: id.clone(),
+            channel: channel.as_str().into(),
+            template: notice.kind.template().into(),
+            decision_seq: round.decision_seq,
+        });
+        if let Err(err) = self.record(notice, &nid, sent).await {
+            tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "A delivery could not be recorded; trying again.");
+            return Delivery::Unrecorded;
+        }
+        self.delivered
+            .lock()
+            .expect("lock")
+            .entry(round.decision_seq)
+            .or_default()
+            .insert(channel);
+        Delivery::Recorded
     }
 
     fn already(&self, seq: u64, channel: Channel) -> bool {
