@@ -407,13 +407,19 @@ impl Notifier {
             tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "A delivery could not be recorded; trying again.");
             return Delivery::Unrecorded;
         }
+        self.done_with(round.decision_seq, channel);
+        Delivery::Recorded
+    }
+
+    /// Notes that the decision at `seq` is done with on `channel` (delivered, or dead): while
+    /// the decision is in flight here, a retry does not send on it again.
+    fn done_with(&self, seq: u64, channel: Channel) {
         self.delivered
             .lock()
             .expect("lock")
-            .entry(round.decision_seq)
+            .entry(seq)
             .or_default()
             .insert(channel);
-        Delivery::Recorded
     }
 
     fn already(&self, seq: u64, channel: Channel) -> bool {
@@ -469,13 +475,7 @@ impl Notifier {
                 .dead_letters
                 .with_label_values(&[channel.as_str()])
                 .inc();
-            // Delivered or dead: either way, not sent again for this decision here.
-            self.delivered
-                .lock()
-                .expect("lock")
-                .entry(round.decision_seq)
-                .or_default()
-                .insert(channel);
+            self.done_with(round.decision_seq, channel);
         }
         match retry {
             Some(delay) => {
