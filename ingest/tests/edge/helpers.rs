@@ -240,15 +240,7 @@ pub fn region() -> Region {
     Region::parse(testkit::REGION).unwrap()
 }
 
-/// Asserts the contract's error shape: `code`, a message, and `field` when one is named.
-pub fn assert_error(body: &Value, code: &str, field: Option<&str>) {
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].is_string(), "{body}");
-    match field {
-        Some(f) => assert_eq!(body["error"]["field"], f, "{body}"),
-        None => assert!(body["error"].get("field").is_none(), "{body}"),
-    }
-}
+pub use testkit::http::assert_error;
 
 /// The registration id of a `202`.
 pub fn registration_id(answer: &Value) -> RegistrationId {

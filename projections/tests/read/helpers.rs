@@ -154,26 +154,13 @@ impl ReadApi {
         (id, token)
     }
 
-    /// Sends a request and returns status, headers and JSON body (Null when empty; a body
-    /// that is not one JSON value, such as NDJSON, as a string).
+    /// Sends a request and returns status, headers and JSON body ([`testkit::http::send`]).
     pub async fn send(
         &self,
         request: ntex::client::ClientRequest,
         body: Option<Vec<u8>>,
     ) -> (u16, ntex::http::HeaderMap, Value) {
-        let response = match body {
-            Some(body) => request.send_body(body).await,
-            None => request.send().await,
-        }
-        .expect("the read API answers");
-        let bytes = response.body().limit(1 << 24).await.expect("a body");
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        (response.status().as_u16(), response.headers().clone(), json)
+        testkit::http::send(request, body).await
     }
 
     /// `GET /v1/registrations/{id}`, with `token` if given: the status and body.
@@ -261,12 +248,4 @@ fn slot(location: &str) -> SlotKey {
     }
 }
 
-/// Asserts the contract's error shape: `code`, a message, and `field` when one is named.
-pub fn assert_error(body: &Value, code: &str, field: Option<&str>) {
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].is_string(), "{body}");
-    match field {
-        Some(f) => assert_eq!(body["error"]["field"], f, "{body}"),
-        None => assert!(body["error"].get("field").is_none(), "{body}"),
-    }
-}
+pub use testkit::http::assert_error;

@@ -12,6 +12,7 @@
 
 mod bodies;
 mod cluster;
+pub mod http;
 pub mod openapi;
 pub mod redirect;
 pub use bodies::{REGION, citizen, slot_date};

@@ -275,25 +275,13 @@ impl Pipeline {
         pipeline
     }
 
-    /// Sends a request and returns status, headers and JSON body (Null when empty).
+    /// Sends a request and returns status, headers and JSON body ([`testkit::http::send`]).
     pub async fn send(
         &self,
         request: ntex::client::ClientRequest,
         body: Option<Vec<u8>>,
     ) -> (u16, ntex::http::HeaderMap, Value) {
-        let response = match body {
-            Some(body) => request.send_body(body).await,
-            None => request.send().await,
-        }
-        .expect("the service answers");
-        let bytes = response.body().limit(1 << 24).await.expect("a body");
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        (response.status().as_u16(), response.headers().clone(), json)
+        testkit::http::send(request, body).await
     }
 
     pub async fn submit(&self, body: &Value, key: Option<&str>) -> (u16, Value) {

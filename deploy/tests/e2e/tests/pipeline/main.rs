@@ -15,14 +15,7 @@ use futures::future::join_all;
 use helpers::*;
 use serde_json::{Value, json};
 
-fn assert_error(body: &Value, code: &str, field: Option<&str>) {
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].is_string(), "{body}");
-    match field {
-        Some(f) => assert_eq!(body["error"]["field"], f, "{body}"),
-        None => assert!(body["error"].get("field").is_none(), "{body}"),
-    }
-}
+use testkit::http::assert_error;
 
 #[ntex::test]
 async fn a_submission_becomes_reserved_and_availability_drops() {
