@@ -3,7 +3,7 @@
 //! serving the region.
 //!
 //! Per decision a citizen is told of: read the sealed submission (the contact and the
-//! language), render the message, and deliver it on every channel the contact allows under
+//! language), render the message, and deliver it on every channel the contact allows, all at once, under
 //! the notification's deterministic id, which the provider takes as its idempotency key. Each
 //! delivery is recorded (`NotificationSent`, with the id as `Nats-Msg-Id`). The decision is
 //! acknowledged once every channel is delivered or dead-lettered; a failed delivery is put
