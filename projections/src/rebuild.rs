@@ -208,19 +208,21 @@ pub async fn project_until(
             .with_context(|| format!("The {stream} stream ended before sequence {until}"))?;
         let mut events = Vec::with_capacity(group.len());
         let mut last = checkpoint;
-        for message in &group {
-            let record = Record::from_message(message)?;
-            if record.seq > until {
-                break;
+        'group: for message in &group {
+            // A pack's records share its sequence and are applied together.
+            for record in Record::from_message(message)? {
+                if record.seq > until {
+                    break 'group;
+                }
+                let envelope = record.envelope.map_err(|err| {
+                    anyhow::anyhow!(
+                        "Record {} of {stream} cannot be decoded ({err}): the rebuild stops there",
+                        record.seq
+                    )
+                })?;
+                events.push((record.seq, envelope));
+                last = record.seq;
             }
-            let envelope = record.envelope.map_err(|err| {
-                anyhow::anyhow!(
-                    "Record {} of {stream} cannot be decoded ({err}): the rebuild stops there",
-                    record.seq
-                )
-            })?;
-            events.push((record.seq, envelope));
-            last = record.seq;
         }
         if last > checkpoint {
             store

@@ -99,7 +99,7 @@ impl AppendError {
     }
 }
 
-fn classify(err: jetstream::context::PublishError) -> AppendError {
+pub(crate) fn classify(err: jetstream::context::PublishError) -> AppendError {
     match err.kind() {
         PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
             AppendError::Fenced(err.to_string())

@@ -97,21 +97,26 @@ impl From<Undecodable> for Halt {
     }
 }
 
-/// Decodes a JetStream message of `stream`, or says why it cannot be: it cannot be decoded,
-/// or its event type does not belong on its subject ([`Envelope::decode_from`]).
-pub fn decode(stream: &str, message: &jetstream::Message) -> Result<Decoded, Halt> {
+/// Decodes a JetStream message of `stream` into its records (one, or the records of a pack:
+/// [`crate::pack`], in their order, all at the message's sequence), or says why it cannot be:
+/// it cannot be decoded, or an event type does not belong on its subject
+/// ([`Envelope::decode_all_from`]).
+pub fn decode(stream: &str, message: &jetstream::Message) -> Result<Vec<Decoded>, Halt> {
     let info = message
         .info()
         .map_err(|e| anyhow::anyhow!("a message has no JetStream metadata: {e}"))?;
     let seq = info.stream_sequence;
-    match Envelope::decode_from(&message.subject, &message.payload) {
-        Ok(envelope) => Ok(Decoded {
-            seq,
-            subject: message.subject.to_string(),
-            delivered: info.delivered.max(1) as u64,
-            pending: info.pending,
-            envelope,
-        }),
+    match Envelope::decode_all_from(&message.subject, &message.payload) {
+        Ok(envelopes) => Ok(envelopes
+            .into_iter()
+            .map(|envelope| Decoded {
+                seq,
+                subject: message.subject.to_string(),
+                delivered: info.delivered.max(1) as u64,
+                pending: info.pending,
+                envelope,
+            })
+            .collect()),
         Err(err) => Err(Halt::Undecodable(Undecodable {
             stream: stream.to_owned(),
             seq,
@@ -343,7 +348,7 @@ async fn read_ordered<S: OrderedStep>(
         let mut stalled = None;
         for message in &group {
             match decode(spec.stream, message) {
-                Ok(record) => decoded.push(record),
+                Ok(records) => decoded.extend(records),
                 Err(halt) => {
                     stalled = Some(halt);
                     break;
@@ -456,13 +461,22 @@ where
         .map(|message| async move {
             let message = message.map_err(|e| anyhow::anyhow!(e))?;
             let (ack, seq) = match decode(spec.stream, &message) {
-                Ok(record) => {
-                    let seq = record.seq;
-                    let ack = match handle(record).await {
-                        Outcome::Done => AckKind::Ack,
-                        Outcome::Retry(delay) => AckKind::Nak(Some(delay)),
+                Ok(records) => {
+                    let seq = records.first().map(|r| r.seq);
+                    // A pack's records one after the other; it is acknowledged once all are
+                    // done, and delivered again (all of it: effects are idempotent) if one
+                    // is not.
+                    let mut retry = None::<Duration>;
+                    for record in records {
+                        if let Outcome::Retry(delay) = handle(record).await {
+                            retry = Some(retry.map_or(delay, |d| d.max(delay)));
+                        }
+                    }
+                    let ack = match retry {
+                        None => AckKind::Ack,
+                        Some(delay) => AckKind::Nak(Some(delay)),
                     };
-                    (ack, Some(seq))
+                    (ack, seq)
                 }
                 Err(Halt::Undecodable(why)) => {
                     stuck.lock().expect("lock").insert(why.seq);

@@ -599,7 +599,8 @@ pub struct RecoveryLinkIssued {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationSent {
     /// Deterministic per (registration, decision, channel); the provider's idempotency key
-    /// (`X-Notification-Id`) and this record's `Nats-Msg-Id`.
+    /// (`X-Notification-Id`), and what readers key the record by: it is written packed with
+    /// others ([`crate::pack`]), so a retried write may store it twice.
     pub notification_id: String,
     /// The registration.
     pub registration_id: RegistrationId,
@@ -669,6 +670,9 @@ pub enum DecodeError {
         /// The version found.
         version: u16,
     },
+    /// A pack (see [`crate::pack`]) with no record in it: no writer of this code makes one.
+    #[error("a pack of records holds no record")]
+    EmptyPack,
     /// An event type the subject's writer does not own (see
     /// [`crate::subjects::SubjectKind::event_types`]): an identity allowed to append there
     /// appended what only another may. Refused like an undecodable record.
@@ -716,7 +720,10 @@ impl Envelope {
     /// Deserializes, refusing versions newer than this code. The bytes alone say nothing of
     /// who wrote them: a record read from the log goes through [`Envelope::decode_from`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        Envelope::checked(serde_json::from_slice(bytes)?)
+    }
+
+    fn checked(envelope: Envelope) -> Result<Self, DecodeError> {
         if envelope.version > envelope.event.event_version() {
             return Err(DecodeError::UnknownVersion {
                 event_type: envelope.event.event_type().to_owned(),
@@ -724,6 +731,37 @@ impl Envelope {
             });
         }
         Ok(envelope)
+    }
+
+    /// Deserializes every record of one message read from the log on `subject`: one
+    /// envelope, or a *pack* of them (a JSON array, see [`crate::pack`]). Each record is
+    /// checked as [`Envelope::decode_from`] checks one; one that fails refuses the message.
+    /// Readers of a subject that may carry packs (see [`crate::pack`]) decode through this.
+    pub fn decode_all_from(subject: &str, bytes: &[u8]) -> Result<Vec<Self>, DecodeError> {
+        let envelopes = Envelope::decode_all(bytes)?;
+        for envelope in &envelopes {
+            let event_type = envelope.event.event_type();
+            if !crate::subjects::accepts(subject, event_type) {
+                return Err(DecodeError::Foreign {
+                    event_type: event_type.to_owned(),
+                    subject: subject.to_owned(),
+                });
+            }
+        }
+        Ok(envelopes)
+    }
+
+    /// [`Envelope::decode_all_from`] without the subject's check: for tools that only count
+    /// or time what they read.
+    pub fn decode_all(bytes: &[u8]) -> Result<Vec<Self>, DecodeError> {
+        if !crate::pack::is_pack(bytes) {
+            return Ok(vec![Envelope::decode(bytes)?]);
+        }
+        let envelopes: Vec<Envelope> = serde_json::from_slice(bytes)?;
+        if envelopes.is_empty() {
+            return Err(DecodeError::EmptyPack);
+        }
+        envelopes.into_iter().map(Envelope::checked).collect()
     }
 }
 

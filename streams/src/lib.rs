@@ -18,6 +18,7 @@
 //! | [`lease`] | one active replica per piece of work, the others on standby |
 //! | [`regions`] | serving one region or every region present in the intake stream |
 //! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
+//! | [`pack`] | packed records: many small records of one writer in one message, for records keyed by an id of their own |
 //! | [`outside`] | failures of outside systems as events record them: a bounded code and a fixed sentence |
 //! | [`http`] | the JSON error body, capped body reads, health and metrics responses |
 //! | [`replay`] | reading a stream in order: recovery, projections, replays |
@@ -39,6 +40,7 @@ pub mod lease;
 pub mod model;
 pub mod national_id;
 pub mod outside;
+pub mod pack;
 pub mod regions;
 pub mod replay;
 pub mod runtime;

@@ -21,17 +21,25 @@ pub struct Record {
 }
 
 impl Record {
-    /// Reads a JetStream message into a record.
-    pub fn from_message(message: &jetstream::Message) -> anyhow::Result<Self> {
+    /// Reads a JetStream message into its records: one, or each record of a pack
+    /// ([`crate::pack`]) in order, all at the message's sequence. A message that cannot be
+    /// decoded is one record holding why.
+    pub fn from_message(message: &jetstream::Message) -> anyhow::Result<Vec<Self>> {
         let info = message
             .info()
             .map_err(|e| anyhow::anyhow!("message has no JetStream metadata: {e}"))?;
-        Ok(Record {
+        let record = |envelope| Record {
             seq: info.stream_sequence,
             subject: message.subject.to_string(),
-            envelope: Envelope::decode_from(&message.subject, &message.payload),
+            envelope,
             pending: info.pending,
-        })
+        };
+        Ok(
+            match Envelope::decode_all_from(&message.subject, &message.payload) {
+                Ok(envelopes) => envelopes.into_iter().map(|e| record(Ok(e))).collect(),
+                Err(err) => vec![record(Err(err))],
+            },
+        )
     }
 }
 
@@ -127,7 +135,8 @@ pub async fn next_group(
 }
 
 /// Calls `each` for every message of `stream` matching `filter` from `start_seq` up to the
-/// end as it was when called, in order. Returns how many messages were read.
+/// end as it was when called, in order. Returns how many records were read (a pack's
+/// records each count).
 pub async fn read_to_end(
     js: &jetstream::Context,
     stream: &str,
@@ -142,10 +151,11 @@ pub async fn read_to_end(
     let mut count = 0;
     while let Some(message) = messages.next().await {
         let message = message.context("Failed to read from an ordered consumer")?;
-        let record = Record::from_message(&message)?;
-        let done = record.pending == 0;
-        each(record);
-        count += 1;
+        let done = message.info().map_or(true, |info| info.pending == 0);
+        for record in Record::from_message(&message)? {
+            each(record);
+            count += 1;
+        }
         if done {
             break;
         }

@@ -36,7 +36,7 @@ async fn groups_keep_log_order_never_exceed_their_size_and_gather_what_arrives_w
     let seqs = |group: Vec<jetstream::Message>| -> Vec<u64> {
         group
             .iter()
-            .map(|m| Record::from_message(m).unwrap().seq)
+            .map(|m| Record::from_message(m).unwrap()[0].seq)
             .collect()
     };
 

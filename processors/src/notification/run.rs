@@ -5,7 +5,9 @@
 //! Per decision a citizen is told of: read the sealed submission (the contact and the
 //! language), render the message, and deliver it on every channel the contact allows, all at once, under
 //! the notification's deterministic id, which the provider takes as its idempotency key. Each
-//! delivery is recorded (`NotificationSent`, with the id as `Nats-Msg-Id`). The decision is
+//! delivery is recorded (`NotificationSent`, carrying the id); the records of every delivery
+//! in flight share one durable write, packed into one message ([`streams::pack`]). A dead
+//! letter (`NotificationFailed`) is appended alone, with its id as `Nats-Msg-Id`. The decision is
 //! acknowledged once every channel is delivered or dead-lettered; a failed delivery is put
 //! back with a back-off delay (a nak: JetStream holds it, no worker sleeps). A crash between
 //! a delivery and the acknowledgement delivers again under the same id, which the provider
@@ -128,6 +130,8 @@ enum Delivery {
 
 struct Notifier {
     js: jetstream::Context,
+    /// Delivery records, packed: one durable write for every delivery in flight.
+    packer: streams::pack::Packer,
     keys: Keys,
     mailer: Mailer,
     webhook: Webhook,
@@ -151,9 +155,10 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let notifier = Arc::new(Notifier {
         js: js.clone(),
+        packer: streams::pack::Packer::start(client, streams::pack::PackerOptions::default()),
         keys,
         mailer: Mailer::new(
             &config.smtp_host,
@@ -403,7 +408,7 @@ impl Notifier {
             template: notice.kind.template().into(),
             decision_seq: round.decision_seq,
         });
-        if let Err(err) = self.record(notice, &nid, sent).await {
+        if let Err(err) = self.record_sent(notice, sent).await {
             tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "A delivery could not be recorded; trying again.");
             return Delivery::Unrecorded;
         }
@@ -486,7 +491,22 @@ impl Notifier {
         }
     }
 
-    /// Appends a notification record to the region's notification subject, stored once per
+    /// Appends a delivery's record to the region's notification subject, packed with the
+    /// records of the other deliveries in flight (one durable write for all of them,
+    /// [`streams::pack`]). A record stored twice (a retried write) changes nothing: every
+    /// reader keys records by their notification id.
+    async fn record_sent(&self, notice: &Notice, sent: Event) -> anyhow::Result<()> {
+        self.packer
+            .append(
+                subjects::notification_decisions(&notice.slot.region),
+                &Envelope::new(notice.registration_id.to_string(), sent),
+            )
+            .await
+            .context("Failed to store a notification record")?;
+        Ok(())
+    }
+
+    /// Appends a dead letter to the region's notification subject, stored once per
     /// `message_id`.
     async fn record(&self, notice: &Notice, message_id: &str, event: Event) -> anyhow::Result<()> {
         let outgoing = streams::appender::Outgoing::event(

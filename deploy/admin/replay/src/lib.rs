@@ -235,45 +235,46 @@ pub async fn replay(
         summary.read += 1;
         summary.first_seq.get_or_insert(seq);
         summary.last_seq = Some(seq);
-        let record = match Envelope::decode_from(&message.subject, &message.payload) {
-            Ok(envelope) => {
-                if !replay.types.is_empty()
-                    && !replay
-                        .types
-                        .iter()
-                        .any(|t| t == envelope.event.event_type())
-                {
-                    progress(summary.read, total);
-                    continue;
+        // One message is one record, or several when it is a pack (`streams::pack`): each is
+        // written on its own, at the message's sequence.
+        let records = match Envelope::decode_all_from(&message.subject, &message.payload) {
+            Ok(envelopes) => {
+                let mut records = Vec::with_capacity(envelopes.len());
+                for envelope in envelopes {
+                    let event_type = envelope.event.event_type();
+                    if !replay.types.is_empty() && !replay.types.iter().any(|t| t == event_type) {
+                        continue;
+                    }
+                    *summary.by_type.entry(event_type.to_owned()).or_default() += 1;
+                    records.push(record(
+                        seq,
+                        &message.subject,
+                        stored_at,
+                        &envelope,
+                        &replay.personal,
+                    )?);
                 }
-                *summary
-                    .by_type
-                    .entry(envelope.event.event_type().to_owned())
-                    .or_default() += 1;
-                record(
-                    seq,
-                    &message.subject,
-                    stored_at,
-                    &envelope,
-                    &replay.personal,
-                )?
+                records
             }
             Err(err) => {
                 summary.undecodable += 1;
-                json!({
+                vec![json!({
                     "seq": seq, "subject": message.subject.as_str(), "stored_at": stored_at,
                     "undecodable": err.to_string(),
-                })
+                })]
             }
         };
-        summary.written += 1;
-        match &mut sink {
-            Sink::Csv(csv) => csv
-                .write_record(csv_row(&record))
-                .context("Failed to write a CSV row")?,
-            Sink::Ndjson(out) => {
-                serde_json::to_writer(&mut **out, &record).context("Failed to write a record")?;
-                out.write_all(b"\n").context("Failed to write a record")?;
+        for record in records {
+            summary.written += 1;
+            match &mut sink {
+                Sink::Csv(csv) => csv
+                    .write_record(csv_row(&record))
+                    .context("Failed to write a CSV row")?,
+                Sink::Ndjson(out) => {
+                    serde_json::to_writer(&mut **out, &record)
+                        .context("Failed to write a record")?;
+                    out.write_all(b"\n").context("Failed to write a record")?;
+                }
             }
         }
         progress(summary.read, total);

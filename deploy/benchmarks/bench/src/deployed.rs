@@ -492,7 +492,8 @@ async fn watch(
         move |message, now| {
             let (n, bytes) = shared.watched.get();
             shared.watched.set((n + 1, bytes + message.length as u64));
-            let Ok(event) = Envelope::decode(&message.payload).map(|e| e.event) else {
+            // A message is one record, or a pack of notification records (`streams::pack`).
+            let Ok(envelopes) = Envelope::decode_all(&message.payload) else {
                 *seen
                     .by_type
                     .borrow_mut()
@@ -500,30 +501,32 @@ async fn watch(
                     .or_default() += 1;
                 return;
             };
-            *seen
-                .by_type
-                .borrow_mut()
-                .entry(event.event_type().to_owned())
-                .or_default() += 1;
-            if let Event::SlotReserved(SlotReserved {
-                registration_id, ..
-            })
-            | Event::SlotRejected(SlotRejected {
-                registration_id, ..
-            }) = &event
-            {
-                shared
-                    .decided
+            for event in envelopes.into_iter().map(|e| e.event) {
+                *seen
+                    .by_type
                     .borrow_mut()
-                    .entry(registration_id.to_string())
-                    .or_insert(now);
-            }
-            if let Some((id, milestone)) = milestone(&event) {
-                seen.progress
-                    .borrow_mut()
-                    .entry(id)
-                    .or_default()
-                    .apply(milestone, now);
+                    .entry(event.event_type().to_owned())
+                    .or_default() += 1;
+                if let Event::SlotReserved(SlotReserved {
+                    registration_id, ..
+                })
+                | Event::SlotRejected(SlotRejected {
+                    registration_id, ..
+                }) = &event
+                {
+                    shared
+                        .decided
+                        .borrow_mut()
+                        .entry(registration_id.to_string())
+                        .or_insert(now);
+                }
+                if let Some((id, milestone)) = milestone(&event) {
+                    seen.progress
+                        .borrow_mut()
+                        .entry(id)
+                        .or_default()
+                        .apply(milestone, now);
+                }
             }
         },
     )
