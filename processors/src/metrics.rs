@@ -55,6 +55,9 @@ pub struct NotificationMetrics {
     pub dead_letters: IntCounterVec,
     /// Seconds from a decision to its message's delivery.
     pub decision_to_delivery_seconds: Histogram,
+    /// Contacts looked up for a decision, by where they came from: `submission` (read from
+    /// intake and opened) or `cache` (a decision about the same registration a moment ago).
+    pub contacts: IntCounterVec,
 }
 
 impl NotificationMetrics {
@@ -82,6 +85,12 @@ impl NotificationMetrics {
                 "notification_decision_to_delivery_seconds",
                 "Time from a decision to its message's delivery.",
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0],
+            ),
+            contacts: counter_vec(
+                registry,
+                "notification_contacts_total",
+                "Contacts looked up for a decision, by source: submission (read and opened) or cache.",
+                "source",
             ),
         }
     }

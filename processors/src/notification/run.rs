@@ -22,7 +22,8 @@ use async_nats::jetstream::{self, consumer::pull};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
-use streams::events::{Envelope, Event, NotificationFailed, NotificationSent, PersonalData};
+use streams::events::{Envelope, Event, NotificationFailed, NotificationSent};
+use streams::model::RegistrationId;
 use streams::regions;
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
@@ -128,8 +129,27 @@ enum Delivery {
     Failed(Channel, String, SendError),
 }
 
+/// What a message needs of a registration's sealed submission.
+struct Contact {
+    email: Option<String>,
+    phone: Option<String>,
+    language: String,
+}
+
+/// How long a contact stays in memory after its submission was opened: long enough for the
+/// decisions that follow one another within moments (reserved, then confirmed), short
+/// enough that a citizen's address does not linger in the process.
+const CONTACT_TTL: Duration = Duration::from_secs(120);
+
+/// Most contacts kept (about 100 bytes each).
+const CONTACTS: u64 = 100_000;
+
 struct Notifier {
     js: jetstream::Context,
+    /// The contacts of registrations told of a decision a moment ago: the confirmation that
+    /// follows a reservation finds its contact here instead of reading and opening the 4 kB
+    /// submission again.
+    contacts: moka::future::Cache<RegistrationId, Arc<Contact>>,
     /// Delivery records, packed: one durable write for every delivery in flight.
     packer: streams::pack::Packer,
     keys: Keys,
@@ -158,6 +178,10 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     let notifier = Arc::new(Notifier {
         js: js.clone(),
+        contacts: moka::future::Cache::builder()
+            .max_capacity(CONTACTS)
+            .time_to_live(CONTACT_TTL)
+            .build(),
         packer: streams::pack::Packer::start(client, streams::pack::PackerOptions::default()),
         keys,
         mailer: Mailer::new(
@@ -319,30 +343,54 @@ impl Notifier {
             .context("Failed to decode a decision")
     }
 
+    /// Where to tell the citizen of `notice`, and in which language: from the cache when a
+    /// decision about the same registration was handled here a moment ago, else read from
+    /// the sealed submission and opened (once, however many of its decisions ask at once).
+    async fn contact(&self, notice: &Notice) -> Result<Arc<Contact>, Outcome> {
+        let id = &notice.registration_id;
+        let mut read = false;
+        let found = self
+            .contacts
+            .try_get_with_by_ref(id, async {
+                read = true;
+                let (_, submission) =
+                    crate::submission::read(&self.js, notice.submission_seq, id)
+                        .await
+                        .map_err(|err| {
+                            tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "The submission could not be read; trying again.");
+                            Outcome::Retry(Duration::from_secs(1))
+                        })?;
+                let Ok(personal) = self.keys.open(id, &submission.personal) else {
+                    tracing::error!(registration_id = %id, key_id = %submission.personal.key_id, "Personal data cannot be opened with this replica's key.");
+                    return Err(Outcome::Retry(Duration::from_secs(30)));
+                };
+                Ok(Arc::new(Contact {
+                    email: personal.email,
+                    phone: personal.phone,
+                    language: submission.language,
+                }))
+            })
+            .await;
+        let source = if read { "submission" } else { "cache" };
+        self.metrics.contacts.with_label_values(&[source]).inc();
+        found.map_err(|outcome| *outcome)
+    }
+
     async fn notify(&self, notice: &Notice, round: &Round) -> Outcome {
         let id = &notice.registration_id;
-        let (_, submission) = match crate::submission::read(&self.js, notice.submission_seq, id)
-            .await
-        {
-            Ok(found) => found,
-            Err(err) => {
-                tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "The submission could not be read; trying again.");
-                return Outcome::Retry(Duration::from_secs(1));
-            }
-        };
-        let Ok(personal) = self.keys.open(id, &submission.personal) else {
-            tracing::error!(registration_id = %id, key_id = %submission.personal.key_id, "Personal data cannot be opened with this replica's key.");
-            return Outcome::Retry(Duration::from_secs(30));
+        let contact = match self.contact(notice).await {
+            Ok(contact) => contact,
+            Err(outcome) => return outcome,
         };
         let link = decide::status_link(&self.config.page_url, id, &self.keys.token(id));
-        let message = decide::render(notice, &submission.language, &link);
+        let message = decide::render(notice, &contact.language, &link);
         // Both channels at once: a decision waits for the slower of its deliveries, not for
         // their sum, so the same concurrency tells twice as many citizens.
-        let deliveries = decide::channels(personal.email.as_deref(), personal.phone.as_deref())
+        let deliveries = decide::channels(contact.email.as_deref(), contact.phone.as_deref())
             .into_iter()
             .filter(|c| round.only.is_none_or(|only| only == *c))
             .filter(|c| round.only.is_some() || !self.already(round.decision_seq, *c))
-            .map(|channel| self.deliver(notice, round, channel, &personal, &message));
+            .map(|channel| self.deliver(notice, round, channel, &contact, &message));
         let mut failures = Vec::new();
         let mut unrecorded = false;
         for delivery in futures::future::join_all(deliveries).await {
@@ -366,7 +414,7 @@ impl Notifier {
         notice: &Notice,
         round: &Round,
         channel: Channel,
-        personal: &PersonalData,
+        contact: &Contact,
         message: &decide::Message,
     ) -> Delivery {
         let id = &notice.registration_id;
@@ -380,11 +428,11 @@ impl Notifier {
         }
         let sent = match channel {
             Channel::Email => {
-                let to = personal.email.as_deref().unwrap_or_default();
+                let to = contact.email.as_deref().unwrap_or_default();
                 self.mailer.send(to, message, &nid, id.as_str()).await
             }
             Channel::Webhook => {
-                let to = personal.phone.as_deref().unwrap_or_default();
+                let to = contact.phone.as_deref().unwrap_or_default();
                 self.webhook.send(to, message, &nid, id.as_str()).await
             }
         };

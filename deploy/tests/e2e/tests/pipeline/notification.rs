@@ -92,6 +92,17 @@ async fn each_decision_reaches_the_citizen_once_per_channel_through_failing_prov
             .lines()
             .all(|l| l.contains(a) && l.contains("+48600100200"))
     );
+    // Six decisions told of, two submissions read and opened: each registration's later
+    // decisions (and every retry) found its contact in the processor's cache.
+    let contacts = "notification_contacts_total{source=";
+    let read = p
+        .metric(&p.processors, &format!("{contacts}\"submission\"}}"))
+        .await;
+    let cached = p
+        .metric(&p.processors, &format!("{contacts}\"cache\"}}"))
+        .await;
+    assert_eq!(read, 2, "submissions read for a contact");
+    assert!(cached >= 4, "contacts from the cache: {cached}");
 }
 
 /// A citizen who lost their link asks for a fresh one with their national id and birth date:
