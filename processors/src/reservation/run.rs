@@ -295,10 +295,12 @@ impl OrderedStep for RegionStep<'_> {
         self.show_closing();
         self.reconcile_reviews().await;
         // A step cut short between two of its batches is finished by deciding its intake
-        // event, the checkpoint, again; every other step was written whole.
+        // message, the checkpoint, again; every other step was written whole.
         let checkpoint = self.state.checkpoint;
-        if self.state.unfinished_step() && splits(&self.worker.js, checkpoint).await? {
-            tracing::info!(region = %self.region, checkpoint, "The last step was cut short between two of its batches; deciding its event again.");
+        if checkpoint > 0
+            && decide_again(&self.worker.js, checkpoint, self.state.unfinished_step()).await?
+        {
+            tracing::info!(region = %self.region, checkpoint, "The last step may have been cut short between two of its batches; deciding its intake message again.");
             Ok(Start::At(checkpoint))
         } else {
             Ok(Start::At(checkpoint + 1))
@@ -322,7 +324,9 @@ impl OrderedStep for RegionStep<'_> {
         // Registrations entering (true) or leaving (false) manual review in this group.
         let mut reviews = Vec::new();
         let last_seq = group.last().map_or(0, |r| r.seq);
-        for record in group {
+        let input_seqs: Vec<u64> = group.iter().map(|r| r.seq).collect();
+        for (i, record) in group.into_iter().enumerate() {
+            let record_seq = record.seq;
             if let Event::WindowSet(window) = &record.envelope.event {
                 self.window = Some(window.clone());
                 lines_changed = true;
@@ -350,7 +354,10 @@ impl OrderedStep for RegionStep<'_> {
                     &Envelope::new(record.envelope.correlation_id.clone(), decision),
                 ));
             }
-            if step_ends.last() != Some(&outgoing.len()) && !outgoing.is_empty() {
+            // The records of one message (a pack) are one step: a batch is cut between two
+            // messages' decisions whenever it can be.
+            let message_ends = input_seqs.get(i + 1).is_none_or(|next| *next != record_seq);
+            if message_ends && step_ends.last() != Some(&outgoing.len()) && !outgoing.is_empty() {
                 step_ends.push(outgoing.len());
             }
             if let Some(id) = leaving.filter(|id| !self.state.in_review(id)) {
@@ -443,10 +450,18 @@ fn batches(step_ends: &[usize], max: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// Whether the intake event at `seq` is one whose step can be larger than a batch (a capacity
-/// or a closed waiting list): only such a step is ever cut, and only such an event decides
-/// nothing twice when read again (a recovery request, say, would send a second link).
-async fn splits(js: &jetstream::Context, seq: u64) -> Result<bool, Halt> {
+/// Whether the step of the intake message at `seq`, the checkpoint, must be decided again on
+/// resuming: it may have been cut between two batches, and deciding it again decides nothing
+/// twice. Two kinds qualify:
+/// - a capacity or a closed waiting list whose step can be larger than a batch, when the state
+///   looks cut short (`looks_cut`: [`super::decide::State::unfinished_step`]);
+/// - a pack of verdicts ([`streams::pack`]): its records share one sequence, so a crash
+///   between the batches of one group can leave some of them decided and others not, and
+///   the state cannot tell. A verdict decides only a registration awaiting one, so the
+///   decided ones decide nothing the second time.
+///
+/// Any other event is never read twice (a recovery request, say, would send a second link).
+async fn decide_again(js: &jetstream::Context, seq: u64, looks_cut: bool) -> Result<bool, Halt> {
     let stream = js
         .get_stream_no_info(subjects::INTAKE_STREAM)
         .await
@@ -455,9 +470,25 @@ async fn splits(js: &jetstream::Context, seq: u64) -> Result<bool, Halt> {
         .get_raw_message(seq)
         .await
         .with_context(|| format!("Failed to read intake record {seq}"))?;
+    let events: Vec<Event> = Envelope::decode_all_from(&message.subject, &message.payload)
+        .map(|all| all.into_iter().map(|e| e.event).collect())
+        .unwrap_or_default();
+    if streams::pack::is_pack(&message.payload) {
+        return Ok(events.iter().all(|e| {
+            matches!(
+                e,
+                Event::VerificationPassed(_)
+                    | Event::VerificationFailed(_)
+                    | Event::VerificationInconclusive(_)
+            )
+        }));
+    }
+    if !looks_cut {
+        return Ok(false);
+    }
     let splits = matches!(
-        Envelope::decode_from(&message.subject, &message.payload).map(|e| e.event),
-        Ok(Event::CapacitySet(_) | Event::WaitlistClosed(_))
+        events.as_slice(),
+        [Event::CapacitySet(_) | Event::WaitlistClosed(_)]
     );
     if !splits {
         tracing::warn!(

@@ -4,12 +4,13 @@
 //!
 //! Per decision that holds a place: read the sealed submission from intake by its sequence,
 //! open it, ask the registry (behind a circuit breaker and a rate limit), and append the
-//! verdict to the region's intake (`reg.intake.<region>.verification`) with a
-//! `Nats-Msg-Id` naming the verification round, so a retried append is stored once. The
-//! decision is acknowledged only after the verdict is stored; a failed call is put back
-//! with a delay (a nak with delay: JetStream holds it, no worker sleeps). The reservation
-//! processor turns the verdict into the registration's one outcome, so a verdict written
-//! twice (a crash between the append and the ack) still decides once.
+//! verdict to the region's intake (`reg.intake.<region>.verification`), packed with the
+//! verdicts of every other verification in flight: one durable write for all of them
+//! ([`streams::pack`]). The decision is acknowledged only after its verdict is stored; a
+//! failed call is put back with a delay (a nak with delay: JetStream holds it, no worker
+//! sleeps). The reservation processor turns the verdict into the registration's one
+//! outcome, so a verdict written twice (a crash between the append and the ack, a pack
+//! written again after a lost acknowledgement) still decides once.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -23,7 +24,6 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
 use streams::events::{Envelope, Event};
-use streams::model::RegistrationId;
 use streams::regions;
 use streams::subjects::{self, IntakeKind, RegionFilter};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +75,8 @@ impl VerificationConfig {
 /// they guard one registry.
 struct Verifier {
     js: jetstream::Context,
+    /// Verdicts, packed: one durable write for every verification in flight.
+    packer: streams::pack::Packer,
     registry: RegistryClient,
     keys: Keys,
     breaker: Mutex<Breaker>,
@@ -95,11 +97,12 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let limiter = NonZeroU32::new(config.rate_per_second)
         .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
     let verifier = Arc::new(Verifier {
         js: js.clone(),
+        packer: streams::pack::Packer::start(client, streams::pack::PackerOptions::default()),
         registry: RegistryClient::new(&config.registry_url, config.timeout)
             .context("Failed to build the registry client")?,
         keys,
@@ -189,7 +192,7 @@ impl Verifier {
                         "the personal data could not be opened with this replica's key",
                     ),
                 };
-                return self.after_failure(target, round, 0, age, &failure).await;
+                return self.after_failure(target, 0, age, &failure).await;
             }
         };
         if let Some((held, wait)) = self.defer() {
@@ -197,7 +200,7 @@ impl Verifier {
             // Held back, not failed: a put-back is not counted as a retry.
             return match decide::while_held(id, attempts, age, held, wait, &self.limits) {
                 Next::Retry(wait) => Outcome::Retry(wait),
-                review => self.next(target, round, attempts, review).await,
+                review => self.next(target, attempts, review).await,
             };
         }
         let attempts = {
@@ -225,7 +228,7 @@ impl Verifier {
                     .calls
                     .with_label_values(&[verdict_label(&event)])
                     .inc();
-                match self.append(target, round, event).await {
+                match self.append(target, event).await {
                     Ok(()) => {
                         let since = (chrono::Utc::now() - submitted_at)
                             .to_std()
@@ -249,8 +252,7 @@ impl Verifier {
                 }
                 tracing::debug!(registration_id = %id, attempts, error = %err, "A registry call failed.");
                 let failure = Failure::of(&err);
-                self.after_failure(target, round, attempts, age, &failure)
-                    .await
+                self.after_failure(target, attempts, age, &failure).await
             }
         }
     }
@@ -284,7 +286,6 @@ impl Verifier {
     async fn after_failure(
         &self,
         target: &Target,
-        round: u64,
         attempts: u32,
         age: Duration,
         failure: &Failure,
@@ -297,11 +298,11 @@ impl Verifier {
             &self.limits,
             rand::random::<f64>(),
         );
-        self.next(target, round, attempts, next).await
+        self.next(target, attempts, next).await
     }
 
     /// Carries out what the rules decided after a failed or held-back call.
-    async fn next(&self, target: &Target, round: u64, attempts: u32, next: Next) -> Outcome {
+    async fn next(&self, target: &Target, attempts: u32, next: Next) -> Outcome {
         let id = &target.registration_id;
         match next {
             Next::Retry(delay) => {
@@ -311,7 +312,7 @@ impl Verifier {
             Next::Review(inconclusive) => {
                 tracing::info!(registration_id = %id, attempts, last_error = %inconclusive.last_error, "The registry gave no answer in time; the registration goes to manual review.");
                 match self
-                    .append(target, round, Event::VerificationInconclusive(inconclusive))
+                    .append(target, Event::VerificationInconclusive(inconclusive))
                     .await
                 {
                     Ok(()) => {
@@ -333,22 +334,15 @@ impl Verifier {
         attempts.get(&round).copied().unwrap_or_default()
     }
 
-    /// Appends a verdict for one verification round, stored once however often it is sent.
-    async fn append(&self, target: &Target, round: u64, event: Event) -> anyhow::Result<()> {
+    /// Appends a verdict, packed with the others in flight. A verdict stored twice decides
+    /// once (the reservation processor acts only on a registration awaiting one).
+    async fn append(&self, target: &Target, event: Event) -> anyhow::Result<()> {
         let id = &target.registration_id;
-        let outgoing = streams::appender::Outgoing::event(
-            subjects::intake(&target.slot.region, IntakeKind::Verification),
-            &Envelope::new(id.to_string(), event),
-        );
-        let mut headers = outgoing.headers;
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            verdict_message_id(id, round).as_str(),
-        );
-        self.js
-            .publish_with_headers(outgoing.subject, headers, outgoing.payload)
-            .await
-            .context("Failed to send a verdict")?
+        self.packer
+            .append(
+                subjects::intake(&target.slot.region, IntakeKind::Verification),
+                &Envelope::new(id.to_string(), event),
+            )
             .await
             .context("Failed to store a verdict")?;
         Ok(())
@@ -358,11 +352,6 @@ impl Verifier {
         let state = self.breaker.lock().expect("lock").state(now);
         self.metrics.breaker.set(state.gauge());
     }
-}
-
-/// The deduplication id of the verdict of one verification round.
-fn verdict_message_id(id: &RegistrationId, round: u64) -> String {
-    format!("verdict.{id}.{round}")
 }
 
 fn verdict_label(event: &Event) -> &'static str {

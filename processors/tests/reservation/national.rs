@@ -201,3 +201,83 @@ async fn a_closing_behind_an_operators_extension_closes_nothing() {
     let rebuilt = world.rebuild(false).await;
     assert!(!rebuilt.state.slots[&s].closed);
 }
+
+/// Verdicts come packed, many in one intake message ([`streams::pack`]), so one message's
+/// decisions can be cut between two batches too: a replica wrote the confirmation of the
+/// first verdict of a pack and died. The next one decides the pack again: the second
+/// registration is confirmed, the first not twice. Before packs were decided again, it
+/// resumed after the pack and the second stayed reserved for ever.
+#[tokio::test]
+async fn a_crash_inside_a_pack_of_verdicts_confirms_the_rest_of_the_pack() {
+    let world = World::start().await;
+    let s = slot("packed");
+    world.set_capacity(&s, 2).await;
+    let replica = world.replica();
+    let (a, _) = world.submit(&s).await;
+    let (b, _) = world.submit(&s).await;
+    world.wait_decided(&[a.clone(), b.clone()]).await;
+    replica.stop().await;
+
+    let passed = |id: &RegistrationId| {
+        Event::VerificationPassed(VerificationPassed {
+            registration_id: id.clone(),
+            reviewer: None,
+        })
+    };
+    let packer = streams::pack::Packer::start(world.client.clone(), Default::default());
+    let subject = subjects::intake(&region(), IntakeKind::Verification);
+    let (ea, eb) = (
+        Envelope::new(a.to_string(), passed(&a)),
+        Envelope::new(b.to_string(), passed(&b)),
+    );
+    let (sa, sb) = tokio::join!(
+        packer.append(subject.clone(), &ea),
+        packer.append(subject.clone(), &eb)
+    );
+    let seq = sa.unwrap();
+    assert_eq!(sb.unwrap(), seq, "both verdicts in one pack");
+
+    // The decider that read the pack wrote the first verdict's confirmation only.
+    let rebuilt = world.rebuild(false).await;
+    let mut state = rebuilt.state;
+    let step = state.handle(&Input {
+        seq,
+        event: passed(&a),
+    });
+    assert!(matches!(step.as_slice(), [Event::RegistrationConfirmed(_)]));
+    let mut first: Vec<Outgoing> = step
+        .iter()
+        .map(|d| {
+            Outgoing::event(
+                subjects::reservation_decisions(&region()),
+                &Envelope::new("test", d.clone()),
+            )
+        })
+        .collect();
+    first[0].headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        rebuilt.fence.to_string().as_str(),
+    );
+    let js = async_nats::jetstream::new(world.client.clone());
+    publish_atomic(&js, &world.client, first).await.unwrap();
+
+    let replica = world.replica();
+    let confirmed = |log: &[(u64, Event)], id: &RegistrationId| {
+        log.iter()
+            .filter(
+                |(_, e)| matches!(e, Event::RegistrationConfirmed(c) if c.registration_id == *id),
+            )
+            .count()
+    };
+    let log = testkit::eventually(
+        "the second verdict of the pack decided",
+        std::time::Duration::from_secs(30),
+        || async {
+            let log = world.decisions().await;
+            (confirmed(&log, &b) == 1).then_some(log)
+        },
+    )
+    .await;
+    assert_eq!(confirmed(&log, &a), 1, "the first is not confirmed twice");
+    replica.stop().await;
+}
