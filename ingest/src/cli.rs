@@ -52,6 +52,10 @@ pub struct Args {
     /// Group commit: durable writes in flight at once.
     #[arg(long, env = "REG_APPEND_IN_FLIGHT", default_value_t = 1)]
     pub append_in_flight: usize,
+    /// Group commit: the shortest time between the starts of two durable writes, in
+    /// milliseconds (fewer, fuller batches under load; nothing waits after a quiet spell).
+    #[arg(long, env = "REG_APPEND_MIN_INTERVAL_MS", default_value_t = 20)]
+    pub append_min_interval_ms: u64,
     /// Answer `503` when a durable write takes longer than this, in milliseconds.
     #[arg(long, env = "REG_APPEND_TIMEOUT_MS", default_value_t = 5000)]
     pub append_timeout_ms: u64,

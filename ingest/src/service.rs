@@ -36,6 +36,7 @@ pub async fn run(
             max_batch: settings.append_max_batch,
             max_in_flight: settings.append_in_flight,
             timeout: settings.append_timeout,
+            min_interval: settings.append_min_interval,
             ..Default::default()
         },
     );

@@ -47,6 +47,8 @@ pub struct Settings {
     pub append_in_flight: usize,
     /// How long an append may take before the request is answered 503.
     pub append_timeout: Duration,
+    /// Group commit: the shortest time between the starts of two durable writes.
+    pub append_min_interval: Duration,
     /// Submissions a replica works on at once (0 = no bound). Beyond it a valid submission
     /// is answered `503` with `Retry-After` at once instead of queueing for the group commit,
     /// so the queue, the wait for a `202` and the memory it holds stay bounded. (Bodies being
@@ -99,6 +101,7 @@ impl Settings {
             append_max_batch: args.append_max_batch,
             append_in_flight: args.append_in_flight,
             append_timeout: Duration::from_millis(args.append_timeout_ms),
+            append_min_interval: Duration::from_millis(args.append_min_interval_ms),
             max_open_submissions: args.max_open_submissions,
             workers: args.workers,
             replicas: args.nats.replicas,

@@ -90,6 +90,7 @@ impl Settings {
                 webhook_secret: args.webhook_secret.clone(),
                 page_url: args.addresses.citizen_page_url(),
                 max_attempts: args.notify_max_attempts,
+                concurrency: args.notify_concurrency.max(1),
                 mail_rate: args.mail_rate,
                 webhook_rate: args.webhook_rate,
                 nats: notification_nats,

@@ -213,6 +213,12 @@ pub struct AppenderOptions {
     /// How long a single batch write may take before callers are told JetStream is
     /// unavailable.
     pub timeout: Duration,
+    /// The shortest time between the starts of two batches: what arrives meanwhile waits and
+    /// joins the next one. On a single node each atomic batch pays for a staging store of its
+    /// own (a directory, created and removed), so at a few hundred units a second many tiny
+    /// batches cost the server far more than a few full ones. A unit arriving after a quiet
+    /// spell goes at once; under load one waits at most this long more.
+    pub min_interval: Duration,
 }
 
 impl Default for AppenderOptions {
@@ -227,6 +233,7 @@ impl Default for AppenderOptions {
             max_in_flight: 1,
             queue: 16_384,
             timeout: Duration::from_secs(5),
+            min_interval: Duration::ZERO,
         }
     }
 }
@@ -283,6 +290,8 @@ async fn run(
     let max_batch = options.max_batch.clamp(1, MAX_ATOMIC_BATCH);
     // Units waiting for a batch, oldest first.
     let mut queued: VecDeque<Pending> = VecDeque::new();
+    // When the next batch may start (`min_interval` after the last one started).
+    let mut next_start: Option<tokio::time::Instant> = None;
     loop {
         if queued.is_empty() {
             let mut arrived = Vec::with_capacity(max_batch);
@@ -292,6 +301,11 @@ async fn run(
             queued.extend(arrived);
         }
         let permit = slots.clone().acquire_owned().await.expect("never closed");
+        if let Some(at) = next_start {
+            tokio::time::sleep_until(at).await;
+        }
+        next_start = (!options.min_interval.is_zero())
+            .then(|| tokio::time::Instant::now() + options.min_interval);
         // Whatever queued while we waited for a free slot may join this batch.
         while queued.len() < max_batch {
             match rx.try_recv() {

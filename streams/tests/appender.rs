@@ -85,3 +85,38 @@ async fn a_broken_fence_fails_only_its_unit_and_the_rest_of_the_batch_is_stored(
     let behind = appender.append_unit(unit("taken", 1)).await.unwrap();
     assert_eq!(behind.len(), 2);
 }
+
+/// Batches start at least `min_interval` apart, so what arrives meanwhile waits and joins
+/// the next one; a unit arriving after a quiet spell longer than that goes at once.
+#[tokio::test]
+async fn batches_start_at_least_the_minimum_interval_apart() {
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    ensure_streams(&jetstream::new(client.clone()), Replication(1))
+        .await
+        .unwrap();
+    let interval = std::time::Duration::from_secs(1);
+    let appender = Appender::start(
+        client.clone(),
+        subjects::INTAKE_STREAM,
+        AppenderOptions {
+            min_interval: interval,
+            ..Default::default()
+        },
+    );
+    let region = streams::model::Region::parse("opolskie").unwrap();
+    let subject = || subjects::intake(&region, subjects::IntakeKind::Submitted);
+    let started = tokio::time::Instant::now();
+    appender.append(message(subject(), "first")).await.unwrap();
+    appender.append(message(subject(), "second")).await.unwrap();
+    assert!(
+        started.elapsed() >= interval,
+        "the second batch started {:?} after the first",
+        started.elapsed()
+    );
+    // A quiet spell as long as the interval: the next unit does not wait for it.
+    tokio::time::sleep(interval).await;
+    let quiet = tokio::time::Instant::now();
+    appender.append(message(subject(), "third")).await.unwrap();
+    assert!(quiet.elapsed() < interval, "waited {:?}", quiet.elapsed());
+}

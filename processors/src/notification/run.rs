@@ -189,8 +189,10 @@ pub async fn run(
             config.smtp_port,
             &config.mail_from,
             config.timeout,
-            // One session per decision handled at once: none waits for a connection.
-            u32::try_from(config.concurrency).unwrap_or(u32::MAX),
+            // One session per decision handled at once in each of up to 16 regions (Poland's
+            // voivodeships): a session the pool has no room for is closed after its message
+            // and the next one opened afresh (a connection, a greeting and a QUIT more).
+            u32::try_from(config.concurrency * 16).unwrap_or(u32::MAX),
         )
         .context("Failed to set up the mailer")?,
         webhook: Webhook::new(
