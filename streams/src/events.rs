@@ -707,14 +707,20 @@ impl Envelope {
     /// ([`crate::subjects::accepts`]). Every reader of the logs decodes through this.
     pub fn decode_from(subject: &str, bytes: &[u8]) -> Result<Self, DecodeError> {
         let envelope = Envelope::decode(bytes)?;
-        let event_type = envelope.event.event_type();
+        envelope.belongs_on(subject)?;
+        Ok(envelope)
+    }
+
+    /// Refuses an event type `subject`'s writer does not own.
+    fn belongs_on(&self, subject: &str) -> Result<(), DecodeError> {
+        let event_type = self.event.event_type();
         if !crate::subjects::accepts(subject, event_type) {
             return Err(DecodeError::Foreign {
                 event_type: event_type.to_owned(),
                 subject: subject.to_owned(),
             });
         }
-        Ok(envelope)
+        Ok(())
     }
 
     /// Deserializes, refusing versions newer than this code. The bytes alone say nothing of
@@ -740,13 +746,7 @@ impl Envelope {
     pub fn decode_all_from(subject: &str, bytes: &[u8]) -> Result<Vec<Self>, DecodeError> {
         let envelopes = Envelope::decode_all(bytes)?;
         for envelope in &envelopes {
-            let event_type = envelope.event.event_type();
-            if !crate::subjects::accepts(subject, event_type) {
-                return Err(DecodeError::Foreign {
-                    event_type: event_type.to_owned(),
-                    subject: subject.to_owned(),
-                });
-            }
+            envelope.belongs_on(subject)?;
         }
         Ok(envelopes)
     }

@@ -43,6 +43,21 @@ fn notification_id(envelope: &Envelope) -> String {
     }
 }
 
+/// A nats-server with the streams, a packer and the region's notification subject.
+async fn start() -> (NatsServer, jetstream::Context, Packer, String) {
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let js = jetstream::new(client.clone());
+    ensure_streams(&js, Replication(1)).await.unwrap();
+    let packer = Packer::start(client, PackerOptions::default());
+    (
+        nats,
+        js,
+        packer,
+        subjects::notification_decisions(&region()),
+    )
+}
+
 /// Reads every record of the decisions stream in order, through the ordered consumer loop.
 struct Collect {
     records: Arc<Mutex<Vec<(u64, String)>>>,
@@ -67,12 +82,7 @@ impl OrderedStep for Collect {
 
 #[tokio::test]
 async fn records_queued_together_share_one_message_and_every_reader_gets_each_in_order() {
-    let nats = NatsServer::start();
-    let client = nats.connect().await;
-    let js = jetstream::new(client.clone());
-    ensure_streams(&js, Replication(1)).await.unwrap();
-    let packer = Packer::start(client.clone(), PackerOptions::default());
-    let subject = subjects::notification_decisions(&region());
+    let (_nats, js, packer, subject) = start().await;
 
     // Queued together on a current-thread runtime: the first write takes what has queued.
     let envelopes: Vec<Envelope> = (0..200).map(sent).collect();
@@ -170,12 +180,7 @@ async fn records_queued_together_share_one_message_and_every_reader_gets_each_in
 
 #[tokio::test]
 async fn a_durable_reader_acknowledges_a_pack_once_every_record_is_done() {
-    let nats = NatsServer::start();
-    let client = nats.connect().await;
-    let js = jetstream::new(client.clone());
-    ensure_streams(&js, Replication(1)).await.unwrap();
-    let packer = Packer::start(client.clone(), PackerOptions::default());
-    let subject = subjects::notification_decisions(&region());
+    let (_nats, js, packer, subject) = start().await;
     let envelopes: Vec<Envelope> = (0..20).map(sent).collect();
     join_all(envelopes.iter().map(|e| packer.append(subject.clone(), e)))
         .await

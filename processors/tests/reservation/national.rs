@@ -27,6 +27,26 @@ fn tally(log: &[(u64, Event)]) -> (HashMap<RegistrationId, u32>, HashMap<Registr
     (promoted, closed)
 }
 
+/// Writes `decisions` as the region's decider would, one atomic batch fenced on `fence`: a
+/// decider that got this far and died.
+async fn write_as_the_decider(world: &World, fence: u64, decisions: &[Event]) {
+    let mut batch: Vec<Outgoing> = decisions
+        .iter()
+        .map(|d| {
+            Outgoing::event(
+                subjects::reservation_decisions(&region()),
+                &Envelope::new("test", d.clone()),
+            )
+        })
+        .collect();
+    batch[0].headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        fence.to_string().as_str(),
+    );
+    let js = async_nats::jetstream::new(world.client.clone());
+    publish_atomic(&js, &world.client, batch).await.unwrap();
+}
+
 fn long_lines(n: u32) -> Policy {
     Policy {
         waitlist_per_slot: Some(n),
@@ -113,21 +133,7 @@ async fn a_crash_between_two_batches_of_one_step_resumes_where_the_log_stops() {
     let mut state = rebuilt.state;
     let step = state.handle(&Input { seq, event: raise });
     assert_eq!(step.len(), N);
-    let mut first: Vec<Outgoing> = step[..1_000]
-        .iter()
-        .map(|d| {
-            Outgoing::event(
-                subjects::reservation_decisions(&region()),
-                &Envelope::new("test", d.clone()),
-            )
-        })
-        .collect();
-    first[0].headers.insert(
-        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        rebuilt.fence.to_string().as_str(),
-    );
-    let js = async_nats::jetstream::new(world.client.clone());
-    publish_atomic(&js, &world.client, first).await.unwrap();
+    write_as_the_decider(&world, rebuilt.fence, &step[..1_000]).await;
 
     let replica = world.replica_deciding(RegionFilter::One(region()), 0, long_lines(N as u32));
     let log = world.wait_for_decision_count(2 * N as u64).await;
@@ -245,21 +251,7 @@ async fn a_crash_inside_a_pack_of_verdicts_confirms_the_rest_of_the_pack() {
         event: passed(&a),
     });
     assert!(matches!(step.as_slice(), [Event::RegistrationConfirmed(_)]));
-    let mut first: Vec<Outgoing> = step
-        .iter()
-        .map(|d| {
-            Outgoing::event(
-                subjects::reservation_decisions(&region()),
-                &Envelope::new("test", d.clone()),
-            )
-        })
-        .collect();
-    first[0].headers.insert(
-        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        rebuilt.fence.to_string().as_str(),
-    );
-    let js = async_nats::jetstream::new(world.client.clone());
-    publish_atomic(&js, &world.client, first).await.unwrap();
+    write_as_the_decider(&world, rebuilt.fence, &step).await;
 
     let replica = world.replica();
     let confirmed = |log: &[(u64, Event)], id: &RegistrationId| {

@@ -586,7 +586,8 @@ impl Cost {
 /// Messages stored per accepted registration, by kind, and nats-server's traffic.
 #[derive(Debug, Clone, Serialize)]
 pub struct Messages {
-    /// Per accepted registration: intake messages by kind (subject), decisions by event type.
+    /// Per accepted registration: messages by kind (subject), both streams, and the
+    /// decisions' records by event type.
     pub stored_per_registration: BTreeMap<String, f64>,
     /// Every message stored, both streams, per accepted registration.
     pub total_per_registration: f64,
@@ -607,9 +608,10 @@ impl Messages {
     }
 }
 
-/// Stored messages per registration by kind: the intake stream's by subject (from
-/// `traffic`), the decisions stream's by event type (`by_type`, counted by the watcher),
-/// each under `stream: kind`.
+/// Per registration: the messages stored by kind of subject, both streams (from `traffic`,
+/// under `stream: kind`), and the decisions stream's records by event type (`by_type`,
+/// counted by the watcher, under `stream records: type`). A pack (`streams::pack`) is one
+/// message holding many records, so the two differ where records are packed.
 pub fn per_kind(
     traffic: &crate::traffic::Traffic,
     by_type: &BTreeMap<String, u64>,
@@ -619,13 +621,14 @@ pub fn per_kind(
     traffic
         .stored
         .iter()
-        .filter(|s| s.stream == subjects::INTAKE_STREAM && s.messages > 0)
+        .filter(|s| s.messages > 0)
         .map(|s| (format!("{}: {}", s.stream, s.kind), s.per_registration))
-        .chain(
-            by_type
-                .iter()
-                .map(|(t, n)| (format!("{}: {t}", subjects::DECISIONS_STREAM), per(*n))),
-        )
+        .chain(by_type.iter().map(|(t, n)| {
+            (
+                format!("{} records: {t}", subjects::DECISIONS_STREAM),
+                per(*n),
+            )
+        }))
         .collect()
 }
 
@@ -1463,7 +1466,7 @@ pub fn system_markdown(s: &SystemFigures) -> String {
             .map(|st| (st.name.as_str(), st.accepted, &st.cost, &st.messages))
             .chain(closed),
     ));
-    md.push_str("\n### Messages stored per accepted registration, by kind\n\nThe intake stream's by subject, the decisions stream's by event type, over each run's sequence range.\n\n");
+    md.push_str("\n### Messages stored per accepted registration, by kind\n\nMessages by kind of subject, both streams, over each run's sequence range; then the decisions stream's records by event type. A pack (the verdicts, the notification records: `streams::pack`) is one message holding the records of every write in flight, so records outnumber messages there.\n\n");
     let mut rows: Vec<(&str, &Messages)> = s
         .steps
         .iter()
@@ -1654,7 +1657,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_kinds_put_intake_subjects_and_decision_types_side_by_side() {
+    fn stored_kinds_put_messages_by_subject_beside_the_decisions_records_by_type() {
         let stored = |stream: &str, kind: &str, messages: u64| crate::traffic::Stored {
             stream: stream.into(),
             kind: kind.into(),
@@ -1666,6 +1669,7 @@ mod tests {
                 stored(subjects::INTAKE_STREAM, "submissions", 100),
                 stored(subjects::INTAKE_STREAM, "idempotency key records", 0),
                 stored(subjects::DECISIONS_STREAM, "reservation decisions", 200),
+                stored(subjects::DECISIONS_STREAM, "notification records", 5),
             ],
             messages_per_registration: 9.0,
             bytes_per_registration: 0.0,
@@ -1681,8 +1685,11 @@ mod tests {
             kinds,
             BTreeMap::from([
                 ("REG_INTAKE: submissions".to_owned(), 1.0),
-                ("REG_DECISIONS: NotificationSent".to_owned(), 4.0),
-                ("REG_DECISIONS: SlotReserved".to_owned(), 1.0),
+                ("REG_DECISIONS: reservation decisions".to_owned(), 2.0),
+                // 400 records packed into 5 messages.
+                ("REG_DECISIONS: notification records".to_owned(), 0.05),
+                ("REG_DECISIONS records: NotificationSent".to_owned(), 4.0),
+                ("REG_DECISIONS records: SlotReserved".to_owned(), 1.0),
             ])
         );
     }

@@ -13,7 +13,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tokio::io::AsyncWriteExt as _;
 
 use crate::wire::is_valid_id;
 
@@ -30,11 +29,12 @@ pub enum MailStore {
 }
 
 /// The ids a transport has stored, loaded from its files when the receivers start, and the
-/// open mbox file when mail is kept in one.
+/// file it appends to, kept open (the mbox when mail is kept in one, the webhook's
+/// deliveries): opening it per message cost more than the write.
 #[derive(Debug, Default)]
 pub(crate) struct Stored {
     ids: HashSet<String>,
-    mbox: Option<std::fs::File>,
+    file: Option<std::fs::File>,
 }
 
 impl Stored {
@@ -44,8 +44,8 @@ impl Stored {
 
     pub(crate) fn merge(&mut self, other: Stored) {
         self.ids.extend(other.ids);
-        if other.mbox.is_some() {
-            self.mbox = other.mbox;
+        if other.file.is_some() {
+            self.file = other.file;
         }
     }
 }
@@ -65,7 +65,7 @@ pub(crate) fn store_mbox(stored: &mut Stored, id: &str, raw: &[u8]) -> io::Resul
         return Ok(false);
     }
     let file = stored
-        .mbox
+        .file
         .as_mut()
         .ok_or_else(|| io::Error::other("the mbox is not open"))?;
     file.write_all(&mboxrd(raw))?;
@@ -125,7 +125,7 @@ fn load_mbox_blocking(mail_dir: &Path) -> anyhow::Result<Stored> {
     }
     Ok(Stored {
         ids,
-        mbox: Some(file),
+        file: Some(file),
     })
 }
 
@@ -195,25 +195,19 @@ pub(crate) async fn store_mail(
     Ok(true)
 }
 
-/// Appends `line` (one JSON object and its newline) to `file` unless `id` is already
-/// stored: `Ok(true)` when appended, `Ok(false)` for a duplicate.
-pub(crate) async fn store_webhook(
-    stored: &mut Stored,
-    file: &Path,
-    id: &str,
-    line: &[u8],
-) -> io::Result<bool> {
+/// Appends `line` (one JSON object and its newline) to the open deliveries file unless `id`
+/// is already stored: `Ok(true)` when appended, `Ok(false)` for a duplicate.
+pub(crate) fn store_webhook(stored: &mut Stored, id: &str, line: &[u8]) -> io::Result<bool> {
+    use std::io::Write as _;
     debug_assert!(line.ends_with(b"\n"));
     if stored.contains(id) {
         return Ok(false);
     }
-    let mut out = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .await?;
-    out.write_all(line).await?;
-    out.flush().await?;
+    let file = stored
+        .file
+        .as_mut()
+        .ok_or_else(|| io::Error::other("the webhook file is not open"))?;
+    file.write_all(line)?;
     stored.ids.insert(id.to_owned());
     Ok(true)
 }
@@ -250,7 +244,7 @@ pub(crate) async fn load_webhook(file: &Path) -> anyhow::Result<Stored> {
     let mut stored = Stored::default();
     let text = match tokio::fs::read(file).await {
         Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(stored),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(error) => return Err(error).with_context(|| format!("reading {}", file.display())),
     };
     for (number, line) in text.split(|byte| *byte == b'\n').enumerate() {
@@ -271,13 +265,15 @@ pub(crate) async fn load_webhook(file: &Path) -> anyhow::Result<Stored> {
             ),
         }
     }
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
     if !text.is_empty() && !text.ends_with(b"\n") {
-        let mut out = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(file)
-            .await?;
-        out.write_all(b"\n").await?;
+        std::io::Write::write_all(&mut out, b"\n")?;
     }
+    stored.file = Some(out);
     Ok(stored)
 }
 
@@ -354,16 +350,8 @@ mod tests {
 
         let mut stored = load_webhook(&file).await.unwrap();
         let line = b"{\"notification_id\":\"w-1\"}\n";
-        assert!(
-            store_webhook(&mut stored, &file, "w-1", line)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store_webhook(&mut stored, &file, "w-1", line)
-                .await
-                .unwrap()
-        );
+        assert!(store_webhook(&mut stored, "w-1", line).unwrap());
+        assert!(!store_webhook(&mut stored, "w-1", line).unwrap());
         // A crash in the middle of the next append.
         let mut out = std::fs::OpenOptions::new()
             .append(true)
@@ -373,11 +361,7 @@ mod tests {
         let mut reloaded = load_webhook(&file).await.unwrap();
         assert!(reloaded.contains("w-1"));
         let line = b"{\"notification_id\":\"w-2\"}\n";
-        assert!(
-            store_webhook(&mut reloaded, &file, "w-2", line)
-                .await
-                .unwrap()
-        );
+        assert!(store_webhook(&mut reloaded, "w-2", line).unwrap());
         let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(
             text.lines().last(),

@@ -161,10 +161,9 @@ async fn receive(
         }
     };
     line.push(b'\n');
-    let file = receivers.webhook_file();
     let stored = {
         let mut stored = receivers.inner.webhook.lock().await;
-        store::store_webhook(&mut stored, &file, id, &line).await
+        store::store_webhook(&mut stored, id, &line)
     };
     match stored {
         Ok(true) => {
@@ -189,7 +188,7 @@ async fn receive(
             json(StatusCode::OK, &delivered)
         }
         Err(failure) => {
-            tracing::error!(%failure, notification_id = id, file = %file.display(), "storing a webhook delivery");
+            tracing::error!(%failure, notification_id = id, file = %receivers.webhook_file().display(), "storing a webhook delivery");
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot store the delivery",
