@@ -108,7 +108,7 @@ pub struct Args {
     #[arg(long, env = "REG_NOTIFY_MAX_ATTEMPTS", default_value_t = 10)]
     pub notify_max_attempts: u32,
     /// Decisions whose messages are delivered at once, per region.
-    #[arg(long, env = "REG_NOTIFY_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "REG_NOTIFY_CONCURRENCY", default_value_t = 256)]
     pub notify_concurrency: usize,
     /// E-mails per second to the relay from this replica (0: unlimited).
     #[arg(long, env = "REG_MAIL_RATE", default_value_t = 200)]

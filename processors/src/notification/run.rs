@@ -78,7 +78,7 @@ impl NotificationConfig {
             webhook_url: "http://127.0.0.1:8091/webhook".into(),
             webhook_secret: DEVELOPMENT_WEBHOOK_SECRET.into(),
             page_url: "http://127.0.0.1:8080/".into(),
-            concurrency: 64,
+            concurrency: 256,
             max_attempts: 10,
             timeout: Duration::from_secs(10),
             base_delay: Duration::from_millis(500),
