@@ -314,3 +314,45 @@ async fn a_decision_on_the_notification_subject_is_written_as_undecodable() {
         "{refused}"
     );
 }
+
+/// A pack (the notification processor's records of messages sent, many in one message) is
+/// written as one line per record, each at the message's sequence; a `--type` filter picks
+/// records, not messages.
+#[tokio::test]
+async fn each_record_of_a_pack_is_a_line_at_its_messages_sequence() {
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let js = jetstream::new(client.clone());
+    streams::config::ensure_streams(&js, streams::config::Replication(1))
+        .await
+        .unwrap();
+    let region = Region::parse("mazowieckie").unwrap();
+    let packer = streams::pack::Packer::start(client, Default::default());
+    let subject = subjects::notification_decisions(&region);
+    let (sent, failed) = (sample("NotificationSent"), sample("NotificationFailed"));
+    let (a, b) = tokio::join!(
+        packer.append(subject.clone(), &sent),
+        packer.append(subject.clone(), &failed)
+    );
+    let seq = a.unwrap();
+    assert_eq!(b.unwrap(), seq, "one pack");
+
+    let (out, summary) = run(&js, &all(Stream::Decisions)).await;
+    assert_eq!((summary.read, summary.written), (1, 2), "{out}");
+    let written = lines(&out);
+    assert_eq!(
+        written
+            .iter()
+            .map(|l| (l["seq"].as_u64().unwrap(), l["type"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [(seq, "NotificationSent"), (seq, "NotificationFailed")]
+    );
+
+    let only_failed = Replay {
+        types: vec!["NotificationFailed".into()],
+        ..all(Stream::Decisions)
+    };
+    let (out, summary) = run(&js, &only_failed).await;
+    assert_eq!((summary.read, summary.written), (1, 1), "{out}");
+    assert_eq!(lines(&out)[0]["type"], "NotificationFailed");
+}
