@@ -151,8 +151,9 @@ pub async fn read_to_end(
     let mut count = 0;
     while let Some(message) = messages.next().await {
         let message = message.context("Failed to read from an ordered consumer")?;
-        let done = message.info().map_or(true, |info| info.pending == 0);
-        for record in Record::from_message(&message)? {
+        let records = Record::from_message(&message)?;
+        let done = records.first().is_none_or(|r| r.pending == 0);
+        for record in records {
             each(record);
             count += 1;
         }

@@ -332,8 +332,8 @@ impl OrderedStep for RegionStep<'_> {
         // Registrations entering (true) or leaving (false) manual review in this group.
         let mut reviews = Vec::new();
         let last_seq = group.last().map_or(0, |r| r.seq);
-        let input_seqs: Vec<u64> = group.iter().map(|r| r.seq).collect();
-        for (i, record) in group.into_iter().enumerate() {
+        let mut records = group.into_iter().peekable();
+        while let Some(record) = records.next() {
             let record_seq = record.seq;
             if let Event::WindowSet(window) = &record.envelope.event {
                 self.window = Some(window.clone());
@@ -364,7 +364,7 @@ impl OrderedStep for RegionStep<'_> {
             }
             // The records of one message (a pack) are one step: a batch is cut between two
             // messages' decisions whenever it can be.
-            let message_ends = input_seqs.get(i + 1).is_none_or(|next| *next != record_seq);
+            let message_ends = records.peek().is_none_or(|next| next.seq != record_seq);
             if message_ends && step_ends.last() != Some(&outgoing.len()) && !outgoing.is_empty() {
                 step_ends.push(outgoing.len());
             }

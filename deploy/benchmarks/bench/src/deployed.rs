@@ -37,16 +37,15 @@ use crate::edge::EdgeFigure;
 use crate::pipeline::{self, Schedule, Shared};
 use crate::procstat::{self, Watched};
 
+/// The open-loop rates `bench deployed` tries by default (also `bench all --deployed-rates`).
+pub const RATES: &str = "200,400,800,1200,1600,2400,3200";
+
 /// What `bench deployed` runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Open-loop arrival rates tried in order, per second, until one does not keep up (then
     /// up to two rates between the last kept and the first failed).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "200,400,800,1200,1600,2400,3200"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = RATES)]
     pub rates: Vec<u32>,
     /// Seconds of arrivals in each open-loop step.
     #[arg(long, default_value_t = 15.0)]

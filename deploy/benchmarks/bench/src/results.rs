@@ -44,11 +44,7 @@ pub struct Options {
     #[arg(long, default_value_t = 0.0446)]
     pub price_per_vcpu_hour: f64,
     /// The deployed system's open-loop rates, tried in order (`bench deployed --rates`).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "200,400,800,1200,1600,2400,3200"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = crate::deployed::RATES)]
     pub deployed_rates: Vec<u32>,
     /// Seconds of arrivals in each of the deployed system's open-loop steps.
     #[arg(long, default_value_t = 15.0)]
