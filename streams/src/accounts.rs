@@ -7,8 +7,8 @@
 //!
 //! | identity | data it may append | JetStream API on |
 //! | --- | --- | --- |
-//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*`, `reg.key.*` | read `REG_INTAKE` (windows, claims, key records) and the reviews bucket |
-//! | [`Service::Reservation`] (and the claims releaser) | `reg.decision.*.reservation`, `reg.intake.*.waitlist`, `reg.claim.*`, the lease and reviews buckets | read both streams and both buckets, ack `REG_DECISIONS` |
+//! | [`Service::Ingest`] | `reg.intake.*.{submitted,cancel,capacity,window,review,redrive,recover}`, `reg.claim.*`, `reg.key.*`, `reg.ticket.*`, the waiting rooms' settings and ticket counts | read `REG_INTAKE` (windows, claims, key records), the reviews and waiting-room buckets |
+//! | [`Service::Reservation`] (and the claims releaser and the waiting-room controller) | `reg.decision.*.reservation`, `reg.intake.*.waitlist`, `reg.claim.*`, the lease and reviews buckets, the waiting rooms' serving places | read both streams and both buckets, ack `REG_DECISIONS` |
 //! | [`Service::Verification`] | `reg.intake.*.verification` | read both streams, ack `REG_DECISIONS` |
 //! | [`Service::Notification`] | `reg.decision.*.notification` | read both streams, ack both |
 //! | [`Service::Projections`] | nothing | read both streams |
@@ -109,6 +109,7 @@ impl Service {
         let decisions = subjects::DECISIONS_STREAM;
         let leases = format!("KV_{}", subjects::LEASES_BUCKET);
         let reviews = format!("KV_{}", subjects::REVIEWS_BUCKET);
+        let room = format!("KV_{}", subjects::WAITING_ROOM_BUCKET);
         let mut publish = Vec::new();
         match self {
             Service::Admin => publish.push(format!("{JS_API}.>")),
@@ -126,6 +127,11 @@ impl Service {
                 }
                 publish.push(subjects::claim("*"));
                 publish.push(subjects::idempotency_key("*"));
+                publish.push(subjects::ticket("*"));
+                // Waiting rooms: operators' settings and this edge's ticket counts.
+                publish.push(subjects::RoomKey::write_filter("config"));
+                publish.push(subjects::RoomKey::write_filter("counts"));
+                publish.extend(read(&room));
                 publish.extend(read(intake));
                 publish.extend(read(&reviews));
                 publish.extend(bind());
@@ -137,6 +143,11 @@ impl Service {
                 publish.push(format!("{KV_PREFIX}.{}.>", subjects::LEASES_BUCKET));
                 publish.push(format!("{KV_PREFIX}.{}.>", subjects::REVIEWS_BUCKET));
                 publish.extend(read(&reviews));
+                // The waiting-room controller runs on this connection: it writes the serving
+                // places (and forgets the counts of edges long gone).
+                publish.push(subjects::RoomKey::write_filter("serving"));
+                publish.push(subjects::RoomKey::write_filter("counts"));
+                publish.extend(read(&room));
                 // Snapshots of the decision state: written, replaced (the old chunks purged)
                 // and read back on takeover.
                 let snapshots = format!("OBJ_{}", subjects::SNAPSHOTS_BUCKET);
@@ -224,6 +235,17 @@ mod tests {
         let verdict = subjects::intake(&r, IntakeKind::Verification);
         assert!(Service::Ingest.may_publish(&capacity));
         assert!(Service::Ingest.may_publish(&subjects::idempotency_key("ab")));
+        let bucket = subjects::WAITING_ROOM_BUCKET;
+        let config = format!("$KV.{bucket}.{}", subjects::room_config(&r));
+        let serving = format!("$KV.{bucket}.{}", subjects::room_serving(&r));
+        let counts = format!("$KV.{bucket}.{}", subjects::room_counts(&r, "e1"));
+        assert!(Service::Ingest.may_publish(&config));
+        assert!(Service::Ingest.may_publish(&counts));
+        assert!(!Service::Ingest.may_publish(&serving));
+        assert!(Service::Reservation.may_publish(&serving));
+        assert!(!Service::Reservation.may_publish(&config));
+        assert!(Service::Ingest.may_publish(&subjects::ticket("ab")));
+        assert!(!Service::Reservation.may_publish(&subjects::ticket("ab")));
         assert!(!Service::Reservation.may_publish(&subjects::idempotency_key("ab")));
         assert!(!Service::Ingest.may_publish(&decision));
         assert!(!Service::Ingest.may_publish(&verdict));

@@ -87,6 +87,13 @@ pub enum AppendError {
         /// The subject's last message.
         last: Option<Box<StreamMessage>>,
     },
+    /// A subject the [`Unit`] appends to only if it is empty ([`Unit::once`]) already holds
+    /// a message: what it stands for was used before.
+    #[error("{subject} was written before")]
+    Taken {
+        /// The subject.
+        subject: String,
+    },
     /// JetStream refused the batch for another reason (configuration, limits).
     #[error("JetStream refused the append: {0}")]
     Refused(String),
@@ -168,6 +175,8 @@ pub struct Unit {
     messages: Vec<Outgoing>,
     /// The sequence the first message's subject must end at (0: no message yet).
     fence: Option<u64>,
+    /// Subjects of further messages that must be empty ([`Unit::once`]).
+    once: Vec<String>,
 }
 
 impl Unit {
@@ -177,6 +186,7 @@ impl Unit {
         Unit {
             messages,
             fence: None,
+            once: Vec::new(),
         }
     }
 
@@ -192,11 +202,32 @@ impl Unit {
         Unit {
             messages,
             fence: Some(last_sequence),
+            once: Vec::new(),
         }
+    }
+
+    /// Adds `message`, appended with the rest only if its subject holds nothing yet;
+    /// otherwise the append fails with [`AppendError::Taken`] (after the first message's
+    /// fence, which is checked first) and nothing of the unit is stored. For what may be used
+    /// once, e.g. a waiting-room ticket.
+    pub fn once(mut self, mut message: Outgoing) -> Self {
+        message
+            .headers
+            .insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        self.once.push(message.subject.clone());
+        self.messages.push(message);
+        self
     }
 
     fn fence_subject(&self) -> Option<&str> {
         self.fence.map(|_| self.messages[0].subject.as_str())
+    }
+
+    /// Every subject this unit fences on.
+    fn fenced_subjects(&self) -> impl Iterator<Item = &str> {
+        self.fence_subject()
+            .into_iter()
+            .chain(self.once.iter().map(String::as_str))
     }
 }
 
@@ -350,12 +381,11 @@ fn next_batch(queued: &mut VecDeque<Pending>, max_batch: usize) -> Vec<Pending> 
             queued.push_front(p);
             break;
         }
-        if let Some(subject) = p.unit.fence_subject()
-            && !fenced.insert(subject.to_owned())
-        {
+        if p.unit.fenced_subjects().any(|s| fenced.contains(s)) {
             waiting.push_back(p);
             continue;
         }
+        fenced.extend(p.unit.fenced_subjects().map(str::to_owned));
         size += len;
         batch.push(p);
     }
@@ -390,7 +420,11 @@ async fn write(
                 }
                 return;
             }
-            Err(AppendError::Fenced(reason)) if batch.iter().any(|p| p.unit.fence.is_some()) => {
+            Err(AppendError::Fenced(reason))
+                if batch
+                    .iter()
+                    .any(|p| p.unit.fenced_subjects().next().is_some()) =>
+            {
                 batch = drop_broken_fences(js, stream, batch, &reason).await;
                 if batch.is_empty() {
                     return;
@@ -440,7 +474,7 @@ async fn drop_broken_fences(
         }
     }))
     .await;
-    let mut again = Vec::new();
+    let mut unmoved = Vec::new();
     for (p, last) in batch.into_iter().zip(lasts) {
         match (p.unit.fence, last) {
             (Some(want), Ok(Some(last))) if want != last.as_ref().map_or(0, |m| m.sequence) => {
@@ -451,7 +485,35 @@ async fn drop_broken_fences(
             (_, Err(err)) => {
                 let _ = p.done.send(Err(err));
             }
-            _ => again.push(p),
+            _ => unmoved.push(p),
+        }
+    }
+    // Then the subjects that must still be empty (rare: only units that have one are read).
+    let taken = futures::future::join_all(unmoved.iter().map(|p| {
+        let stream = &stream;
+        async move {
+            for subject in &p.unit.once {
+                match last_message_from_leader(stream, subject).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        return Err(AppendError::Taken {
+                            subject: subject.clone(),
+                        });
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(())
+        }
+    }))
+    .await;
+    let mut again = Vec::new();
+    for (p, taken) in unmoved.into_iter().zip(taken) {
+        match taken {
+            Ok(()) => again.push(p),
+            Err(err) => {
+                let _ = p.done.send(Err(err));
+            }
         }
     }
     tracing::debug!(

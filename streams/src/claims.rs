@@ -251,6 +251,18 @@ const ROUNDS: usize = 4;
 pub async fn update<T>(
     appender: &Appender,
     last: Option<StreamMessage>,
+    decide: impl FnMut(Option<&ClaimRecord>) -> Step<T>,
+) -> Result<T, AppendError> {
+    update_once(appender, last, None, decide).await
+}
+
+/// [`update`], with `once` (e.g. a waiting-room ticket's use) appended in the same unit only if
+/// its subject is still empty ([`Unit::once`]): a claim that moved is decided again first; a
+/// `once` subject already written fails the update with [`AppendError::Taken`].
+pub async fn update_once<T>(
+    appender: &Appender,
+    last: Option<StreamMessage>,
+    once: Option<&Outgoing>,
     mut decide: impl FnMut(Option<&ClaimRecord>) -> Step<T>,
 ) -> Result<T, AppendError> {
     let mut last = last;
@@ -271,7 +283,11 @@ pub async fn update<T>(
             Step::Answer(answer) => return Ok(answer),
             Step::Append(messages, answer) => (messages, answer),
         };
-        match appender.append_unit(Unit::fenced(messages, sequence)).await {
+        let mut unit = Unit::fenced(messages, sequence);
+        if let Some(once) = once {
+            unit = unit.once(once.clone());
+        }
+        match appender.append_unit(unit).await {
             Ok(_) => return Ok(answer),
             Err(AppendError::Moved { last: now }) => last = now.map(|m| *m),
             Err(err) => return Err(err),

@@ -86,6 +86,21 @@ pub fn reviews_bucket(replicas: Replication) -> jetstream::kv::Config {
     }
 }
 
+/// The waiting rooms' bucket ([`subjects::WAITING_ROOM_BUCKET`]): per region, what an
+/// operator set, the controller's serving place and each edge's ticket counts
+/// ([`crate::waiting_room`]). Small, rewritten often, the last value of each key is all that
+/// matters.
+pub fn waiting_room_bucket(replicas: Replication) -> jetstream::kv::Config {
+    jetstream::kv::Config {
+        bucket: subjects::WAITING_ROOM_BUCKET.to_owned(),
+        description: "waiting rooms: settings, serving places and ticket counts per region".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.0,
+        ..Default::default()
+    }
+}
+
 /// Creates every stream and bucket, or updates them to this code's configuration. This
 /// module is the one place stream configuration comes from; a service never changes an
 /// existing stream's replication: started with a `REG_REPLICAS` other than the stream's
@@ -127,6 +142,9 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: Replication) -> a
     js.create_or_update_key_value(reviews_bucket(replicas))
         .await
         .context("Failed to create or update the reviews bucket")?;
+    js.create_or_update_key_value(waiting_room_bucket(replicas))
+        .await
+        .context("Failed to create or update the waiting-room bucket")?;
     // Creating a stream that exists with the same configuration succeeds, so every service
     // may do it; a racing creator's error is fine if the bucket is there afterwards.
     if let Err(err) = js.create_object_store(snapshots_bucket(replicas)).await {

@@ -16,6 +16,7 @@
 //! | [`consume`] | the one consumer loop every reader runs: supervision, groups, stalls on what it cannot decode |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
 //! | [`lease`] | one active replica per piece of work, the others on standby |
+//! | [`waiting_room`] | the opening minute's waiting room: signed tickets, places in line, the serving place and its pacing |
 //! | [`regions`] | serving one region or every region present in the intake stream |
 //! | [`appender`] | group commit: many events per durable JetStream write (atomic batches) |
 //! | [`pack`] | packed records: many small records of one writer in one message, for records keyed by an id of their own |
@@ -47,3 +48,4 @@ pub mod runtime;
 pub mod scratch;
 pub mod settings;
 pub mod subjects;
+pub mod waiting_room;

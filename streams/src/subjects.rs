@@ -19,6 +19,7 @@
 //! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent`, `NotificationFailed` (dead letters) |
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //! | `reg.key.<key digest>` | [`INTAKE_STREAM`] | ingest | the [`crate::claims::Claim`] an `Idempotency-Key` created (one message, never replaced) |
+//! | `reg.ticket.<ticket id>` | [`INTAKE_STREAM`] | ingest | the registration a waiting-room ticket admitted (one message, never replaced) |
 //!
 //! A subject carries only the event types its writer owns (the "holds" column, defined once
 //! in [`SubjectKind::event_types`]). Another identity's permissions stop it from appending to
@@ -51,6 +52,70 @@ pub const SNAPSHOTS_BUCKET: &str = "reg_snapshots";
 /// reads it to refuse an operator's decision on a registration that is not in review.
 pub const REVIEWS_BUCKET: &str = "reg_reviews";
 
+/// Key-value bucket of the waiting rooms ([`crate::waiting_room`]): per region, what an
+/// operator set ([`room_config`]), where the controller is serving ([`room_serving`]) and each
+/// edge's counts of tickets ([`room_counts`]).
+pub const WAITING_ROOM_BUCKET: &str = "reg_waiting_room";
+
+/// The kinds of key in [`WAITING_ROOM_BUCKET`], each followed by the region.
+const ROOM_CONFIG: &str = "config";
+const ROOM_SERVING: &str = "serving";
+const ROOM_COUNTS: &str = "counts";
+
+/// The key of `region`'s waiting-room settings in [`WAITING_ROOM_BUCKET`].
+pub fn room_config(region: &Region) -> String {
+    format!("{ROOM_CONFIG}.{region}")
+}
+
+/// The key of `region`'s serving place in [`WAITING_ROOM_BUCKET`].
+pub fn room_serving(region: &Region) -> String {
+    format!("{ROOM_SERVING}.{region}")
+}
+
+/// The key of one edge's ticket counts for `region` in [`WAITING_ROOM_BUCKET`].
+pub fn room_counts(region: &Region, edge: &str) -> String {
+    format!("{ROOM_COUNTS}.{region}.{edge}")
+}
+
+/// A key of [`WAITING_ROOM_BUCKET`], read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomKey {
+    /// [`room_config`].
+    Config(Region),
+    /// [`room_serving`].
+    Serving(Region),
+    /// [`room_counts`]: the region and the edge.
+    Counts(Region, String),
+}
+
+impl RoomKey {
+    /// Reads a key of the bucket (`None`: not one of this code's).
+    pub fn parse(key: &str) -> Option<RoomKey> {
+        let mut parts = key.split('.');
+        let (kind, region) = (parts.next()?, Region::parse(parts.next()?).ok()?);
+        let key = match (kind, parts.next()) {
+            (ROOM_CONFIG, None) => RoomKey::Config(region),
+            (ROOM_SERVING, None) => RoomKey::Serving(region),
+            (ROOM_COUNTS, Some(edge)) => RoomKey::Counts(region, edge.to_owned()),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(key)
+    }
+
+    /// The bucket's key subjects (`$KV.<bucket>.<key>`) an identity that writes `kind`s of
+    /// keys may publish to: `kind` is `config`, `serving` or `counts`.
+    pub fn write_filter(kind: &str) -> String {
+        let key = match kind {
+            ROOM_COUNTS => format!("{ROOM_COUNTS}.*.*"),
+            other => format!("{other}.*"),
+        };
+        format!("$KV.{WAITING_ROOM_BUCKET}.{key}")
+    }
+}
+
+/// The lease key of the waiting-room controller (one for every region).
+pub const ROOM_CONTROLLER_LEASE: &str = "waiting-room.controller";
+
 /// The key of a registration in [`REVIEWS_BUCKET`]: its id (`<region>.<id>`), so one
 /// region's keys are `<region>.*`.
 pub fn review_key(id: &crate::model::RegistrationId) -> String {
@@ -74,6 +139,7 @@ const INTAKE_PREFIX: &str = "reg.intake";
 const DECISION_PREFIX: &str = "reg.decision";
 const CLAIM_PREFIX: &str = "reg.claim";
 const KEY_PREFIX: &str = "reg.key";
+const TICKET_PREFIX: &str = "reg.ticket";
 
 /// Subject of a citizen's claim records (keyed by citizen key, never by national id). Its last
 /// message says whether the citizen holds a registration; writers fence on its sequence.
@@ -87,6 +153,13 @@ pub fn claim(citizen_key: &str) -> String {
 /// registration, and never pushed out by what the citizen does later.
 pub fn idempotency_key(key_digest: &str) -> String {
     format!("{KEY_PREFIX}.{key_digest}")
+}
+
+/// Subject of a waiting-room ticket's one use, named by the ticket's id: written once, with
+/// the registration it admitted, fenced on the subject being empty, so a second use is
+/// refused.
+pub fn ticket(id: &str) -> String {
+    format!("{TICKET_PREFIX}.{id}")
 }
 
 /// Which region(s) a service handles: one region, or all of them.
@@ -334,6 +407,7 @@ pub fn intake_stream_subjects() -> Vec<String> {
         format!("{INTAKE_PREFIX}.>"),
         format!("{CLAIM_PREFIX}.>"),
         format!("{KEY_PREFIX}.>"),
+        format!("{TICKET_PREFIX}.>"),
     ]
 }
 

@@ -120,3 +120,76 @@ async fn batches_start_at_least_the_minimum_interval_apart() {
     appender.append(message(subject(), "third")).await.unwrap();
     assert!(quiet.elapsed() < interval, "waited {:?}", quiet.elapsed());
 }
+
+/// A unit with a use-once subject (a waiting-room ticket) beside its claim: a second use is
+/// refused whether it comes later or in the same batch, by another citizen, and the refused
+/// unit stores nothing; a moved claim is still reported as moved, before the ticket.
+#[tokio::test]
+async fn a_subject_written_once_refuses_its_second_use_and_stores_nothing_of_it() {
+    let nats = NatsServer::start();
+    let client = nats.connect().await;
+    let js = jetstream::new(client.clone());
+    ensure_streams(&js, Replication(1)).await.unwrap();
+    let appender = Appender::start(
+        client.clone(),
+        subjects::INTAKE_STREAM,
+        AppenderOptions::default(),
+    );
+    let ticket = |id: &str| message(subjects::ticket(id), id);
+    let first = appender
+        .append_unit(unit("alice", 0).once(ticket("t1")))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3);
+
+    // Later, by another citizen.
+    let again = appender
+        .append_unit(unit("bob", 0).once(ticket("t1")))
+        .await;
+    assert!(
+        matches!(&again, Err(AppendError::Taken { subject }) if *subject == subjects::ticket("t1")),
+        "{again:?}"
+    );
+    // In one batch: two citizens with one new ticket, and ten with tickets of their own.
+    let mut units = vec![
+        unit("carol", 0).once(ticket("t2")),
+        unit("dave", 0).once(ticket("t2")),
+    ];
+    units.extend((0..10).map(|i| unit(&format!("e{i}"), 0).once(ticket(&format!("u{i}")))));
+    // The claim moved (alice holds one) and the ticket is used: the claim answers first.
+    units.push(unit("alice", 0).once(ticket("t1")));
+    let results = join_all(units.into_iter().map(|u| appender.append_unit(u))).await;
+    let t2: Vec<bool> = results[..2].iter().map(Result::is_ok).collect();
+    assert_eq!(
+        t2.iter().filter(|ok| **ok).count(),
+        1,
+        "{:?}",
+        &results[..2]
+    );
+    assert!(
+        results[..2]
+            .iter()
+            .any(|r| matches!(r, Err(AppendError::Taken { .. }))),
+        "{:?}",
+        &results[..2]
+    );
+    for result in &results[2..12] {
+        assert_eq!(result.as_ref().map(Vec::len).unwrap(), 3);
+    }
+    assert!(
+        matches!(&results[12], Err(AppendError::Moved { last: Some(_) })),
+        "{:?}",
+        results[12]
+    );
+    // Stored: alice's three, one of carol and dave's three, and the ten: nothing of bob's.
+    let mut stream = js.get_stream(subjects::INTAKE_STREAM).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    assert_eq!(state.messages, 3 + 3 + 10 * 3);
+    assert!(
+        stream
+            .direct_get_last_for_subject(subjects::claim("bob"))
+            .await
+            .is_err(),
+        "the refused citizen holds no claim"
+    );
+}

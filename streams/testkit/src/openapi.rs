@@ -53,7 +53,10 @@ pub async fn check_routes(configure: fn(&mut web::ServiceConfig), committed: &Pa
     let documented = streams::http::documented_methods(&file);
     assert!(!documented.is_empty(), "the document has paths");
     for (path, allow) in documented {
-        let uri = path.replace("{id}", SAMPLE_ID);
+        let uri = path
+            .replace("{id}", SAMPLE_ID)
+            .replace("{region}", crate::REGION)
+            .replace("{ticket}", "not-a-ticket");
         assert!(
             !uri.contains('{'),
             "{path}: a path parameter the check does not fill"
