@@ -124,8 +124,10 @@ pub async fn claim_and_append(
     citizen_key: &str,
     wanted: Claim,
     event: Outgoing,
+    ticket: Option<Outgoing>,
 ) -> Result<Claimed, AppendError> {
-    let first = streams::claims::update(appender, None, |record| {
+    let ticket = ticket.as_ref();
+    let first = streams::claims::update_once(appender, None, ticket, |record| {
         // A returning citizen's key their claim does not remember: it may be older than the
         // claim's history, so its own record answers before the claim does.
         if remembers_not(&wanted, record) {
@@ -149,12 +151,14 @@ pub async fn claim_and_append(
     // The key created nothing: claim behind the citizen's last record. If another request
     // with this key claimed meanwhile, the fence fails and the claim it wrote answers.
     let last = streams::claims::last(js, citizen_key).await?;
-    streams::claims::update(appender, last, |record| match relate(&wanted, record) {
-        Some(answer) => Step::Answer(answer),
-        None => Step::Append(
-            claim_messages(&wanted, record, citizen_key, &event),
-            Claimed::New(wanted.clone()),
-        ),
+    streams::claims::update_once(appender, last, ticket, |record| {
+        match relate(&wanted, record) {
+            Some(answer) => Step::Answer(answer),
+            None => Step::Append(
+                claim_messages(&wanted, record, citizen_key, &event),
+                Claimed::New(wanted.clone()),
+            ),
+        }
     })
     .await
 }

@@ -42,6 +42,10 @@ pub struct Args {
         default_value_t = 5
     )]
     pub recoveries_per_address_per_minute: u32,
+    /// Waiting-room tickets per minute per client address (0: unlimited): one address
+    /// cannot hold many places in a line (generous enough for a shared NAT address).
+    #[arg(long, env = "REG_TICKETS_PER_ADDRESS_PER_MINUTE", default_value_t = 20)]
+    pub tickets_per_address_per_minute: u32,
     /// The national id rule.
     #[arg(long, env = "REG_NATIONAL_ID_RULE", default_value = "pesel")]
     pub national_id_rule: streams::national_id::NationalIdRule,

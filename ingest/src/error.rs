@@ -67,6 +67,30 @@ pub enum EdgeError {
     /// A wrong operator token.
     #[error("this token may not change the configuration")]
     Forbidden,
+    /// The region's waiting room is on and the request carries no ticket.
+    #[error(
+        "registration for this region goes through its waiting room: take a ticket (POST /v1/queue) and submit with it in the Waiting-Room-Ticket header once admitted"
+    )]
+    TicketRequired,
+    /// The ticket was not issued by this system, was altered, or is for another region.
+    #[error("{0}")]
+    TicketInvalid(String),
+    /// The ticket's place has not been reached yet.
+    #[error(
+        "your place in the waiting room has not been reached yet; about {ahead} are ahead of you"
+    )]
+    NotAdmitted {
+        /// Places ahead (an estimate).
+        ahead: u64,
+        /// When to come back.
+        wait: Duration,
+    },
+    /// The ticket was admitted too long ago; its place passed on.
+    #[error("this ticket's admission expired unused; take a new ticket")]
+    TicketExpired,
+    /// The ticket already admitted a registration.
+    #[error("this ticket has already been used for a registration; a ticket admits one")]
+    TicketUsed,
 }
 
 impl EdgeError {
@@ -75,6 +99,7 @@ impl EdgeError {
     pub fn from_append(err: &AppendError) -> Self {
         match err {
             AppendError::Unavailable(_) => EdgeError::OutcomeUnknown,
+            AppendError::Taken { .. } => EdgeError::TicketUsed,
             _ => EdgeError::Unavailable("the event log"),
         }
     }
@@ -87,14 +112,21 @@ impl EdgeError {
             | EdgeError::Invalid(_)
             | EdgeError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
             EdgeError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            EdgeError::WindowClosed(_) | EdgeError::Forbidden => StatusCode::FORBIDDEN,
-            EdgeError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            EdgeError::WindowClosed(_)
+            | EdgeError::Forbidden
+            | EdgeError::TicketRequired
+            | EdgeError::TicketInvalid(_)
+            | EdgeError::TicketExpired => StatusCode::FORBIDDEN,
+            EdgeError::RateLimited(_) | EdgeError::NotAdmitted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             EdgeError::Overloaded | EdgeError::Unavailable(_) | EdgeError::OutcomeUnknown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            EdgeError::InFlight | EdgeError::AlreadyRegistered | EdgeError::NotInReview => {
-                StatusCode::CONFLICT
-            }
+            EdgeError::InFlight
+            | EdgeError::AlreadyRegistered
+            | EdgeError::NotInReview
+            | EdgeError::TicketUsed => StatusCode::CONFLICT,
             EdgeError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             EdgeError::NotFound => StatusCode::NOT_FOUND,
             EdgeError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -121,6 +153,11 @@ impl EdgeError {
             EdgeError::NotFound => "not_found",
             EdgeError::Unauthorized => "unauthorized",
             EdgeError::Forbidden => "forbidden",
+            EdgeError::TicketRequired => "ticket_required",
+            EdgeError::TicketInvalid(_) => "ticket_invalid",
+            EdgeError::NotAdmitted { .. } => "not_admitted",
+            EdgeError::TicketExpired => "ticket_expired",
+            EdgeError::TicketUsed => "ticket_used",
         }
     }
 
@@ -131,6 +168,10 @@ impl EdgeError {
             EdgeError::BadIdempotencyKey | EdgeError::KeyReused => Some("Idempotency-Key"),
             EdgeError::WindowClosed(_) => Some("region"),
             EdgeError::AlreadyRegistered => Some("national_id"),
+            EdgeError::TicketRequired
+            | EdgeError::TicketInvalid(_)
+            | EdgeError::TicketExpired
+            | EdgeError::TicketUsed => Some(streams::waiting_room::TICKET_HEADER),
             _ => None,
         }
     }
@@ -138,7 +179,9 @@ impl EdgeError {
     /// Seconds the client should wait before trying again, when it should.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            EdgeError::RateLimited(wait) => Some((wait.as_secs_f64().ceil() as u64).max(1)),
+            EdgeError::RateLimited(wait) | EdgeError::NotAdmitted { wait, .. } => {
+                Some((wait.as_secs_f64().ceil() as u64).max(1))
+            }
             EdgeError::Overloaded | EdgeError::Unavailable(_) | EdgeError::OutcomeUnknown => {
                 Some(1)
             }

@@ -29,4 +29,5 @@ pub mod routes;
 pub mod service;
 pub mod settings;
 pub mod validate;
+pub mod waiting_room;
 pub mod windows;

@@ -64,6 +64,10 @@ pub struct Edge {
     pub recoveries: crate::recovery::Recoveries,
     /// Admission: one permit per submission being worked on (None when unbounded).
     pub open_submissions: Option<Arc<tokio::sync::Semaphore>>,
+    /// The regions' waiting rooms.
+    pub door: crate::waiting_room::Door,
+    /// Per client address limiter of waiting-room tickets (None when disabled).
+    pub per_ticket_address: Option<Limiter<IpAddr>>,
 }
 
 /// A shared keyed rate limiter.
@@ -86,6 +90,12 @@ impl Edge {
     pub fn recovery_limiter(settings: &Settings) -> Option<Limiter<String>> {
         NonZeroU32::new(settings.recoveries_per_hour)
             .map(|n| Arc::new(RateLimiter::keyed(Quota::per_hour(n))))
+    }
+
+    /// The per-address limiter of waiting-room tickets.
+    pub fn ticket_limiter(settings: &Settings) -> Option<Limiter<IpAddr>> {
+        NonZeroU32::new(settings.tickets_per_address_per_minute)
+            .map(|n| Arc::new(RateLimiter::keyed(Quota::per_minute(n))))
     }
 
     /// The per-address limiter of lost-link recoveries.
@@ -247,6 +257,14 @@ async fn submit_inner(
         return Err(EdgeError::NotJson);
     }
     let submission = parse_submission(req, &body, edge)?;
+    // The waiting room, when the region's is on: an admitted ticket, used once.
+    let ticket = edge.door.check(
+        &edge.keys,
+        &submission.registration.slot.region,
+        req.headers()
+            .get(streams::waiting_room::TICKET_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )?;
     // Admission: beyond the bound, refuse at once rather than queue for the group commit. The
     // permit is taken once the body is read and found valid: a slow sender cannot hold one,
     // and bad input still gets its own answer under load.
@@ -279,12 +297,15 @@ async fn submit_inner(
             if edge.client.connection_state() != async_nats::connection::State::Connected {
                 return Err(EdgeError::Unavailable("the event log"));
             }
-            claim(edge, submission).await?
+            claim(edge, submission, ticket.as_ref()).await?
         }
     };
     let id = match claimed {
         Claimed::New(claim) => {
             tracing::debug!(registration_id = %claim.registration_id, "Registration accepted.");
+            if let Some(ticket) = &ticket {
+                edge.door.used(ticket);
+            }
             claim.registration_id
         }
         Claimed::Replay(claim) => {
@@ -378,7 +399,11 @@ async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Cl
 
 /// Seals the personal data, builds the `RegistrationSubmitted` event and appends it with the
 /// citizen's claim (or learns how an existing claim answers this request).
-async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError> {
+async fn claim(
+    edge: &Edge,
+    submission: Submission,
+    ticket: Option<&streams::waiting_room::Ticket>,
+) -> Result<Claimed, EdgeError> {
     let Submission {
         registration,
         citizen_key,
@@ -411,6 +436,7 @@ async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError
             &citizen_key,
             wanted,
             Outgoing::event(subject, &envelope),
+            ticket.map(|t| ticket_use(t, &id)),
         ),
     )
     .await
@@ -420,6 +446,187 @@ async fn claim(edge: &Edge, submission: Submission) -> Result<Claimed, EdgeError
         tracing::warn!(registration_id = %id, error = %err, "Append failed; answering 503.");
         EdgeError::from_append(&err)
     })
+}
+
+/// The record of `ticket`'s one use: the registration it admitted.
+fn ticket_use(ticket: &streams::waiting_room::Ticket, id: &RegistrationId) -> Outgoing {
+    Outgoing {
+        subject: subjects::ticket(&ticket.id),
+        headers: Default::default(),
+        payload: serde_json::to_vec(&json!({
+            "registration_id": id,
+            "region": ticket.region,
+            "place_ms": ticket.place.ms,
+        }))
+        .expect("a ticket's use serializes")
+        .into(),
+    }
+}
+
+/// `POST /v1/queue`: a ticket for a region's waiting room, with its position and expected
+/// wait (or `active: false` when the region's room is off: submit directly). Writes nothing
+/// durable.
+pub async fn take_ticket(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        check_address(&edge, &req)?;
+        if !is_json(&req) {
+            return Err(EdgeError::NotJson);
+        }
+        let region = validate::parse_queue_request(&body).map_err(EdgeError::Invalid)?;
+        if !edge.windows.known() {
+            return Err(EdgeError::Unavailable("the list of registration windows"));
+        }
+        if !edge.windows.is_configured(&region) {
+            return Err(EdgeError::Invalid(FieldError::unknown_region(&region)));
+        }
+        if !edge.door.known() {
+            return Err(EdgeError::Unavailable("the list of waiting rooms"));
+        }
+        let room = edge.door.rooms.get(&region);
+        if !room.is_on() {
+            return Ok(room_off(&region));
+        }
+        check_address_with(&edge, &req, edge.per_ticket_address.as_ref())?;
+        let opens = room.config.as_ref().and_then(|c| c.opens_ms);
+        let ticket = edge
+            .door
+            .issue(&region, Utc::now().timestamp_millis(), opens);
+        Ok(ticket_view(&edge, &room, &ticket))
+    }
+    .await;
+    count(&edge, "queue", result)
+}
+
+/// `GET /v1/queue/{ticket}`: where a ticket stands.
+pub async fn ticket_status(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        check_address(&edge, &req)?;
+        let text = req.match_info().get("ticket").unwrap_or_default();
+        let ticket = crate::waiting_room::read(&edge.keys, text)?;
+        if !edge.door.known() {
+            return Err(EdgeError::Unavailable("the list of waiting rooms"));
+        }
+        let room = edge.door.rooms.get(&ticket.region);
+        if !room.is_on() {
+            return Ok(room_off(&ticket.region));
+        }
+        Ok(ticket_view(&edge, &room, &ticket))
+    }
+    .await;
+    count(&edge, "queue_status", result)
+}
+
+/// The answer for a region whose waiting room is off.
+fn room_off(region: &streams::model::Region) -> HttpResponse {
+    json_response(StatusCode::OK, &json!({"region": region, "active": false}))
+}
+
+/// A ticket, where it stands and when to ask again (`Retry-After` while it waits).
+fn ticket_view(
+    edge: &Edge,
+    room: &streams::waiting_room::Room,
+    ticket: &streams::waiting_room::Ticket,
+) -> HttpResponse {
+    use streams::waiting_room::Admission;
+    let standing = crate::waiting_room::Door::standing(room, ticket);
+    let state = match standing.admission {
+        Admission::Admitted => "admitted",
+        Admission::Waiting => "waiting",
+        Admission::Expired => "expired",
+    };
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({
+            "region": ticket.region,
+            "active": true,
+            "ticket": ticket.encode(&edge.keys),
+            "state": state,
+            "position": standing.ahead,
+            "estimated_wait_seconds": standing.wait.as_secs(),
+            "poll_after_seconds": standing.poll_after.as_secs(),
+            "taken_at": chrono::DateTime::from_timestamp_millis(ticket.arrived_ms),
+        }),
+    );
+    if standing.admission == Admission::Waiting {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(standing.poll_after.as_secs()),
+        );
+    }
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// `PUT /v1/admin/queues/{region}`: turns a region's waiting room on or off and sets its
+/// admission rate (and, optionally, when its line opens: by default its window's opening).
+pub async fn put_queue(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        check_admin(&req, &edge)?;
+        if !is_json(&req) {
+            return Err(EdgeError::NotJson);
+        }
+        let region = validate::parse_region(req.match_info().get("region").unwrap_or(""))
+            .map_err(EdgeError::Invalid)?;
+        let settings = validate::parse_queue_settings(&body).map_err(EdgeError::Invalid)?;
+        let opens = settings.opens_at.or_else(|| edge.windows.opens(&region));
+        let config = streams::waiting_room::RoomConfig {
+            enabled: settings.enabled,
+            rate: settings.rate,
+            opens_ms: opens.map(|t| t.timestamp_millis()),
+        };
+        edge.door.configure(&region, &config).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "region": region,
+                "enabled": config.enabled,
+                "rate": config.rate,
+                "opens_at": opens,
+            }),
+        ))
+    }
+    .await;
+    count(&edge, "queue_settings", result)
+}
+
+/// `GET /v1/admin/queues`: every waiting room, its settings, length and expected wait.
+pub async fn get_queues(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        check_admin(&req, &edge)?;
+        if !edge.door.known() {
+            return Err(EdgeError::Unavailable("the list of waiting rooms"));
+        }
+        let queues: Vec<_> = edge
+            .door
+            .rooms
+            .all()
+            .into_iter()
+            .filter_map(|(region, room)| {
+                let config = room.config.clone()?;
+                let serving = room.serving.as_ref();
+                let waiting = serving.map_or(0.0, |s| s.waiting(&room.total)).round() as u64;
+                Some(json!({
+                    "region": region,
+                    "enabled": config.enabled,
+                    "rate": config.rate,
+                    "opens_at": config.opens_ms.and_then(chrono::DateTime::from_timestamp_millis),
+                    "waiting": waiting,
+                    "admitted": serving.map_or(0.0, |s| s.admitted).round() as u64,
+                    "expected_wait_seconds": waiting / u64::from(config.rate.max(1)),
+                    "serving_up_to": serving
+                        .and_then(|s| chrono::DateTime::from_timestamp_millis(s.serving.ms)),
+                }))
+            })
+            .collect();
+        Ok(json_response(StatusCode::OK, &json!({ "queues": queues })))
+    }
+    .await;
+    count(&edge, "queues", result)
 }
 
 /// The `202` of an accepted (or replayed) registration.
@@ -725,6 +932,7 @@ pub async fn readyz(edge: State<Edge>) -> HttpResponse {
         ("nats".to_owned(), connected),
         ("jetstream".to_owned(), stream_ok),
         ("registration windows".to_owned(), edge.windows.known()),
+        ("waiting rooms".to_owned(), edge.door.known()),
     ];
     checks.extend(edge.metrics.health.checks());
     streams::http::readiness(&checks)
@@ -757,6 +965,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/registrations", web::post().to(submit))
         .route("/v1/registrations/recover", web::post().to(recover))
         .route("/v1/registrations/{id}", web::delete().to(cancel))
+        .route("/v1/queue", web::post().to(take_ticket))
+        .route("/v1/queue/{ticket}", web::get().to(ticket_status))
+        .route("/v1/admin/queues", web::get().to(get_queues))
+        .route("/v1/admin/queues/{region}", web::put().to(put_queue))
         .route("/v1/admin/capacity", web::put().to(put_capacity))
         .route("/v1/admin/windows", web::put().to(put_window))
         .route("/v1/admin/reviews/{id}", web::post().to(post_review))

@@ -50,8 +50,14 @@ pub async fn run(
     let (per_address, per_citizen) = Edge::limiters(&settings);
     let per_recovery = Edge::recovery_limiter(&settings);
     let per_recovery_address = Edge::recovery_address_limiter(&settings);
+    let per_ticket_address = Edge::ticket_limiter(&settings);
+    let js_for_door = js.clone();
     tokio::spawn(prune_limiters(
-        [per_address.clone(), per_recovery_address.clone()],
+        [
+            per_address.clone(),
+            per_recovery_address.clone(),
+            per_ticket_address.clone(),
+        ],
         [per_citizen.clone(), per_recovery.clone()],
         shutdown.clone(),
     ));
@@ -84,6 +90,8 @@ pub async fn run(
         per_recovery_address,
         recoveries,
         open_submissions,
+        door: crate::waiting_room::Door::start(js_for_door, shutdown.clone()),
+        per_ticket_address,
     };
     streams::http::serve(listener, workers, edge, routes::configure, shutdown).await
 }
@@ -92,7 +100,7 @@ pub async fn run(
 /// limits) whose bucket is full again (they would
 /// be allowed anyway): the limiters hold the recently active, not everyone ever seen.
 async fn prune_limiters(
-    per_address: [Option<routes::Limiter<std::net::IpAddr>>; 2],
+    per_address: [Option<routes::Limiter<std::net::IpAddr>>; 3],
     per_citizen: [Option<routes::Limiter<String>>; 2],
     shutdown: CancellationToken,
 ) {

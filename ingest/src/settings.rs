@@ -35,6 +35,8 @@ pub struct Settings {
     /// Lost-link recoveries per minute allowed per client address (0 = unlimited), whichever
     /// citizens they name: tight, so nobody walks through national ids (a citizen needs one).
     pub recoveries_per_address_per_minute: u32,
+    /// Waiting-room tickets per minute allowed per client address (0 = unlimited).
+    pub tickets_per_address_per_minute: u32,
     /// The national id rule.
     pub national_id_rule: NationalIdRule,
     /// Each region's time zone: a slot's day is over at midnight there (`REG_TIME_ZONES`).
@@ -95,6 +97,7 @@ impl Settings {
             rate_per_citizen: args.rate_per_citizen,
             recoveries_per_hour: args.recoveries_per_hour,
             recoveries_per_address_per_minute: args.recoveries_per_address_per_minute,
+            tickets_per_address_per_minute: args.tickets_per_address_per_minute,
             national_id_rule: args.national_id_rule,
             calendar: args.calendar.time_zones.clone(),
             limits: Limits::default(),

@@ -591,6 +591,72 @@ pub fn parse_window(body: &[u8]) -> Result<WindowRequest, FieldError> {
     })
 }
 
+/// Most admissions per second an operator may set for one waiting room.
+pub const MAX_ADMISSION_RATE: u64 = 1_000_000;
+
+/// A region named in a path.
+pub fn parse_region(text: &str) -> Result<Region, FieldError> {
+    Region::parse(text).map_err(|e| FieldError::invalid("region", e.0))
+}
+
+/// A parsed `POST /v1/queue` body: the region whose line to join.
+pub fn parse_queue_request(body: &[u8]) -> Result<Region, FieldError> {
+    let map = object(body)?;
+    reject_unknown(&map, &["region"])?;
+    Region::parse(req_str(&map, "region")?).map_err(|e| FieldError::invalid("region", e.0))
+}
+
+/// A parsed `PUT /v1/admin/queues/{region}` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Whether submissions need an admitted ticket.
+    pub enabled: bool,
+    /// Admissions per second.
+    pub rate: u32,
+    /// When the line opens (`None`: the region's window's opening, if any).
+    pub opens_at: Option<DateTime<Utc>>,
+}
+
+/// Parses `PUT /v1/admin/queues/{region}`: `enabled` (boolean), `rate` (admissions per
+/// second, 1 to [`MAX_ADMISSION_RATE`]) and an optional `opens_at` (RFC 3339).
+pub fn parse_queue_settings(body: &[u8]) -> Result<QueueSettings, FieldError> {
+    let map = object(body)?;
+    reject_unknown(&map, &["enabled", "rate", "opens_at"])?;
+    let enabled = match map.get("enabled") {
+        None | Some(Value::Null) => return Err(FieldError::missing("enabled")),
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(FieldError::invalid(
+                "enabled",
+                "enabled must be true or false",
+            ));
+        }
+    };
+    let rate = match map.get("rate") {
+        None | Some(Value::Null) => return Err(FieldError::missing("rate")),
+        Some(v) => whole_number(v, MAX_ADMISSION_RATE)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                FieldError::invalid(
+                    "rate",
+                    format!("rate must be a whole number of admissions per second from 1 to {MAX_ADMISSION_RATE}"),
+                )
+            })?,
+    };
+    let opens_at = opt_str(&map, "opens_at")?
+        .map(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| FieldError::invalid("opens_at", "opens_at must be an RFC 3339 time"))
+        })
+        .transpose()?;
+    Ok(QueueSettings {
+        enabled,
+        rate: rate as u32,
+        opens_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

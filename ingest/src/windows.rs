@@ -53,6 +53,15 @@ impl Windows {
         }
     }
 
+    /// When `region`'s window opens (`None`: it has none).
+    pub fn opens(&self, region: &Region) -> Option<DateTime<Utc>> {
+        self.inner
+            .read()
+            .expect("lock")
+            .get(region)
+            .map(|(opens, _)| *opens)
+    }
+
     /// Whether `region` accepts submissions at `now`.
     pub fn is_open(&self, region: &Region, now: DateTime<Utc>) -> bool {
         match self.inner.read().expect("lock").get(region) {

@@ -1,5 +1,5 @@
 //! The processor process: connects, ensures streams, runs the reservation loop, the claims
-//! releaser and (unless turned off) the verification and notification processors, and
+//! releaser, the waiting-room controller and (unless turned off) the verification and notification processors, and
 //! serves `/healthz`, `/readyz` and `/metrics`.
 
 use std::net::TcpListener;
@@ -69,6 +69,7 @@ pub async fn run(
         metrics.health.clone(),
         shutdown.clone(),
     ));
+    let controller = tokio::spawn(crate::waiting_room::run(client.clone(), shutdown.clone()));
     let verifier = match settings.verification {
         Some(config) => {
             let client = own_connection(&client, config.nats.as_ref(), &shutdown).await?;
@@ -112,6 +113,9 @@ pub async fn run(
     shutdown.cancel();
     let _ = server.await;
     let _ = releaser.await;
+    if let Ok(Err(err)) = controller.await {
+        tracing::error!(error = %format!("{err:#}"), "The waiting-room controller stopped.");
+    }
     for (name, task) in [("verification", verifier), ("notification", notifier)] {
         let Some(task) = task else { continue };
         match task.await {

@@ -3,6 +3,7 @@
 
 mod contract;
 mod helpers;
+mod waiting_room;
 
 use helpers::*;
 

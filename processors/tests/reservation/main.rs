@@ -7,6 +7,7 @@ mod national;
 mod reviews;
 mod service;
 mod snapshots;
+mod waiting_room;
 
 use futures::future::join_all;
 use helpers::*;

@@ -1,0 +1,226 @@
+//! The edge's side of the waiting room ([`streams::waiting_room`]): it hands out tickets,
+//! counts them (and the admissions used) for the controller, checks the ticket a submission
+//! carries, and keeps operators' settings. Issuing a ticket writes nothing durable: the counts
+//! go to the bucket twice a second, whatever the number of tickets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use streams::crypto::Keys;
+use streams::model::Region;
+use streams::subjects;
+use streams::waiting_room::{
+    Admission, Counts, REPORT_INTERVAL, Room, RoomConfig, Rooms, Ticket, TicketError,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::EdgeError;
+
+/// The longest a citizen is told to wait before polling again.
+const MAX_POLL: Duration = Duration::from_secs(30);
+
+/// The door of every region's waiting room, on this edge replica. Cheap to clone.
+#[derive(Clone)]
+pub struct Door {
+    /// Every room, followed from the bucket.
+    pub rooms: Rooms,
+    /// This replica's counts per region, and whether they changed since last reported.
+    own: Arc<Mutex<HashMap<Region, (Counts, bool)>>>,
+    /// This replica's name in the bucket's count keys.
+    edge: String,
+    /// The bucket, once open.
+    bucket: Arc<OnceLock<kv::Store>>,
+}
+
+/// Where a ticket stands, for the citizen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    /// Whether it may submit now.
+    pub admission: Admission,
+    /// Places ahead of it (0 once admitted).
+    pub ahead: u64,
+    /// Expected wait at the room's rate.
+    pub wait: Duration,
+    /// When to ask again.
+    pub poll_after: Duration,
+}
+
+impl Door {
+    /// Opens the bucket, follows it and reports this replica's counts until `shutdown`.
+    pub fn start(js: jetstream::Context, shutdown: CancellationToken) -> Door {
+        let door = Door {
+            rooms: Rooms::default(),
+            own: Arc::default(),
+            edge: uuid::Uuid::now_v7().simple().to_string(),
+            bucket: Arc::default(),
+        };
+        let started = door.clone();
+        tokio::spawn(async move {
+            let Some(bucket) = streams::waiting_room::open(&js, &shutdown).await else {
+                return;
+            };
+            let _ = started.bucket.set(bucket.clone());
+            tokio::spawn(started.rooms.clone().follow(bucket, shutdown.clone()));
+            started.report(shutdown).await;
+        });
+        door
+    }
+
+    /// Whether the rooms are known (every key of the bucket read once).
+    pub fn known(&self) -> bool {
+        self.rooms.known()
+    }
+
+    /// A new ticket for `region`, counted; the line opens at `opens_ms` (`None`: open).
+    pub fn issue(&self, region: &Region, now_ms: i64, opens_ms: Option<i64>) -> Ticket {
+        let ticket = Ticket::issue(region.clone(), now_ms, opens_ms);
+        let mut own = self.own.lock().expect("lock");
+        let (counts, changed) = own.entry(region.clone()).or_default();
+        counts.issue(ticket.place);
+        *changed = true;
+        ticket
+    }
+
+    /// Counts one admission used (the registration it admitted is stored).
+    pub fn used(&self, ticket: &Ticket) {
+        let mut own = self.own.lock().expect("lock");
+        let (counts, changed) = own.entry(ticket.region.clone()).or_default();
+        counts.use_one(ticket.place);
+        *changed = true;
+    }
+
+    /// Where `ticket` stands in `room`.
+    pub fn standing(room: &Room, ticket: &Ticket) -> Standing {
+        let rate = room.config.as_ref().map_or(1, |c| c.rate.max(1));
+        let (admission, ahead) = match &room.serving {
+            None => (Admission::Waiting, 0.0),
+            Some(serving) => (
+                serving.admits(ticket.place),
+                serving.ahead(&room.total, ticket.place),
+            ),
+        };
+        let ahead = ahead.max(0.0).round() as u64;
+        let wait = Duration::from_secs_f64(ahead as f64 / f64::from(rate));
+        // Poll about every tenth of the wait, between 2 s and MAX_POLL, with jitter added by
+        // the page; a ticket whose place is not counted yet asks again soon.
+        let poll_after = (wait / 10).clamp(Duration::from_secs(2), MAX_POLL);
+        Standing {
+            admission,
+            ahead: if admission == Admission::Waiting {
+                ahead
+            } else {
+                0
+            },
+            wait,
+            poll_after,
+        }
+    }
+
+    /// The ticket a submission for `region` must carry (`header`), checked: `None` when the
+    /// region's room is off (a ticket, if any, is then ignored).
+    pub fn check(
+        &self,
+        keys: &Keys,
+        region: &Region,
+        header: Option<&str>,
+    ) -> Result<Option<Ticket>, EdgeError> {
+        if !self.known() {
+            return Err(EdgeError::Unavailable("the list of waiting rooms"));
+        }
+        let room = self.rooms.get(region);
+        if !room.is_on() {
+            return Ok(None);
+        }
+        let ticket = read(keys, header.ok_or(EdgeError::TicketRequired)?)?;
+        if ticket.region != *region {
+            return Err(EdgeError::TicketInvalid(format!(
+                "this ticket is for region {}, not {region}",
+                ticket.region
+            )));
+        }
+        let standing = Self::standing(&room, &ticket);
+        match standing.admission {
+            Admission::Admitted => Ok(Some(ticket)),
+            Admission::Expired => Err(EdgeError::TicketExpired),
+            Admission::Waiting => Err(EdgeError::NotAdmitted {
+                ahead: standing.ahead,
+                wait: standing.poll_after,
+            }),
+        }
+    }
+
+    /// Writes `region`'s settings.
+    pub async fn configure(&self, region: &Region, config: &RoomConfig) -> Result<(), EdgeError> {
+        let bucket = self
+            .bucket
+            .get()
+            .ok_or(EdgeError::Unavailable("the waiting-room bucket"))?;
+        bucket
+            .put(
+                subjects::room_config(region),
+                serde_json::to_vec(config)
+                    .expect("settings serialize")
+                    .into(),
+            )
+            .await
+            .map_err(|err| {
+                tracing::warn!(%region, error = %err, "A waiting room's settings were not written.");
+                EdgeError::Unavailable("the waiting-room bucket")
+            })?;
+        // Read-your-writes on this replica; the others follow the bucket.
+        self.rooms.apply(
+            &subjects::room_config(region),
+            Some(&serde_json::to_vec(config).expect("settings serialize")),
+            0,
+        );
+        Ok(())
+    }
+
+    /// Puts the counts that changed every [`REPORT_INTERVAL`], forgetting what the controller
+    /// has passed for good (expired places).
+    async fn report(&self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+            }
+            let Some(bucket) = self.bucket.get() else {
+                continue;
+            };
+            let changed: Vec<(Region, Vec<u8>)> = {
+                let mut own = self.own.lock().expect("lock");
+                own.iter_mut()
+                    .filter(|(_, (_, changed))| *changed)
+                    .map(|(region, (counts, changed))| {
+                        if let Some(serving) = self.rooms.get(region).serving {
+                            counts.forget_before(serving.expired);
+                        }
+                        *changed = false;
+                        (
+                            region.clone(),
+                            serde_json::to_vec(counts).expect("counts serialize"),
+                        )
+                    })
+                    .collect()
+            };
+            for (region, value) in changed {
+                let key = subjects::room_counts(&region, &self.edge);
+                if let Err(err) = bucket.put(&key, value.into()).await {
+                    tracing::warn!(%region, error = %err, "Ticket counts were not reported; trying again.");
+                    if let Some((_, changed)) = self.own.lock().expect("lock").get_mut(&region) {
+                        *changed = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads a ticket, mapping its errors to the edge's.
+pub fn read(keys: &Keys, text: &str) -> Result<Ticket, EdgeError> {
+    Ticket::decode(text.trim(), keys).map_err(|err| match err {
+        TicketError::Malformed | TicketError::Forged => EdgeError::TicketInvalid(err.to_string()),
+    })
+}
