@@ -26,6 +26,8 @@ use crate::subjects::{self, IntakeKind, RegionFilter};
 
 /// Prefix of the JetStream API subjects.
 const JS_API: &str = "$JS.API";
+/// Prefix of JetStream push consumers' flow-control replies.
+const JS_FC: &str = "$JS.FC";
 /// Prefix of JetStream consumer acknowledgement subjects.
 const JS_ACK: &str = "$JS.ACK";
 /// Prefix of the subjects of a key-value bucket's keys.
@@ -131,7 +133,7 @@ impl Service {
                 // Waiting rooms: operators' settings and this edge's ticket counts.
                 publish.push(subjects::RoomKey::write_filter("config"));
                 publish.push(subjects::RoomKey::write_filter("counts"));
-                publish.extend(read(&room));
+                publish.extend(watch(&room));
                 publish.extend(read(intake));
                 publish.extend(read(&reviews));
                 publish.extend(bind());
@@ -147,7 +149,7 @@ impl Service {
                 // places (and forgets the counts of edges long gone).
                 publish.push(subjects::RoomKey::write_filter("serving"));
                 publish.push(subjects::RoomKey::write_filter("counts"));
-                publish.extend(read(&room));
+                publish.extend(watch(&room));
                 // Snapshots of the decision state: written, replaced (the old chunks purged)
                 // and read back on takeover.
                 let snapshots = format!("OBJ_{}", subjects::SNAPSHOTS_BUCKET);
@@ -211,6 +213,15 @@ fn read(stream: &str) -> Vec<String> {
     ]
 }
 
+/// What watching a key-value bucket takes beside reading its stream ([`read`]): answering
+/// the push consumer's flow control (`$JS.FC.<stream>.…`), without which a watch that falls
+/// behind by a few hundred kilobytes stops for good.
+fn watch(stream: &str) -> Vec<String> {
+    let mut subjects = read(stream);
+    subjects.push(format!("{JS_FC}.{stream}.>"));
+    subjects
+}
+
 /// Acknowledging messages of `stream`'s durable consumers.
 fn ack(stream: &str) -> String {
     format!("{JS_ACK}.{stream}.>")
@@ -245,6 +256,11 @@ mod tests {
         assert!(Service::Reservation.may_publish(&serving));
         assert!(!Service::Reservation.may_publish(&config));
         assert!(Service::Ingest.may_publish(&subjects::ticket("ab")));
+        // Both follow the bucket with a watch, which must answer its flow control.
+        let flow_control = format!("$JS.FC.KV_{bucket}.abc.def");
+        assert!(Service::Ingest.may_publish(&flow_control));
+        assert!(Service::Reservation.may_publish(&flow_control));
+        assert!(!Service::Projections.may_publish(&flow_control));
         assert!(!Service::Reservation.may_publish(&subjects::ticket("ab")));
         assert!(!Service::Reservation.may_publish(&subjects::idempotency_key("ab")));
         assert!(!Service::Ingest.may_publish(&decision));

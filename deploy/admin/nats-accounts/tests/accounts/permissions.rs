@@ -225,3 +225,53 @@ async fn only_the_admin_creates_streams_the_services_bind() {
         .await;
     assert!(wrong.is_err(), "a wrong password connects");
 }
+
+/// The edge and the waiting-room controller (the reservation identity) follow the waiting-room
+/// bucket with a watch, writing their own keys; a watch that falls megabytes behind answers
+/// the server's flow control. Without that permission the watch stopped for good in the
+/// surge benchmark: every edge kept an old serving place and nobody else was admitted.
+#[tokio::test]
+async fn the_edge_and_the_controller_follow_the_waiting_rooms_through_flow_control() {
+    let accounts = Accounts::generate();
+    let nats = server(&accounts);
+    create_streams(&nats, &accounts).await;
+    let r = region();
+    for service in [Service::Ingest, Service::Reservation] {
+        let (client, mut errors) = watched(&nats, &accounts, service).await;
+        let js = async_nats::jetstream::new(client.clone());
+        let bucket = js
+            .get_key_value(subjects::WAITING_ROOM_BUCKET)
+            .await
+            .expect("the bucket opens");
+        let rooms = streams::waiting_room::Rooms::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(rooms.clone().follow(bucket.clone(), stop.clone()));
+        // 6 MiB of counts through the watch: far past what a push consumer sends before
+        // it asks for flow control.
+        let mut counts = streams::waiting_room::Counts::default();
+        for second in 0..8_000 {
+            counts.issued.insert(1_800_000_000 + second, 1_000);
+        }
+        let value = serde_json::to_vec(&counts).unwrap();
+        for edge in 0..60 {
+            bucket
+                .put(
+                    subjects::room_counts(&r, &format!("edge{edge}")),
+                    value.clone().into(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{service:?} writes its counts: {e}"));
+        }
+        testkit::eventually(
+            &format!("{service:?} to see every edge's counts"),
+            Duration::from_secs(30),
+            || async { (rooms.get(&r).counts.len() == 60).then_some(()) },
+        )
+        .await;
+        stop.cancel();
+        assert!(
+            errors.try_recv().is_err(),
+            "{service:?} was refused something while following the bucket"
+        );
+    }
+}
