@@ -64,6 +64,14 @@ window.I18N = {
     recover_intro: "Give your PESEL number and date of birth: we send a fresh link to the e-mail or phone given at registration.",
     recover_submit: "Send me my link",
     recover_sent: "If a registration exists, a link was sent to the contact on record.",
+    queue_heading: "Waiting room",
+    queue: {
+      waiting: "You are in the waiting room: about {ahead} people are ahead of you, so about {minutes} min. Keep this page open; reloading does not lose your place.",
+      front: "You are in the waiting room, at the front of the line: your turn comes in a moment. Keep this page open; reloading does not lose your place.",
+      will_submit: "Your registration will be sent by itself when it is your turn.",
+      admitted: "It is your turn: register within 5 minutes.",
+      expired: "Your turn passed unused; taking a new place in line …",
+    },
     errors: {
       network: "The service cannot be reached. Check your connection and try again.",
       rate_limited: "Too many attempts. Please wait {seconds} seconds and try again.",
@@ -139,6 +147,14 @@ window.I18N = {
     recover_intro: "Podaj numer PESEL i datę urodzenia: wyślemy nowy link na e-mail lub telefon podany przy rejestracji.",
     recover_submit: "Wyślij mi link",
     recover_sent: "Jeśli rejestracja istnieje, link został wysłany na podany przy niej kontakt.",
+    queue_heading: "Poczekalnia",
+    queue: {
+      waiting: "Jesteś w poczekalni: przed Tobą jest około {ahead} osób, czyli około {minutes} min. Nie zamykaj tej strony; odświeżenie nie odbiera Ci miejsca.",
+      front: "Jesteś w poczekalni, na początku kolejki: Twoja kolej nadejdzie za chwilę. Nie zamykaj tej strony; odświeżenie nie odbiera Ci miejsca.",
+      will_submit: "Twoje zgłoszenie zostanie wysłane samo, gdy nadejdzie Twoja kolej.",
+      admitted: "Twoja kolej: zarejestruj się w ciągu 5 minut.",
+      expired: "Twoja kolej minęła niewykorzystana; zajmujemy nowe miejsce w kolejce …",
+    },
     errors: {
       network: "Nie można połączyć się z usługą. Sprawdź połączenie i spróbuj ponownie.",
       rate_limited: "Zbyt wiele prób. Odczekaj {seconds} s i spróbuj ponownie.",

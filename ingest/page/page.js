@@ -7,6 +7,7 @@
   const STORE_PENDING = "reg.pending"; // {key, body}: the submission being sent, its Idempotency-Key
   const STORE_LANGUAGE = "reg.language";
   const STORE_REGION = "reg.region";
+  const STORE_TICKET = "reg.ticket"; // {region, ticket}: the waiting-room ticket, kept across reloads
   const MIN_AVAILABILITY_POLL_MS = 2000; // and never faster than the answer's max-age
   const ENDED = ["rejected", "cancelled"];
 
@@ -19,6 +20,9 @@
     record: null, // the read API's last answer
     statusTimer: null,
     statusProblem: null,
+    // The region's waiting room, when it is on: the ticket, the edge's last answer about it,
+    // and whether a registration waits to be sent the moment the ticket is admitted.
+    queue: { region: null, ticket: null, view: null, timer: null, submitWhenAdmitted: false },
   };
 
   // --- storage (private browsing may refuse it: the page still works for this visit) ---
@@ -52,6 +56,7 @@
     document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
     renderAvailability();
     renderRecord();
+    renderQueue();
   }
 
   // --- formatting ---
@@ -120,6 +125,7 @@
       regionSelect.replaceChildren(...regions.map((r) => new Option(placeName(r), r)));
     }
     regionSelect.value = regions.includes(current) ? current : regions[0] || "";
+    if (!state.registration) ensureQueue(regionSelect.value);
     const slots = rows
       .filter((r) => r.region === regionSelect.value)
       .sort((a, b) => (a.location + a.date).localeCompare(b.location + b.date));
@@ -205,6 +211,103 @@
     formError.textContent = message;
   }
 
+  // --- the waiting room: a ticket taken when the region's room is on, its place polled gently
+  // (the edge's poll_after_seconds, with jitter), kept across reloads; once admitted, a
+  // registration the citizen already sent goes by itself ---
+  function ensureQueue(region) {
+    if (!region || state.queue.region === region) return;
+    state.queue.region = region;
+    state.queue.view = null;
+    const stored = load(STORE_TICKET);
+    state.queue.ticket = stored && stored.region === region ? stored.ticket : null;
+    renderQueue();
+    refreshQueue();
+  }
+  function scheduleQueue(ms) {
+    clearTimeout(state.queue.timer);
+    state.queue.timer = setTimeout(refreshQueue, ms * (0.8 + Math.random() * 0.4));
+  }
+  function dropTicket() {
+    state.queue.ticket = null;
+    save(STORE_TICKET, null);
+  }
+  async function refreshQueue() {
+    clearTimeout(state.queue.timer);
+    const region = state.queue.region;
+    if (!region) return;
+    let response;
+    try {
+      response = state.queue.ticket
+        ? await fetch("/v1/queue/" + encodeURIComponent(state.queue.ticket), { cache: "no-store" })
+        : await fetch("/v1/queue", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ region }) });
+    } catch (_) {
+      scheduleQueue(5000);
+      return;
+    }
+    if (region !== state.queue.region) return; // the citizen chose another region meanwhile
+    const view = await response.json().catch(() => null);
+    if (response.status === 403 && state.queue.ticket) {
+      dropTicket(); // not a ticket of this server (any more): take a new one
+      scheduleQueue(1000);
+      return;
+    }
+    if (!response.ok || !view) {
+      scheduleQueue(retryAfterMs(response, 5000));
+      return;
+    }
+    applyQueue(view);
+  }
+  function applyQueue(view) {
+    if (!view.active) {
+      dropTicket();
+      state.queue.view = null;
+      renderQueue();
+      if (state.queue.submitWhenAdmitted) { state.queue.submitWhenAdmitted = false; $("register").requestSubmit(); }
+      scheduleQueue(30000); // a room may be turned on later
+      return;
+    }
+    if (view.state === "expired") {
+      dropTicket();
+      state.queue.view = { ...view, state: "expired" };
+      renderQueue();
+      scheduleQueue(1000);
+      return;
+    }
+    state.queue.ticket = view.ticket;
+    save(STORE_TICKET, { region: view.region, ticket: view.ticket });
+    state.queue.view = view;
+    renderQueue();
+    if (view.state === "admitted") {
+      if (state.queue.submitWhenAdmitted) {
+        state.queue.submitWhenAdmitted = false;
+        $("register").requestSubmit();
+      }
+      scheduleQueue(30000); // to notice an admission that lapses unused
+      return;
+    }
+    scheduleQueue(Math.max(1, view.poll_after_seconds || 5) * 1000);
+  }
+  function renderQueue() {
+    const view = state.queue.view;
+    const box = $("queue");
+    box.hidden = !view || !!state.registration;
+    if (!view) return;
+    box.dataset.state = view.state;
+    let text;
+    if (view.state === "admitted") text = t("queue.admitted");
+    else if (view.state === "expired") text = t("queue.expired");
+    else {
+      const minutes = Math.ceil((view.estimated_wait_seconds || 0) / 60);
+      text = view.position > 0 && minutes > 0 ? t("queue.waiting", { ahead: view.position, minutes }) : t("queue.front");
+      if (state.queue.submitWhenAdmitted) text += " " + t("queue.will_submit");
+    }
+    $("queue-text").textContent = text;
+  }
+  function admittedTicket(region) {
+    const view = state.queue.view;
+    return view && view.region === region && state.queue.ticket ? state.queue.ticket : null;
+  }
+
   // --- submission ---
   function randomKey() {
     const bytes = new Uint8Array(16);
@@ -254,11 +357,10 @@
       for (let attempt = 1; ; attempt++) {
         let response;
         try {
-          response = await fetch("/v1/registrations", {
-            method: "POST",
-            headers: { "Content-Type": "application/json", "Idempotency-Key": pending.key },
-            body: json,
-          });
+          const headers = { "Content-Type": "application/json", "Idempotency-Key": pending.key };
+          const ticket = admittedTicket(body.region);
+          if (ticket) headers["Waiting-Room-Ticket"] = ticket;
+          response = await fetch("/v1/registrations", { method: "POST", headers, body: json });
         } catch (_) {
           if (attempt < 3) { $("form-error").textContent = t("retrying"); await delay(2000); continue; }
           $("form-error").textContent = t("errors.network");
@@ -267,11 +369,22 @@
         const answer = await response.json().catch(() => null);
         if (response.status === 202 && answer) {
           save(STORE_PENDING, null);
+          if (admittedTicket(body.region)) { dropTicket(); state.queue.view = null; renderQueue(); }
           $("form-error").textContent = "";
           adopt({ id: answer.registration_id, token: answer.token });
           return;
         }
         const code = answer && answer.error && answer.error.code;
+        // The waiting room: not this ticket's turn yet, or no (valid) ticket: the registration
+        // goes by itself once admitted.
+        if (code === "not_admitted" || code === "ticket_required" || code === "ticket_expired" || code === "ticket_invalid") {
+          if (code !== "not_admitted") dropTicket();
+          state.queue.submitWhenAdmitted = true;
+          $("form-error").textContent = "";
+          if (code === "not_admitted") renderQueue();
+          else { state.queue.region = null; ensureQueue(body.region); }
+          return;
+        }
         if (response.status === 503 && attempt < 3 && (code === "outcome_unknown" || code === "unavailable" || code === "overloaded")) {
           $("form-error").textContent = t("retrying");
           await delay(retryAfterMs(response, 1000));
@@ -308,6 +421,7 @@
   function showRegistration() {
     const has = !!state.registration;
     $("registration").hidden = !has;
+    renderQueue();
     const ended = has && state.record && ENDED.includes(state.record.status);
     $("register").hidden = has && !ended && state.statusProblem !== "invalid";
     renderRecord();

@@ -7,7 +7,8 @@
 // says so), reloads, cancels and sees the place come back; a wrong PESEL check digit is shown
 // next to its field; a lost submission is retried with the same Idempotency-Key; a status link
 // opens the registration from its fragment (Polish, phone-sized screen); a rejection is told
-// in plain Polish words; a lost link is recovered. A screenshot of each step goes to
+// in plain Polish words; a lost link is recovered; a region's waiting room holds a citizen until
+// their turn and sends their registration by itself. A screenshot of each step goes to
 // $REG_BROWSER_SHOTS (default target/browser-test/). Every wait is on a page condition with a
 // deadline.
 import { chromium } from "playwright-core";
@@ -20,6 +21,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../.
 const INGEST = need("REG_TEST_INGEST_URL");
 const READ = need("REG_TEST_READ_URL");
 const REGISTRY = need("REG_TEST_REGISTRY_URL");
+const ADMIN_TOKEN = process.env.REG_ADMIN_TOKEN || "dev-admin-token";
 const SHOTS = path.resolve(process.env.REG_BROWSER_SHOTS || path.join(root, "target/browser-test"));
 const CHROMIUM = process.env.REG_CHROMIUM || "/usr/bin/chromium";
 const DEADLINE = 60_000; // every wait on the system: generous, it is a deadline not a pace
@@ -114,6 +116,15 @@ async function apiStatus(id, token) {
 async function knobs(value) {
   const r = await fetch(`${REGISTRY}/_sim/knobs`, { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(value) });
   assert(r.ok, `registry knobs accepted (${r.status})`);
+}
+
+async function queue(settings) {
+  const r = await fetch(`${INGEST}/v1/admin/queues/mazowieckie`, {
+    method: "PUT",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${ADMIN_TOKEN}` },
+    body: JSON.stringify(settings),
+  });
+  assert(r.ok, `the waiting room's settings accepted (${r.status} ${await r.text()})`);
 }
 
 async function fillForm(page, person) {
@@ -253,6 +264,55 @@ async function main() {
   await step(phone.page, "status-link-phone-polish");
   assert(phone.page.problems.length === 0, `no script or CSP errors: ${phone.page.problems.join(" | ")}`);
   await phone.context.close();
+
+  // 9. The opening minute: the region's waiting room is on and opens in a few seconds. The
+  // page takes a ticket and shows the citizen waiting (in English and Polish), keeps the
+  // ticket across a reload, holds a registration sent too early, and sends it by itself,
+  // with the ticket, once admitted.
+  const opensAt = new Date(Date.now() + 10_000).toISOString();
+  await queue({ enabled: true, rate: 5, opens_at: opensAt });
+  try {
+    const waiting = await browser({ locale: "en-GB", viewport: { width: 1100, height: 900 } });
+    const wpage = waiting.page;
+    const tickets = [];
+    wpage.on("request", (r) => {
+      if (r.url().endsWith("/v1/queue") && r.method() === "POST" && JSON.parse(r.postData()).region === "mazowieckie") tickets.push(r);
+    });
+    await wpage.goto(INGEST + "/");
+    await until(wpage, () => document.body.dataset.ready === "true", null, "the page to start");
+    await wpage.selectOption("#region", "mazowieckie");
+    await until(wpage, () => document.getElementById("queue").dataset.state === "waiting" && !document.getElementById("queue").hidden, null, "the waiting room");
+    assert((await wpage.textContent("#queue-text")).includes("waiting room"), "the wait in words");
+    const ticket = await wpage.evaluate(() => JSON.parse(localStorage.getItem("reg.ticket")).ticket);
+    assert(ticket, "the ticket is kept on this device");
+    await step(wpage, "waiting-room");
+    await wpage.selectOption("#language", "pl");
+    await until(wpage, () => document.getElementById("queue-text").textContent.includes("poczekalni"), null, "the wait in Polish");
+    await step(wpage, "waiting-room-polish");
+    await wpage.selectOption("#language", "en");
+    await wpage.reload();
+    await until(wpage, () => document.getElementById("queue").dataset.state === "waiting" && !document.getElementById("queue").hidden, null, "the waiting room after a reload");
+    assert((await wpage.evaluate(() => JSON.parse(localStorage.getItem("reg.ticket")).ticket)) === ticket, "the same ticket after a reload");
+    assert(tickets.length === 1, `one ticket taken for the region, not one per load (${tickets.length})`);
+    // Sent before its turn: held, then sent by itself with the ticket.
+    const kasia = { ...citizen("1972-04-09"), full_name: "Katarzyna Wiśniewska", email: "kasia@example.pl" };
+    await fillForm(wpage, kasia);
+    const sent = [];
+    wpage.on("request", (r) => { if (r.url().endsWith("/v1/registrations") && r.method() === "POST") sent.push(r.headers()["waiting-room-ticket"]); });
+    await wpage.click("#submit");
+    await until(wpage, () => document.getElementById("queue-text").textContent.includes("by itself"), null, "the registration held for its turn");
+    await step(wpage, "waiting-room-held");
+    assert(Date.now() < Date.parse(opensAt), "held before the opening (the test's clock is not late)");
+    await until(wpage, () => !!document.getElementById("registration").dataset.status && !document.getElementById("registration").hidden, null, "the registration sent once admitted");
+    assert(sent.length >= 2 && sent[sent.length - 1] === ticket, `the last submission carried the ticket (${sent.length} sent)`);
+    assert(Date.now() >= Date.parse(opensAt), "not admitted before the opening");
+    assert(await wpage.$eval("#queue", (e) => e.hidden), "the waiting room is gone once registered");
+    await step(wpage, "waiting-room-registered");
+    assert(wpage.problems.length === 0, `no script or CSP errors: ${wpage.problems.join(" | ")}`);
+    await waiting.context.close();
+  } finally {
+    await queue({ enabled: false, rate: 5 });
+  }
 
   console.log(`browser test passed in ${((Date.now() - started) / 1000).toFixed(1)} s; screenshots in ${SHOTS}:`);
   for (const f of shots) console.log("  " + f);
