@@ -1,6 +1,8 @@
 //! Every metric the edge exports, in one place.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use streams::runtime::register;
 
 /// The edge's metrics. Cheap to clone.
@@ -22,6 +24,12 @@ pub struct Metrics {
     pub open_submissions: IntGauge,
     /// The windows follower's stalls and restarts (`/readyz` reads it).
     pub health: streams::consume::Health,
+    /// Waiting-room tickets this replica issued, by region.
+    pub tickets: IntCounterVec,
+    /// Each waiting room as the bucket says, set when scraped: `waiting` (tickets beyond the
+    /// serving place, every edge's), `rate` (admissions/s), `expected_wait_seconds` (for a
+    /// ticket taken now), `admitted` (since the room was turned on), `on` (1 or 0).
+    pub rooms: GaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +81,28 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let tickets = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "ingest_waiting_room_tickets_total",
+                    "Waiting-room tickets this replica issued.",
+                ),
+                &["region"],
+            )
+            .expect("valid metric"),
+        );
+        let rooms = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "ingest_waiting_room",
+                    "Each waiting room: waiting, rate, expected_wait_seconds, admitted, on.",
+                ),
+                &["region", "figure"],
+            )
+            .expect("valid metric"),
+        );
         let health = streams::consume::Health::new(&registry);
         Metrics {
             health,
@@ -82,6 +112,8 @@ impl Metrics {
             replays,
             recoveries_dropped,
             open_submissions,
+            tickets,
+            rooms,
         }
     }
 }

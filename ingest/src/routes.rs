@@ -492,6 +492,10 @@ pub async fn take_ticket(req: HttpRequest, payload: Payload, edge: State<Edge>) 
         let ticket = edge
             .door
             .issue(&region, Utc::now().timestamp_millis(), opens);
+        edge.metrics
+            .tickets
+            .with_label_values(&[region.as_str()])
+            .inc();
         Ok(ticket_view(&edge, &room, &ticket))
     }
     .await;
@@ -945,6 +949,29 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
         edge.metrics
             .open_submissions
             .set(bound.saturating_sub(open.available_permits()) as i64);
+    }
+    for (region, room) in edge.door.rooms.all() {
+        let Some(config) = &room.config else { continue };
+        let waiting = room
+            .serving
+            .as_ref()
+            .map_or(0.0, |s| s.waiting(&room.total));
+        let rate = f64::from(config.rate.max(1));
+        for (figure, value) in [
+            ("waiting", waiting.round()),
+            ("rate", f64::from(config.rate)),
+            ("expected_wait_seconds", (waiting / rate).round()),
+            (
+                "admitted",
+                room.serving.as_ref().map_or(0.0, |s| s.admitted).round(),
+            ),
+            ("on", if config.enabled { 1.0 } else { 0.0 }),
+        ] {
+            edge.metrics
+                .rooms
+                .with_label_values(&[region.as_str(), figure])
+                .set(value);
+        }
     }
     streams::http::metrics(&edge.metrics.registry)
 }

@@ -235,6 +235,24 @@ async fn a_region_whose_room_is_on_admits_each_ticket_once_in_its_turn_and_refus
     )
     .await;
 
+    // And so do the metrics.
+    assert_eq!(
+        edge.metric(&format!(
+            r#"ingest_waiting_room_tickets_total{{region="{}"}}"#,
+            region()
+        ))
+        .await,
+        2
+    );
+    assert_eq!(
+        edge.metric(&format!(
+            r#"ingest_waiting_room{{figure="rate",region="{}"}}"#,
+            region()
+        ))
+        .await,
+        50
+    );
+
     // Operators see the room; a stranger does not.
     let list = edge
         .send(
