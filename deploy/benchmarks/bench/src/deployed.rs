@@ -98,6 +98,8 @@ pub fn settings() -> Vec<(&'static str, &'static str)> {
     vec![
         ("REG_RATE_PER_ADDRESS", "0"),
         ("REG_RATE_PER_CITIZEN", "0"),
+        // Every simulated citizen of the waiting-room benchmark comes from this machine.
+        ("REG_TICKETS_PER_ADDRESS_PER_MINUTE", "0"),
         ("REG_MAIL_RATE", "0"),
         ("REG_WEBHOOK_RATE", "0"),
         ("REG_REGISTRY_RATE", "0"),

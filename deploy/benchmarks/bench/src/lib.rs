@@ -32,6 +32,7 @@ pub mod replay_speed;
 pub mod results;
 pub mod takeover;
 pub mod traffic;
+pub mod waiting_room;
 
 /// The system the benchmarks measure (edge, one reservation replica, projections) against
 /// `nats_url`, as deployed, where the chaos harness differs:

@@ -26,6 +26,12 @@ enum Command {
     /// first message; beside the edge alone and JetStream's publish ceiling. Into
     /// deploy/benchmarks/reports/deployed.{json,md}.
     Deployed(bench::deployed::Options),
+    /// The opening minute: one region's waiting room on, simulated citizens arriving at
+    /// `surge` times its admission rate (some before the opening) and following the protocol;
+    /// admissions, order, `503`s and latency beside the same registrations without a room,
+    /// and the edge's cost per ticket and poll beside a bare ntex handler. Into
+    /// deploy/benchmarks/reports/waiting-room.{json,md}.
+    WaitingRoom(bench::waiting_room::Options),
     /// JetStream's and the disk's durable write ceilings.
     Ceilings {
         /// Multiplies every record count (1.0: about a minute here).
@@ -164,6 +170,18 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::All(options) => all(options).await,
         Command::Deployed(options) => deployed(options).await,
+        Command::WaitingRoom(options) => {
+            let log_dir = bench::log_dir()?;
+            let figures =
+                e2e::serve::until_interrupted(bench::waiting_room::measure(&options, &log_dir))
+                    .await?;
+            publish(
+                &options.out,
+                "The opening minute: a waiting room under a surge",
+                figures,
+                bench::waiting_room::markdown,
+            )
+        }
         Command::Ceilings { scale, out } => {
             let ceilings = e2e::serve::until_interrupted(bench::ceilings::measure(scale)).await?;
             ceilings_report(ceilings, "Durable write ceilings", "one publisher", &out)

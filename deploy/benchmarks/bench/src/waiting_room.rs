@@ -1,0 +1,639 @@
+//! The opening minute, measured (`bench waiting-room`): the system as deploy/up starts it,
+//! one region's waiting room on at an admission rate, and simulated citizens who follow the
+//! protocol (take a ticket, poll when told to, with jitter, submit with the ticket once
+//! admitted) arriving at `surge` times that rate, some of them before the opening.
+//!
+//! Reported, beside a run of the same registrations at the admission rate without the room
+//! (the latency to compare with) and a bare ntex handler (the cost to compare with): the
+//! accepted rate second by second against the admission rate; every answer by status (`503`s
+//! counted); that every citizen was admitted and registered exactly once; how far admission
+//! order follows arrival order (the share of neighbours in arrival swapped, Spearman's rank
+//! correlation) after the opening, and that it does not among the early (a lottery); the
+//! edge's CPU per ticket and per poll.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+use streams::model::SlotKey;
+
+use crate::contention::report::Percentiles;
+use crate::deployed::Deployment;
+
+/// Command-line options of `bench waiting-room`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Admissions per second the room is set to.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Citizens arrive at this many times the admission rate.
+    #[arg(long, default_value_t = 20)]
+    pub surge: u32,
+    /// Seconds of arrivals after the opening.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Seconds before the opening during which the early arrive (the pre-queue), at the same
+    /// arrival rate.
+    #[arg(long, default_value_t = 3.0)]
+    pub early_seconds: f64,
+    /// Where to write the JSON report (the Markdown one goes beside it).
+    #[arg(long, default_value = "deploy/benchmarks/reports/waiting-room.json")]
+    pub out: PathBuf,
+}
+
+/// What one citizen met.
+#[derive(Debug, Clone, Default)]
+struct Citizen {
+    /// Arrived before the opening.
+    early: bool,
+    /// When it asked for a ticket (since the run started).
+    arrived: Duration,
+    /// Its place, as the ticket says (ms, tie-breaker).
+    place: (i64, u32),
+    /// When its submission was accepted (since the run started).
+    accepted: Option<Duration>,
+    /// The `202`'s latency.
+    latency: Option<Duration>,
+    /// Registrations it got (must be one).
+    registrations: u32,
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub struct Figures {
+    /// The admission rate set.
+    pub admission_rate: u32,
+    /// Citizens, of whom early (before the opening).
+    pub citizens: u64,
+    /// Of them, before the opening.
+    pub early: u64,
+    /// Arrivals per second during the surge.
+    pub arrival_rate: f64,
+    /// Citizens registered exactly once / not at all / more than once.
+    pub registered_once: u64,
+    /// Citizens never registered.
+    pub not_registered: u64,
+    /// Citizens registered more than once.
+    pub registered_twice: u64,
+    /// Answers by route and status.
+    pub answers: BTreeMap<String, u64>,
+    /// `503` answers, every route.
+    pub unavailable: u64,
+    /// Registrations accepted in each second after the opening.
+    pub accepted_per_second: Vec<u64>,
+    /// The highest of them, and their mean over the seconds the line took to drain.
+    pub accepted_peak: u64,
+    /// Mean accepted per second from the opening to the last registration.
+    pub accepted_mean: f64,
+    /// Latency of the admitted submissions' `202`, ms.
+    pub admitted_202_ms: Percentiles,
+    /// Latency of the same submissions at the admission rate without a room, ms.
+    pub baseline_202_ms: Percentiles,
+    /// After the opening: share of arrival-order neighbours whose places are swapped.
+    pub places_out_of_order: f64,
+    /// After the opening: Spearman's rank correlation of arrival and place.
+    pub places_rank_correlation: f64,
+    /// After the opening: the same for arrival and acceptance (the citizens' polling included).
+    pub accepted_rank_correlation: f64,
+    /// Among the early: Spearman's rank correlation of arrival and place (a lottery: near 0).
+    pub early_rank_correlation: f64,
+    /// The edge's CPU per request and its rate, closed loop, beside a bare ntex handler.
+    pub cost: Vec<Cost>,
+    /// Seconds from the opening until every citizen was registered.
+    pub drained_seconds: f64,
+}
+
+/// One request kind's cost at the edge.
+#[derive(Debug, Serialize)]
+pub struct Cost {
+    /// What was asked.
+    pub request: String,
+    /// Requests per second, closed loop.
+    pub per_second: f64,
+    /// The edge's CPU per request, µs (the bare handler's own process for the bare handler).
+    pub cpu_us: f64,
+}
+
+/// Runs the whole measurement.
+pub async fn measure(options: &Options, log_dir: &std::path::Path) -> anyhow::Result<Figures> {
+    let deployment = Deployment::start(log_dir).await?;
+    let result = run(options, &deployment, log_dir).await;
+    deployment.stop();
+    result
+}
+
+async fn run(
+    options: &Options,
+    deployment: &Deployment,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<Figures> {
+    let http = e2e::chaos::load::http_client(4096).await?;
+    let slots = crate::deployed::slots();
+    for slot in &slots {
+        crate::deployed::set_capacity(&http, &deployment.ingest_url, "dev-admin-token", slot)
+            .await?;
+    }
+    let slot = slots[0].clone();
+    let ingest = deployment.ingest_url.clone();
+    let edge_pid = deployment
+        .watched
+        .iter()
+        .find(|w| w.name == "ingest")
+        .map(|w| w.pid)
+        .context("deploy/up runs an edge")?;
+
+    // The same submissions at the admission rate, no room: the latency to compare with.
+    eprintln!(
+        "waiting-room: 1/3 the baseline, {} registrations/s without a room",
+        options.rate
+    );
+    let mut baseline = Vec::new();
+    let started = Instant::now();
+    let count = (options.rate as f64 * 5.0) as u32;
+    let mut sends = Vec::new();
+    for i in 0..count {
+        let at = started + Duration::from_secs_f64(f64::from(i) / f64::from(options.rate));
+        let (http, ingest, slot) = (http.clone(), ingest.clone(), slot.clone());
+        sends.push(ntex::rt::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let t = Instant::now();
+            let status = submit(&http, &ingest, 9_000_000 + i, &slot, None).await.0;
+            (status, t.elapsed())
+        }));
+    }
+    for send in sends {
+        if let Ok((202, latency)) = send.await {
+            baseline.push(latency);
+        }
+    }
+
+    // The surge.
+    let arrival_rate = f64::from(options.rate * options.surge);
+    let early = (arrival_rate * options.early_seconds) as u32;
+    let late = (arrival_rate * options.seconds) as u32;
+    let opens_in = Duration::from_secs_f64(options.early_seconds + 2.0);
+    let opens_at = chrono::Utc::now() + opens_in;
+    admin_queue(
+        &http,
+        &ingest,
+        &slot,
+        json!({"enabled": true, "rate": options.rate, "opens_at": opens_at}),
+    )
+    .await?;
+    eprintln!(
+        "waiting-room: 2/3 {} citizens ({early} before the opening), {arrival_rate}/s for {} s, admitted at {}/s",
+        early + late,
+        options.seconds,
+        options.rate
+    );
+    let answers: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let started = Instant::now();
+    let opening = started + opens_in;
+    let first_early = opening - Duration::from_secs_f64(options.early_seconds);
+    let give_up = opening
+        + Duration::from_secs_f64(f64::from(early + late) / f64::from(options.rate) * 2.0 + 60.0);
+    let mut citizens = Vec::new();
+    for i in 0..early + late {
+        let at = if i < early {
+            first_early + Duration::from_secs_f64(f64::from(i) / arrival_rate)
+        } else {
+            opening + Duration::from_secs_f64(f64::from(i - early) / arrival_rate)
+        };
+        let (http, ingest, slot, answers) =
+            (http.clone(), ingest.clone(), slot.clone(), answers.clone());
+        citizens.push(ntex::rt::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            // A citizen gives up at twice the line's expected drain plus a minute: a run whose
+            // room stopped admitting ends, and its report says who was not registered.
+            let citizen = Citizen {
+                early: i < early,
+                arrived: started.elapsed(),
+                ..Default::default()
+            };
+            tokio::time::timeout_at(
+                give_up.into(),
+                follow(&http, &ingest, i, i < early, &slot, started, &answers),
+            )
+            .await
+            .unwrap_or(citizen)
+        }));
+    }
+    let mut met = Vec::new();
+    for citizen in citizens {
+        met.push(citizen.await.unwrap_or_default());
+    }
+    admin_queue(
+        &http,
+        &ingest,
+        &slot,
+        json!({"enabled": false, "rate": options.rate}),
+    )
+    .await?;
+
+    eprintln!(
+        "waiting-room: 3/3 the cost of tickets and polls at the edge, beside a bare ntex handler"
+    );
+    let cost = costs(&http, &ingest, edge_pid, &slot, log_dir).await?;
+    Ok(figures(options, met, answers, baseline, opens_in, cost))
+}
+
+/// One citizen following the protocol: a ticket, polls when told (with jitter), the
+/// submission with the ticket once admitted, sent again on a refusal that invites it.
+async fn follow(
+    http: &ntex::client::Client,
+    ingest: &str,
+    n: u32,
+    early: bool,
+    slot: &SlotKey,
+    started: Instant,
+    answers: &Mutex<BTreeMap<String, u64>>,
+) -> Citizen {
+    let mut citizen = Citizen {
+        early,
+        arrived: started.elapsed(),
+        ..Default::default()
+    };
+    let count = |route: &str, status: u16| {
+        *answers
+            .lock()
+            .expect("lock")
+            .entry(format!("{route} {status}"))
+            .or_default() += 1;
+    };
+    let jitter = |d: Duration| d.mul_f64(0.8 + rand::random::<f64>() * 0.4);
+    // A ticket (retrying as told on a refusal).
+    let mut view = loop {
+        let (status, body, retry) = post_json(
+            http,
+            &format!("{ingest}/v1/queue"),
+            &json!({"region": slot.region}),
+        )
+        .await;
+        count("ticket", status);
+        if status == 200 {
+            break body;
+        }
+        tokio::time::sleep(jitter(retry.unwrap_or(Duration::from_secs(2)))).await;
+    };
+    let ticket = view["ticket"].as_str().unwrap_or_default().to_owned();
+    if let Ok(t) = streams::waiting_room::Ticket::decode(
+        &ticket,
+        &streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
+    ) {
+        citizen.place = (t.place.ms, t.place.tie);
+    }
+    loop {
+        if view["state"] == "admitted" {
+            let t = Instant::now();
+            let (status, _) = submit(http, ingest, n, slot, Some(&ticket)).await;
+            count("submit", status);
+            match status {
+                202 => {
+                    citizen.registrations += 1;
+                    citizen.accepted = Some(started.elapsed());
+                    citizen.latency = Some(t.elapsed());
+                    return citizen;
+                }
+                503 | 429 => {}
+                _ => return citizen,
+            }
+        }
+        let wait = view["poll_after_seconds"].as_u64().unwrap_or(2).max(1);
+        tokio::time::sleep(jitter(Duration::from_secs(wait))).await;
+        let (status, body, _) = get_json(http, &format!("{ingest}/v1/queue/{ticket}")).await;
+        count("poll", status);
+        if status == 200 {
+            view = body;
+        }
+        if view["state"] == "expired" {
+            return citizen;
+        }
+    }
+}
+
+async fn submit(
+    http: &ntex::client::Client,
+    ingest: &str,
+    n: u32,
+    slot: &SlotKey,
+    ticket: Option<&str>,
+) -> (u16, Value) {
+    let mut request = http
+        .post(format!("{ingest}/v1/registrations"))
+        .timeout(Duration::from_secs(30))
+        .content_type("application/json");
+    if let Some(ticket) = ticket {
+        request = request.header(streams::waiting_room::TICKET_HEADER, ticket);
+    }
+    let body = e2e::chaos::load::registration(n, slot);
+    match request.send_json(&body).await {
+        Ok(response) => {
+            let body = response.json::<Value>().await.unwrap_or(Value::Null);
+            (response.status().as_u16(), body)
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+async fn post_json(
+    http: &ntex::client::Client,
+    url: &str,
+    body: &Value,
+) -> (u16, Value, Option<Duration>) {
+    answer(
+        http.post(url)
+            .timeout(Duration::from_secs(30))
+            .send_json(body)
+            .await,
+    )
+    .await
+}
+
+async fn get_json(http: &ntex::client::Client, url: &str) -> (u16, Value, Option<Duration>) {
+    answer(http.get(url).timeout(Duration::from_secs(30)).send().await).await
+}
+
+async fn answer<E>(
+    response: Result<ntex::client::ClientResponse, E>,
+) -> (u16, Value, Option<Duration>) {
+    match response {
+        Ok(response) => {
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .map(Duration::from_secs);
+            let body = response.json::<Value>().await.unwrap_or(Value::Null);
+            (response.status().as_u16(), body, retry)
+        }
+        Err(_) => (0, Value::Null, None),
+    }
+}
+
+async fn admin_queue(
+    http: &ntex::client::Client,
+    ingest: &str,
+    slot: &SlotKey,
+    body: Value,
+) -> anyhow::Result<()> {
+    let response = http
+        .put(format!("{ingest}/v1/admin/queues/{}", slot.region))
+        .bearer_auth("dev-admin-token")
+        .send_json(&body)
+        .await
+        .map_err(|e| anyhow::anyhow!("PUT /v1/admin/queues: {e:?}"))?;
+    anyhow::ensure!(
+        response.status().as_u16() == 200,
+        "the room's settings were refused: {}",
+        response.status()
+    );
+    Ok(())
+}
+
+/// The edge's CPU per ticket and per poll (closed loop, 64 in flight), and a bare ntex
+/// handler's per request.
+async fn costs(
+    http: &ntex::client::Client,
+    ingest: &str,
+    edge_pid: u32,
+    slot: &SlotKey,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<Vec<Cost>> {
+    const REQUESTS: u32 = 20_000;
+    // The room on, far from opening: tickets wait, polls answer "waiting".
+    let opens_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    admin_queue(
+        http,
+        ingest,
+        slot,
+        json!({"enabled": true, "rate": 1, "opens_at": opens_at}),
+    )
+    .await?;
+    let (_, first, _) = post_json(
+        http,
+        &format!("{ingest}/v1/queue"),
+        &json!({"region": slot.region}),
+    )
+    .await;
+    let ticket = first["ticket"].as_str().unwrap_or_default().to_owned();
+    let ticket_url = format!("{ingest}/v1/queue");
+    let poll_url = format!("{ingest}/v1/queue/{ticket}");
+    let body = json!({"region": slot.region});
+    let tickets = closed_loop(edge_pid, REQUESTS, || {
+        let (http, url, body) = (http.clone(), ticket_url.clone(), body.clone());
+        async move { post_json(&http, &url, &body).await.0 }
+    })
+    .await;
+    let polls = closed_loop(edge_pid, REQUESTS, || {
+        let (http, url) = (http.clone(), poll_url.clone());
+        async move { get_json(&http, &url).await.0 }
+    })
+    .await;
+    admin_queue(http, ingest, slot, json!({"enabled": false, "rate": 1})).await?;
+    let mut bare = crate::started(crate::NO_NATS, log_dir, "bare-waiting-room", "bare").await?;
+    let bare_url = format!("{}/v1/registrations", bare.base);
+    let bare_cost = closed_loop(bare.pid(), REQUESTS, || {
+        let (http, url, body) = (http.clone(), bare_url.clone(), body.clone());
+        async move { post_json(&http, &url, &body).await.0 }
+    })
+    .await;
+    bare.kill();
+    Ok(vec![
+        Cost {
+            request: "bare ntex handler (reads the body, 202)".into(),
+            per_second: bare_cost.0,
+            cpu_us: bare_cost.1,
+        },
+        Cost {
+            request: "POST /v1/queue: a ticket (sign, count)".into(),
+            per_second: tickets.0,
+            cpu_us: tickets.1,
+        },
+        Cost {
+            request: "GET /v1/queue/{ticket}: a poll (check, position)".into(),
+            per_second: polls.0,
+            cpu_us: polls.1,
+        },
+    ])
+}
+
+/// `requests` requests, 64 at a time: (per second, CPU µs of process `pid` per request).
+async fn closed_loop<F, Fut>(pid: u32, requests: u32, request: F) -> (f64, f64)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u16> + 'static,
+{
+    use futures::StreamExt as _;
+    let before = crate::procstat::sample(pid).unwrap_or_default().cpu_seconds;
+    let started = Instant::now();
+    futures::stream::iter((0..requests).map(|_| request()))
+        .buffer_unordered(64)
+        .for_each(|_| async {})
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = crate::procstat::sample(pid).unwrap_or_default().cpu_seconds - before;
+    (
+        f64::from(requests) / seconds,
+        cpu * 1e6 / f64::from(requests),
+    )
+}
+
+fn figures(
+    options: &Options,
+    met: Vec<Citizen>,
+    answers: Arc<Mutex<BTreeMap<String, u64>>>,
+    baseline: Vec<Duration>,
+    opens_in: Duration,
+    cost: Vec<Cost>,
+) -> Figures {
+    let answers = answers.lock().expect("lock").clone();
+    let unavailable = answers
+        .iter()
+        .filter(|(k, _)| k.ends_with(" 503"))
+        .map(|(_, n)| n)
+        .sum();
+    let mut per_second: Vec<u64> = Vec::new();
+    let mut last = Duration::ZERO;
+    for c in &met {
+        if let Some(at) = c.accepted {
+            let second = at.saturating_sub(opens_in).as_secs() as usize;
+            if per_second.len() <= second {
+                per_second.resize(second + 1, 0);
+            }
+            per_second[second] += 1;
+            last = last.max(at);
+        }
+    }
+    let drained = last.saturating_sub(opens_in).as_secs_f64();
+    let registered: u64 = met.iter().map(|c| u64::from(c.registrations)).sum();
+    let late: Vec<&Citizen> = met.iter().filter(|c| !c.early).collect();
+    let early: Vec<&Citizen> = met.iter().filter(|c| c.early).collect();
+    let arrival = |c: &&Citizen| c.arrived;
+    let place = |c: &&Citizen| c.place;
+    let accepted = |c: &&Citizen| c.accepted.unwrap_or(Duration::MAX);
+    Figures {
+        admission_rate: options.rate,
+        citizens: met.len() as u64,
+        early: early.len() as u64,
+        arrival_rate: f64::from(options.rate * options.surge),
+        registered_once: met.iter().filter(|c| c.registrations == 1).count() as u64,
+        not_registered: met.iter().filter(|c| c.registrations == 0).count() as u64,
+        registered_twice: met.iter().filter(|c| c.registrations > 1).count() as u64,
+        answers,
+        unavailable,
+        accepted_peak: per_second.iter().copied().max().unwrap_or(0),
+        accepted_mean: if drained > 0.0 {
+            registered as f64 / drained
+        } else {
+            0.0
+        },
+        accepted_per_second: per_second,
+        admitted_202_ms: Percentiles::of(met.iter().filter_map(|c| c.latency).collect()),
+        baseline_202_ms: Percentiles::of(baseline),
+        places_out_of_order: swapped(&late, arrival, place),
+        places_rank_correlation: spearman(&late, arrival, place),
+        accepted_rank_correlation: spearman(&late, arrival, accepted),
+        early_rank_correlation: spearman(&early, arrival, place),
+        cost,
+        drained_seconds: drained,
+    }
+}
+
+/// Ranks of `key` over `items` (0 = smallest).
+fn ranks<T, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|i| key(&items[*i]));
+    let mut rank = vec![0.0; items.len()];
+    for (r, i) in order.into_iter().enumerate() {
+        rank[i] = r as f64;
+    }
+    rank
+}
+
+/// Spearman's rank correlation of `a` and `b` over `items`.
+fn spearman<T, A: Ord, B: Ord>(items: &[T], a: impl Fn(&T) -> A, b: impl Fn(&T) -> B) -> f64 {
+    let n = items.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let (ra, rb) = (ranks(items, a), ranks(items, b));
+    let d2: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - y).powi(2)).sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
+/// Share of neighbours in `a`'s order whose `b` order is the other way round.
+fn swapped<T, A: Ord, B: Ord>(items: &[T], a: impl Fn(&T) -> A, b: impl Fn(&T) -> B) -> f64 {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by_key(|t| a(t));
+    let pairs = sorted.len().saturating_sub(1);
+    if pairs == 0 {
+        return 0.0;
+    }
+    let out = sorted.windows(2).filter(|w| b(w[0]) > b(w[1])).count();
+    out as f64 / pairs as f64
+}
+
+/// The report's Markdown body.
+pub fn markdown(f: &Figures) -> String {
+    let mut md = format!(
+        " One region's waiting room at {} admissions/s; {} simulated citizens ({} of them in the \
+         seconds before the opening) arriving at {:.0}/s, each taking a ticket, polling when told \
+         (with ±20 % jitter) and submitting with its ticket once admitted. The system as deploy/up \
+         starts it, every stage on, provider limits off.\n\n",
+        f.admission_rate, f.citizens, f.early, f.arrival_rate
+    );
+    md += "| figure | value |\n| --- | ---: |\n";
+    md += &format!(
+        "| registered exactly once | {} of {} (none: {}, twice: {}) |\n",
+        f.registered_once, f.citizens, f.not_registered, f.registered_twice
+    );
+    md += &format!(
+        "| accepted per second after the opening: peak / mean until drained | {} / {:.1} (admission rate {}) |\n",
+        f.accepted_peak, f.accepted_mean, f.admission_rate
+    );
+    md += &format!(
+        "| drained (every citizen registered) after the opening | {:.0} s |\n",
+        f.drained_seconds
+    );
+    md += &format!("| `503` answers | {} |\n", f.unavailable);
+    md += &format!(
+        "| admitted submissions' `202`, p50 / p99 | {:.1} / {:.1} ms |\n",
+        f.admitted_202_ms.p50, f.admitted_202_ms.p99
+    );
+    md += &format!(
+        "| the same registrations at the admission rate without a room, p50 / p99 | {:.1} / {:.1} ms |\n",
+        f.baseline_202_ms.p50, f.baseline_202_ms.p99
+    );
+    md += &format!(
+        "| after the opening: neighbours in arrival order whose places are swapped | {:.2} % |\n",
+        f.places_out_of_order * 100.0
+    );
+    md += &format!(
+        "| after the opening: rank correlation arrival ↔ place / arrival ↔ acceptance | {:.4} / {:.4} |\n",
+        f.places_rank_correlation, f.accepted_rank_correlation
+    );
+    md += &format!(
+        "| before the opening: rank correlation arrival ↔ place (a lottery: near 0) | {:.3} |\n",
+        f.early_rank_correlation
+    );
+    md += "\nAnswers by route and status:\n\n| route status | answers |\n| --- | ---: |\n";
+    for (k, n) in &f.answers {
+        md += &format!("| {k} | {n} |\n");
+    }
+    md += "\nThe edge's cost per request, closed loop (64 in flight), beside a bare ntex handler in the same run:\n\n| request | requests/s | CPU µs per request | ÷ bare |\n| --- | ---: | ---: | ---: |\n";
+    let bare = f.cost.first().map_or(f64::NAN, |c| c.cpu_us);
+    for c in &f.cost {
+        md += &format!(
+            "| {} | {:.0} | {:.1} | {:.2}× |\n",
+            c.request,
+            c.per_second,
+            c.cpu_us,
+            c.cpu_us / bare
+        );
+    }
+    md
+}
