@@ -31,17 +31,19 @@ fn unit(key: &str, fence: u64) -> Unit {
     )
 }
 
-#[tokio::test]
-async fn a_broken_fence_fails_only_its_unit_and_the_rest_of_the_batch_is_stored() {
+/// A nats-server of its own with the streams, and an appender of the intake stream on it.
+async fn started() -> (NatsServer, jetstream::Context, Appender) {
     let nats = NatsServer::start();
     let client = nats.connect().await;
     let js = jetstream::new(client.clone());
     ensure_streams(&js, Replication(1)).await.unwrap();
-    let appender = Appender::start(
-        client.clone(),
-        subjects::INTAKE_STREAM,
-        AppenderOptions::default(),
-    );
+    let appender = Appender::start(client, subjects::INTAKE_STREAM, AppenderOptions::default());
+    (nats, js, appender)
+}
+
+#[tokio::test]
+async fn a_broken_fence_fails_only_its_unit_and_the_rest_of_the_batch_is_stored() {
+    let (_nats, js, appender) = started().await;
     let taken = appender.append_unit(unit("taken", 0)).await.unwrap();
     assert_eq!(taken, vec![1, 2]);
 
@@ -126,15 +128,7 @@ async fn batches_start_at_least_the_minimum_interval_apart() {
 /// unit stores nothing; a moved claim is still reported as moved, before the ticket.
 #[tokio::test]
 async fn a_subject_written_once_refuses_its_second_use_and_stores_nothing_of_it() {
-    let nats = NatsServer::start();
-    let client = nats.connect().await;
-    let js = jetstream::new(client.clone());
-    ensure_streams(&js, Replication(1)).await.unwrap();
-    let appender = Appender::start(
-        client.clone(),
-        subjects::INTAKE_STREAM,
-        AppenderOptions::default(),
-    );
+    let (_nats, js, appender) = started().await;
     let ticket = |id: &str| message(subjects::ticket(id), id);
     let first = appender
         .append_unit(unit("alice", 0).once(ticket("t1")))
