@@ -643,6 +643,13 @@ pub fn parse_queue_settings(body: &[u8]) -> Result<QueueSettings, FieldError> {
                 )
             })?,
     };
+    // Absent means the window's opening; null is not a time.
+    if matches!(map.get("opens_at"), Some(Value::Null)) {
+        return Err(FieldError::invalid(
+            "opens_at",
+            "opens_at must be an RFC 3339 time (leave it out for the region's window's opening)",
+        ));
+    }
     let opens_at = opt_str(&map, "opens_at")?
         .map(|t| {
             DateTime::parse_from_rfc3339(t)

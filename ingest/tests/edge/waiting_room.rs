@@ -295,6 +295,10 @@ async fn bad_room_settings_and_tickets_for_unconfigured_regions_are_refused() {
             json!({"enabled": true, "rate": 10, "opens_at": "soon"}),
             "opens_at",
         ),
+        (
+            json!({"enabled": true, "rate": 10, "opens_at": null}),
+            "opens_at",
+        ),
         (json!({"enabled": true, "rate": 10, "extra": 1}), "extra"),
     ] {
         let (status, answer) = edge.admin_put(&path, &body).await;
