@@ -612,17 +612,18 @@ pub async fn get_queues(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
             .into_iter()
             .filter_map(|(region, room)| {
                 let config = room.config.clone()?;
-                let serving = room.serving.as_ref();
-                let waiting = serving.map_or(0.0, |s| s.waiting(&room.total)).round() as u64;
+                let waiting = room.waiting().round() as u64;
                 Some(json!({
                     "region": region,
                     "enabled": config.enabled,
                     "rate": config.rate,
                     "opens_at": config.opens_ms.and_then(chrono::DateTime::from_timestamp_millis),
                     "waiting": waiting,
-                    "admitted": serving.map_or(0.0, |s| s.admitted).round() as u64,
+                    "admitted": room.admitted().round() as u64,
                     "expected_wait_seconds": waiting / u64::from(config.rate.max(1)),
-                    "serving_up_to": serving
+                    "serving_up_to": room
+                        .serving
+                        .as_ref()
                         .and_then(|s| chrono::DateTime::from_timestamp_millis(s.serving.ms)),
                 }))
             })
@@ -952,19 +953,13 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
     }
     for (region, room) in edge.door.rooms.all() {
         let Some(config) = &room.config else { continue };
-        let waiting = room
-            .serving
-            .as_ref()
-            .map_or(0.0, |s| s.waiting(&room.total));
+        let waiting = room.waiting();
         let rate = f64::from(config.rate.max(1));
         for (figure, value) in [
             ("waiting", waiting.round()),
             ("rate", f64::from(config.rate)),
             ("expected_wait_seconds", (waiting / rate).round()),
-            (
-                "admitted",
-                room.serving.as_ref().map_or(0.0, |s| s.admitted).round(),
-            ),
+            ("admitted", room.admitted().round()),
             ("on", if config.enabled { 1.0 } else { 0.0 }),
         ] {
             edge.metrics

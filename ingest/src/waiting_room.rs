@@ -131,10 +131,11 @@ impl Door {
         if !self.known() {
             return Err(EdgeError::Unavailable("the list of waiting rooms"));
         }
-        let room = self.rooms.get(region);
-        if !room.is_on() {
+        // On the submission path: a room that is off costs no copy of it.
+        if !self.rooms.is_on(region) {
             return Ok(None);
         }
+        let room = self.rooms.get(region);
         let ticket = read(keys, header.ok_or(EdgeError::TicketRequired)?)?;
         if ticket.region != *region {
             return Err(EdgeError::TicketInvalid(format!(
@@ -159,24 +160,17 @@ impl Door {
             .bucket
             .get()
             .ok_or(EdgeError::Unavailable("the waiting-room bucket"))?;
+        let value = serde_json::to_vec(config).expect("settings serialize");
         bucket
-            .put(
-                subjects::room_config(region),
-                serde_json::to_vec(config)
-                    .expect("settings serialize")
-                    .into(),
-            )
+            .put(subjects::room_config(region), value.clone().into())
             .await
             .map_err(|err| {
                 tracing::warn!(%region, error = %err, "A waiting room's settings were not written.");
                 EdgeError::Unavailable("the waiting-room bucket")
             })?;
         // Read-your-writes on this replica; the others follow the bucket.
-        self.rooms.apply(
-            &subjects::room_config(region),
-            Some(&serde_json::to_vec(config).expect("settings serialize")),
-            0,
-        );
+        self.rooms
+            .apply(&subjects::room_config(region), Some(&value), 0);
         Ok(())
     }
 

@@ -146,9 +146,8 @@ impl Service {
                 publish.push(format!("{KV_PREFIX}.{}.>", subjects::REVIEWS_BUCKET));
                 publish.extend(read(&reviews));
                 // The waiting-room controller runs on this connection: it writes the serving
-                // places (and forgets the counts of edges long gone).
+                // places.
                 publish.push(subjects::RoomKey::write_filter("serving"));
-                publish.push(subjects::RoomKey::write_filter("counts"));
                 publish.extend(watch(&room));
                 // Snapshots of the decision state: written, replaced (the old chunks purged)
                 // and read back on takeover.
@@ -255,6 +254,7 @@ mod tests {
         assert!(!Service::Ingest.may_publish(&serving));
         assert!(Service::Reservation.may_publish(&serving));
         assert!(!Service::Reservation.may_publish(&config));
+        assert!(!Service::Reservation.may_publish(&counts));
         assert!(Service::Ingest.may_publish(&subjects::ticket("ab")));
         // Both follow the bucket with a watch, which must answer its flow control.
         let flow_control = format!("$JS.FC.KV_{bucket}.abc.def");

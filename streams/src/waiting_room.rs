@@ -439,9 +439,8 @@ pub struct Room {
     pub serving: Option<Serving>,
     /// The revision of the serving key (0: none), for the controller's conditional update.
     pub serving_revision: u64,
-    /// Every edge's counts, by edge.
-    pub counts: HashMap<String, Counts>,
-    /// Their sum, kept up to date as reports arrive.
+    /// Every edge's counts summed, kept up to date as reports arrive (shared: a copy of the
+    /// room costs no copy of the line).
     pub total: Arc<Counts>,
 }
 
@@ -451,12 +450,34 @@ impl Room {
         self.config.as_ref().is_some_and(|c| c.enabled)
     }
 
+    /// Tickets waiting beyond the serving place (0 before the controller's first step).
+    pub fn waiting(&self) -> f64 {
+        self.serving
+            .as_ref()
+            .map_or(0.0, |s| s.waiting(&self.total))
+    }
+
+    /// Places admitted since the room was turned on.
+    pub fn admitted(&self) -> f64 {
+        self.serving.as_ref().map_or(0.0, |s| s.admitted)
+    }
+}
+
+/// A room and the reports its total is the sum of, as [`Rooms`] keeps them.
+#[derive(Default)]
+struct Followed {
+    room: Room,
+    /// Every edge's counts, by edge: only summing needs them, so they stay here.
+    by_edge: HashMap<String, Counts>,
+}
+
+impl Followed {
     fn recount(&mut self) {
         let mut total = Counts::default();
-        for counts in self.counts.values() {
+        for counts in self.by_edge.values() {
             total.add(counts);
         }
-        self.total = Arc::new(total);
+        self.room.total = Arc::new(total);
     }
 }
 
@@ -464,7 +485,7 @@ impl Room {
 /// [`Rooms::follow`]). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Rooms {
-    inner: Arc<RwLock<HashMap<Region, Room>>>,
+    inner: Arc<RwLock<HashMap<Region, Followed>>>,
     /// Whether the bucket's every key has been read once: until then a room that is on could
     /// look off.
     known: Arc<AtomicBool>,
@@ -477,8 +498,17 @@ impl Rooms {
             .read()
             .expect("lock")
             .get(region)
-            .cloned()
+            .map(|f| f.room.clone())
             .unwrap_or_default()
+    }
+
+    /// How many edges' counts `region`'s total sums.
+    pub fn reporting(&self, region: &Region) -> usize {
+        self.inner
+            .read()
+            .expect("lock")
+            .get(region)
+            .map_or(0, |f| f.by_edge.len())
     }
 
     /// Whether `region`'s room is on, without copying it.
@@ -487,7 +517,7 @@ impl Rooms {
             .read()
             .expect("lock")
             .get(region)
-            .is_some_and(Room::is_on)
+            .is_some_and(|f| f.room.is_on())
     }
 
     /// Every region with a room, and its room.
@@ -497,7 +527,7 @@ impl Rooms {
             .read()
             .expect("lock")
             .iter()
-            .map(|(r, room)| (r.clone(), room.clone()))
+            .map(|(r, f)| (r.clone(), f.room.clone()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -522,26 +552,26 @@ impl Rooms {
         };
         match key {
             crate::subjects::RoomKey::Config(region) => {
-                rooms.entry(region).or_default().config =
+                rooms.entry(region).or_default().room.config =
                     value.and_then(|v| serde_json::from_slice(v).map_err(decode("config")).ok());
             }
             crate::subjects::RoomKey::Serving(region) => {
-                let room = rooms.entry(region).or_default();
+                let room = &mut rooms.entry(region).or_default().room;
                 room.serving =
                     value.and_then(|v| serde_json::from_slice(v).map_err(decode("serving")).ok());
                 room.serving_revision = revision;
             }
             crate::subjects::RoomKey::Counts(region, edge) => {
-                let room = rooms.entry(region).or_default();
+                let followed = rooms.entry(region).or_default();
                 match value.and_then(|v| {
                     serde_json::from_slice::<Counts>(v)
                         .map_err(decode("counts"))
                         .ok()
                 }) {
-                    Some(counts) => room.counts.insert(edge, counts),
-                    None => room.counts.remove(&edge),
+                    Some(counts) => followed.by_edge.insert(edge, counts),
+                    None => followed.by_edge.remove(&edge),
                 };
-                room.recount();
+                followed.recount();
             }
         }
     }

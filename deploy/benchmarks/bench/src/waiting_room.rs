@@ -280,10 +280,7 @@ async fn follow(
         tokio::time::sleep(jitter(retry.unwrap_or(Duration::from_secs(2)))).await;
     };
     let ticket = view["ticket"].as_str().unwrap_or_default().to_owned();
-    if let Ok(t) = streams::waiting_room::Ticket::decode(
-        &ticket,
-        &streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET),
-    ) {
+    if let Ok(t) = streams::waiting_room::Ticket::decode(&ticket, development_keys()) {
         citizen.place = (t.place.ms, t.place.tie);
     }
     loop {
@@ -313,6 +310,13 @@ async fn follow(
             return citizen;
         }
     }
+}
+
+/// The keys deploy/up's development secret derives (the system the benchmark starts), derived
+/// once rather than per citizen (the load generator's CPU shares the machine).
+fn development_keys() -> &'static streams::crypto::Keys {
+    static KEYS: std::sync::OnceLock<streams::crypto::Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| streams::crypto::Keys::from_secret(streams::crypto::DEVELOPMENT_SECRET))
 }
 
 async fn submit(
