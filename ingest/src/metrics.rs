@@ -97,7 +97,7 @@ impl Metrics {
             GaugeVec::new(
                 Opts::new(
                     "ingest_waiting_room",
-                    "Each waiting room: waiting, rate, expected_wait_seconds, admitted, on.",
+                    "Each waiting room: waiting, rate (the operator's), admitting (now, at most the rate), expected_wait_seconds, admitted, on.",
                 ),
                 &["region", "figure"],
             )

@@ -566,7 +566,9 @@ fn ticket_view(
 }
 
 /// `PUT /v1/admin/queues/{region}`: turns a region's waiting room on or off and sets its
-/// admission rate (and, optionally, when its line opens: by default its window's opening).
+/// admission rate, as a cap on what the pipeline's headroom allows (`pacing: "headroom"`, the
+/// default) or exactly (`"fixed"`), and optionally when its line opens (by default its
+/// window's opening).
 pub async fn put_queue(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
     let result = async {
         let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
@@ -582,6 +584,7 @@ pub async fn put_queue(req: HttpRequest, payload: Payload, edge: State<Edge>) ->
             enabled: settings.enabled,
             rate: settings.rate,
             opens_ms: opens.map(|t| t.timestamp_millis()),
+            pacing: settings.pacing,
         };
         edge.door.configure(&region, &config).await?;
         Ok(json_response(
@@ -590,6 +593,7 @@ pub async fn put_queue(req: HttpRequest, payload: Payload, edge: State<Edge>) ->
                 "region": region,
                 "enabled": config.enabled,
                 "rate": config.rate,
+                "pacing": config.pacing.as_str(),
                 "opens_at": opens,
             }),
         ))
@@ -598,7 +602,8 @@ pub async fn put_queue(req: HttpRequest, payload: Payload, edge: State<Edge>) ->
     count(&edge, "queue_settings", result)
 }
 
-/// `GET /v1/admin/queues`: every waiting room, its settings, length and expected wait.
+/// `GET /v1/admin/queues`: every waiting room, its settings, length, the rate it admits at now
+/// (and what holds it below the operator's) and expected wait.
 pub async fn get_queues(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
     let result = async {
         check_admin(&req, &edge)?;
@@ -612,15 +617,19 @@ pub async fn get_queues(req: HttpRequest, edge: State<Edge>) -> HttpResponse {
             .into_iter()
             .filter_map(|(region, room)| {
                 let config = room.config.clone()?;
-                let waiting = room.waiting().round() as u64;
+                let waiting = room.waiting();
+                let admitting = room.rate();
                 Some(json!({
                     "region": region,
                     "enabled": config.enabled,
                     "rate": config.rate,
+                    "pacing": config.pacing.as_str(),
                     "opens_at": config.opens_ms.and_then(chrono::DateTime::from_timestamp_millis),
-                    "waiting": waiting,
+                    "waiting": waiting.round() as u64,
                     "admitted": room.admitted().round() as u64,
-                    "expected_wait_seconds": waiting / u64::from(config.rate.max(1)),
+                    "admitting": (admitting * 10.0).round() / 10.0,
+                    "limited_by": room.serving.as_ref().and_then(|s| s.limited_by.clone()),
+                    "expected_wait_seconds": (waiting / admitting.max(1.0)).round() as u64,
                     "serving_up_to": room
                         .serving
                         .as_ref()
@@ -954,11 +963,15 @@ pub async fn metrics(edge: State<Edge>) -> HttpResponse {
     for (region, room) in edge.door.rooms.all() {
         let Some(config) = &room.config else { continue };
         let waiting = room.waiting();
-        let rate = f64::from(config.rate.max(1));
+        let admitting = room.rate();
         for (figure, value) in [
             ("waiting", waiting.round()),
             ("rate", f64::from(config.rate)),
-            ("expected_wait_seconds", (waiting / rate).round()),
+            ("admitting", admitting),
+            (
+                "expected_wait_seconds",
+                (waiting / admitting.max(1.0)).round(),
+            ),
             ("admitted", room.admitted().round()),
             ("on", if config.enabled { 1.0 } else { 0.0 }),
         ] {

@@ -75,6 +75,8 @@ pub async fn run(
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         Arc::new(tokio::sync::Semaphore::new(permits))
     });
+    let load =
+        crate::waiting_room::Load::of(open_submissions.clone(), settings.max_open_submissions);
     let edge = Edge {
         keys: Keys::from_secret(settings.secret.expose()),
         settings: Arc::new(settings),
@@ -90,7 +92,7 @@ pub async fn run(
         per_recovery_address,
         recoveries,
         open_submissions,
-        door: crate::waiting_room::Door::start(js_for_door, shutdown.clone()),
+        door: crate::waiting_room::Door::start(js_for_door, load, shutdown.clone()),
         per_ticket_address,
     };
     streams::http::serve(listener, workers, edge, routes::configure, shutdown).await

@@ -615,13 +615,16 @@ pub struct QueueSettings {
     pub rate: u32,
     /// When the line opens (`None`: the region's window's opening, if any).
     pub opens_at: Option<DateTime<Utc>>,
+    /// Whether `rate` caps what the pipeline's headroom allows or is the pace itself.
+    pub pacing: streams::waiting_room::Pacing,
 }
 
 /// Parses `PUT /v1/admin/queues/{region}`: `enabled` (boolean), `rate` (admissions per
-/// second, 1 to [`MAX_ADMISSION_RATE`]) and an optional `opens_at` (RFC 3339).
+/// second, 1 to [`MAX_ADMISSION_RATE`]), an optional `opens_at` (RFC 3339) and an optional
+/// `pacing` (`headroom`, the default, or `fixed`).
 pub fn parse_queue_settings(body: &[u8]) -> Result<QueueSettings, FieldError> {
     let map = object(body)?;
-    reject_unknown(&map, &["enabled", "rate", "opens_at"])?;
+    reject_unknown(&map, &["enabled", "rate", "opens_at", "pacing"])?;
     let enabled = match map.get("enabled") {
         None | Some(Value::Null) => return Err(FieldError::missing("enabled")),
         Some(Value::Bool(b)) => *b,
@@ -657,10 +660,23 @@ pub fn parse_queue_settings(body: &[u8]) -> Result<QueueSettings, FieldError> {
                 .map_err(|_| FieldError::invalid("opens_at", "opens_at must be an RFC 3339 time"))
         })
         .transpose()?;
+    let pacing = match map.get("pacing") {
+        None => streams::waiting_room::Pacing::default(),
+        Some(v) => v
+            .as_str()
+            .and_then(streams::waiting_room::Pacing::parse)
+            .ok_or_else(|| {
+                FieldError::invalid(
+                    "pacing",
+                    "pacing must be \"headroom\" (the rate caps what the pipeline can take) or \"fixed\" (admit at the rate)",
+                )
+            })?,
+    };
     Ok(QueueSettings {
         enabled,
         rate: rate as u32,
         opens_at,
+        pacing,
     })
 }
 

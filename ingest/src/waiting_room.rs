@@ -32,6 +32,32 @@ pub struct Door {
     edge: String,
     /// The bucket, once open.
     bucket: Arc<OnceLock<kv::Store>>,
+    /// How busy this replica is, reported with its counts for the controller's pacing.
+    load: Load,
+}
+
+/// How busy an edge replica is: the share of its open-submission bound in use. Past the bound
+/// it answers `503`, so a busy edge slows a headroom-paced room.
+#[derive(Clone, Default)]
+pub struct Load {
+    open: Option<(Arc<tokio::sync::Semaphore>, usize)>,
+}
+
+impl Load {
+    /// The load of the `bound` submissions `open` admits (`None`: unbounded, never busy).
+    pub fn of(open: Option<Arc<tokio::sync::Semaphore>>, bound: usize) -> Load {
+        Load {
+            open: open.map(|semaphore| (semaphore, bound.max(1))),
+        }
+    }
+
+    /// The share in use now (0 to 1).
+    pub fn busy(&self) -> f64 {
+        self.open.as_ref().map_or(0.0, |(semaphore, bound)| {
+            let free = semaphore.available_permits().min(*bound);
+            (bound - free) as f64 / *bound as f64
+        })
+    }
 }
 
 /// Where a ticket stands, for the citizen.
@@ -48,13 +74,15 @@ pub struct Standing {
 }
 
 impl Door {
-    /// Opens the bucket, follows it and reports this replica's counts until `shutdown`.
-    pub fn start(js: jetstream::Context, shutdown: CancellationToken) -> Door {
+    /// Opens the bucket, follows it and reports this replica's counts and `load` until
+    /// `shutdown`.
+    pub fn start(js: jetstream::Context, load: Load, shutdown: CancellationToken) -> Door {
         let door = Door {
             rooms: Rooms::default(),
             own: Arc::default(),
             edge: uuid::Uuid::now_v7().simple().to_string(),
             bucket: Arc::default(),
+            load,
         };
         let started = door.clone();
         tokio::spawn(async move {
@@ -93,7 +121,7 @@ impl Door {
 
     /// Where `ticket` stands in `room`.
     pub fn standing(room: &Room, ticket: &Ticket) -> Standing {
-        let rate = room.config.as_ref().map_or(1, |c| c.rate.max(1));
+        let rate = room.rate().max(1.0);
         let (admission, ahead) = match &room.serving {
             None => (Admission::Waiting, 0.0),
             Some(serving) => (
@@ -102,7 +130,7 @@ impl Door {
             ),
         };
         let ahead = ahead.max(0.0).round() as u64;
-        let wait = Duration::from_secs_f64(ahead as f64 / f64::from(rate));
+        let wait = Duration::from_secs_f64(ahead as f64 / rate);
         // Ask again after half the expected wait, between 2 s and MAX_POLL (the page adds
         // jitter): a few polls per citizen whatever the wait (with a tenth of it, the first
         // benchmark run saw 28 per citizen for a 4-minute line), and a ticket whose place is
@@ -174,8 +202,9 @@ impl Door {
         Ok(())
     }
 
-    /// Puts the counts that changed every [`REPORT_INTERVAL`], forgetting what the controller
-    /// has passed for good (expired places).
+    /// Puts the counts every [`REPORT_INTERVAL`] (those that changed, and those of every room
+    /// that is on, whose controller paces by this replica's load), forgetting what the
+    /// controller has passed for good (expired places).
     async fn report(&self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -185,14 +214,23 @@ impl Door {
             let Some(bucket) = self.bucket.get() else {
                 continue;
             };
+            let busy = self.load.busy();
+            let now = chrono::Utc::now().timestamp_millis();
             let changed: Vec<(Region, Vec<u8>)> = {
                 let mut own = self.own.lock().expect("lock");
+                for (region, room) in self.rooms.all() {
+                    if room.is_on() {
+                        own.entry(region).or_default().1 = true;
+                    }
+                }
                 own.iter_mut()
                     .filter(|(_, (_, changed))| *changed)
                     .map(|(region, (counts, changed))| {
                         if let Some(serving) = self.rooms.get(region).serving {
                             counts.forget_before(serving.expired);
                         }
+                        counts.busy = busy;
+                        counts.reported_ms = now;
                         *changed = false;
                         (
                             region.clone(),
@@ -219,4 +257,21 @@ pub fn read(keys: &Keys, text: &str) -> Result<Ticket, EdgeError> {
     Ticket::decode(text.trim(), keys).map_err(|err| match err {
         TicketError::Malformed | TicketError::Forged => EdgeError::TicketInvalid(err.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_is_the_share_of_open_submissions_in_use() {
+        let open = Arc::new(tokio::sync::Semaphore::new(8));
+        let load = Load::of(Some(open.clone()), 8);
+        assert_eq!(load.busy(), 0.0);
+        let held = open.try_acquire_many(6).unwrap();
+        assert_eq!(load.busy(), 0.75);
+        drop(held);
+        assert_eq!(load.busy(), 0.0);
+        assert_eq!(Load::of(None, 0).busy(), 0.0);
+    }
 }

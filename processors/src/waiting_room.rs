@@ -2,6 +2,12 @@
 //! holds a region) advances each open room's serving place at its admission rate
 //! ([`streams::waiting_room::Serving::step`]), every [`TICK`].
 //!
+//! Under headroom pacing ([`Pacing::Headroom`]) the rate an operator set is a cap: every
+//! [`PACE_INTERVAL`] the controller measures the pipeline behind each room
+//! ([`waiting_room::measure`]: does a reservation processor hold the region's lease, how many
+//! records wait at each stage's consumer, how busy are the edges) and adjusts the room's pace
+//! ([`Serving::paced`]).
+//!
 //! The serving place is a watermark in the replicated bucket, written with a revision check:
 //! a standby that takes over reads it and carries on from it, so a controller's death skips
 //! nobody and admits nobody twice (a ticket's one use is fenced by the edge, not here). Two
@@ -15,7 +21,7 @@ use async_nats::jetstream::{self, kv};
 use streams::lease;
 use streams::model::Region;
 use streams::subjects;
-use streams::waiting_room::{self, Rooms, Serving};
+use streams::waiting_room::{self, PACE_INTERVAL, Pacing, Rooms, Serving};
 use tokio_util::sync::CancellationToken;
 
 /// How often the serving places move.
@@ -45,18 +51,25 @@ pub async fn run_as(
     while let Some(lease) =
         lease::acquire(&leases, subjects::ROOM_CONTROLLER_LEASE, holder, &shutdown).await
     {
-        control(&bucket, &rooms, lease.active()).await;
+        control(&js, &bucket, &leases, &rooms, lease.active()).await;
         lease.release().await;
     }
     Ok(())
 }
 
 /// Moves every open room's serving place each [`TICK`] until `active` fires.
-async fn control(bucket: &kv::Store, rooms: &Rooms, active: &CancellationToken) {
+async fn control(
+    js: &jetstream::Context,
+    bucket: &kv::Store,
+    leases: &kv::Store,
+    rooms: &Rooms,
+    active: &CancellationToken,
+) {
     // What this controller last wrote, per region, with the revision it got.
     let mut mine: HashMap<Region, (Serving, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut measured_at = tokio::time::Instant::now() - PACE_INTERVAL;
     loop {
         tokio::select! {
             _ = active.cancelled() => return,
@@ -66,6 +79,29 @@ async fn control(bucket: &kv::Store, rooms: &Rooms, active: &CancellationToken) 
             continue;
         }
         let now = chrono::Utc::now().timestamp_millis();
+        // The pipeline behind the paced rooms, once a PACE_INTERVAL.
+        let mut pressures = HashMap::new();
+        if measured_at.elapsed() >= PACE_INTERVAL {
+            measured_at = tokio::time::Instant::now();
+            let paced: Vec<Region> = rooms
+                .all()
+                .into_iter()
+                .filter(|(_, room)| {
+                    room.config
+                        .as_ref()
+                        .is_some_and(|c| c.enabled && c.pacing == Pacing::Headroom)
+                })
+                .map(|(region, _)| region)
+                .collect();
+            if !paced.is_empty() {
+                match waiting_room::measure(js, leases, &paced).await {
+                    Ok(measured) => pressures = measured,
+                    Err(err) => {
+                        tracing::warn!(error = %format!("{err:#}"), "The pipeline behind the waiting rooms could not be measured; their pace holds.")
+                    }
+                }
+            }
+        }
         for (region, room) in rooms.all() {
             let Some(config) = room.config.clone().filter(|c| c.enabled) else {
                 mine.remove(&region);
@@ -83,6 +119,13 @@ async fn control(bucket: &kv::Store, rooms: &Rooms, active: &CancellationToken) 
                         .unwrap_or_else(|| Serving::start(now, &room.total)),
                     room.serving_revision,
                 ),
+            };
+            let state = match pressures.remove(&region) {
+                Some(mut pressure) => {
+                    pressure.busy = room.busiest(now);
+                    state.paced(&config, &pressure, now)
+                }
+                None => state,
             };
             let next = state.step(&config, &room.total, now);
             let value = serde_json::to_vec(&next).expect("serving places serialize");

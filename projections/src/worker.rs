@@ -75,7 +75,7 @@ pub async fn project(
     shutdown: CancellationToken,
 ) {
     let spec = OrderedSpec {
-        name: format!("projection.{}", stream.to_ascii_lowercase()),
+        name: streams::subjects::projection_reader(stream),
         stream,
         filter,
         max_group: MAX_BATCH,

@@ -149,6 +149,10 @@ impl Service {
                 // places.
                 publish.push(subjects::RoomKey::write_filter("serving"));
                 publish.extend(watch(&room));
+                // ...and paces them by the pipeline's backlogs, which it reads from the lists
+                // of both streams' consumers.
+                publish.push(format!("{JS_API}.CONSUMER.LIST.{intake}"));
+                publish.push(format!("{JS_API}.CONSUMER.LIST.{decisions}"));
                 // Snapshots of the decision state: written, replaced (the old chunks purged)
                 // and read back on takeover.
                 let snapshots = format!("OBJ_{}", subjects::SNAPSHOTS_BUCKET);
@@ -262,6 +266,10 @@ mod tests {
         assert!(Service::Reservation.may_publish(&flow_control));
         assert!(!Service::Projections.may_publish(&flow_control));
         assert!(!Service::Reservation.may_publish(&subjects::ticket("ab")));
+        // The controller paces by the consumers' backlogs; nobody else lists them.
+        let list = format!("{JS_API}.CONSUMER.LIST.{}", subjects::DECISIONS_STREAM);
+        assert!(Service::Reservation.may_publish(&list));
+        assert!(!Service::Ingest.may_publish(&list));
         assert!(!Service::Reservation.may_publish(&subjects::idempotency_key("ab")));
         assert!(!Service::Ingest.may_publish(&decision));
         assert!(!Service::Ingest.may_publish(&verdict));

@@ -310,18 +310,18 @@ async fn read_ordered<S: OrderedStep>(
         _ = stop.cancelled() => return Ok(()),
         start = step.resume() => start?,
     };
-    let (mut messages, pending) = match start {
-        Start::At(seq) => replay::ordered(js, spec.stream, spec.filter.clone(), seq).await?,
-        Start::LastPerSubject => {
-            replay::ordered_with(
-                js,
-                spec.stream,
-                spec.filter.clone(),
-                DeliverPolicy::LastPerSubject,
-            )
-            .await?
-        }
+    let deliver_policy = match start {
+        Start::At(seq) => replay::starting_at(seq),
+        Start::LastPerSubject => DeliverPolicy::LastPerSubject,
     };
+    let (mut messages, pending) = replay::ordered_reader(
+        js,
+        spec.stream,
+        spec.filter.clone(),
+        deliver_policy,
+        Some(&spec.name),
+    )
+    .await?;
     let mut caught_up = pending == 0;
     if caught_up {
         step.caught_up();

@@ -52,14 +52,18 @@ pub async fn ordered(
     filter: String,
     start_seq: u64,
 ) -> anyhow::Result<(pull::Ordered, u64)> {
-    let deliver_policy = if start_seq <= 1 {
+    ordered_with(js, stream, filter, starting_at(start_seq)).await
+}
+
+/// The deliver policy of a reader starting at `start_seq` (1 or 0: the beginning).
+pub fn starting_at(start_seq: u64) -> DeliverPolicy {
+    if start_seq <= 1 {
         DeliverPolicy::All
     } else {
         DeliverPolicy::ByStartSequence {
             start_sequence: start_seq,
         }
-    };
-    ordered_with(js, stream, filter, deliver_policy).await
+    }
 }
 
 /// [`ordered`] with any deliver policy (e.g. the last message per subject).
@@ -69,6 +73,22 @@ pub async fn ordered_with(
     filter: String,
     deliver_policy: DeliverPolicy,
 ) -> anyhow::Result<(pull::Ordered, u64)> {
+    ordered_reader(js, stream, filter, deliver_policy, None).await
+}
+
+/// [`ordered_with`], the consumer carrying `reader`'s name in its metadata
+/// ([`crate::subjects::READER_METADATA`]) so that JetStream's list of consumers tells which
+/// reader it is.
+pub async fn ordered_reader(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+    reader: Option<&str>,
+) -> anyhow::Result<(pull::Ordered, u64)> {
+    let metadata = reader
+        .map(|name| [(crate::subjects::READER_METADATA.to_owned(), name.to_owned())].into())
+        .unwrap_or_default();
     let stream_handle = js
         .get_stream(stream)
         .await
@@ -77,6 +97,7 @@ pub async fn ordered_with(
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.clone(),
             deliver_policy,
+            metadata,
             ..Default::default()
         })
         .await

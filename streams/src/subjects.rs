@@ -431,10 +431,21 @@ pub fn redrive_consumer(region: &Region) -> String {
     format!("notification_redrive_{region}")
 }
 
-/// Name of the durable consumer a projection worker uses on `stream`.
-pub fn projection_consumer(stream: &str) -> String {
-    format!("projection_{}", stream.to_ascii_lowercase())
+/// Name of the reservation processor's ordered reader of `region`'s intake (in logs, metrics
+/// and readiness, and in its consumer's [`READER_METADATA`], where the waiting-room
+/// controller finds its backlog).
+pub fn reservation_reader(region: &Region) -> String {
+    format!("reservation.{region}")
 }
+
+/// Name of the projection worker's ordered reader of `stream` (see [`reservation_reader`]).
+pub fn projection_reader(stream: &str) -> String {
+    format!("projection.{}", stream.to_ascii_lowercase())
+}
+
+/// The consumer metadata key an ordered reader's name is kept under, so that the consumers
+/// JetStream lists can be told apart (their own names are random).
+pub const READER_METADATA: &str = "reg-reader";
 
 /// Whether `subject` matches the NATS `filter` (`*` one token, `>` one or more at the end), as
 /// nats-server matches subscriptions, consumer filters and permissions.

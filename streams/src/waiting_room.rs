@@ -50,6 +50,46 @@ pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// counted yet (each edge reports every [`REPORT_INTERVAL`]), so they are not admitted yet.
 pub const REPORT_LAG_MS: i64 = 1_500;
 
+/// How often the controller measures the pipeline behind a room and adjusts its pace
+/// ([`Serving::paced`]).
+pub const PACE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A stage is congested when its backlog is more than this many seconds of admissions at the
+/// current pace (and more than [`BACKLOG_FLOOR`] records)...
+const BACKLOG_HIGH_SECONDS: f64 = 5.0;
+
+/// ...and clear again below this many.
+const BACKLOG_LOW_SECONDS: f64 = 2.0;
+
+/// Backlogs below this many records never count as congestion: a stage that batches holds a
+/// few hundred in passing.
+const BACKLOG_FLOOR: f64 = 200.0;
+
+/// The edges are congested when the busiest uses more than this share of its open-submission
+/// bound (past it, it answers `503`)...
+const BUSY_HIGH: f64 = 0.5;
+
+/// ...and clear below this share.
+const BUSY_LOW: f64 = 0.25;
+
+/// On congestion the pace is multiplied by this...
+const CUT: f64 = 0.7;
+
+/// ...at most once in this long: what was admitted before a cut takes a few seconds to reach
+/// the pipeline (citizens poll, then submit), so the signal lags the pace.
+const CUT_HOLD_MS: i64 = 3_000;
+
+/// When every stage is clear the pace rises by this share of the operator's rate per second
+/// (additive increase: from the floor to the rate in 20 s).
+const RISE_PER_SECOND: f64 = 0.05;
+
+/// The pace never falls below this many admissions per second: the line keeps moving, and
+/// the pipeline keeps being probed.
+pub const MIN_PACE: f64 = 1.0;
+
+/// An edge's load report older than this is not counted (the edge is gone or cut off).
+const LOAD_FRESH_MS: i64 = 5_000;
+
 /// How often the expired mark's history is sampled (its resolution).
 const HISTORY_STEP_MS: i64 = 10_000;
 
@@ -216,6 +256,95 @@ pub struct RoomConfig {
     /// When the line opens (Unix milliseconds): tickets taken earlier are drawn at random
     /// among themselves. `None`: open.
     pub opens_ms: Option<i64>,
+    /// Whether `rate` is the pace or a cap on it.
+    #[serde(default)]
+    pub pacing: Pacing,
+}
+
+/// How a room's admission rate ([`RoomConfig::rate`]) is used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// The rate is a cap: the controller admits as fast as the pipeline's measured headroom
+    /// allows, up to it ([`Serving::paced`]).
+    #[default]
+    Headroom,
+    /// The controller admits at the rate, whatever the pipeline's state.
+    Fixed,
+}
+
+impl Pacing {
+    /// The name operators use (`headroom`, `fixed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pacing::Headroom => "headroom",
+            Pacing::Fixed => "fixed",
+        }
+    }
+
+    /// Reads an operator's name for it.
+    pub fn parse(name: &str) -> Option<Pacing> {
+        [Pacing::Headroom, Pacing::Fixed]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+}
+
+/// The pipeline behind a region's room as the controller measures it every
+/// [`PACE_INTERVAL`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pressure {
+    /// A stage that is not running for the region at all (no reservation processor holds its
+    /// lease): nothing admitted now could be decided.
+    pub stalled: Option<String>,
+    /// Each stage's backlog: records its consumer has not delivered yet, by stage.
+    pub backlogs: Vec<(String, u64)>,
+    /// The busiest edge's share of its open-submission bound in use (0 to 1).
+    pub busy: f64,
+}
+
+impl Pressure {
+    /// The stages behind `region`'s room and their backlogs, from the consumers JetStream
+    /// lists on the intake stream (`intake`) and the decisions stream (`decisions`): the
+    /// reservation processor's and the projection workers' ordered readers (known by
+    /// [`crate::subjects::READER_METADATA`]), the verification and notification processors'
+    /// durable consumers. Any other consumer (an analyst's replay) is none of the room's
+    /// business.
+    pub fn backlogs_of(
+        region: &Region,
+        intake: &[jetstream::consumer::Info],
+        decisions: &[jetstream::consumer::Info],
+    ) -> Vec<(String, u64)> {
+        use crate::subjects as s;
+        let readers = [
+            (intake, s::reservation_reader(region)),
+            (intake, s::projection_reader(s::INTAKE_STREAM)),
+            (decisions, s::projection_reader(s::DECISIONS_STREAM)),
+        ];
+        let durables = [
+            (decisions, s::verification_consumer(region)),
+            (decisions, s::notification_consumer(region)),
+        ];
+        let backlog = |infos: &[jetstream::consumer::Info],
+                       is: &dyn Fn(&jetstream::consumer::Info) -> bool| {
+            infos.iter().filter(|i| is(i)).map(|i| i.num_pending).max()
+        };
+        let mut backlogs = Vec::new();
+        for (infos, name) in readers {
+            let reader = |i: &jetstream::consumer::Info| {
+                i.config.metadata.get(s::READER_METADATA) == Some(&name)
+            };
+            if let Some(n) = backlog(infos, &reader) {
+                backlogs.push((name.clone(), n));
+            }
+        }
+        for (infos, name) in durables {
+            if let Some(n) = backlog(infos, &|i| i.name == name) {
+                backlogs.push((name.clone(), n));
+            }
+        }
+        backlogs
+    }
 }
 
 /// The controller's state of a region's line (key [`crate::subjects::room_serving`]).
@@ -235,6 +364,20 @@ pub struct Serving {
     pub history: Vec<(i64, Place)>,
     /// When the controller last wrote this (Unix ms).
     pub updated_ms: i64,
+    /// Admissions per second the pipeline's headroom allows now, at most the operator's rate
+    /// (`None`: the operator's rate; fixed pacing, or nothing measured yet).
+    #[serde(default)]
+    pub pace: Option<f64>,
+    /// Why the pace was last cut below the operator's rate, for operators (`None` while it is
+    /// at the rate).
+    #[serde(default)]
+    pub limited_by: Option<String>,
+    /// When the pace was last adjusted (Unix ms).
+    #[serde(default)]
+    pub paced_ms: i64,
+    /// When the pace was last cut (Unix ms).
+    #[serde(default)]
+    pub cut_ms: i64,
 }
 
 impl Serving {
@@ -253,7 +396,72 @@ impl Serving {
             credit: 0.0,
             history: Vec::new(),
             updated_ms: now_ms,
+            pace: None,
+            limited_by: None,
+            paced_ms: now_ms,
+            cut_ms: 0,
         }
+    }
+
+    /// Admissions per second now: the operator's rate, or the pace below it.
+    pub fn rate(&self, config: &RoomConfig) -> f64 {
+        let cap = f64::from(config.rate);
+        match (config.pacing, self.pace) {
+            (Pacing::Headroom, Some(pace)) => pace.clamp(MIN_PACE.min(cap), cap),
+            _ => cap,
+        }
+    }
+
+    /// Adjusts the pace to `pressure` (additive increase, multiplicative decrease, as TCP
+    /// finds a link's rate): a stage that is not running, a backlog of more than a few seconds
+    /// of admissions or edges near their bound cut it by [`CUT`] (at most once per
+    /// [`CUT_HOLD_MS`], never below [`MIN_PACE`]); with every stage clear it rises towards the
+    /// operator's rate by [`RISE_PER_SECOND`] of it per second; in between it holds.
+    pub fn paced(&self, config: &RoomConfig, pressure: &Pressure, now_ms: i64) -> Serving {
+        let mut next = self.clone();
+        next.paced_ms = now_ms;
+        if config.pacing == Pacing::Fixed {
+            next.pace = None;
+            next.limited_by = None;
+            return next;
+        }
+        let cap = f64::from(config.rate);
+        let pace = self.rate(config);
+        let worst = pressure.backlogs.iter().max_by_key(|(_, n)| *n);
+        let backlog = worst.map_or(0.0, |(_, n)| *n as f64);
+        let high = (pace * BACKLOG_HIGH_SECONDS).max(BACKLOG_FLOOR);
+        let low = (pace * BACKLOG_LOW_SECONDS).max(BACKLOG_FLOOR / 2.0);
+        let congestion = if let Some(stage) = &pressure.stalled {
+            Some(format!("{stage} is not running"))
+        } else if let Some((stage, n)) = worst.filter(|_| backlog > high) {
+            Some(format!("{stage} has {n} records waiting"))
+        } else if pressure.busy > BUSY_HIGH {
+            Some(format!(
+                "the busiest edge holds {:.0}% of its open submissions",
+                pressure.busy * 100.0
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = congestion {
+            if now_ms - self.cut_ms >= CUT_HOLD_MS {
+                next.pace = Some((pace * CUT).max(MIN_PACE).min(cap));
+                next.cut_ms = now_ms;
+            } else {
+                next.pace = Some(pace);
+            }
+            next.limited_by = Some(why);
+        } else if backlog < low && pressure.busy < BUSY_LOW {
+            let elapsed = ((now_ms - self.paced_ms).max(0) as f64 / 1000.0).min(1.0);
+            let risen = (pace + cap * RISE_PER_SECOND * elapsed).min(cap);
+            next.pace = Some(risen);
+            if risen >= cap {
+                next.limited_by = None;
+            }
+        } else {
+            next.pace = Some(pace);
+        }
+        next
     }
 
     /// Whether `place` may submit now.
@@ -267,12 +475,13 @@ impl Serving {
         }
     }
 
-    /// One step of the controller: advances the serving place by `rate × elapsed` places plus
-    /// owed credit, never past the report lag nor, before `config.opens_ms`, into the line.
+    /// One step of the controller: advances the serving place by [`Serving::rate`] × elapsed
+    /// places plus owed credit, never past the report lag nor, before `config.opens_ms`, into
+    /// the line.
     pub fn step(&self, config: &RoomConfig, counts: &Counts, now_ms: i64) -> Serving {
         let mut next = self.clone();
         let elapsed = ((now_ms - self.updated_ms).max(0) as f64 / 1000.0).min(1.0);
-        let fresh = f64::from(config.rate) * elapsed;
+        let fresh = self.rate(config) * elapsed;
         let owed = self.credit.min(fresh);
         let mut limit = Place::before(now_ms - REPORT_LAG_MS);
         if let Some(opens) = config.opens_ms
@@ -341,6 +550,13 @@ pub struct Counts {
     pub issued: BTreeMap<i64, u64>,
     /// Tickets used for a registration, by the second of their place.
     pub used: BTreeMap<i64, u64>,
+    /// The reporting edge's load: the share of its open-submission bound in use (0 to 1).
+    /// Not summed ([`Room::busiest`] takes the largest fresh one).
+    #[serde(default)]
+    pub busy: f64,
+    /// When the edge reported (Unix ms).
+    #[serde(default)]
+    pub reported_ms: i64,
 }
 
 impl Counts {
@@ -354,7 +570,7 @@ impl Counts {
         *self.used.entry(place.second()).or_default() += 1;
     }
 
-    /// Adds another report's counts.
+    /// Adds another report's counts (not its load).
     pub fn add(&mut self, other: &Counts) {
         for (second, n) in &other.issued {
             *self.issued.entry(*second).or_default() += n;
@@ -442,6 +658,8 @@ pub struct Room {
     /// Every edge's counts summed, kept up to date as reports arrive (shared: a copy of the
     /// room costs no copy of the line).
     pub total: Arc<Counts>,
+    /// Every edge's last load report: (busy share, reported at Unix ms).
+    pub loads: Vec<(f64, i64)>,
 }
 
 impl Room {
@@ -461,6 +679,25 @@ impl Room {
     pub fn admitted(&self) -> f64 {
         self.serving.as_ref().map_or(0.0, |s| s.admitted)
     }
+
+    /// Admissions per second now (0 while the room is off).
+    pub fn rate(&self) -> f64 {
+        match (&self.config, &self.serving) {
+            (Some(config), Some(serving)) => serving.rate(config),
+            (Some(config), None) => f64::from(config.rate),
+            (None, _) => 0.0,
+        }
+    }
+
+    /// The busiest edge's share of its open-submission bound, among those that reported in
+    /// the last few seconds.
+    pub fn busiest(&self, now_ms: i64) -> f64 {
+        self.loads
+            .iter()
+            .filter(|(_, at)| now_ms - at <= LOAD_FRESH_MS)
+            .map(|(busy, _)| *busy)
+            .fold(0.0, f64::max)
+    }
 }
 
 /// A room and the reports its total is the sum of, as [`Rooms`] keeps them.
@@ -478,6 +715,11 @@ impl Followed {
             total.add(counts);
         }
         self.room.total = Arc::new(total);
+        self.room.loads = self
+            .by_edge
+            .values()
+            .map(|c| (c.busy, c.reported_ms))
+            .collect();
     }
 }
 
@@ -636,6 +878,52 @@ pub async fn open(js: &jetstream::Context, shutdown: &CancellationToken) -> Opti
     crate::lease::open_bucket(js, crate::subjects::WAITING_ROOM_BUCKET, shutdown).await
 }
 
+/// Measures the pipeline behind each of `regions`' rooms: whether a reservation processor holds
+/// the region's lease, and every stage's backlog from the consumers JetStream lists
+/// ([`Pressure::backlogs_of`]). The edges' load comes from their reports, not from here.
+pub async fn measure(
+    js: &jetstream::Context,
+    leases: &kv::Store,
+    regions: &[Region],
+) -> anyhow::Result<HashMap<Region, Pressure>> {
+    use anyhow::Context as _;
+    let intake = consumers(js, crate::subjects::INTAKE_STREAM).await?;
+    let decisions = consumers(js, crate::subjects::DECISIONS_STREAM).await?;
+    let mut pressures = HashMap::new();
+    for region in regions {
+        let held = leases
+            .get(crate::subjects::reservation_lease(region))
+            .await
+            .context("Failed to read a reservation lease")?
+            .is_some();
+        pressures.insert(
+            region.clone(),
+            Pressure {
+                stalled: (!held).then(|| format!("the reservation processor of {region}")),
+                backlogs: Pressure::backlogs_of(region, &intake, &decisions),
+                busy: 0.0,
+            },
+        );
+    }
+    Ok(pressures)
+}
+
+/// Every consumer of `stream`, as JetStream lists them.
+async fn consumers(
+    js: &jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<Vec<jetstream::consumer::Info>> {
+    use anyhow::Context as _;
+    use futures::TryStreamExt as _;
+    js.get_stream_no_info(stream)
+        .await
+        .with_context(|| format!("Failed to open stream {stream}"))?
+        .consumers()
+        .try_collect()
+        .await
+        .with_context(|| format!("Failed to list the consumers of {stream}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,7 +991,7 @@ mod tests {
     fn counts(per_second: &[(i64, u64)]) -> Counts {
         Counts {
             issued: per_second.iter().copied().collect(),
-            used: BTreeMap::new(),
+            ..Counts::default()
         }
     }
 
@@ -713,6 +1001,7 @@ mod tests {
             enabled: true,
             rate: 100,
             opens_ms: None,
+            pacing: Pacing::Fixed,
         };
         let t0 = 1_800_000_000_000;
         // 1,000 tickets in each of ten seconds, all already old enough to count.
@@ -746,6 +1035,7 @@ mod tests {
             enabled: true,
             rate: 100,
             opens_ms: Some(opens),
+            pacing: Pacing::Fixed,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut c = Counts::default();
@@ -780,6 +1070,7 @@ mod tests {
             enabled: true,
             rate: 10,
             opens_ms: None,
+            pacing: Pacing::Fixed,
         };
         let t0 = 1_800_000_000_000;
         let c = counts(&[(t0 / 1000 - 10, 100), (t0 / 1000 - 9, 10_000)]);
@@ -816,6 +1107,198 @@ mod tests {
         }
         let in_a_second = state.admitted - before;
         assert!(in_a_second > 10.5, "{in_a_second}");
+    }
+
+    fn paced(rate: u32) -> RoomConfig {
+        RoomConfig {
+            enabled: true,
+            rate,
+            opens_ms: None,
+            pacing: Pacing::Headroom,
+        }
+    }
+
+    fn backlog(stage: &str, n: u64) -> Pressure {
+        Pressure {
+            backlogs: vec![("projection.reg_intake".into(), 3), (stage.into(), n)],
+            ..Pressure::default()
+        }
+    }
+
+    /// Runs the pacing rule once a second for `seconds` under `pressure`.
+    fn pace_for(
+        mut state: Serving,
+        config: &RoomConfig,
+        pressure: &Pressure,
+        seconds: i64,
+    ) -> Serving {
+        let start = state.paced_ms;
+        for s in 1..=seconds {
+            state = state.paced(config, pressure, start + s * 1000);
+        }
+        state
+    }
+
+    #[test]
+    fn a_clear_pipeline_is_admitted_at_the_operators_rate_and_never_faster() {
+        let config = paced(400);
+        let state = Serving::start(1_800_000_000_000, &Counts::default());
+        assert_eq!(state.rate(&config), 400.0);
+        let state = pace_for(state, &config, &backlog("reservation.r", 10), 30);
+        assert_eq!(state.rate(&config), 400.0);
+        assert_eq!(state.limited_by, None);
+    }
+
+    #[test]
+    fn a_growing_backlog_cuts_the_pace_and_once_it_drains_the_pace_climbs_back() {
+        let config = paced(400);
+        let start = Serving::start(1_800_000_000_000, &Counts::default());
+        // Five seconds of admissions waiting at the reservation processor: congested.
+        let stuck = pace_for(start.clone(), &config, &backlog("reservation.r", 2_500), 10);
+        let cut = stuck.rate(&config);
+        // Cut at most once per hold: 400 × 0.7⁴ after ten seconds.
+        assert!((cut - 400.0 * CUT.powi(4)).abs() < 1e-6, "{cut}");
+        assert_eq!(
+            stuck.limited_by.as_deref(),
+            Some("reservation.r has 2500 records waiting")
+        );
+        // A backlog that is a few seconds at the lower pace holds it there.
+        let held = pace_for(stuck.clone(), &config, &backlog("reservation.r", 300), 10);
+        assert_eq!(held.rate(&config), cut);
+        // Drained: it rises by 5% of the rate a second, back to the rate and no further.
+        let drained = backlog("reservation.r", 0);
+        let rising = pace_for(stuck, &config, &drained, 5);
+        assert!((rising.rate(&config) - (cut + 5.0 * 20.0)).abs() < 1e-6);
+        let back = pace_for(rising, &config, &drained, 60);
+        assert_eq!(back.rate(&config), 400.0);
+        assert_eq!(back.limited_by, None);
+    }
+
+    #[test]
+    fn a_stage_that_is_not_running_brings_the_pace_down_to_the_floor_not_to_zero() {
+        let config = paced(1_000);
+        let stalled = Pressure {
+            stalled: Some("reservation of r".into()),
+            ..Pressure::default()
+        };
+        let state = pace_for(
+            Serving::start(1_800_000_000_000, &Counts::default()),
+            &config,
+            &stalled,
+            120,
+        );
+        assert_eq!(state.rate(&config), MIN_PACE);
+        assert_eq!(
+            state.limited_by.as_deref(),
+            Some("reservation of r is not running")
+        );
+    }
+
+    #[test]
+    fn busy_edges_cut_the_pace_and_a_fixed_room_ignores_every_signal() {
+        let config = paced(200);
+        let busy = Pressure {
+            busy: 0.8,
+            ..Pressure::default()
+        };
+        let state = pace_for(
+            Serving::start(1_800_000_000_000, &Counts::default()),
+            &config,
+            &busy,
+            1,
+        );
+        assert_eq!(state.rate(&config), 140.0);
+        let fixed = RoomConfig {
+            pacing: Pacing::Fixed,
+            ..config
+        };
+        let state = pace_for(state, &fixed, &busy, 10);
+        assert_eq!(state.rate(&fixed), 200.0);
+        assert_eq!(state.pace, None);
+    }
+
+    #[test]
+    fn the_serving_place_moves_at_the_pace() {
+        let config = paced(100);
+        let t0 = 1_800_000_000_000;
+        let c = counts(
+            &(0..10)
+                .map(|s| (t0 / 1000 - 20 + s, 1000))
+                .collect::<Vec<_>>(),
+        );
+        let mut state = Serving {
+            serving: Place::before(t0 - 20_000),
+            pace: Some(25.0),
+            ..Serving::start(t0, &Counts::default())
+        };
+        for tick in 1..=40 {
+            state = state.step(&config, &c, t0 + tick * 100);
+        }
+        assert!((state.admitted - 100.0).abs() < 1e-6, "{}", state.admitted);
+    }
+
+    #[test]
+    fn the_stages_behind_a_room_are_found_among_the_consumers_jetstream_lists() {
+        let r = region();
+        let info = |name: &str, reader: Option<String>, pending: u64| {
+            let mut config = jetstream::consumer::Config::default();
+            if let Some(reader) = reader {
+                config
+                    .metadata
+                    .insert(crate::subjects::READER_METADATA.into(), reader);
+            }
+            let value = serde_json::json!({
+                "stream_name": "S", "name": name, "created": "2026-12-07T00:00:00Z",
+                "config": config,
+                "delivered": {"consumer_seq": 0, "stream_seq": 0},
+                "ack_floor": {"consumer_seq": 0, "stream_seq": 0},
+                "num_ack_pending": 0, "num_redelivered": 0, "num_waiting": 0,
+                "num_pending": pending,
+            });
+            serde_json::from_value::<jetstream::consumer::Info>(value).unwrap()
+        };
+        let other = Region::parse("slaskie").unwrap();
+        let intake = vec![
+            info("a1", Some(crate::subjects::reservation_reader(&r)), 40),
+            info(
+                "a2",
+                Some(crate::subjects::reservation_reader(&other)),
+                9_000,
+            ),
+            // An analyst's replay from the start: not a stage.
+            info("a3", None, 1_000_000),
+        ];
+        let decisions = vec![
+            info(&crate::subjects::verification_consumer(&r), None, 7),
+            info(&crate::subjects::notification_consumer(&other), None, 5_000),
+            info(
+                "p",
+                Some(crate::subjects::projection_reader(
+                    crate::subjects::DECISIONS_STREAM,
+                )),
+                12,
+            ),
+        ];
+        let mut found = Pressure::backlogs_of(&r, &intake, &decisions);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("projection.reg_decisions".to_owned(), 12),
+                (format!("reservation.{r}"), 40),
+                (format!("verification_{r}"), 7),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_fresh_load_reports_count() {
+        let room = Room {
+            loads: vec![(0.9, 1_000), (0.3, 9_000)],
+            ..Room::default()
+        };
+        assert_eq!(room.busiest(10_000), 0.3);
+        assert_eq!(room.busiest(5_000), 0.9);
     }
 
     #[test]

@@ -110,8 +110,12 @@ async fn a_region_whose_room_is_on_admits_each_ticket_once_in_its_turn_and_refus
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (body["enabled"].clone(), body["rate"].clone()),
-        (json!(true), json!(50))
+        (
+            body["enabled"].clone(),
+            body["rate"].clone(),
+            body["pacing"].clone()
+        ),
+        (json!(true), json!(50), json!("headroom"))
     );
     let stored = edge.intake_messages().await;
 
@@ -221,16 +225,21 @@ async fn a_region_whose_room_is_on_admits_each_ticket_once_in_its_turn_and_refus
         || async {
             let mut keys = bucket.keys().await.ok()?;
             let mut total = Counts::default();
+            // With its counts, the edge reports its load, for the controller's pacing.
+            let mut fresh = false;
             use futures::StreamExt as _;
             while let Some(Ok(key)) = keys.next().await {
                 if key.starts_with("counts.") {
                     let value = bucket.get(&key).await.ok()??;
-                    total.add(&serde_json::from_slice(&value).ok()?);
+                    let report: Counts = serde_json::from_slice(&value).ok()?;
+                    let age = chrono::Utc::now().timestamp_millis() - report.reported_ms;
+                    fresh |= (0..10_000).contains(&age) && (0.0..=1.0).contains(&report.busy);
+                    total.add(&report);
                 }
             }
             let issued: u64 = total.issued.values().sum();
             let used: u64 = total.used.values().sum();
-            (issued == 2 && used == 1).then_some(())
+            (issued == 2 && used == 1 && fresh).then_some(())
         },
     )
     .await;
@@ -266,6 +275,10 @@ async fn a_region_whose_room_is_on_admits_each_ticket_once_in_its_turn_and_refus
     let queues = list.json()["queues"].clone();
     assert_eq!(queues[0]["region"], json!(region()), "{queues}");
     assert_eq!(queues[0]["rate"], 50);
+    // Nothing measured the pipeline here (no controller): it admits at the operator's rate.
+    assert_eq!(queues[0]["pacing"], "headroom");
+    assert_eq!(queues[0]["admitting"], 50.0);
+    assert_eq!(queues[0]["limited_by"], Value::Null);
     let stranger = edge
         .send(edge.http.get(format!("{}/v1/admin/queues", edge.url)), None)
         .await;
@@ -300,6 +313,10 @@ async fn bad_room_settings_and_tickets_for_unconfigured_regions_are_refused() {
             "opens_at",
         ),
         (json!({"enabled": true, "rate": 10, "extra": 1}), "extra"),
+        (
+            json!({"enabled": true, "rate": 10, "pacing": "fast"}),
+            "pacing",
+        ),
     ] {
         let (status, answer) = edge.admin_put(&path, &body).await;
         assert_eq!(status, 400, "{body}: {answer}");

@@ -125,7 +125,7 @@ impl Worker {
     async fn serve(self, region: Region, shutdown: CancellationToken) {
         let key = subjects::reservation_lease(&region);
         let spec = OrderedSpec {
-            name: format!("reservation.{region}"),
+            name: subjects::reservation_reader(&region),
             stream: subjects::INTAKE_STREAM,
             filter: subjects::intake_filter(&RegionFilter::One(region.clone())),
             max_group: MAX_INPUTS_PER_BATCH,

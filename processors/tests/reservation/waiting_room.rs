@@ -1,7 +1,8 @@
 //! The waiting-room controller against a real nats-server: it admits a line no faster than its
 //! rate, in order of place, and when the active controller is killed a standby carries the
 //! serving place on from where it was: it never goes back (nobody admitted twice) and never
-//! jumps a place it has not counted (nobody skipped).
+//! jumps a place it has not counted (nobody skipped). Paced by headroom, it admits more slowly
+//! while a stage of the pipeline falls behind or stops, and speeds up again when it recovers.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use streams::config::{Replication, ensure_streams};
 use streams::subjects;
-use streams::waiting_room::{Admission, Counts, RoomConfig, Serving, Ticket};
+use streams::waiting_room::{Admission, Counts, Pacing, RoomConfig, Serving, Ticket};
 use testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,7 @@ async fn the_controller_admits_in_order_at_its_rate_and_a_standby_carries_on_aft
         enabled: true,
         rate: RATE,
         opens_ms: None,
+        pacing: Pacing::Fixed,
     };
     bucket
         .put(
@@ -147,6 +149,155 @@ async fn the_controller_admits_in_order_at_its_rate_and_a_standby_carries_on_aft
         all.windows(2).all(|w| w[0].serving <= w[1].serving),
         "the serving place went back"
     );
+}
+
+/// Headroom pacing against the real stages: a stage whose consumer falls behind (a verification
+/// processor that reads nothing) and a region with no reservation processor each cut the pace
+/// below the operator's rate, with the reason shown; once both recover it climbs back.
+#[tokio::test]
+async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
+    let world = crate::helpers::World::start().await;
+    let js = jetstream::new(world.client.clone());
+    let bucket = js
+        .get_key_value(subjects::WAITING_ROOM_BUCKET)
+        .await
+        .unwrap();
+    let region = crate::helpers::region();
+    let slot = crate::helpers::slot("hall-a");
+    world.set_capacity(&slot, 100_000).await;
+    let replica = world.replica();
+
+    // A long line, paced by headroom under a cap of RATE.
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut counts = Counts::default();
+    for i in 0..20_000 {
+        counts.issue(Ticket::issue(region.clone(), now - 40_000 + i * 2, None).place);
+    }
+    bucket
+        .put(
+            subjects::room_counts(&region, "edge-a"),
+            serde_json::to_vec(&counts).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let config = RoomConfig {
+        enabled: true,
+        rate: RATE,
+        opens_ms: None,
+        pacing: Pacing::Headroom,
+    };
+    bucket
+        .put(
+            subjects::room_config(&region),
+            serde_json::to_vec(&config).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let control = controller(&world.client, "controller-a");
+    let latest = || async {
+        let value = bucket.get(subjects::room_serving(&region)).await.ok()??;
+        serde_json::from_slice::<Serving>(&value).ok()
+    };
+
+    // Every stage clear: the operator's rate.
+    let clear = testkit::eventually(
+        "admissions at the rate",
+        Duration::from_secs(30),
+        || async {
+            latest()
+                .await
+                .filter(|s| s.pace.is_some() && s.admitted >= 100.0)
+        },
+    )
+    .await;
+    assert_eq!(clear.rate(&config), f64::from(RATE));
+    assert_eq!(clear.limited_by, None);
+
+    // A verification processor that reads nothing: its durable consumer exists (as the
+    // processor creates it) and the reservation decisions pile up in it.
+    let stream = js.get_stream(subjects::DECISIONS_STREAM).await.unwrap();
+    let verification = subjects::verification_consumer(&region);
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(verification.clone()),
+            filter_subject: subjects::reservation_decisions(&region),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let submitted = world.submit_many(&slot, 3_000).await;
+    world.wait_decided(&submitted[submitted.len() - 1..]).await;
+    let behind = testkit::eventually(
+        "the pace to fall below the rate",
+        Duration::from_secs(30),
+        || async {
+            latest()
+                .await
+                .filter(|s| s.rate(&config) < f64::from(RATE) * 0.6)
+        },
+    )
+    .await;
+    let why = behind.limited_by.clone().unwrap_or_default();
+    assert!(
+        why.starts_with(&format!("{verification} has ")),
+        "limited by {why:?}"
+    );
+    // Admissions follow the pace: over the next two seconds, at most its rate.
+    let (from, at) = (behind.admitted, Instant::now());
+    let later = testkit::eventually("two more seconds", Duration::from_secs(30), || async {
+        latest()
+            .await
+            .filter(|_| at.elapsed() >= Duration::from_secs(2))
+    })
+    .await;
+    let per_second = (later.admitted - from) / at.elapsed().as_secs_f64();
+    assert!(
+        per_second < f64::from(RATE) * 0.6,
+        "{per_second:.0} admitted a second while limited"
+    );
+
+    // The verification backlog gone, the reservation processor stopped: its region has
+    // nobody to decide, and the pace keeps falling.
+    stream.delete_consumer(&verification).await.unwrap();
+    replica.stop().await;
+    let stopped = testkit::eventually(
+        "the stopped reservation processor to be named",
+        Duration::from_secs(30),
+        || async {
+            latest().await.filter(|s| {
+                s.limited_by.as_deref()
+                    == Some(&*format!(
+                        "the reservation processor of {region} is not running"
+                    ))
+            })
+        },
+    )
+    .await;
+    let low = testkit::eventually(
+        "the pace to fall further",
+        Duration::from_secs(30),
+        || async {
+            latest()
+                .await
+                .filter(|s| s.rate(&config) < stopped.rate(&config))
+        },
+    )
+    .await;
+
+    // Started again, with nothing behind: back up to the operator's rate, and no further.
+    let replica = world.replica();
+    let recovered =
+        testkit::eventually("the rate to come back", Duration::from_secs(60), || async {
+            latest()
+                .await
+                .filter(|s| s.rate(&config) >= f64::from(RATE))
+        })
+        .await;
+    assert!(recovered.admitted > low.admitted);
+    assert_eq!(recovered.limited_by, None);
+    assert_eq!(recovered.rate(&config), f64::from(RATE));
+    control.task.abort();
+    replica.stop().await;
 }
 
 struct Controller {

@@ -283,3 +283,45 @@ async fn the_edge_and_the_controller_follow_the_waiting_rooms_through_flow_contr
         );
     }
 }
+
+/// The controller paces headroom-paced rooms by what it measures: the reservation lease and
+/// the lists of both streams' consumers. The reservation identity it runs as may ask for
+/// them, and the stages it finds are the ones other identities created.
+#[tokio::test]
+async fn the_controller_measures_the_pipeline_behind_a_room_with_its_own_permissions() {
+    let accounts = Accounts::generate();
+    let nats = server(&accounts);
+    create_streams(&nats, &accounts).await;
+    let r = region();
+    // A verification processor's durable consumer, created by its own identity.
+    let verifier =
+        async_nats::jetstream::new(connect(&nats, &accounts, Service::Verification).await);
+    verifier
+        .get_stream(subjects::DECISIONS_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(subjects::verification_consumer(&r)),
+            filter_subject: subjects::reservation_decisions(&r),
+            ..Default::default()
+        })
+        .await
+        .expect("the verification identity creates its consumer");
+    let (client, mut errors) = watched(&nats, &accounts, Service::Reservation).await;
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value(subjects::LEASES_BUCKET).await.unwrap();
+    let measured = streams::waiting_room::measure(&js, &leases, std::slice::from_ref(&r))
+        .await
+        .expect("the controller measures");
+    let pressure = &measured[&r];
+    assert_eq!(
+        pressure.backlogs,
+        vec![(subjects::verification_consumer(&r), 0)]
+    );
+    // Nobody holds the region's reservation lease here.
+    assert!(pressure.stalled.is_some());
+    assert!(
+        errors.try_recv().is_err(),
+        "the controller was refused something while measuring"
+    );
+}
