@@ -123,6 +123,7 @@ async fn control(
             let state = match pressures.remove(&region) {
                 Some(mut pressure) => {
                     pressure.busy = room.busiest(now);
+                    pressure.recent = state.recent(&room.total, now);
                     state.paced(&config, &pressure, now)
                 }
                 None => state,

@@ -54,15 +54,17 @@ pub const REPORT_LAG_MS: i64 = 1_500;
 /// ([`Serving::paced`]).
 pub const PACE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A stage is congested when its backlog is more than this many seconds of admissions at the
+/// A stage is behind when its backlog is more than this many seconds of admissions at the
 /// current pace (and more than [`BACKLOG_FLOOR`] records)...
-const BACKLOG_HIGH_SECONDS: f64 = 5.0;
+const BACKLOG_SECONDS: f64 = 2.0;
 
-/// ...and clear again below this many.
-const BACKLOG_LOW_SECONDS: f64 = 2.0;
+/// ...and congested when, behind, its backlog grew by more than this share since the last
+/// measurement: it takes in more than it gets through. A backlog that shrinks is left to
+/// drain at the pace that lets it.
+const GROWTH: f64 = 0.05;
 
-/// Backlogs below this many records never count as congestion: a stage that batches holds a
-/// few hundred in passing.
+/// Backlogs below this many records are never behind: a stage that batches holds a few
+/// hundred in passing.
 const BACKLOG_FLOOR: f64 = 200.0;
 
 /// The edges are congested when the busiest uses more than this share of its open-submission
@@ -80,8 +82,22 @@ const CUT: f64 = 0.7;
 const CUT_HOLD_MS: i64 = 3_000;
 
 /// When every stage is clear the pace rises by this share of the operator's rate per second
-/// (additive increase: from the floor to the rate in 20 s).
-const RISE_PER_SECOND: f64 = 0.05;
+/// (additive increase: from the start to the rate in 9 s).
+const RISE_PER_SECOND: f64 = 0.1;
+
+/// A paced room starts at this share of the operator's rate and rises from there (TCP's slow
+/// start): a rate set far above what the pipeline takes costs no burst at the opening.
+const START_SHARE: f64 = 0.1;
+
+/// The pace rises only while at most this share of the citizens admitted in the last
+/// [`RECENT_MS`] have not submitted yet: citizens far back poll seldom, so a pace that jumps
+/// is followed by its arrivals only later, and the pipeline's backlogs cannot tell yet. (Only
+/// recent admissions count: those who gave up must not hold the pace for the five minutes
+/// their admission lasts.)
+const NOT_COME_SHARE: f64 = 0.5;
+
+/// See [`NOT_COME_SHARE`]: a citizen polls at least once a minute.
+const RECENT_MS: i64 = 60_000;
 
 /// The pace never falls below this many admissions per second: the line keeps moving, and
 /// the pipeline keeps being probed.
@@ -301,6 +317,9 @@ pub struct Pressure {
     pub backlogs: Vec<(String, u64)>,
     /// The busiest edge's share of its open-submission bound in use (0 to 1).
     pub busy: f64,
+    /// The citizens admitted in the last minute, and of them those who have not submitted
+    /// yet ([`Serving::recent`]).
+    pub recent: (f64, f64),
 }
 
 impl Pressure {
@@ -378,6 +397,9 @@ pub struct Serving {
     /// When the pace was last cut (Unix ms).
     #[serde(default)]
     pub cut_ms: i64,
+    /// Each stage's backlog at the last measurement: whether a backlog grows is what cuts.
+    #[serde(default)]
+    pub backlogs: BTreeMap<String, u64>,
 }
 
 impl Serving {
@@ -400,26 +422,34 @@ impl Serving {
             limited_by: None,
             paced_ms: now_ms,
             cut_ms: 0,
+            backlogs: BTreeMap::new(),
         }
     }
 
-    /// Admissions per second now: the operator's rate, or the pace below it.
+    /// Admissions per second now: the operator's rate, or under headroom pacing the pace
+    /// (which starts at [`START_SHARE`] of the rate).
     pub fn rate(&self, config: &RoomConfig) -> f64 {
         let cap = f64::from(config.rate);
-        match (config.pacing, self.pace) {
-            (Pacing::Headroom, Some(pace)) => pace.clamp(MIN_PACE.min(cap), cap),
-            _ => cap,
+        match config.pacing {
+            Pacing::Fixed => cap,
+            Pacing::Headroom => self
+                .pace
+                .unwrap_or(cap * START_SHARE)
+                .clamp(MIN_PACE.min(cap), cap),
         }
     }
 
     /// Adjusts the pace to `pressure` (additive increase, multiplicative decrease, as TCP
-    /// finds a link's rate): a stage that is not running, a backlog of more than a few seconds
-    /// of admissions or edges near their bound cut it by [`CUT`] (at most once per
-    /// [`CUT_HOLD_MS`], never below [`MIN_PACE`]); with every stage clear it rises towards the
-    /// operator's rate by [`RISE_PER_SECOND`] of it per second; in between it holds.
+    /// finds a link's rate, from a slow start): a stage that is not running, a backlog that is
+    /// more than [`BACKLOG_SECONDS`] of admissions and still growing, or edges near their bound
+    /// cut it by [`CUT`] (at most once per [`CUT_HOLD_MS`], never below [`MIN_PACE`]); with
+    /// every stage clear it rises towards the operator's rate by [`RISE_PER_SECOND`] of it per
+    /// second; a backlog that is behind but shrinking, or more than [`NOT_COME_SHARE`] of the
+    /// citizens admitted in the last minute not come yet, holds it.
     pub fn paced(&self, config: &RoomConfig, pressure: &Pressure, now_ms: i64) -> Serving {
         let mut next = self.clone();
         next.paced_ms = now_ms;
+        next.backlogs = pressure.backlogs.iter().cloned().collect();
         if config.pacing == Pacing::Fixed {
             next.pace = None;
             next.limited_by = None;
@@ -427,14 +457,28 @@ impl Serving {
         }
         let cap = f64::from(config.rate);
         let pace = self.rate(config);
-        let worst = pressure.backlogs.iter().max_by_key(|(_, n)| *n);
-        let backlog = worst.map_or(0.0, |(_, n)| *n as f64);
-        let high = (pace * BACKLOG_HIGH_SECONDS).max(BACKLOG_FLOOR);
-        let low = (pace * BACKLOG_LOW_SECONDS).max(BACKLOG_FLOOR / 2.0);
+        let behind_at = (pace * BACKLOG_SECONDS).max(BACKLOG_FLOOR);
+        let behind = pressure
+            .backlogs
+            .iter()
+            .filter(|(_, n)| *n as f64 > behind_at)
+            .max_by_key(|(_, n)| *n);
+        let grows = |(stage, n): &&(String, u64)| {
+            self.backlogs
+                .get(stage)
+                .is_none_or(|was| *n as f64 > *was as f64 * (1.0 + GROWTH))
+        };
+        let waiting = |(stage, n): &(String, u64)| format!("{stage} has {n} records waiting");
         let congestion = if let Some(stage) = &pressure.stalled {
             Some(format!("{stage} is not running"))
-        } else if let Some((stage, n)) = worst.filter(|_| backlog > high) {
-            Some(format!("{stage} has {n} records waiting"))
+        } else if let Some(growing) = pressure
+            .backlogs
+            .iter()
+            .filter(|(_, n)| *n as f64 > behind_at)
+            .filter(grows)
+            .max_by_key(|(_, n)| *n)
+        {
+            Some(waiting(growing))
         } else if pressure.busy > BUSY_HIGH {
             Some(format!(
                 "the busiest edge holds {:.0}% of its open submissions",
@@ -451,7 +495,20 @@ impl Serving {
                 next.pace = Some(pace);
             }
             next.limited_by = Some(why);
-        } else if backlog < low && pressure.busy < BUSY_LOW {
+        } else if let Some(draining) = behind {
+            next.pace = Some(pace);
+            next.limited_by = Some(waiting(draining));
+        } else if pressure.recent.1 > BACKLOG_FLOOR
+            && pressure.recent.1 > pressure.recent.0 * NOT_COME_SHARE
+        {
+            next.pace = Some(pace);
+            if pace < cap {
+                next.limited_by = Some(format!(
+                    "{:.0} of the {:.0} citizens admitted in the last minute have not submitted yet",
+                    pressure.recent.1, pressure.recent.0
+                ));
+            }
+        } else if pressure.busy < BUSY_LOW {
             let elapsed = ((now_ms - self.paced_ms).max(0) as f64 / 1000.0).min(1.0);
             let risen = (pace + cap * RISE_PER_SECOND * elapsed).min(cap);
             next.pace = Some(risen);
@@ -462,6 +519,21 @@ impl Serving {
             next.pace = Some(pace);
         }
         next
+    }
+
+    /// The citizens admitted in the last [`RECENT_MS`] (about: the serving place's history is
+    /// sampled every [`HISTORY_STEP_MS`]), and of them those who have not submitted yet.
+    pub fn recent(&self, counts: &Counts, now_ms: i64) -> (f64, f64) {
+        let since = self
+            .history
+            .iter()
+            .rev()
+            .find(|(at, _)| now_ms - at >= RECENT_MS)
+            .map_or(self.expired, |(_, place)| *place)
+            .max(self.expired);
+        let admitted = between(&counts.issued, since, self.serving);
+        let used = between(&counts.used, since, self.serving);
+        (admitted, (admitted - used).max(0.0))
     }
 
     /// Whether `place` may submit now.
@@ -880,7 +952,8 @@ pub async fn open(js: &jetstream::Context, shutdown: &CancellationToken) -> Opti
 
 /// Measures the pipeline behind each of `regions`' rooms: whether a reservation processor holds
 /// the region's lease, and every stage's backlog from the consumers JetStream lists
-/// ([`Pressure::backlogs_of`]). The edges' load comes from their reports, not from here.
+/// ([`Pressure::backlogs_of`]). The edges' load and the admissions not used yet come from
+/// the bucket, not from here.
 pub async fn measure(
     js: &jetstream::Context,
     leases: &kv::Store,
@@ -902,6 +975,7 @@ pub async fn measure(
                 stalled: (!held).then(|| format!("the reservation processor of {region}")),
                 backlogs: Pressure::backlogs_of(region, &intake, &decisions),
                 busy: 0.0,
+                recent: (0.0, 0.0),
             },
         );
     }
@@ -1139,39 +1213,75 @@ mod tests {
         state
     }
 
+    /// Runs the pacing rule once a second, each second under the next pressure.
+    fn pace_through(mut state: Serving, config: &RoomConfig, pressures: &[Pressure]) -> Serving {
+        let start = state.paced_ms;
+        for (s, pressure) in pressures.iter().enumerate() {
+            state = state.paced(config, pressure, start + (s as i64 + 1) * 1000);
+        }
+        state
+    }
+
     #[test]
-    fn a_clear_pipeline_is_admitted_at_the_operators_rate_and_never_faster() {
+    fn a_clear_pipeline_is_admitted_from_a_slow_start_up_to_the_operators_rate_and_never_faster() {
         let config = paced(400);
         let state = Serving::start(1_800_000_000_000, &Counts::default());
-        assert_eq!(state.rate(&config), 400.0);
-        let state = pace_for(state, &config, &backlog("reservation.r", 10), 30);
+        assert_eq!(state.rate(&config), 40.0);
+        let rising = pace_for(state, &config, &backlog("reservation.r", 10), 3);
+        assert!((rising.rate(&config) - 160.0).abs() < 1e-6);
+        let state = pace_for(rising, &config, &backlog("reservation.r", 10), 30);
         assert_eq!(state.rate(&config), 400.0);
         assert_eq!(state.limited_by, None);
     }
 
     #[test]
-    fn a_growing_backlog_cuts_the_pace_and_once_it_drains_the_pace_climbs_back() {
+    fn a_growing_backlog_cuts_the_pace_a_draining_one_holds_it_and_once_drained_it_climbs_back() {
         let config = paced(400);
-        let start = Serving::start(1_800_000_000_000, &Counts::default());
-        // Five seconds of admissions waiting at the reservation processor: congested.
-        let stuck = pace_for(start.clone(), &config, &backlog("reservation.r", 2_500), 10);
-        let cut = stuck.rate(&config);
-        // Cut at most once per hold: 400 × 0.7⁴ after ten seconds.
+        let full = Serving {
+            pace: Some(400.0),
+            ..Serving::start(1_800_000_000_000, &Counts::default())
+        };
+        // More than two seconds of admissions waiting at the reservation processor, and more
+        // each second: congested.
+        let growing: Vec<Pressure> = (1..=10)
+            .map(|s| backlog("reservation.r", 1_000 * s))
+            .collect();
+        let cut_down = pace_through(full.clone(), &config, &growing);
+        let cut = cut_down.rate(&config);
+        // Cut at most once per hold: 400 × 0.7⁴ in ten seconds.
         assert!((cut - 400.0 * CUT.powi(4)).abs() < 1e-6, "{cut}");
         assert_eq!(
-            stuck.limited_by.as_deref(),
-            Some("reservation.r has 2500 records waiting")
+            cut_down.limited_by.as_deref(),
+            Some("reservation.r has 10000 records waiting")
         );
-        // A backlog that is a few seconds at the lower pace holds it there.
-        let held = pace_for(stuck.clone(), &config, &backlog("reservation.r", 300), 10);
+        // Behind but shrinking: the pace holds while it drains, and says why.
+        let shrinking: Vec<Pressure> = (0..10)
+            .map(|s| backlog("reservation.r", 9_000 - 800 * s))
+            .collect();
+        let held = pace_through(cut_down.clone(), &config, &shrinking);
         assert_eq!(held.rate(&config), cut);
-        // Drained: it rises by 5% of the rate a second, back to the rate and no further.
+        assert_eq!(
+            held.limited_by.as_deref(),
+            Some("reservation.r has 1800 records waiting")
+        );
+        // Behind and flat (the stage takes exactly the pace): holds too.
+        let flat = pace_for(
+            cut_down.clone(),
+            &config,
+            &backlog("reservation.r", 9_000),
+            10,
+        );
+        assert_eq!(flat.rate(&config), cut);
+        // Drained: it rises by a tenth of the rate a second, back to the rate and no further.
         let drained = backlog("reservation.r", 0);
-        let rising = pace_for(stuck, &config, &drained, 5);
-        assert!((rising.rate(&config) - (cut + 5.0 * 20.0)).abs() < 1e-6);
+        let rising = pace_for(held, &config, &drained, 2);
+        assert!((rising.rate(&config) - (cut + 2.0 * 40.0)).abs() < 1e-6);
         let back = pace_for(rising, &config, &drained, 60);
         assert_eq!(back.rate(&config), 400.0);
         assert_eq!(back.limited_by, None);
+        // A backlog under the floor never cuts, however it grows.
+        let small: Vec<Pressure> = (1..=10).map(|s| backlog("reservation.r", 15 * s)).collect();
+        assert_eq!(pace_through(full, &config, &small).rate(&config), 400.0);
     }
 
     #[test]
@@ -1195,6 +1305,52 @@ mod tests {
     }
 
     #[test]
+    fn recently_admitted_citizens_who_have_not_come_yet_hold_the_pace_and_those_who_gave_up_do_not()
+    {
+        let config = paced(400);
+        let state = Serving {
+            pace: Some(100.0),
+            ..Serving::start(1_800_000_000_000, &Counts::default())
+        };
+        let recent = |admitted, not_come| Pressure {
+            recent: (admitted, not_come),
+            ..Pressure::default()
+        };
+        let held = pace_for(state.clone(), &config, &recent(6_000.0, 5_000.0), 5);
+        assert_eq!(held.rate(&config), 100.0);
+        assert_eq!(
+            held.limited_by.as_deref(),
+            Some("5000 of the 6000 citizens admitted in the last minute have not submitted yet")
+        );
+        // A few, or a minority (some always give up): it rises.
+        assert_eq!(
+            pace_for(state.clone(), &config, &recent(6_000.0, 1_500.0), 1).rate(&config),
+            140.0
+        );
+        assert_eq!(
+            pace_for(state, &config, &recent(150.0, 150.0), 1).rate(&config),
+            140.0
+        );
+        // Counted from the line over the last minute: admitted less used. Those admitted
+        // earlier who never came are not counted.
+        let t0 = 1_800_000_000_000;
+        let mut c = counts(&[
+            (t0 / 1000 - 100, 1000),
+            (t0 / 1000, 1000),
+            (t0 / 1000 + 1, 1000),
+        ]);
+        c.used.insert(t0 / 1000, 600);
+        let serving = Serving {
+            serving: Place::before(t0 + 1_500),
+            history: vec![(t0 - 70_000, Place::before(t0 - 50_000))],
+            ..Serving::start(t0, &Counts::default())
+        };
+        let (admitted, not_come) = serving.recent(&c, t0 + 2_000);
+        assert!((admitted - 1500.0).abs() < 1.0, "{admitted}");
+        assert!((not_come - 900.0).abs() < 1.0, "{not_come}");
+    }
+
+    #[test]
     fn busy_edges_cut_the_pace_and_a_fixed_room_ignores_every_signal() {
         let config = paced(200);
         let busy = Pressure {
@@ -1202,7 +1358,10 @@ mod tests {
             ..Pressure::default()
         };
         let state = pace_for(
-            Serving::start(1_800_000_000_000, &Counts::default()),
+            Serving {
+                pace: Some(200.0),
+                ..Serving::start(1_800_000_000_000, &Counts::default())
+            },
             &config,
             &busy,
             1,

@@ -275,9 +275,10 @@ async fn a_region_whose_room_is_on_admits_each_ticket_once_in_its_turn_and_refus
     let queues = list.json()["queues"].clone();
     assert_eq!(queues[0]["region"], json!(region()), "{queues}");
     assert_eq!(queues[0]["rate"], 50);
-    // Nothing measured the pipeline here (no controller): it admits at the operator's rate.
+    // Nothing measured the pipeline here (no controller): a paced room starts at a tenth of
+    // the operator's rate.
     assert_eq!(queues[0]["pacing"], "headroom");
-    assert_eq!(queues[0]["admitting"], 50.0);
+    assert_eq!(queues[0]["admitting"], 5.0);
     assert_eq!(queues[0]["limited_by"], Value::Null);
     let stranger = edge
         .send(edge.http.get(format!("{}/v1/admin/queues", edge.url)), None)

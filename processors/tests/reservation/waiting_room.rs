@@ -173,6 +173,9 @@ async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
     for i in 0..20_000 {
         counts.issue(Ticket::issue(region.clone(), now - 40_000 + i * 2, None).place);
     }
+    // Each admitted citizen submits at once, as the edge counts them: nobody admitted is
+    // still to come (that signal holds the pace too; the rule's own tests show it).
+    counts.used = counts.issued.clone();
     bucket
         .put(
             subjects::room_counts(&region, "edge-a"),
@@ -199,14 +202,14 @@ async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
         serde_json::from_slice::<Serving>(&value).ok()
     };
 
-    // Every stage clear: the operator's rate.
+    // Every stage clear: from a slow start up to the operator's rate.
     let clear = testkit::eventually(
         "admissions at the rate",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             latest()
                 .await
-                .filter(|s| s.pace.is_some() && s.admitted >= 100.0)
+                .filter(|s| s.pace.is_some_and(|pace| pace >= f64::from(RATE)))
         },
     )
     .await;
@@ -230,11 +233,7 @@ async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
     let behind = testkit::eventually(
         "the pace to fall below the rate",
         Duration::from_secs(30),
-        || async {
-            latest()
-                .await
-                .filter(|s| s.rate(&config) < f64::from(RATE) * 0.6)
-        },
+        || async { latest().await.filter(|s| s.rate(&config) < f64::from(RATE)) },
     )
     .await;
     let why = behind.limited_by.clone().unwrap_or_default();
@@ -252,7 +251,7 @@ async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
     .await;
     let per_second = (later.admitted - from) / at.elapsed().as_secs_f64();
     assert!(
-        per_second < f64::from(RATE) * 0.6,
+        per_second < f64::from(RATE) * 0.75,
         "{per_second:.0} admitted a second while limited"
     );
 

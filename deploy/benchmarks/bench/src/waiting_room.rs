@@ -27,12 +27,22 @@ use crate::deployed::Deployment;
 /// Command-line options of `bench waiting-room`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Admissions per second the room is set to.
+    /// Admissions per second the room is set to: the cap under headroom pacing.
     #[arg(long, default_value_t = 100)]
     pub rate: u32,
-    /// Citizens arrive at this many times the admission rate.
+    /// `headroom` (the controller paces by what it measures, up to the rate) or `fixed`.
+    #[arg(long, default_value = "headroom")]
+    pub pacing: String,
+    /// Citizens arrive at this many times the admission rate...
     #[arg(long, default_value_t = 20)]
     pub surge: u32,
+    /// ...or at this many per second (e.g. twenty times what the pipeline sustains, when the
+    /// rate is a cap above it).
+    #[arg(long)]
+    pub arrivals: Option<f64>,
+    /// The registrations per second of the run without a room (default: the rate).
+    #[arg(long)]
+    pub baseline_rate: Option<u32>,
     /// Seconds of arrivals after the opening.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
@@ -65,8 +75,17 @@ struct Citizen {
 /// The report.
 #[derive(Debug, Serialize)]
 pub struct Figures {
-    /// The admission rate set.
+    /// The admission rate set (the cap under headroom pacing).
     pub admission_rate: u32,
+    /// `headroom` or `fixed`.
+    pub pacing: String,
+    /// The rate the room admitted at, sampled each second after the opening
+    /// (`GET /v1/admin/queues`'s `admitting`).
+    pub admitting_per_second: Vec<f64>,
+    /// Seconds the pace was held below the rate, by what held it (numbers taken out).
+    pub limited_by: BTreeMap<String, u64>,
+    /// The registrations per second of the run without a room.
+    pub baseline_rate: u32,
     /// Citizens, of whom early (before the opening).
     pub citizens: u64,
     /// Of them, before the opening.
@@ -147,16 +166,14 @@ async fn run(
         .context("deploy/up runs an edge")?;
 
     // The same submissions at the admission rate, no room: the latency to compare with.
-    eprintln!(
-        "waiting-room: 1/3 the baseline, {} registrations/s without a room",
-        options.rate
-    );
+    let baseline_rate = options.baseline_rate.unwrap_or(options.rate).max(1);
+    eprintln!("waiting-room: 1/3 the baseline, {baseline_rate} registrations/s without a room");
     let mut baseline = Vec::new();
     let started = Instant::now();
-    let count = (options.rate as f64 * 5.0) as u32;
+    let count = baseline_rate * 5;
     let mut sends = Vec::new();
     for i in 0..count {
-        let at = started + Duration::from_secs_f64(f64::from(i) / f64::from(options.rate));
+        let at = started + Duration::from_secs_f64(f64::from(i) / f64::from(baseline_rate));
         let (http, ingest, slot) = (http.clone(), ingest.clone(), slot.clone());
         sends.push(ntex::rt::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
@@ -172,7 +189,7 @@ async fn run(
     }
 
     // The surge.
-    let arrival_rate = f64::from(options.rate * options.surge);
+    let arrival_rate = arrival_rate(options);
     let early = (arrival_rate * options.early_seconds) as u32;
     let late = (arrival_rate * options.seconds) as u32;
     let opens_in = Duration::from_secs_f64(options.early_seconds + 2.0);
@@ -181,21 +198,31 @@ async fn run(
         &http,
         &ingest,
         &slot,
-        json!({"enabled": true, "rate": options.rate, "opens_at": opens_at}),
+        json!({"enabled": true, "rate": options.rate, "opens_at": opens_at, "pacing": options.pacing}),
     )
     .await?;
     eprintln!(
-        "waiting-room: 2/3 {} citizens ({early} before the opening), {arrival_rate}/s for {} s, admitted at {}/s",
+        "waiting-room: 2/3 {} citizens ({early} before the opening), {arrival_rate}/s for {} s, admitted at {}/s ({})",
         early + late,
         options.seconds,
-        options.rate
+        options.rate,
+        options.pacing
     );
     let answers: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let started = Instant::now();
     let opening = started + opens_in;
     let first_early = opening - Duration::from_secs_f64(options.early_seconds);
+    // A headroom-paced room may admit well below its cap: give it four times as long.
     let give_up = opening
-        + Duration::from_secs_f64(f64::from(early + late) / f64::from(options.rate) * 2.0 + 60.0);
+        + Duration::from_secs_f64(f64::from(early + late) / f64::from(options.rate) * 8.0 + 60.0);
+    let done = tokio_util::sync::CancellationToken::new();
+    let trace = ntex::rt::spawn(pace_trace(
+        http.clone(),
+        ingest.clone(),
+        slot.region.to_string(),
+        opening,
+        done.clone(),
+    ));
     let mut citizens = Vec::new();
     for i in 0..early + late {
         let at = if i < early {
@@ -226,6 +253,8 @@ async fn run(
     for citizen in citizens {
         met.push(citizen.await.unwrap_or_default());
     }
+    done.cancel();
+    let trace = trace.await.unwrap_or_default();
     admin_queue(
         &http,
         &ingest,
@@ -238,7 +267,70 @@ async fn run(
         "waiting-room: 3/3 the cost of tickets and polls at the edge, beside a bare ntex handler"
     );
     let cost = costs(&http, &ingest, edge_pid, &slot, log_dir).await?;
-    Ok(figures(options, met, answers, baseline, opens_in, cost))
+    let mut figures = figures(options, met, answers, baseline, opens_in, cost);
+    figures.baseline_rate = baseline_rate;
+    figures.admitting_per_second = trace.iter().map(|(admitting, _)| *admitting).collect();
+    for (_, why) in trace {
+        if let Some(why) = why {
+            *figures.limited_by.entry(why).or_default() += 1;
+        }
+    }
+    Ok(figures)
+}
+
+/// The citizens' arrival rate.
+fn arrival_rate(options: &Options) -> f64 {
+    options
+        .arrivals
+        .unwrap_or(f64::from(options.rate * options.surge))
+}
+
+/// `why` with each run of digits as `N`, so that reasons group.
+fn numbers_out(why: &str) -> String {
+    let mut out = String::with_capacity(why.len());
+    for c in why.chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('N') {
+            out.push('N');
+        }
+    }
+    out
+}
+
+/// Samples the room's pace once a second from the opening until `done`: (admitting, what
+/// held it below the rate with its numbers taken out).
+async fn pace_trace(
+    http: ntex::client::Client,
+    ingest: String,
+    region: String,
+    opening: Instant,
+    done: tokio_util::sync::CancellationToken,
+) -> Vec<(f64, Option<String>)> {
+    let mut trace = Vec::new();
+    let mut next = opening;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return trace,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        next += Duration::from_secs(1);
+        let response = http
+            .get(format!("{ingest}/v1/admin/queues"))
+            .bearer_auth("dev-admin-token")
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let (_, body, _) = answer(response).await;
+        let room = body["queues"]
+            .as_array()
+            .and_then(|rooms| rooms.iter().find(|r| r["region"] == region.as_str()));
+        let admitting = room
+            .and_then(|r| r["admitting"].as_f64())
+            .unwrap_or(f64::NAN);
+        let why = room.and_then(|r| r["limited_by"].as_str()).map(numbers_out);
+        trace.push((admitting, why));
+    }
 }
 
 /// One citizen following the protocol: a ticket, polls when told (with jitter), the
@@ -521,9 +613,13 @@ fn figures(
     let accepted = |c: &&Citizen| c.accepted.unwrap_or(Duration::MAX);
     Figures {
         admission_rate: options.rate,
+        pacing: options.pacing.clone(),
+        admitting_per_second: Vec::new(),
+        limited_by: BTreeMap::new(),
+        baseline_rate: options.rate,
         citizens: met.len() as u64,
         early: early.len() as u64,
-        arrival_rate: f64::from(options.rate * options.surge),
+        arrival_rate: arrival_rate(options),
         registered_once: met.iter().filter(|c| c.registrations == 1).count() as u64,
         not_registered: met.iter().filter(|c| c.registrations == 0).count() as u64,
         registered_twice: met.iter().filter(|c| c.registrations > 1).count() as u64,
@@ -583,12 +679,20 @@ fn swapped<T, A: Ord, B: Ord>(items: &[T], a: impl Fn(&T) -> A, b: impl Fn(&T) -
 
 /// The report's Markdown body.
 pub fn markdown(f: &Figures) -> String {
+    let pacing = if f.pacing == "headroom" {
+        format!(
+            "paced by the pipeline's headroom under a cap of {} admissions/s",
+            f.admission_rate
+        )
+    } else {
+        format!("at a fixed {} admissions/s", f.admission_rate)
+    };
     let mut md = format!(
-        " One region's waiting room at {} admissions/s; {} simulated citizens ({} of them in the \
+        " One region's waiting room {pacing}; {} simulated citizens ({} of them in the \
          seconds before the opening) arriving at {:.0}/s, each taking a ticket, polling when told \
          (with ±20 % jitter) and submitting with its ticket once admitted. The system as deploy/up \
          starts it, every stage on, provider limits off.\n\n",
-        f.admission_rate, f.citizens, f.early, f.arrival_rate
+        f.citizens, f.early, f.arrival_rate
     );
     md += "| figure | value |\n| --- | ---: |\n";
     md += &format!(
@@ -603,14 +707,27 @@ pub fn markdown(f: &Figures) -> String {
         "| drained (every citizen registered) after the opening | {:.0} s |\n",
         f.drained_seconds
     );
+    let sampled: Vec<f64> = f
+        .admitting_per_second
+        .iter()
+        .copied()
+        .filter(|a| a.is_finite())
+        .collect();
+    if !sampled.is_empty() {
+        let mean = sampled.iter().sum::<f64>() / sampled.len() as f64;
+        let low = sampled.iter().copied().fold(f64::INFINITY, f64::min);
+        md += &format!(
+            "| the room's pace, sampled each second until drained: mean / lowest | {mean:.1} / {low:.1} per s |\n"
+        );
+    }
     md += &format!("| `503` answers | {} |\n", f.unavailable);
     md += &format!(
         "| admitted submissions' `202`, p50 / p99 | {:.1} / {:.1} ms |\n",
         f.admitted_202_ms.p50, f.admitted_202_ms.p99
     );
     md += &format!(
-        "| the same registrations at the admission rate without a room, p50 / p99 | {:.1} / {:.1} ms |\n",
-        f.baseline_202_ms.p50, f.baseline_202_ms.p99
+        "| the same registrations at {}/s without a room, p50 / p99 | {:.1} / {:.1} ms |\n",
+        f.baseline_rate, f.baseline_202_ms.p50, f.baseline_202_ms.p99
     );
     md += &format!(
         "| after the opening: neighbours in arrival order whose places are swapped | {:.2} % |\n",
@@ -624,6 +741,12 @@ pub fn markdown(f: &Figures) -> String {
         "| before the opening: rank correlation arrival ↔ place (a lottery: near 0) | {:.3} |\n",
         f.early_rank_correlation
     );
+    if !f.limited_by.is_empty() {
+        md += "\nSeconds the pace was below the cap, by what held it there:\n\n| held by | seconds |\n| --- | ---: |\n";
+        for (why, n) in &f.limited_by {
+            md += &format!("| {why} | {n} |\n");
+        }
+    }
     md += "\nAnswers by route and status:\n\n| route status | answers |\n| --- | ---: |\n";
     for (k, n) in &f.answers {
         md += &format!("| {k} | {n} |\n");
