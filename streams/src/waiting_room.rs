@@ -77,13 +77,30 @@ const BUSY_LOW: f64 = 0.25;
 /// On congestion the pace is multiplied by this...
 const CUT: f64 = 0.7;
 
-/// ...at most once in this long: what was admitted before a cut takes a few seconds to reach
-/// the pipeline (citizens poll, then submit), so the signal lags the pace.
-const CUT_HOLD_MS: i64 = 3_000;
+/// ...at most once in this long: what was admitted before a cut takes seconds to reach the
+/// pipeline (citizens poll, then submit), so a backlog goes on growing for a while after the
+/// cut that will drain it; cutting again sooner overshoots (the first surge runs went from
+/// 370 to 89 a second in twelve seconds).
+const CUT_HOLD_MS: i64 = 6_000;
+
+/// A stage that is not running is no lagging signal: the pace falls every this long.
+const STALL_HOLD_MS: i64 = 3_000;
 
 /// When every stage is clear the pace rises by this share of the operator's rate per second
-/// (additive increase: from the start to the rate in 9 s).
+/// (additive increase: from the start to the rate in 9 s)...
 const RISE_PER_SECOND: f64 = 0.1;
+
+/// ...up to [`PLATEAU`] of the pace the last congestion began at; from there on it probes by
+/// this share a second (TCP CUBIC's plateau): the surge runs rose straight back to a cap of
+/// 1,000 and met the same congestion every forty seconds, with `503`s at each peak.
+const PROBE_PER_SECOND: f64 = 0.01;
+
+/// See [`PROBE_PER_SECOND`].
+const PLATEAU: f64 = 0.9;
+
+/// A cut more than this long after the previous one begins a new congestion: the pace it
+/// begins at is the new ceiling.
+const EPISODE_MS: i64 = 20_000;
 
 /// A paced room starts at this share of the operator's rate and rises from there (TCP's slow
 /// start): a rate set far above what the pipeline takes costs no burst at the opening.
@@ -397,6 +414,10 @@ pub struct Serving {
     /// When the pace was last cut (Unix ms).
     #[serde(default)]
     pub cut_ms: i64,
+    /// The pace the last congestion began at: the pace rises quickly up to near it, then
+    /// probes slowly ([`PROBE_PER_SECOND`]).
+    #[serde(default)]
+    pub ceiling: Option<f64>,
     /// Each stage's backlog at the last measurement: whether a backlog grows is what cuts.
     #[serde(default)]
     pub backlogs: BTreeMap<String, u64>,
@@ -422,6 +443,7 @@ impl Serving {
             limited_by: None,
             paced_ms: now_ms,
             cut_ms: 0,
+            ceiling: None,
             backlogs: BTreeMap::new(),
         }
     }
@@ -487,8 +509,16 @@ impl Serving {
         } else {
             None
         };
+        let hold = if pressure.stalled.is_some() {
+            STALL_HOLD_MS
+        } else {
+            CUT_HOLD_MS
+        };
         if let Some(why) = congestion {
-            if now_ms - self.cut_ms >= CUT_HOLD_MS {
+            if now_ms - self.cut_ms >= hold {
+                if now_ms - self.cut_ms > EPISODE_MS {
+                    next.ceiling = Some(pace);
+                }
                 next.pace = Some((pace * CUT).max(MIN_PACE).min(cap));
                 next.cut_ms = now_ms;
             } else {
@@ -510,7 +540,18 @@ impl Serving {
             }
         } else if pressure.busy < BUSY_LOW {
             let elapsed = ((now_ms - self.paced_ms).max(0) as f64 / 1000.0).min(1.0);
-            let risen = (pace + cap * RISE_PER_SECOND * elapsed).min(cap);
+            let near = self.ceiling.map_or(cap, |c| c * PLATEAU);
+            let step = if pace < near {
+                RISE_PER_SECOND
+            } else {
+                PROBE_PER_SECOND
+            };
+            let risen = if pace < near {
+                (pace + cap * step * elapsed).min(near)
+            } else {
+                pace + cap * step * elapsed
+            }
+            .min(cap);
             next.pace = Some(risen);
             if risen >= cap {
                 next.limited_by = None;
@@ -1248,8 +1289,10 @@ mod tests {
             .collect();
         let cut_down = pace_through(full.clone(), &config, &growing);
         let cut = cut_down.rate(&config);
-        // Cut at most once per hold: 400 × 0.7⁴ in ten seconds.
-        assert!((cut - 400.0 * CUT.powi(4)).abs() < 1e-6, "{cut}");
+        // Cut at most once per hold, as its effect takes seconds to show: 400 × 0.7² in ten
+        // seconds.
+        assert!((cut - 400.0 * CUT.powi(2)).abs() < 1e-6, "{cut}");
+        assert_eq!(cut_down.ceiling, Some(400.0));
         assert_eq!(
             cut_down.limited_by.as_deref(),
             Some("reservation.r has 10000 records waiting")
@@ -1272,10 +1315,17 @@ mod tests {
             10,
         );
         assert_eq!(flat.rate(&config), cut);
-        // Drained: it rises by a tenth of the rate a second, back to the rate and no further.
+        // Drained: it rises by a tenth of the rate a second up to near where the congestion
+        // began, then probes by a hundredth, back to the rate and no further.
         let drained = backlog("reservation.r", 0);
         let rising = pace_for(held, &config, &drained, 2);
         assert!((rising.rate(&config) - (cut + 2.0 * 40.0)).abs() < 1e-6);
+        let plateau = pace_for(rising.clone(), &config, &drained, 4);
+        assert!(
+            (plateau.rate(&config) - (360.0 + 4.0)).abs() < 1e-6,
+            "{}",
+            plateau.rate(&config)
+        );
         let back = pace_for(rising, &config, &drained, 60);
         assert_eq!(back.rate(&config), 400.0);
         assert_eq!(back.limited_by, None);
