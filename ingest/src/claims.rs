@@ -67,11 +67,11 @@ fn claim_messages(
     wanted: &Claim,
     previous: Option<&ClaimRecord>,
     citizen_key: &str,
-    event: &Outgoing,
+    registration: &[Outgoing],
 ) -> Vec<Outgoing> {
     let mut messages = vec![ClaimRecord::held(wanted.clone(), previous).message(citizen_key)];
     messages.extend(wanted.key_message());
-    messages.push(event.clone());
+    messages.extend_from_slice(registration);
     messages
 }
 
@@ -123,7 +123,7 @@ pub async fn claim_and_append(
     js: &async_nats::jetstream::Context,
     citizen_key: &str,
     wanted: Claim,
-    event: Outgoing,
+    registration: Vec<Outgoing>,
     ticket: Option<Outgoing>,
 ) -> Result<Claimed, AppendError> {
     let ticket = ticket.as_ref();
@@ -136,7 +136,7 @@ pub async fn claim_and_append(
         match relate(&wanted, record) {
             Some(answer) => Step::Answer(Some(answer)),
             None => Step::Append(
-                claim_messages(&wanted, record, citizen_key, &event),
+                claim_messages(&wanted, record, citizen_key, &registration),
                 Some(Claimed::New(wanted.clone())),
             ),
         }
@@ -155,7 +155,7 @@ pub async fn claim_and_append(
         match relate(&wanted, record) {
             Some(answer) => Step::Answer(answer),
             None => Step::Append(
-                claim_messages(&wanted, record, citizen_key, &event),
+                claim_messages(&wanted, record, citizen_key, &registration),
                 Claimed::New(wanted.clone()),
             ),
         }
@@ -220,10 +220,11 @@ mod tests {
             payload: Default::default(),
         };
         let keyed = claim("body-a", Some("key-1"));
-        let subjects: Vec<String> = claim_messages(&keyed, None, "c0ffee", &event)
-            .into_iter()
-            .map(|m| m.subject)
-            .collect();
+        let subjects: Vec<String> =
+            claim_messages(&keyed, None, "c0ffee", std::slice::from_ref(&event))
+                .into_iter()
+                .map(|m| m.subject)
+                .collect();
         assert_eq!(
             subjects,
             [
@@ -233,7 +234,10 @@ mod tests {
             ]
         );
         let keyless = claim("body-a", None);
-        assert_eq!(claim_messages(&keyless, None, "c0ffee", &event).len(), 2);
+        assert_eq!(
+            claim_messages(&keyless, None, "c0ffee", std::slice::from_ref(&event)).len(),
+            2
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ use streams::appender::{Appender, Outgoing};
 use streams::claims::ClaimRecord;
 use streams::crypto::Keys;
 use streams::events::{
-    CancellationRequested, CapacitySet, Envelope, Event, NotificationRedriveRequested,
-    PersonalData, RegistrationSubmitted, ReviewRequeued, VerificationFailed, VerificationPassed,
-    WindowSet,
+    CancellationRequested, CapacitySet, Envelope, ErasureRequested, Event,
+    NotificationRedriveRequested, PersonalData, RegistrationSubmitted, ReviewRequeued,
+    VerificationFailed, VerificationPassed, WindowSet,
 };
 use streams::http::{json as json_response, read_body};
 use streams::model::RegistrationId;
@@ -397,8 +397,8 @@ async fn limit_citizen(edge: &Edge, submission: &Submission) -> Result<Option<Cl
     }
 }
 
-/// Seals the personal data, builds the `RegistrationSubmitted` event and appends it with the
-/// citizen's claim (or learns how an existing claim answers this request).
+/// Seals the personal data, builds the `RegistrationSubmitted` event and appends it and the
+/// registration's own key with the citizen's claim (or learns how an existing claim answers this request).
 async fn claim(
     edge: &Edge,
     submission: Submission,
@@ -418,13 +418,15 @@ async fn claim(
         phone: registration.phone,
         attributes: registration.attributes,
     };
+    // Under a key of its own, stored beside it, so that it can be erased (docs/retention.md).
+    let (sealed, own_key) = edge.keys.seal_own(&id, &personal);
     let event = Event::RegistrationSubmitted(RegistrationSubmitted {
         registration_id: id.clone(),
         slot: registration.slot.clone(),
         citizen_key: citizen_key.clone(),
         request_hash: wanted.request_hash.clone(),
         language: registration.language,
-        personal: edge.keys.seal(&id, &personal),
+        personal: sealed,
     });
     let envelope = Envelope::new(id.to_string(), event);
     let subject = subjects::intake(&registration.slot.region, IntakeKind::Submitted);
@@ -435,7 +437,10 @@ async fn claim(
             &edge.js,
             &citizen_key,
             wanted,
-            Outgoing::event(subject, &envelope),
+            vec![
+                streams::seals::message(&id, own_key),
+                Outgoing::event(subject, &envelope),
+            ],
             ticket.map(|t| ticket_use(t, &id)),
         ),
     )
@@ -890,6 +895,58 @@ pub async fn post_redrive(req: HttpRequest, payload: Payload, edge: State<Edge>)
     count(&edge, "redrive", result)
 }
 
+/// `POST /v1/admin/erasures`: erase a citizen's personal data on their request (contract
+/// 1.2). Every registration their claim remembers gets an `ErasureRequested`; the reservation
+/// processor ends one still active (as a cancellation, its place going to the next in line),
+/// and the notification processor destroys each registration's own key, after which nothing
+/// opens its sealed data: no store, replay or rebuild (docs/retention.md). `202` with the
+/// registrations; `404` when the national id has none.
+pub async fn post_erasure(req: HttpRequest, payload: Payload, edge: State<Edge>) -> HttpResponse {
+    let result = async {
+        let body = read_body(declared_len(&req), payload, edge.settings.max_body_bytes).await?;
+        check_admin(&req, &edge)?;
+        if !is_json(&req) {
+            return Err(EdgeError::NotJson);
+        }
+        let request = validate::parse_erasure(&body, edge.settings.national_id_rule)
+            .map_err(EdgeError::Invalid)?;
+        let citizen_key = edge.keys.citizen_key(&request.national_id);
+        let last = timed(
+            &edge,
+            streams::claims::last_from_leader(&edge.js, &citizen_key),
+        )
+        .await
+        .map_err(|err| EdgeError::from_append(&err))?
+        .ok_or(EdgeError::NotFound)?;
+        let record = streams::claims::ClaimRecord::decode(&last.payload).map_err(|err| {
+            tracing::error!(error = %err, "A claim record is unreadable; nothing was erased.");
+            EdgeError::Unavailable("the citizen's claim")
+        })?;
+        let registrations: Vec<RegistrationId> = record
+            .history()
+            .into_iter()
+            .map(|claim| claim.registration_id)
+            .collect();
+        for id in &registrations {
+            let envelope = Envelope::new(
+                id.to_string(),
+                Event::ErasureRequested(ErasureRequested {
+                    registration_id: id.clone(),
+                    reviewer: request.reviewer.clone(),
+                }),
+            );
+            let subject = subjects::intake(&id.region(), IntakeKind::Erasure);
+            append(&edge, Outgoing::event(subject, &envelope)).await?;
+        }
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "registrations": registrations }),
+        ))
+    }
+    .await;
+    count(&edge, "erasure", result)
+}
+
 /// The one answer of `POST /v1/registrations/recover`, whoever asks.
 const RECOVERY_ANSWER: &str =
     "if a registration matches these details, a fresh link is on its way to the contact on record";
@@ -1007,6 +1064,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/admin/capacity", web::put().to(put_capacity))
         .route("/v1/admin/windows", web::put().to(put_window))
         .route("/v1/admin/reviews/{id}", web::post().to(post_review))
+        .route("/v1/admin/erasures", web::post().to(post_erasure))
         .route(
             "/v1/admin/notifications/redrive",
             web::post().to(post_redrive),

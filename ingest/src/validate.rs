@@ -431,6 +431,31 @@ pub fn parse_recovery(body: &[u8], rule: NationalIdRule) -> Result<RecoveryReque
     Ok(RecoveryRequest { national_id })
 }
 
+/// A parsed `POST /v1/admin/erasures` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureRequest {
+    /// The citizen's national id, checked as a submission's is.
+    pub national_id: String,
+    /// Who, and on what grounds.
+    pub reviewer: Reviewer,
+}
+
+/// Parses `{"national_id", "birth_date", "operator", "note"}`: the citizen whose personal
+/// data is to be erased (the birth date checks the national id, so a typo erases nobody
+/// else's), the operator and the request's reference.
+pub fn parse_erasure(body: &[u8], rule: NationalIdRule) -> Result<ErasureRequest, FieldError> {
+    let map = object(body)?;
+    reject_unknown(&map, &["national_id", "birth_date", "operator", "note"])?;
+    let national_id = req_str(&map, "national_id")?.to_owned();
+    let birth_date = date(&map, "birth_date")?;
+    national_id::check(rule, &national_id, birth_date)
+        .map_err(|e| FieldError::invalid("national_id", e.to_string()))?;
+    Ok(ErasureRequest {
+        national_id,
+        reviewer: reviewer(&map)?,
+    })
+}
+
 /// A parsed `POST /v1/admin/notifications/redrive` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedriveRequest {

@@ -124,12 +124,14 @@ impl Service {
                     IntakeKind::Review,
                     IntakeKind::Redrive,
                     IntakeKind::Recover,
+                    IntakeKind::Erasure,
                 ] {
                     publish.push(subjects::intake_kind_filter(&all, kind));
                 }
                 publish.push(subjects::claim("*"));
                 publish.push(subjects::idempotency_key("*"));
                 publish.push(subjects::ticket("*"));
+                publish.push(subjects::seal_filter(&all));
                 // Waiting rooms: operators' settings and this edge's ticket counts.
                 publish.push(subjects::RoomKey::write_filter("config"));
                 publish.push(subjects::RoomKey::write_filter("counts"));
@@ -174,6 +176,9 @@ impl Service {
             }
             Service::Notification => {
                 publish.push(subjects::notification_decisions_filter(&all));
+                // Erasure: destroying a registration's own key (a secure erase of its one
+                // message). JetStream grants deletes per stream, not per subject.
+                publish.push(format!("{JS_API}.STREAM.MSG.DELETE.{intake}"));
                 publish.extend(read(intake));
                 publish.extend(read(decisions));
                 publish.push(ack(intake));
@@ -266,6 +271,25 @@ mod tests {
         assert!(Service::Reservation.may_publish(&flow_control));
         assert!(!Service::Projections.may_publish(&flow_control));
         assert!(!Service::Reservation.may_publish(&subjects::ticket("ab")));
+        // Only the notification processor destroys keys (erasure); only the edge asks for it.
+        let delete = format!("{JS_API}.STREAM.MSG.DELETE.{}", subjects::INTAKE_STREAM);
+        let erasure = subjects::intake(&r, IntakeKind::Erasure);
+        for service in Service::ALL {
+            assert_eq!(
+                service.may_publish(&delete),
+                matches!(service, Service::Notification | Service::Admin),
+                "{service:?}"
+            );
+            assert_eq!(
+                service.may_publish(&erasure),
+                service == Service::Ingest,
+                "{service:?}"
+            );
+        }
+        assert!(
+            Service::Ingest
+                .may_publish(&subjects::seal(&crate::model::RegistrationId::generate(&r)))
+        );
         // The controller paces by the consumers' backlogs; nobody else lists them.
         let list = format!("{JS_API}.CONSUMER.LIST.{}", subjects::DECISIONS_STREAM);
         assert!(Service::Reservation.may_publish(&list));

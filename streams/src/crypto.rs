@@ -9,8 +9,12 @@
 //!   request, an idempotency key): a plain hash of a PESEL-bearing request could be
 //!   recovered by trying the 10⁴ PESELs of a birth date, a keyed one cannot without the
 //!   secret;
-//! - **personal data** is sealed with ChaCha20-Poly1305 under the data key, bound to the
-//!   registration id as associated data.
+//! - **personal data** is sealed with ChaCha20-Poly1305, bound to the registration id as
+//!   associated data: since contract 1.2 under the registration's **own key**, a random key
+//!   wrapped under the data key and stored on a subject of its own beside the registration
+//!   ([`crate::seals`]), so that destroying that one message erases the registration's
+//!   personal data from an immutable log ([`Keys::seal_own`]); blocks written before were
+//!   sealed under the data key itself ([`Keys::seal`]) and still open.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -38,6 +42,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The identifier of the data key in use, recorded in every [`Sealed`] block.
 const DATA_KEY_ID: &str = "k1";
+/// The identifier of a block sealed under its registration's own key ([`Keys::seal_own`]).
+const OWN_KEY_ID: &str = "r1";
+/// Associated-data prefix of a wrapped own key: a wrapped key is bound to its registration.
+const WRAP_AAD: &str = "own-key/v1:";
+/// Bytes of a wrapped own key: a nonce, the 32-byte key, the tag.
+const WRAPPED_LEN: usize = 12 + 32 + 16;
 /// Bytes of MAC kept in a token: 128 bits.
 const TOKEN_BYTES: usize = 16;
 
@@ -121,52 +131,125 @@ impl Keys {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Seals personal data for one registration.
+    /// Seals personal data for one registration under the data key itself: the format of
+    /// blocks written before contract 1.2, kept for tests of that format; new registrations
+    /// take [`Keys::seal_own`].
     pub fn seal(&self, id: &RegistrationId, data: &PersonalData) -> Sealed {
-        let cipher = ChaCha20Poly1305::new((&self.data).into());
-        let nonce_bytes: [u8; 12] = rand::random();
-        // Serialised and encrypted in place in the thread's scratch buffer: the 4 kB block
-        // costs one allocation, its base64 text.
-        let ciphertext = crate::scratch::with(|buffer| {
-            serde_json::to_writer(&mut *buffer, data).expect("personal data serializes");
-            cipher
-                .encrypt_in_place(
-                    Nonce::from_slice(&nonce_bytes),
-                    id.as_str().as_bytes(),
-                    buffer,
-                )
-                .expect("encryption with a valid key cannot fail");
-            B64.encode(&buffer[..])
-        });
-        Sealed {
-            key_id: DATA_KEY_ID.to_owned(),
-            nonce: B64.encode(nonce_bytes),
-            ciphertext,
-        }
+        seal_with(&self.data, DATA_KEY_ID, id, data)
     }
 
-    /// Opens a sealed block of registration `id`.
+    /// Seals personal data for one registration under a new random key of its own, and
+    /// returns that key wrapped under the data key: the wrapped key is stored apart from the
+    /// block ([`crate::seals::message`]), and destroying it erases the block for good.
+    pub fn seal_own(&self, id: &RegistrationId, data: &PersonalData) -> (Sealed, Vec<u8>) {
+        let own: [u8; 32] = rand::random();
+        let sealed = seal_with(&own, OWN_KEY_ID, id, data);
+        let cipher = ChaCha20Poly1305::new((&self.data).into());
+        let nonce: [u8; 12] = rand::random();
+        let aad = format!("{WRAP_AAD}{id}");
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend(
+            cipher
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &own,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .expect("encryption with a valid key cannot fail"),
+        );
+        (sealed, wrapped)
+    }
+
+    /// Whether `sealed` was sealed under its registration's own key, which must be read
+    /// ([`crate::seals`]) to open it.
+    pub fn needs_own_key(sealed: &Sealed) -> bool {
+        sealed.key_id == OWN_KEY_ID
+    }
+
+    /// Opens a block of registration `id` sealed under its own key, given that key as
+    /// [`Keys::seal_own`] wrapped it.
+    pub fn open_own(
+        &self,
+        id: &RegistrationId,
+        sealed: &Sealed,
+        wrapped: &[u8],
+    ) -> Result<PersonalData, OpenError> {
+        if sealed.key_id != OWN_KEY_ID || wrapped.len() != WRAPPED_LEN {
+            return Err(OpenError);
+        }
+        let cipher = ChaCha20Poly1305::new((&self.data).into());
+        let aad = format!("{WRAP_AAD}{id}");
+        let own = cipher
+            .decrypt(
+                Nonce::from_slice(&wrapped[..12]),
+                Payload {
+                    msg: &wrapped[12..],
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| OpenError)?;
+        let own: [u8; 32] = own.try_into().map_err(|_| OpenError)?;
+        open_with(&own, id, sealed)
+    }
+
+    /// Opens a block of registration `id` sealed under the data key itself ([`Keys::seal`]);
+    /// a block sealed under its own key needs [`Keys::open_own`].
     pub fn open(&self, id: &RegistrationId, sealed: &Sealed) -> Result<PersonalData, OpenError> {
         if sealed.key_id != DATA_KEY_ID {
             return Err(OpenError);
         }
-        let nonce = B64.decode(&sealed.nonce).map_err(|_| OpenError)?;
-        let ciphertext = B64.decode(&sealed.ciphertext).map_err(|_| OpenError)?;
-        if nonce.len() != 12 {
-            return Err(OpenError);
-        }
-        let cipher = ChaCha20Poly1305::new((&self.data).into());
-        let plaintext = cipher
-            .decrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &ciphertext,
-                    aad: id.as_str().as_bytes(),
-                },
-            )
-            .map_err(|_| OpenError)?;
-        serde_json::from_slice(&plaintext).map_err(|_| OpenError)
+        open_with(&self.data, id, sealed)
     }
+}
+
+/// Seals `data` of registration `id` under `key`, recorded as `key_id`.
+fn seal_with(key: &[u8; 32], key_id: &str, id: &RegistrationId, data: &PersonalData) -> Sealed {
+    let cipher = ChaCha20Poly1305::new(key.into());
+    let nonce_bytes: [u8; 12] = rand::random();
+    // Serialised and encrypted in place in the thread's scratch buffer: the 4 kB block
+    // costs one allocation, its base64 text.
+    let ciphertext = crate::scratch::with(|buffer| {
+        serde_json::to_writer(&mut *buffer, data).expect("personal data serializes");
+        cipher
+            .encrypt_in_place(
+                Nonce::from_slice(&nonce_bytes),
+                id.as_str().as_bytes(),
+                buffer,
+            )
+            .expect("encryption with a valid key cannot fail");
+        B64.encode(&buffer[..])
+    });
+    Sealed {
+        key_id: key_id.to_owned(),
+        nonce: B64.encode(nonce_bytes),
+        ciphertext,
+    }
+}
+
+/// Opens `sealed` of registration `id` under `key`.
+fn open_with(
+    key: &[u8; 32],
+    id: &RegistrationId,
+    sealed: &Sealed,
+) -> Result<PersonalData, OpenError> {
+    let nonce = B64.decode(&sealed.nonce).map_err(|_| OpenError)?;
+    let ciphertext = B64.decode(&sealed.ciphertext).map_err(|_| OpenError)?;
+    if nonce.len() != 12 {
+        return Err(OpenError);
+    }
+    let cipher = ChaCha20Poly1305::new(key.into());
+    let plaintext = cipher
+        .decrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &ciphertext,
+                aad: id.as_str().as_bytes(),
+            },
+        )
+        .map_err(|_| OpenError)?;
+    serde_json::from_slice(&plaintext).map_err(|_| OpenError)
 }
 
 /// Lowercase hex of `bytes` (one allocation, where collecting `format!("{b:02x}")` made one
@@ -238,6 +321,33 @@ mod tests {
         let mut tampered = sealed.clone();
         tampered.ciphertext.replace_range(0..2, "AA");
         assert!(keys.open(&a, &tampered).is_err());
+    }
+
+    #[test]
+    fn a_block_sealed_under_its_own_key_opens_only_with_that_wrapped_key_and_this_secret() {
+        let keys = Keys::from_secret("s1");
+        let (a, b) = (id(), id());
+        let (sealed, wrapped) = keys.seal_own(&a, &personal());
+        assert!(Keys::needs_own_key(&sealed));
+        assert!(!sealed.ciphertext.contains("Kowalski"));
+        assert_eq!(keys.open_own(&a, &sealed, &wrapped).unwrap(), personal());
+        // Not without its key, nor with another registration's, nor under another secret.
+        assert!(keys.open(&a, &sealed).is_err());
+        let (_, other) = keys.seal_own(&b, &personal());
+        assert!(keys.open_own(&a, &sealed, &other).is_err());
+        assert!(keys.open_own(&b, &sealed, &wrapped).is_err());
+        assert!(
+            Keys::from_secret("s2")
+                .open_own(&a, &sealed, &wrapped)
+                .is_err()
+        );
+        let mut tampered = wrapped.clone();
+        tampered[20] ^= 1;
+        assert!(keys.open_own(&a, &sealed, &tampered).is_err());
+        // A block of the older format still opens as it did.
+        let old = keys.seal(&a, &personal());
+        assert!(!Keys::needs_own_key(&old));
+        assert_eq!(keys.open(&a, &old).unwrap(), personal());
     }
 
     #[test]

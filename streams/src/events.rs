@@ -46,6 +46,9 @@ pub enum Event {
     RecoveryRequested(RecoveryRequested),
     /// An operator asked to deliver a dead-lettered message again (intake, from the edge).
     NotificationRedriveRequested(NotificationRedriveRequested),
+    /// An operator, on the citizen's request, asked to erase a registration's personal data
+    /// (intake, from the edge). A registration still active is cancelled.
+    ErasureRequested(ErasureRequested),
     /// A slot was reserved for a registration (decision).
     SlotReserved(SlotReserved),
     /// No slot could be given to a registration (decision, terminal).
@@ -70,11 +73,14 @@ pub enum Event {
     NotificationSent(NotificationSent),
     /// A message could not be delivered (decision, from the notification processor).
     NotificationFailed(NotificationFailed),
+    /// A registration's own data key was destroyed: its personal data can no longer be read
+    /// anywhere (decision, from the notification processor).
+    PersonalDataErased(PersonalDataErased),
 }
 
 /// Every event type of the contract, as [`Event::event_type`] names them: intake's first,
 /// then the decisions'.
-pub const EVENT_TYPES: [&str; 23] = [
+pub const EVENT_TYPES: [&str; 25] = [
     "RegistrationSubmitted",
     "CancellationRequested",
     "CapacitySet",
@@ -86,6 +92,7 @@ pub const EVENT_TYPES: [&str; 23] = [
     "WaitlistClosed",
     "RecoveryRequested",
     "NotificationRedriveRequested",
+    "ErasureRequested",
     "SlotReserved",
     "SlotRejected",
     "SlotReleased",
@@ -98,6 +105,7 @@ pub const EVENT_TYPES: [&str; 23] = [
     "RegistrationCancelled",
     "NotificationSent",
     "NotificationFailed",
+    "PersonalDataErased",
 ];
 
 impl Event {
@@ -115,6 +123,7 @@ impl Event {
             Event::WaitlistClosed(_) => "WaitlistClosed",
             Event::RecoveryRequested(_) => "RecoveryRequested",
             Event::NotificationRedriveRequested(_) => "NotificationRedriveRequested",
+            Event::ErasureRequested(_) => "ErasureRequested",
             Event::SlotReserved(_) => "SlotReserved",
             Event::SlotRejected(_) => "SlotRejected",
             Event::SlotReleased(_) => "SlotReleased",
@@ -127,6 +136,7 @@ impl Event {
             Event::RegistrationCancelled(_) => "RegistrationCancelled",
             Event::NotificationSent(_) => "NotificationSent",
             Event::NotificationFailed(_) => "NotificationFailed",
+            Event::PersonalDataErased(_) => "PersonalDataErased",
         }
     }
 
@@ -154,6 +164,8 @@ impl Event {
             Event::VerificationRequeued(e) => Some(&e.registration_id),
             Event::RecoveryRequested(e) => Some(&e.registration_id),
             Event::NotificationRedriveRequested(e) => Some(&e.registration_id),
+            Event::ErasureRequested(e) => Some(&e.registration_id),
+            Event::PersonalDataErased(e) => Some(&e.registration_id),
             Event::RecoveryLinkIssued(e) => Some(&e.registration_id),
             Event::RegistrationConfirmed(e) => Some(&e.registration_id),
             Event::RegistrationCancelled(e) => Some(&e.registration_id),
@@ -582,6 +594,27 @@ pub struct NotificationRedriveRequested {
     pub reviewer: Reviewer,
 }
 
+/// An operator, on the citizen's request, asked to erase a registration's personal data.
+/// Names no personal data: the edge found the registration by the keyed citizen key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureRequested {
+    /// The registration whose personal data is to be erased.
+    pub registration_id: RegistrationId,
+    /// Who, and on what grounds (e.g. the request's reference).
+    pub reviewer: Reviewer,
+}
+
+/// A registration's own data key was destroyed ([`crate::seals::erase`]): its sealed
+/// personal data stays in the log and can no longer be opened. Recorded at least once per
+/// request; readers key it by registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonalDataErased {
+    /// The registration.
+    pub registration_id: RegistrationId,
+    /// The intake sequence of the request.
+    pub intake_seq: u64,
+}
+
 /// A fresh status link goes to the contact on record of a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryLinkIssued {
@@ -939,6 +972,18 @@ pub fn samples() -> Vec<Envelope> {
             attempts: 10,
             last_error: "the gateway answered an HTTP error status".into(),
             error_code: "webhook_http_503".into(),
+        }),
+        // Contract 1.2's, after the others so that theirs keep their event ids.
+        Event::ErasureRequested(ErasureRequested {
+            registration_id: id.clone(),
+            reviewer: Reviewer {
+                operator: "a.nowak".into(),
+                note: "the citizen's request of 2027-03-02, ref. 4411".into(),
+            },
+        }),
+        Event::PersonalDataErased(PersonalDataErased {
+            registration_id: id.clone(),
+            intake_seq: 51,
         }),
     ];
     events

@@ -15,6 +15,7 @@
 //! | [`config`] | stream configurations and [`config::ensure_streams`] |
 //! | [`consume`] | the one consumer loop every reader runs: supervision, groups, stalls on what it cannot decode |
 //! | [`crypto`] | registration tokens, citizen keys and sealing of personal data |
+//! | [`seals`] | each registration's own data key: reading it to open personal data, erasing it |
 //! | [`lease`] | one active replica per piece of work, the others on standby |
 //! | [`waiting_room`] | the opening minute's waiting room: signed tickets, places in line, the serving place and its pacing |
 //! | [`regions`] | serving one region or every region present in the intake stream |
@@ -46,6 +47,7 @@ pub mod regions;
 pub mod replay;
 pub mod runtime;
 pub mod scratch;
+pub mod seals;
 pub mod settings;
 pub mod subjects;
 pub mod waiting_room;

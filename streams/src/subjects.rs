@@ -13,13 +13,15 @@
 //! | `reg.intake.<region>.verification` | [`INTAKE_STREAM`] | verification processor | `VerificationPassed` / `VerificationFailed` / `VerificationInconclusive` |
 //! | `reg.intake.<region>.review` | [`INTAKE_STREAM`] | ingest (operators) | `VerificationPassed` / `VerificationFailed` with a reviewer, `ReviewRequeued` |
 //! | `reg.intake.<region>.redrive` | [`INTAKE_STREAM`] | ingest (operators) | `NotificationRedriveRequested` |
+//! | `reg.intake.<region>.erasure` | [`INTAKE_STREAM`] | ingest (operators) | `ErasureRequested` |
 //! | `reg.intake.<region>.recover` | [`INTAKE_STREAM`] | ingest (lost-link recovery) | `RecoveryRequested` |
 //! | `reg.intake.<region>.waitlist` | [`INTAKE_STREAM`] | reservation processor (its clock) | `WaitlistClosed` |
 //! | `reg.decision.<region>.reservation` | [`DECISIONS_STREAM`] | reservation processor | `SlotReserved`, `RegistrationWaitlisted`, `WaitlistPromoted`, `SlotRejected`, `SlotReleased`, `ReviewRequired`, `VerificationRequeued`, `RegistrationConfirmed`, `RegistrationCancelled`, `RecoveryLinkIssued` |
-//! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent`, `NotificationFailed` (dead letters) |
+//! | `reg.decision.<region>.notification` | [`DECISIONS_STREAM`] | notification processor | `NotificationSent`, `NotificationFailed` (dead letters), `PersonalDataErased` |
 //! | `reg.claim.<citizen key>` | [`INTAKE_STREAM`] | ingest (held), claims releaser (released) | [`crate::claims::ClaimRecord`] |
 //! | `reg.key.<key digest>` | [`INTAKE_STREAM`] | ingest | the [`crate::claims::Claim`] an `Idempotency-Key` created (one message, never replaced) |
 //! | `reg.ticket.<ticket id>` | [`INTAKE_STREAM`] | ingest | the registration a waiting-room ticket admitted (one message, never replaced) |
+//! | `reg.seal.<registration id>` | [`INTAKE_STREAM`] | ingest (written), notification processor (erased) | the registration's own data key, wrapped ([`crate::seals`]): one message, destroyed to erase its personal data |
 //!
 //! A subject carries only the event types its writer owns (the "holds" column, defined once
 //! in [`SubjectKind::event_types`]). Another identity's permissions stop it from appending to
@@ -140,6 +142,7 @@ const DECISION_PREFIX: &str = "reg.decision";
 const CLAIM_PREFIX: &str = "reg.claim";
 const KEY_PREFIX: &str = "reg.key";
 const TICKET_PREFIX: &str = "reg.ticket";
+const SEAL_PREFIX: &str = "reg.seal";
 
 /// Subject of a citizen's claim records (keyed by citizen key, never by national id). Its last
 /// message says whether the citizen holds a registration; writers fence on its sequence.
@@ -160,6 +163,18 @@ pub fn idempotency_key(key_digest: &str) -> String {
 /// refused.
 pub fn ticket(id: &str) -> String {
     format!("{TICKET_PREFIX}.{id}")
+}
+
+/// Subject of a registration's own data key, wrapped ([`crate::seals`]): written once, with
+/// the registration, and destroyed to erase its personal data. The registration id holds its
+/// region, so `reg.seal.<region>.>` is every key of a region.
+pub fn seal(id: &crate::model::RegistrationId) -> String {
+    format!("{SEAL_PREFIX}.{id}")
+}
+
+/// Filter for the own data keys of the regions in `filter`.
+pub fn seal_filter(filter: &RegionFilter) -> String {
+    format!("{SEAL_PREFIX}.{}.>", filter.token())
 }
 
 /// Which region(s) a service handles: one region, or all of them.
@@ -210,6 +225,8 @@ pub enum IntakeKind {
     Recover,
     /// An operator's request to deliver a dead letter again.
     Redrive,
+    /// An operator's request to erase a registration's personal data.
+    Erasure,
 }
 
 impl IntakeKind {
@@ -225,13 +242,14 @@ impl IntakeKind {
             IntakeKind::Waitlist => "waitlist",
             IntakeKind::Recover => "recover",
             IntakeKind::Redrive => "redrive",
+            IntakeKind::Erasure => "erasure",
         }
     }
 }
 
 impl IntakeKind {
     /// Every kind of intake message.
-    pub const ALL: [IntakeKind; 9] = [
+    pub const ALL: [IntakeKind; 10] = [
         IntakeKind::Submitted,
         IntakeKind::Cancel,
         IntakeKind::Capacity,
@@ -241,6 +259,7 @@ impl IntakeKind {
         IntakeKind::Waitlist,
         IntakeKind::Recover,
         IntakeKind::Redrive,
+        IntakeKind::Erasure,
     ];
 
     /// The kind named by a subject token.
@@ -265,7 +284,7 @@ pub enum SubjectKind {
 
 impl SubjectKind {
     /// Every subject kind that carries events (claims carry claim records, not events).
-    pub const ALL: [SubjectKind; 11] = [
+    pub const ALL: [SubjectKind; 12] = [
         SubjectKind::Intake(IntakeKind::Submitted),
         SubjectKind::Intake(IntakeKind::Cancel),
         SubjectKind::Intake(IntakeKind::Capacity),
@@ -275,6 +294,7 @@ impl SubjectKind {
         SubjectKind::Intake(IntakeKind::Waitlist),
         SubjectKind::Intake(IntakeKind::Recover),
         SubjectKind::Intake(IntakeKind::Redrive),
+        SubjectKind::Intake(IntakeKind::Erasure),
         SubjectKind::ReservationDecisions,
         SubjectKind::NotificationDecisions,
     ];
@@ -329,6 +349,7 @@ impl SubjectKind {
             SubjectKind::Intake(IntakeKind::Waitlist) => &["WaitlistClosed"],
             SubjectKind::Intake(IntakeKind::Recover) => &["RecoveryRequested"],
             SubjectKind::Intake(IntakeKind::Redrive) => &["NotificationRedriveRequested"],
+            SubjectKind::Intake(IntakeKind::Erasure) => &["ErasureRequested"],
             SubjectKind::ReservationDecisions => &[
                 "SlotReserved",
                 "RegistrationWaitlisted",
@@ -341,7 +362,11 @@ impl SubjectKind {
                 "RegistrationCancelled",
                 "RecoveryLinkIssued",
             ],
-            SubjectKind::NotificationDecisions => &["NotificationSent", "NotificationFailed"],
+            SubjectKind::NotificationDecisions => &[
+                "NotificationSent",
+                "NotificationFailed",
+                "PersonalDataErased",
+            ],
         }
     }
 }
@@ -408,6 +433,7 @@ pub fn intake_stream_subjects() -> Vec<String> {
         format!("{CLAIM_PREFIX}.>"),
         format!("{KEY_PREFIX}.>"),
         format!("{TICKET_PREFIX}.>"),
+        format!("{SEAL_PREFIX}.>"),
     ]
 }
 
@@ -424,6 +450,12 @@ pub fn verification_consumer(region: &Region) -> String {
 /// Name of the durable consumer the notification processor's replicas share for `region`.
 pub fn notification_consumer(region: &Region) -> String {
     format!("notification_{region}")
+}
+
+/// Name of the durable consumer of operators' erasure requests for `region` (the
+/// notification processor's, which holds contacts and destroys the keys).
+pub fn erasure_consumer(region: &Region) -> String {
+    format!("notification_erasure_{region}")
 }
 
 /// Name of the durable consumer of operators' re-drive requests for `region`.

@@ -215,12 +215,12 @@ async fn beyond_the_admission_bound_a_submission_is_refused_at_once_and_nothing_
     assert_eq!(refused.status, 503, "{body}");
     assert_error(&body, "overloaded", None);
     assert!(refused.headers.get("retry-after").is_some());
-    // Only the admitted submission was appended (its claim and its event)...
-    assert_eq!(p.intake_messages().await, before + 2);
+    // Only the admitted submission was appended (its claim, its own key and its event)...
+    assert_eq!(p.intake_messages().await, before + 3);
     // ...and the refused citizen holds nothing: the same request now makes a registration.
     let (status, body) = p.submit(&citizen(62, "busy"), None).await;
     assert_eq!(status, 202, "{body}");
-    assert_eq!(p.intake_messages().await, before + 4);
+    assert_eq!(p.intake_messages().await, before + 6);
 }
 
 /// A client that retries after a lost answer gets its own answer even when the citizen is

@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use streams::consume::{self, Decoded, DurableSpec, Outcome};
 use streams::crypto::Keys;
-use streams::events::{Envelope, Event, NotificationFailed, NotificationSent};
+use streams::events::{Envelope, Event, NotificationFailed, NotificationSent, PersonalDataErased};
 use streams::model::RegistrationId;
 use streams::regions;
 use streams::subjects::{self, IntakeKind, RegionFilter};
@@ -236,6 +236,16 @@ pub async fn run(
             },
             concurrency: 4,
         };
+        let erasures = DurableSpec {
+            name: subjects::erasure_consumer(&region),
+            stream: subjects::INTAKE_STREAM,
+            consumer: pull::Config {
+                filter_subject: subjects::intake(&region, IntakeKind::Erasure),
+                ack_wait: config.timeout * 4,
+                ..Default::default()
+            },
+            concurrency: 4,
+        };
         async move {
             let js = notifier.js.clone();
             let region = region.to_string();
@@ -253,9 +263,14 @@ pub async fn run(
                 let notifier = notifier.clone();
                 async move { notifier.redrive(record).await }
             };
+            let erase = |record: Decoded| {
+                let notifier = notifier.clone();
+                async move { notifier.erase(record).await }
+            };
             tokio::join!(
                 consume::run_durable(&js, &spec, decisions, &health, &shutdown),
                 consume::run_durable(&js, &redrives, redrive, &health, &shutdown),
+                consume::run_durable(&js, &erasures, erase, &health, &shutdown),
             );
         }
     })
@@ -280,6 +295,46 @@ impl Notifier {
             self.delivered.lock().expect("lock").remove(&record.seq);
         }
         outcome
+    }
+
+    /// An operator's erasure: the contact this replica holds is dropped, the registration's
+    /// own key destroyed ([`streams::seals::erase`]), and the erasure recorded. Idempotent: a
+    /// redelivery finds the key gone and records it again (readers key the record by
+    /// registration).
+    async fn erase(&self, record: Decoded) -> Outcome {
+        let Event::ErasureRequested(request) = &record.envelope.event else {
+            return Outcome::Done;
+        };
+        let id = &request.registration_id;
+        self.contacts.invalidate(id).await;
+        match streams::seals::erase(&self.js, id).await {
+            Ok(erased) => {
+                tracing::info!(registration_id = %id, keys = erased, "Personal data erased.");
+            }
+            Err(err) => {
+                tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "A key could not be erased; trying again.");
+                return Outcome::Retry(Duration::from_secs(1));
+            }
+        }
+        // A message being composed from the contact read just before stays in flight; any
+        // later one finds nothing to open.
+        self.contacts.invalidate(id).await;
+        let erased = Event::PersonalDataErased(PersonalDataErased {
+            registration_id: id.clone(),
+            intake_seq: record.seq,
+        });
+        let envelope = Envelope::new(record.envelope.correlation_id.clone(), erased);
+        match self
+            .packer
+            .append(subjects::notification_decisions(&id.region()), &envelope)
+            .await
+        {
+            Ok(_) => Outcome::Done,
+            Err(err) => {
+                tracing::warn!(registration_id = %id, error = %err, "An erasure was not recorded; trying again.");
+                Outcome::Retry(Duration::from_secs(1))
+            }
+        }
     }
 
     /// An operator's re-drive: the decision's message on one channel, under its id.
@@ -362,10 +417,25 @@ impl Notifier {
                             tracing::warn!(registration_id = %id, error = %format!("{err:#}"), "The submission could not be read; trying again.");
                             Outcome::Retry(Duration::from_secs(1))
                         })?;
-                let Ok(personal) = self.keys.open(id, &submission.personal) else {
-                    tracing::error!(registration_id = %id, key_id = %submission.personal.key_id, "Personal data cannot be opened with this replica's key.");
-                    return Err(Outcome::Retry(Duration::from_secs(30)));
-                };
+                let personal =
+                    match streams::seals::open(&self.js, &self.keys, id, &submission.personal)
+                        .await
+                    {
+                        Ok(personal) => personal,
+                        Err(err) if err.is_transient() => {
+                            tracing::warn!(registration_id = %id, error = %err, "The registration's key could not be read; trying again.");
+                            return Err(Outcome::Retry(Duration::from_secs(1)));
+                        }
+                        // Erased on the citizen's request: there is nobody to write to.
+                        Err(streams::seals::Unopenable::Erased) => {
+                            tracing::info!(registration_id = %id, "The personal data was erased; no message is sent.");
+                            return Err(Outcome::Done);
+                        }
+                        Err(_) => {
+                            tracing::error!(registration_id = %id, key_id = %submission.personal.key_id, "Personal data cannot be opened with this replica's key.");
+                            return Err(Outcome::Retry(Duration::from_secs(30)));
+                        }
+                    };
                 Ok(Arc::new(Contact {
                     email: personal.email,
                     phone: personal.phone,

@@ -419,6 +419,9 @@ impl Decisions<'_> {
             Event::CancellationRequested(CancellationRequested { registration_id }) => {
                 self.cancel(registration_id, seq)
             }
+            // Nobody is vaccinated anonymously: erasing a registration's personal data ends
+            // it, as a cancellation would (an ended one stays as it ended).
+            Event::ErasureRequested(erasure) => self.cancel(&erasure.registration_id, seq),
             Event::VerificationPassed(v) => self.confirm(v, seq),
             Event::VerificationFailed(v) => self.refuse_after_verification(v, seq),
             Event::VerificationInconclusive(v) => self.send_to_review(v, seq),

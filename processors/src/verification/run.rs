@@ -179,8 +179,20 @@ impl Verifier {
         let age = (chrono::Utc::now() - decision.occurred_at)
             .to_std()
             .unwrap_or_default();
-        let personal = match self.keys.open(id, &submission.personal) {
+        let personal = match streams::seals::open(&self.js, &self.keys, id, &submission.personal)
+            .await
+        {
             Ok(personal) => personal,
+            Err(err) if err.is_transient() => {
+                tracing::warn!(registration_id = %id, error = %err, "The registration's key could not be read; trying again.");
+                return Outcome::Retry(Duration::from_secs(1));
+            }
+            // Erased on the citizen's request, which also ended the registration: there is
+            // nobody left to verify.
+            Err(streams::seals::Unopenable::Erased) => {
+                tracing::info!(registration_id = %id, "The personal data was erased; nothing to verify.");
+                return Outcome::Done;
+            }
             Err(_) => {
                 // Another replica may hold the right key; give it (and an operator) time.
                 tracing::error!(registration_id = %id, key_id = %submission.personal.key_id, "Personal data cannot be opened with this replica's key.");

@@ -40,6 +40,17 @@ enum Command {
         #[arg(long, env = "REG_REPLICAS", default_value_t = 1)]
         replicas: usize,
     },
+    /// Connects as the admin identity and ends the retention of a region's personal data:
+    /// erases every registration's own data key in it (JetStream's secure erase), after which
+    /// none of its sealed personal data opens (docs/retention.md). Irreversible.
+    EndRetention {
+        /// The region whose campaign's retention is over.
+        #[arg(long)]
+        region: String,
+        /// Confirms that this is meant: without it, nothing is erased.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[tokio::main]
@@ -82,6 +93,30 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("Failed to create or update the streams")?;
             tracing::info!(replicas, "The streams and buckets are in place.");
+        }
+        Command::EndRetention { region, yes } => {
+            let region = streams::model::Region::parse(&region)
+                .map_err(|err| anyhow::anyhow!("--region: {err}"))?;
+            anyhow::ensure!(
+                yes,
+                "this erases every personal data key of {region} for good: add --yes to go on"
+            );
+            let shutdown = streams::runtime::shutdown_on_signals();
+            let options = streams::runtime::NatsOptions::from_env("nats-accounts")?;
+            let client = streams::runtime::connect(&options, &shutdown)
+                .await
+                .context("Failed to connect to NATS")?;
+            let js = async_nats::jetstream::new(client);
+            let mut last = std::time::Instant::now();
+            let erased = streams::seals::end_retention(&js, &region, &mut |done, total| {
+                if last.elapsed() >= std::time::Duration::from_secs(5) {
+                    last = std::time::Instant::now();
+                    tracing::info!(%region, done, total, "Erasing keys.");
+                }
+            })
+            .await
+            .context("Failed to end the retention")?;
+            tracing::info!(%region, erased, "Every personal data key of the region is erased.");
         }
     }
     Ok(())

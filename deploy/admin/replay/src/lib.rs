@@ -246,12 +246,19 @@ pub async fn replay(
                         continue;
                     }
                     *summary.by_type.entry(event_type.to_owned()).or_default() += 1;
+                    let opened = match (&replay.personal, &envelope.event) {
+                        (Personal::Decrypt(keys), Event::RegistrationSubmitted(submitted)) => {
+                            Some(open(js, keys, submitted).await)
+                        }
+                        _ => None,
+                    };
                     records.push(record(
                         seq,
                         &message.subject,
                         stored_at,
                         &envelope,
                         &replay.personal,
+                        opened,
                     )?);
                 }
                 records
@@ -296,14 +303,31 @@ enum Sink<'a> {
     Csv(Box<csv::Writer<&'a mut dyn Write>>),
 }
 
+/// A submission's personal data, opened (with its own key, when it was sealed under one), or
+/// why not: `{"erased": true}` once the citizen's data was erased.
+async fn open(
+    js: &jetstream::Context,
+    keys: &Keys,
+    submitted: &streams::events::RegistrationSubmitted,
+) -> Value {
+    use streams::seals::Unopenable;
+    match streams::seals::open(js, keys, &submitted.registration_id, &submitted.personal).await {
+        Ok(personal) => serde_json::to_value(personal).unwrap_or(Value::Null),
+        Err(Unopenable::Erased) => json!({"erased": true}),
+        Err(Unopenable::Key(_)) => json!({"error": "the data key does not open this record"}),
+        Err(err @ Unopenable::Read(_)) => json!({"error": err.to_string()}),
+    }
+}
+
 /// One event as written: the envelope with its stream position, personal data left out or
-/// opened.
+/// `opened` ([`open`]).
 fn record(
     seq: u64,
     subject: &str,
     stored_at: DateTime<Utc>,
     envelope: &Envelope,
     personal: &Personal,
+    opened: Option<Value>,
 ) -> anyhow::Result<Value> {
     let mut value = serde_json::to_value(envelope).context("Failed to encode an event")?;
     if let Some(data) = value.get_mut("data").and_then(Value::as_object_mut) {
@@ -313,14 +337,8 @@ fn record(
                     data.remove(field);
                 }
             }
-            Personal::Decrypt(keys) => {
-                if let Event::RegistrationSubmitted(submitted) = &envelope.event {
-                    let opened = keys
-                        .open(&submitted.registration_id, &submitted.personal)
-                        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
-                        .unwrap_or_else(
-                            |_| json!({"error": "the data key does not open this record"}),
-                        );
+            Personal::Decrypt(_) => {
+                if let Some(opened) = opened {
                     data.insert("personal".into(), opened);
                 }
             }
@@ -414,7 +432,7 @@ mod tests {
             .find(|e| e.event.event_type() == "RegistrationSubmitted")
             .unwrap();
         let now = Utc::now();
-        let omitted = record(7, "reg.intake.x", now, &sample, &Personal::Omit).unwrap();
+        let omitted = record(7, "reg.intake.x", now, &sample, &Personal::Omit, None).unwrap();
         for field in PERSONAL_FIELDS {
             assert!(omitted["data"].get(field).is_none(), "{field}: {omitted}");
         }
@@ -424,8 +442,17 @@ mod tests {
         assert_eq!(row.len(), CSV_COLUMNS.len());
         assert_eq!(row[7], "mazowieckie");
 
-        // The sample was sealed under another key: opening says so rather than failing.
-        let opened = record(7, "reg.intake.x", now, &sample, &Personal::Decrypt(keys)).unwrap();
-        assert!(opened["data"]["personal"].is_object(), "{opened}");
+        // Asked for, the opened data (or why not, e.g. erased) takes the sealed block's place.
+        let erased = json!({"erased": true});
+        let opened = record(
+            7,
+            "reg.intake.x",
+            now,
+            &sample,
+            &Personal::Decrypt(keys),
+            Some(erased.clone()),
+        )
+        .unwrap();
+        assert_eq!(opened["data"]["personal"], erased, "{opened}");
     }
 }

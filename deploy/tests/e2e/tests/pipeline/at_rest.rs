@@ -10,6 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use serde_json::json;
+
 use crate::helpers::*;
 
 /// What is searched for: a label for the failure message, and the bytes.
@@ -247,4 +249,226 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
             dir.display()
         );
     }
+}
+
+/// Erasure on a citizen's request (contract 1.2), through every service under its own
+/// identity. A confirmed citizen's data is erased: their registration ends as a cancellation
+/// would (the place goes to the one waiting, every count adds up), their own key is destroyed
+/// and its bytes are on no file of the JetStream store (a secure erase overwrote them), a
+/// replay that opens personal data finds theirs erased and the others' intact, and a rebuild
+/// of the projections equals the live ones. Bad requests erase nothing and append
+/// nothing.
+#[ntex::test]
+async fn an_erased_citizens_data_opens_nowhere_and_every_count_still_adds_up() {
+    let mut p = Pipeline::start_with(Options {
+        accounts: true,
+        registry: Some(registry_sim::Knobs::default()),
+        receivers: Some(receivers::Knobs::default()),
+        ..Options::default()
+    })
+    .await;
+    p.set_capacity("erasure", 2).await;
+    // Two citizens confirmed, a third waiting in line.
+    let bodies: Vec<serde_json::Value> = (0..3).map(|n| citizen(9300 + n, "erasure")).collect();
+    let mut registrations = Vec::new();
+    for body in &bodies {
+        let (status, answer) = p.submit(body, None).await;
+        assert_eq!(status, 202, "{answer}");
+        registrations.push((
+            answer["registration_id"].as_str().unwrap().to_owned(),
+            answer["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let [erased, kept, waiting] = &registrations[..] else {
+        unreachable!()
+    };
+    p.wait_status(&erased.0, &erased.1, "confirmed").await;
+    p.wait_status(&kept.0, &kept.1, "confirmed").await;
+    p.wait_status(&waiting.0, &waiting.1, "waitlisted").await;
+    let js = async_nats::jetstream::new(p.admin_client().await);
+    let erased_id = streams::model::RegistrationId::parse(&erased.0).unwrap();
+    let key = streams::seals::fetch(&js, &erased_id)
+        .await
+        .unwrap()
+        .expect("a registration is stored with its own key");
+
+    // Bad requests: refused, and nothing is appended.
+    let before = p.intake_messages().await;
+    let erasure = |body: &serde_json::Value| {
+        json!({
+            "national_id": body["national_id"], "birth_date": body["birth_date"],
+            "operator": "a.nowak", "note": "the citizen's letter of 2027-03-02, ref. 4411",
+        })
+    };
+    let request = erasure(&bodies[0]);
+    let mut typo = request.clone();
+    typo["birth_date"] = "1960-01-02".into();
+    let mut stranger = request.clone();
+    stranger["national_id"] = citizen(9399, "erasure")["national_id"].clone();
+    stranger["birth_date"] = citizen(9399, "erasure")["birth_date"].clone();
+    let mut unsigned = request.clone();
+    unsigned.as_object_mut().unwrap().remove("operator");
+    for (body, status, field) in [
+        (&typo, 400, Some("national_id")),
+        (&unsigned, 400, Some("operator")),
+        (&stranger, 404, None),
+    ] {
+        let (got, answer) = p.admin_post("/v1/admin/erasures", body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"].as_str(), field, "{answer}");
+    }
+    let (got, _, _) = p
+        .send(
+            p.http
+                .post(format!("{}/v1/admin/erasures", p.ingest))
+                .content_type("application/json"),
+            Some(serde_json::to_vec(&request).unwrap()),
+        )
+        .await;
+    assert_eq!(got, 401, "no operator token");
+    assert_eq!(
+        p.intake_messages().await,
+        before,
+        "a refused erasure appended"
+    );
+
+    // The erasure.
+    let (status, answer) = p.admin_post("/v1/admin/erasures", &request).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["registrations"], json!([erased.0]));
+    // The registration ends and its place goes to the one waiting: capacity 2, two active.
+    p.wait_status(&erased.0, &erased.1, "cancelled").await;
+    p.wait_status(&waiting.0, &waiting.1, "confirmed").await;
+    p.wait_status(&kept.0, &kept.1, "confirmed").await;
+    p.wait_availability("erasure", 0, 0).await;
+    testkit::eventually(
+        "the erased registration's key to be destroyed",
+        Duration::from_secs(30),
+        || async { matches!(streams::seals::fetch(&js, &erased_id).await, Ok(None)).then_some(()) },
+    )
+    .await;
+    // Asked again: the same answer, and still nothing to open.
+    let (status, again) = p.admin_post("/v1/admin/erasures", &request).await;
+    assert_eq!((status, &again), (202, &answer));
+
+    // A replay that opens personal data: the erased registration's reads as erased, the
+    // others' as submitted.
+    let mut out = Vec::new();
+    let summary = replay::replay(
+        &js,
+        &replay::Replay {
+            stream: replay::Stream::Intake,
+            from: None,
+            to: None,
+            region: None,
+            types: vec!["RegistrationSubmitted".into()],
+            format: replay::Format::Ndjson,
+            personal: replay::Personal::Decrypt(streams::crypto::Keys::from_secret(
+                streams::crypto::DEVELOPMENT_SECRET,
+            )),
+        },
+        &mut out,
+        &mut |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.by_type["RegistrationSubmitted"], 3);
+    let exported = String::from_utf8(out).unwrap();
+    for (line, body) in exported.lines().zip(&bodies) {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let personal = &record["data"]["personal"];
+        if record["data"]["registration_id"] == erased.0.as_str() {
+            assert_eq!(personal, &json!({"erased": true}), "{line}");
+        } else {
+            assert_eq!(personal["full_name"], body["full_name"], "{line}");
+        }
+    }
+    assert!(!exported.contains(bodies[0]["full_name"].as_str().unwrap()));
+    assert!(!exported.contains(bodies[0]["national_id"].as_str().unwrap()));
+
+    // Every count adds up: one erasure recorded, one cancellation, the decisions of a
+    // rebuild equal the live projections' (the rebuild test's comparison).
+    let decisions = read_decisions(&js).await;
+    let erasures = decisions
+        .iter()
+        .filter(|e| matches!(e, streams::events::Event::PersonalDataErased(d) if d.registration_id == erased_id))
+        .count();
+    assert!(erasures >= 1, "the erasure is recorded");
+    let cancelled = decisions
+        .iter()
+        .filter(|e| matches!(e, streams::events::Event::RegistrationCancelled(_)))
+        .count();
+    assert_eq!(cancelled, 1);
+    // A rebuild of the projections from the start of the log equals the live ones.
+    let admin = |request: ntex::client::ClientRequest| {
+        let request = request.bearer_auth(ADMIN);
+        async { p.send(request, None).await }
+    };
+    let (status, _, started) = admin(p.http.post(format!("{}/v1/admin/rebuilds", p.read))).await;
+    assert_eq!(status, 202, "{started}");
+    let rebuild = started["rebuild_id"].as_str().unwrap().to_owned();
+    let report = testkit::eventually("the rebuild to end", Duration::from_secs(120), || async {
+        let (_, _, body) = admin(
+            p.http
+                .get(format!("{}/v1/admin/rebuilds/{rebuild}", p.read)),
+        )
+        .await;
+        (body["state"] != "running").then_some(body)
+    })
+    .await;
+    assert_eq!(report["comparison"]["equal"], true, "{report:#}");
+
+    // Its key's bytes are on no file of the store: overwritten, not only unlinked.
+    p.stop_services().await;
+    p.nats.kill();
+    // Every service did its part with its own identity, refused nothing.
+    let log = p.nats.log();
+    assert!(
+        !log.contains(streams::accounts::VIOLATION_LOG),
+        "nats-server refused a service's request:\n{log}"
+    );
+    let leaks = search(
+        &p.nats.store_dir(),
+        &[("the erased registration's wrapped key".into(), key.clone())],
+    );
+    assert!(
+        leaks.is_empty(),
+        "the erased key is still on disk: {leaks:?}"
+    );
+    // The control: the others' keys are where the search looks.
+    let kept_key = {
+        p.nats.restart();
+        let js = async_nats::jetstream::new(p.admin_client().await);
+        streams::seals::fetch(
+            &js,
+            &streams::model::RegistrationId::parse(&kept.0).unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("a kept registration's key")
+    };
+    p.nats.kill();
+    assert!(
+        !search(&p.nats.store_dir(), &[("kept".into(), kept_key)]).is_empty(),
+        "the search would miss a key on disk"
+    );
+}
+
+/// Every decision in the log, in order.
+async fn read_decisions(js: &async_nats::jetstream::Context) -> Vec<streams::events::Event> {
+    let mut all = Vec::new();
+    streams::replay::read_to_end(
+        js,
+        streams::subjects::DECISIONS_STREAM,
+        streams::subjects::decisions_filter(&streams::subjects::RegionFilter::All),
+        1,
+        |record| {
+            if let Ok(envelope) = record.envelope {
+                all.push(envelope.event);
+            }
+        },
+    )
+    .await
+    .unwrap();
+    all
 }

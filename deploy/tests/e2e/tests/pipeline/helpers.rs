@@ -323,6 +323,19 @@ impl Pipeline {
         (status, json)
     }
 
+    /// `POST` of `body` to the edge's `path` with the operator token: the status and body.
+    pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.ingest))
+            .content_type("application/json")
+            .bearer_auth(ADMIN);
+        let (status, _, json) = self
+            .send(request, Some(serde_json::to_vec(body).unwrap()))
+            .await;
+        (status, json)
+    }
+
     pub async fn set_capacity(&self, location: &str, capacity: u32) {
         let (status, body) = self
             .admin_put(

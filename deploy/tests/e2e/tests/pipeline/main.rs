@@ -496,11 +496,12 @@ async fn a_timed_out_append_is_an_unknown_outcome_and_the_retry_answers_from_wha
             .contains("same Idempotency-Key"),
         "{answer}"
     );
-    // The write landed after the answer (a claim, its key's record and its registration)...
+    // The write landed after the answer (a claim, its key's record, the registration's own
+    // data key and its registration)...
     testkit::eventually(
         "the timed-out write to land",
         std::time::Duration::from_secs(30),
-        || async { (p.intake_messages().await == before + 3).then_some(()) },
+        || async { (p.intake_messages().await == before + 4).then_some(()) },
     )
     .await;
     // ...and the retry is answered from it: no second registration.
@@ -516,7 +517,7 @@ async fn a_timed_out_append_is_an_unknown_outcome_and_the_retry_answers_from_wha
     assert_eq!(status, 202, "{retry}");
     assert_eq!(
         p.intake_messages().await,
-        before + 3,
+        before + 4,
         "nothing appended twice"
     );
     let (id, token) = (
