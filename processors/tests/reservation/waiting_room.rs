@@ -36,26 +36,7 @@ async fn the_controller_admits_in_order_at_its_rate_and_a_standby_carries_on_aft
         .collect();
     let mut counts = Counts::default();
     tickets.iter().for_each(|t| counts.issue(t.place));
-    bucket
-        .put(
-            subjects::room_counts(&region, "edge-a"),
-            serde_json::to_vec(&counts).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let config = RoomConfig {
-        enabled: true,
-        rate: RATE,
-        opens_ms: None,
-        pacing: Pacing::Fixed,
-    };
-    bucket
-        .put(
-            subjects::room_config(&region),
-            serde_json::to_vec(&config).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    open_room(&bucket, &region, &counts, Pacing::Fixed).await;
 
     // Every serving place the bucket ever holds, in order.
     let mut watch = bucket.watch(subjects::room_serving(&region)).await.unwrap();
@@ -176,26 +157,7 @@ async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
     // Each admitted citizen submits at once, as the edge counts them: nobody admitted is
     // still to come (that signal holds the pace too; the rule's own tests show it).
     counts.used = counts.issued.clone();
-    bucket
-        .put(
-            subjects::room_counts(&region, "edge-a"),
-            serde_json::to_vec(&counts).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let config = RoomConfig {
-        enabled: true,
-        rate: RATE,
-        opens_ms: None,
-        pacing: Pacing::Headroom,
-    };
-    bucket
-        .put(
-            subjects::room_config(&region),
-            serde_json::to_vec(&config).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    let config = open_room(&bucket, &region, &counts, Pacing::Headroom).await;
     let control = controller(&world.client, "controller-a");
     let latest = || async {
         let value = bucket.get(subjects::room_serving(&region)).await.ok()??;
@@ -297,6 +259,37 @@ async fn a_stalled_stage_slows_admissions_and_its_recovery_restores_the_rate() {
     assert_eq!(recovered.rate(&config), f64::from(RATE));
     control.task.abort();
     replica.stop().await;
+}
+
+/// Puts an edge's `counts` of `region`'s line in the bucket and turns its room on at [`RATE`],
+/// paced by `pacing`.
+async fn open_room(
+    bucket: &jetstream::kv::Store,
+    region: &streams::model::Region,
+    counts: &Counts,
+    pacing: Pacing,
+) -> RoomConfig {
+    bucket
+        .put(
+            subjects::room_counts(region, "edge-a"),
+            serde_json::to_vec(counts).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let config = RoomConfig {
+        enabled: true,
+        rate: RATE,
+        opens_ms: None,
+        pacing,
+    };
+    bucket
+        .put(
+            subjects::room_config(region),
+            serde_json::to_vec(&config).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    config
 }
 
 struct Controller {

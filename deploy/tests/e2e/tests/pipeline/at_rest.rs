@@ -218,11 +218,7 @@ async fn personal_data_is_neither_in_the_log_nor_in_surrealdb_in_clear_or_unkeye
     p.stop_services().await;
     p.nats.kill();
     // Least privilege took nothing the services need: the server refused no request.
-    let log = p.nats.log();
-    assert!(
-        !log.contains(streams::accounts::VIOLATION_LOG),
-        "nats-server refused a service's request:\n{log}"
-    );
+    assert_nothing_refused(&p);
 
     // The controls: both stores hold the pipeline's records where the search looks (the
     // registration ids are stored in clear on purpose).
@@ -422,11 +418,7 @@ async fn an_erased_citizens_data_opens_nowhere_and_every_count_still_adds_up() {
     p.stop_services().await;
     p.nats.kill();
     // Every service did its part with its own identity, refused nothing.
-    let log = p.nats.log();
-    assert!(
-        !log.contains(streams::accounts::VIOLATION_LOG),
-        "nats-server refused a service's request:\n{log}"
-    );
+    assert_nothing_refused(&p);
     let leaks = search(
         &p.nats.store_dir(),
         &[("the erased registration's wrapped key".into(), key.clone())],
@@ -451,6 +443,15 @@ async fn an_erased_citizens_data_opens_nowhere_and_every_count_still_adds_up() {
     assert!(
         !search(&p.nats.store_dir(), &[("kept".into(), kept_key)]).is_empty(),
         "the search would miss a key on disk"
+    );
+}
+
+/// The stopped server refused no service's request (least privilege took nothing they need).
+fn assert_nothing_refused(p: &Pipeline) {
+    let log = p.nats.log();
+    assert!(
+        !log.contains(streams::accounts::VIOLATION_LOG),
+        "nats-server refused a service's request:\n{log}"
     );
 }
 

@@ -311,25 +311,20 @@ impl Pipeline {
         (status, json)
     }
 
+    /// `PUT` of `body` to the edge's `path` with the operator token: the status and body.
     pub async fn admin_put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let request = self
-            .http
-            .put(format!("{}{path}", self.ingest))
-            .content_type("application/json")
-            .bearer_auth(ADMIN);
-        let (status, _, json) = self
-            .send(request, Some(serde_json::to_vec(body).unwrap()))
-            .await;
-        (status, json)
+        self.admin_send(self.http.put(format!("{}{path}", self.ingest)), body)
+            .await
     }
 
     /// `POST` of `body` to the edge's `path` with the operator token: the status and body.
     pub async fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let request = self
-            .http
-            .post(format!("{}{path}", self.ingest))
-            .content_type("application/json")
-            .bearer_auth(ADMIN);
+        self.admin_send(self.http.post(format!("{}{path}", self.ingest)), body)
+            .await
+    }
+
+    async fn admin_send(&self, request: ntex::client::ClientRequest, body: &Value) -> (u16, Value) {
+        let request = request.content_type("application/json").bearer_auth(ADMIN);
         let (status, _, json) = self
             .send(request, Some(serde_json::to_vec(body).unwrap()))
             .await;
