@@ -693,6 +693,23 @@ impl Counts {
         }
     }
 
+    /// Takes away another report's counts (added before), dropping the seconds left empty.
+    pub fn subtract(&mut self, other: &Counts) {
+        for (mine, theirs) in [
+            (&mut self.issued, &other.issued),
+            (&mut self.used, &other.used),
+        ] {
+            for (second, n) in theirs {
+                if let Some(count) = mine.get_mut(second) {
+                    *count = count.saturating_sub(*n);
+                    if *count == 0 {
+                        mine.remove(second);
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets the seconds before `place`'s: the controller has accounted for them.
     pub fn forget_before(&mut self, place: Place) {
         let keep = place.second();
@@ -822,12 +839,20 @@ struct Followed {
 }
 
 impl Followed {
-    fn recount(&mut self) {
-        let mut total = Counts::default();
-        for counts in self.by_edge.values() {
-            total.add(counts);
+    /// Replaces `edge`'s report (`None`: removes it), keeping the total by difference: a report
+    /// costs the seconds it covers, not every edge's (each edge reports twice a second, so a
+    /// total summed afresh cost every follower edges² × seconds a second).
+    fn report(&mut self, edge: String, counts: Option<Counts>) {
+        let mut total = std::mem::take(&mut self.room.total);
+        let total_mut = Arc::make_mut(&mut total);
+        if let Some(old) = self.by_edge.remove(&edge) {
+            total_mut.subtract(&old);
         }
-        self.room.total = Arc::new(total);
+        if let Some(new) = counts {
+            total_mut.add(&new);
+            self.by_edge.insert(edge, new);
+        }
+        self.room.total = total;
         self.room.loads = self
             .by_edge
             .values()
@@ -918,15 +943,12 @@ impl Rooms {
             }
             crate::subjects::RoomKey::Counts(region, edge) => {
                 let followed = rooms.entry(region).or_default();
-                match value.and_then(|v| {
+                let counts = value.and_then(|v| {
                     serde_json::from_slice::<Counts>(v)
                         .map_err(decode("counts"))
                         .ok()
-                }) {
-                    Some(counts) => followed.by_edge.insert(edge, counts),
-                    None => followed.by_edge.remove(&edge),
-                };
-                followed.recount();
+                });
+                followed.report(edge, counts);
             }
         }
     }
@@ -1498,6 +1520,31 @@ mod tests {
                 (format!("verification_{r}"), 7),
             ]
         );
+    }
+
+    #[test]
+    fn a_room_keeps_the_sum_of_its_edges_latest_reports() {
+        let rooms = Rooms::default();
+        let r = region();
+        let report = |per_second: &[(i64, u64)], used: &[(i64, u64)]| {
+            let mut c = counts(per_second);
+            c.used = used.iter().copied().collect();
+            serde_json::to_vec(&c).unwrap()
+        };
+        let key = |edge: &str| crate::subjects::room_counts(&r, edge);
+        rooms.apply(&key("a"), Some(&report(&[(10, 5), (11, 7)], &[(10, 1)])), 1);
+        rooms.apply(&key("b"), Some(&report(&[(11, 3)], &[])), 2);
+        // Edge a reports again: its newer counts replace its older ones.
+        rooms.apply(&key("a"), Some(&report(&[(11, 8), (12, 2)], &[(11, 4)])), 3);
+        let total = rooms.get(&r).total;
+        assert_eq!(total.issued, [(11, 11), (12, 2)].into_iter().collect());
+        assert_eq!(total.used, [(11, 4)].into_iter().collect());
+        // An edge's key deleted: its counts go.
+        rooms.apply(&key("a"), None, 4);
+        let total = rooms.get(&r).total;
+        assert_eq!(total.issued, [(11, 3)].into_iter().collect());
+        assert!(total.used.is_empty());
+        assert_eq!(rooms.reporting(&r), 1);
     }
 
     #[test]
