@@ -79,19 +79,19 @@ async fn control(
             continue;
         }
         let now = chrono::Utc::now().timestamp_millis();
+        let all = rooms.all();
         // The pipeline behind the paced rooms, once a PACE_INTERVAL.
         let mut pressures = HashMap::new();
         if measured_at.elapsed() >= PACE_INTERVAL {
             measured_at = tokio::time::Instant::now();
-            let paced: Vec<Region> = rooms
-                .all()
-                .into_iter()
+            let paced: Vec<Region> = all
+                .iter()
                 .filter(|(_, room)| {
                     room.config
                         .as_ref()
                         .is_some_and(|c| c.enabled && c.pacing == Pacing::Headroom)
                 })
-                .map(|(region, _)| region)
+                .map(|(region, _)| region.clone())
                 .collect();
             if !paced.is_empty() {
                 match waiting_room::measure(js, leases, &paced).await {
@@ -102,7 +102,7 @@ async fn control(
                 }
             }
         }
-        for (region, room) in rooms.all() {
+        for (region, room) in all {
             let Some(config) = room.config.clone().filter(|c| c.enabled) else {
                 mine.remove(&region);
                 continue;

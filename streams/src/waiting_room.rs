@@ -480,11 +480,12 @@ impl Serving {
         let cap = f64::from(config.rate);
         let pace = self.rate(config);
         let behind_at = (pace * BACKLOG_SECONDS).max(BACKLOG_FLOOR);
-        let behind = pressure
+        let behind_stages: Vec<&(String, u64)> = pressure
             .backlogs
             .iter()
             .filter(|(_, n)| *n as f64 > behind_at)
-            .max_by_key(|(_, n)| *n);
+            .collect();
+        let behind = behind_stages.iter().copied().max_by_key(|(_, n)| *n);
         let grows = |(stage, n): &&(String, u64)| {
             self.backlogs
                 .get(stage)
@@ -493,10 +494,9 @@ impl Serving {
         let waiting = |(stage, n): &(String, u64)| format!("{stage} has {n} records waiting");
         let congestion = if let Some(stage) = &pressure.stalled {
             Some(format!("{stage} is not running"))
-        } else if let Some(growing) = pressure
-            .backlogs
+        } else if let Some(growing) = behind_stages
             .iter()
-            .filter(|(_, n)| *n as f64 > behind_at)
+            .copied()
             .filter(grows)
             .max_by_key(|(_, n)| *n)
         {
@@ -1125,6 +1125,15 @@ mod tests {
         assert_eq!(after.ms, opens + 10);
     }
 
+    /// 1,000 tickets in each of the ten seconds from 20 s before `t0`: old enough to count.
+    fn ten_busy_seconds(t0: i64) -> Counts {
+        counts(
+            &(0..10)
+                .map(|s| (t0 / 1000 - 20 + s, 1000))
+                .collect::<Vec<_>>(),
+        )
+    }
+
     fn counts(per_second: &[(i64, u64)]) -> Counts {
         Counts {
             issued: per_second.iter().copied().collect(),
@@ -1142,11 +1151,7 @@ mod tests {
         };
         let t0 = 1_800_000_000_000;
         // 1,000 tickets in each of ten seconds, all already old enough to count.
-        let c = counts(
-            &(0..10)
-                .map(|s| (t0 / 1000 - 20 + s, 1000))
-                .collect::<Vec<_>>(),
-        );
+        let c = ten_busy_seconds(t0);
         let mut state = Serving {
             serving: Place::before(t0 - 20_000),
             ..Serving::start(t0, &Counts::default())
@@ -1452,11 +1457,7 @@ mod tests {
     fn the_serving_place_moves_at_the_pace() {
         let config = paced(100);
         let t0 = 1_800_000_000_000;
-        let c = counts(
-            &(0..10)
-                .map(|s| (t0 / 1000 - 20 + s, 1000))
-                .collect::<Vec<_>>(),
-        );
+        let c = ten_busy_seconds(t0);
         let mut state = Serving {
             serving: Place::before(t0 - 20_000),
             pace: Some(25.0),
