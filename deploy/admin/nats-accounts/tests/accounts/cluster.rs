@@ -1,5 +1,5 @@
 //! `deploy/cluster --auth` (what `deploy/up --cluster` runs): three nodes on loopback, each
-//! requiring the same per-service identities.
+//! requiring the same per-service identities; with `--tls`, TLS to every node and between them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,4 +138,141 @@ async fn every_node_of_the_scripted_cluster_requires_the_per_service_identities(
         matches!(refused, Ok(Err(_))),
         "a wrong password is refused a connection"
     );
+}
+
+/// Everything a listener says, until it hangs up, to a peer that speaks the plain protocol
+/// (`CONNECT`, `PING`) without TLS.
+fn plain_exchange(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the port accepts");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(b"CONNECT {}\r\nPING\r\n");
+    let mut heard = Vec::new();
+    let _ = stream.read_to_end(&mut heard);
+    String::from_utf8_lossy(&heard).into_owned()
+}
+
+/// `deploy/cluster --auth --tls` (what `deploy/up --cluster --tls` runs): every node's client
+/// listener and the routes between nodes on TLS with the development CA, clients and nodes
+/// verified, the per-service identities on top; the single node's TLS checks
+/// (`tls.rs`) hold on every node.
+#[tokio::test]
+async fn the_scripted_cluster_speaks_tls_to_services_and_between_its_nodes() {
+    testkit::init_test_log();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("tls");
+    crate::tls::dev_ca(&certs);
+    let accounts = Accounts::generate();
+    let auth = dir.path().join("auth.conf");
+    std::fs::write(
+        &auth,
+        accounts.authorization(PasswordStorage::Plain).unwrap(),
+    )
+    .unwrap();
+    let cluster = ScriptCluster {
+        data_dir: dir.path().join("cluster"),
+        ports: free_port_runs(),
+    };
+    let up = cluster.run(&[
+        "--auth",
+        auth.to_str().unwrap(),
+        "--tls",
+        certs.to_str().unwrap(),
+        "up",
+    ]);
+    assert!(
+        up.status.success(),
+        "deploy/cluster up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let (ca, cert, key) = (
+        certs.join("ca.pem"),
+        certs.join("client.pem"),
+        certs.join("client-key.pem"),
+    );
+
+    // A service with the CA and its client certificate connects to the cluster, and R3
+    // streams work: each write is replicated over the routes, so they carry TLS too.
+    let connect = async |service: Service| {
+        let mut options = accounts.nats_options(service, &cluster.url(), service.user());
+        options.tls = Some(streams::runtime::TlsOptions {
+            ca: Some(ca.clone()),
+            client_cert: Some((cert.clone(), key.clone())),
+        });
+        let client = streams::runtime::connect(&options, &CancellationToken::new())
+            .await
+            .expect("connects to the cluster over TLS");
+        async_nats::jetstream::new(client)
+    };
+    let js = connect(Service::Admin).await;
+    streams::config::ensure_streams(&js, streams::config::Replication(3))
+        .await
+        .expect("R3 streams are created over TLS");
+    let region = streams::model::Region::parse("mazowieckie").unwrap();
+    let edge = connect(Service::Ingest).await;
+    let ack = edge
+        .publish(
+            subjects::intake(&region, IntakeKind::Submitted),
+            "{}".into(),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("stored on a majority of the nodes");
+    assert_eq!(ack.stream, subjects::INTAKE_STREAM);
+    let info = js
+        .get_stream(subjects::INTAKE_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let peers = info.cluster.expect("a clustered stream").replicas;
+    assert_eq!(peers.len(), 2, "a leader and two replicas: {peers:?}");
+
+    let user = || {
+        async_nats::ConnectOptions::new()
+            .user_and_password(
+                Service::Admin.user().into(),
+                accounts.password(Service::Admin).into(),
+            )
+            .ignore_discovered_servers()
+    };
+    for node in 0..3u16 {
+        let url = format!("nats://127.0.0.1:{}", cluster.ports[0] + node);
+        // Each node: the certificate and the CA connect (the control)...
+        crate::tls::attempt(
+            user()
+                .require_tls(true)
+                .add_root_certificates(ca.clone())
+                .add_client_certificate(cert.clone(), key.clone()),
+            &url,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the control connects to node {node}: {e}"));
+        // ...a plain connection and one without a client certificate do not...
+        assert!(
+            crate::tls::attempt(user(), &url).await.is_err(),
+            "node {node} accepted a plain connection"
+        );
+        assert!(
+            crate::tls::attempt(
+                user().require_tls(true).add_root_certificates(ca.clone()),
+                &url
+            )
+            .await
+            .is_err(),
+            "node {node} accepted a client without a certificate"
+        );
+        // ...and its route listener speaks nothing but TLS: a plain peer hears no `INFO` (a
+        // plain route listener greets with one at once) and is hung up on.
+        let heard = plain_exchange(cluster.ports[1] + node);
+        assert!(
+            !heard.contains("INFO") && !heard.contains("PONG"),
+            "node {node}'s route listener spoke plain text: {heard:?}"
+        );
+    }
 }

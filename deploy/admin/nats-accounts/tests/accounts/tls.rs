@@ -7,7 +7,7 @@ use testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 /// A development CA and certificates, written by `deploy/dev-ca` (the openssl CLI).
-fn dev_ca(dir: &Path) {
+pub(crate) fn dev_ca(dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dev-ca");
     let status = std::process::Command::new(&script)
         .arg(dir)
@@ -20,7 +20,7 @@ fn dev_ca(dir: &Path) {
 }
 
 /// Connects once, without retrying: `Ok` only when the server accepted the connection.
-async fn attempt(options: async_nats::ConnectOptions, url: &str) -> Result<(), String> {
+pub(crate) async fn attempt(options: async_nats::ConnectOptions, url: &str) -> Result<(), String> {
     let client = options
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
