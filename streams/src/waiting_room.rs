@@ -54,12 +54,19 @@ pub const REPORT_LAG_MS: i64 = 1_500;
 /// ([`Serving::paced`]).
 pub const PACE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A stage is behind when its backlog is more than this many seconds of admissions at the
-/// current pace (and more than [`BACKLOG_FLOOR`] records)...
+/// A stage's flow is measured over this long: over one second, stages that work in batches
+/// (a reader delivers hundreds at once, a processor acknowledges a batch) look now stopped, now
+/// twice as fast.
+const FLOW_WINDOW_MS: i64 = 5_000;
+
+/// A stage is behind when its backlog is more than this many seconds of its work (of what it
+/// got through lately, or of admissions at the current pace while that is not measured yet),
+/// and more than [`BACKLOG_FLOOR`] records...
 const BACKLOG_SECONDS: f64 = 2.0;
 
-/// ...and congested when, behind, its backlog grew by more than this share since the last
-/// measurement: it takes in more than it gets through. A backlog that shrinks is left to
+/// ...and congested when, behind, it takes in more than it gets through by more than this
+/// share (its backlog, when its flow is not measured yet, grew by more than this share since
+/// the last measurement). A backlog that shrinks is left to
 /// drain at the pace that lets it.
 const GROWTH: f64 = 0.05;
 
@@ -74,8 +81,22 @@ const BUSY_HIGH: f64 = 0.5;
 /// ...and clear below this share.
 const BUSY_LOW: f64 = 0.25;
 
-/// On congestion the pace is multiplied by this...
+/// On congestion the pace is multiplied by this when the congested stage's own flow is not
+/// measured (a stage not running, busy edges, a consumer seen for the first time)...
 const CUT: f64 = 0.7;
+
+/// ...and, when it is, by the share of what arrives that the stage gets through, times this
+/// margin (so its backlog drains), between [`DEEPEST_CUT`] and [`SHALLOWEST_CUT`]: the pace
+/// falls to what the slowest stage takes, not by a fixed step (with a fixed 0.7 the record
+/// surge swung between 226 and 734 a second around the pipeline's 400, and the peaks cost
+/// `503`s and a p99 of 0.9 s).
+const DRAIN_MARGIN: f64 = 0.95;
+
+/// See [`DRAIN_MARGIN`].
+const DEEPEST_CUT: f64 = 0.5;
+
+/// See [`DRAIN_MARGIN`].
+const SHALLOWEST_CUT: f64 = 0.95;
 
 /// ...at most once in this long: what was admitted before a cut takes seconds to reach the
 /// pipeline (citizens poll, then submit), so a backlog goes on growing for a while after the
@@ -90,13 +111,19 @@ const STALL_HOLD_MS: i64 = 3_000;
 /// (additive increase: from the start to the rate in 9 s)...
 const RISE_PER_SECOND: f64 = 0.1;
 
-/// ...up to [`PLATEAU`] of the pace the last congestion began at; from there on it probes by
-/// this share a second (TCP CUBIC's plateau): the surge runs rose straight back to a cap of
+/// ...up to [`PLATEAU`] of the ceiling (what the slowest stage was measured to take at the
+/// last congestion, or the pace it began at); from there on it probes by this share of the
+/// ceiling a second (TCP CUBIC's plateau): the surge runs rose straight back to a cap of
 /// 1,000 and met the same congestion every forty seconds, with `503`s at each peak.
-const PROBE_PER_SECOND: f64 = 0.01;
+const PROBE_PER_SECOND: f64 = 0.02;
 
 /// See [`PROBE_PER_SECOND`].
 const PLATEAU: f64 = 0.9;
+
+/// Past the ceiling the probe rises by at least this share of its distance above it a second:
+/// the pace's excess grows by a quarter a second, doubling the pace in about fifteen seconds,
+/// so a stage that recovered (or a ceiling measured low) is found again quickly.
+const PROBE_GROWTH: f64 = 0.25;
 
 /// A cut more than this long after the previous one begins a new congestion: the pace it
 /// begins at is the new ceiling.
@@ -330,8 +357,8 @@ pub struct Pressure {
     /// A stage that is not running for the region at all (no reservation processor holds its
     /// lease): nothing admitted now could be decided.
     pub stalled: Option<String>,
-    /// Each stage's backlog: records its consumer has not delivered yet, by stage.
-    pub backlogs: Vec<(String, u64)>,
+    /// Each stage's backlog and progress, as its consumer reports them.
+    pub stages: Vec<Stage>,
     /// The busiest edge's share of its open-submission bound in use (0 to 1).
     pub busy: f64,
     /// The citizens admitted in the last minute, and of them those who have not submitted
@@ -340,17 +367,18 @@ pub struct Pressure {
 }
 
 impl Pressure {
-    /// The stages behind `region`'s room and their backlogs, from the consumers JetStream
-    /// lists on the intake stream (`intake`) and the decisions stream (`decisions`): the
-    /// reservation processor's and the projection workers' ordered readers (known by
+    /// The stages behind `region`'s room, from the consumers JetStream lists on the intake
+    /// stream (`intake`) and the decisions stream (`decisions`): the reservation processor's
+    /// and the projection workers' ordered readers (known by
     /// [`crate::subjects::READER_METADATA`]), the verification and notification processors'
     /// durable consumers. Any other consumer (an analyst's replay) is none of the room's
-    /// business.
-    pub fn backlogs_of(
+    /// business. Where several consumers serve one stage (readers of several replicas), the one
+    /// furthest behind stands for it.
+    pub fn stages_of(
         region: &Region,
         intake: &[jetstream::consumer::Info],
         decisions: &[jetstream::consumer::Info],
-    ) -> Vec<(String, u64)> {
+    ) -> Vec<Stage> {
         use crate::subjects as s;
         let readers = [
             (intake, s::reservation_reader(region)),
@@ -361,25 +389,84 @@ impl Pressure {
             (decisions, s::verification_consumer(region)),
             (decisions, s::notification_consumer(region)),
         ];
-        let backlog = |infos: &[jetstream::consumer::Info],
-                       is: &dyn Fn(&jetstream::consumer::Info) -> bool| {
-            infos.iter().filter(|i| is(i)).map(|i| i.num_pending).max()
+        let furthest = |name: String,
+                        infos: &[jetstream::consumer::Info],
+                        is: &dyn Fn(&jetstream::consumer::Info) -> bool| {
+            infos
+                .iter()
+                .filter(|i| is(i))
+                .map(|i| Stage::of(name.clone(), i))
+                .max_by_key(|stage| stage.pending)
         };
-        let mut backlogs = Vec::new();
+        let mut stages = Vec::new();
         for (infos, name) in readers {
             let reader = |i: &jetstream::consumer::Info| {
                 i.config.metadata.get(s::READER_METADATA) == Some(&name)
             };
-            if let Some(n) = backlog(infos, &reader) {
-                backlogs.push((name.clone(), n));
-            }
+            stages.extend(furthest(name.clone(), infos, &reader));
         }
         for (infos, name) in durables {
-            if let Some(n) = backlog(infos, &|i| i.name == name) {
-                backlogs.push((name.clone(), n));
-            }
+            stages.extend(furthest(name.clone(), infos, &|i| i.name == name));
         }
-        backlogs
+        stages
+    }
+}
+
+/// One stage behind a room as its consumer reports it: how much waits for it, and how far it
+/// got. Two measurements give its flow ([`Stage::flow`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stage {
+    /// The stage: a reader's name ([`crate::subjects::READER_METADATA`]) or a durable
+    /// consumer's.
+    pub name: String,
+    /// Records waiting for it: not delivered yet, or delivered and not acknowledged yet (a
+    /// processor's work in hand is behind it too).
+    pub pending: u64,
+    /// The consumer measured. An ordered reader gets a new one whenever it is recreated, and
+    /// its sequence starts again: progress compares only within one consumer.
+    pub consumer: String,
+    /// Records it got through, in its consumer's own sequence: the acknowledgement floor of a
+    /// durable consumer, the delivered sequence of a reader (which acknowledges nothing).
+    pub done: u64,
+}
+
+/// A stage's records per second between two measurements.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flow {
+    /// Got through.
+    pub drained: f64,
+    /// Arrived: got through, plus what its backlog grew by.
+    pub arrived: f64,
+}
+
+impl Stage {
+    /// A stage as `info` reports it.
+    pub fn of(name: String, info: &jetstream::consumer::Info) -> Stage {
+        let done = if info.config.ack_policy == jetstream::consumer::AckPolicy::None {
+            info.delivered.consumer_sequence
+        } else {
+            info.ack_floor.consumer_sequence
+        };
+        Stage {
+            name,
+            pending: info.num_pending + info.num_ack_pending as u64,
+            consumer: info.name.clone(),
+            done,
+        }
+    }
+
+    /// Its flow since `before`, `seconds` ago (`None` when that cannot tell: another consumer,
+    /// a sequence that went back, too short a time).
+    pub fn flow(&self, before: &Stage, seconds: f64) -> Option<Flow> {
+        if self.consumer != before.consumer || self.done < before.done || seconds < 0.2 {
+            return None;
+        }
+        let drained = (self.done - before.done) as f64 / seconds;
+        let grew = (self.pending as f64 - before.pending as f64) / seconds;
+        Some(Flow {
+            drained,
+            arrived: (drained + grew).max(0.0),
+        })
     }
 }
 
@@ -418,9 +505,10 @@ pub struct Serving {
     /// probes slowly ([`PROBE_PER_SECOND`]).
     #[serde(default)]
     pub ceiling: Option<f64>,
-    /// Each stage's backlog at the last measurement: whether a backlog grows is what cuts.
+    /// The stages at each measurement of the last [`FLOW_WINDOW_MS`] (Unix ms, stages): their
+    /// flow over that window is what cuts, and by how much.
     #[serde(default)]
-    pub backlogs: BTreeMap<String, u64>,
+    pub marks: Vec<(i64, Vec<Stage>)>,
 }
 
 impl Serving {
@@ -444,7 +532,7 @@ impl Serving {
             paced_ms: now_ms,
             cut_ms: 0,
             ceiling: None,
-            backlogs: BTreeMap::new(),
+            marks: Vec::new(),
         }
     }
 
@@ -462,16 +550,20 @@ impl Serving {
     }
 
     /// Adjusts the pace to `pressure` (additive increase, multiplicative decrease, as TCP
-    /// finds a link's rate, from a slow start): a stage that is not running, a backlog that is
-    /// more than [`BACKLOG_SECONDS`] of admissions and still growing, or edges near their bound
-    /// cut it by [`CUT`] (at most once per [`CUT_HOLD_MS`], never below [`MIN_PACE`]); with
-    /// every stage clear it rises towards the operator's rate by [`RISE_PER_SECOND`] of it per
-    /// second; a backlog that is behind but shrinking, or more than [`NOT_COME_SHARE`] of the
-    /// citizens admitted in the last minute not come yet, holds it.
+    /// finds a link's rate, from a slow start). A stage that is not running, a stage behind
+    /// (more than [`BACKLOG_SECONDS`] of its work waiting) that takes in more than it gets
+    /// through, or edges near their bound cut it, at most once per [`CUT_HOLD_MS`] and never
+    /// below [`MIN_PACE`]: to what the congested stage gets through when its flow is measured
+    /// ([`DRAIN_MARGIN`]), by [`CUT`] otherwise. With every stage clear it rises by
+    /// [`RISE_PER_SECOND`] of the operator's rate per second up to near the ceiling (what the
+    /// last congestion measured), then probes ([`PROBE_PER_SECOND`]); a stage behind but
+    /// draining, or more than [`NOT_COME_SHARE`] of the citizens admitted in the last minute
+    /// not come yet, holds it.
     pub fn paced(&self, config: &RoomConfig, pressure: &Pressure, now_ms: i64) -> Serving {
         let mut next = self.clone();
         next.paced_ms = now_ms;
-        next.backlogs = pressure.backlogs.iter().cloned().collect();
+        next.marks.retain(|(at, _)| now_ms - at < FLOW_WINDOW_MS);
+        next.marks.push((now_ms, pressure.stages.clone()));
         if config.pacing == Pacing::Fixed {
             next.pace = None;
             next.limited_by = None;
@@ -479,32 +571,76 @@ impl Serving {
         }
         let cap = f64::from(config.rate);
         let pace = self.rate(config);
-        let behind_at = (pace * BACKLOG_SECONDS).max(BACKLOG_FLOOR);
-        let behind_stages: Vec<&(String, u64)> = pressure
-            .backlogs
+        // Each stage with its flow over the last few seconds (one second is too noisy: stages
+        // work in batches), where known.
+        let before = self.marks.first();
+        let measured: Vec<(&Stage, Option<Flow>)> = pressure
+            .stages
             .iter()
-            .filter(|(_, n)| *n as f64 > behind_at)
+            .map(|stage| {
+                let flow = before.and_then(|(at, stages)| {
+                    let seconds = (now_ms - at) as f64 / 1000.0;
+                    let was = stages.iter().find(|b| b.name == stage.name)?;
+                    stage.flow(was, seconds)
+                });
+                (stage, flow)
+            })
             .collect();
-        let behind = behind_stages.iter().copied().max_by_key(|(_, n)| *n);
-        let grows = |(stage, n): &&(String, u64)| {
-            self.backlogs
-                .get(stage)
-                .is_none_or(|was| *n as f64 > *was as f64 * (1.0 + GROWTH))
+        let last = |stage: &Stage| {
+            self.marks
+                .last()
+                .and_then(|(_, stages)| stages.iter().find(|b| b.name == stage.name).cloned())
         };
-        let waiting = |(stage, n): &(String, u64)| format!("{stage} has {n} records waiting");
-        let congestion = if let Some(stage) = &pressure.stalled {
-            Some(format!("{stage} is not running"))
+        let behind = |(stage, flow): &(&Stage, Option<Flow>)| {
+            let takes = flow.map(|f| f.drained).filter(|d| *d > 0.0);
+            stage.pending as f64 > (takes.unwrap_or(pace) * BACKLOG_SECONDS).max(BACKLOG_FLOOR)
+        };
+        // Behind, a stage is congested when it takes in more than it gets through, or gets
+        // nothing through at all (stuck: its backlog holds still only because nothing more
+        // arrives).
+        let congested = |(stage, flow): &(&Stage, Option<Flow>)| match flow {
+            Some(f) => f.arrived > f.drained * (1.0 + GROWTH) || f.drained == 0.0,
+            None => last(stage)
+                .is_some_and(|was| stage.pending as f64 > was.pending as f64 * (1.0 + GROWTH)),
+        };
+        let waiting = |(stage, flow): &(&Stage, Option<Flow>)| match flow {
+            Some(f) => format!(
+                "{} has {} records waiting and gets through {:.0} of the {:.0} arriving a second",
+                stage.name, stage.pending, f.drained, f.arrived
+            ),
+            None => format!("{} has {} records waiting", stage.name, stage.pending),
+        };
+        let behind_stages: Vec<&(&Stage, Option<Flow>)> =
+            measured.iter().filter(|m| behind(m)).collect();
+        let furthest = behind_stages
+            .iter()
+            .copied()
+            .max_by_key(|(stage, _)| stage.pending);
+        // Why to cut, and the share it takes in that the congested stage gets through (`None`:
+        // not measured).
+        let congestion: Option<(String, Option<f64>)> = if let Some(stage) = &pressure.stalled {
+            Some((format!("{stage} is not running"), None))
         } else if let Some(growing) = behind_stages
             .iter()
             .copied()
-            .filter(grows)
-            .max_by_key(|(_, n)| *n)
+            .filter(|m| congested(m))
+            .max_by_key(|(stage, _)| stage.pending)
         {
-            Some(waiting(growing))
+            let share = growing.1.map(|f| {
+                if f.drained == 0.0 {
+                    0.0
+                } else {
+                    (f.drained / f.arrived).min(1.0)
+                }
+            });
+            Some((waiting(growing), share))
         } else if pressure.busy > BUSY_HIGH {
-            Some(format!(
-                "the busiest edge holds {:.0}% of its open submissions",
-                pressure.busy * 100.0
+            Some((
+                format!(
+                    "the busiest edge holds {:.0}% of its open submissions",
+                    pressure.busy * 100.0
+                ),
+                None,
             ))
         } else {
             None
@@ -514,18 +650,25 @@ impl Serving {
         } else {
             CUT_HOLD_MS
         };
-        if let Some(why) = congestion {
+        if let Some((why, share)) = congestion {
             if now_ms - self.cut_ms >= hold {
-                if now_ms - self.cut_ms > EPISODE_MS {
-                    next.ceiling = Some(pace);
+                let factor = share.map_or(CUT, |share| {
+                    (share * DRAIN_MARGIN).clamp(DEEPEST_CUT, SHALLOWEST_CUT)
+                });
+                match share {
+                    // What the stage takes, in admissions a second: the ceiling to climb
+                    // back to. (A stage that got nothing through measured no capacity.)
+                    Some(share) if share > 0.0 => next.ceiling = Some((pace * share).max(MIN_PACE)),
+                    _ if now_ms - self.cut_ms > EPISODE_MS => next.ceiling = Some(pace),
+                    _ => {}
                 }
-                next.pace = Some((pace * CUT).max(MIN_PACE).min(cap));
+                next.pace = Some((pace * factor).max(MIN_PACE).min(cap));
                 next.cut_ms = now_ms;
             } else {
                 next.pace = Some(pace);
             }
             next.limited_by = Some(why);
-        } else if let Some(draining) = behind {
+        } else if let Some(draining) = furthest {
             next.pace = Some(pace);
             next.limited_by = Some(waiting(draining));
         } else if pressure.recent.1 > BACKLOG_FLOOR
@@ -541,15 +684,14 @@ impl Serving {
         } else if pressure.busy < BUSY_LOW {
             let elapsed = ((now_ms - self.paced_ms).max(0) as f64 / 1000.0).min(1.0);
             let near = self.ceiling.map_or(cap, |c| c * PLATEAU);
-            let step = if pace < near {
-                RISE_PER_SECOND
-            } else {
-                PROBE_PER_SECOND
-            };
+            let ceiling = self.ceiling.unwrap_or(cap);
             let risen = if pace < near {
-                (pace + cap * step * elapsed).min(near)
+                (pace + cap * RISE_PER_SECOND * elapsed).min(near)
             } else {
-                pace + cap * step * elapsed
+                // Past the ceiling, the probe grows with the distance (CUBIC's convex side):
+                // what the last congestion measured no longer holds.
+                let step = (ceiling * PROBE_PER_SECOND).max((pace - ceiling) * PROBE_GROWTH);
+                pace + step * elapsed
             }
             .min(cap);
             next.pace = Some(risen);
@@ -1015,7 +1157,7 @@ pub async fn open(js: &jetstream::Context, shutdown: &CancellationToken) -> Opti
 
 /// Measures the pipeline behind each of `regions`' rooms: whether a reservation processor holds
 /// the region's lease, and every stage's backlog from the consumers JetStream lists
-/// ([`Pressure::backlogs_of`]). The edges' load and the admissions not used yet come from
+/// ([`Pressure::stages_of`]). The edges' load and the admissions not used yet come from
 /// the bucket, not from here.
 pub async fn measure(
     js: &jetstream::Context,
@@ -1036,7 +1178,7 @@ pub async fn measure(
             region.clone(),
             Pressure {
                 stalled: (!held).then(|| format!("the reservation processor of {region}")),
-                backlogs: Pressure::backlogs_of(region, &intake, &decisions),
+                stages: Pressure::stages_of(region, &intake, &decisions),
                 busy: 0.0,
                 recent: (0.0, 0.0),
             },
@@ -1260,10 +1402,28 @@ mod tests {
         }
     }
 
+    /// A pressure of one stage with `n` waiting whose flow is not measured (its consumer is
+    /// new each time, as a reader's is when it is recreated), beside a clear one.
     fn backlog(stage: &str, n: u64) -> Pressure {
         Pressure {
-            backlogs: vec![("projection.reg_intake".into(), 3), (stage.into(), n)],
+            stages: vec![
+                measured("projection.reg_intake", 3, 0),
+                Stage {
+                    consumer: format!("c{n}"),
+                    ..measured(stage, n, 0)
+                },
+            ],
             ..Pressure::default()
+        }
+    }
+
+    /// A stage with `pending` waiting and `done` got through, in one consumer.
+    fn measured(stage: &str, pending: u64, done: u64) -> Stage {
+        Stage {
+            name: stage.into(),
+            pending,
+            consumer: "c".into(),
+            done,
         }
     }
 
@@ -1334,22 +1494,23 @@ mod tests {
             held.limited_by.as_deref(),
             Some("reservation.r has 1800 records waiting")
         );
-        // Behind and flat (the stage takes exactly the pace): holds too.
-        let flat = pace_for(
-            cut_down.clone(),
-            &config,
-            &backlog("reservation.r", 9_000),
-            10,
-        );
+        // Behind and flat (the stage gets through exactly what arrives): holds too.
+        let flat: Vec<Pressure> = (1..=10)
+            .map(|s| Pressure {
+                stages: vec![measured("reservation.r", 9_000, 1_000 * s)],
+                ..Pressure::default()
+            })
+            .collect();
+        let flat = pace_through(cut_down.clone(), &config, &flat);
         assert_eq!(flat.rate(&config), cut);
         // Drained: it rises by a tenth of the rate a second up to near where the congestion
-        // began, then probes by a hundredth, back to the rate and no further.
+        // began, then probes by a fiftieth of that, back to the rate and no further.
         let drained = backlog("reservation.r", 0);
         let rising = pace_for(held, &config, &drained, 2);
         assert!((rising.rate(&config) - (cut + 2.0 * 40.0)).abs() < 1e-6);
         let plateau = pace_for(rising.clone(), &config, &drained, 4);
         assert!(
-            (plateau.rate(&config) - (360.0 + 4.0)).abs() < 1e-6,
+            (plateau.rate(&config) - (360.0 + 8.0)).abs() < 1e-6,
             "{}",
             plateau.rate(&config)
         );
@@ -1359,6 +1520,96 @@ mod tests {
         // A backlog under the floor never cuts, however it grows.
         let small: Vec<Pressure> = (1..=10).map(|s| backlog("reservation.r", 15 * s)).collect();
         assert_eq!(pace_through(full, &config, &small).rate(&config), 400.0);
+    }
+
+    #[test]
+    fn a_congested_stage_brings_the_pace_down_to_what_it_gets_through_in_one_cut() {
+        let config = paced(1_000);
+        let fast = Serving {
+            pace: Some(600.0),
+            ..Serving::start(1_800_000_000_000, &Counts::default())
+        };
+        // The notification stage, behind, gets through 1,200 records a second of 1,800
+        // arriving: its backlog grows by 600 a second.
+        let flowing = |seconds: u64| Pressure {
+            stages: vec![measured(
+                "notification_r",
+                3_000 + 600 * seconds,
+                1_200 * seconds,
+            )],
+            ..Pressure::default()
+        };
+        let pressures: Vec<Pressure> = (0..=6).map(flowing).collect();
+        let state = pace_through(fast, &config, &pressures);
+        // Cut once, to what it takes (600 × 1,200 / 1,800 = 400) less the margin that drains
+        // the backlog; that is the ceiling to climb back to.
+        let rate = state.rate(&config);
+        assert!((rate - 400.0 * DRAIN_MARGIN).abs() < 1e-6, "{rate}");
+        assert!((state.ceiling.unwrap() - 400.0).abs() < 1e-6);
+        assert_eq!(
+            state.limited_by.as_deref(),
+            Some(
+                "notification_r has 6600 records waiting and gets through 1200 of the 1800 \
+                 arriving a second"
+            )
+        );
+        // Drained, it probes from there, slowly near the ceiling (a fiftieth of it a
+        // second), then faster the further it gets past it.
+        let clear = (7..=20)
+            .map(|s| Pressure {
+                stages: vec![measured("notification_r", 0, 1_200 * s)],
+                ..Pressure::default()
+            })
+            .collect::<Vec<_>>();
+        let probed = pace_through(state.clone(), &config, &clear[..3]);
+        let rate = probed.rate(&config);
+        assert!(
+            (rate - (400.0 * DRAIN_MARGIN + 3.0 * 8.0)).abs() < 1e-6,
+            "{rate}"
+        );
+        let rates: Vec<f64> = (4..=clear.len())
+            .map(|n| pace_through(state.clone(), &config, &clear[..n]).rate(&config))
+            .collect();
+        let steps: Vec<f64> = rates.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.windows(2).all(|w| w[1] >= w[0] - 1e-9), "{steps:?}");
+        assert!(rates[rates.len() - 1] > 550.0, "{rates:?}");
+        // A stage that gets nothing through at all is cut by half each time, not to nothing
+        // at once; so is one stuck while nothing more arrives.
+        let stuck = (0..=6)
+            .map(|s| Pressure {
+                stages: vec![measured("verification_r", 2_000 + 500 * s, 0)],
+                ..Pressure::default()
+            })
+            .collect::<Vec<_>>();
+        let start = Serving {
+            pace: Some(600.0),
+            ..Serving::start(1_800_000_000_000, &Counts::default())
+        };
+        assert_eq!(
+            pace_through(start.clone(), &config, &stuck).rate(&config),
+            300.0
+        );
+        let still = Pressure {
+            stages: vec![measured("verification_r", 2_000, 0)],
+            ..Pressure::default()
+        };
+        assert_eq!(pace_for(start, &config, &still, 8).rate(&config), 150.0);
+    }
+
+    #[test]
+    fn a_stages_flow_compares_one_consumer_with_itself() {
+        let before = measured("s", 100, 1_000);
+        let flow = measured("s", 300, 2_000).flow(&before, 2.0).unwrap();
+        assert_eq!(flow.drained, 500.0);
+        assert_eq!(flow.arrived, 600.0);
+        // A recreated reader starts its sequence again: no flow, rather than a wrong one.
+        let recreated = Stage {
+            consumer: "c2".into(),
+            ..measured("s", 300, 20)
+        };
+        assert_eq!(recreated.flow(&before, 2.0), None);
+        assert_eq!(measured("s", 0, 900).flow(&before, 2.0), None);
+        assert_eq!(measured("s", 0, 1_100).flow(&before, 0.0), None);
     }
 
     #[test]
@@ -1511,7 +1762,10 @@ mod tests {
                 12,
             ),
         ];
-        let mut found = Pressure::backlogs_of(&r, &intake, &decisions);
+        let mut found: Vec<(String, u64)> = Pressure::stages_of(&r, &intake, &decisions)
+            .into_iter()
+            .map(|stage| (stage.name, stage.pending))
+            .collect();
         found.sort();
         assert_eq!(
             found,
