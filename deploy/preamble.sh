@@ -19,6 +19,22 @@ need_nats() {
   export NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
 }
 
+# Builds SurrealDB's server (deploy/surreal-server, a package outside the workspace) in a
+# profile and installs it as .tools/bin/surreal: need_surreal_build release|debug. It shares
+# the workspace's target directory: cargo keeps each crate's builds apart by features, so the
+# dependencies the server resolves as the services do are compiled once, and only SurrealDB's
+# crates (other features) a second time.
+need_surreal_build() {
+  local profile="$1" args=() target
+  target="${CARGO_TARGET_DIR:-$root/target}"
+  [[ "$profile" == release ]] && args+=(--release)
+  echo "Building SurrealDB's server ($profile; the first build takes about ten minutes) ..." >&2
+  CARGO_TARGET_DIR="$target" cargo build --locked --manifest-path "$root/deploy/surreal-server/Cargo.toml" "${args[@]}" >&2
+  mkdir -p "$root/.tools/bin"
+  install -m 0755 "$target/$profile/surreal" "$root/.tools/bin/surreal"
+  export SURREAL_SERVER_BIN="$root/.tools/bin/surreal"
+}
+
 # The directory cargo writes a profile's binaries to: target_dir release|debug.
 target_dir() {
   echo "${CARGO_TARGET_DIR:-$root/target}/$1"

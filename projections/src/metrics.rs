@@ -1,6 +1,6 @@
 //! Every metric the projections and the read API export, in one place.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Metrics of the projections process. Cheap to clone.
 #[derive(Clone)]
@@ -17,6 +17,9 @@ pub struct Metrics {
     pub availability_loads: IntCounter,
     /// Availability requests answered.
     pub availability_requests: IntCounter,
+    /// 1 while this replica holds the writer lease and runs the workers; 0 while it stands by
+    /// (it serves reads either way).
+    pub writer: IntGauge,
 }
 
 impl Metrics {
@@ -43,8 +46,14 @@ impl Metrics {
             "Availability requests answered.",
         )
         .expect("valid metric");
+        let writer = IntGauge::new(
+            "projection_writer",
+            "1 while this replica holds the writer lease and applies the streams.",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(applied.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(writer.clone()),
             Box::new(checkpoint.clone()),
             Box::new(availability_loads.clone()),
             Box::new(availability_requests.clone()),
@@ -58,6 +67,7 @@ impl Metrics {
             checkpoint,
             availability_loads,
             availability_requests,
+            writer,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use anyhow::Context as _;
 use streams::config::Replication;
 use streams::crypto::Keys;
+use streams::subjects;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Reader};
@@ -39,18 +40,13 @@ pub async fn run(
             .build()
             .context("Failed to start the projection workers' runtime")?,
     ));
-    let workers = worker::projected_streams().map(|(stream, filter)| {
-        let worker = runtime.handle().spawn(worker::project(
-            js.clone(),
-            store.clone(),
-            stream,
-            filter,
-            settings.linger,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        (stream, worker)
-    });
+    let writer = runtime.handle().spawn(write_while_leased(
+        js.clone(),
+        store.clone(),
+        settings.linger,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let reader = Reader::new(
         store,
         Keys::from_secret(settings.secret.expose()),
@@ -74,13 +70,61 @@ pub async fn run(
     )
     .await;
     shutdown.cancel();
-    for (stream, worker) in workers {
-        if let Err(err) = worker.await {
-            tracing::error!(stream, error = %err, "A projection worker ended abnormally.");
-        }
+    if let Err(err) = writer.await {
+        tracing::error!(error = %err, "The projection writer ended abnormally.");
     }
     drop(runtime);
     served
+}
+
+/// Runs the projection workers while this replica holds the writer lease
+/// ([`subjects::PROJECTIONS_WRITER_LEASE`]), standing by while another does, until `shutdown`.
+///
+/// Every replica serves reads; one at a time applies the streams, and a standby takes over
+/// within a lease's TTL when the writer dies, from the checkpoints in the store. The lease is
+/// for efficiency (a standby reads and writes nothing); safety is the checkpoint condition of
+/// [`crate::store::Store::apply`]: a writer paused past its lease that wakes up beside the new
+/// one has its next batch refused, so no row and no checkpoint goes backwards.
+async fn write_while_leased(
+    js: async_nats::jetstream::Context,
+    store: Store,
+    linger: std::time::Duration,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let holder = format!("projections-{}", uuid::Uuid::now_v7());
+    let Some(leases) = streams::lease::open(&js, &shutdown).await else {
+        return;
+    };
+    while let Some(lease) = streams::lease::acquire(
+        &leases,
+        subjects::PROJECTIONS_WRITER_LEASE,
+        &holder,
+        &shutdown,
+    )
+    .await
+    {
+        metrics.writer.set(1);
+        let workers = worker::projected_streams().map(|(stream, filter)| {
+            let worker = tokio::spawn(worker::project(
+                js.clone(),
+                store.clone(),
+                stream,
+                filter,
+                linger,
+                metrics.clone(),
+                lease.active().clone(),
+            ));
+            (stream, worker)
+        });
+        for (stream, worker) in workers {
+            if let Err(err) = worker.await {
+                tracing::error!(stream, error = %err, "A projection worker ended abnormally.");
+            }
+        }
+        metrics.writer.set(0);
+        lease.release().await;
+    }
 }
 
 /// The projection workers' runtime, shut down without blocking when dropped (a runtime

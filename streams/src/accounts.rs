@@ -185,7 +185,19 @@ impl Service {
                 publish.push(ack(decisions));
                 publish.extend(bind());
             }
-            Service::Projections | Service::Analyst => {
+            Service::Projections => {
+                // The writer lease (its own key only): one replica at a time applies.
+                publish.push(format!(
+                    "{KV_PREFIX}.{}.{}",
+                    subjects::LEASES_BUCKET,
+                    subjects::PROJECTIONS_WRITER_LEASE
+                ));
+                publish.extend(read(&leases));
+                publish.extend(read(intake));
+                publish.extend(read(decisions));
+                publish.extend(bind());
+            }
+            Service::Analyst => {
                 publish.extend(read(intake));
                 publish.extend(read(decisions));
                 publish.extend(bind());
@@ -306,6 +318,13 @@ mod tests {
         for subject in [&capacity, &decision, &verdict, &subjects::claim("ab")] {
             assert!(!Service::Projections.may_publish(subject), "{subject}");
         }
+        // The projections take their own writer lease, and no other.
+        let lease = |key: &str| format!("$KV.{}.{key}", subjects::LEASES_BUCKET);
+        let writer = lease(subjects::PROJECTIONS_WRITER_LEASE);
+        assert!(Service::Projections.may_publish(&writer));
+        assert!(!Service::Analyst.may_publish(&writer));
+        assert!(!Service::Projections.may_publish(&lease(subjects::ROOM_CONTROLLER_LEASE)));
+        assert!(!Service::Projections.may_publish(&lease(&subjects::reservation_lease(&r))));
         for service in Service::ALL {
             let stream_admin = format!("{JS_API}.STREAM.UPDATE.{}", subjects::INTAKE_STREAM);
             assert_eq!(

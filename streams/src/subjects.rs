@@ -118,6 +118,10 @@ impl RoomKey {
 /// The lease key of the waiting-room controller (one for every region).
 pub const ROOM_CONTROLLER_LEASE: &str = "waiting-room.controller";
 
+/// The lease of the projections writer: among projections replicas (every one serves reads),
+/// the one holding it applies the streams to the store.
+pub const PROJECTIONS_WRITER_LEASE: &str = "projections.writer";
+
 /// The key of a registration in [`REVIEWS_BUCKET`]: its id (`<region>.<id>`), so one
 /// region's keys are `<region>.*`.
 pub fn review_key(id: &crate::model::RegistrationId) -> String {

@@ -22,10 +22,15 @@ const SITES: &str = r#"[{"region": "mazowieckie", "location": "smart",
     "name": "Punkt szczepień SMART", "phone": "+48 22 000 00 01",
     "address": {"line": ["ul. Testowa 1"], "city": "Warszawa", "postal_code": "00-950"}}]"#;
 
-/// A running projections service (read API and workers) and the nats-server it reads.
+/// A running projections service (read API and workers) and the nats-server it reads: in
+/// this process ([`ReadApi::start`]) or as a replica process of its own on a SurrealDB server
+/// ([`ReadApi::replica`]).
 pub struct ReadApi {
-    /// The server the service reads, alive as long as the test holds this.
-    _nats: NatsServer,
+    /// The server the service reads, alive as long as the test holds this (`None`: the test
+    /// holds it, shared by replicas).
+    _nats: Option<NatsServer>,
+    /// The replica's process (`None`: the service runs in this process).
+    process: Option<std::process::Child>,
     /// The read API's base URL.
     pub url: String,
     pub http: Client,
@@ -35,6 +40,9 @@ pub struct ReadApi {
     js: jetstream::Context,
     shutdown: CancellationToken,
 }
+
+/// The operators' token every test service is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 impl ReadApi {
     /// Starts the projections on a fresh nats-server and waits until the read API is ready.
@@ -57,7 +65,7 @@ impl ReadApi {
                 database: projections::store::LIVE_DATABASE.into(),
             },
             secret: DEVELOPMENT_SECRET.into(),
-            admin_token: "test-admin-token".into(),
+            admin_token: ADMIN_TOKEN.into(),
             cache_ttl: Duration::from_millis(1000),
             linger: Duration::ZERO,
             workers: 1,
@@ -79,24 +87,77 @@ impl ReadApi {
             shutdown.clone(),
         ));
         let read = ReadApi {
-            _nats: nats,
+            _nats: Some(nats),
+            process: None,
             url,
             http: Client::new().await,
             keys: Keys::from_secret(DEVELOPMENT_SECRET),
             js,
             shutdown,
         };
-        let ready = format!("{}/readyz", read.url);
+        read.wait_ready().await;
+        read
+    }
+
+    /// Starts the projections binary as a replica process of its own, reading `nats` and
+    /// keeping its tables on the SurrealDB server `surreal` (as `deploy/up --surreal-server`
+    /// starts it), and waits until its read API is ready.
+    pub async fn replica(nats: &NatsServer, surreal: &testkit::SurrealServer) -> ReadApi {
+        testkit::init_test_log();
+        let js = jetstream::new(nats.connect().await);
+        streams::config::ensure_streams(&js, streams::config::Replication(1))
+            .await
+            .unwrap();
+        let listen = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.local_addr().unwrap()
+        };
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_projections"))
+            .env("REG_NATS_URL", nats.url())
+            .env("REG_SURREAL_ENDPOINT", surreal.endpoint())
+            .env("REG_SURREAL_USER", testkit::SurrealServer::USER)
+            .env("REG_SURREAL_PASS", testkit::SurrealServer::PASSWORD)
+            .env("REG_READ_LISTEN", listen.to_string())
+            .env("REG_DEV_MODE", "1")
+            .env("REG_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("REG_PROJECTION_LINGER_MS", "0")
+            .env("REG_CACHE_TTL_MS", "1000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the projections binary starts");
+        let read = ReadApi {
+            _nats: None,
+            process: Some(process),
+            url: format!("http://{listen}"),
+            http: Client::new().await,
+            keys: Keys::from_secret(DEVELOPMENT_SECRET),
+            js,
+            shutdown: CancellationToken::new(),
+        };
+        read.wait_ready().await;
+        read
+    }
+
+    /// SIGKILLs a replica process ([`ReadApi::replica`]): nothing it held is released.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let ready = format!("{}/readyz", self.url);
         testkit::eventually(
             "the read API to be ready",
             Duration::from_secs(60),
             || async {
-                let r = read.http.get(&ready).send().await.ok()?;
+                let r = self.http.get(&ready).send().await.ok()?;
                 (r.status() == 200).then_some(())
             },
         )
         .await;
-        read
     }
 
     /// Publishes `event` on `subject` and waits for JetStream's acknowledgement.
@@ -234,6 +295,7 @@ impl ReadApi {
 impl Drop for ReadApi {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.kill();
     }
 }
 

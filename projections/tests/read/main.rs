@@ -2,6 +2,7 @@
 //! or a crowd of readers gets from the projections, the state written straight into the log.
 
 mod helpers;
+mod replicas;
 
 use futures::future::join_all;
 use helpers::*;

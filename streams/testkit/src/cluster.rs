@@ -246,7 +246,7 @@ impl Drop for NatsCluster {
 /// `count` distinct free loopback ports. Each is bound to find it and released at once, so
 /// another process could take one before the node does: unlikely, and the node's start then
 /// fails loudly.
-fn free_ports(count: usize) -> Vec<u16> {
+pub(crate) fn free_ports(count: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..count)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
         .collect();
@@ -258,12 +258,17 @@ fn free_ports(count: usize) -> Vec<u16> {
 
 /// One `GET /healthz` on the monitoring port, over plain HTTP/1.0.
 fn healthz(port: u16) -> bool {
+    get_ok(port, "/healthz")
+}
+
+/// Whether one `GET path` on a loopback port, over plain HTTP/1.0, answers 200.
+pub(crate) fn get_ok(port: u16, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     if stream
-        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;

@@ -15,8 +15,10 @@ mod cluster;
 pub mod http;
 pub mod openapi;
 pub mod redirect;
+mod surreal;
 pub use bodies::{REGION, citizen, slot_date};
 pub use cluster::NatsCluster;
+pub use surreal::{SurrealServer, surreal_server_binary};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
