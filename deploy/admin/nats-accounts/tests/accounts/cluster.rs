@@ -45,6 +45,31 @@ impl Drop for ScriptCluster {
     }
 }
 
+/// `deploy/cluster --auth <accounts' authorization> [extra…] up`, its data under `dir`, once
+/// it started.
+fn start_scripted(dir: &Path, accounts: &Accounts, extra: &[&str]) -> ScriptCluster {
+    let auth = dir.join("auth.conf");
+    std::fs::write(
+        &auth,
+        accounts.authorization(PasswordStorage::Plain).unwrap(),
+    )
+    .unwrap();
+    let cluster = ScriptCluster {
+        data_dir: dir.join("cluster"),
+        ports: free_port_runs(),
+    };
+    let mut args = vec!["--auth", auth.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push("up");
+    let up = cluster.run(&args);
+    assert!(
+        up.status.success(),
+        "deploy/cluster up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    cluster
+}
+
 /// Three runs of three consecutive free loopback ports (client, route, monitoring).
 fn free_port_runs() -> [u16; 3] {
     let mut runs = Vec::new();
@@ -67,22 +92,7 @@ async fn every_node_of_the_scripted_cluster_requires_the_per_service_identities(
     testkit::init_test_log();
     let dir = tempfile::tempdir().unwrap();
     let accounts = Accounts::generate();
-    let auth = dir.path().join("auth.conf");
-    std::fs::write(
-        &auth,
-        accounts.authorization(PasswordStorage::Plain).unwrap(),
-    )
-    .unwrap();
-    let cluster = ScriptCluster {
-        data_dir: dir.path().join("cluster"),
-        ports: free_port_runs(),
-    };
-    let up = cluster.run(&["--auth", auth.to_str().unwrap(), "up"]);
-    assert!(
-        up.status.success(),
-        "deploy/cluster up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let cluster = start_scripted(dir.path(), &accounts, &[]);
     for node in 1..=3 {
         let config =
             std::fs::read_to_string(cluster.data_dir.join(format!("n{node}/nats.conf"))).unwrap();
@@ -165,28 +175,7 @@ async fn the_scripted_cluster_speaks_tls_to_services_and_between_its_nodes() {
     let certs = dir.path().join("tls");
     crate::tls::dev_ca(&certs);
     let accounts = Accounts::generate();
-    let auth = dir.path().join("auth.conf");
-    std::fs::write(
-        &auth,
-        accounts.authorization(PasswordStorage::Plain).unwrap(),
-    )
-    .unwrap();
-    let cluster = ScriptCluster {
-        data_dir: dir.path().join("cluster"),
-        ports: free_port_runs(),
-    };
-    let up = cluster.run(&[
-        "--auth",
-        auth.to_str().unwrap(),
-        "--tls",
-        certs.to_str().unwrap(),
-        "up",
-    ]);
-    assert!(
-        up.status.success(),
-        "deploy/cluster up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let cluster = start_scripted(dir.path(), &accounts, &["--tls", certs.to_str().unwrap()]);
     let (ca, cert, key) = (
         certs.join("ca.pem"),
         certs.join("client.pem"),
