@@ -28,7 +28,7 @@ need_surreal_build() {
   local profile="$1" args=() target
   target="${CARGO_TARGET_DIR:-$root/target}"
   [[ "$profile" == release ]] && args+=(--release)
-  echo "Building SurrealDB's server ($profile; the first build takes about ten minutes) ..." >&2
+  echo "Building SurrealDB's server ($profile; the first build takes several minutes) ..." >&2
   CARGO_TARGET_DIR="$target" cargo build --locked --manifest-path "$root/deploy/surreal-server/Cargo.toml" "${args[@]}" >&2
   mkdir -p "$root/.tools/bin"
   install -m 0755 "$target/$profile/surreal" "$root/.tools/bin/surreal"

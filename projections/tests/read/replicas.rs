@@ -135,31 +135,22 @@ async fn when_the_writing_replica_is_killed_under_load_the_other_carries_on_from
         survivor.wait_status(id.as_str(), token, "reserved").await;
     }
     // And a rebuild from the log finds the live tables equal to it.
-    let admin = |request: ntex::client::ClientRequest| request.bearer_auth(ADMIN_TOKEN);
-    let (status, _, started) = survivor
-        .send(
-            admin(
-                survivor
-                    .http
-                    .post(format!("{}/v1/admin/rebuilds", survivor.url)),
-            ),
-            None,
-        )
-        .await;
+    let admin = |post: bool, path: String| async move {
+        let url = format!("{}{path}", survivor.url);
+        let request = if post {
+            survivor.http.post(url)
+        } else {
+            survivor.http.get(url)
+        };
+        let (status, _, body) = survivor.send(request.bearer_auth(ADMIN_TOKEN), None).await;
+        (status, body)
+    };
+    let (status, started) = admin(true, "/v1/admin/rebuilds".into()).await;
     assert_eq!(status, 202, "{started}");
     let id = started["rebuild_id"].as_str().unwrap().to_owned();
     let report: Value =
         testkit::eventually("the rebuild to end", Duration::from_secs(120), || async {
-            let (status, _, body) = survivor
-                .send(
-                    admin(
-                        survivor
-                            .http
-                            .get(format!("{}/v1/admin/rebuilds/{id}", survivor.url)),
-                    ),
-                    None,
-                )
-                .await;
+            let (status, body) = admin(false, format!("/v1/admin/rebuilds/{id}")).await;
             assert_eq!(status, 200, "{body}");
             (body["state"] != "running").then_some(body)
         })

@@ -70,6 +70,17 @@ fn start_scripted(dir: &Path, accounts: &Accounts, extra: &[&str]) -> ScriptClus
     cluster
 }
 
+/// What the cluster reports of the intake stream (replicas, leader, peers).
+async fn intake_info(js: &async_nats::jetstream::Context) -> async_nats::jetstream::stream::Info {
+    js.get_stream(subjects::INTAKE_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 /// Three runs of three consecutive free loopback ports (client, route, monitoring).
 fn free_port_runs() -> [u16; 3] {
     let mut runs = Vec::new();
@@ -112,14 +123,7 @@ async fn every_node_of_the_scripted_cluster_requires_the_per_service_identities(
     streams::config::ensure_streams(&js, streams::config::Replication(3))
         .await
         .expect("the admin creates the R3 streams");
-    let intake = js
-        .get_stream(subjects::INTAKE_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let intake = intake_info(&js).await;
     assert_eq!(intake.config.num_replicas, 3);
 
     let region = streams::model::Region::parse("mazowieckie").unwrap();
@@ -211,14 +215,7 @@ async fn the_scripted_cluster_speaks_tls_to_services_and_between_its_nodes() {
         .await
         .expect("stored on a majority of the nodes");
     assert_eq!(ack.stream, subjects::INTAKE_STREAM);
-    let info = js
-        .get_stream(subjects::INTAKE_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    let info = intake_info(&js).await;
     let peers = info.cluster.expect("a clustered stream").replicas;
     assert_eq!(peers.len(), 2, "a leader and two replicas: {peers:?}");
 
