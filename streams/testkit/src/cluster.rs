@@ -143,6 +143,19 @@ impl NatsCluster {
         self.wait_healthy(i);
     }
 
+    /// Starts node `i` again (killing it first) without waiting for it: a benchmark times how
+    /// long it takes to be [`NatsCluster::is_healthy`].
+    pub fn start_again(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+    }
+
+    /// Whether node `i` answers `/healthz`: back in the cluster and caught up with the streams
+    /// it replicates.
+    pub fn is_healthy(&self, i: usize) -> bool {
+        healthz(self.nodes[i].monitor_port)
+    }
+
     /// Connects a client to node `i` alone: it does not move to another node when this one
     /// dies (for asking one node what it knows).
     pub async fn connect_node(&self, i: usize) -> async_nats::Client {

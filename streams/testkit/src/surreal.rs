@@ -53,6 +53,16 @@ impl SurrealServer {
         format!("ws://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id while it runs (a benchmark reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where the server keeps its data (SurrealKV on disk).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// The server's log so far, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("surreal.log")).unwrap_or_default()

@@ -12,6 +12,8 @@
 //!   stored decision, CPU per registration and memory ([`procstat`]).
 //! - [`reads`]: the read API's availability, hot and cold, against a bare ntex handler.
 //! - [`replay_speed`]: how fast the intake log reads back, raw and decoded.
+//! - [`scale`]: every operation whose cost grows with the campaign, measured on a system
+//!   filled to several sizes and extrapolated to 19 million (`deploy/bench-scale`).
 //! - [`takeover`]: takeover time at a million decisions in one region, full fold against
 //!   snapshot plus tail, and one replica's decide rate (`deploy/bench-takeover`).
 //! - [`traffic`]: messages and bytes nats-server stored and moved per registration, from its
@@ -30,6 +32,7 @@ pub mod procstat;
 pub mod reads;
 pub mod replay_speed;
 pub mod results;
+pub mod scale;
 pub mod takeover;
 pub mod traffic;
 pub mod waiting_room;
