@@ -168,7 +168,7 @@ impl Metrics {
             snapshot_encode_seconds: histogram(
                 r,
                 "reservation_snapshot_encode_seconds",
-                "Time the decider spent encoding a snapshot of a region's state.",
+                "Time spent encoding a snapshot of a region's state, on the snapshot thread (the decider does not wait for it).",
                 vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
             ),
             snapshot_loads: counter_vec(

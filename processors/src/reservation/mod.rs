@@ -12,8 +12,9 @@
 //!   this replica has seen for that region. If another replica (or an older incarnation that
 //!   was paused) wrote in between, the whole batch is refused and this replica rebuilds its
 //!   state from the log. Two writers can never both extend the same history.
-//! - **Snapshots.** The decider stores its state every [`SNAPSHOT_EVERY`] decisions (see
-//!   [`snapshot`]); a replica taking a region over starts from the newest good one and folds
+//! - **Snapshots.** The region's state is stored every [`SNAPSHOT_EVERY`] decisions (see
+//!   [`snapshot`]) by a copy of it kept off the decider ([`shadow`]), so deciding never
+//!   pauses for one; a replica taking a region over starts from the newest good one and folds
 //!   only the decisions after it ([`rebuild`]).
 //! - **Group commit.** Everything the consumer has buffered (up to [`MAX_INPUTS_PER_BATCH`]
 //!   events) is decided and written in one durable write, or in as many atomic batches as
@@ -29,6 +30,7 @@
 //! | [`run`](mod@run) | the consumer wiring: a worker per region, holding its lease, rebuilding, writing fenced batches |
 //! | [`rebuild`] | a region's state from the log, from the newest good snapshot; writing snapshots |
 //! | [`snapshot`] | the snapshot's format and its checks against the log |
+//! | [`shadow`] | the copy of a region's state, on a thread of its own, that takes the snapshots |
 //! | [`closing`] | time as an event: closing waiting lists whose date passed or whose window closed |
 //! | [`reviews`] | the bucket of registrations in manual review, a view the edge reads |
 
@@ -37,6 +39,7 @@ pub mod decide;
 pub mod rebuild;
 pub mod reviews;
 mod run;
+pub mod shadow;
 pub mod snapshot;
 
 pub use run::{ReservationConfig, SNAPSHOT_EVERY, run};

@@ -27,8 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::MAX_INPUTS_PER_BATCH;
 use super::closing::{self, Closing};
 use super::decide::{Input, Policy, State};
-use super::rebuild::{self, Pending};
+use super::rebuild;
 use super::reviews::Reviews;
+use super::shadow::{self, Shadow};
 use crate::metrics::{Metrics, processor};
 use streams::events::WindowSet;
 use tokio::sync::watch;
@@ -151,6 +152,17 @@ impl Worker {
                 self.calendar.clone(),
                 lease.active().clone(),
             ));
+            let shadow = self.snapshots.as_ref().map(|store| {
+                Shadow::start(
+                    region.clone(),
+                    shadow::Target {
+                        js: self.js.clone(),
+                        store: store.clone(),
+                        every: self.snapshot_every,
+                        metrics: self.metrics.clone(),
+                    },
+                )
+            });
             let mut step = RegionStep {
                 worker: &self,
                 region: &region,
@@ -158,8 +170,7 @@ impl Worker {
                 fence: 0,
                 closing: &closing,
                 window: None,
-                since_snapshot: 0,
-                snapshotting: None,
+                shadow,
                 reviews_stale: false,
             };
             consume::run_ordered(
@@ -193,10 +204,8 @@ struct RegionStep<'a> {
     /// The region's window and open waiting lists, for the closer.
     closing: &'a watch::Sender<Closing>,
     window: Option<WindowSet>,
-    /// Decisions written (or folded while rebuilding) since the state last had a snapshot.
-    since_snapshot: u64,
-    /// The snapshot being stored, if one is.
-    snapshotting: Option<tokio::task::JoinHandle<()>>,
+    /// The copy of the state that takes the snapshots (`None`: snapshots are off).
+    shadow: Option<Shadow>,
     /// The reviews bucket missed a change: rewrite the region's keys from the state.
     reviews_stale: bool,
 }
@@ -213,44 +222,6 @@ fn touches_a_line(decision: &Event) -> bool {
 }
 
 impl RegionStep<'_> {
-    /// Stores a snapshot of the state if enough decisions were taken since the last one and
-    /// none is being stored. Call only when the state is exactly the fold of the log up to
-    /// `self.fence` (see [`super::snapshot`]).
-    fn maybe_snapshot(&mut self) {
-        let worker = self.worker;
-        let Some(store) = &worker.snapshots else {
-            return;
-        };
-        if self.since_snapshot < worker.snapshot_every
-            || self.fence == 0
-            || self.snapshotting.as_ref().is_some_and(|t| !t.is_finished())
-        {
-            return;
-        }
-        self.since_snapshot = 0;
-        let timer = worker.metrics.snapshot_encode_seconds.start_timer();
-        let pending = Pending::of(self.region, self.fence, &self.state);
-        timer.observe_duration();
-        let (js, store, metrics, region) = (
-            worker.js.clone(),
-            store.clone(),
-            worker.metrics.clone(),
-            self.region.clone(),
-        );
-        let decision_seq = self.fence;
-        self.snapshotting = Some(tokio::spawn(async move {
-            match rebuild::write(&js, &store, pending).await {
-                Ok(bytes) => {
-                    metrics.snapshots.inc();
-                    tracing::info!(%region, decision_seq, bytes, "Snapshot of the region's state stored.");
-                }
-                Err(err) => {
-                    tracing::warn!(%region, decision_seq, error = %format!("{err:#}"), "A snapshot could not be stored; the next one will be tried later.");
-                }
-            }
-        }));
-    }
-
     /// Rewrites the region's keys in the reviews bucket from the state; on failure, tries
     /// again after the next batch (the bucket is a view for the edge, never a reason to stop
     /// deciding).
@@ -296,9 +267,10 @@ impl OrderedStep for RegionStep<'_> {
             .set(rebuilt.folded as i64);
         self.state = rebuilt.state;
         self.fence = rebuilt.fence;
-        // A long fold is worth a snapshot at once, so the next takeover is short.
-        self.since_snapshot = rebuilt.folded;
-        self.maybe_snapshot();
+        if let Some(shadow) = &self.shadow {
+            // A long fold is worth a snapshot at once, so the next takeover is short.
+            shadow.reset(&self.state, self.fence, rebuilt.folded);
+        }
         self.window = last_window(&self.worker.js, self.region).await?;
         self.show_closing();
         self.reconcile_reviews().await;
@@ -331,7 +303,12 @@ impl OrderedStep for RegionStep<'_> {
         let mut lines_changed = false;
         // Registrations entering (true) or leaving (false) manual review in this group.
         let mut reviews = Vec::new();
-        let last_seq = group.last().map_or(0, |r| r.seq);
+        // What the shadow takes over once the group is written.
+        let mut inputs = Vec::with_capacity(if self.shadow.is_some() {
+            group.len()
+        } else {
+            0
+        });
         let mut records = group.into_iter().peekable();
         while let Some(record) = records.next() {
             let record_seq = record.seq;
@@ -371,10 +348,16 @@ impl OrderedStep for RegionStep<'_> {
             if let Some(id) = leaving.filter(|id| !self.state.in_review(id)) {
                 reviews.push((id, false));
             }
+            if self.shadow.is_some() {
+                inputs.push(input);
+            }
         }
         if outgoing.is_empty() {
             if lines_changed {
                 self.show_closing(); // a window changed
+            }
+            if let Some(shadow) = &self.shadow {
+                shadow.handled(inputs, self.fence, 0);
             }
             metrics
                 .flow
@@ -420,12 +403,8 @@ impl OrderedStep for RegionStep<'_> {
         metrics
             .flow
             .handled(processor::RESERVATION, self.region.as_str(), read);
-        self.since_snapshot += written;
-        // The state is the fold of the log up to the fence only when the last event read was
-        // decided: otherwise it may hold a capacity set after the state's checkpoint, which a
-        // fold would not (the next snapshot will do).
-        if self.state.checkpoint == last_seq {
-            self.maybe_snapshot();
+        if let Some(shadow) = &self.shadow {
+            shadow.handled(inputs, self.fence, written);
         }
         Ok(())
     }

@@ -77,6 +77,42 @@ async fn a_replica_takes_over_from_a_snapshot_and_decides_as_one_run_of_the_rule
     second.stop().await;
 }
 
+/// The snapshots are taken by a copy of the state off the decider (`reservation::shadow`),
+/// which follows the decider group by group: each one it stores must still be exactly the
+/// fold of the log up to its decision, including capacities changed between decisions (which
+/// a group that ends undecided holds past its checkpoint).
+#[tokio::test]
+async fn each_snapshot_taken_off_the_decider_is_the_fold_of_the_log_up_to_its_decision() {
+    let world = World::start().await;
+    world.set_capacity(&slot("snap-a"), 4).await;
+    world.set_capacity(&slot("snap-b"), 2).await;
+    let replica = world.replica_with(streams::subjects::RegionFilter::One(region()), 5);
+    for round in 0..4u32 {
+        let before = replica.metrics.snapshots.get();
+        traffic(&world, 8).await;
+        world.set_capacity(&slot("snap-a"), 5 + round).await;
+        traffic(&world, 4).await;
+        world.wait_all_decided().await;
+        testkit::eventually("a new snapshot", Duration::from_secs(30), || async {
+            (replica.metrics.snapshots.get() > before).then_some(())
+        })
+        .await;
+        let full = world.rebuild(false).await;
+        let quick = world.rebuild(true).await;
+        assert_eq!(quick.snapshot, Some("used"), "round {round}");
+        assert!(
+            quick.folded < full.folded,
+            "round {round}: only a tail folded"
+        );
+        assert_eq!(
+            quick.state, full.state,
+            "round {round}: snapshot + tail == full fold"
+        );
+        assert_eq!(quick.fence, full.fence, "round {round}");
+    }
+    replica.stop().await;
+}
+
 #[tokio::test]
 async fn a_snapshot_that_does_not_match_the_log_is_ignored_for_a_full_fold() {
     let world = World::start().await;

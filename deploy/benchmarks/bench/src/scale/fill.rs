@@ -81,7 +81,7 @@ pub struct Filled {
     /// The largest region's last decision sequence.
     pub largest_fence: u64,
     /// The largest region's snapshot, taken `snapshot_every` decisions before its end, and
-    /// the seconds the decider spent encoding it (its pause).
+    /// the seconds encoding it took.
     pub snapshot: Option<(Pending, f64)>,
 }
 
@@ -350,7 +350,7 @@ pub async fn fill(
         }
         decision_messages += append(js, client, packs).await?.len() as u64;
 
-        // The largest region's snapshot, as its decider would take it at that point.
+        // The largest region's snapshot, as its snapshot thread would take it at that point.
         let big = &regions[index[&largest]];
         if snapshot.is_none() && big.decisions >= snapshot_at && largest_fence > 0 {
             let started = Instant::now();
