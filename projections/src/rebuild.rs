@@ -4,7 +4,9 @@
 //! The projections are a function of how far each stream has been applied (the writes of the
 //! two streams commute, see [`crate::store`]), so the comparison needs both sides at the same
 //! checkpoints, not at the same moment:
-//! 1. the rebuild catches up to where the live projections are when it starts;
+//! 1. the rebuild catches up to where the live projections are when it starts, each region's
+//!    part of each stream on its own and several at once ([`project_in_parallel`]): the
+//!    regions' rows are disjoint, so their writes commute like the two streams' do;
 //! 2. the live projections are read in one transaction with their checkpoints (a
 //!    [`Snapshot`]);
 //! 3. the rebuild is taken to exactly those checkpoints and read the same way;
@@ -15,6 +17,7 @@
 //! there.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,6 +26,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use streams::replay::{self, Record};
+
+use streams::model::Region;
+use streams::subjects::RegionFilter;
 
 use crate::store::{ApplyError, Snapshot, Store};
 use crate::worker::{self, MAX_BATCH};
@@ -247,6 +253,186 @@ pub async fn project_until(
     }
 }
 
+/// How many regions' parts a rebuild applies at once: one per core, at most 8.
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// The regions whose messages `stream` holds under `filter` (its projected subjects).
+async fn regions_in(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> anyhow::Result<std::collections::BTreeSet<Region>> {
+    use futures::StreamExt as _;
+    let handle = js
+        .get_stream_no_info(stream)
+        .await
+        .with_context(|| format!("Failed to open stream {stream}"))?;
+    let mut found = handle
+        .info_with_subjects(filter)
+        .await
+        .with_context(|| format!("Failed to list the subjects of {stream}"))?;
+    let mut regions = std::collections::BTreeSet::new();
+    while let Some(subject) = found.next().await {
+        let (subject, _) =
+            subject.with_context(|| format!("Failed to list the subjects of {stream}"))?;
+        // `reg.<stream>.<region>.…`
+        if let Some(region) = subject
+            .split('.')
+            .nth(2)
+            .and_then(|r| Region::parse(r).ok())
+        {
+            regions.insert(region);
+        }
+    }
+    Ok(regions)
+}
+
+/// The checkpoint of one region's part of `stream` while a parallel rebuild runs.
+fn part_key(stream: &str, region: &Region) -> String {
+    format!("{stream}.{region}")
+}
+
+/// A batch that failed on a transaction conflict is tried again this many times (it changed
+/// nothing: a SurrealDB transaction is all or nothing).
+const CONFLICT_RETRIES: usize = 20;
+
+/// Applies one region's part of `stream` (`filter`) from its own checkpoint (`part`) up to
+/// sequence `until` or the end of the part, whichever comes first; sends how far it came.
+async fn project_part(
+    js: &jetstream::Context,
+    store: &Store,
+    (stream, part, filter): (&'static str, String, String),
+    until: u64,
+    report: impl Fn(u64),
+) -> anyhow::Result<()> {
+    let mut checkpoint = store.checkpoint(&part).await?;
+    let (mut messages, pending) = replay::ordered(js, stream, filter, checkpoint + 1).await?;
+    let mut done = pending == 0;
+    while !done {
+        let group = replay::next_group(&mut messages, MAX_BATCH, Duration::ZERO)
+            .await?
+            .with_context(|| format!("The {stream} stream ended while rebuilding {part}"))?;
+        let mut events = Vec::with_capacity(group.len());
+        let mut last = checkpoint;
+        'group: for message in &group {
+            for record in Record::from_message(message)? {
+                if record.seq > until {
+                    done = true;
+                    break 'group;
+                }
+                done |= record.pending == 0;
+                let envelope = record.envelope.map_err(|err| {
+                    anyhow::anyhow!(
+                        "Record {} of {stream} cannot be decoded ({err}): the rebuild stops there",
+                        record.seq
+                    )
+                })?;
+                events.push((record.seq, envelope));
+                last = record.seq;
+            }
+        }
+        if last > checkpoint {
+            let mut tries = 0;
+            loop {
+                match store.apply(&part, &events, checkpoint, last).await {
+                    Ok(()) => break,
+                    Err(ApplyError::Store(err))
+                        if tries < CONFLICT_RETRIES
+                            && format!("{err:#}").contains("transaction") =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(5 * tries as u64)).await;
+                    }
+                    Err(ApplyError::CheckpointMoved) => anyhow::bail!(
+                        "Another writer is projecting {part} into the rebuild's database"
+                    ),
+                    Err(ApplyError::Store(err)) => return Err(err),
+                }
+            }
+            checkpoint = last;
+            report(checkpoint);
+        }
+    }
+    report(until);
+    Ok(())
+}
+
+/// Applies `stream` from its start up to sequence `until` into `into`, a fresh database: each
+/// region's part on its own (its own consumer, its own checkpoint), `parallelism` parts at
+/// once, then the stream's checkpoint set to `until` and the parts' removed, so the result is
+/// what [`project_until`] gives. The regions' rows (slots, registrations, lines, dead
+/// letters) are disjoint, so the parts' writes commute.
+pub async fn project_in_parallel(
+    js: &jetstream::Context,
+    into: &Store,
+    (stream, _): (&'static str, String),
+    until: u64,
+    parallelism: usize,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        into.checkpoint(stream).await? == 0,
+        "The rebuild's database already holds {stream}: rebuild into a fresh one"
+    );
+    if until == 0 {
+        return Ok(());
+    }
+    let filter_of = |regions: &RegionFilter| {
+        worker::projected_streams_of(regions)
+            .into_iter()
+            .find(|(s, _)| *s == stream)
+            .map(|(_, f)| f)
+            .expect("a projected stream")
+    };
+    let regions = regions_in(js, stream, &filter_of(&RegionFilter::All)).await?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(parallelism.max(1)));
+    let (sender, mut reports) = tokio::sync::mpsc::unbounded_channel::<(Region, u64)>();
+    let mut parts = tokio::task::JoinSet::new();
+    let mut applied = BTreeMap::new();
+    for region in &regions {
+        applied.insert(region.clone(), 0u64);
+        let (js, into, permits, sender) =
+            (js.clone(), into.clone(), permits.clone(), sender.clone());
+        let part = (
+            stream,
+            part_key(stream, region),
+            filter_of(&RegionFilter::One(region.clone())),
+        );
+        let region = region.clone();
+        parts.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            project_part(&js, &into, part, until, |seq| {
+                let _ = sender.send((region.clone(), seq));
+            })
+            .await
+        });
+    }
+    drop(sender);
+    while let Some((region, seq)) = reports.recv().await {
+        applied.insert(region, seq);
+        progress(Progress {
+            stream,
+            applied: applied.values().copied().min().unwrap_or(until),
+            target: until,
+        });
+    }
+    while let Some(part) = parts.join_next().await {
+        part.context("A rebuild's part panicked")??;
+    }
+    let keys: Vec<String> = regions.iter().map(|r| part_key(stream, r)).collect();
+    into.settle_parts(stream, &keys, until).await?;
+    progress(Progress {
+        stream,
+        applied: until,
+        target: until,
+    });
+    Ok(())
+}
+
 /// Rebuilds every projection into `into` (a fresh database: see [`Store::database`]) from the
 /// start of the log while `live` goes on, and compares the two at one cut (see the module's
 /// documentation).
@@ -262,10 +448,10 @@ pub async fn rebuild_and_compare(
             "The rebuild's database already holds {stream}: rebuild into a fresh one"
         );
     }
-    // Most of the work, while the live projections go on.
+    // Most of the work, while the live projections go on, region by region in parallel.
     for projected in worker::projected_streams() {
         let target = live.checkpoint(projected.0).await?;
-        project_until(js, into, projected, target, progress).await?;
+        project_in_parallel(js, into, projected, target, parallelism(), progress).await?;
     }
     // The cut: the live state and its checkpoints in one read, the rebuild taken to them.
     let live_snapshot = live.snapshot().await?;

@@ -25,14 +25,20 @@ pub const MAX_BATCH: usize = 500;
 /// row is written for them (the first step of the rush-hour work measured the intake worker
 /// at about half of the projections' CPU, see `docs/write-path.md`).
 pub fn projected_streams() -> [(&'static str, String); 2] {
+    projected_streams_of(&RegionFilter::All)
+}
+
+/// [`projected_streams`] of the regions in `regions` only: one region's part of each (a
+/// parallel rebuild applies each region's part on its own).
+pub fn projected_streams_of(regions: &RegionFilter) -> [(&'static str, String); 2] {
     [
         (
             subjects::INTAKE_STREAM,
-            subjects::intake_kind_filter(&RegionFilter::All, IntakeKind::Capacity),
+            subjects::intake_kind_filter(regions, IntakeKind::Capacity),
         ),
         (
             subjects::DECISIONS_STREAM,
-            subjects::decisions_filter(&RegionFilter::All),
+            subjects::decisions_filter(regions),
         ),
     ]
 }

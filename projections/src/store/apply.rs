@@ -74,6 +74,21 @@ INSERT INTO registration $statuses ON DUPLICATE KEY UPDATE
 COMMIT TRANSACTION;
 ";
 
+/// Ends a parallel rebuild of one stream (`crate::rebuild::project_in_parallel`): the
+/// stream's checkpoint set, its parts' checkpoints removed, only if the stream's is still
+/// unset.
+const SETTLE: &str = "
+BEGIN TRANSACTION;
+IF ((SELECT VALUE seq FROM ONLY type::record('checkpoint', $stream)) ?? 0) != 0 {
+    THROW 'checkpoint_moved';
+};
+UPSERT type::record('checkpoint', $stream) SET seq = $seq;
+FOR $part IN $parts {
+    DELETE type::record('checkpoint', $part);
+};
+COMMIT TRANSACTION;
+";
+
 /// What [`APPLY`] binds: a batch's writes, the stream, the checkpoint it follows and the one
 /// it moves to.
 fn bindings(stream: &str, writes: Writes, expected: u64, seq: u64) -> Result<Value, ApplyError> {
@@ -97,6 +112,24 @@ impl Store {
             .context("Failed to read a checkpoint")?;
         let seq: Option<Value> = response.take(0).context("Failed to read a checkpoint")?;
         Ok(seq.and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
+    /// Sets `stream`'s checkpoint to `seq` and removes the checkpoints of its `parts`, once
+    /// every part was applied up to `seq` (a parallel rebuild's end). Fails if the stream's
+    /// checkpoint was already set.
+    pub async fn settle_parts(
+        &self,
+        stream: &str,
+        parts: &[String],
+        seq: u64,
+    ) -> anyhow::Result<()> {
+        self.db
+            .query(SETTLE)
+            .bind(json!({ "stream": stream, "parts": parts, "seq": seq }))
+            .await
+            .and_then(|r| r.check())
+            .with_context(|| format!("Failed to settle the rebuild of {stream}"))?;
+        Ok(())
     }
 
     /// Applies a batch of `(sequence, event)` read from `stream`, in one transaction with the

@@ -299,8 +299,10 @@ impl ScaleReport {
                of the system. Registrations are spread over the sixteen regions by population \
                (mazowieckie 14.6 %), 100 places per slot over 30 days. Then each operation is \
                measured at that size; the projections are rebuilt from sequence 1 by the \
-               projections' own rebuild, and the reads go to the store in process (no HTTP, no \
-               cache).\n\n";
+               projections' own rebuild (each region's part of a stream on its own, one per \
+               core at once), and the reads go to the store in process (no HTTP, no cache; the \
+               read API's cached answers never reach the store, so they are the same whatever \
+               the size).\n\n";
         md += "| figure | unit |";
         for f in &self.sizes {
             md += &format!(" {} |", f.registrations);
