@@ -147,6 +147,10 @@ impl NatsServer {
     }
 
     fn spawn(&mut self, port: i32) {
+        self.spawn_within(port, Duration::from_secs(20));
+    }
+
+    fn spawn_within(&mut self, port: i32, ready_within: Duration) {
         let store = self.dir.path().join("jetstream");
         let ports = self.dir.path().join("ports");
         std::fs::create_dir_all(&ports).expect("ports directory");
@@ -176,7 +180,7 @@ impl NatsServer {
         let pid = child.id();
         self.child = Some(child);
         let ports_file = ports.join(format!("nats-server_{pid}.ports"));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Ok(text) = std::fs::read_to_string(&ports_file)
                 && let Some(port) = parse_client_port(&text)
@@ -238,9 +242,15 @@ impl NatsServer {
 
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
+        self.restart_within(Duration::from_secs(20));
+    }
+
+    /// [`NatsServer::restart`], allowing the server `ready_within` to recover its store
+    /// before it listens (millions of messages after a crash: a benchmark's restart).
+    pub fn restart_within(&mut self, ready_within: Duration) {
         self.kill();
         let port = self.port as i32;
-        self.spawn(port);
+        self.spawn_within(port, ready_within);
     }
 
     /// Connects a client.

@@ -66,8 +66,14 @@ pub struct SizeFigures {
     pub claim_check_new: Percentiles,
     /// Registrations in the largest region.
     pub largest_region_registrations: u64,
-    /// Its reservation snapshot, bytes.
+    /// The reservation snapshot a takeover starts from (`snapshot_every` decisions before the
+    /// end; none while the region has fewer decisions), bytes.
     pub snapshot_bytes: usize,
+    /// The region's whole state at the end encoded as a snapshot, bytes: what a snapshot of
+    /// the region weighs at this size.
+    pub state_bytes: usize,
+    /// Seconds that encoding took (on the snapshot thread, off the decider).
+    pub state_encode_seconds: f64,
     /// Seconds encoding it takes: on the snapshot thread, off the decider
     /// (`processors::reservation::shadow`), so not a pause in deciding.
     pub snapshot_encode_seconds: f64,
@@ -185,7 +191,7 @@ pub async fn measure_size(options: &Options, size: u64) -> anyhow::Result<SizeFi
 
     // A crash, then every stream back and a citizen's claim readable.
     let started = Instant::now();
-    nats.restart();
+    nats.restart_within(Duration::from_secs(1800));
     let (_client, js) = loop {
         if let Ok(Ok(pair)) =
             tokio::time::timeout(Duration::from_secs(5), ready(&nats.url(), &filled)).await
@@ -242,6 +248,9 @@ pub async fn measure_size(options: &Options, size: u64) -> anyhow::Result<SizeFi
         takeover.push((seconds, rebuilt.folded));
     }
 
+    let started = Instant::now();
+    let state_bytes = processors::reservation::snapshot::encode_body(&filled.largest_state).len();
+    let state_encode_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let copy = filled.largest_state.clone();
     let state_copy_seconds = started.elapsed().as_secs_f64();
@@ -331,6 +340,8 @@ pub async fn measure_size(options: &Options, size: u64) -> anyhow::Result<SizeFi
         largest_region_registrations: filled.largest_state.registrations.len() as u64,
         snapshot_bytes,
         snapshot_encode_seconds,
+        state_bytes,
+        state_encode_seconds,
         state_copy_seconds,
         takeover_seconds: takeover[0].0 + state_copy_seconds,
         takeover_tail: takeover[0].1,

@@ -74,15 +74,15 @@ fn definitions() -> Vec<Definition> {
             bound: None,
         },
         Definition {
-            name: "largest region: snapshot size",
+            name: "largest region: its whole state as a snapshot",
             unit: "MB",
-            value: |f| Some(f.snapshot_bytes as f64 / 1e6),
+            value: |f| Some(f.state_bytes as f64 / 1e6),
             bound: None,
         },
         Definition {
-            name: "largest region: a snapshot's encoding, off the decider",
+            name: "largest region: encoding that snapshot, off the decider",
             unit: "ms",
-            value: |f| Some(f.snapshot_encode_seconds * 1000.0),
+            value: |f| Some(f.state_encode_seconds * 1000.0),
             bound: None,
         },
         Definition {
