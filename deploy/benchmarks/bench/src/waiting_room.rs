@@ -296,7 +296,7 @@ async fn straight(
         sends.push(ntex::rt::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let t = Instant::now();
-            let status = submit(&http, &ingest, first + i, &slot, None).await.0;
+            let status = submit(&http, &ingest, first + i, &slot, None, None).await.0;
             (status, t.elapsed())
         }));
     }
@@ -392,7 +392,9 @@ async fn pace_trace(
 }
 
 /// One citizen following the protocol: a ticket, polls when told (with jitter), the
-/// submission with the ticket once admitted, sent again on a refusal that invites it.
+/// submission with the ticket once admitted, sent again on a refusal that invites it and on
+/// no answer at all, under the same `Idempotency-Key` (as the citizens' page does: a retry of
+/// a submission that did land is answered from its claim, never registered twice).
 async fn follow(
     http: &ntex::client::Client,
     ingest: &str,
@@ -430,13 +432,14 @@ async fn follow(
         tokio::time::sleep(jitter(retry.unwrap_or(Duration::from_secs(2)))).await;
     };
     let ticket = view["ticket"].as_str().unwrap_or_default().to_owned();
+    let key = format!("bench-{n}-{}", uuid::Uuid::now_v7());
     if let Ok(t) = streams::waiting_room::Ticket::decode(&ticket, development_keys()) {
         citizen.place = (t.place.ms, t.place.tie);
     }
     loop {
         if view["state"] == "admitted" {
             let t = Instant::now();
-            let (status, _) = submit(http, ingest, n, slot, Some(&ticket)).await;
+            let (status, _) = submit(http, ingest, n, slot, Some(&ticket), Some(&key)).await;
             count("submit", status);
             match status {
                 202 => {
@@ -445,7 +448,9 @@ async fn follow(
                     citizen.latency = Some(t.elapsed());
                     return citizen;
                 }
-                503 | 429 => {}
+                // No answer (the generator's own timeout, a dropped connection): whether it
+                // landed is unknown, so it is sent again under the same key.
+                0 | 503 | 429 => {}
                 _ => return citizen,
             }
         }
@@ -475,6 +480,7 @@ async fn submit(
     n: u32,
     slot: &SlotKey,
     ticket: Option<&str>,
+    key: Option<&str>,
 ) -> (u16, Value) {
     let mut request = http
         .post(format!("{ingest}/v1/registrations"))
@@ -482,6 +488,9 @@ async fn submit(
         .content_type("application/json");
     if let Some(ticket) = ticket {
         request = request.header(streams::waiting_room::TICKET_HEADER, ticket);
+    }
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
     }
     let body = e2e::chaos::load::registration(n, slot);
     match request.send_json(&body).await {
