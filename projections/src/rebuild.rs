@@ -187,6 +187,53 @@ fn canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// A group's records up to sequence `until`, decoded.
+struct Taken {
+    /// The records, each at its sequence (a pack's records share theirs).
+    events: Vec<(u64, streams::events::Envelope)>,
+    /// The last sequence taken (the checkpoint the group follows if none).
+    last: u64,
+    /// A record past `until` was met: the rest is for later.
+    past_until: bool,
+    /// The last record taken was the last the consumer had (nothing pending after it).
+    at_end: bool,
+}
+
+/// Decodes `group`'s records up to `until`; a record that does not decode stops the rebuild
+/// with an error (it never skips what it did not understand).
+fn take_until(
+    stream: &str,
+    group: &[jetstream::Message],
+    checkpoint: u64,
+    until: u64,
+) -> anyhow::Result<Taken> {
+    let mut taken = Taken {
+        events: Vec::with_capacity(group.len()),
+        last: checkpoint,
+        past_until: false,
+        at_end: false,
+    };
+    for message in group {
+        // A pack's records share its sequence and are applied together.
+        for record in Record::from_message(message)? {
+            if record.seq > until {
+                taken.past_until = true;
+                return Ok(taken);
+            }
+            taken.at_end = record.pending == 0;
+            let envelope = record.envelope.map_err(|err| {
+                anyhow::anyhow!(
+                    "Record {} of {stream} cannot be decoded ({err}): the rebuild stops there",
+                    record.seq
+                )
+            })?;
+            taken.events.push((record.seq, envelope));
+            taken.last = record.seq;
+        }
+    }
+    Ok(taken)
+}
+
 /// Applies `stream` to `store` from its checkpoint up to and including sequence `until` (a
 /// sequence the live projection applied, so one its filter matches), reporting progress.
 /// A record it cannot decode stops it with an error: a rebuild never skips what it did not
@@ -212,24 +259,12 @@ pub async fn project_until(
         let group = replay::next_group(&mut messages, MAX_BATCH, Duration::ZERO)
             .await?
             .with_context(|| format!("The {stream} stream ended before sequence {until}"))?;
-        let mut events = Vec::with_capacity(group.len());
-        let mut last = checkpoint;
-        'group: for message in &group {
-            // A pack's records share its sequence and are applied together.
-            for record in Record::from_message(message)? {
-                if record.seq > until {
-                    break 'group;
-                }
-                let envelope = record.envelope.map_err(|err| {
-                    anyhow::anyhow!(
-                        "Record {} of {stream} cannot be decoded ({err}): the rebuild stops there",
-                        record.seq
-                    )
-                })?;
-                events.push((record.seq, envelope));
-                last = record.seq;
-            }
-        }
+        let Taken {
+            events,
+            last,
+            past_until,
+            ..
+        } = take_until(stream, &group, checkpoint, until)?;
         if last > checkpoint {
             store
                 .apply(stream, &events, checkpoint, last)
@@ -247,7 +282,7 @@ pub async fn project_until(
             applied: checkpoint,
             target: until,
         });
-        if checkpoint >= until || events.len() < group.len() {
+        if checkpoint >= until || past_until {
             return Ok(());
         }
     }
@@ -316,25 +351,13 @@ async fn project_part(
         let group = replay::next_group(&mut messages, MAX_BATCH, Duration::ZERO)
             .await?
             .with_context(|| format!("The {stream} stream ended while rebuilding {part}"))?;
-        let mut events = Vec::with_capacity(group.len());
-        let mut last = checkpoint;
-        'group: for message in &group {
-            for record in Record::from_message(message)? {
-                if record.seq > until {
-                    done = true;
-                    break 'group;
-                }
-                done |= record.pending == 0;
-                let envelope = record.envelope.map_err(|err| {
-                    anyhow::anyhow!(
-                        "Record {} of {stream} cannot be decoded ({err}): the rebuild stops there",
-                        record.seq
-                    )
-                })?;
-                events.push((record.seq, envelope));
-                last = record.seq;
-            }
-        }
+        let Taken {
+            events,
+            last,
+            past_until,
+            at_end,
+        } = take_until(stream, &group, checkpoint, until)?;
+        done = past_until || at_end;
         if last > checkpoint {
             let mut tries = 0;
             loop {

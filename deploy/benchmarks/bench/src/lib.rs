@@ -96,6 +96,28 @@ pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
+/// How a report quotes the script that ran it: `script` and this process's arguments.
+pub fn script_command(script: &str) -> String {
+    std::iter::once(script.to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A client of the nats-server at `url`, the streams set up as the services set them up
+/// (one replica).
+pub async fn connect_with_streams(
+    url: &str,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    use anyhow::Context as _;
+    let client = async_nats::connect(url)
+        .await
+        .context("Failed to connect to nats-server")?;
+    let js = async_nats::jetstream::new(client.clone());
+    streams::config::ensure_streams(&js, streams::config::Replication(1)).await?;
+    Ok((client, js))
+}
+
 /// A report's Markdown head: its title, the machine and the command line.
 pub fn heading(title: &str, machine: &contention::report::Machine, command: &str) -> String {
     format!(

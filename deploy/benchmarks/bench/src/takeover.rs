@@ -175,15 +175,6 @@ impl Traffic {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let client = async_nats::connect(url)
-        .await
-        .context("Failed to connect to nats-server")?;
-    let js = jetstream::new(client.clone());
-    streams::config::ensure_streams(&js, streams::config::Replication(1)).await?;
-    Ok((client, js))
-}
-
 /// Writes `events` to intake in atomic batches of up to 1,000; returns the last sequence.
 async fn append_intake(
     js: &jetstream::Context,
@@ -213,7 +204,7 @@ async fn append_intake(
 pub async fn measure(options: &Options) -> anyhow::Result<TakeoverReport> {
     let machine = crate::contention::report::Machine::describe();
     let nats = testkit::NatsServer::start_without_fsync();
-    let (client, js) = connect(&nats.url()).await?;
+    let (client, js) = crate::connect_with_streams(&nats.url()).await?;
     let store = js
         .get_object_store(subjects::SNAPSHOTS_BUCKET)
         .await
@@ -425,7 +416,7 @@ fn capacities(options: &Options) -> Vec<(IntakeKind, Event)> {
 /// in intake: decisions per second from its start to the last decision.
 async fn replica_rate(options: &Options) -> anyhow::Result<f64> {
     let nats = testkit::NatsServer::start();
-    let (client, js) = connect(&nats.url()).await?;
+    let (client, js) = crate::connect_with_streams(&nats.url()).await?;
     let mut events = capacities(options);
     let mut traffic = Traffic::new(25, options.slots);
     for _ in 0..options.backlog {

@@ -50,10 +50,7 @@ async fn main() -> anyhow::Result<()> {
         figures.push(bench::scale::measure_size(&options, size).await?);
         // Each size's report as it comes, so a long run leaves what it measured.
         let report = bench::scale::report::ScaleReport::new(machine.clone(), figures.clone());
-        let command = std::iter::once("deploy/bench-scale".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command = bench::script_command("deploy/bench-scale");
         let markdown = report.markdown(&command);
         bench::contention::report::write_report(&cli.out, &report, &markdown)?;
         println!("{markdown}");

@@ -45,10 +45,7 @@ async fn main() -> anyhow::Result<()> {
         backlog: cli.backlog,
     };
     let report = bench::takeover::measure(&options).await?;
-    let command = std::iter::once("deploy/bench-takeover".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = bench::script_command("deploy/bench-takeover");
     let markdown = report.markdown(&command);
     bench::contention::report::write_report(&cli.out, &report, &markdown)?;
     println!("{markdown}");

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use async_nats::jetstream;
 use chrono::NaiveDate;
 use processors::reservation::decide::{Input, Policy, State};
@@ -400,14 +399,4 @@ fn packed(region: &Region, records: &[Envelope]) -> Outgoing {
             .expect("envelopes serialize")
             .into(),
     }
-}
-
-/// The store's client, and the stream set up as the services set it up.
-pub async fn connect(url: &str) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let client = async_nats::connect(url)
-        .await
-        .context("Failed to connect to nats-server")?;
-    let js = jetstream::new(client.clone());
-    streams::config::ensure_streams(&js, streams::config::Replication(1)).await?;
-    Ok((client, js))
 }

@@ -169,7 +169,7 @@ fn rss_mib(nats: &testkit::NatsServer) -> f64 {
 pub async fn measure_size(options: &Options, size: u64) -> anyhow::Result<SizeFigures> {
     eprintln!("scale: {size} registrations");
     let mut nats = testkit::NatsServer::start_without_fsync();
-    let (client, js) = fill::connect(&nats.url()).await?;
+    let (client, js) = crate::connect_with_streams(&nats.url()).await?;
     let keys = streams::crypto::Keys::from_secret("bench-scale");
     let mut filled = fill::fill(
         &js,
