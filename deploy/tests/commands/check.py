@@ -114,7 +114,8 @@ CARGO_ALLOWED = {
 }
 # Which scripts may build something other than the whole system, and why.
 OWN_BUILDS = {
-    "build_bench": ("deploy/bench", "deploy/bench-contention", "deploy/bench-takeover"),
+    "build_bench": ("deploy/bench", "deploy/bench-contention", "deploy/bench-takeover",
+                    "deploy/bench-scale"),
     "build_alone": ("deploy/replay",),
     # SurrealDB's server, a package outside the workspace, in a target directory of its own.
     "need_surreal_build": ("deploy/install-surreal", "deploy/up", "deploy/test"),
