@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use streams::replay::{self, Record};
 
 use streams::model::Region;
-use streams::subjects::RegionFilter;
+use streams::subjects::{self, RegionFilter};
 
 use crate::store::{ApplyError, Snapshot, Store};
 use crate::worker::{self, MAX_BATCH};
@@ -295,7 +295,9 @@ pub fn parallelism() -> usize {
         .clamp(1, 8)
 }
 
-/// The regions whose messages `stream` holds under `filter` (its projected subjects).
+/// The regions whose messages `stream` holds under `filter` (its projected subjects). A
+/// subject that names no region fails the rebuild: no region's part would apply it, and a
+/// rebuild never skips what it did not understand.
 async fn regions_in(
     js: &jetstream::Context,
     stream: &str,
@@ -314,14 +316,12 @@ async fn regions_in(
     while let Some(subject) = found.next().await {
         let (subject, _) =
             subject.with_context(|| format!("Failed to list the subjects of {stream}"))?;
-        // `reg.<stream>.<region>.…`
-        if let Some(region) = subject
-            .split('.')
-            .nth(2)
-            .and_then(|r| Region::parse(r).ok())
-        {
-            regions.insert(region);
-        }
+        let region = subjects::intake_region(&subject)
+            .or_else(|| subjects::decision_region(&subject))
+            .with_context(|| {
+                format!("{stream} holds {subject}, which names no region: the rebuild stops")
+            })?;
+        regions.insert(region);
     }
     Ok(regions)
 }

@@ -393,6 +393,13 @@ pub fn intake_region(subject: &str) -> Option<Region> {
     Region::parse(region).ok()
 }
 
+/// The region a decision subject (`reg.decision.<region>.<kind>`) belongs to.
+pub fn decision_region(subject: &str) -> Option<Region> {
+    let rest = subject.strip_prefix(DECISION_PREFIX)?.strip_prefix('.')?;
+    let (region, _kind) = rest.split_once('.')?;
+    Region::parse(region).ok()
+}
+
 /// Filter for every intake message of the regions in `filter`.
 pub fn intake_filter(filter: &RegionFilter) -> String {
     format!("{INTAKE_PREFIX}.{}.>", filter.token())
@@ -594,6 +601,11 @@ mod tests {
             "reg.key.c0ffee"
         ));
         assert_eq!(intake_region("reg.intake.BAD.submitted"), None);
+        assert_eq!(
+            decision_region(&notification_decisions(&r)),
+            Some(r.clone())
+        );
+        assert_eq!(decision_region("reg.intake.slaskie.submitted"), None);
         assert_eq!(reservation_lease(&r), "reservation.region.slaskie");
         assert!(RegionFilter::parse("a.b").is_err());
     }

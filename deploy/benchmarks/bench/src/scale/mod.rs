@@ -159,9 +159,9 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-fn rss_mib(nats: &testkit::NatsServer) -> f64 {
-    nats.pid()
-        .and_then(crate::procstat::sample)
+/// Resident memory of the process `pid`, MiB (0 when it is not running).
+fn resident_mib(pid: Option<u32>) -> f64 {
+    pid.and_then(crate::procstat::sample)
         .map_or(0.0, |s| s.rss_mib)
 }
 
@@ -187,7 +187,7 @@ pub async fn measure_size(options: &Options, size: u64) -> anyhow::Result<SizeFi
     drop(js);
     drop(client);
     let jetstream_bytes = dir_bytes(&nats.store_dir());
-    let nats_rss_mib = rss_mib(&nats);
+    let nats_rss_mib = resident_mib(nats.pid());
 
     // A crash, then every stream back and a citizen's claim readable.
     let started = Instant::now();
@@ -205,7 +205,7 @@ pub async fn measure_size(options: &Options, size: u64) -> anyhow::Result<SizeFi
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let restart_seconds = started.elapsed().as_secs_f64();
-    let nats_rss_after_restart_mib = rss_mib(&nats);
+    let nats_rss_after_restart_mib = resident_mib(nats.pid());
     eprintln!(
         "scale: {jetstream_bytes} bytes on disk, {nats_rss_mib:.0} MiB resident; restarted in \
          {restart_seconds:.1} s ({nats_rss_after_restart_mib:.0} MiB)"
@@ -439,12 +439,7 @@ async fn cluster(options: &Options, size: u64) -> anyhow::Result<ClusterFigures>
     let nodes = 0..cluster.len();
     let rss_mib: Vec<f64> = nodes
         .clone()
-        .map(|i| {
-            cluster
-                .pid(i)
-                .and_then(crate::procstat::sample)
-                .map_or(0.0, |s| s.rss_mib)
-        })
+        .map(|i| resident_mib(cluster.pid(i)))
         .collect();
     let jetstream_bytes = nodes.map(|i| dir_bytes(&cluster.store_dir(i))).collect();
     // The last node: not where the client is most likely connected.
@@ -460,10 +455,7 @@ async fn cluster(options: &Options, size: u64) -> anyhow::Result<ClusterFigures>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let node_back_seconds = started.elapsed().as_secs_f64();
-    let rss_after_restart_mib = cluster
-        .pid(node)
-        .and_then(crate::procstat::sample)
-        .map_or(0.0, |s| s.rss_mib);
+    let rss_after_restart_mib = resident_mib(cluster.pid(node));
     eprintln!(
         "scale: a cluster node back and caught up in {node_back_seconds:.1} s ({rss_after_restart_mib:.0} MiB; {rss_mib:?} MiB before)"
     );
