@@ -12,14 +12,29 @@ use streams::crypto::Keys;
 use streams::model::Region;
 use streams::subjects;
 use streams::waiting_room::{
-    Admission, Counts, REPORT_INTERVAL, Room, RoomConfig, Rooms, Ticket, TicketError,
+    ADMISSION_TTL, Admission, Counts, REPORT_INTERVAL, Room, RoomConfig, Rooms, Ticket, TicketError,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::error::EdgeError;
 
-/// The longest a citizen is told to wait before polling again.
-const MAX_POLL: Duration = Duration::from_secs(60);
+/// The longest a citizen is told to wait before polling again: half of what an admission
+/// lasts, so a citizen admitted just after a poll, far sooner than the wait foretold (the
+/// pace rose), still finds it with more than half its time left, the page's jitter included
+/// (at most a fifth more).
+const MAX_POLL: Duration = Duration::from_secs(ADMISSION_TTL.as_secs() / 2);
+
+/// The shortest: a ticket whose place is not counted yet asks again soon.
+const MIN_POLL: Duration = Duration::from_secs(2);
+
+/// When a citizen whose expected wait is `wait` should ask again: after half of it, between
+/// [`MIN_POLL`] and [`MAX_POLL`]. Halving makes the polls of a long wait few (about the
+/// logarithm of the wait, plus one per `MAX_POLL` of it beyond twice that; with a tenth of
+/// it, the first benchmark run saw 28 per citizen for a four-minute line), and a citizen
+/// still arrives when admitted unless the pace more than doubled since the last poll.
+fn poll_after(wait: Duration) -> Duration {
+    (wait / 2).clamp(MIN_POLL, MAX_POLL)
+}
 
 /// The door of every region's waiting room, on this edge replica. Cheap to clone.
 #[derive(Clone)]
@@ -131,11 +146,7 @@ impl Door {
         };
         let ahead = ahead.max(0.0).round() as u64;
         let wait = Duration::from_secs_f64(ahead as f64 / rate);
-        // Ask again after half the expected wait, between 2 s and MAX_POLL (the page adds
-        // jitter): a few polls per citizen whatever the wait (with a tenth of it, the first
-        // benchmark run saw 28 per citizen for a 4-minute line), and a ticket whose place is
-        // not counted yet asks again soon.
-        let poll_after = (wait / 2).clamp(Duration::from_secs(2), MAX_POLL);
+        let poll_after = poll_after(wait);
         Standing {
             admission,
             ahead: if admission == Admission::Waiting {
@@ -273,5 +284,33 @@ mod tests {
         drop(held);
         assert_eq!(load.busy(), 0.0);
         assert_eq!(Load::of(None, 0).busy(), 0.0);
+    }
+
+    /// A citizen who follows the advice through a steady line polls a few times however
+    /// long the wait (a 25-minute wait: 17 polls, where a one-minute ceiling made 30), and is
+    /// never told to wait so long that an admission could lapse before the next poll, the
+    /// page's jitter (up to a fifth more) included.
+    #[test]
+    fn polls_are_few_for_a_long_wait_and_never_outlast_an_admission() {
+        let polls = |wait_s: u64| {
+            let (mut left, mut polls) = (Duration::from_secs(wait_s), 0);
+            while !left.is_zero() {
+                let next = poll_after(left);
+                assert!(next.mul_f64(1.2) < ADMISSION_TTL, "{next:?}");
+                left = left.saturating_sub(next);
+                polls += 1;
+            }
+            polls
+        };
+        assert_eq!(polls(1), 1);
+        assert_eq!(polls(60), 6);
+        assert_eq!(polls(25 * 60), 17);
+        // A far longer wait adds one poll per MAX_POLL of it, no more.
+        assert_eq!(
+            polls(120 * 60) - polls(60 * 60),
+            (3600 / MAX_POLL.as_secs()) as usize
+        );
+        assert_eq!(poll_after(Duration::from_secs(3600)), MAX_POLL);
+        assert_eq!(poll_after(Duration::ZERO), MIN_POLL);
     }
 }

@@ -142,7 +142,10 @@ const START_SHARE: f64 = 0.1;
 /// their admission lasts.)
 const NOT_COME_SHARE: f64 = 0.5;
 
-/// See [`NOT_COME_SHARE`]: a citizen polls at least once a minute.
+/// See [`NOT_COME_SHARE`]. The edge tells a citizen to poll again after half the expected
+/// wait (at most half of [`ADMISSION_TTL`]), so a citizen admitted when foretold has come
+/// within a minute of it; one further back polls less often, but only a pace more than
+/// doubled since that citizen's last poll admits them that much sooner.
 const RECENT_MS: i64 = 60_000;
 
 /// The pace never falls below this many admissions per second: the line keeps moving, and
