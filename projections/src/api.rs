@@ -16,16 +16,17 @@ use streams::model::{Location, Region, RegistrationId, Status};
 
 use crate::error::ReadError;
 use crate::metrics::Metrics;
+use crate::slots::{self, SlotTable};
 use crate::smart::{self, Publication};
-use crate::store::{Availability, Registration, Store};
+use crate::store::{Registration, Store};
 
 /// An availability query, normalised: the cache key. Only parsed values go in, so random
 /// query parameters cannot multiply cache entries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AvailabilityKey {
-    region: Option<Region>,
-    location: Option<Location>,
-    date: Option<NaiveDate>,
+    pub(crate) region: Option<Region>,
+    pub(crate) location: Option<Location>,
+    pub(crate) date: Option<NaiveDate>,
 }
 
 /// A cached availability answer: the body and its entity tag.
@@ -33,65 +34,6 @@ pub struct AvailabilityKey {
 pub struct Rendered {
     body: String,
     etag: String,
-}
-
-/// Every slot's availability row, read from SurrealDB at most once per cache period
-/// whatever the number of distinct queries: the table is small (tens of thousands of slots)
-/// and every filter is answered from it in memory, so a query nobody asked before costs no
-/// database read. `generation` tells the answers rendered from one load from the next.
-#[derive(Debug)]
-pub struct SlotTable {
-    generation: u64,
-    rows: Vec<Availability>,
-    /// Row positions by location and by region, so a query that names either looks only at
-    /// its own rows (a query for a place that does not exist looks at none).
-    by_location: std::collections::HashMap<String, Vec<usize>>,
-    by_region: std::collections::HashMap<String, Vec<usize>>,
-}
-
-impl SlotTable {
-    /// Indexes `rows` by location and by region.
-    fn new(generation: u64, rows: Vec<Availability>) -> Self {
-        let (mut by_location, mut by_region) = (
-            std::collections::HashMap::<_, Vec<usize>>::new(),
-            std::collections::HashMap::<_, Vec<usize>>::new(),
-        );
-        for (i, row) in rows.iter().enumerate() {
-            by_location.entry(row.location.clone()).or_default().push(i);
-            by_region.entry(row.region.clone()).or_default().push(i);
-        }
-        SlotTable {
-            generation,
-            rows,
-            by_location,
-            by_region,
-        }
-    }
-
-    /// The rows matching `key`, in the table's order (region, location, date).
-    fn filter(&self, key: &AvailabilityKey) -> Vec<&Availability> {
-        let is = |field: &str, want: Option<&str>| want.is_none_or(|want| field == want);
-        let date = key.date.map(|d| d.to_string());
-        let matches = |row: &&Availability| {
-            is(&row.region, key.region.as_ref().map(Region::as_str))
-                && is(&row.location, key.location.as_ref().map(Location::as_str))
-                && is(&row.date, date.as_deref())
-        };
-        let indexed = match (&key.location, &key.region) {
-            (Some(location), _) => self.by_location.get(location.as_str()),
-            (None, Some(region)) => self.by_region.get(region.as_str()),
-            (None, None) => return self.rows.iter().filter(matches).collect(),
-        };
-        indexed
-            .map(|positions| {
-                positions
-                    .iter()
-                    .map(|&i| &self.rows[i])
-                    .filter(matches)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 /// The answer to a query that matches no slot: the same body (`[]`) and entity tag whatever
@@ -127,10 +69,11 @@ pub struct Reader {
     pub store: Store,
     /// Availability answers by query and table generation, about one second old at most.
     pub cache: Cache<(AvailabilityKey, u64), Arc<Rendered>>,
-    /// The whole availability table, loaded once per cache period.
+    /// The availability table, loaded once per cache period.
     pub slots: Cache<(), Arc<SlotTable>>,
-    /// Loads of the table so far: the next one's generation.
-    generations: Arc<std::sync::atomic::AtomicU64>,
+    /// The last table loaded and where it was read up to: the next load reads only what
+    /// changed since ([`crate::slots`]).
+    loaded: Arc<std::sync::Mutex<Option<slots::Loaded>>>,
     /// Keys for checking registration tokens.
     pub keys: Keys,
     /// Metrics.
@@ -192,7 +135,7 @@ impl Reader {
                 .time_to_live(ttl)
                 .build(),
             slots: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
-            generations: Default::default(),
+            loaded: Default::default(),
             keys,
             metrics,
             client,
@@ -313,7 +256,7 @@ async fn rendered_availability(
     key: AvailabilityKey,
 ) -> Result<Arc<Rendered>, Arc<anyhow::Error>> {
     let table = slot_table(reader).await?;
-    let cache_key = (key, table.generation);
+    let cache_key = (key, table.generation());
     if let Some(rendered) = reader.cache.get(&cache_key).await {
         return Ok(rendered);
     }
@@ -334,39 +277,30 @@ async fn rendered_availability(
 }
 
 /// The slot table, read from SurrealDB at most once per cache period (one load however
-/// many readers ask at once). Availability answers and the SMART publication come from it.
+/// many readers ask at once), by changes after the first ([`crate::slots`]). Availability
+/// answers and the SMART publication come from it.
 async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error>> {
     reader
         .slots
         .try_get_with((), async {
             reader.metrics.availability_loads.inc();
-            let mut rows = reader.store.availability(None, None, None).await?;
-            drop_days_over(&mut rows, &reader.calendar, chrono::Utc::now());
-            let generation = reader
-                .generations
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            anyhow::Ok(Arc::new(SlotTable::new(generation, rows)))
+            let previous = reader.loaded.lock().expect("lock").clone();
+            let (loaded, rows_read) = slots::load(
+                &reader.store,
+                previous.as_ref(),
+                &reader.calendar,
+                chrono::Utc::now(),
+            )
+            .await?;
+            reader
+                .metrics
+                .availability_rows_read
+                .inc_by(rows_read as u64);
+            let table = loaded.table.clone();
+            *reader.loaded.lock().expect("lock") = Some(loaded);
+            anyhow::Ok(table)
         })
         .await
-}
-
-/// Drops the rows of slots whose day is over in their region's time zone: they take no
-/// registration (the edge refuses them), so neither the citizens' page nor a vaccine finder
-/// should offer them. The table is loaded at least once a cache period, so a day leaves the
-/// answers within about a second of its midnight.
-fn drop_days_over(
-    rows: &mut Vec<Availability>,
-    calendar: &streams::calendar::Calendar,
-    now: chrono::DateTime<chrono::Utc>,
-) {
-    rows.retain(|row| {
-        let region = Region::parse(&row.region).ok();
-        let date = row.date.parse::<NaiveDate>().ok();
-        match (region, date) {
-            (Some(region), Some(date)) => !calendar.is_over(&region, date, now),
-            _ => true,
-        }
-    });
 }
 
 fn entity_tag(body: &str) -> String {
@@ -385,7 +319,7 @@ async fn published(reader: &Reader) -> Result<Arc<Published>, ReadError> {
             let table = slot_table(&reader)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-            let files = smart::render(&table.rows, &reader.publication);
+            let files = smart::render(table.rows(), &reader.publication);
             let since = {
                 let mut since = reader.published_since.lock().expect("lock");
                 match &*since {
@@ -689,25 +623,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 mod tests {
     use super::*;
 
-    fn key(region: Option<&str>, location: Option<&str>, date: Option<&str>) -> AvailabilityKey {
-        AvailabilityKey {
-            region: region.map(|r| Region::parse(r).unwrap()),
-            location: location.map(|l| Location::parse(l).unwrap()),
-            date: date.map(|d| d.parse().unwrap()),
-        }
-    }
-
-    fn slot(region: &str, location: &str, date: &str) -> Availability {
-        Availability {
-            region: region.into(),
-            location: location.into(),
-            date: date.into(),
-            capacity: 1,
-            remaining: 1,
-            waiting: 0,
-        }
-    }
-
     /// The status answer has the contract's shape: until the first decision only the id, the
     /// status and the region; after it the slot and the time, and what applies of the reason
     /// and the position.
@@ -737,77 +652,14 @@ mod tests {
         );
     }
 
-    /// The indexed filter gives exactly what a scan of every row gives, for every
-    /// combination of filters, existing values or not.
-    #[test]
-    fn the_indexed_filter_matches_a_scan_of_every_row() {
-        let mut rows = Vec::new();
-        for region in ["mazowieckie", "slaskie"] {
-            for location in ["narodowy", "torwar", "spodek"] {
-                for date in ["2027-03-01", "2027-03-02"] {
-                    if region == "slaskie" && location == "torwar" {
-                        continue;
-                    }
-                    rows.push(slot(region, location, date));
-                }
-            }
-        }
-        let table = SlotTable::new(0, rows.clone());
-        let regions = [None, Some("mazowieckie"), Some("slaskie"), Some("lodzkie")];
-        let locations = [None, Some("narodowy"), Some("torwar"), Some("nowhere")];
-        let dates = [None, Some("2027-03-01"), Some("2027-04-01")];
-        let mut non_empty = 0;
-        for region in regions {
-            for location in locations {
-                for date in dates {
-                    let wanted: Vec<&Availability> = rows
-                        .iter()
-                        .filter(|row| {
-                            region.is_none_or(|r| row.region == r)
-                                && location.is_none_or(|l| row.location == l)
-                                && date.is_none_or(|d| row.date == d)
-                        })
-                        .collect();
-                    let got = table.filter(&key(region, location, date));
-                    assert_eq!(got, wanted, "{region:?} {location:?} {date:?}");
-                    non_empty += usize::from(!got.is_empty());
-                }
-            }
-        }
-        assert!(non_empty > 10, "the cases exercise matches too");
-    }
-
     /// A query matching nothing gets the one shared empty answer, the same as rendering an
     /// empty list would give.
     #[test]
     fn the_empty_answer_is_what_rendering_nothing_gives() {
         let empty = empty_answer();
-        let rendered = serde_json::to_string(&Vec::<Availability>::new()).unwrap();
+        let rendered = serde_json::to_string(&Vec::<crate::store::Availability>::new()).unwrap();
         assert_eq!(empty.body, rendered);
         assert_eq!(empty.etag, entity_tag(&rendered));
         assert!(Arc::ptr_eq(&empty, &empty_answer()));
-    }
-
-    /// A slot leaves the answers at midnight in its region's zone, not in UTC: at 23:30 UTC on
-    /// 1 March (00:30 on the 2nd in Warsaw) the 1st is gone from a Warsaw region and still
-    /// listed for a region on London's time.
-    #[test]
-    fn a_slot_whose_day_is_over_in_its_region_is_not_listed() {
-        let calendar: streams::calendar::Calendar =
-            "Europe/Warsaw,west=Europe/London".parse().unwrap();
-        let row = |region: &str, date: &str| slot(region, "a", date);
-        let mut rows = vec![
-            row("mazowieckie", "2027-03-01"),
-            row("mazowieckie", "2027-03-02"),
-            row("west", "2027-03-01"),
-        ];
-        let now = chrono::DateTime::parse_from_rfc3339("2027-03-01T23:30:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        drop_days_over(&mut rows, &calendar, now);
-        assert_eq!(
-            rows,
-            vec![row("mazowieckie", "2027-03-02"), row("west", "2027-03-01")]
-        );
     }
 }

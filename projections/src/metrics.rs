@@ -15,6 +15,9 @@ pub struct Metrics {
     pub health: streams::consume::Health,
     /// SurrealDB reads made to fill the availability cache: at most one per key per TTL.
     pub availability_loads: IntCounter,
+    /// Slot rows those reads returned: every slot on a replica's first load, then only the
+    /// slots changed since the load before.
+    pub availability_rows_read: IntCounter,
     /// Availability requests answered.
     pub availability_requests: IntCounter,
     /// 1 while this replica holds the writer lease and runs the workers; 0 while it stands by
@@ -41,6 +44,11 @@ impl Metrics {
             "SurrealDB reads made to fill the availability cache.",
         )
         .expect("valid metric");
+        let availability_rows_read = IntCounter::new(
+            "read_availability_rows_read_total",
+            "Slot rows the availability loads read: every slot at first, then only those changed.",
+        )
+        .expect("valid metric");
         let availability_requests = IntCounter::new(
             "read_availability_requests_total",
             "Availability requests answered.",
@@ -56,6 +64,7 @@ impl Metrics {
             Box::new(writer.clone()),
             Box::new(checkpoint.clone()),
             Box::new(availability_loads.clone()),
+            Box::new(availability_rows_read.clone()),
             Box::new(availability_requests.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -66,6 +75,7 @@ impl Metrics {
             applied,
             checkpoint,
             availability_loads,
+            availability_rows_read,
             availability_requests,
             writer,
         }

@@ -30,7 +30,11 @@ pub enum ApplyError {
 /// everything it names. It comes last: with the in-memory engine (tests) each statement of a
 /// transaction takes a savepoint that copies what the transaction has written so far (about
 /// 6 % of the projections' CPU in a profile), so the few slot and checkpoint writes go first
-/// and copy almost nothing. Every message sent is a `delivered` change (a dead letter under
+/// and copy almost nothing. Each slot row keeps the stream sequence of the last change of
+/// each kind it took (`capacity_seq` from intake, `counts_seq` from decisions): the read API
+/// loads only the slots changed since its last load by them ([`Store::slots_since`]), and
+/// being a record's own sequence, not a batch's, a rebuild batching differently writes the
+/// same. Every message sent is a `delivered` change (a dead letter under
 /// its id, if any, is made good), four per registration; nearly always there is no dead
 /// letter at all, so the deletes run only when the table holds one: one look at the table
 /// per batch instead of a statement per message.
@@ -42,14 +46,14 @@ IF ((SELECT VALUE seq FROM ONLY type::record('checkpoint', $stream)) ?? 0) != $e
 FOR $e IN $capacities {
     UPSERT type::record('slot', $e.slot) SET
         region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
-        capacity = $e.capacity, reserved = reserved ?? 0,
+        capacity = $e.capacity, reserved = reserved ?? 0, capacity_seq = $e.seq,
         updated_at = IF updated_at = NONE OR $e.at > updated_at { $e.at } ELSE { updated_at };
 };
 FOR $e IN $counts {
     UPSERT type::record('slot', $e.slot) SET
         region = $e.slot[0], location = $e.slot[1], date = $e.slot[2],
         capacity = capacity ?? $e.capacity, reserved = $e.reserved ?? reserved ?? 0,
-        waiting = $e.waiting ?? waiting ?? 0,
+        waiting = $e.waiting ?? waiting ?? 0, counts_seq = $e.seq,
         updated_at = IF updated_at = NONE OR $e.at > updated_at { $e.at } ELSE { updated_at };
 };
 FOR $d IN $dead {

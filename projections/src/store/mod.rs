@@ -42,7 +42,7 @@ mod schema;
 mod tests;
 
 pub use apply::ApplyError;
-pub use read::{MAX_REVIEWS_LISTED, SNAPSHOT_TABLES, Snapshot};
+pub use read::{MAX_REVIEWS_LISTED, SNAPSHOT_TABLES, SlotCursor, SlotRows, Snapshot};
 pub use rows::{Availability, DeadLetter, Registration, Review};
 
 /// Where the projections live: `surrealkv://<dir>` (embedded, default), `mem://` (tests) or

@@ -93,12 +93,8 @@ impl Store {
         } else {
             format!("WHERE {}", conditions.join(" AND "))
         };
-        let query = format!(
-            "SELECT region, location, date, capacity ?? 0 AS capacity, \
-             math::max([0, (capacity ?? 0) - (reserved ?? 0)]) AS remaining, \
-             waiting ?? 0 AS waiting \
-             FROM slot {filter} ORDER BY region, location, date"
-        );
+        let query =
+            format!("SELECT {AVAILABILITY} FROM slot {filter} ORDER BY region, location, date");
         let mut response = self
             .db
             .query(query)
@@ -107,6 +103,82 @@ impl Store {
             .context("Failed to read availability")?;
         let rows: Vec<Value> = response.take(0).context("Failed to read availability")?;
         typed(rows).context("Failed to read availability")
+    }
+
+    /// The slot table's rows at one cut of the log: every slot when `since` is `None` (or
+    /// the store is behind it: another database, or one rebuilt), else only the slots
+    /// changed after `since` (by the sequences [`APPLY`](super::apply::APPLY) keeps on
+    /// each row), read in one transaction with the checkpoints that make the next cut.
+    ///
+    /// Why it is exact: a stream's checkpoint moves in the transaction that writes its
+    /// changes, and each stream has one writer applying it in order (the checkpoint
+    /// condition), so every change committed after this read carries a sequence past the
+    /// checkpoint it read. A slot changed by both streams is read twice; the rows are equal.
+    pub async fn slots_since(&self, since: Option<SlotCursor>) -> anyhow::Result<SlotRows> {
+        if let Some(since) = since {
+            let changed = self.read_slots(Some(since)).await?;
+            if changed.cursor.intake >= since.intake && changed.cursor.decisions >= since.decisions
+            {
+                return Ok(changed);
+            }
+        }
+        self.read_slots(None).await
+    }
+
+    async fn read_slots(&self, since: Option<SlotCursor>) -> anyhow::Result<SlotRows> {
+        let (selects, statements) = match since {
+            Some(_) => (
+                format!(
+                    "SELECT {AVAILABILITY} FROM slot WHERE capacity_seq > $intake_seq; \
+                     SELECT {AVAILABILITY} FROM slot WHERE counts_seq > $decisions_seq;"
+                ),
+                3..5,
+            ),
+            None => (
+                format!("SELECT {AVAILABILITY} FROM slot ORDER BY region, location, date;"),
+                3..4,
+            ),
+        };
+        let after = since.unwrap_or_default();
+        let mut response = self
+            .db
+            .query(format!(
+                "BEGIN TRANSACTION; \
+                 SELECT VALUE seq FROM ONLY type::record('checkpoint', $intake); \
+                 SELECT VALUE seq FROM ONLY type::record('checkpoint', $decisions); \
+                 {selects} COMMIT TRANSACTION;"
+            ))
+            .bind(json!({
+                "intake": streams::subjects::INTAKE_STREAM,
+                "decisions": streams::subjects::DECISIONS_STREAM,
+                "intake_seq": after.intake,
+                "decisions_seq": after.decisions,
+            }))
+            .await
+            .context("Failed to read the slot table")?;
+        let mut checkpoint = |index: usize| -> anyhow::Result<u64> {
+            let seq: Option<Value> = response
+                .take(index)
+                .context("Failed to read a checkpoint with the slot table")?;
+            Ok(seq.and_then(|v| v.as_u64()).unwrap_or(0))
+        };
+        // Statement 0 is the BEGIN.
+        let cursor = SlotCursor {
+            intake: checkpoint(1)?,
+            decisions: checkpoint(2)?,
+        };
+        let mut rows = Vec::new();
+        for index in statements {
+            let read: Vec<Value> = response
+                .take(index)
+                .context("Failed to read the slot table")?;
+            rows.extend(typed::<Availability>(read).context("Failed to read the slot table")?);
+        }
+        Ok(SlotRows {
+            cursor,
+            whole: since.is_none(),
+            rows,
+        })
     }
 
     /// A registration's projected record, if the projection has it. A waiting registration's
@@ -211,6 +283,32 @@ impl Store {
             .context("Failed to list the manual reviews")?;
         typed(rows).context("Failed to list the manual reviews")
     }
+}
+
+/// An availability row as [`Availability`] reads it from a `slot` record.
+const AVAILABILITY: &str = "region, location, date, capacity ?? 0 AS capacity, \
+     math::max([0, (capacity ?? 0) - (reserved ?? 0)]) AS remaining, waiting ?? 0 AS waiting";
+
+/// Where a read of the slot table stood: the checkpoints of the two streams that write slots
+/// (capacities from intake, counts from decisions). The next read takes what came after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotCursor {
+    /// The intake stream's checkpoint.
+    pub intake: u64,
+    /// The decisions stream's checkpoint.
+    pub decisions: u64,
+}
+
+/// Slot rows read at one cut ([`Store::slots_since`]).
+#[derive(Debug, Clone)]
+pub struct SlotRows {
+    /// The cut: the next read asks for what changed after it.
+    pub cursor: SlotCursor,
+    /// Every slot (ordered by region, location, date), or only those changed since the
+    /// cursor asked for (in no order, a slot possibly twice).
+    pub whole: bool,
+    /// The rows.
+    pub rows: Vec<Availability>,
 }
 
 /// A `registration` row as stored: a [`Registration`] with its place in line (the intake

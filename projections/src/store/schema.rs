@@ -13,6 +13,8 @@ DEFINE TABLE IF NOT EXISTS dead_letter SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS line SCHEMALESS;
 DEFINE TABLE IF NOT EXISTS meta SCHEMALESS;
 DEFINE INDEX IF NOT EXISTS slot_region ON slot FIELDS region, location, date;
+DEFINE INDEX IF NOT EXISTS slot_capacity_seq ON slot FIELDS capacity_seq;
+DEFINE INDEX IF NOT EXISTS slot_counts_seq ON slot FIELDS counts_seq;
 DEFINE INDEX IF NOT EXISTS line_kind ON line FIELDS kind, region, location, date;
 ";
 

@@ -30,11 +30,29 @@ struct Cli {
     /// Where to write the JSON report (the Markdown one goes beside it).
     #[arg(long, default_value = "deploy/benchmarks/reports/scale.json")]
     out: std::path::PathBuf,
+    /// Instead of the sizes: the read API's availability table at these slot counts
+    /// (190,000 is 19 million registrations at 100 places a slot), written to
+    /// `--slot-table-out`.
+    #[arg(long, value_delimiter = ',')]
+    slot_table: Vec<u64>,
+    /// Decisions applied between two loads of the table, comma-separated: the peak's 20,000
+    /// a second, and about what one projections writer applies here in a second.
+    #[arg(long, value_delimiter = ',', default_values_t = [20_000u64, 2_500])]
+    decisions_per_period: Vec<u64>,
+    /// Loads timed after that many decisions, per slot count.
+    #[arg(long, default_value_t = 10)]
+    periods: usize,
+    /// Where the slot-table report goes (the Markdown one beside it).
+    #[arg(long, default_value = "deploy/benchmarks/reports/slot-table.json")]
+    slot_table_out: std::path::PathBuf,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !cli.slot_table.is_empty() {
+        return slot_table(&cli).await;
+    }
     let mut sizes = cli.sizes.clone();
     sizes.sort_unstable();
     let options = bench::scale::Options {
@@ -53,6 +71,29 @@ async fn main() -> anyhow::Result<()> {
         let command = bench::script_command("deploy/bench-scale");
         let markdown = report.markdown(&command);
         bench::contention::report::write_report(&cli.out, &report, &markdown)?;
+        println!("{markdown}");
+    }
+    Ok(())
+}
+
+/// `--slot-table`: the availability table at each slot count, its report written as each
+/// count finishes.
+async fn slot_table(cli: &Cli) -> anyhow::Result<()> {
+    let machine = bench::contention::report::Machine::describe();
+    let mut counts = cli.slot_table.clone();
+    counts.sort_unstable();
+    let mut report = bench::scale::slot_table::SlotTableReport {
+        machine,
+        counts: Vec::new(),
+    };
+    for slots in counts {
+        report.counts.push(
+            bench::scale::slot_table::measure(slots, &cli.decisions_per_period, cli.periods)
+                .await?,
+        );
+        let command = bench::script_command("deploy/bench-scale");
+        let markdown = report.markdown(&command);
+        bench::contention::report::write_report(&cli.slot_table_out, &report, &markdown)?;
         println!("{markdown}");
     }
     Ok(())

@@ -8,6 +8,7 @@
 
 pub mod fill;
 pub mod report;
+pub mod slot_table;
 
 use std::time::{Duration, Instant};
 
