@@ -72,8 +72,11 @@ pub struct Reader {
     /// The availability table, loaded once per cache period.
     pub slots: Cache<(), Arc<SlotTable>>,
     /// The last table loaded and where it was read up to: the next load reads only what
-    /// changed since ([`crate::slots`]).
-    loaded: Arc<std::sync::Mutex<Option<slots::Loaded>>>,
+    /// changed since ([`crate::slots`]). Held for the whole of a load, so loads never
+    /// overlap (two from one cursor would make two tables of one generation).
+    loaded: Arc<tokio::sync::Mutex<Option<slots::Loaded>>>,
+    /// The cache period: [`keep_slot_table`] reloads the table twice in each.
+    period: Duration,
     /// Keys for checking registration tokens.
     pub keys: Keys,
     /// Metrics.
@@ -136,6 +139,7 @@ impl Reader {
                 .build(),
             slots: Cache::builder().max_capacity(1).time_to_live(ttl).build(),
             loaded: Default::default(),
+            period: ttl,
             keys,
             metrics,
             client,
@@ -276,31 +280,56 @@ async fn rendered_availability(
     Ok(rendered)
 }
 
-/// The slot table, read from SurrealDB at most once per cache period (one load however
-/// many readers ask at once), by changes after the first ([`crate::slots`]). Availability
-/// answers and the SMART publication come from it.
+/// The slot table: the one [`keep_slot_table`] put in the cache within the period, so a
+/// reader never waits for a load; or, before the first load or while loads fail, loaded
+/// here (one load however many readers ask at once). Availability answers and the SMART
+/// publication come from it.
 async fn slot_table(reader: &Reader) -> Result<Arc<SlotTable>, Arc<anyhow::Error>> {
+    reader.slots.try_get_with((), load_slot_table(reader)).await
+}
+
+/// Loads the slot table by the changes since the last load ([`crate::slots`]).
+async fn load_slot_table(reader: &Reader) -> anyhow::Result<Arc<SlotTable>> {
+    let mut loaded = reader.loaded.lock().await;
+    reader.metrics.availability_loads.inc();
+    let (next, rows_read) = slots::load(
+        &reader.store,
+        loaded.as_ref(),
+        &reader.calendar,
+        chrono::Utc::now(),
+    )
+    .await?;
     reader
-        .slots
-        .try_get_with((), async {
-            reader.metrics.availability_loads.inc();
-            let previous = reader.loaded.lock().expect("lock").clone();
-            let (loaded, rows_read) = slots::load(
-                &reader.store,
-                previous.as_ref(),
-                &reader.calendar,
-                chrono::Utc::now(),
-            )
-            .await?;
-            reader
-                .metrics
-                .availability_rows_read
-                .inc_by(rows_read as u64);
-            let table = loaded.table.clone();
-            *reader.loaded.lock().expect("lock") = Some(loaded);
-            anyhow::Ok(table)
-        })
-        .await
+        .metrics
+        .availability_rows_read
+        .inc_by(rows_read as u64);
+    let table = next.table.clone();
+    *loaded = Some(next);
+    Ok(table)
+}
+
+/// Keeps the slot table in the cache so that no reader waits for a load: reloads it twice
+/// per cache period (by changes, so a quiet period costs about a millisecond and a busy one
+/// the same rows in two loads) and puts each table in the cache, whose entries live one
+/// period: while loads take less than half a period, readers always find one, half a period
+/// and a load old (a period and a load at most). Runs on the runtime it is spawned on (the
+/// workers', off the HTTP threads) until `shutdown`.
+pub async fn keep_slot_table(reader: Reader, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval((reader.period / 2).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match load_slot_table(&reader).await {
+            Ok(table) => reader.slots.insert((), table).await,
+            Err(err) => tracing::warn!(
+                error = %format!("{err:#}"),
+                "The availability table could not be loaded; readers load it themselves meanwhile."
+            ),
+        }
+    }
 }
 
 fn entity_tag(body: &str) -> String {

@@ -61,6 +61,9 @@ pub async fn run(
             calendar: settings.calendar.clone(),
         },
     );
+    runtime
+        .handle()
+        .spawn(api::keep_slot_table(reader.clone(), shutdown.clone()));
     let served = streams::http::serve(
         listener,
         settings.workers,

@@ -402,6 +402,29 @@ fn slot_event(kind: &str, n: u32, location: &str, count: u32) -> Envelope {
     serde_json::from_value(value).unwrap()
 }
 
+/// Applies `events` to `stream` as one batch after its checkpoint `seq` (moved on); returns
+/// the locations of the slots they name.
+async fn apply_to(
+    store: &Store,
+    stream: &str,
+    seq: &mut u64,
+    events: impl Iterator<Item = Envelope>,
+) -> Vec<String> {
+    let expected = *seq;
+    let batch: Vec<(u64, Envelope)> = events
+        .map(|e| {
+            *seq += 1;
+            (*seq, e)
+        })
+        .collect();
+    store.apply(stream, &batch, expected, *seq).await.unwrap();
+    batch
+        .iter()
+        .map(|(_, e)| serde_json::to_value(e).unwrap()["data"]["slot"]["location"].to_string())
+        .map(|l| l.trim_matches('"').to_owned())
+        .collect()
+}
+
 /// The read API's table kept by reading only the changed slots after each batch (both
 /// streams, interleaved) equals a whole read of the table every time, and each read returns
 /// exactly the slots the batches since the last one touched: proof that the sequences kept
@@ -421,40 +444,15 @@ async fn reading_the_changed_slots_keeps_a_table_equal_to_a_whole_read() {
         let mut touched = std::collections::BTreeSet::new();
         // Some rounds write capacities, some decisions, some both, one neither.
         if round % 3 != 2 {
-            let batch: Vec<_> = (0..3)
-                .map(|i| {
-                    let location = format!("l{}", (round * 7 + i) % 11);
-                    touched.insert(location.clone());
-                    intake_seq += 1;
-                    (
-                        intake_seq,
-                        slot_event("CapacitySet", round, &location, 10 + round),
-                    )
-                })
-                .collect();
-            let expected = intake_seq - 3;
-            store
-                .apply(INTAKE_STREAM, &batch, expected, intake_seq)
-                .await
-                .unwrap();
+            let locations = (0..3).map(|i| format!("l{}", (round * 7 + i) % 11));
+            let events = locations.map(|l| slot_event("CapacitySet", round, &l, 10 + round));
+            touched.extend(apply_to(&store, INTAKE_STREAM, &mut intake_seq, events).await);
         }
         if round % 2 == 0 && round != 12 {
-            let batch: Vec<_> = (0..2)
-                .map(|i| {
-                    let location = format!("l{}", (round * 5 + i) % 13);
-                    touched.insert(location.clone());
-                    decisions_seq += 1;
-                    (
-                        decisions_seq,
-                        slot_event("SlotReserved", 100 + round * 2 + i, &location, round),
-                    )
-                })
-                .collect();
-            let expected = decisions_seq - 2;
-            store
-                .apply(DECISIONS_STREAM, &batch, expected, decisions_seq)
-                .await
-                .unwrap();
+            let locations = (0..2).map(|i| (i, format!("l{}", (round * 5 + i) % 13)));
+            let events =
+                locations.map(|(i, l)| slot_event("SlotReserved", 100 + round * 2 + i, &l, round));
+            touched.extend(apply_to(&store, DECISIONS_STREAM, &mut decisions_seq, events).await);
         }
         let changed = store.slots_since(Some(cursor)).await.unwrap();
         assert!(!changed.whole);

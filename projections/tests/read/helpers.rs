@@ -44,6 +44,17 @@ pub struct ReadApi {
 /// The operators' token every test service is started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The cache period the test services run with.
+pub const PERIOD: Duration = Duration::from_millis(1000);
+
+/// The most database reads of the slot table a replica makes over `elapsed` whatever its
+/// readers ask: it reloads the table twice a period on its own (`api::keep_slot_table`),
+/// plus one a reader may make before the first. Readers that each caused a load would
+/// exceed it many times over.
+pub fn loads_at_most(elapsed: Duration) -> u64 {
+    2 + (elapsed.as_millis() / (PERIOD / 2).as_millis()) as u64
+}
+
 impl ReadApi {
     /// Starts the projections on a fresh nats-server and waits until the read API is ready.
     pub async fn start() -> ReadApi {
@@ -66,7 +77,7 @@ impl ReadApi {
             },
             secret: DEVELOPMENT_SECRET.into(),
             admin_token: ADMIN_TOKEN.into(),
-            cache_ttl: Duration::from_millis(1000),
+            cache_ttl: PERIOD,
             linger: Duration::ZERO,
             workers: 1,
             replicas: 1,
