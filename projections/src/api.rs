@@ -317,17 +317,28 @@ async fn load_slot_table(reader: &Reader) -> anyhow::Result<Arc<SlotTable>> {
 pub async fn keep_slot_table(reader: Reader, shutdown: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval((reader.period / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         match load_slot_table(&reader).await {
-            Ok(table) => reader.slots.insert((), table).await,
-            Err(err) => tracing::warn!(
-                error = %format!("{err:#}"),
-                "The availability table could not be loaded; readers load it themselves meanwhile."
-            ),
+            Ok(table) => {
+                reader.slots.insert((), table).await;
+                if std::mem::take(&mut failing) {
+                    tracing::info!("The availability table loads again.");
+                }
+            }
+            // Said once when loads start failing, not twice a second while they do.
+            Err(err) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    error = %format!("{err:#}"),
+                    "The availability table could not be loaded; readers load it themselves until it can."
+                );
+            }
+            Err(_) => {}
         }
     }
 }

@@ -420,8 +420,13 @@ async fn apply_to(
     store.apply(stream, &batch, expected, *seq).await.unwrap();
     batch
         .iter()
-        .map(|(_, e)| serde_json::to_value(e).unwrap()["data"]["slot"]["location"].to_string())
-        .map(|l| l.trim_matches('"').to_owned())
+        .map(|(_, e)| {
+            let event = serde_json::to_value(e).unwrap();
+            event["data"]["slot"]["location"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect()
 }
 
