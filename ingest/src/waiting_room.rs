@@ -12,7 +12,8 @@ use streams::crypto::Keys;
 use streams::model::Region;
 use streams::subjects;
 use streams::waiting_room::{
-    ADMISSION_TTL, Admission, Counts, REPORT_INTERVAL, Room, RoomConfig, Rooms, Ticket, TicketError,
+    ADMISSION_TTL, Admission, Counts, MAX_TICKET_LEN, REPORT_INTERVAL, Room, RoomConfig, Rooms,
+    Ticket, TicketError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -167,6 +168,13 @@ impl Door {
         region: &Region,
         header: Option<&str>,
     ) -> Result<Option<Ticket>, EdgeError> {
+        // A header that cannot be a ticket at all is bad input whatever the room's state
+        // (a ticket is otherwise ignored while the room is off).
+        if header.is_some_and(|text| text.trim().len() > MAX_TICKET_LEN) {
+            return Err(EdgeError::TicketInvalid(format!(
+                "a ticket is at most {MAX_TICKET_LEN} characters"
+            )));
+        }
         if !self.known() {
             return Err(EdgeError::Unavailable("the list of waiting rooms"));
         }

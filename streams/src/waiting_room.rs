@@ -39,6 +39,9 @@ use crate::model::Region;
 /// The request header a submission carries its ticket in.
 pub const TICKET_HEADER: &str = "Waiting-Room-Ticket";
 
+/// The longest a ticket's text can be (the contract's `maxLength` of [`TICKET_HEADER`]).
+pub const MAX_TICKET_LEN: usize = 256;
+
 /// How long an admission lasts: a ticket admitted longer ago than this is expired, and the
 /// places it did not use pass on to those still waiting.
 pub const ADMISSION_TTL: Duration = Duration::from_secs(300);
@@ -278,7 +281,7 @@ impl Ticket {
 
     /// Reads a ticket back, checking its signature.
     pub fn decode(text: &str, keys: &Keys) -> Result<Ticket, TicketError> {
-        if text.len() > 256 {
+        if text.len() > MAX_TICKET_LEN {
             return Err(TicketError::Malformed);
         }
         let (body, signature) = text.rsplit_once('.').ok_or(TicketError::Malformed)?;

@@ -295,6 +295,18 @@ async fn a_region_whose_room_is_on_admits_each_ticket_once_in_its_turn_and_refus
     assert_eq!(status, 200, "{body}");
     let (status, body) = edge.submit(&citizen(5, "warszawa-narodowy"), None).await;
     assert_eq!(status, 202, "{body}");
+    // A ticket, even a bad one, is ignored while the room is off...
+    let (status, body) = edge
+        .submit_with(&citizen(6, "warszawa-narodowy"), "w1.garbage")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // ...but a header no ticket could be (longer than any) is bad input whatever the room.
+    let stored = edge.intake_messages().await;
+    let (status, body) = edge
+        .submit_with(&citizen(7, "warszawa-narodowy"), &"t".repeat(257))
+        .await;
+    refused(status, &body, 403, "ticket_invalid");
+    assert_eq!(edge.intake_messages().await, stored, "nothing was appended");
 }
 
 #[ntex::test]
