@@ -128,6 +128,29 @@ pub struct Figures {
     pub cost: Vec<Cost>,
     /// Seconds from the opening until every citizen was registered.
     pub drained_seconds: f64,
+    /// CPU over the surge (from the first citizen to the last answer), by who spent it.
+    pub surge_cpu: SurgeCpu,
+}
+
+/// CPU seconds over the surge: the load generator (this process, the simulated citizens)
+/// against the system's (every process deploy/up started, the stand-ins included), on the
+/// same cores.
+#[derive(Debug, Default, Serialize)]
+pub struct SurgeCpu {
+    /// Wall seconds of the surge.
+    pub seconds: f64,
+    /// The load generator's CPU seconds.
+    pub load_generator: f64,
+    /// The system's CPU seconds.
+    pub system: f64,
+}
+
+impl SurgeCpu {
+    /// CPU seconds so far: (this process, the processes `pids`).
+    fn now(pids: &[u32]) -> (f64, f64) {
+        let cpu = |pid| crate::procstat::sample(pid).map_or(0.0, |s| s.cpu_seconds);
+        (cpu(std::process::id()), pids.iter().map(|&p| cpu(p)).sum())
+    }
 }
 
 /// One request kind's cost at the edge.
@@ -196,6 +219,8 @@ async fn run(
         options.pacing
     );
     let answers: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let system: Vec<u32> = deployment.watched.iter().map(|w| w.pid).collect();
+    let cpu_before = SurgeCpu::now(&system);
     let started = Instant::now();
     let opening = started + opens_in;
     let first_early = opening - Duration::from_secs_f64(options.early_seconds);
@@ -240,6 +265,12 @@ async fn run(
     for citizen in citizens {
         met.push(citizen.await.unwrap_or_default());
     }
+    let cpu_after = SurgeCpu::now(&system);
+    let surge_cpu = SurgeCpu {
+        seconds: started.elapsed().as_secs_f64(),
+        load_generator: cpu_after.0 - cpu_before.0,
+        system: cpu_after.1 - cpu_before.1,
+    };
     done.cancel();
     let trace = trace.await.unwrap_or_default();
     admin_queue(
@@ -256,6 +287,7 @@ async fn run(
     let cost = costs(&http, &ingest, edge_pid, &slot, log_dir).await?;
     let mut figures = figures(options, met, answers, baseline, opens_in, cost);
     figures.baseline_rate = baseline_rate;
+    figures.surge_cpu = surge_cpu;
     // The rate the room actually admitted at, straight, once the surge's backlogs are gone:
     // the latency the surge's is to be compared with at the same load.
     let same_rate = figures.accepted_mean.round().max(1.0) as u32;
@@ -709,6 +741,7 @@ fn figures(
         early_rank_correlation: spearman(&early, arrival, place),
         cost,
         drained_seconds: drained,
+        surge_cpu: SurgeCpu::default(),
     }
 }
 
@@ -790,6 +823,17 @@ pub fn markdown(f: &Figures) -> String {
         );
     }
     md += &format!("| `503` answers | {} |\n", f.unavailable);
+    let c = &f.surge_cpu;
+    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    let share = |cpu: f64| 100.0 * cpu / (c.seconds * cores).max(1e-9);
+    md += &format!(
+        "| CPU over the surge ({:.0} s on {cores} cores): the load generator / deploy/up's processes (stand-ins included) | {:.0} / {:.0} core-seconds ({:.0} % / {:.0} % of the machine) |\n",
+        c.seconds,
+        c.load_generator,
+        c.system,
+        share(c.load_generator),
+        share(c.system)
+    );
     md += &format!(
         "| admitted submissions' `202`, p50 / p99 | {:.1} / {:.1} ms |\n",
         f.admitted_202_ms.p50, f.admitted_202_ms.p99
