@@ -71,40 +71,6 @@ impl Store {
         Ok(Snapshot { tables })
     }
 
-    /// Availability rows, filtered by any of region, location, date.
-    pub async fn availability(
-        &self,
-        region: Option<&str>,
-        location: Option<&str>,
-        date: Option<&str>,
-    ) -> anyhow::Result<Vec<Availability>> {
-        let mut conditions = Vec::new();
-        if region.is_some() {
-            conditions.push("region = $region");
-        }
-        if location.is_some() {
-            conditions.push("location = $location");
-        }
-        if date.is_some() {
-            conditions.push("date = $date");
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-        let query =
-            format!("SELECT {AVAILABILITY} FROM slot {filter} ORDER BY region, location, date");
-        let mut response = self
-            .db
-            .query(query)
-            .bind(json!({ "region": region, "location": location, "date": date }))
-            .await
-            .context("Failed to read availability")?;
-        let rows: Vec<Value> = response.take(0).context("Failed to read availability")?;
-        typed(rows).context("Failed to read availability")
-    }
-
     /// The slot table's rows at one cut of the log: every slot when `since` is `None` (or
     /// the store is behind it: another database, or one rebuilt), else only the slots
     /// changed after `since` (by the sequences [`APPLY`](super::apply::APPLY) keeps on

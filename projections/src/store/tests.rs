@@ -355,7 +355,7 @@ async fn reads_are_typed_rows_and_older_rows_read_with_their_gaps() {
     );
     assert_eq!(store.registration(&id(3)).await.unwrap(), None);
     assert_eq!(
-        store.availability(None, None, None).await.unwrap(),
+        store.slots_since(None).await.unwrap().rows,
         [Availability {
             region: "mazowieckie".into(),
             location: "warszawa-narodowy".into(),

@@ -91,9 +91,10 @@ pub fn log_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// The command line this process was started with, as reports quote it.
+/// The command line as reports quote it: the script that runs this binary (`deploy/bench`)
+/// and this process's arguments.
 pub fn command_line() -> String {
-    std::env::args().collect::<Vec<_>>().join(" ")
+    script_command("deploy/bench")
 }
 
 /// How a report quotes the script that ran it: `script` and this process's arguments.
