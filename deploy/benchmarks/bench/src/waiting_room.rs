@@ -53,6 +53,10 @@ pub struct Options {
     /// Where to write the JSON report (the Markdown one goes beside it).
     #[arg(long, default_value = "deploy/benchmarks/reports/waiting-room.json")]
     pub out: PathBuf,
+    /// Also write each citizen's course as CSV here (place, arrival, first seen admitted,
+    /// accepted, the `202`'s latency, polls): for tracing who came late, and why.
+    #[arg(long)]
+    pub citizens_csv: Option<PathBuf>,
 }
 
 /// What one citizen met.
@@ -64,12 +68,16 @@ struct Citizen {
     arrived: Duration,
     /// Its place, as the ticket says (ms, tie-breaker).
     place: (i64, u32),
+    /// When a poll first told it it was admitted (since the run started).
+    seen_admitted: Option<Duration>,
     /// When its submission was accepted (since the run started).
     accepted: Option<Duration>,
     /// The `202`'s latency.
     latency: Option<Duration>,
     /// Registrations it got (must be one).
     registrations: u32,
+    /// Polls it sent.
+    polls: u32,
 }
 
 /// The report.
@@ -82,6 +90,19 @@ pub struct Figures {
     /// The rate the room admitted at, sampled each second after the opening
     /// (`GET /v1/admin/queues`'s `admitting`).
     pub admitting_per_second: Vec<f64>,
+    /// Places the room admitted in each second after the opening, as the edge saw them (the
+    /// change of `GET /v1/admin/queues`'s `admitted` between samples): beside
+    /// `seen_admitted_per_second` and `accepted_per_second` it tells a pace that stalls from
+    /// admissions found late.
+    pub admitted_per_second: Vec<f64>,
+    /// Citizens a poll first told they were admitted, per second after the opening.
+    pub seen_admitted_per_second: Vec<u64>,
+    /// Admitted submissions whose `202` took more than 100 ms, per second (of their acceptance)
+    /// after the opening.
+    pub slow_202_per_second: Vec<u64>,
+    /// Polls sent per second after the opening (the second the first poll of the opening
+    /// second fell in: the run's start is not on a second).
+    pub polls_per_second: Vec<u64>,
     /// Seconds the pace was held below the rate, by what held it (numbers taken out).
     pub limited_by: BTreeMap<String, u64>,
     /// The registrations per second of the run without a room.
@@ -110,6 +131,11 @@ pub struct Figures {
     pub accepted_mean: f64,
     /// Latency of the admitted submissions' `202`, ms.
     pub admitted_202_ms: Percentiles,
+    /// The same, of the submissions sent while citizens were still arriving (the door taking
+    /// every ticket on the same cores)...
+    pub admitted_during_arrivals_202_ms: Percentiles,
+    /// ...and of those sent after the last arrival.
+    pub admitted_after_arrivals_202_ms: Percentiles,
     /// Latency of the same submissions at the admission rate without a room, ms.
     pub baseline_202_ms: Percentiles,
     /// The room's mean accepted rate, run straight (no room) once the pipeline caught up.
@@ -130,6 +156,9 @@ pub struct Figures {
     pub drained_seconds: f64,
     /// CPU over the surge (from the first citizen to the last answer), by who spent it.
     pub surge_cpu: SurgeCpu,
+    /// CPU over the arrivals alone (from the first citizen to the last one's arrival): the
+    /// seconds the door takes every ticket.
+    pub arrivals_cpu: SurgeCpu,
 }
 
 /// CPU seconds over the surge: the load generator (this process, the simulated citizens)
@@ -219,11 +248,30 @@ async fn run(
         options.pacing
     );
     let answers: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    // Polls sent, by second since the run started.
+    let polls: Arc<Mutex<Vec<u64>>> = Arc::default();
     let system: Vec<u32> = deployment.watched.iter().map(|w| w.pid).collect();
     let cpu_before = SurgeCpu::now(&system);
     let started = Instant::now();
     let opening = started + opens_in;
     let first_early = opening - Duration::from_secs_f64(options.early_seconds);
+    let arrivals_cpu = {
+        let (system, arrived) = (
+            system.clone(),
+            opening + Duration::from_secs_f64(options.seconds),
+        );
+        ntex::rt::spawn(async move {
+            tokio::time::sleep_until(first_early.into()).await;
+            let before = SurgeCpu::now(&system);
+            tokio::time::sleep_until(arrived.into()).await;
+            let after = SurgeCpu::now(&system);
+            SurgeCpu {
+                seconds: arrived.duration_since(first_early).as_secs_f64(),
+                load_generator: after.0 - before.0,
+                system: after.1 - before.1,
+            }
+        })
+    };
     // A headroom-paced room may admit well below its cap: give it four times as long.
     let give_up = opening
         + Duration::from_secs_f64(f64::from(early + late) / f64::from(options.rate) * 8.0 + 60.0);
@@ -242,8 +290,13 @@ async fn run(
         } else {
             opening + Duration::from_secs_f64(f64::from(i - early) / arrival_rate)
         };
-        let (http, ingest, slot, answers) =
-            (http.clone(), ingest.clone(), slot.clone(), answers.clone());
+        let (http, ingest, slot, answers, polls) = (
+            http.clone(),
+            ingest.clone(),
+            slot.clone(),
+            answers.clone(),
+            polls.clone(),
+        );
         citizens.push(ntex::rt::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             // A citizen gives up at twice the line's expected drain plus a minute: a run whose
@@ -255,7 +308,15 @@ async fn run(
             };
             tokio::time::timeout_at(
                 give_up.into(),
-                follow(&http, &ingest, i, i < early, &slot, started, &answers),
+                follow(
+                    &http,
+                    &ingest,
+                    i,
+                    i < early,
+                    &slot,
+                    started,
+                    (&answers, &polls),
+                ),
             )
             .await
             .unwrap_or(citizen)
@@ -284,10 +345,22 @@ async fn run(
     eprintln!(
         "waiting-room: 3/3 the cost of tickets and polls at the edge, beside a bare ntex handler"
     );
+    let arrivals_cpu = arrivals_cpu.await.unwrap_or_default();
     let cost = costs(&http, &ingest, edge_pid, &slot, log_dir).await?;
+    if let Some(path) = &options.citizens_csv {
+        write_citizens(path, &met, opens_in)?;
+    }
     let mut figures = figures(options, met, answers, baseline, opens_in, cost);
+    figures.polls_per_second = polls
+        .lock()
+        .expect("lock")
+        .iter()
+        .skip(opens_in.as_secs() as usize)
+        .copied()
+        .collect();
     figures.baseline_rate = baseline_rate;
     figures.surge_cpu = surge_cpu;
+    figures.arrivals_cpu = arrivals_cpu;
     // The rate the room actually admitted at, straight, once the surge's backlogs are gone:
     // the latency the surge's is to be compared with at the same load.
     let same_rate = figures.accepted_mean.round().max(1.0) as u32;
@@ -302,8 +375,9 @@ async fn run(
     figures.same_rate = same_rate;
     figures.same_rate_202_ms =
         Percentiles::of(straight(&http, &ingest, &slot, same_rate, 9_500_000).await);
-    figures.admitting_per_second = trace.iter().map(|(admitting, _)| *admitting).collect();
-    for (_, why) in trace {
+    figures.admitting_per_second = trace.iter().map(|(admitting, ..)| *admitting).collect();
+    figures.admitted_per_second = trace.windows(2).map(|pair| pair[1].2 - pair[0].2).collect();
+    for (_, why, _) in trace {
         if let Some(why) = why {
             *figures.limited_by.entry(why).or_default() += 1;
         }
@@ -396,7 +470,7 @@ async fn pace_trace(
     region: String,
     opening: Instant,
     done: tokio_util::sync::CancellationToken,
-) -> Vec<(f64, Option<String>)> {
+) -> Vec<(f64, Option<String>, f64)> {
     let mut trace = Vec::new();
     let mut next = opening;
     loop {
@@ -419,7 +493,10 @@ async fn pace_trace(
             .and_then(|r| r["admitting"].as_f64())
             .unwrap_or(f64::NAN);
         let why = room.and_then(|r| r["limited_by"].as_str()).map(numbers_out);
-        trace.push((admitting, why));
+        let admitted = room
+            .and_then(|r| r["admitted"].as_f64())
+            .unwrap_or(f64::NAN);
+        trace.push((admitting, why, admitted));
     }
 }
 
@@ -434,7 +511,7 @@ async fn follow(
     early: bool,
     slot: &SlotKey,
     started: Instant,
-    answers: &Mutex<BTreeMap<String, u64>>,
+    (answers, polls): (&Mutex<BTreeMap<String, u64>>, &Mutex<Vec<u64>>),
 ) -> Citizen {
     let mut citizen = Citizen {
         early,
@@ -470,6 +547,9 @@ async fn follow(
     }
     loop {
         if view["state"] == "admitted" {
+            if citizen.seen_admitted.is_none() {
+                citizen.seen_admitted = Some(started.elapsed());
+            }
             let t = Instant::now();
             let (status, _) = submit(http, ingest, n, slot, Some(&ticket), Some(&key)).await;
             count("submit", status);
@@ -488,6 +568,15 @@ async fn follow(
         }
         let wait = view["poll_after_seconds"].as_u64().unwrap_or(2).max(1);
         tokio::time::sleep(jitter(Duration::from_secs(wait))).await;
+        citizen.polls += 1;
+        {
+            let second = started.elapsed().as_secs() as usize;
+            let mut polls = polls.lock().expect("lock");
+            if polls.len() <= second {
+                polls.resize(second + 1, 0);
+            }
+            polls[second] += 1;
+        }
         let (status, body, _) = get_json(http, &format!("{ingest}/v1/queue/{ticket}")).await;
         count("poll", status);
         if status == 200 {
@@ -497,6 +586,39 @@ async fn follow(
             return citizen;
         }
     }
+}
+
+/// Each citizen's course as CSV, times in seconds since the opening (empty: never).
+fn write_citizens(
+    path: &std::path::Path,
+    met: &[Citizen],
+    opens_in: Duration,
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let since = |at: Option<Duration>| {
+        at.map(|at| format!("{:.3}", at.as_secs_f64() - opens_in.as_secs_f64()))
+            .unwrap_or_default()
+    };
+    let mut out = String::from(
+        "place_ms,place_tie,early,arrived_s,seen_admitted_s,accepted_s,latency_ms,polls\n",
+    );
+    for c in met {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{}",
+            c.place.0,
+            c.place.1,
+            c.early,
+            since(Some(c.arrived)),
+            since(c.seen_admitted),
+            since(c.accepted),
+            c.latency
+                .map(|l| format!("{:.2}", l.as_secs_f64() * 1000.0))
+                .unwrap_or_default(),
+            c.polls
+        );
+    }
+    std::fs::write(path, out).with_context(|| format!("Failed to write {}", path.display()))
 }
 
 /// The keys deploy/up's development secret derives (the system the benchmark starts), derived
@@ -691,18 +813,37 @@ fn figures(
         .filter(|(k, _)| k.ends_with(" 503"))
         .map(|(_, n)| n)
         .sum();
-    let mut per_second: Vec<u64> = Vec::new();
-    let mut last = Duration::ZERO;
-    for c in &met {
-        if let Some(at) = c.accepted {
+    // The last arrival, since the run started.
+    let arrived = opens_in + Duration::from_secs_f64(options.seconds);
+    let sent_in = |met: &[Citizen], after: bool| -> Vec<Duration> {
+        met.iter()
+            .filter_map(|c| Some((c.accepted? - c.latency?, c.latency?)))
+            .filter(|(sent, _)| (*sent >= arrived) == after)
+            .map(|(_, latency)| latency)
+            .collect()
+    };
+    let per_second_of = |at: &mut dyn Iterator<Item = Duration>| {
+        let mut counts: Vec<u64> = Vec::new();
+        for at in at {
             let second = at.saturating_sub(opens_in).as_secs() as usize;
-            if per_second.len() <= second {
-                per_second.resize(second + 1, 0);
+            if counts.len() <= second {
+                counts.resize(second + 1, 0);
             }
-            per_second[second] += 1;
-            last = last.max(at);
+            counts[second] += 1;
         }
-    }
+        counts
+    };
+    let per_second = per_second_of(&mut met.iter().filter_map(|c| c.accepted));
+    let seen_admitted_per_second = per_second_of(&mut met.iter().filter_map(|c| c.seen_admitted));
+    let slow_202_per_second = per_second_of(&mut met.iter().filter_map(|c| {
+        c.accepted
+            .filter(|_| c.latency.is_some_and(|l| l > Duration::from_millis(100)))
+    }));
+    let last = met
+        .iter()
+        .filter_map(|c| c.accepted)
+        .max()
+        .unwrap_or(Duration::ZERO);
     let drained = last.saturating_sub(opens_in).as_secs_f64();
     let registered: u64 = met.iter().map(|c| u64::from(c.registrations)).sum();
     let late: Vec<&Citizen> = met.iter().filter(|c| !c.early).collect();
@@ -714,6 +855,10 @@ fn figures(
         admission_rate: options.rate,
         pacing: options.pacing.clone(),
         admitting_per_second: Vec::new(),
+        admitted_per_second: Vec::new(),
+        seen_admitted_per_second,
+        slow_202_per_second,
+        polls_per_second: Vec::new(),
         limited_by: BTreeMap::new(),
         baseline_rate: options.rate,
         citizens: met.len() as u64,
@@ -732,6 +877,8 @@ fn figures(
         },
         accepted_per_second: per_second,
         admitted_202_ms: Percentiles::of(met.iter().filter_map(|c| c.latency).collect()),
+        admitted_during_arrivals_202_ms: Percentiles::of(sent_in(&met, false)),
+        admitted_after_arrivals_202_ms: Percentiles::of(sent_in(&met, true)),
         baseline_202_ms: Percentiles::of(baseline),
         same_rate: 0,
         same_rate_202_ms: Percentiles::of(Vec::new()),
@@ -742,6 +889,7 @@ fn figures(
         cost,
         drained_seconds: drained,
         surge_cpu: SurgeCpu::default(),
+        arrivals_cpu: SurgeCpu::default(),
     }
 }
 
@@ -834,9 +982,27 @@ pub fn markdown(f: &Figures) -> String {
         share(c.load_generator),
         share(c.system)
     );
+    let a = &f.arrivals_cpu;
+    let arrivals_share = |cpu: f64| 100.0 * cpu / (a.seconds * cores).max(1e-9);
+    md += &format!(
+        "| CPU over the arrivals alone ({:.0} s): the load generator / deploy/up's processes | {:.0} / {:.0} core-seconds ({:.0} % / {:.0} % of the machine) |\n",
+        a.seconds,
+        a.load_generator,
+        a.system,
+        arrivals_share(a.load_generator),
+        arrivals_share(a.system)
+    );
     md += &format!(
         "| admitted submissions' `202`, p50 / p99 | {:.1} / {:.1} ms |\n",
         f.admitted_202_ms.p50, f.admitted_202_ms.p99
+    );
+    md += &format!(
+        "| of them sent while citizens were arriving, p50 / p99 | {:.1} / {:.1} ms |\n",
+        f.admitted_during_arrivals_202_ms.p50, f.admitted_during_arrivals_202_ms.p99
+    );
+    md += &format!(
+        "| of them sent after the last arrival, p50 / p99 | {:.1} / {:.1} ms |\n",
+        f.admitted_after_arrivals_202_ms.p50, f.admitted_after_arrivals_202_ms.p99
     );
     md += &format!(
         "| the same registrations at {}/s without a room, p50 / p99 | {:.1} / {:.1} ms |\n",
