@@ -723,7 +723,16 @@ impl Serving {
             .map_or(self.expired, |(_, place)| *place)
             .max(self.expired);
         let admitted = between(&counts.issued, since, self.serving);
-        let used = between(&counts.used, since, self.serving);
+        // Every ticket used was admitted, so every use in the serving place's second counts,
+        // not the share of them below the serving place: a second's uses are not spread over
+        // it evenly (those past the serving place cannot have come), and with the pre-queue's
+        // thousands in one second that share made nearly all of them look not come and held
+        // the pace for a minute of the surge runs.
+        let used = between(
+            &counts.used,
+            since,
+            Place::before((self.serving.second() + 1) * 1000),
+        );
         (admitted, (admitted - used).max(0.0))
     }
 
@@ -1693,6 +1702,23 @@ mod tests {
         let (admitted, not_come) = serving.recent(&c, t0 + 2_000);
         assert!((admitted - 1500.0).abs() < 1.0, "{admitted}");
         assert!((not_come - 900.0).abs() < 1.0, "{not_come}");
+    }
+
+    #[test]
+    fn the_citizens_not_come_are_counted_within_a_crowded_second() {
+        let t0 = 1_800_000_000_000;
+        let second = t0 / 1000 - 10;
+        // The pre-queue: 24,000 places in one second, the first fifth admitted, all but 100
+        // of them used.
+        let mut counts = counts(&[(second, 24_000)]);
+        counts.used.insert(second, 4_700);
+        let state = Serving {
+            serving: Place::at(second, 0.2),
+            ..Serving::start(t0, &Counts::default())
+        };
+        let (admitted, not_come) = state.recent(&counts, t0);
+        assert!((admitted - 4_800.0).abs() < 1.0, "{admitted}");
+        assert!((not_come - 100.0).abs() < 1.0, "{not_come}");
     }
 
     #[test]
