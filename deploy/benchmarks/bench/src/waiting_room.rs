@@ -175,6 +175,20 @@ pub struct SurgeCpu {
 }
 
 impl SurgeCpu {
+    /// The report's row: `what` it covers, and what the system's share is called.
+    fn row(&self, what: &str, system: &str) -> String {
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        let share = |cpu: f64| 100.0 * cpu / (self.seconds * cores).max(1e-9);
+        format!(
+            "| CPU {what} ({:.0} s on {cores} cores): the load generator / {system} | {:.0} / {:.0} core-seconds ({:.0} % / {:.0} % of the machine) |\n",
+            self.seconds,
+            self.load_generator,
+            self.system,
+            share(self.load_generator),
+            share(self.system)
+        )
+    }
+
     /// CPU seconds so far: (this process, the processes `pids`).
     fn now(pids: &[u32]) -> (f64, f64) {
         let cpu = |pid| crate::procstat::sample(pid).map_or(0.0, |s| s.cpu_seconds);
@@ -971,27 +985,13 @@ pub fn markdown(f: &Figures) -> String {
         );
     }
     md += &format!("| `503` answers | {} |\n", f.unavailable);
-    let c = &f.surge_cpu;
-    let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    let share = |cpu: f64| 100.0 * cpu / (c.seconds * cores).max(1e-9);
-    md += &format!(
-        "| CPU over the surge ({:.0} s on {cores} cores): the load generator / deploy/up's processes (stand-ins included) | {:.0} / {:.0} core-seconds ({:.0} % / {:.0} % of the machine) |\n",
-        c.seconds,
-        c.load_generator,
-        c.system,
-        share(c.load_generator),
-        share(c.system)
+    md += &f.surge_cpu.row(
+        "over the surge",
+        "deploy/up's processes (stand-ins included)",
     );
-    let a = &f.arrivals_cpu;
-    let arrivals_share = |cpu: f64| 100.0 * cpu / (a.seconds * cores).max(1e-9);
-    md += &format!(
-        "| CPU over the arrivals alone ({:.0} s): the load generator / deploy/up's processes | {:.0} / {:.0} core-seconds ({:.0} % / {:.0} % of the machine) |\n",
-        a.seconds,
-        a.load_generator,
-        a.system,
-        arrivals_share(a.load_generator),
-        arrivals_share(a.system)
-    );
+    md += &f
+        .arrivals_cpu
+        .row("over the arrivals alone", "deploy/up's processes");
     md += &format!(
         "| admitted submissions' `202`, p50 / p99 | {:.1} / {:.1} ms |\n",
         f.admitted_202_ms.p50, f.admitted_202_ms.p99
