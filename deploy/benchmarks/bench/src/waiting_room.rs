@@ -100,8 +100,9 @@ pub struct Figures {
     /// Admitted submissions whose `202` took more than 100 ms, per second (of their acceptance)
     /// after the opening.
     pub slow_202_per_second: Vec<u64>,
-    /// Polls sent per second after the opening (the second the first poll of the opening
-    /// second fell in: the run's start is not on a second).
+    /// Polls sent per second, counted in whole seconds since the run started with the seconds
+    /// before the opening's dropped: offset from the other series (counted from the opening
+    /// itself) by the fraction of a second the opening lies past the run's start.
     pub polls_per_second: Vec<u64>,
     /// Seconds the pace was held below the rate, by what held it (numbers taken out).
     pub limited_by: BTreeMap<String, u64>,
